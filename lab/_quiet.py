@@ -1,0 +1,23 @@
+"""Silence library chatter that would drown real messages in the CLI and the app logs."""
+
+import logging
+import os
+import warnings
+
+
+def quiet_noisy_libraries() -> None:
+    # bitsandbytes warns on *every* int8 matmul when the input is fp32 (the CPU default).
+    warnings.filterwarnings("ignore", message=r"MatMul8bitLt: inputs will be cast")
+    warnings.filterwarnings("ignore", message=r".*kernels-community.*")
+    # bitsandbytes tries to fetch optional CPU kernels from the Hub; there is no Hub here.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Progress bars from transformers/huggingface_hub make CLI --json output unreadable.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # transformers missing: the environment report says so
+        pass

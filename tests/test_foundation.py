@@ -1,0 +1,146 @@
+"""The foundation: model sources, precisions, the CLI, the task runner, the library boundary."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lab.cli import main
+from lab.errors import LabError
+from lab.loading import load_model
+from lab.precision import PRECISIONS, bnb_config, load_kwargs, resolve_dtype
+from lab.registry import ModelRegistry
+from lab.sources import embedded_model_ready, resolve_source
+from lab.tasks import BackgroundTask
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_lab_never_imports_streamlit():
+    imports = re.compile(r"^\s*(import|from)\s+streamlit\b", re.MULTILINE)
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "lab").rglob("*.py") if imports.search(p.read_text())]
+    assert offenders == []
+    # And importing the whole CLI does not drag it in transitively.
+    code = "import sys, lab.cli; lab.cli.command_modules(); print('streamlit' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_embedded_folder_is_a_plain_checkpoint(embedded_dir):
+    assert embedded_model_ready()
+    config = json.loads((embedded_dir / "config.json").read_text())
+    assert "quantization_config" not in config  # the GGUF marker was stripped
+    assert config["model_type"] == "llama" and config["num_hidden_layers"] == 30
+    assert (embedded_dir / "model.safetensors").is_file()
+    assert resolve_source("embedded").path == embedded_dir
+
+
+def test_resolve_sources(tiny_model_dir, tmp_path):
+    assert resolve_source(str(tiny_model_dir)).kind == "folder"
+    assert resolve_source(str(tiny_model_dir / "config.json")).kind == "config"
+    assert resolve_source("HuggingFaceTB/SmolLM2-135M-Instruct").kind == "hub"
+    with pytest.raises(LabError, match="no config.json"):
+        resolve_source(str(tmp_path))
+    with pytest.raises(LabError, match="neither an existing folder"):
+        resolve_source("./does/not/exist")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(LabError, match="not valid JSON"):
+        resolve_source(str(bad)).load_config()
+
+
+def test_hub_id_offline_gives_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LabError, match="Hugging Face Hub"):
+        load_model("someone/some-model-that-is-not-cached", "fp32")
+
+
+@pytest.mark.parametrize("name", list(PRECISIONS))
+def test_precision_mapping(name):
+    cfg = bnb_config(name, device="cpu")
+    kwargs = load_kwargs(name, device="cpu")
+    if name in ("fp32", "bf16", "fp16"):
+        assert cfg is None and "quantization_config" not in kwargs
+        assert kwargs["dtype"] == {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    elif name == "int8":
+        assert cfg.load_in_8bit and not cfg.load_in_4bit
+    else:
+        assert cfg.load_in_4bit
+        assert cfg.bnb_4bit_quant_type == ("fp4" if name == "fp4" else "nf4")
+        assert cfg.bnb_4bit_use_double_quant == (name == "nf4-dq")
+        assert cfg.bnb_4bit_compute_dtype == torch.float32  # CPU computes in fp32
+    assert resolve_dtype("auto", "cpu") == torch.float32
+
+
+@pytest.mark.parametrize("precision, linear", [("fp32", "Linear"), ("int8", "Linear8bitLt"), ("nf4", "Linear4bit")])
+def test_load_tiny_model(tiny_model_dir, precision, linear):
+    loaded = load_model(str(tiny_model_dir), precision)
+    q_proj = loaded.model.model.layers[0].self_attn.q_proj
+    assert type(q_proj).__name__ == linear
+    assert loaded.load_seconds > 0 and loaded.device == "cpu"
+    # It runs: one forward pass gives finite logits of the right shape.
+    ids = loaded.tokenizer("hello world", return_tensors="pt")
+    logits = loaded.model(**ids).logits
+    assert logits.shape[-1] == loaded.model.config.vocab_size and torch.isfinite(logits).all()
+
+
+def test_registry_shares_and_frees(tiny_model_dir):
+    reg = ModelRegistry()
+    a = reg.get(str(tiny_model_dir), "fp32")
+    assert reg.get(str(tiny_model_dir), "fp32") is a  # no second copy
+    assert reg.loaded() == [(str(tiny_model_dir), "fp32", "auto")]
+    assert reg.release() == 1 and reg.loaded() == []
+
+
+def test_background_task_reports_and_fails_cleanly():
+    def work(n, report, cancel):
+        for i in range(n):
+            report(f"step {i}", (i + 1) / n, partial=i)
+        return n * 2
+
+    t = BackgroundTask("ok", work, (3,)).start().wait(5)
+    assert t.status == "done" and t.result == 6 and t.partial == 2 and len(t.progress) == 3
+
+    def boom(report, cancel):
+        raise LabError("bad rank 0", "use r >= 1")
+
+    t = BackgroundTask("bad", boom).start().wait(5)
+    assert t.status == "failed" and t.error == "bad rank 0 use r >= 1"
+
+    started = threading.Event()
+
+    def slow(report, cancel):
+        started.set()
+        while not cancel.is_set():
+            time.sleep(0.01)
+        return "stopped"
+
+    t = BackgroundTask("slow", slow).start()
+    started.wait(5)
+    assert t.poll().running
+    t.cancel()
+    assert t.wait(5).status == "cancelled"
+
+
+def test_cli_info_json(capsys):
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    for key in ("device", "torch", "transformers", "peft", "bitsandbytes", "embedded_model_ready", "embedded_model_path"):
+        assert key in info
+    assert info["embedded_model_ready"] is True and info["device"] == "cpu"
+    assert info["torch"] == torch.__version__
+
+
+def test_cli_bad_input_exits_2(capsys):
+    assert main(["prepare", "--json"]) == 0
+    capsys.readouterr()
+    proc = subprocess.run([sys.executable, "-m", "lab", "info", "--no-such-flag"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr
