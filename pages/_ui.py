@@ -25,6 +25,22 @@ ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("qlora_lab.ui")
 
 
+def _leave_legacy_multipage_mode() -> None:
+    """Streamlit treats a `pages/` folder beside the entry script as a legacy (v1) multipage app
+    until `st.navigation` runs once. If a fresh server's first request is a deep link such as
+    /loading_lab, that page would run on its own (no app.py, no shared sidebar, an automatic menu
+    listing every file) for the server's whole life. Every page imports this module, so switch to
+    app.py's navigation and rerun: the same URL then resolves through `st.navigation`."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_leave_legacy_multipage_mode()
+
+
 @dataclass(frozen=True)
 class PageSpec:
     path: str

@@ -1,9 +1,10 @@
 """Home: what the lab is for, the machine it runs on, and a card per page."""
 
 import streamlit as st
+from streamlit.errors import StreamlitPageNotFoundError
 
-from pages._ui import available_pages, cached_environment
 from lab.units import fmt_bytes
+from pages._ui import available_pages, cached_environment
 
 st.title("QLoRA Lab")
 st.markdown(
@@ -39,5 +40,8 @@ if not pages:
 cols = st.columns(2)
 for i, page in enumerate(pages):
     with cols[i % 2].container(border=True):
-        st.page_link(page.path, label=page.title, icon=page.icon)
+        try:
+            st.page_link(page.path, label=page.title, icon=page.icon)
+        except StreamlitPageNotFoundError:  # run alone, outside app.py's navigation
+            st.markdown(f"**{page.title}**")
         st.caption(page.blurb)

@@ -3,7 +3,7 @@
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser import assert_no_exception, open_page, screenshot
+from tests.browser import AppServer, assert_no_exception, free_port, open_page, screenshot
 
 pytestmark = pytest.mark.browser
 
@@ -17,3 +17,20 @@ def test_home_renders_in_chromium(app_server, page):
     assert_no_exception(page)
     png = screenshot(page, "screenshot-home.png")
     assert png.stat().st_size > 10_000
+
+
+def test_deep_link_as_first_request_still_routes_through_app(browser):
+    """A fresh server whose first request is a deep link must still run app.py's navigation
+    (shared sidebar, our menu), not Streamlit's legacy `pages/` folder mode."""
+    server = AppServer(free_port())
+    try:
+        server.wait_healthy()
+        page = browser.new_page()
+        open_page(page, server, "home", wait_for_text="This machine")
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        expect(sidebar.get_by_text("RAM").first).to_be_visible(timeout=30_000)  # app.py's sidebar ran
+        expect(sidebar.get_by_text("ui", exact=True)).to_have_count(0)  # no legacy auto-menu of files
+        assert_no_exception(page)
+        page.close()
+    finally:
+        server.stop()
