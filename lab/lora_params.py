@@ -88,6 +88,11 @@ class LoraEstimate:
         return sum(row.total for row in self.rows) + self.other_trainable_params
 
     @property
+    def added_params(self) -> int:
+        """New tensors peft creates (unfrozen existing biases are not new)."""
+        return self.trainable_params - self.other_trainable_params - sum(r.unfrozen_bias_params * r.count for r in self.rows)
+
+    @property
     def adapter_params(self) -> int:
         """Tensors saved in adapter_model.safetensors (LoRA A/B, magnitudes, lora biases, unfrozen biases)."""
         return self.trainable_params
@@ -102,7 +107,7 @@ class LoraEstimate:
 
     @property
     def trainable_percent(self) -> float:
-        return 100.0 * self.trainable_params / (self.params_total + self.trainable_params)
+        return 100.0 * self.trainable_params / (self.params_total + self.added_params)
 
     def lora_config_code(self) -> str:
         targets = ", ".join(f'"{t}"' for t in self.targets)
@@ -135,6 +140,7 @@ class LoraEstimate:
             "trainable_params": self.trainable_params,
             "params_total": self.params_total,
             "trainable_percent": self.trainable_percent,
+            "added_params": self.added_params,
             "adapter_bytes_fp32": self.adapter_bytes_fp32,
             "adapter_bytes_bf16": self.adapter_bytes_bf16,
             "packed_params_4bit": self.packed_params_4bit,
