@@ -222,11 +222,12 @@ def _meta_model(config):
                 "as a text generator.",
                 "Use a decoder-only model config (llama, qwen2, mistral, phi3, gemma2, ...).",
             ) from None
-        raise LabError(f"transformers cannot build model type {config.model_type!r} from this config: {e}") from None
+        raise LabError(f"transformers cannot build model type {config.model_type!r} from this config: "
+                       + " ".join(str(e).split())) from None
     except (TypeError, AttributeError, KeyError, AssertionError, RuntimeError, ZeroDivisionError) as e:
         raise LabError(
             f"transformers cannot build model type {config.model_type!r} from this config "
-            f"({type(e).__name__}: {e}).",
+            f"({type(e).__name__}: {' '.join(str(e).split())}).",
             "Check the config's sizes (hidden_size, num_attention_heads, ...).",
         ) from None
 

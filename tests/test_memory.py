@@ -11,8 +11,15 @@ from lab.architecture import read_architecture
 from lab.errors import LabError
 from lab.loading import load_model
 from lab.memory import (
-    GPUS, TrainingSettings, estimate_training, estimate_weights, fit_verdict, kv_cache_bytes, max_fitting,
-    measure_storage, memory_vs_seq_len,
+    GPUS,
+    TrainingSettings,
+    estimate_training,
+    estimate_weights,
+    fit_verdict,
+    kv_cache_bytes,
+    max_fitting,
+    measure_storage,
+    memory_vs_seq_len,
 )
 from tests.conftest import build_tiny_model
 

@@ -6,8 +6,16 @@ import argparse
 
 from lab.architecture import read_architecture
 from lab.memory import (
-    GPUS, METHODS, OPTIMIZERS, TrainingSettings, estimate_training, estimate_weights, fit_table, get_gpu,
-    kv_cache_bytes, max_fitting,
+    GPUS,
+    METHODS,
+    OPTIMIZERS,
+    TrainingSettings,
+    estimate_training,
+    estimate_weights,
+    fit_table,
+    get_gpu,
+    kv_cache_bytes,
+    max_fitting,
 )
 from lab.precision import PRECISIONS
 from lab.units import fmt_bytes, fmt_count, format_table
