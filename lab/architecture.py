@@ -90,6 +90,16 @@ class Architecture:
     tensors: tuple[TensorInfo, ...]  # every parameter (deduplicated) and buffer
     not_converted: tuple[str, ...]  # transformers' default bnb skip list for this model
     config: dict = field(compare=False, repr=False)
+    # results of pure functions of this architecture (estimates), so page reruns are instant
+    memo: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
+
+    def remember(self, key, compute):
+        """memo[key], computed once; the memo is cleared when it grows past 4096 entries."""
+        if key not in self.memo:
+            if len(self.memo) > 4096:
+                self.memo.clear()
+            self.memo[key] = compute()
+        return self.memo[key]
 
     # ---- convenient views --------------------------------------------------------------
     @property

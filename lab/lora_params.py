@@ -177,7 +177,8 @@ def preset_targets(arch: Architecture, preset: str) -> list[str]:
         attn = [n for n in names if any(n == h or n.endswith(h) for h in _ATTENTION_HINTS)
                 and not n.startswith(("gate", "up", "down", "fc"))]
         return attn or names
-    return [n for n in spec if n in names] or names[:1]
+    fused = [n for n in names if "qkv" in n.lower() or n in ("query_key_value", "c_attn")]
+    return [n for n in spec if n in names] or fused or names[:1]  # Phi-3: q and v live in qkv_proj
 
 
 def _matches(path: str, target: str) -> bool:
@@ -211,6 +212,18 @@ def estimate_lora(
     lora_bias: bool = False,
 ) -> LoraEstimate:
     """Trainable parameters LoRA adds to `arch`, per targeted Linear name."""
+    key = ("lora", r, alpha, targets if isinstance(targets, str) else tuple(targets or ()), use_dora, use_rslora, bias, lora_bias)
+    def compute() -> LoraEstimate:
+        return _estimate_lora(arch, r, alpha, targets, use_dora, use_rslora, bias, lora_bias)
+
+    try:
+        hash(key)
+    except TypeError:  # unhashable arguments: just compute
+        return compute()
+    return arch.remember(key, compute)
+
+
+def _estimate_lora(arch, r, alpha, targets, use_dora, use_rslora, bias, lora_bias) -> LoraEstimate:
     if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
         raise LabError(f"LoRA rank r={r!r} is not a positive integer.", "Use r ≥ 1 (typical: 8, 16, 32, 64).")
     alpha = float(2 * r if alpha is None else alpha)
