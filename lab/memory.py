@@ -461,15 +461,17 @@ def fit_verdict(total_bytes: int, capacity_bytes: int) -> str:
     return "does not fit"
 
 
-def this_machine() -> Gpu:
-    """This machine's GPU, or its RAM when there is no GPU (the CUDA allowance then does not apply)."""
-    from lab.environment import environment_report
+def this_machine(env: dict | None = None) -> Gpu:
+    """This machine's GPU, or its RAM when there is no GPU (the CUDA allowance then does not apply).
+    `env`: an `environment_report().to_json()` dict, if the caller already has one (pages cache it)."""
+    if env is None:
+        from lab.environment import environment_report
 
-    env = environment_report()
-    if env.gpus:
-        g = env.gpus[0]
-        return Gpu(f"this machine: {g.name}", g.total_bytes)
-    return Gpu("this machine: CPU RAM", env.ram_total_bytes, "no GPU: RAM holds the model")
+        env = environment_report().to_json()
+    if env["gpus"]:
+        g = env["gpus"][0]
+        return Gpu(f"this machine: {g['name']}", int(g["total_bytes"]))
+    return Gpu("this machine: CPU RAM", int(env["ram_total_bytes"]), "no GPU: RAM holds the model")
 
 
 def fit_table(total_bytes: int, gpus=GPUS) -> list[dict]:

@@ -10,13 +10,27 @@ import streamlit as st
 
 from lab.lora_params import PRESET_HELP, PRESETS, preset_targets
 from lab.memory import (
-    CUDA_CONTEXT_BYTES, DTYPE_ALIASES, GPUS, INVERSE_KNOBS, METHODS, OPTIMIZERS, TrainingSettings, estimate_training,
-    bnb_snippet, estimate_weights, fit_table, get_gpu, kv_cache_bytes, max_fitting, memory_vs_seq_len, this_machine,
+    CUDA_CONTEXT_BYTES,
+    DTYPE_ALIASES,
+    GPUS,
+    INVERSE_KNOBS,
+    METHODS,
+    OPTIMIZERS,
+    TrainingSettings,
+    bnb_snippet,
+    estimate_training,
+    estimate_weights,
+    fit_table,
+    get_gpu,
+    kv_cache_bytes,
+    max_fitting,
+    memory_vs_seq_len,
+    this_machine,
 )
 from lab.precision import PRECISIONS
 from lab.units import fmt_bytes, fmt_count
 from pages._arch_ui import architecture_table, pick_architecture
-from pages._ui import friendly_errors
+from pages._ui import cached_environment, friendly_errors
 
 GB = 1e9
 DTYPE_HELP = ("dtype of everything bitsandbytes leaves unquantized (embeddings, norms, lm_head, biases) and of the "
@@ -157,7 +171,7 @@ st.latex(rf"2 \times {arch.num_layers} \times {arch.num_kv_heads} \times {arch.h
 # ----------------------------------------------------------------------------------- fit
 st.header("Does it fit?")
 if est is not None:
-    machine = this_machine()
+    machine = this_machine(cached_environment())
     inference = (w.weights_bytes if w is not None else 0) + kv + CUDA_CONTEXT_BYTES
     fits = fit_table(est.total_bytes, (*GPUS, machine))
     infer = {f["gpu"]: f["verdict"] for f in fit_table(inference, (*GPUS, machine))}
