@@ -26,7 +26,7 @@ if arch is None:
 names = arch.linear_names
 
 
-c1, c2 = st.columns([1, 2])
+c1, c2 = st.columns([4, 5])
 preset = c1.segmented_control(
     "Preset", [*PRESETS, CUSTOM], default="q,v", key="preset", bind="query-params", required=True,
     help=" · ".join(f"**{k}**: {v}" for k, v in PRESET_HELP.items()) + " · **custom**: pick the modules yourself.",
@@ -78,9 +78,10 @@ rows = [
      "per layer": f"{row.per_layer:,}", "total": f"{row.total:,}"}
     for row in est.rows
 ]
+blank = dict.fromkeys(rows[0] if rows else ["module", "total"], "")
 if est.other_trainable_params:
-    rows.append({"module": "other biases (bias='all')", "total": f"{est.other_trainable_params:,}"})
-rows.append({"module": "TOTAL", "total": f"{est.trainable_params:,}"})
+    rows.append({**blank, "module": "other biases (bias='all')", "total": f"{est.other_trainable_params:,}"})
+rows.append({**blank, "module": "TOTAL", "total": f"{est.trainable_params:,}"})
 st.dataframe(rows, hide_index=True, width="stretch")
 
 fig = go.Figure()
