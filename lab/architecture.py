@@ -244,6 +244,7 @@ def _meta_model(config):
 
 def _build(config, name: str) -> Architecture:
     from torch import nn
+    from transformers.pytorch_utils import Conv1D
     from transformers.quantizers.base import get_keys_to_not_convert
     from transformers.quantizers.quantizers_utils import should_convert_module
 
@@ -261,13 +262,16 @@ def _build(config, name: str) -> Architecture:
     group_quant: dict[tuple, bool] = {}
     for mod_name, module in model.named_modules():
         mtype = type(module).__name__
-        is_linear = type(module) is nn.Linear
+        # what transformers' bnb quantizer converts: plain nn.Linear, and GPT-2 style Conv1D (weight in × out)
+        is_conv1d = isinstance(module, Conv1D)
+        is_linear = type(module) is nn.Linear or is_conv1d
         is_norm = "norm" in mtype.lower()
         is_embedding = isinstance(module, nn.Embedding)
         if is_linear:
             leaf = mod_name.rsplit(".", 1)[-1]
             tied = mod_name in tied_targets
-            gkey = (leaf, module.in_features, module.out_features, module.bias is not None)
+            fan_in, fan_out = (module.weight.shape[0], module.nf) if is_conv1d else (module.in_features, module.out_features)
+            gkey = (leaf, int(fan_in), int(fan_out), module.bias is not None)
             groups.setdefault(gkey, []).append(mod_name)
             group_tied[gkey] = group_tied.get(gkey, False) or tied
             quant = should_convert_module(mod_name, list(not_converted))

@@ -88,7 +88,7 @@ class WeightEstimate:
     quant_constants_bytes: int
     buffers_bytes: int
     packed_params: int  # sum(p.numel()) on the loaded model (4-bit counts half)
-    cpu_packed_bytes: int | None  # 4-bit on an AVX512-BF16 CPU after the first inference forward
+    cpu_packed_bytes: int | None  # 4-bit on an AVX512-BF16 CPU after the first inference forward (fp32 compute)
     components: tuple[WeightComponent, ...]
 
     @property
@@ -140,7 +140,8 @@ def _estimate_weights(arch: Architecture, precision: str, dtype: str | None, ski
         return t.quantized
 
     out_features = {path: g.out_features for g in arch.linears for path in g.paths}
-    q_params = q_data = q_const = q_hf = q_cpu = 0
+    q_params = q_data = q_const = q_hf = q_cpu = q_bias = 0
+    weight_paths = {t.path.removesuffix(".weight") for t in arch.tensors if is_quantized(t)}
     buckets: dict[str, list[int]] = {}  # kind -> [params, bytes]
     buffers_bytes = 0
     for t in arch.tensors:
@@ -158,6 +159,8 @@ def _estimate_weights(arch: Architecture, precision: str, dtype: str | None, ski
             if p.four_bit:
                 q_cpu += quantized_linear_bytes(n, 0, p.name, cpu_packed=True)
             continue
+        if t.kind == "linear_bias" and t.path.removesuffix(".bias") in weight_paths:
+            q_bias += t.numel
         kind = {"linear_weight": "unquantized Linear weights", "linear_bias": "biases", "embedding": "embeddings",
                 "norm": "norms", "other": "other parameters"}[t.kind]
         if t.kind == "linear_weight" and t.path.removesuffix(".weight") == arch.output_path:
@@ -201,7 +204,8 @@ def _estimate_weights(arch: Architecture, precision: str, dtype: str | None, ski
         quant_constants_bytes=q_const,
         buffers_bytes=buffers_bytes,
         packed_params=arch.params_total - q_params + (q_data if p.four_bit else q_params),
-        cpu_packed_bytes=(unq_bytes + q_cpu) if p.four_bit else None,
+        # ...and Linear4bit.forward casts the biases of quantized layers to the compute dtype (fp32 on CPU)
+        cpu_packed_bytes=(unq_bytes + q_cpu + q_bias * (4 - eb)) if p.four_bit else None,
         components=tuple(components),
     )
 
@@ -502,6 +506,8 @@ def max_fitting(arch: Architecture, capacity_bytes: int, knob: str, settings: Tr
         raise LabError("Full fine-tuning has no LoRA rank to solve for.", "Pick batch_size or seq_len.")
     if knob == "seq_len" and arch.max_position_embeddings:
         upper = min(upper, int(arch.max_position_embeddings))
+    if knob == "r":  # beyond the widest layer a LoRA update cannot gain rank
+        upper = min(upper, max(max(g.in_features, g.out_features) for g in arch.linears))
 
     def fits(v: int) -> bool:
         return estimate_training(arch, replace(settings, **{knob: v})).total_bytes <= capacity_bytes

@@ -14,6 +14,7 @@ TINY_CONFIGS = {
     "phi3": dict(model_type="phi3", tie_word_embeddings=False, pad_token_id=0),
     "qwen2": dict(model_type="qwen2", tie_word_embeddings=True),
     "gemma2": dict(model_type="gemma2", tie_word_embeddings=True, head_dim=16, pad_token_id=0),
+    "gpt2": dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, n_positions=256),  # Conv1D layers
 }
 
 

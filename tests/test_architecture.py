@@ -53,12 +53,17 @@ def test_shapes_equal_a_real_model(kind):
     config = tiny_config(kind)
     arch = architecture_from_config(config, kind)
     model = AutoModelForCausalLM.from_config(config)
-    real = {n: m for n, m in model.named_modules() if type(m) is nn.Linear}
+    from transformers.pytorch_utils import Conv1D
+
+    def shape(m):  # Conv1D (GPT-2) stores its weight as in × out
+        return (m.weight.shape[0], m.nf) if isinstance(m, Conv1D) else (m.in_features, m.out_features)
+
+    real = {n: m for n, m in model.named_modules() if type(m) is nn.Linear or isinstance(m, Conv1D)}
     grouped = {p: g for g in arch.linears for p in g.paths}
     assert set(grouped) == set(real)
     for name, m in real.items():
         g = grouped[name]
-        assert (g.in_features, g.out_features, g.bias) == (m.in_features, m.out_features, m.bias is not None)
+        assert (g.in_features, g.out_features, g.bias) == (*shape(m), m.bias is not None)
     assert arch.params_total == model.num_parameters()
     embeddings = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
     assert arch.embedding_params == embeddings

@@ -68,6 +68,9 @@ def test_biased_untied_qwen2_matches(tiny_qwen_dir, precision):
     assert type(lm_head) is torch.nn.Linear and lm_head.weight.dtype == torch.bfloat16  # kept unquantized
     assert model.model.layers[0].self_attn.q_proj.bias.dtype == torch.bfloat16
     assert {c.name for c in est.components} >= {"biases", "lm_head", "embeddings", "norms"}
+    if est.cpu_packed_bytes is not None:  # the forward also casts q/k/v biases to the fp32 compute dtype
+        _forward(model)
+        assert measure_storage(model)["total_bytes"] == est.cpu_packed_bytes
 
 
 @pytest.mark.parametrize("precision", ["nf4-dq"])  # all precisions: benchmarks/bench_memory_accuracy.py
