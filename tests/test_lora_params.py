@@ -122,3 +122,22 @@ def test_bad_settings_name_the_problem(kwargs, needle):
     arch = architecture_from_config(tiny_config("llama"), "tiny")
     with pytest.raises(LabError, match=needle.replace("(", r"\(")):
         estimate_lora(arch, **kwargs)
+
+
+def test_cli_lora_json_and_errors(capsys, tmp_path):
+    import json
+
+    from lab.cli import main
+
+    assert main(["lora", "--model", "Llama-3.2-3B", "--r", "32", "--targets", "q_proj,k_proj,v_proj,o_proj", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["trainable_params"] == 18_350_080 and out["adapter_bytes_fp32"] == 73_400_320
+    assert [m["name"] for m in out["modules"]] == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    bad = tmp_path / "config.json"
+    for content, needle in (("{oops", "not valid JSON"), ('{"model_type": "vit"}', "no causal-LM class")):
+        bad.write_text(content)
+        assert main(["lora", "--model", str(bad), "--r", "8"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and needle in err and "\n" not in err
+    assert main(["lora", "--model", "Phi-3-mini", "--r", "8", "--targets", "q_proj"]) == 2
+    assert "qkv_proj" in capsys.readouterr().err  # the message lists the names the model has

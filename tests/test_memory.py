@@ -173,3 +173,35 @@ def test_fit_verdicts_and_errors():
         estimate_weights(arch, "int3")
     with pytest.raises(LabError, match="'fp8'"):
         estimate_weights(arch, "nf4", "fp8")
+
+
+def test_cli_memory_json(capsys):
+    import json
+
+    from lab.cli import main
+
+    assert main(["memory", "--model", "Qwen2.5-0.5B", "--precision", "nf4-dq", "--train", "qlora", "--seq-len", "256",
+                 "--grad-checkpointing", "--gpu", "T4", "--context", "1024", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    arch = read_architecture("Qwen2.5-0.5B")
+    est = estimate_weights(arch, "nf4-dq")
+    assert (out["params_total"], out["quantized_params"]) == (494_032_768, est.quantized_params)
+    assert (out["weights_bytes"], out["hf_footprint_bytes"]) == (est.weights_bytes, est.hf_footprint_bytes)
+    t = estimate_training(arch, TrainingSettings(method="qlora", precision="nf4-dq", dtype="auto", seq_len=256))
+    assert out["training"]["total_bytes"] == t.total_bytes and out["training"]["components"] == t.components
+    assert out["inverse"]["max_seq_len"] >= 256 and out["kv_cache_bytes"] == kv_cache_bytes(arch, 1024)
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--model", "no/such/thing.json"], "neither an existing folder"),
+    (["--model", "Llama-3.2-1B", "--train", "lora", "--r", "0"], "r=0"),
+    (["--model", "Llama-3.2-1B", "--train", "qlora", "--targets", "nope"], "'nope'"),
+    (["--model", "Llama-3.2-1B", "--train", "qlora", "--precision", "bf16"], "quantized precision"),
+    (["--model", "Llama-3.2-1B", "--train", "full", "--seq-len", "0"], "sequence length"),
+])
+def test_cli_memory_bad_input_exits_2(capsys, argv, needle):
+    from lab.cli import main
+
+    assert main(["memory", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and needle in err and "\n" not in err
