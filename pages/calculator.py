@@ -175,7 +175,7 @@ if est is not None:
     inference = (w.weights_bytes if w is not None else 0) + kv + CUDA_CONTEXT_BYTES
     fits = fit_table(est.total_bytes, (*GPUS, machine))
     infer = {f["gpu"]: f["verdict"] for f in fit_table(inference, (*GPUS, machine))}
-    icon = {"fits": "✅ fits", "tight": "⚠️ tight", "does not fit": "❌ no"}
+    icon = {"fits": "fits", "tight": "tight", "does not fit": "does not fit"}
     st.dataframe(
         [{"GPU": f["gpu"], "memory": fmt_bytes(f["memory_bytes"]), f"training ({method})": icon[f["verdict"]],
           "used": f"{f['used_percent']:.0f}%", "inference": icon[infer[f["gpu"]]], "note": f["note"]} for f in fits],
@@ -201,7 +201,8 @@ if est is not None:
 st.header("The inverse question: what is the most that fits?")
 g1, g2 = st.columns(2)
 gpu_name = g1.selectbox("GPU", [g.name for g in GPUS], index=0, key="gpu", bind="query-params",
-                        help="Usable memory as torch reports it, slightly under the marketing figure.")
+                        help="Usable memory as torch reports it (GB = 10⁹ bytes). The sequence length search stops at the "
+                             "model's max_position_embeddings; the rank search at its widest layer.")
 if est is not None:
     gpu = get_gpu(gpu_name)
     with friendly_errors("The inverse question"):
