@@ -39,11 +39,9 @@ def tiny_qwen_dir(tmp_path_factory, embedded_dir):
                             tie_word_embeddings=False)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16", *QUANTIZED])
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize(("precision", "dtype"), [(p, "fp32") for p in ("fp32", "bf16", "fp16")]
+                         + [(p, d) for p in QUANTIZED for d in ("fp32", "bf16")])
 def test_tiny_llama_bytes_match_bitsandbytes_exactly(tiny_model_dir, precision, dtype):
-    if precision in ("fp32", "bf16", "fp16") and dtype == "bf16":
-        pytest.skip("float precisions ignore dtype")
     arch = read_architecture(str(tiny_model_dir))
     est = estimate_weights(arch, precision, dtype)
     model = load_model(str(tiny_model_dir), precision, dtype, "cpu").model
