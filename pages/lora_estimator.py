@@ -72,7 +72,7 @@ m3.metric("Adapter file, fp32", fmt_bytes(est.adapter_bytes_fp32), help="adapter
 m4.metric("Adapter file, bf16", fmt_bytes(est.adapter_bytes_bf16), help="Saved in bf16: 2 bytes per parameter")
 
 rows = [
-    {"module": row.name, "in × out": f"{row.in_features} × {row.out_features}", "layers": row.count,
+    {"module": row.name, "in × out": f"{row.in_features} × {row.out_features}", "layers": str(row.count),
      "A (r × in)": f"{row.a_params:,}", "B (out × r)": f"{row.b_params:,}",
      "DoRA magnitude": f"{row.magnitude_params:,}", "biases": f"{row.lora_bias_params + row.unfrozen_bias_params:,}",
      "per layer": f"{row.per_layer:,}", "total": f"{row.total:,}"}
