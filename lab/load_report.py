@@ -8,8 +8,10 @@ released — so the next precision starts from a clean slate and no restart is e
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
+import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +30,8 @@ from lab.sources import ModelSource, resolve_source
 # A load needs the model's bytes plus room for temporaries (the float copy a weight is quantized
 # from, allocator slack). Refuse up front rather than let the OS kill the whole app.
 FIT_HEADROOM = 1.2
+
+log = logging.getLogger(__name__)
 
 _QUANTIZED_CLASSES = ("Linear8bitLt", "Linear4bit", "LinearNF4", "LinearFP4")
 
@@ -51,6 +55,7 @@ class LoadReport:
     n_tensors: int
     memory: dict[str, int | None]  # process / device growth during the load (see MEMORY_LABELS)
     measured_after_forward_bytes: int | None = None  # CPU 4-bit repacks on the first forward
+    predicted_after_forward_bytes: int | None = None
     freed: dict[str, int | None] = field(default_factory=dict)  # handed back on release
     linear_classes: dict[str, int] = field(default_factory=dict)
     unquantized: list[dict] = field(default_factory=list)
@@ -66,17 +71,15 @@ class LoadReport:
 
 
 # --------------------------------------------------------------------------- prediction and fit
-def predict_bytes(source: ModelSource, precision: str, dtype: str | None = "auto", device: str | None = None) -> int | None:
-    """True weight bytes the calculator predicts (issue-3's lab.memory), or None if unavailable."""
-    try:
-        from lab.architecture import read_architecture
-        from lab.memory import estimate_weights
-    except ImportError:
-        return None
+def predict(source: ModelSource, precision: str, dtype: str | None = "auto", device: str | None = None):
+    """The calculator's WeightEstimate (lab.memory) for this load: the same dtype rule as load_kwargs."""
+    from lab.architecture import read_architecture
+    from lab.memory import estimate_weights
+
     p = get_precision(precision)
     load_dtype = resolve_dtype(dtype, device) if p.quantized else DTYPES[p.name]
     arch = read_architecture(source)
-    return int(estimate_weights(arch, p.name, str(load_dtype).removeprefix("torch.")).weights_bytes)
+    return estimate_weights(arch, p.name, str(load_dtype).removeprefix("torch."))
 
 
 def available_bytes(device: str) -> int:
@@ -199,7 +202,14 @@ def measure_load(
     if not source.has_weights:
         raise LabError(f"{source.display_name} is a config without weights: it can be estimated, not loaded.",
                        "Pick 'embedded', a model folder with weights, or a Hub id.")
-    predicted = predict_bytes(source, p.name, dtype, device) if source.kind != "hub" else None
+    try:
+        estimate = predict(source, p.name, dtype, device)
+    except LabError:
+        raise  # e.g. a Hub id while offline: nothing to load either
+    except Exception:  # an architecture the calculator cannot read: load anyway, without a prediction
+        log.warning("no prediction for %s:\n%s", source.display_name, traceback.format_exc())
+        estimate = None
+    predicted = None if estimate is None else estimate.weights_bytes
     check_fits(predicted, device, f"{source.display_name} at {p.label}")
 
     # Import what a load touches before the 'before' snapshot, so RSS growth is the model's.
@@ -246,10 +256,12 @@ def measure_load(
             ppl = perplexity(model, loaded.tokenizer, max_tokens=quality.perplexity_tokens, window=quality.window, cancel=cancel)
             result.perplexity, result.perplexity_tokens, result.perplexity_seconds = ppl.perplexity, ppl.tokens, ppl.seconds
             result.measured_after_forward_bytes = measure_model(model).total_bytes
+            result.predicted_after_forward_bytes = _after_forward_prediction(estimate, device)
         if quality.prompts and quality.max_new_tokens and not _cancelled(cancel):
             result.answers = greedy_answers(model, loaded.tokenizer, quality.prompts, quality.max_new_tokens,
                                             report=lambda m: report(f"{p.label}: {m}"), cancel=cancel)
             result.measured_after_forward_bytes = measure_model(model).total_bytes
+            result.predicted_after_forward_bytes = _after_forward_prediction(estimate, device)
     finally:
         held = MemorySnapshot.take(device)
         # Drop every reference before releasing (a traceback keeps this frame's locals alive).
@@ -259,6 +271,18 @@ def measure_load(
     freed.pop("cuda_max_allocated_bytes", None)
     result.freed = freed
     return result
+
+
+def _after_forward_prediction(estimate, device: str) -> int | None:
+    """On an AVX512-BF16 CPU, 4-bit layers are repacked on the first forward (see lab/measure.py)."""
+    if estimate is None:
+        return None
+    if device == "cpu" and estimate.cpu_packed_bytes is not None:
+        import bitsandbytes.functional as F
+
+        if F.has_avx512bf16():
+            return estimate.cpu_packed_bytes
+    return estimate.weights_bytes
 
 
 def _cancelled(cancel: threading.Event | None) -> bool:

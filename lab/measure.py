@@ -81,7 +81,8 @@ def _quant_state_tensors(qs) -> Iterator[tuple[str, str, torch.Tensor]]:
     if getattr(qs, "nested", False) and state2 is not None:
         yield "nested_absmax", "nested_absmax", state2.absmax
         yield "nested_quant_map", "nested_quant_map", state2.code
-        yield "nested_offset", "nested_offset", qs.offset
+    # The offset outlives the nested state: the CPU repack drops state2 but keeps qs.offset.
+    yield "nested_offset", "nested_offset", getattr(qs, "offset", None)
 
 
 def iter_model_tensors(model: torch.nn.Module) -> Iterator[tuple[str, str, torch.Tensor]]:
