@@ -27,11 +27,23 @@ from lab.precision import DTYPES, bnb_config_code, get_precision, resolve_dtype
 from lab.quality import QualityConfig, greedy_answers, perplexity
 from lab.sources import ModelSource, resolve_source
 
+# Help texts shared by the CLI flags and the page's tooltips.
+HELP: dict[str, str] = {
+    "model": "'embedded' (SmolLM2-135M-Instruct, offline), a local model folder (config.json + safetensors), "
+    "or a Hub id such as Qwen/Qwen2.5-0.5B-Instruct (needs network).",
+    "dtype": "dtype of what stays unquantized (embeddings, norms, lm_head) in int8/4-bit loads. "
+    "auto: float32 on CPU, bf16 (fp16 on a T4) on GPU. fp32/bf16/fp16 loads put every weight in their own dtype.",
+    "device": "cuda when a GPU is usable, else cpu. bitsandbytes 0.50 runs int8 and 4-bit on both.",
+}
+
 # A load needs the model's bytes plus room for temporaries (the float copy a weight is quantized
 # from, allocator slack). Refuse up front rather than let the OS kill the whole app.
 FIT_HEADROOM = 1.2
 
 log = logging.getLogger(__name__)
+
+# One loading-lab run at a time per process: two concurrent loads would blur each other's RSS figures.
+_RUN_LOCK = threading.Lock()
 
 _QUANTIZED_CLASSES = ("Linear8bitLt", "Linear4bit", "LinearNF4", "LinearFP4")
 
@@ -335,6 +347,17 @@ def run_loading_lab(
         raise LabError(f"{source.display_name} is a config without weights: it can be estimated, not loaded.",
                        "Pick 'embedded', a model folder with weights, or a Hub id.")
     results: list[dict] = []
+    if not _RUN_LOCK.acquire(blocking=False):
+        report("waiting for another loading-lab run to finish…", 0.0)
+        _RUN_LOCK.acquire()
+    try:
+        _run_each(source, names, dtype, device, quality, report, cancel, results)
+    finally:
+        _RUN_LOCK.release()
+    return results
+
+
+def _run_each(source, names, dtype, device, quality, report, cancel, results) -> None:
     for i, name in enumerate(names):
         if _cancelled(cancel):
             break
@@ -354,5 +377,4 @@ def run_loading_lab(
             if source.kind == "hub" and "Hub" in error:
                 break  # every precision would fail the same way
         report(f"done {get_precision(name).label}", (i + 1) / len(names), partial=list(results))
-    return results
 

@@ -27,6 +27,17 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
 )
 
 
+# Help texts shared by the CLI flags and the page's tooltips.
+HELP: dict[str, str] = {
+    "perplexity_tokens": "Tokens of assets/eval_text.txt to score at each precision (0 skips perplexity). "
+    "Lower perplexity = the model finds the text less surprising. bf16/fp16 on CPU are slow: keep it small there.",
+    "window": "Tokens per forward pass; windows do not overlap, so every precision sees exactly the same contexts.",
+    "prompts": "One prompt per line. Each precision answers the same prompts greedily (no sampling), so any "
+    "difference in the answers comes from the weights.",
+    "max_new_tokens": "Tokens each greedy answer may generate.",
+}
+
+
 @dataclass
 class QualityConfig:
     # Tokens of the eval text to score. 512 keeps a bf16 load on CPU (~20x slower matmuls) under a

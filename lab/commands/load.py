@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from lab.load_report import HELP as LOAD_HELP
 from lab.load_report import measure_load
 from lab.measure import KINDS, MEMORY_LABELS
 from lab.precision import DTYPES, PRECISIONS
 from lab.quality import DEFAULT_PROMPTS, QualityConfig
+from lab.quality import HELP as QUALITY_HELP
 from lab.units import fmt_bytes, format_table
 
 NAME = "load"
@@ -17,14 +19,14 @@ ORDER = 30
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="embedded", metavar="SRC",
-                        help="'embedded' (default), a local model folder, or a Hub id (needs network)")
+                        help=LOAD_HELP["model"])
     parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                         help="; ".join(f"{p.name}: {p.help}" for p in PRECISIONS.values()))
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
-                        help="dtype of the unquantized parameters for int8/4-bit loads (auto: float32 on CPU, bf16/fp16 on GPU)")
-    parser.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
+                        help=LOAD_HELP["dtype"])
+    parser.add_argument("--device", default=None, choices=["cpu", "cuda"], help=LOAD_HELP["device"])
     parser.add_argument("--perplexity-tokens", type=int, default=QualityConfig.perplexity_tokens, metavar="N",
-                        help="tokens of assets/eval_text.txt to score (0 = skip perplexity)")
+                        help=QUALITY_HELP["perplexity_tokens"])
     parser.add_argument("--answers", action="store_true",
                         help=f"also generate greedy answers to the {len(DEFAULT_PROMPTS)} built-in prompts")
     parser.add_argument("--tree", action="store_true", help="include the architecture tree (print(model)) in the output")
