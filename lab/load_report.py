@@ -69,6 +69,7 @@ class LoadReport:
     measured_after_forward_bytes: int | None = None  # CPU 4-bit repacks on the first forward
     predicted_after_forward_bytes: int | None = None
     freed: dict[str, int | None] = field(default_factory=dict)  # handed back on release
+    rss_at_release_bytes: int | None = None  # RSS growth from before the load to just before release
     linear_classes: dict[str, int] = field(default_factory=dict)
     unquantized: list[dict] = field(default_factory=list)
     perplexity: float | None = None
@@ -282,6 +283,8 @@ def measure_load(
     freed = held.minus(MemorySnapshot.take(device))
     freed.pop("cuda_max_allocated_bytes", None)
     result.freed = freed
+    # RSS grows after the load too: forward passes touch memory-mapped weights and allocate scratch.
+    result.rss_at_release_bytes = held.rss_bytes - before.rss_bytes
     return result
 
 

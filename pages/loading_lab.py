@@ -38,6 +38,16 @@ device = device_type()
 qp = st.query_params
 precision_help = " · ".join(f"**{p.name}**: {p.help}" for p in PRECISIONS.values())
 
+
+
+def _int_param(key: str, default: int, top: int) -> int:
+    """An integer setting from the URL, clamped; the default when absent or not a number."""
+    try:
+        return min(max(int(qp.get(key, default)), 0), top)
+    except ValueError:
+        return default
+
+
 # --------------------------------------------------------------------------- inputs
 task = get_task(TASK)
 running = task is not None and task.running
@@ -51,9 +61,9 @@ precisions = c2.multiselect(
 with st.expander("Options: dtype, perplexity, prompts"):
     o1, o2, o3 = st.columns(3)
     dtype = o1.selectbox("Unquantized dtype (int8/4-bit)", ["auto", *DTYPES], help=HELP["dtype"], disabled=running)
-    ppl_tokens = o2.number_input("Perplexity tokens", 0, 2048, QualityConfig.perplexity_tokens, step=128,
+    ppl_tokens = o2.number_input("Perplexity tokens", 0, 2048, _int_param("ppl", QualityConfig.perplexity_tokens, 2048), step=128,
                                  help=QUALITY_HELP["perplexity_tokens"], disabled=running)
-    max_new = o3.number_input("Answer length (tokens)", 0, 256, QualityConfig.max_new_tokens, step=8,
+    max_new = o3.number_input("Answer length (tokens)", 0, 256, _int_param("answer_tokens", QualityConfig.max_new_tokens, 256), step=8,
                               help=QUALITY_HELP["max_new_tokens"], disabled=running)
     prompts_text = st.text_area("Prompts", "\n".join(DEFAULT_PROMPTS), help=QUALITY_HELP["prompts"], disabled=running)
 st.caption(f"Device: **{device}** ({HELP['device']})")
@@ -77,7 +87,8 @@ if b1.button("Load and measure", type="primary", icon=":material/play_arrow:", d
             st.error(f"{source.display_name} is a config without weights: it can be estimated on the calculator "
                      "page, not loaded. Pick 'embedded', a model folder with weights, or a Hub id.", icon=":material/error:")
         else:
-            st.query_params.update({"model": spec, "precisions": ",".join(precisions)})
+            st.query_params.update({"model": spec, "precisions": ",".join(precisions), "ppl": str(int(ppl_tokens)),
+                                    "answer_tokens": str(int(max_new))})
             quality = QualityConfig(perplexity_tokens=int(ppl_tokens), max_new_tokens=int(max_new),
                                     prompts=tuple(p.strip() for p in prompts_text.splitlines() if p.strip()))
             st.session_state.pop(RESULTS, None)
@@ -141,6 +152,7 @@ if ok:
         "error %": r["error_pct"],
         "get_memory_footprint MB": _mb(r["hf_footprint_bytes"]),
         "RSS growth MB": _mb(r["memory"].get("rss_bytes")),
+        "RSS at release MB": _mb(r.get("rss_at_release_bytes")),
         "handed back MB": _mb(r["freed"].get("rss_bytes")),
         "load s": r["load_seconds"],
         "perplexity": r["perplexity"],
@@ -151,6 +163,7 @@ if ok:
         "error %": st.column_config.NumberColumn(format="%+.4f", help="(predicted − measured) / measured; target |error| ≤ 1%"),
         "get_memory_footprint MB": st.column_config.NumberColumn(format="%.3f", help="transformers' figure: parameters + buffers only, so it misses absmax, code tables and SCB."),
         "RSS growth MB": st.column_config.NumberColumn(format="%.1f", help=MEMORY_LABELS["rss_bytes"]),
+        "RSS at release MB": st.column_config.NumberColumn(format="%.1f", help="RSS growth from before the load until just before the model was freed: forward passes (perplexity, answers) touch memory-mapped weights and allocate scratch."),
         "handed back MB": st.column_config.NumberColumn(format="%.1f", help="RSS returned to the OS when this model was freed (gc + malloc_trim), before the next load."),
         "load s": st.column_config.NumberColumn(format="%.2f", help="from_pretrained wall time (quantizing happens during the load)."),
         "perplexity": st.column_config.NumberColumn(format="%.3f", help=QUALITY_HELP["perplexity_tokens"]),
@@ -166,11 +179,14 @@ if ok:
     st.plotly_chart(fig, key="bytes_chart")
 
     kinds = [k for k in KINDS if any(k in r["breakdown"] for r in ok)]
-    fig = go.Figure()
-    for k in kinds:
-        fig.add_bar(name=k, x=x, y=[r["breakdown"].get(k, 0) / MB for r in ok], hovertext=KINDS[k])
-    fig.update_layout(barmode="stack", yaxis_title="MB", height=340, margin=dict(t=30, b=10), title="Where the measured bytes are")
-    st.plotly_chart(fig, key="breakdown_chart")
+    state_kinds = [k for k in kinds if k not in ("parameter", "buffer")]
+    if state_kinds:
+        fig = go.Figure()
+        for k in state_kinds:
+            fig.add_bar(name=k, x=x, y=[r["breakdown"].get(k, 0) / 1e3 for r in ok], hovertext=KINDS[k])
+        fig.update_layout(barmode="stack", yaxis_title="KB", height=340, margin=dict(t=40, b=10),
+                          title="Quantization state outside the parameters (what get_memory_footprint() misses)")
+        st.plotly_chart(fig, key="breakdown_chart")
     with st.expander("Quantization constants in bytes, and what each memory figure counts"):
         st.dataframe(pd.DataFrame([{"precision": r["precision"], **{k: r["breakdown"].get(k, 0) for k in kinds}} for r in ok]),
                      hide_index=True)
@@ -196,8 +212,11 @@ if ok:
     st.header("What changed inside")
     st.markdown("bitsandbytes swaps each decoder `nn.Linear` for its own class; nothing else is touched: "
                 "`Linear` → `Linear8bitLt` (int8) → `Linear4bit` (fp4 / nf4).")
-    st.dataframe(pd.DataFrame([{"precision": r["precision"], "decoder Linear class": r["linear_class"],
-                                **{f"# {k}": v for k, v in r["linear_classes"].items()}} for r in ok]), hide_index=True)
+    classes = pd.DataFrame([{"precision": r["precision"], "decoder Linear class": r["linear_class"],
+                             **{f"# {k}": v for k, v in r["linear_classes"].items()}} for r in ok])
+    count_cols = [c for c in classes.columns if c.startswith("# ")]
+    classes[count_cols] = classes[count_cols].fillna(0).astype(int)
+    st.dataframe(classes, hide_index=True)
     tabs = st.tabs([get_precision(r["precision"]).label for r in ok])
     for tab, r in zip(tabs, ok, strict=True):
         with tab:
@@ -318,6 +337,7 @@ with friendly_errors("Reading the checkpoint"):
             for s in SCHEMES:
                 fig.add_scatter(x=by_layer["layer"], y=by_layer[s] * 100, mode="lines+markers", name=s)
             fig.update_layout(height=340, margin=dict(t=30, b=10), xaxis_title="decoder layer",
+                              xaxis=dict(dtick=max(1, len(by_layer) // 15)),
                               yaxis_title="relative error % (mean over the layer's Linears)", legend=dict(orientation="h"))
             st.plotly_chart(fig, key="layer_err_chart")
             with st.expander("Every weight matrix"):
