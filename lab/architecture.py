@@ -90,6 +90,16 @@ class Architecture:
     tensors: tuple[TensorInfo, ...]  # every parameter (deduplicated) and buffer
     not_converted: tuple[str, ...]  # transformers' default bnb skip list for this model
     config: dict = field(compare=False, repr=False)
+    # results of pure functions of this architecture (estimates), so page reruns are instant
+    memo: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
+
+    def remember(self, key, compute):
+        """memo[key], computed once; the memo is cleared when it grows past 4096 entries."""
+        if key not in self.memo:
+            if len(self.memo) > 4096:
+                self.memo.clear()
+            self.memo[key] = compute()
+        return self.memo[key]
 
     # ---- convenient views --------------------------------------------------------------
     @property
@@ -222,11 +232,12 @@ def _meta_model(config):
                 "as a text generator.",
                 "Use a decoder-only model config (llama, qwen2, mistral, phi3, gemma2, ...).",
             ) from None
-        raise LabError(f"transformers cannot build model type {config.model_type!r} from this config: {e}") from None
+        raise LabError(f"transformers cannot build model type {config.model_type!r} from this config: "
+                       + " ".join(str(e).split())) from None
     except (TypeError, AttributeError, KeyError, AssertionError, RuntimeError, ZeroDivisionError) as e:
         raise LabError(
             f"transformers cannot build model type {config.model_type!r} from this config "
-            f"({type(e).__name__}: {e}).",
+            f"({type(e).__name__}: {' '.join(str(e).split())}).",
             "Check the config's sizes (hidden_size, num_attention_heads, ...).",
         ) from None
 

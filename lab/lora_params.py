@@ -88,6 +88,11 @@ class LoraEstimate:
         return sum(row.total for row in self.rows) + self.other_trainable_params
 
     @property
+    def added_params(self) -> int:
+        """New tensors peft creates (unfrozen existing biases are not new)."""
+        return self.trainable_params - self.other_trainable_params - sum(r.unfrozen_bias_params * r.count for r in self.rows)
+
+    @property
     def adapter_params(self) -> int:
         """Tensors saved in adapter_model.safetensors (LoRA A/B, magnitudes, lora biases, unfrozen biases)."""
         return self.trainable_params
@@ -102,7 +107,7 @@ class LoraEstimate:
 
     @property
     def trainable_percent(self) -> float:
-        return 100.0 * self.trainable_params / (self.params_total + self.trainable_params)
+        return 100.0 * self.trainable_params / (self.params_total + self.added_params)
 
     def lora_config_code(self) -> str:
         targets = ", ".join(f'"{t}"' for t in self.targets)
@@ -135,6 +140,7 @@ class LoraEstimate:
             "trainable_params": self.trainable_params,
             "params_total": self.params_total,
             "trainable_percent": self.trainable_percent,
+            "added_params": self.added_params,
             "adapter_bytes_fp32": self.adapter_bytes_fp32,
             "adapter_bytes_bf16": self.adapter_bytes_bf16,
             "packed_params_4bit": self.packed_params_4bit,
@@ -171,7 +177,8 @@ def preset_targets(arch: Architecture, preset: str) -> list[str]:
         attn = [n for n in names if any(n == h or n.endswith(h) for h in _ATTENTION_HINTS)
                 and not n.startswith(("gate", "up", "down", "fc"))]
         return attn or names
-    return [n for n in spec if n in names] or names[:1]
+    fused = [n for n in names if "qkv" in n.lower() or n in ("query_key_value", "c_attn")]
+    return [n for n in spec if n in names] or fused or names[:1]  # Phi-3: q and v live in qkv_proj
 
 
 def _matches(path: str, target: str) -> bool:
@@ -205,6 +212,18 @@ def estimate_lora(
     lora_bias: bool = False,
 ) -> LoraEstimate:
     """Trainable parameters LoRA adds to `arch`, per targeted Linear name."""
+    key = ("lora", r, alpha, targets if isinstance(targets, str) else tuple(targets or ()), use_dora, use_rslora, bias, lora_bias)
+    def compute() -> LoraEstimate:
+        return _estimate_lora(arch, r, alpha, targets, use_dora, use_rslora, bias, lora_bias)
+
+    try:
+        hash(key)
+    except TypeError:  # unhashable arguments: just compute
+        return compute()
+    return arch.remember(key, compute)
+
+
+def _estimate_lora(arch, r, alpha, targets, use_dora, use_rslora, bias, lora_bias) -> LoraEstimate:
     if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
         raise LabError(f"LoRA rank r={r!r} is not a positive integer.", "Use r ≥ 1 (typical: 8, 16, 32, 64).")
     alpha = float(2 * r if alpha is None else alpha)

@@ -113,6 +113,11 @@ def estimate_weights(
     (fp32/bf16/fp16; None/'auto' = the config's torch_dtype); for fp32/bf16/fp16 precisions
     every weight is in that precision. `skip_modules` = BitsAndBytesConfig.llm_int8_skip_modules
     (replaces transformers' default skip list, as transformers does)."""
+    key = ("weights", precision, dtype, tuple(skip_modules) if skip_modules is not None else None)
+    return arch.remember(key, lambda: _estimate_weights(arch, precision, dtype, skip_modules))
+
+
+def _estimate_weights(arch: Architecture, precision: str, dtype: str | None, skip_modules: list[str] | None) -> WeightEstimate:
     p = get_precision(precision)
     if p.quantized:
         dt = dtype_name(dtype, arch)
@@ -240,6 +245,21 @@ def measure_storage(model) -> dict:
         "params_bytes": params,
         "buffers_bytes": buffers,
     }
+
+
+def bnb_snippet(precision: str, compute_dtype: str = "bfloat16") -> str:
+    """The BitsAndBytesConfig for a GPU run (compute in bf16; use float16 on a T4)."""
+    p = get_precision(precision)
+    if p.name == "int8":
+        return "BitsAndBytesConfig(load_in_8bit=True)"
+    if not p.quantized:
+        return "None"
+    return ("BitsAndBytesConfig(\n"
+            "    load_in_4bit=True,\n"
+            f'    bnb_4bit_quant_type="{"fp4" if p.name == "fp4" else "nf4"}",\n'
+            f"    bnb_4bit_use_double_quant={p.name == 'nf4-dq'},\n"
+            f"    bnb_4bit_compute_dtype=torch.{compute_dtype},  # float16 on a T4 (no bf16)\n"
+            ")")
 
 
 # --------------------------------------------------------------------------- training
@@ -441,15 +461,17 @@ def fit_verdict(total_bytes: int, capacity_bytes: int) -> str:
     return "does not fit"
 
 
-def this_machine() -> Gpu:
-    """This machine's GPU, or its RAM when there is no GPU (the CUDA allowance then does not apply)."""
-    from lab.environment import environment_report
+def this_machine(env: dict | None = None) -> Gpu:
+    """This machine's GPU, or its RAM when there is no GPU (the CUDA allowance then does not apply).
+    `env`: an `environment_report().to_json()` dict, if the caller already has one (pages cache it)."""
+    if env is None:
+        from lab.environment import environment_report
 
-    env = environment_report()
-    if env.gpus:
-        g = env.gpus[0]
-        return Gpu(f"this machine: {g.name}", g.total_bytes)
-    return Gpu("this machine: CPU RAM", env.ram_total_bytes, "no GPU: RAM holds the model")
+        env = environment_report().to_json()
+    if env["gpus"]:
+        g = env["gpus"][0]
+        return Gpu(f"this machine: {g['name']}", int(g["total_bytes"]))
+    return Gpu("this machine: CPU RAM", int(env["ram_total_bytes"]), "no GPU: RAM holds the model")
 
 
 def fit_table(total_bytes: int, gpus=GPUS) -> list[dict]:

@@ -167,8 +167,10 @@ def config_from_dict(data, where: str = "config.json"):
         )
     try:
         return CONFIG_MAPPING[model_type].from_dict(data)
-    except (TypeError, ValueError, KeyError, AttributeError) as e:
-        raise LabError(f"{where} is not a valid {model_type!r} config ({type(e).__name__}: {e}).") from None
+    except Exception as e:  # config classes validate in many ways (strict dataclasses, asserts, ...)
+        cause = e.__cause__ or e.__context__ or e
+        detail = " ".join(str(cause).split())
+        raise LabError(f"transformers cannot build a {model_type!r} config from {where}: {detail}") from None
 
 
 def catalog_names() -> list[str]:

@@ -1,0 +1,120 @@
+"""AppTest for the Precision & memory calculator and the LoRA estimator pages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from lab.architecture import read_architecture
+from lab.lora_params import estimate_lora
+from lab.memory import estimate_weights
+from lab.sources import catalog_names, resolve_source
+from lab.units import fmt_bytes, fmt_count
+from pages._arch_ui import UPLOAD
+
+ROOT = Path(__file__).resolve().parent.parent
+CALC = str(ROOT / "pages" / "calculator.py")
+LORA = str(ROOT / "pages" / "lora_estimator.py")
+
+
+def run_page(path: str, **params) -> AppTest:
+    at = AppTest.from_file(path, default_timeout=60)
+    for k, v in params.items():
+        at.query_params[k] = v
+    return at.run()
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_calculator_reproduces_the_seed_footprints():
+    """Llama-3.2-3B: 12.9 GB fp32, 3.6 GB int8, 2.2 GB nf4 (rest in fp16), read off the page."""
+    for precision, dtype, expected in (("fp32", "auto", "12.85 GB"), ("int8", "fp16", "3.61 GB"), ("nf4", "fp16", "2.20 GB")):
+        at = run_page(CALC, model="Llama-3.2-3B", precision=precision, dtype=dtype)
+        assert not at.exception and not at.error
+        assert metrics(at)["get_memory_footprint()"] == expected
+
+
+def test_calculator_settings_come_from_the_url():
+    at = run_page(CALC, model="Qwen2.5-0.5B", precision="nf4-dq", method="full", batch="2", seq="256", gpu="A100 80 GB")
+    assert not at.exception and not at.error
+    assert at.selectbox(key="model").value == "Qwen2.5-0.5B"
+    assert at.radio(key="method").value == "full"
+    assert at.number_input(key="batch").value == 2
+    arch = read_architecture("Qwen2.5-0.5B")
+    assert metrics(at)["True bytes"] == fmt_bytes(estimate_weights(arch, "nf4-dq").weights_bytes)
+    assert "max r" not in metrics(at)  # full fine-tuning has no rank to solve for
+    code = at.code[0].value
+    assert "bnb_4bit_use_double_quant=True" in code and "LoraConfig" not in code.split("import")[-1]
+
+
+def test_calculator_widgets_change_the_numbers():
+    at = run_page(CALC, model="SmolLM2-360M")
+    before = metrics(at)["Estimated peak"]
+    at.checkbox(key="gc").set_value(False).run()
+    after = metrics(at)["Estimated peak"]
+    assert not at.exception and before != after
+    at.segmented_control(key="precision").set_value("fp32").run()
+    assert metrics(at)["True bytes"] == metrics(at)["get_memory_footprint()"]  # no quantization constants
+    assert any("peft import LoraConfig" in c.value for c in at.code)
+
+
+@pytest.mark.parametrize("page", [CALC, LORA])
+def test_every_catalog_model_renders(page):
+    at = AppTest.from_file(page, default_timeout=60).run()
+    for name in ["embedded", *catalog_names()]:
+        at.selectbox(key="model").set_value(name).run()
+        assert not at.exception, name
+        assert not at.error, (name, [e.value for e in at.error])
+        assert metrics(at), name
+
+
+@pytest.mark.parametrize("page", [CALC, LORA])
+def test_uploaded_config_and_bad_upload(page):
+    at = AppTest.from_file(page, default_timeout=60).run()
+    at.selectbox(key="model").set_value(UPLOAD).run()
+    text = resolve_source("Phi-3-mini").path.read_bytes()
+    at.file_uploader(key="config_upload").set_value(("config.json", text, "application/json")).run()
+    assert not at.exception and not at.error
+    assert "3,821,079,552" in " ".join(c.value for c in at.caption)
+    at.file_uploader(key="config_upload").set_value(("config.json", b"{broken", "application/json")).run()
+    assert not at.exception
+    assert [e.value for e in at.error] == ["config.json is not valid JSON (line 1, column 2: Expecting property name enclosed in double quotes)."]
+    bad_type = json.dumps({"model_type": "vit"}).encode()
+    at.file_uploader(key="config_upload").set_value(("vit.json", bad_type, "application/json")).run()
+    assert not at.exception and "no causal-LM class" in at.error[0].value
+
+
+def test_lora_page_seed_example_and_peft_numbers():
+    at = run_page(LORA, model="Llama-3.2-3B", r="32", alpha="64.0", preset="custom")
+    at.multiselect(key="modules").set_value(["q_proj", "k_proj", "v_proj", "o_proj"]).run()
+    assert not at.exception and not at.error
+    m = metrics(at)
+    assert m["Trainable parameters"] == "18.35M" and m["Adapter file, fp32"] == "73.40 MB"
+    assert "trainable params: 18,350,080" in at.code[0].value
+    table = at.dataframe[0].value
+    assert list(table["module"]) == ["q_proj", "k_proj", "v_proj", "o_proj", "TOTAL"]
+    assert table["total"].iloc[-1] == "18,350,080"
+
+
+def test_lora_page_presets_dora_and_fused_modules():
+    at = run_page(LORA, model="Phi-3-mini", preset="all linear", r="8", dora="true")
+    assert not at.exception and not at.error
+    assert at.multiselect(key="modules").value == ["o_proj", "qkv_proj", "gate_up_proj", "down_proj"]
+    arch = read_architecture("Phi-3-mini")
+    est = estimate_lora(arch, 8, 16.0, ["o_proj", "qkv_proj", "gate_up_proj", "down_proj"], use_dora=True)
+    assert metrics(at)["Trainable parameters"] == fmt_count(est.trainable_params)
+    assert "use_dora=True" in at.code[0].value
+    at.segmented_control(key="preset").set_value("q,v").run()
+    assert at.multiselect(key="modules").value == ["qkv_proj"]  # Phi-3 keeps q and v inside qkv_proj
+
+
+def test_lora_page_bad_rank_shows_the_cli_message():
+    at = run_page(LORA, model="SmolLM2-135M", preset="custom")
+    at.multiselect(key="modules").set_value([]).run()
+    assert not at.exception
+    assert at.error[0].value.startswith("No LoRA target modules given.")
