@@ -10,6 +10,7 @@ import json
 import math
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,27 @@ def test_run_loads_each_precision_in_turn(tiny_model_dir):
     assert all("error" not in r for r in results)
     assert seen[-1][1] == 1.0 and seen[-1][2] == 2  # progress ends at 100% with both results
     assert any(f is not None and 0 < f < 1 and n == 1 for _, f, n in seen)  # partial results while running
+
+
+def test_cancel_stops_before_the_next_precision(tiny_model_dir):
+    cancel = threading.Event()
+
+    def report(message, fraction=None, partial=None):
+        if partial:  # the first precision is done: the user presses Cancel
+            cancel.set()
+
+    results = run_loading_lab(str(tiny_model_dir), ["fp32", "int8", "nf4"], quality=NO_QUALITY, report=report, cancel=cancel)
+    assert [r["precision"] for r in results] == ["fp32"]
+
+
+def test_load_peak_counts_the_float_copy_quantized_from_on_cpu(tiny_model_dir):
+    from lab.load_report import load_peak_bytes, predict
+    from lab.sources import resolve_source
+
+    source = resolve_source(str(tiny_model_dir))
+    nf4, fp32 = predict(source, "nf4"), predict(source, "fp32")
+    assert load_peak_bytes(source, "nf4", nf4, "auto", "cpu") == nf4.weights_bytes + fp32.weights_bytes
+    assert load_peak_bytes(source, "fp32", fp32, "auto", "cpu") == fp32.weights_bytes
 
 
 def test_a_precision_the_device_cannot_run_is_reported_and_the_run_goes_on(tiny_model_dir):
