@@ -39,7 +39,6 @@ qp = st.query_params
 precision_help = " · ".join(f"**{p.name}**: {p.help}" for p in PRECISIONS.values())
 
 
-
 def _int_param(key: str, default: int, top: int) -> int:
     """An integer setting from the URL, clamped; the default when absent or not a number."""
     try:
@@ -95,7 +94,7 @@ if b1.button("Load and measure", type="primary", icon=":material/play_arrow:", d
             start_task(TASK, run_loading_lab, spec, list(precisions), dtype, None, quality)
             started = True
     if started:
-        st.rerun()  # outside friendly_errors: st.rerun works by raising
+        st.rerun()  # redraw at once with the inputs disabled and the progress poller on
 if b2.button("Cancel", icon=":material/stop:", disabled=not running, help="Stop after the current step; the model is still freed."):
     task.cancel()
 
@@ -115,8 +114,9 @@ def _progress() -> None:
         return
     if t.status == "failed":
         st.error(t.error, icon=":material/error:")
-    elif RESULTS not in st.session_state or st.session_state[RESULTS] is not t.result:
+    elif st.session_state.get(RESULTS + "_from") is not t:  # first poll after it finished: show the results
         st.session_state[RESULTS] = t.result if t.result is not None else t.partial or []
+        st.session_state[RESULTS + "_from"] = t
         st.rerun(scope="app")
 
 
@@ -320,8 +320,9 @@ with friendly_errors("Reading the checkpoint"):
                 st.progress(last.fraction if last and last.fraction else 0.0, text=last.message if last else "starting…")
             elif t.status == "failed":
                 st.error(t.error, icon=":material/error:")
-            elif st.session_state.get(NF4_RESULTS) is not t.result:
+            elif st.session_state.get(NF4_RESULTS + "_from") is not t:
                 st.session_state[NF4_RESULTS] = t.result
+                st.session_state[NF4_RESULTS + "_from"] = t
                 st.rerun(scope="app")
 
         st.fragment(_nf4_progress, run_every=1.0 if nf4_running else None)()
