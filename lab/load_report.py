@@ -1,0 +1,395 @@
+"""The model loading lab: load a model at a precision, measure it, look inside, score it, free it.
+
+One code path for the page (`run_loading_lab`, several precisions in turn, in a worker thread),
+the CLI (`python -m lab load`) and the benchmark. Each load is measured right after
+`from_pretrained` (before any forward pass, see lab/measure.py), then inspected and scored, then
+released — so the next precision starts from a clean slate and no restart is ever needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import traceback
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import psutil
+import torch
+
+from lab.environment import device_type
+from lab.errors import LabError
+from lab.loading import load_model
+from lab.measure import MemorySnapshot, measure_model, release_memory, reset_peak
+from lab.precision import DTYPES, bnb_config_code, get_precision, resolve_dtype
+from lab.quality import QualityConfig, greedy_answers, perplexity
+from lab.sources import ModelSource, resolve_source
+
+# Help texts shared by the CLI flags and the page's tooltips.
+HELP: dict[str, str] = {
+    "model": "'embedded' (SmolLM2-135M-Instruct, offline), a local model folder (config.json + safetensors), "
+    "or a Hub id such as Qwen/Qwen2.5-0.5B-Instruct (needs network).",
+    "dtype": "dtype of what stays unquantized (embeddings, norms, lm_head) in int8/4-bit loads. "
+    "auto: float32 on CPU, bf16 (fp16 on a T4) on GPU. fp32/bf16/fp16 loads put every weight in their own dtype.",
+    "device": "cuda when a GPU is usable, else cpu. bitsandbytes 0.50 runs int8 and 4-bit on both.",
+}
+
+# A load needs the model's bytes plus room for temporaries (the float copy a weight is quantized
+# from, allocator slack). Refuse up front rather than let the OS kill the whole app.
+FIT_HEADROOM = 1.2
+
+log = logging.getLogger(__name__)
+
+# One loading-lab run at a time per process: two concurrent loads would blur each other's RSS figures.
+_RUN_LOCK = threading.Lock()
+
+_QUANTIZED_CLASSES = ("Linear8bitLt", "Linear4bit", "LinearNF4", "LinearFP4")
+
+
+@dataclass
+class LoadReport:
+    model: str  # display name
+    spec: str
+    precision: str
+    device: str
+    dtype: str  # dtype of the unquantized parameters (embeddings, norms, lm_head)
+    linear_class: str  # the class the decoder's Linear layers ended up as
+    load_seconds: float
+    measured_bytes: int  # true bytes: parameters + buffers + quantization state, each storage once
+    hf_footprint_bytes: int  # model.get_memory_footprint()
+    predicted_bytes: int | None  # the calculator's estimate (lab.memory.estimate_weights)
+    error_pct: float | None  # (predicted - measured) / measured * 100
+    breakdown: dict[str, int]  # measured bytes by kind (see lab.measure.KINDS)
+    by_dtype: dict[str, int]
+    shared_bytes: int  # reached twice (tied weights, aliases), counted once
+    n_tensors: int
+    memory: dict[str, int | None]  # process / device growth during the load (see MEMORY_LABELS)
+    measured_after_forward_bytes: int | None = None  # CPU 4-bit repacks on the first forward
+    predicted_after_forward_bytes: int | None = None
+    freed: dict[str, int | None] = field(default_factory=dict)  # handed back on release
+    rss_at_release_bytes: int | None = None  # RSS growth from before the load to just before release
+    linear_classes: dict[str, int] = field(default_factory=dict)
+    unquantized: list[dict] = field(default_factory=list)
+    perplexity: float | None = None
+    perplexity_tokens: int | None = None
+    perplexity_seconds: float | None = None
+    answers: list[dict] = field(default_factory=list)
+    config_code: str = ""
+    tree: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- prediction and fit
+def predict(source: ModelSource, precision: str, dtype: str | None = "auto", device: str | None = None):
+    """The calculator's WeightEstimate (lab.memory) for this load: the same dtype rule as load_kwargs."""
+    from lab.architecture import read_architecture
+    from lab.memory import estimate_weights
+
+    p = get_precision(precision)
+    load_dtype = resolve_dtype(dtype, device) if p.quantized else DTYPES[p.name]
+    arch = read_architecture(source)
+    return estimate_weights(arch, p.name, str(load_dtype).removeprefix("torch."))
+
+
+def available_bytes(device: str) -> int:
+    if device == "cuda" and torch.cuda.is_available():
+        return torch.cuda.mem_get_info()[0]
+    return psutil.virtual_memory().available
+
+
+def load_peak_bytes(source: ModelSource, precision: str, estimate, dtype: str | None, device: str) -> int | None:
+    """Rough peak memory of a load. On CPU, int8/4-bit weights are quantized from a float copy
+    (measured here: ~0.8 GB RSS growth for SmolLM2-135M at nf4, whose fp32 copy is 0.54 GB), so
+    count that copy too; on CUDA transformers quantizes tensor by tensor."""
+    if estimate is None:
+        return None
+    if not get_precision(precision).quantized or device == "cuda":
+        return estimate.weights_bytes
+    float_name = {v: k for k, v in DTYPES.items()}[resolve_dtype(dtype, device)]
+    return estimate.weights_bytes + predict(source, float_name, dtype, device).weights_bytes
+
+
+def check_fits(needed_bytes: int | None, device: str, what: str, available: int | None = None) -> None:
+    """Raise a LabError when `needed_bytes` (plus headroom) cannot fit on `device`."""
+    if needed_bytes is None:
+        return
+    from lab.units import fmt_bytes
+
+    available = available_bytes(device) if available is None else available
+    if needed_bytes * FIT_HEADROOM > available:
+        where = "GPU memory" if device == "cuda" else "RAM"
+        raise LabError(
+            f"{what} needs about {fmt_bytes(needed_bytes)} (+{FIT_HEADROOM - 1:.0%} headroom) but only "
+            f"{fmt_bytes(available)} of {where} is free.",
+            "Try a 4-bit precision (nf4), a smaller model, or free other loaded models (sidebar) first.",
+        )
+
+
+def check_supported(precision: str, device: str) -> None:
+    """bitsandbytes runs int8/4-bit on CUDA and (0.50+) on CPU; nothing else here."""
+    p = get_precision(precision)
+    if p.quantized and device not in ("cpu", "cuda"):
+        raise LabError(f"bitsandbytes cannot run {p.label} on device {device!r}.", "Use fp32/fp16/bf16 there, or a CUDA GPU or the CPU.")
+
+
+# --------------------------------------------------------------------------- looking inside
+def linear_classes(model: torch.nn.Module) -> dict[str, int]:
+    """How many modules of each Linear class (Linear, Linear8bitLt, Linear4bit) the model has."""
+    return dict(Counter(type(m).__name__ for m in model.modules() if isinstance(m, torch.nn.Linear)))
+
+
+def main_linear_class(model: torch.nn.Module) -> str:
+    """The class of the decoder's Linear layers (lm_head excluded: it stays a plain Linear)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = Counter(type(m).__name__ for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head)
+    return names.most_common(1)[0][0] if names else "—"
+
+
+def unquantized_modules(model: torch.nn.Module) -> list[dict]:
+    """Modules that hold weights but were not quantized, grouped by class and reason."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return []
+    skip = set(getattr(quantizer, "modules_to_not_convert", None) or [])
+    tied = set()
+    for a, b in (getattr(model, "all_tied_weights_keys", None) or {}).items():
+        tied |= {a.removesuffix(".weight"), b.removesuffix(".weight")}
+    head = model.get_output_embeddings()
+    groups: dict[tuple[str, str], dict] = {}
+    for name, module in model.named_modules():
+        params = list(module.parameters(recurse=False))
+        if not params or type(module).__name__ in _QUANTIZED_CLASSES:
+            continue
+        cls = type(module).__name__
+        if module is head:
+            why = "The output layer (lm_head): transformers keeps it unquantized for numerical stability"
+            why += " — and it is tied to the input embeddings, so it is the same tensor." if name in tied else "."
+        elif name in skip and isinstance(module, torch.nn.Linear):
+            why = "Listed in modules_to_not_convert (llm_int8_skip_modules / _keep_in_fp32_modules)."
+        elif isinstance(module, torch.nn.Embedding):
+            why = "An embedding table, not a Linear: bitsandbytes only replaces nn.Linear layers"
+            why += " (it is also tied to lm_head)." if name in tied else "."
+        else:
+            why = "Not a Linear layer (e.g. a norm's scale vector): bitsandbytes only replaces nn.Linear layers."
+        g = groups.setdefault((cls, why), {"class": cls, "why": why, "count": 0, "params": 0, "dtype": str(params[0].dtype).removeprefix("torch."), "examples": []})
+        g["count"] += 1
+        g["params"] += sum(p.numel() for p in params)
+        if len(g["examples"]) < 3:
+            g["examples"].append(name)
+    return sorted(groups.values(), key=lambda g: -g["params"])
+
+
+def unquantized_dtype(model: torch.nn.Module) -> str:
+    """The floating dtype holding the most parameter bytes outside bitsandbytes' layers."""
+    sizes: Counter = Counter()
+    for module in model.modules():
+        if type(module).__name__ in _QUANTIZED_CLASSES:
+            continue
+        for p in module.parameters(recurse=False):
+            if p.dtype.is_floating_point:
+                sizes[p.dtype] += p.numel() * p.element_size()
+    return str(sizes.most_common(1)[0][0]).removeprefix("torch.") if sizes else "—"
+
+
+def compact_tree(model: torch.nn.Module) -> str:
+    """print(model), as is: transformers already folds identical decoder layers into '(0-29): 30 x ...'."""
+    return re.sub(r"\n\s*\n", "\n", repr(model))
+
+
+# --------------------------------------------------------------------------- one load
+Report = Callable[..., None]
+
+
+def _noop(*_a, **_k) -> None:
+    pass
+
+
+def measure_load(
+    spec: str | ModelSource,
+    precision: str,
+    dtype: str | None = "auto",
+    device: str | None = None,
+    quality: QualityConfig | None = None,
+    report: Report | None = None,
+    cancel: threading.Event | None = None,
+) -> LoadReport:
+    """Load `spec` at `precision`, measure, inspect, score, then release it. Returns the report."""
+    report = report or _noop
+    quality = quality or QualityConfig()
+    source = resolve_source(spec) if isinstance(spec, str) else spec
+    device = device or device_type()
+    p = get_precision(precision)
+    check_supported(p.name, device)
+    if not source.has_weights:
+        raise LabError(f"{source.display_name} is a config without weights: it can be estimated, not loaded.",
+                       "Pick 'embedded', a model folder with weights, or a Hub id.")
+    try:
+        estimate = predict(source, p.name, dtype, device)
+    except LabError:
+        raise  # e.g. a Hub id while offline: nothing to load either
+    except Exception:  # an architecture the calculator cannot read: load anyway, without a prediction
+        log.warning("no prediction for %s:\n%s", source.display_name, traceback.format_exc())
+        estimate = None
+    predicted = None if estimate is None else estimate.weights_bytes
+    check_fits(load_peak_bytes(source, p.name, estimate, dtype, device), device, f"Loading {source.display_name} at {p.label}")
+
+    # Import what a load touches before the 'before' snapshot, so RSS growth is the model's.
+    import transformers  # noqa: F401
+
+    if p.quantized:
+        import bitsandbytes  # noqa: F401
+
+    release_memory()
+    reset_peak(device)
+    before = MemorySnapshot.take(device)
+    report(f"loading {source.display_name} at {p.label} on {device}…")
+    loaded = model = None
+    try:
+        loaded = _load(source, p.name, dtype, device)
+        after = MemorySnapshot.take(device)
+        model = loaded.model
+        report(f"measuring {p.label}…")
+        fp = measure_model(model)
+        result = LoadReport(
+            model=source.display_name,
+            spec=source.spec,
+            precision=p.name,
+            device=device,
+            dtype=unquantized_dtype(model),
+            linear_class=main_linear_class(model),
+            load_seconds=loaded.load_seconds,
+            measured_bytes=fp.total_bytes,
+            hf_footprint_bytes=fp.hf_footprint_bytes,
+            predicted_bytes=predicted,
+            error_pct=None if predicted is None else (predicted - fp.total_bytes) / fp.total_bytes * 100,
+            breakdown=fp.by_kind,
+            by_dtype=fp.by_dtype,
+            shared_bytes=fp.shared_bytes,
+            n_tensors=fp.n_tensors,
+            memory=after.minus(before),
+            linear_classes=linear_classes(model),
+            unquantized=unquantized_modules(model),
+            config_code=bnb_config_code(p.name, device),
+            tree=compact_tree(model),
+        )
+        if quality.perplexity_tokens and not _cancelled(cancel):
+            report(f"perplexity at {p.label}…")
+            ppl = perplexity(model, loaded.tokenizer, max_tokens=quality.perplexity_tokens, window=quality.window, cancel=cancel)
+            result.perplexity, result.perplexity_tokens, result.perplexity_seconds = ppl.perplexity, ppl.tokens, ppl.seconds
+            result.measured_after_forward_bytes = measure_model(model).total_bytes
+            result.predicted_after_forward_bytes = _after_forward_prediction(estimate, device)
+        if quality.prompts and quality.max_new_tokens and not _cancelled(cancel):
+            result.answers = greedy_answers(model, loaded.tokenizer, quality.prompts, quality.max_new_tokens,
+                                            report=lambda m: report(f"{p.label}: {m}"), cancel=cancel)
+            result.measured_after_forward_bytes = measure_model(model).total_bytes
+            result.predicted_after_forward_bytes = _after_forward_prediction(estimate, device)
+    finally:
+        held = MemorySnapshot.take(device)
+        # Drop every reference before releasing (a traceback keeps this frame's locals alive).
+        model = loaded = None  # noqa: F841
+        release_memory()
+    freed = held.minus(MemorySnapshot.take(device))
+    freed.pop("cuda_max_allocated_bytes", None)
+    result.freed = freed
+    # RSS grows after the load too: forward passes touch memory-mapped weights and allocate scratch.
+    result.rss_at_release_bytes = held.rss_bytes - before.rss_bytes
+    return result
+
+
+def _after_forward_prediction(estimate, device: str) -> int | None:
+    """On an AVX512-BF16 CPU, 4-bit layers are repacked on the first forward (see lab/measure.py)."""
+    if estimate is None:
+        return None
+    if device == "cpu" and estimate.cpu_packed_bytes is not None:
+        import bitsandbytes.functional as F
+
+        if F.has_avx512bf16():
+            return estimate.cpu_packed_bytes
+    return estimate.weights_bytes
+
+
+def _cancelled(cancel: threading.Event | None) -> bool:
+    return cancel is not None and cancel.is_set()
+
+
+def _load(source: ModelSource, precision: str, dtype: str | None, device: str):
+    p = get_precision(precision)
+    try:
+        return load_model(source, p.name, dtype, device)
+    except LabError:
+        raise
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        raise LabError(f"Out of memory loading {source.display_name} at {p.label}.",
+                       "Try a 4-bit precision (nf4), a smaller model, or free other loaded models first.") from e
+    except RuntimeError as e:
+        text = str(e)
+        if "can't allocate memory" in text or "out of memory" in text.lower():
+            raise LabError(f"Out of memory loading {source.display_name} at {p.label} on {device}.",
+                           "Try a 4-bit precision (nf4), a smaller model, or free other loaded models first.") from e
+        if p.quantized:
+            raise LabError(f"bitsandbytes could not load {p.label} on {device}: {text.splitlines()[0] if text else type(e).__name__}",
+                           "Try fp32 (or bf16/fp16), or a CUDA GPU.") from e
+        raise
+    except (ImportError, ValueError) as e:
+        if p.quantized:
+            raise LabError(f"bitsandbytes cannot run {p.label} on {device}: {e}", "Try fp32 (or bf16/fp16), or a CUDA GPU.") from e
+        raise
+
+
+# --------------------------------------------------------------------------- several loads in turn
+def run_loading_lab(
+    spec: str,
+    precisions: Sequence[str],
+    dtype: str | None = "auto",
+    device: str | None = None,
+    quality: QualityConfig | None = None,
+    report: Report | None = None,
+    cancel: threading.Event | None = None,
+) -> list[dict]:
+    """Load `spec` at each precision in turn (each one freed before the next). One dict per
+    precision: a LoadReport as JSON, or {'precision', 'error'} when that precision failed (the
+    others still run). A bad model spec fails the whole run with a LabError."""
+    report = report or _noop
+    if not precisions:
+        raise LabError("No precision chosen.", "Pick at least one of fp32, bf16, fp16, int8, nf4, nf4-dq, fp4.")
+    names = [get_precision(p).name for p in precisions]
+    source = resolve_source(spec)
+    if not source.has_weights:
+        raise LabError(f"{source.display_name} is a config without weights: it can be estimated, not loaded.",
+                       "Pick 'embedded', a model folder with weights, or a Hub id.")
+    results: list[dict] = []
+    if not _RUN_LOCK.acquire(blocking=False):
+        report("waiting for another loading-lab run to finish…", 0.0)
+        _RUN_LOCK.acquire()
+    try:
+        _run_each(source, names, dtype, device, quality, report, cancel, results)
+    finally:
+        _RUN_LOCK.release()
+    return results
+
+
+def _run_each(source, names, dtype, device, quality, report, cancel, results) -> None:
+    for i, name in enumerate(names):
+        if _cancelled(cancel):
+            break
+
+        def step(message: str, fraction: float | None = None, partial=None, _i=i) -> None:
+            report(message, (_i + (fraction or 0.0)) / len(names), partial=list(results))
+
+        step(f"[{i + 1}/{len(names)}] {get_precision(name).label}")
+        error = None
+        try:
+            results.append(measure_load(source, name, dtype, device, quality, report=step, cancel=cancel).to_json())
+        except LabError as e:
+            error = str(e)
+        if error is not None:
+            release_memory()  # outside the except block: its traceback no longer pins the model
+            results.append({"precision": name, "error": error})
+            if source.kind == "hub" and "Hub" in error:
+                break  # every precision would fail the same way
+        report(f"done {get_precision(name).label}", (i + 1) / len(names), partial=list(results))
+
