@@ -211,41 +211,17 @@ def _estimate_weights(arch: Architecture, precision: str, dtype: str | None, ski
 
 
 def measure_storage(model) -> dict:
-    """What a loaded model really holds: every parameter and buffer plus bitsandbytes'
-    quantization state (absmax, code tables, offsets, nested state, SCB), each tensor once.
-    Returns {'total_bytes', 'hf_footprint_bytes', 'quant_constants_bytes', 'params_bytes', 'buffers_bytes'}."""
-    import torch
+    """What a loaded model really holds (parameters, buffers and bitsandbytes' quantization state,
+    each tensor once), summarised for comparison with `estimate_weights`. The counting itself is
+    `lab.measure.measure_model`, shared with the loading lab."""
+    from lab.measure import measure_model
 
-    seen: set[tuple[int, int]] = set()
-
-    def size(t) -> int:
-        if t is None or not isinstance(t, torch.Tensor):
-            return 0
-        key = (t.data_ptr(), t.nbytes) if t.device.type != "meta" else (id(t), t.nbytes)
-        if key in seen:
-            return 0
-        seen.add(key)
-        return t.nelement() * t.element_size()
-
-    params = sum(size(p) for p in model.parameters())
-    buffers = sum(size(b) for b in model.buffers())
-    const = 0
-    for module in model.modules():
-        w = getattr(module, "weight", None)
-        qs = getattr(w, "quant_state", None)
-        if qs is not None:
-            const += size(qs.absmax) + size(qs.code) + size(getattr(qs, "offset", None))
-            s2 = getattr(qs, "state2", None)
-            if s2 is not None:
-                const += size(s2.absmax) + size(s2.code)
-        scb = getattr(w, "SCB", None)
-        if scb is None and getattr(module, "state", None) is not None:
-            scb = getattr(module.state, "SCB", None)
-        const += size(scb)
+    fp = measure_model(model)
+    params, buffers = fp.by_kind.get("parameter", 0), fp.by_kind.get("buffer", 0)
     return {
-        "total_bytes": params + buffers + const,
-        "hf_footprint_bytes": int(model.get_memory_footprint()),
-        "quant_constants_bytes": const,
+        "total_bytes": fp.total_bytes,
+        "hf_footprint_bytes": fp.hf_footprint_bytes,
+        "quant_constants_bytes": fp.total_bytes - params - buffers,
         "params_bytes": params,
         "buffers_bytes": buffers,
     }
