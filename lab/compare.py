@@ -146,7 +146,7 @@ class ColumnStreamer(BaseStreamer):
             return
         now = time.perf_counter() - self.started
         ids = value.reshape(-1).tolist()
-        for col, tok in zip(self.columns, ids):
+        for col, tok in zip(self.columns, ids, strict=True):
             if col.done:
                 continue
             col.token_ids.append(tok)
