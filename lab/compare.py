@@ -51,6 +51,9 @@ class SamplingSettings:
     seed: int = 0
     # Wrap the prompt in the model's chat template (instruct models expect it).
     use_chat_template: bool = True
+    # Generate at least this many tokens (ignoring end-of-turn before): benchmarks use it to
+    # compare runs of exactly equal length. 0 = stop at end-of-turn as usual.
+    min_new_tokens: int = 0
 
     HELP = {
         "max_new_tokens": "Most tokens each column may generate. Columns stop earlier at the end-of-turn token.",
@@ -75,10 +78,12 @@ class SamplingSettings:
         return self
 
     def generate_kwargs(self) -> dict:
+        kw = {"max_new_tokens": self.max_new_tokens}
+        if self.min_new_tokens:
+            kw["min_new_tokens"] = self.min_new_tokens
         if self.greedy:
-            return {"do_sample": False, "max_new_tokens": self.max_new_tokens}
-        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0,
-                "max_new_tokens": self.max_new_tokens}
+            return {**kw, "do_sample": False}
+        return {**kw, "do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
 
 
 # --------------------------------------------------------------------------- results
