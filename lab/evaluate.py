@@ -63,10 +63,13 @@ class Example:
 
 
 def load_examples(dataset: str, limit: int | None = None) -> list[Example]:
-    """The test split of a bundled dataset name or a file, as (prompt messages, reference answer)."""
+    """The test split of a bundled dataset or a folder (its test.jsonl), or every row of a single
+    file (an uploaded test set), as (prompt messages, reference answer)."""
+    from pathlib import Path
+
     from lab.datasets import load_rows, prompt_and_answer
 
-    rows = load_rows(dataset, "test")
+    rows = load_rows(dataset, "train" if Path(dataset).expanduser().is_file() else "test")
     if not rows:
         raise LabError(f"Dataset {dataset!r} has no test rows.", "Give a file with at least one example.")
     rows = rows[:limit] if limit else rows

@@ -131,7 +131,7 @@ with tab_gen:
 
     with st.form("playground_prompt", border=False):
         prompt = st.text_area("Prompt", value=qp.get("prompt", "What is a LoRA adapter? Answer in two sentences."),
-                              help="The user message every column answers (in chat mode: the next turn).", disabled=busy)
+                              help="The user message every column answers (in chat mode: the next turn).")
         b1, b2, b3 = st.columns([1, 1, 4])
         go_clicked = b1.form_submit_button("Generate", type="primary", icon=":material/play_arrow:", disabled=busy,
                                            help="Run the base and every adapter on this prompt, in one batched generate.")
@@ -187,8 +187,12 @@ with tab_gen:
                 if not data.get("in_history"):
                     text = c.get("text", "")
                     box = st.chat_message("assistant") if chat_mode else st.container()
-                    box.markdown(text + (" ▌" if running and not c.get("done") else "") if text.strip() else
-                                 ("_waiting…_" if running else "_(no text: the model ended its turn at once)_"))
+                    if text.strip():
+                        box.markdown(text + (" ▌" if running and not c.get("done") else ""))
+                    elif c.get("tokens"):
+                        box.markdown(f"_(only whitespace so far: {c['tokens']} tokens)_")
+                    else:
+                        box.markdown("_waiting…_" if running else "_(no text: the model ended its turn at once)_")
                 m1, m2, m3 = st.columns(3)
                 m1.metric("Tokens", c.get("tokens", 0), help="New tokens this column generated (its end-of-turn included).")
                 m2.metric("Seconds", f"{c.get('seconds', 0.0):.2f}",
