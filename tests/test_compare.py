@@ -192,3 +192,16 @@ def test_cli_compare_json(tiny_model_dir, tiny_adapters, capsys):
     assert r["adapters"]["alpha"]["text"] == reference(tiny_model_dir, PROMPT, tiny_adapters["alpha"])
     rc = main(["compare", "--model", str(tiny_model_dir), "--adapter", "/no/such/adapter", "--prompt", "hi"])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_embedded_end_to_end(embedded_dir, tmp_path):
+    """The real SmolLM2: base column = plain transformers, adapter column = plain peft, and they differ."""
+    adapter = make_adapter(embedded_dir, tmp_path / "embedded-adapter", seed=6, std=0.05)
+    loaded = load_model("embedded", "fp32")
+    info = inspect_adapter(str(adapter))
+    assert base_mismatch(info, loaded.source) is None  # trained on the embedded folder: same base
+    r = side_by_side(loaded, [info], PROMPT, SamplingSettings(max_new_tokens=8))
+    base_text, adapter_text = r.columns[BASE_COLUMN].text, r.columns[info.name].text
+    assert base_text == reference(embedded_dir, PROMPT, n=8)
+    assert adapter_text == reference(embedded_dir, PROMPT, adapter, n=8)
+    assert base_text != adapter_text

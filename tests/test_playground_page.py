@@ -103,3 +103,20 @@ def test_bad_input_gets_a_clear_message(tiny_model_dir, other_base_adapter):
     widget(at.text_area, "Other adapters (one per line)").set_value("")
     at = generate(at.run(), "Hi", max_new=4)
     assert not at.exception and any(m.label == "Tokens" for m in at.metric)
+
+
+def test_evaluate_tab_scores_base_and_adapter(tiny_model_dir, tiny_adapters):
+    at = open_page(str(tiny_model_dir))
+    widget(at.text_area, "Other adapters (one per line)").set_value(str(tiny_adapters["alpha"]))
+    at.run()
+    assert widget(at.selectbox, "Dataset").value == "banking-intents"
+    widget(at.number_input, "Examples").set_value(2)
+    widget(at.button, "Evaluate").click()
+    at = finish(at.run(), key="playground_evaluate", timeout=120)
+    assert not at.exception
+    result = at.session_state["playground_eval_result"]
+    assert result.metric == "accuracy" and len(result.rows) == 2 and result.models == ["base", "alpha"]
+    frames = [df.value for df in at.dataframe]
+    metrics = next(f for f in frames if "accuracy" in getattr(f, "columns", []))
+    assert list(metrics.index) == ["base", "alpha"]
+    assert {b.label for b in at.get("download_button")} >= {"Markdown report", "CSV"}
