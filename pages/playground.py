@@ -206,12 +206,13 @@ with tab_gen:
     def generation_view() -> None:
         task = get_task(GEN_TASK)
         if task is None:
-            if show_raw and source is not None:
+            last = st.session_state.get(LAST)
+            if show_raw and source is not None and not (last and last.get("columns")):
                 with friendly_errors("Showing the prompt"):
                     tok = cached_tokenizer(source.pretrained_id)
+                    st.caption("The text the base column will see:")
                     st.code(build_chat_prompt(tok, conversations(prompt or " ")[BASE_COLUMN], use_template),
                             language=None, wrap_lines=True)
-            last = st.session_state.get(LAST)
             if last and last.get("error"):
                 st.error(last["error"], icon=":material/error:")
             elif last:

@@ -72,6 +72,10 @@ def test_side_by_side_columns_match_plain_generate(tiny_model_dir, tiny_adapters
     assert base in shown and alpha in shown
     assert {"**base** · no adapter", "**alpha**"} <= {m.value for m in at.markdown}
     assert sum(m.label == "Tokens/s" for m in at.metric) == 2
+    widget(at.toggle, "Show raw text").set_value(True)
+    at.run()
+    raw = [c.value for c in at.code]
+    assert len(raw) == 2 and all(f"<|im_start|>user\n{prompt}<|im_end|>" in c for c in raw)
 
 
 def test_chat_mode_keeps_each_columns_history(tiny_model_dir, tiny_adapters):
