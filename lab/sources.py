@@ -144,23 +144,33 @@ class ModelSource:
         try:
             if self.kind in ("config", "catalog"):
                 assert self.path is not None
-                data = json.loads(self.path.read_text())
-                if not isinstance(data, dict) or "model_type" not in data:
-                    raise LabError(f"{self.path} is not a transformers config: it has no 'model_type'.")
-                from transformers import CONFIG_MAPPING
-
-                model_type = data.pop("model_type")
-                if model_type not in CONFIG_MAPPING:
-                    raise LabError(
-                        f"Model type {model_type!r} in {self.path.name} is not one transformers can build.",
-                        "Check the 'model_type' field, or upgrade transformers.",
-                    )
-                return CONFIG_MAPPING[model_type].from_dict(data)
+                return config_from_dict(json.loads(self.path.read_text()), self.path.name)
             return AutoConfig.from_pretrained(self.pretrained_id)
         except json.JSONDecodeError as e:
             raise LabError(f"{self.path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}).") from e
         except OSError as e:
             raise hub_error(self, e) from e
+
+
+def config_from_dict(data, where: str = "config.json"):
+    """A transformers config from the parsed JSON of a config.json, or a LabError naming the problem."""
+    from transformers import CONFIG_MAPPING
+
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise LabError(f"{where} is not a transformers config: it has no 'model_type'.")
+    data = dict(data)
+    model_type = data.pop("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise LabError(
+            f"Model type {model_type!r} in {where} is not one transformers can build.",
+            "Check the 'model_type' field, or upgrade transformers.",
+        )
+    try:
+        return CONFIG_MAPPING[model_type].from_dict(data)
+    except Exception as e:  # config classes validate in many ways (strict dataclasses, asserts, ...)
+        cause = e.__cause__ or e.__context__ or e
+        detail = " ".join(str(cause).split())
+        raise LabError(f"transformers cannot build a {model_type!r} config from {where}: {detail}") from None
 
 
 def catalog_names() -> list[str]:

@@ -1,0 +1,332 @@
+"""Read a model's architecture without its weights.
+
+`read_architecture(source)` builds the model on PyTorch's meta device (shapes and dtypes, no
+memory, no download) and reads every module the model really has: Linear layers grouped by
+their leaf name (`q_proj`, fused `qkv_proj`, ...), embeddings, lm_head, tied weights, norms and
+buffers. Nothing is tabulated by hand per architecture: a fused qkv (Phi-3), q/k/v biases
+(Qwen2) or tied embeddings (Llama-3.2, Gemma) come out right because the model says so.
+
+Which Linear layers bitsandbytes would quantize is decided with transformers' own rule
+(`get_keys_to_not_convert` + `should_convert_module`, exactly what `from_pretrained` uses with
+a `BitsAndBytesConfig`), so the memory estimate and a real quantized load agree.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab.errors import LabError
+from lab.sources import ModelSource, config_from_dict, resolve_source
+
+
+@dataclass(frozen=True)
+class LinearGroup:
+    """All Linear layers sharing a leaf name and shape, e.g. the 28 `q_proj` of Llama-3.2-3B."""
+
+    name: str  # leaf name, what peft's target_modules matches: "q_proj"
+    in_features: int
+    out_features: int
+    bias: bool
+    count: int
+    paths: tuple[str, ...]  # full module names, e.g. "model.layers.0.self_attn.q_proj"
+    quantized: bool  # would bitsandbytes replace them (default skip rules)?
+    tied: bool = False  # weight shared with another module (a tied lm_head)
+
+    @property
+    def weight_params(self) -> int:
+        return self.in_features * self.out_features
+
+    @property
+    def params(self) -> int:
+        """Parameters of all `count` layers (weights + biases)."""
+        return self.count * (self.weight_params + (self.out_features if self.bias else 0))
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One parameter or buffer tensor as the model registers it."""
+
+    path: str  # "model.layers.0.input_layernorm.weight"
+    shape: tuple[int, ...]
+    kind: str  # linear_weight | linear_bias | embedding | norm | other | buffer
+    module_type: str  # class name of the owning module
+    dtype: str  # dtype on the meta model ("float32" for rotary buffers, which stay fp32)
+    quantized: bool = False  # a Linear weight bitsandbytes would quantize
+    persistent: bool = True  # buffers: saved in the checkpoint?
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Everything the calculators need, read from a model built on the meta device."""
+
+    name: str
+    model_type: str
+    model_class: str
+    config_dtype: str  # the config's torch_dtype ("bfloat16"), what weights ship in
+    params_total: int  # tied weights counted once, as model.num_parameters()
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int | None
+    vocab_size: int
+    max_position_embeddings: int | None
+    tie_word_embeddings: bool
+    tied_pairs: tuple[tuple[str, str], ...]  # (tied param, source param)
+    linears: tuple[LinearGroup, ...]  # decoder Linear groups, lm_head last if it is a Linear
+    tensors: tuple[TensorInfo, ...]  # every parameter (deduplicated) and buffer
+    not_converted: tuple[str, ...]  # transformers' default bnb skip list for this model
+    config: dict = field(compare=False, repr=False)
+
+    # ---- convenient views --------------------------------------------------------------
+    @property
+    def linear_names(self) -> list[str]:
+        """Leaf names peft can target (lm_head included; presets leave it out)."""
+        return list(dict.fromkeys(g.name for g in self.linears))
+
+    @property
+    def decoder_linear_names(self) -> list[str]:
+        return list(dict.fromkeys(g.name for g in self.linears if not g.tied and g.paths[0] != self.output_path))
+
+    @property
+    def output_path(self) -> str | None:
+        """Full name of the output embedding module (lm_head), if any."""
+        for g in self.linears:
+            if g.name == "lm_head" or g.name.endswith("lm_head"):
+                return g.paths[0]
+        return None
+
+    def params_of(self, kind: str) -> int:
+        return sum(t.numel for t in self.tensors if t.kind == kind)
+
+    @property
+    def embedding_params(self) -> int:
+        return self.params_of("embedding")
+
+    @property
+    def norm_params(self) -> int:
+        return self.params_of("norm")
+
+    @property
+    def linear_params(self) -> int:
+        return self.params_of("linear_weight") + self.params_of("linear_bias")
+
+    @property
+    def quantizable_params(self) -> int:
+        """Weights bitsandbytes quantizes under the default rules (biases never are)."""
+        return sum(t.numel for t in self.tensors if t.quantized)
+
+    def summary_rows(self) -> list[dict]:
+        """One row per component for tables: Linear groups, embeddings, norms, other."""
+        rows = [
+            {
+                "component": g.name,
+                "type": "Linear",
+                "shape": f"{g.in_features} → {g.out_features}",
+                "bias": g.bias,
+                "count": g.count,
+                "params": 0 if g.tied else g.params,
+                "quantized": g.quantized,
+                "note": "tied to the input embedding" if g.tied else "",
+            }
+            for g in self.linears
+        ]
+        by_kind: dict[str, list[TensorInfo]] = {}
+        for t in self.tensors:
+            if t.kind in ("embedding", "norm", "other"):
+                by_kind.setdefault(t.kind, []).append(t)
+        for kind, ts in by_kind.items():
+            types = sorted({t.module_type for t in ts})
+            rows.append(
+                {
+                    "component": {"embedding": "embeddings", "norm": "norms", "other": "other"}[kind],
+                    "type": ", ".join(types),
+                    "shape": " + ".join(sorted({"×".join(map(str, t.shape)) for t in ts})),
+                    "bias": False,
+                    "count": len(ts),
+                    "params": sum(t.numel for t in ts),
+                    "quantized": False,
+                    "note": "",
+                }
+            )
+        return rows
+
+
+# --------------------------------------------------------------------------- building
+_CACHE: OrderedDict[str, Architecture] = OrderedDict()
+_CACHE_SIZE = 32
+_LOCK = threading.Lock()
+
+
+def read_architecture(source: str | ModelSource, name: str | None = None) -> Architecture:
+    """The architecture of `source` (anything `resolve_source` accepts), cached per config."""
+    if isinstance(source, str):
+        source = resolve_source(source)
+    config = source.load_config()
+    return architecture_from_config(config, name or source.display_name)
+
+
+def read_architecture_json(text: str | bytes, name: str = "uploaded config") -> Architecture:
+    """The architecture of a config.json given as text (an upload on a page)."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise LabError(f"{name} is not a UTF-8 text file, so it cannot be a config.json.") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise LabError(f"{name} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}).") from None
+    return architecture_from_config(config_from_dict(data, name), Path(name).stem or name)
+
+
+def architecture_from_config(config, name: str) -> Architecture:
+    key = name + "\n" + config.to_json_string(use_diff=False)
+    with _LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    arch = _build(config, name)
+    with _LOCK:
+        _CACHE[key] = arch
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return arch
+
+
+def _meta_model(config):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(config)  # from_config may write into it (dtype, attn implementation)
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    except ValueError as e:
+        if "Unrecognized configuration class" in str(e):
+            raise LabError(
+                f"Model type {config.model_type!r} has no causal-LM class in transformers, so it cannot be built "
+                "as a text generator.",
+                "Use a decoder-only model config (llama, qwen2, mistral, phi3, gemma2, ...).",
+            ) from None
+        raise LabError(f"transformers cannot build model type {config.model_type!r} from this config: "
+                       + " ".join(str(e).split())) from None
+    except (TypeError, AttributeError, KeyError, AssertionError, RuntimeError, ZeroDivisionError) as e:
+        raise LabError(
+            f"transformers cannot build model type {config.model_type!r} from this config "
+            f"({type(e).__name__}: {' '.join(str(e).split())}).",
+            "Check the config's sizes (hidden_size, num_attention_heads, ...).",
+        ) from None
+
+
+def _build(config, name: str) -> Architecture:
+    from torch import nn
+    from transformers.quantizers.base import get_keys_to_not_convert
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    # read the config's dtype first: building with dtype=float32 overwrites config.dtype
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
+    model = _meta_model(config)
+    not_converted = tuple(sorted(get_keys_to_not_convert(model)))
+    tied_pairs = tuple(sorted((getattr(model, "all_tied_weights_keys", None) or {}).items()))
+    tied_targets = {k.removesuffix(".weight") for k, _ in tied_pairs}
+
+    tensors: list[TensorInfo] = []
+    seen: set[int] = set()
+    groups: dict[tuple, list[str]] = {}
+    group_tied: dict[tuple, bool] = {}
+    group_quant: dict[tuple, bool] = {}
+    for mod_name, module in model.named_modules():
+        mtype = type(module).__name__
+        is_linear = type(module) is nn.Linear
+        is_norm = "norm" in mtype.lower()
+        is_embedding = isinstance(module, nn.Embedding)
+        if is_linear:
+            leaf = mod_name.rsplit(".", 1)[-1]
+            tied = mod_name in tied_targets
+            gkey = (leaf, module.in_features, module.out_features, module.bias is not None)
+            groups.setdefault(gkey, []).append(mod_name)
+            group_tied[gkey] = group_tied.get(gkey, False) or tied
+            quant = should_convert_module(mod_name, list(not_converted))
+            group_quant[gkey] = group_quant.get(gkey, True) and quant
+        for pname, p in module.named_parameters(recurse=False):
+            full = f"{mod_name}.{pname}" if mod_name else pname
+            if id(p) in seen:  # a tied weight: counted once, as num_parameters() does
+                continue
+            seen.add(id(p))
+            if is_linear:
+                kind = "linear_weight" if pname == "weight" else "linear_bias"
+            elif is_embedding:
+                kind = "embedding"
+            elif is_norm:
+                kind = "norm"
+            else:
+                kind = "other"
+            quantized = is_linear and pname == "weight" and should_convert_module(mod_name, list(not_converted))
+            tensors.append(TensorInfo(full, tuple(p.shape), kind, mtype, str(p.dtype).removeprefix("torch."), quantized))
+        persistent_names = set()
+        for bname, _ in module.named_buffers(recurse=False):
+            if bname not in getattr(module, "_non_persistent_buffers_set", set()):
+                persistent_names.add(bname)
+        for bname, b in module.named_buffers(recurse=False):
+            full = f"{mod_name}.{bname}" if mod_name else bname
+            tensors.append(
+                TensorInfo(full, tuple(b.shape), "buffer", mtype, str(b.dtype).removeprefix("torch."),
+                           persistent=bname in persistent_names)
+            )
+
+    linears = [
+        LinearGroup(leaf, i, o, bias, len(paths), tuple(paths), group_quant[key], group_tied[key])
+        for key, paths in groups.items()
+        for (leaf, i, o, bias) in [key]
+    ]
+    # lm_head (the output embedding) last, decoder groups in model order
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    out_names = {n for n, m in model.named_modules() if out_emb is not None and m is out_emb}
+    linears.sort(key=lambda g: g.paths[0] in out_names)
+
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = int(getattr(cfg, "num_attention_heads", 0) or 0)
+    hidden = int(getattr(cfg, "hidden_size", 0) or 0)
+    head_dim = getattr(cfg, "head_dim", None) or (hidden // heads if heads else 0)
+    arch = Architecture(
+        name=name,
+        model_type=config.model_type,
+        model_class=type(model).__name__,
+        config_dtype=str(dtype).removeprefix("torch."),
+        params_total=int(model.num_parameters()),
+        num_layers=int(getattr(cfg, "num_hidden_layers", 0) or 0),
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        num_kv_heads=int(getattr(cfg, "num_key_value_heads", None) or heads),
+        head_dim=int(head_dim),
+        intermediate_size=getattr(cfg, "intermediate_size", None),
+        vocab_size=int(getattr(cfg, "vocab_size", 0) or 0),
+        max_position_embeddings=getattr(cfg, "max_position_embeddings", None),
+        tie_word_embeddings=bool(tied_pairs),
+        tied_pairs=tied_pairs,
+        linears=tuple(linears),
+        tensors=tuple(tensors),
+        not_converted=not_converted,
+        config=config.to_dict(),
+    )
+    del model
+    return arch
+
+
+def clear_cache() -> None:
+    with _LOCK:
+        _CACHE.clear()

@@ -1,0 +1,262 @@
+"""LoRA parameter counts, module by module, equal to what peft's `get_peft_model` creates.
+
+For every Linear that a target name matches (peft's rule: the full module name equals the
+target or ends with "." + target), peft adds
+    lora_A: r × in_features        lora_B: out_features × r
+plus, with DoRA, a magnitude vector of out_features, and with `lora_bias=True` a bias on
+lora_B (out_features). `bias="all"|"lora_only"` adds no tensor: it unfreezes existing biases
+(all of them, or those of the targeted layers). rsLoRA changes only the scale
+(alpha/√r instead of alpha/r), never the count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from lab.architecture import Architecture
+from lab.errors import LabError
+
+BIAS_CHOICES = {
+    "none": "No bias is trained (peft's default).",
+    "all": "Every existing bias in the model becomes trainable (targeted or not).",
+    "lora_only": "Only the existing biases of the targeted layers become trainable.",
+}
+
+# Presets named as people say them; resolved against the Linear names the model really has.
+PRESETS: dict[str, tuple[str, ...] | str] = {
+    "q,v": ("q_proj", "v_proj"),
+    "all attention": "attention",
+    "all linear": "all-linear",
+}
+PRESET_HELP = {
+    "q,v": "The original LoRA paper's choice: query and value projections only.",
+    "all attention": "Every attention projection (q, k, v, o, or a fused qkv_proj).",
+    "all linear": "Every Linear layer except lm_head, like peft's target_modules='all-linear' (QLoRA paper).",
+}
+_ATTENTION_HINTS = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "query", "key", "value", "dense",
+                    "c_attn", "c_proj", "out_proj", "wq", "wk", "wv", "wo", "Wqkv", "query_key_value")
+
+
+@dataclass(frozen=True)
+class LoraModuleRow:
+    """One targeted Linear name (e.g. q_proj) and what LoRA adds to all its layers."""
+
+    name: str
+    in_features: int
+    out_features: int
+    count: int  # how many such layers
+    a_params: int  # per layer: r × in
+    b_params: int  # per layer: out × r
+    magnitude_params: int  # per layer: DoRA's magnitude vector (out), else 0
+    lora_bias_params: int  # per layer: lora_B's bias with lora_bias=True, else 0
+    unfrozen_bias_params: int  # per layer: existing bias made trainable by bias='all'/'lora_only'
+
+    @property
+    def per_layer(self) -> int:
+        return self.a_params + self.b_params + self.magnitude_params + self.lora_bias_params + self.unfrozen_bias_params
+
+    @property
+    def total(self) -> int:
+        return self.per_layer * self.count
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "per_layer": self.per_layer, "total": self.total}
+
+
+@dataclass(frozen=True)
+class LoraEstimate:
+    r: int
+    alpha: float
+    targets: tuple[str, ...]
+    use_dora: bool
+    use_rslora: bool
+    bias: str
+    lora_bias: bool
+    rows: tuple[LoraModuleRow, ...]
+    other_trainable_params: int  # biases of untargeted layers unfrozen by bias='all'
+    params_total: int  # the base model's parameters
+    packed_params_4bit: int  # what a plain numel() count shows for the model loaded in 4-bit
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / math.sqrt(self.r) if self.use_rslora else self.alpha / self.r
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(row.total for row in self.rows) + self.other_trainable_params
+
+    @property
+    def added_params(self) -> int:
+        """New tensors peft creates (unfrozen existing biases are not new)."""
+        return self.trainable_params - self.other_trainable_params - sum(r.unfrozen_bias_params * r.count for r in self.rows)
+
+    @property
+    def adapter_params(self) -> int:
+        """Tensors saved in adapter_model.safetensors (LoRA A/B, magnitudes, lora biases, unfrozen biases)."""
+        return self.trainable_params
+
+    @property
+    def adapter_bytes_fp32(self) -> int:
+        return 4 * self.adapter_params
+
+    @property
+    def adapter_bytes_bf16(self) -> int:
+        return 2 * self.adapter_params
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100.0 * self.trainable_params / (self.params_total + self.added_params)
+
+    def lora_config_code(self) -> str:
+        targets = ", ".join(f'"{t}"' for t in self.targets)
+        lines = [
+            "LoraConfig(",
+            f"    r={self.r},",
+            f"    lora_alpha={self.alpha:g},",
+            f"    target_modules=[{targets}],",
+            f'    bias="{self.bias}",',
+        ]
+        if self.use_dora:
+            lines.append("    use_dora=True,")
+        if self.use_rslora:
+            lines.append("    use_rslora=True,")
+        if self.lora_bias:
+            lines.append("    lora_bias=True,")
+        lines += ['    task_type="CAUSAL_LM",', ")"]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {
+            "r": self.r,
+            "alpha": self.alpha,
+            "scale": self.scale,
+            "targets": list(self.targets),
+            "use_dora": self.use_dora,
+            "use_rslora": self.use_rslora,
+            "bias": self.bias,
+            "lora_bias": self.lora_bias,
+            "trainable_params": self.trainable_params,
+            "params_total": self.params_total,
+            "trainable_percent": self.trainable_percent,
+            "added_params": self.added_params,
+            "adapter_bytes_fp32": self.adapter_bytes_fp32,
+            "adapter_bytes_bf16": self.adapter_bytes_bf16,
+            "packed_params_4bit": self.packed_params_4bit,
+            "modules": [row.to_json() for row in self.rows],
+            "other_trainable_params": self.other_trainable_params,
+        }
+
+
+def packed_param_count(arch: Architecture) -> int:
+    """What `sum(p.numel() for p in model.parameters())` gives once loaded in 4-bit: bitsandbytes
+    packs two 4-bit weights into one uint8 element, so every quantized weight counts half. This is
+    the "all params: 1.8B" old peft versions printed for a 3.2B model (peft ≥ 0.7 doubles it back)."""
+    return sum((t.numel + 1) // 2 if t.quantized else t.numel for t in arch.tensors if t.kind != "buffer")
+
+
+def parse_targets(targets: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """'q_proj, v_proj' or a list -> ['q_proj', 'v_proj']."""
+    if targets is None:
+        return []
+    if isinstance(targets, str):
+        targets = targets.split(",")
+    return [t.strip() for t in targets if t and t.strip()]
+
+
+def preset_targets(arch: Architecture, preset: str) -> list[str]:
+    """The Linear names a preset means for this architecture."""
+    names = arch.decoder_linear_names
+    spec = PRESETS.get(preset)
+    if spec is None:
+        raise LabError(f"Unknown LoRA preset {preset!r}.", f"Choose one of: {', '.join(PRESETS)}.")
+    if spec == "all-linear":
+        return names
+    if spec == "attention":
+        attn = [n for n in names if any(n == h or n.endswith(h) for h in _ATTENTION_HINTS)
+                and not n.startswith(("gate", "up", "down", "fc"))]
+        return attn or names
+    return [n for n in spec if n in names] or names[:1]
+
+
+def _matches(path: str, target: str) -> bool:
+    return path == target or path.endswith("." + target)
+
+
+def resolve_targets(arch: Architecture, targets) -> list[str]:
+    """Validate target names against the architecture; 'all-linear' expands like peft's."""
+    wanted = parse_targets(targets)
+    if not wanted:
+        raise LabError("No LoRA target modules given.", f"Choose among: {', '.join(arch.linear_names)}.")
+    if wanted == ["all-linear"]:
+        return arch.decoder_linear_names
+    missing = [t for t in wanted if not any(_matches(p, t) for g in arch.linears for p in g.paths)]
+    if missing:
+        raise LabError(
+            f"Target module(s) {', '.join(repr(m) for m in missing)} match no Linear layer of {arch.name}.",
+            f"Its Linear layers are: {', '.join(arch.linear_names)}.",
+        )
+    return wanted
+
+
+def estimate_lora(
+    arch: Architecture,
+    r: int,
+    alpha: float | None = None,
+    targets=("q_proj", "v_proj"),
+    use_dora: bool = False,
+    use_rslora: bool = False,
+    bias: str = "none",
+    lora_bias: bool = False,
+) -> LoraEstimate:
+    """Trainable parameters LoRA adds to `arch`, per targeted Linear name."""
+    if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
+        raise LabError(f"LoRA rank r={r!r} is not a positive integer.", "Use r ≥ 1 (typical: 8, 16, 32, 64).")
+    alpha = float(2 * r if alpha is None else alpha)
+    if alpha <= 0:
+        raise LabError(f"lora_alpha={alpha:g} must be positive.", "A common choice is alpha = 2·r.")
+    if bias not in BIAS_CHOICES:
+        raise LabError(f"Unknown bias setting {bias!r}.", f"Choose one of: {', '.join(BIAS_CHOICES)}.")
+    if lora_bias and use_dora:
+        raise LabError("lora_bias=True is not supported together with DoRA (peft refuses it).")
+    names = resolve_targets(arch, targets)
+
+    rows: list[LoraModuleRow] = []
+    targeted_paths: set[str] = set()
+    for g in arch.linears:
+        paths = [p for p in g.paths if any(_matches(p, t) for t in names)]
+        if not paths:
+            continue
+        targeted_paths.update(paths)
+        rows.append(
+            LoraModuleRow(
+                name=g.name,
+                in_features=g.in_features,
+                out_features=g.out_features,
+                count=len(paths),
+                a_params=r * g.in_features,
+                b_params=g.out_features * r,
+                magnitude_params=g.out_features if use_dora else 0,
+                lora_bias_params=g.out_features if lora_bias else 0,
+                unfrozen_bias_params=g.out_features if (bias in ("all", "lora_only") and g.bias) else 0,
+            )
+        )
+    other = 0
+    if bias == "all":  # every other bias in the model is unfrozen too
+        for t in arch.tensors:
+            if t.path.endswith("bias") and t.kind != "buffer" and t.path.removesuffix(".bias") not in targeted_paths:
+                other += t.numel
+    return LoraEstimate(
+        r=r,
+        alpha=alpha,
+        targets=tuple(names),
+        use_dora=use_dora,
+        use_rslora=use_rslora,
+        bias=bias,
+        lora_bias=lora_bias,
+        rows=tuple(rows),
+        other_trainable_params=other,
+        params_total=arch.params_total,
+        packed_params_4bit=packed_param_count(arch),
+    )

@@ -1,0 +1,114 @@
+"""The architecture reader: real shapes from meta-device models, the catalog, caching, bad input."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from lab.architecture import architecture_from_config, read_architecture, read_architecture_json
+from lab.errors import LabError
+from lab.sources import catalog_names, resolve_source
+from tests.fixtures_architecture import TINY_CONFIGS, tiny_config
+
+REQUIRED = ["Llama-3.2-1B", "Llama-3.2-3B", "Llama-3.1-8B", "Llama-3.1-70B", "Llama-2-7B", "Mistral-7B",
+            "Qwen2.5-0.5B", "Qwen2.5-1.5B", "Qwen2.5-7B", "TinyLlama-1.1B", "SmolLM2-135M", "SmolLM2-360M",
+            "SmolLM2-1.7B", "Phi-3-mini", "Gemma-2-2B"]
+
+
+def test_catalog_has_every_required_model():
+    assert set(REQUIRED) <= set(catalog_names())
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_catalog_model_reads(name):
+    arch = read_architecture(name)
+    config = resolve_source(name).load_config()
+    assert arch.params_total == sum(t.numel for t in arch.tensors if t.kind != "buffer")
+    assert arch.tie_word_embeddings == bool(config.tie_word_embeddings)
+    assert arch.num_layers == config.num_hidden_layers
+    assert arch.config_dtype in ("bfloat16", "float16", "float32")
+    # every Linear group appears once per layer, lm_head once
+    for g in arch.linears:
+        assert g.count == (1 if g.paths[0] == arch.output_path else arch.num_layers)
+    assert not any(g.quantized for g in arch.linears if g.paths[0] == arch.output_path)
+
+
+def test_published_parameter_counts():
+    """Counts the model cards publish (tied embeddings counted once)."""
+    assert read_architecture("Qwen2.5-0.5B").params_total == 494_032_768
+    assert read_architecture("Llama-3.2-3B").params_total == 3_212_749_824
+    assert read_architecture("Llama-3.1-8B").params_total == 8_030_261_248
+    assert read_architecture("SmolLM2-135M").params_total == 134_515_008
+
+
+@pytest.mark.parametrize("kind", list(TINY_CONFIGS))
+def test_shapes_equal_a_real_model(kind):
+    """Every Linear of a real (random) model is in exactly one group with the right shape and bias."""
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config(kind)
+    arch = architecture_from_config(config, kind)
+    model = AutoModelForCausalLM.from_config(config)
+    real = {n: m for n, m in model.named_modules() if type(m) is nn.Linear}
+    grouped = {p: g for g in arch.linears for p in g.paths}
+    assert set(grouped) == set(real)
+    for name, m in real.items():
+        g = grouped[name]
+        assert (g.in_features, g.out_features, g.bias) == (m.in_features, m.out_features, m.bias is not None)
+    assert arch.params_total == model.num_parameters()
+    embeddings = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
+    assert arch.embedding_params == embeddings
+
+
+def test_fused_biased_and_tied_come_from_the_model():
+    phi3 = read_architecture("Phi-3-mini")
+    assert {"qkv_proj", "gate_up_proj"} <= set(phi3.linear_names) and "q_proj" not in phi3.linear_names
+    qkv = next(g for g in phi3.linears if g.name == "qkv_proj")
+    assert qkv.out_features == 3 * phi3.hidden_size
+    qwen = read_architecture("Qwen2.5-0.5B")
+    assert {g.name for g in qwen.linears if g.bias} == {"q_proj", "k_proj", "v_proj"}
+    gemma = read_architecture("Gemma-2-2B")
+    assert gemma.tie_word_embeddings and gemma.tied_pairs
+    lm_head = next(g for g in gemma.linears if g.name == "lm_head")
+    assert lm_head.tied and not lm_head.quantized
+
+
+def test_embedded_reads_like_the_loaded_model(embedded_dir):
+    from transformers import AutoModelForCausalLM
+
+    arch = read_architecture("embedded")
+    model = AutoModelForCausalLM.from_pretrained(embedded_dir, dtype=torch.float32)
+    assert arch.params_total == model.num_parameters() == 134_515_008
+    assert (arch.num_layers, arch.hidden_size, arch.vocab_size) == (30, 576, 49152)
+
+
+def test_cached_per_config():
+    read_architecture("Llama-3.1-70B")
+    t = time.perf_counter()
+    a = read_architecture("Llama-3.1-70B")
+    assert time.perf_counter() - t < 0.25  # no rebuild (a 70B meta build takes far longer on first call)
+    assert a is read_architecture("llama-3.1-70b")  # case-insensitive catalog names, same cache entry
+
+
+def test_uploaded_json_equals_catalog():
+    text = (resolve_source("Qwen2.5-0.5B").path).read_text()
+    up = read_architecture_json(text.encode(), "config.json")
+    assert up.params_total == read_architecture("Qwen2.5-0.5B").params_total
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "no 'model_type'"),
+    (json.dumps({"model_type": "no-such-model"}), "'no-such-model'"),
+    (json.dumps({"model_type": "vit"}), "no causal-LM class"),
+    (json.dumps({"model_type": "llama", "hidden_size": 100, "num_attention_heads": 7}), "cannot build"),
+    (b"\xff\xfe\x00", "UTF-8"),
+])
+def test_bad_configs_get_one_clear_message(text, needle):
+    with pytest.raises(LabError, match=needle) as e:
+        read_architecture_json(text, "config.json")
+    assert "\n" not in str(e.value)

@@ -1,0 +1,172 @@
+"""Memory estimates against what bitsandbytes 0.50 and transformers really hold on this machine."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lab.architecture import read_architecture
+from lab.errors import LabError
+from lab.loading import load_model
+from lab.memory import (
+    GPUS,
+    TrainingSettings,
+    estimate_training,
+    estimate_weights,
+    fit_verdict,
+    kv_cache_bytes,
+    max_fitting,
+    measure_storage,
+    memory_vs_seq_len,
+)
+from tests.conftest import build_tiny_model
+
+QUANTIZED = ["int8", "nf4", "nf4-dq", "fp4"]
+
+
+def _forward(model) -> None:
+    model.eval()
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3, 4]]))
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen_dir(tmp_path_factory, embedded_dir):
+    """A biased (q/k/v bias), untied Qwen2: biases must stay unquantized in the load dtype."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"), embedded_dir, model_type="qwen2",
+                            tie_word_embeddings=False)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16", *QUANTIZED])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_tiny_llama_bytes_match_bitsandbytes_exactly(tiny_model_dir, precision, dtype):
+    if precision in ("fp32", "bf16", "fp16") and dtype == "bf16":
+        pytest.skip("float precisions ignore dtype")
+    arch = read_architecture(str(tiny_model_dir))
+    est = estimate_weights(arch, precision, dtype)
+    model = load_model(str(tiny_model_dir), precision, dtype, "cpu").model
+    real = measure_storage(model)
+    assert est.weights_bytes == real["total_bytes"]
+    assert est.hf_footprint_bytes == real["hf_footprint_bytes"] == model.get_memory_footprint()
+    if precision in QUANTIZED:
+        assert est.quant_constants_bytes == real["quant_constants_bytes"] > 0
+        assert est.hf_footprint_bytes < est.weights_bytes  # get_memory_footprint misses the constants
+    if est.cpu_packed_bytes is not None:
+        _forward(model)  # CPU repacking: absmax become bf16, nested state dropped
+        assert measure_storage(model)["total_bytes"] == est.cpu_packed_bytes
+
+
+@pytest.mark.parametrize("precision", ["int8", "nf4-dq"])
+def test_biased_untied_qwen2_matches(tiny_qwen_dir, precision):
+    arch = read_architecture(str(tiny_qwen_dir))
+    est = estimate_weights(arch, precision, "bf16")
+    model = load_model(str(tiny_qwen_dir), precision, "bf16", "cpu").model
+    assert est.weights_bytes == measure_storage(model)["total_bytes"]
+    lm_head = model.get_output_embeddings()
+    assert type(lm_head) is torch.nn.Linear and lm_head.weight.dtype == torch.bfloat16  # kept unquantized
+    assert model.model.layers[0].self_attn.q_proj.bias.dtype == torch.bfloat16
+    assert {c.name for c in est.components} >= {"biases", "lm_head", "embeddings", "norms"}
+
+
+@pytest.mark.parametrize("precision", ["nf4-dq"])  # all precisions: benchmarks/bench_memory_accuracy.py
+def test_embedded_model_within_one_percent(embedded_dir, precision):
+    """The real SmolLM2-135M-Instruct at bf16 storage: predicted bytes within 1% (in fact exact)."""
+    arch = read_architecture("embedded")
+    est = estimate_weights(arch, precision, "bf16")
+    model = load_model("embedded", precision, "bf16", "cpu").model
+    real = measure_storage(model)
+    assert abs(est.weights_bytes - real["total_bytes"]) <= 0.01 * real["total_bytes"]
+    assert est.hf_footprint_bytes == model.get_memory_footprint()
+    assert est.params_total == model.num_parameters() == 134_515_008
+
+
+def test_skip_modules_override(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    arch = read_architecture(str(tiny_model_dir))
+    skip = ["lm_head", "down_proj"]
+    est = estimate_weights(arch, "int8", "fp32", skip_modules=skip)
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_model_dir, quantization_config=BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip),
+        dtype=torch.float32, device_map="cpu")
+    assert est.weights_bytes == measure_storage(model)["total_bytes"]
+    assert est.quantized_params < estimate_weights(arch, "int8", "fp32").quantized_params
+
+
+def test_seed_tutorial_figures():
+    """Llama-3.2-3B get_memory_footprint: 12.9 GB fp32, 3.6 GB 8-bit, 2.2 GB 4-bit (fp16 for the rest)."""
+    arch = read_architecture("Llama-3.2-3B")
+    assert f"{estimate_weights(arch, 'fp32').hf_footprint_bytes / 1e9:.1f}" == "12.9"
+    assert f"{estimate_weights(arch, 'int8', 'fp16').hf_footprint_bytes / 1e9:.1f}" == "3.6"
+    assert f"{estimate_weights(arch, 'nf4', 'fp16').hf_footprint_bytes / 1e9:.1f}" == "2.2"
+
+
+def test_qwen_half_billion_tutorial_error():
+    """'0.23 GB at 4-bit' for Qwen2.5-0.5B = all 494M params × 0.5 B; the 136M embedding params stay 16-bit."""
+    arch = read_architecture("Qwen2.5-0.5B")
+    est = estimate_weights(arch, "nf4-dq")
+    assert arch.params_total == 494_032_768
+    assert est.unquantized_params > 136_000_000
+    assert est.naive_bytes / 2**30 == pytest.approx(0.23, abs=0.01)
+    assert est.weights_bytes > 1.8 * est.naive_bytes
+
+
+def test_kv_cache_matches_a_real_cache(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    arch = read_architecture(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        out = model(torch.ones(2, 7, dtype=torch.long), use_cache=True)
+    cache = out.past_key_values
+    real = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    assert kv_cache_bytes(arch, 7, 2, "fp32") == real
+
+
+def test_training_terms_behave():
+    arch = read_architecture("Llama-3.2-1B")
+    base = TrainingSettings(method="qlora", batch_size=2, seq_len=1024, r=16)
+    q = estimate_training(arch, base)
+    assert set(q.components) >= {"weights", "adapter", "gradients", "optimizer", "activations", "logits", "cuda_context"}
+    assert all(k in q.formulas for k in q.components)
+    assert q.total_bytes == sum(q.components.values())
+    lora = estimate_training(arch, replace(base, method="lora"))
+    full = estimate_training(arch, replace(base, method="full", optimizer="adamw_torch"))
+    assert q.components["weights"] < lora.components["weights"] < full.total_bytes
+    assert full.trainable_params == arch.params_total
+    assert q.trainable_params == lora.trainable_params
+    no_ckpt = estimate_training(arch, replace(base, grad_checkpointing=False))
+    assert no_ckpt.components["activations"] > 3 * q.components["activations"]
+    eight = estimate_training(arch, replace(base, method="full", optimizer="adamw_8bit"))
+    assert eight.components["optimizer"] < full.components["optimizer"] / 1.9  # bf16 states: 4 B vs ~2 B
+    curve = memory_vs_seq_len(arch, base, [256, 512, 1024, 2048])
+    totals = [row["total_bytes"] for row in curve]
+    assert totals == sorted(totals) and totals[2] == q.total_bytes
+
+
+@pytest.mark.parametrize("knob", ["batch_size", "seq_len", "r"])
+def test_inverse_question_is_tight(knob):
+    arch = read_architecture("Llama-3.2-3B")
+    gpu = next(g for g in GPUS if g.name.startswith("T4"))
+    s = TrainingSettings(method="qlora", seq_len=1024, batch_size=2, grad_checkpointing=knob != "seq_len")
+    best = max_fitting(arch, gpu.memory_bytes, knob, s)
+    assert best >= 1
+    assert estimate_training(arch, replace(s, **{knob: best})).total_bytes <= gpu.memory_bytes
+    if knob != "seq_len" or best < arch.max_position_embeddings:
+        assert estimate_training(arch, replace(s, **{knob: best + 1})).total_bytes > gpu.memory_bytes
+
+
+def test_fit_verdicts_and_errors():
+    assert fit_verdict(50, 100) == "fits" and fit_verdict(95, 100) == "tight" and fit_verdict(101, 100) == "does not fit"
+    arch = read_architecture("Qwen2.5-0.5B")
+    big = read_architecture("Llama-3.1-70B")
+    s = TrainingSettings(method="full", optimizer="adamw_torch")
+    assert max_fitting(big, GPUS[0].memory_bytes, "batch_size", s) == 0
+    with pytest.raises(LabError, match="sequence length"):
+        estimate_training(arch, seq_len=0)
+    with pytest.raises(LabError, match="'int3'"):
+        estimate_weights(arch, "int3")
+    with pytest.raises(LabError, match="'fp8'"):
+        estimate_weights(arch, "nf4", "fp8")
