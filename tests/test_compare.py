@@ -121,6 +121,8 @@ def test_cancel_stops_generation(loaded, tiny_adapters):
 def test_missing_and_corrupt_adapters_are_clear(tmp_path, tiny_adapters):
     with pytest.raises(LabError, match="does not exist"):
         inspect_adapter(str(tmp_path / "nope"))
+    with pytest.raises(LabError, match="could not be fetched from the Hub"):  # offline in tests
+        inspect_adapter("someone/some-adapter")
     (tmp_path / "empty").mkdir()
     with pytest.raises(LabError, match="adapter_config.json"):
         inspect_adapter(str(tmp_path / "empty"))
