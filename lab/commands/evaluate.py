@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from lab.commands.compare import add_model_arguments, load_base_and_adapters
@@ -34,7 +35,10 @@ def run(args: argparse.Namespace) -> dict:
     examples = load_examples(args.dataset, args.limit or None)  # a bad dataset fails before the model loads
     loaded, infos, warnings = load_base_and_adapters(args)
     settings = EvalSettings(limit=args.limit or None, metric=args.metric, max_new_tokens=args.max_new_tokens)
-    result = evaluate(loaded, infos, examples, args.dataset, settings)
+    def progress(done: int, total: int, row: dict) -> None:  # stderr, so --json output stays clean
+        print(f"\rexample {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+    result = evaluate(loaded, infos, examples, args.dataset, settings, on_progress=progress)
     result.warnings = warnings
     for path, text in ((args.markdown, to_markdown), (args.csv, to_csv)):
         if path:
