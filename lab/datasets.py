@@ -1,0 +1,422 @@
+"""Training data: the bundled datasets, user files (JSONL/CSV) and Hub ids, in one of three forms.
+
+Forms (detected from the fields, like TRL's dataset formats):
+
+- alpaca             {"instruction", "input" (optional), "output"}
+- messages           {"messages": [{"role", "content"}, ...]}  (the last turn is the assistant's answer)
+- prompt_completion  {"prompt", "completion"}  (strings, or lists of chat messages)
+
+Every row becomes (prompt messages, reference answer) through `prompt_and_answer`. Training and
+evaluation both format that pair the same way: the tokenizer's chat template when it has one, the
+Alpaca template otherwise (`render_prompt`, `render_example`). So the Playground's before/after
+accuracy sees exactly the prompt the adapter was trained on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab.errors import LabError
+from lab.paths import ASSETS_DIR
+
+DATASETS_DIR = ASSETS_DIR / "datasets"
+SPLITS = ("train", "test")
+FORMATS = ("alpaca", "messages", "prompt_completion")
+# The fields that identify each form, in the order detection prefers them.
+FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
+    "alpaca": ("instruction", "output"),
+    "messages": ("messages",),
+    "prompt_completion": ("prompt", "completion"),
+}
+FORMAT_LABELS = {"alpaca": "Alpaca (instruction / input / output)", "messages": "chat messages",
+                 "prompt_completion": "prompt / completion"}
+ROLES = ("system", "user", "assistant")
+ALPACA_HEADER = ("Below is an instruction that describes a task. "
+                 "Write a response that appropriately completes the request.")
+MAX_LISTED_PROBLEMS = 5
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+# --------------------------------------------------------------------------- bundled datasets
+def list_datasets() -> list[str]:
+    """Names of the bundled datasets (folders of assets/datasets with a train.jsonl)."""
+    return sorted(p.parent.name for p in DATASETS_DIR.glob("*/train.jsonl"))
+
+
+def dataset_card(name: str) -> str:
+    """The bundled dataset's README.md (a short card), or '' when it has none."""
+    card = DATASETS_DIR / name / "README.md"
+    return card.read_text() if card.is_file() else ""
+
+
+def dataset_name(name_or_path: str) -> str:
+    """Short name used in run names: the bundled name, a file's stem, or a Hub id's last part."""
+    if name_or_path in list_datasets():
+        return name_or_path
+    p = Path(name_or_path)
+    if p.is_dir():
+        return p.name
+    if p.suffix:
+        return p.stem
+    return name_or_path.rstrip("/").split("/")[-1]
+
+
+def dataset_file(name_or_path: str, split: str = "train") -> Path | None:
+    """The file holding `split`, or None for a Hub id. A bundled name or a folder holds
+    train/test files; a single file is its own (only) training split."""
+    if split not in SPLITS:
+        raise LabError(f"Unknown split {split!r}.", f"Choose one of: {', '.join(SPLITS)}.")
+    if name_or_path in list_datasets():
+        return DATASETS_DIR / name_or_path / f"{split}.jsonl"
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        for ext in (".jsonl", ".json", ".csv"):
+            if (p / f"{split}{ext}").is_file():
+                return p / f"{split}{ext}"
+        raise LabError(f"{p} has no {split}.jsonl or {split}.csv.", "Put the rows in train.jsonl (and test.jsonl) there.")
+    if p.is_file():
+        if split != "train":
+            raise LabError(f"{p} is a single file: it has only a train split.",
+                           "Pass a folder with train.jsonl and test.jsonl to have a test split.")
+        return p
+    if _HUB_ID.match(name_or_path) and not p.suffix:
+        return None
+    known = ", ".join(list_datasets())
+    raise LabError(f"Dataset {name_or_path!r} not found: not a bundled dataset, a file or a folder.",
+                   f"Use one of {known}, a .jsonl/.csv file, or a Hub id like owner/name when online.")
+
+
+def has_split(name_or_path: str, split: str) -> bool:
+    try:
+        f = dataset_file(name_or_path, split)
+    except LabError:
+        return False
+    return f is None or f.is_file()
+
+
+# --------------------------------------------------------------------------- reading
+@dataclass
+class RowProblem:
+    line: int  # 1-based line in the file (CSV: the row's line; Hub: the row's index + 1)
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}"
+
+
+@dataclass
+class DatasetCheck:
+    """A dataset split read and validated: the good rows, their line numbers, what was wrong."""
+
+    source: str
+    split: str
+    format: str
+    rows: list[dict]
+    lines: list[int]
+    problems: list[RowProblem] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return len(self.rows) + len(self.problems)
+
+    def summary(self) -> str:
+        s = f"{len(self.rows)} rows in {FORMAT_LABELS[self.format]} form"
+        if self.problems:
+            s += f"; {len(self.problems)} malformed row(s) skipped ({describe_problems(self.problems)})"
+        return s
+
+
+def describe_problems(problems: list[RowProblem]) -> str:
+    shown = "; ".join(str(p) for p in problems[:MAX_LISTED_PROBLEMS])
+    more = len(problems) - MAX_LISTED_PROBLEMS
+    return shown + (f"; and {more} more" if more > 0 else "")
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict | str]]:
+    """(line number, row) for each non-blank line; a string instead of a row says what is wrong."""
+    out: list[tuple[int, dict | str]] = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise LabError(f"{path} is not UTF-8 text ({e}).", "Save the file as UTF-8.") from e
+    if path.suffix == ".json" and text.lstrip().startswith("["):  # a JSON array of rows
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise LabError(f"{path} is not valid JSON: {e}.", "Fix the file or save it as JSONL (one object per line).") from e
+        return [(i + 1, r if isinstance(r, dict) else f"item is a {type(r).__name__}, not an object") for i, r in enumerate(data)]
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            out.append((n, f"not valid JSON ({e.msg} at column {e.colno})"))
+            continue
+        out.append((n, obj if isinstance(obj, dict) else f"a JSON {type(obj).__name__}, not an object"))
+    return out
+
+
+def _read_csv(path: Path) -> list[tuple[int, dict | str]]:
+    out: list[tuple[int, dict | str]] = []
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames:
+            return []
+        for r in reader:
+            line = reader.line_num
+            if None in r:
+                out.append((line, f"{len(r[None])} value(s) more than the {len(reader.fieldnames)} header columns"))
+                continue
+            row = {k: v for k, v in r.items() if k is not None}
+            for key in ("messages", "prompt", "completion"):  # chat fields may be JSON-encoded in a cell
+                v = row.get(key)
+                if isinstance(v, str) and v.lstrip().startswith("["):
+                    try:
+                        row[key] = json.loads(v)
+                    except json.JSONDecodeError:
+                        pass
+            out.append((line, row))
+    return out
+
+
+def _read_hub(hub_id: str, split: str) -> list[tuple[int, dict | str]]:
+    try:
+        from datasets import load_dataset
+
+        ds = load_dataset(hub_id, split=split)
+    except Exception as e:  # offline, unknown id, no such split: all the same to the user
+        raise LabError(f"Could not load the Hub dataset {hub_id!r} (split {split!r}): {type(e).__name__}: {str(e)[:200]}",
+                       "The Hub needs network access; offline, use a bundled dataset or a local .jsonl/.csv file.") from e
+    return [(i + 1, dict(r)) for i, r in enumerate(ds)]
+
+
+def read_records(name_or_path: str, split: str = "train") -> list[tuple[int, dict | str]]:
+    path = dataset_file(name_or_path, split)
+    if path is None:
+        return _read_hub(name_or_path, split)
+    if not path.is_file():
+        raise LabError(f"{path} does not exist.", f"Dataset {name_or_path!r} has no {split} split.")
+    if path.suffix == ".csv":
+        return _read_csv(path)
+    if path.suffix in (".jsonl", ".json"):
+        return _read_jsonl(path)
+    raise LabError(f"Unsupported dataset file type {path.suffix!r} ({path}).", "Use .jsonl (one JSON object per line) or .csv.")
+
+
+# --------------------------------------------------------------------------- formats
+def _fields_present(row: dict, fmt: str) -> bool:
+    return all(row.get(k) not in (None, "") for k in FORMAT_FIELDS[fmt])
+
+
+def detect_format(rows: list[dict], lines: list[int] | None = None) -> str:
+    """'alpaca' | 'messages' | 'prompt_completion': the form most rows have. Raises a LabError that
+    names the missing fields (with line numbers) when no row has the fields of any form."""
+    if not rows:
+        raise LabError("The dataset has no rows.", "Add at least one example (JSONL: one JSON object per line).")
+    counts = {fmt: sum(_fields_present(r, fmt) for r in rows) for fmt in FORMATS}
+    best = max(FORMATS, key=lambda f: counts[f])  # max keeps the first on ties: the FORMATS order
+    if counts[best] == 0:
+        lines = lines or list(range(1, len(rows) + 1))
+        seen = ", ".join(repr(k) for k in rows[0]) or "none"
+        raise LabError(
+            f"No row has the fields of a known form (line {lines[0]} has fields: {seen}).",
+            "Alpaca rows need 'instruction' and 'output' ('input' optional); chat rows need 'messages'; "
+            "prompt/completion rows need 'prompt' and 'completion'.",
+        )
+    return best
+
+
+def row_problem(row: dict, fmt: str) -> str | None:
+    """Why `row` is not a valid row of form `fmt`, or None when it is."""
+    missing = [k for k in FORMAT_FIELDS[fmt] if row.get(k) in (None, "")]
+    if missing:
+        return f"missing {', '.join(repr(k) for k in missing)} for {FORMAT_LABELS[fmt]} form (has: {', '.join(map(repr, row)) or 'nothing'})"
+    if fmt == "alpaca":
+        for k in ("instruction", "input", "output"):
+            if row.get(k) is not None and not isinstance(row[k], str):
+                return f"{k!r} must be text, got {type(row[k]).__name__}"
+        return None
+    if fmt == "messages":
+        return _messages_problem(row["messages"], need_answer=True)
+    p, c = row["prompt"], row["completion"]
+    if isinstance(p, str) and isinstance(c, str):
+        return None
+    if isinstance(p, list) and isinstance(c, list):
+        return _messages_problem(p, need_answer=False) or _messages_problem(c, need_answer=True)
+    return "'prompt' and 'completion' must both be text or both be lists of chat messages"
+
+
+def _messages_problem(messages, need_answer: bool) -> str | None:
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty list of {role, content} objects"
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            return f"message {i + 1} must be {{'role': one of {'/'.join(ROLES)}, 'content': text}}, got {str(m)[:80]}"
+    if need_answer and messages[-1]["role"] != "assistant":
+        return "the last message must be the assistant's answer"
+    return None
+
+
+def check_rows(records: list[tuple[int, dict | str]], source: str = "rows", split: str = "train",
+               on_bad: str = "refuse") -> DatasetCheck:
+    """Validate (line, row) records. on_bad='refuse' raises a LabError listing the bad lines;
+    'skip' keeps the good rows and reports the bad ones in `.problems`."""
+    if on_bad not in ("refuse", "skip"):
+        raise LabError(f"Unknown on_bad={on_bad!r}.", "Choose 'refuse' or 'skip'.")
+    if not records:
+        raise LabError(f"{source} ({split}) is empty: it has no rows.", "Add at least one example (JSONL: one JSON object per line).")
+    parsed = [(n, r) for n, r in records if isinstance(r, dict)]
+    fmt = detect_format([r for _, r in parsed], [n for n, _ in parsed]) if parsed else None
+    if fmt is None:
+        raise LabError(f"{source} ({split}): no line is a JSON object ({describe_problems([RowProblem(n, r) for n, r in records])}).",
+                       "Each line must be one JSON object, e.g. {\"instruction\": ..., \"output\": ...}.")
+    rows, lines, problems = [], [], []
+    for n, r in records:
+        why = r if isinstance(r, str) else row_problem(r, fmt)
+        if why:
+            problems.append(RowProblem(n, why))
+        else:
+            rows.append(r)
+            lines.append(n)
+    if problems and on_bad == "refuse":
+        raise LabError(f"{source} ({split}) has {len(problems)} malformed row(s): {describe_problems(problems)}.",
+                       "Fix those lines, or choose to skip malformed rows (--skip-bad-rows on the CLI).")
+    if not rows:
+        raise LabError(f"{source} ({split}) has no valid rows: {describe_problems(problems)}.", "Fix the file's rows.")
+    return DatasetCheck(source, split, fmt, rows, lines, problems)
+
+
+def check_dataset(name_or_path: str, split: str = "train", on_bad: str = "refuse") -> DatasetCheck:
+    """Read and validate one split of a bundled dataset, a file/folder or a Hub id."""
+    return check_rows(read_records(name_or_path, split), name_or_path, split, on_bad)
+
+
+def load_rows(name_or_path: str, split: str = "train", on_bad: str = "refuse") -> list[dict]:
+    """The valid rows of one split (see `check_dataset` for line-numbered problems)."""
+    return check_dataset(name_or_path, split, on_bad).rows
+
+
+# --------------------------------------------------------------------------- prompt and answer
+def row_format(row: dict) -> str:
+    for fmt in FORMATS:
+        if _fields_present(row, fmt):
+            return fmt
+    raise LabError(f"Row has no known form (fields: {', '.join(map(repr, row))}).",
+                   "Alpaca needs 'instruction'+'output', chat needs 'messages', else 'prompt'+'completion'.")
+
+
+def prompt_and_answer(row: dict) -> tuple[list[dict], str]:
+    """(prompt as chat messages, reference answer) for any row form.
+
+    Alpaca: one user turn = instruction, plus a blank line and the input when there is one.
+    Messages: every turn before the last, and the last (assistant) turn's content.
+    Prompt/completion: the prompt as a user turn (or the prompt's messages), and the completion.
+    """
+    fmt = row_format(row)
+    if fmt == "alpaca":
+        user = row["instruction"].strip()
+        extra = (row.get("input") or "").strip()
+        return [{"role": "user", "content": f"{user}\n\n{extra}" if extra else user}], row["output"]
+    if fmt == "messages":
+        msgs = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        return msgs[:-1], msgs[-1]["content"]
+    p, c = row["prompt"], row["completion"]
+    if isinstance(p, list):
+        answer = "".join(m["content"] for m in c if m.get("role") == "assistant") if isinstance(c, list) else str(c)
+        return [{"role": m["role"], "content": m["content"]} for m in p], answer
+    return [{"role": "user", "content": p}], c
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def alpaca_prompt(messages: list[dict]) -> str:
+    """The Alpaca template for tokenizers without a chat template. System turns go in the header;
+    earlier assistant turns become earlier responses."""
+    system = "\n".join(m["content"] for m in messages if m["role"] == "system")
+    parts = [system or ALPACA_HEADER]
+    for m in messages:
+        if m["role"] == "user":
+            parts.append(f"### Instruction:\n{m['content']}")
+        elif m["role"] == "assistant":
+            parts.append(f"### Response:\n{m['content']}")
+    return "\n\n".join(parts) + "\n\n### Response:\n"
+
+
+def render_prompt(tokenizer, messages: list[dict]) -> str:
+    """The exact text the model sees before its answer, in training and in evaluation."""
+    if has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return alpaca_prompt(messages)
+
+
+def render_example(tokenizer, row: dict) -> tuple[str, str]:
+    """(prompt text, answer text) of a training example: prompt + answer is the full training text.
+    The answer part ends with what closes the turn (the template's end-of-turn, or EOS)."""
+    messages, answer = prompt_and_answer(row)
+    prompt = render_prompt(tokenizer, messages)
+    if has_chat_template(tokenizer):
+        full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False)
+        if full.startswith(prompt):
+            return prompt, full[len(prompt):]
+        return prompt, full  # templates that render the prompt differently alone: show the whole text
+    return prompt, answer + (tokenizer.eos_token or "")
+
+
+def training_example(tokenizer, row: dict) -> dict:
+    """The row in TRL's prompt/completion form: conversational when the tokenizer has a chat
+    template (TRL applies it and trains on the completion only), else Alpaca text."""
+    messages, answer = prompt_and_answer(row)
+    if has_chat_template(tokenizer):
+        return {"prompt": messages, "completion": [{"role": "assistant", "content": answer}]}
+    return {"prompt": alpaca_prompt(messages), "completion": answer}
+
+
+# --------------------------------------------------------------------------- preview
+@dataclass
+class PreviewRow:
+    line: int
+    prompt: str
+    answer: str
+    prompt_tokens: int
+    answer_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.answer_tokens
+
+
+def preview(tokenizer, rows: list[dict], lines: list[int] | None = None, n: int = 3) -> list[PreviewRow]:
+    """The formatted training text of the first `n` rows with their token lengths."""
+    lines = lines or list(range(1, len(rows) + 1))
+    out = []
+    for row, line in zip(rows[:n], lines[:n], strict=True):
+        prompt, answer = render_example(tokenizer, row)
+        out.append(PreviewRow(line, prompt, answer, _count(tokenizer, prompt), _count(tokenizer, answer)))
+    return out
+
+
+def token_lengths(tokenizer, rows: list[dict]) -> list[int]:
+    """Token count of each row's full training text (prompt + answer)."""
+    return [_count(tokenizer, "".join(render_example(tokenizer, r))) for r in rows]
+
+
+def length_stats(lengths: list[int], max_length: int | None = None) -> dict:
+    if not lengths:
+        return {"rows": 0}
+    s = sorted(lengths)
+    stats = {"rows": len(s), "min": s[0], "mean": round(sum(s) / len(s), 1), "median": s[len(s) // 2],
+             "max": s[-1], "total": sum(s)}
+    if max_length:
+        stats["truncated"] = sum(x > max_length for x in s)
+    return stats
+
+
+def _count(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])

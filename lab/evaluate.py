@@ -1,0 +1,260 @@
+"""Base vs adapters on a test split: a measured verdict, not an impression.
+
+For every example the base and every adapter answer in ONE batched greedy generate (the same
+machinery as the side-by-side columns), and one batched forward pass scores the reference
+answer under each model. Metrics per model:
+
+- labelled sets (every reference is a short label, like banking-intents): exact-match accuracy
+  of the stripped greedy answer;
+- every set: the reference answer's mean token loss and perplexity exp(loss), the tokens counted
+  being exactly those training learns (the answer and its end-of-turn).
+
+Prompts are rendered exactly as training renders them (`lab.datasets.render_prompt`), so the
+adapter is asked the way it was taught.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from lab.adapters import AdapterInfo
+from lab.compare import BASE, BASE_COLUMN, SamplingSettings, adapter_bank, side_by_side
+from lab.errors import LabError
+
+METRICS = {
+    "auto": "accuracy for labelled sets (every answer a short label), perplexity for the others",
+    "accuracy": "exact match of the stripped greedy answer with the reference (plus loss/perplexity)",
+    "perplexity": "loss and perplexity of the reference answers only (answers are still generated for the table)",
+}
+_LABEL = re.compile(r"^[\w\-./:]{1,64}$")
+
+
+@dataclass
+class EvalSettings:
+    """How an evaluation runs."""
+
+    # 72 examples = the whole banking test split; larger sets are cut to keep CPU runs short.
+    limit: int | None = 72
+    # auto | accuracy | perplexity (see METRICS).
+    metric: str = "auto"
+    # New tokens per answer; None = enough for the longest reference (+4), at most 128.
+    max_new_tokens: int | None = None
+
+    HELP = {
+        "limit": "Evaluate only the first N test examples (the whole split when empty). CPU time grows linearly.",
+        "metric": "; ".join(f"{k}: {v}" for k, v in METRICS.items()),
+        "max_new_tokens": "Tokens each model may generate per answer. Default: enough for the longest reference answer.",
+    }
+
+
+@dataclass
+class Example:
+    messages: list[dict]
+    answer: str
+
+
+def load_examples(dataset: str, limit: int | None = None) -> list[Example]:
+    """The test split of a bundled dataset or a folder (its test.jsonl), or every row of a single
+    file (an uploaded test set), as (prompt messages, reference answer)."""
+    from pathlib import Path
+
+    from lab.datasets import load_rows, prompt_and_answer
+
+    rows = load_rows(dataset, "train" if Path(dataset).expanduser().is_file() else "test")
+    if not rows:
+        raise LabError(f"Dataset {dataset!r} has no test rows.", "Give a file with at least one example.")
+    rows = rows[:limit] if limit else rows
+    return [Example(*prompt_and_answer(r)) for r in rows]
+
+
+def is_labelled(examples: list[Example]) -> bool:
+    """Every reference a short label and labels repeat (a classification set)."""
+    answers = [e.answer.strip() for e in examples]
+    return all(_LABEL.match(a) for a in answers) and len(set(answers)) <= max(2, len(answers) // 2)
+
+
+def normalize(text: str) -> str:
+    """What exact match compares: first line, stripped, lower case, no surrounding quotes or final dot."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line.strip().strip("`'\"").rstrip(".").strip().lower()
+
+
+def _render(tokenizer, messages: list[dict]) -> str:
+    from lab.datasets import render_prompt
+
+    return render_prompt(tokenizer, messages)
+
+
+def _answer_text(tokenizer, messages: list[dict], answer: str) -> str:
+    """The answer as training appends it after the prompt (with the template's end-of-turn)."""
+    from lab.datasets import render_example
+
+    prompt, completion = render_example(tokenizer, {"messages": [*messages, {"role": "assistant", "content": answer}]})
+    return completion
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class EvalResult:
+    dataset: str
+    models: list[str]
+    metric: str  # accuracy | perplexity
+    rows: list[dict]
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, dict]:
+        out = {}
+        for m in self.models:
+            n_tok = sum(r["answer_tokens"] for r in self.rows)
+            nll = sum(r["loss"][m] * r["answer_tokens"] for r in self.rows)
+            loss = nll / n_tok if n_tok else float("nan")
+            d = {"examples": len(self.rows), "loss": round(loss, 4), "perplexity": round(math.exp(loss), 3)}
+            if self.metric == "accuracy":
+                correct = sum(bool(r["correct"][m]) for r in self.rows)
+                d |= {"correct": correct, "accuracy": round(correct / len(self.rows), 4) if self.rows else 0.0}
+            out[m] = d
+        return out
+
+    def to_json(self) -> dict:
+        return {"dataset": self.dataset, "metric": self.metric, "models": self.models, "metrics": self.metrics(),
+                "rows": self.rows, "seconds": round(self.seconds, 2), "warnings": self.warnings}
+
+
+# --------------------------------------------------------------------------- scoring
+@torch.inference_mode()
+def _answer_losses(bank, tokenizer, prompt: str, answer: str, names: list[str], dora: set[str]) -> tuple[list[float], int]:
+    """Mean token loss of `answer` after `prompt` under each model: one batched forward pass."""
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    a_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    if not a_ids:
+        return [0.0] * len(names), 0
+    ids = torch.tensor([p_ids + a_ids], device=bank.model.device)
+    losses: dict[str, float] = {}
+
+    def score(model, group: list[str], **kw) -> None:
+        logits = model(input_ids=ids.expand(len(group), -1), **kw).logits[:, len(p_ids) - 1:-1].float()
+        target = ids[0, len(p_ids):].expand(len(group), -1)
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none").mean(dim=1)
+        losses.update(zip(group, nll.tolist(), strict=True))
+
+    with bank.adapters_enabled() as model:
+        batched = [n for n in names if n not in dora]
+        if bank.peft_model is not None:
+            score(model, batched, adapter_names=[BASE if n == BASE_COLUMN else n for n in batched])
+        else:
+            score(model, batched)
+        for n in names:
+            if n in dora:
+                bank.peft_model.set_adapter(n)
+                score(model, [n])
+    return [losses[n] for n in names], len(a_ids)
+
+
+def evaluate(
+    loaded,
+    adapters: list[AdapterInfo],
+    examples: list[Example],
+    dataset: str = "dataset",
+    settings: EvalSettings | None = None,
+    on_progress: Callable[[int, int, dict], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> EvalResult:
+    """Run base and adapters over `examples`; `on_progress(done, total, row)` after each example."""
+    settings = settings or EvalSettings()
+    if settings.metric not in METRICS:
+        raise LabError(f"Unknown metric {settings.metric!r}.", f"Choose one of: {', '.join(METRICS)}.")
+    if not examples:
+        raise LabError(f"Dataset {dataset!r} has no examples to evaluate.")
+    tokenizer = loaded.tokenizer
+    metric = settings.metric if settings.metric != "auto" else ("accuracy" if is_labelled(examples) else "perplexity")
+    names = [BASE_COLUMN, *[a.name for a in adapters]]
+    dora = {a.name for a in adapters if a.use_dora}
+    bank = adapter_bank(loaded)
+    bank.ensure(adapters)
+    longest = max(len(tokenizer(e.answer, add_special_tokens=False)["input_ids"]) for e in examples)
+    gen = SamplingSettings(max_new_tokens=settings.max_new_tokens or min(longest + 4, 128))
+
+    rows, started = [], time.perf_counter()
+    for i, ex in enumerate(examples):
+        if cancel is not None and cancel.is_set():
+            break
+        prompt = _render(tokenizer, ex.messages)
+        # The prompt exactly as training renders it, sent as raw text (no second template).
+        result = side_by_side(loaded, adapters, [{"role": "user", "content": prompt}],
+                              SamplingSettings(**{**gen.__dict__, "use_chat_template": False}))
+        answers = {n: result.columns[n].text.strip() for n in names}
+        losses, n_tok = _answer_losses(bank, tokenizer, prompt, _answer_text(tokenizer, ex.messages, ex.answer), names, dora)
+        row = {
+            "index": i,
+            "prompt": ex.messages[-1]["content"] if ex.messages else "",
+            "reference": ex.answer,
+            "answers": answers,
+            "loss": {n: round(v, 4) for n, v in zip(names, losses, strict=True)},
+            "answer_tokens": n_tok,
+            "differs": len({normalize(a) for a in answers.values()}) > 1,
+        }
+        if metric == "accuracy":
+            row["correct"] = {n: normalize(a) == normalize(ex.answer) for n, a in answers.items()}
+        rows.append(row)
+        if on_progress:
+            on_progress(i + 1, len(examples), row)
+    return EvalResult(dataset, names, metric, rows, time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------- reports
+def _cell(text: str, width: int = 80) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def to_markdown(r: EvalResult) -> str:
+    """A report to paste into a README or an issue: metrics, then every example."""
+    m = r.metrics()
+    acc = r.metric == "accuracy"
+    lines = [f"# Evaluation on {r.dataset}", "",
+             f"{len(r.rows)} test examples, greedy decoding, metric: {r.metric}.", ""]
+    head = ["model", *(["accuracy", "correct"] if acc else []), "loss", "perplexity"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, d in m.items():
+        cells = [name, *([f"{d['accuracy']:.1%}", f"{d['correct']}/{d['examples']}"] if acc else []),
+                 f"{d['loss']:.3f}", f"{d['perplexity']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Examples", "", "Rows where the models' answers differ are marked **≠**.", ""]
+    head = ["#", "≠", "prompt", "reference", *r.models]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in r.rows:
+        answers = []
+        for n in r.models:
+            a = _cell(row["answers"][n], 60).replace("|", "\\|")
+            if acc:
+                a = ("✅ " if row["correct"][n] else "❌ ") + a
+            answers.append(a)
+        lines.append("| " + " | ".join([str(row["index"]), "**≠**" if row["differs"] else "",
+                                         _cell(row["prompt"], 60).replace("|", "\\|"),
+                                         _cell(row["reference"], 40).replace("|", "\\|"), *answers]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(r: EvalResult) -> str:
+    """One line per example: prompt, reference, each model's answer, correctness and loss."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    acc = r.metric == "accuracy"
+    w.writerow(["index", "differs", "prompt", "reference",
+                *[f"{n}_{k}" for n in r.models for k in (("answer", "correct", "loss") if acc else ("answer", "loss"))]])
+    for row in r.rows:
+        cells = []
+        for n in r.models:
+            cells += [row["answers"][n], *([row["correct"][n]] if acc else []), row["loss"][n]]
+        w.writerow([row["index"], row["differs"], row["prompt"], row["reference"], *cells])
+    return buf.getvalue()

@@ -1,0 +1,192 @@
+"""What a training run is: one dataclass whose fields carry their help text (like TRL's
+sft_config.py). The CLI builds its flags from it, the Training page its widgets and tooltips, and
+`lab_run.json` stores it so a run can be reproduced.
+
+Defaults are device-aware (`default_config`): on a CPU they are the demo run (embedded
+SmolLM2-135M, the `style` dataset, fp32 LoRA, a few dozen steps: a few minutes on a laptop and a
+visible change); on a CUDA GPU they are a classic QLoRA setup (NF4 + double quant, gradient
+checkpointing, paged 8-bit AdamW).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from lab.environment import device_type
+from lab.errors import LabError
+from lab.precision import PRECISIONS, get_precision
+
+# Precisions a base model can be trained at: the 4-bit kinds (QLoRA), int8, and plain floats.
+TRAIN_PRECISIONS = ("nf4", "nf4-dq", "fp4", "int8", "bf16", "fp16", "fp32")
+OPTIMIZERS = ("adamw_torch", "adafactor", "sgd", "paged_adamw_8bit")
+CUDA_ONLY_OPTIMIZERS = ("paged_adamw_8bit",)
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+TARGET_PRESETS = {
+    "all-linear": "every Linear layer of the decoder (peft's 'all-linear'; lm_head excluded)",
+    "attention": "q_proj, k_proj, v_proj, o_proj",
+    "qv": "q_proj, v_proj (the original LoRA paper's choice)",
+}
+
+
+def _f(default, help: str, **meta):
+    """A dataclass field with its help text (and optional choices/min/max) in metadata."""
+    kw = {"default_factory": default} if callable(default) and not isinstance(default, type) else {"default": default}
+    return field(metadata={"help": help, **meta}, **kw)
+
+
+@dataclass
+class TrainConfig:
+    # ---- what to train
+    model: str = _f("embedded", "Base model: 'embedded' (SmolLM2-135M-Instruct, offline), a local model folder, or a Hub id when online.")
+    dataset: str = _f("style", "Bundled dataset name (infra-alpaca, banking-intents, style), a .jsonl/.csv file or folder "
+                               "(Alpaca, chat messages or prompt/completion rows), or a Hub dataset id when online.")
+    skip_bad_rows: bool = _f(False, "Skip malformed dataset rows (they are listed with their line numbers) instead of refusing the dataset.")
+    precision: str = _f("fp32", "Precision the frozen base model is loaded at. nf4/nf4-dq/fp4 = QLoRA (4-bit base, "
+                                "bitsandbytes); int8 = LLM.int8(); bf16/fp16/fp32 = plain LoRA. On CPU, 4-bit works but "
+                                "is ~3x slower per step than fp32 (weights are dequantized on every matmul).",
+                        choices=TRAIN_PRECISIONS)
+    # ---- LoRA (peft.LoraConfig)
+    r: int = _f(16, "LoRA rank: the inner dimension of the A (r x in) and B (out x r) matrices. More rank = more trainable parameters and capacity.", min=1, max=1024)
+    alpha: float = _f(32.0, "lora_alpha: the update B·A is scaled by alpha/r (alpha/sqrt(r) with rsLoRA). alpha = 2r is a common choice.", min=0.0)
+    dropout: float = _f(0.05, "lora_dropout: dropout on the LoRA branch's input during training; 0 disables it.", min=0.0, max=0.9)
+    targets: str = _f("all-linear", "Target modules: a preset (all-linear, attention, qv) or comma-separated module names "
+                                    "from the architecture (e.g. q_proj,v_proj).")
+    use_rslora: bool = _f(False, "rsLoRA: scale by alpha/sqrt(r) instead of alpha/r, which keeps high ranks learning (peft use_rslora).")
+    use_dora: bool = _f(False, "DoRA: split each weight into magnitude and direction and train both (peft use_dora). Slower per step.")
+    loraplus_ratio: float = _f(0.0, "LoRA+: learning rate of B = ratio x learning rate of A (peft create_loraplus_optimizer). "
+                                    "0 = off; the LoRA+ paper suggests 16.", min=0.0)
+    # ---- optimisation (trl.SFTConfig / transformers.TrainingArguments)
+    learning_rate: float = _f(1e-3, "Peak learning rate of the LoRA weights. LoRA tolerates far higher rates than full fine-tuning (1e-4 to 1e-3).", min=0.0, aliases=("--lr",))
+    epochs: float = _f(1.0, "Passes over the training split. Ignored when max steps is set (> 0).", min=0.0)
+    max_steps: int = _f(30, "Optimizer steps to run; > 0 overrides epochs. The CPU demo uses 30.", min=-1)
+    batch_size: int = _f(4, "Examples per forward/backward pass (per device). Lower it if you run out of memory.", min=1)
+    grad_accum: int = _f(1, "Gradient accumulation: passes per optimizer step. Effective batch = batch size x this (x devices).", min=1)
+    max_length: int = _f(256, "Longer training texts are truncated to this many tokens. Memory grows with it.", min=8)
+    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass instead of storing them: much less "
+                                             "activation memory, ~30% slower. Worth it on a GPU near its limit; off on CPU.")
+    optimizer: str = _f("adamw_torch", "Optimizer. paged_adamw_8bit (bitsandbytes, QLoRA's choice) keeps 8-bit states and "
+                                       "pages them to CPU RAM on spikes; it needs CUDA and is offered only there.",
+                        choices=OPTIMIZERS)
+    scheduler: str = _f("linear", "Learning-rate schedule after warmup.", choices=SCHEDULERS)
+    warmup_ratio: float = _f(0.0, "Fraction of the steps spent ramping the learning rate up from 0.", min=0.0, max=0.5)
+    weight_decay: float = _f(0.0, "AdamW weight decay on the LoRA weights.", min=0.0)
+    seed: int = _f(42, "Random seed for LoRA initialisation, dropout and data order: same seed + same settings = same run.")
+    # ---- logging, evaluation, checkpoints
+    logging_steps: int = _f(1, "Log loss, learning rate and throughput every this many steps (each log is one point on the curve).", min=1)
+    eval_steps: int = _f(10, "Compute the eval loss on the test split every this many steps; 0 = never.", min=0)
+    max_eval_rows: int = _f(32, "Use at most this many test rows for the eval loss (it costs forward passes).", min=1)
+    save_steps: int = _f(10, "Save a checkpoint (adapter + optimizer) every this many steps; a crash or out-of-memory keeps the last one.", min=1)
+    save_total_limit: int = _f(2, "Keep only this many checkpoints on disk.", min=1)
+    merge: bool = _f(False, "After training, reload the base at 16/32-bit, merge the adapter into it and save a standalone model in merged/.")
+    # ---- where
+    output: str = _f("", "Run folder. Empty = runs/<name>, named {base}-{dataset}_SFT_LoRa{r}_{PRECISION}-<timestamp>.")
+
+    # ------------------------------------------------------------------
+    @classmethod
+    def help(cls, name: str) -> str:
+        return FIELDS[name].metadata["help"]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        unknown = set(data) - set(FIELDS)
+        if unknown:
+            raise LabError(f"Unknown training option(s): {', '.join(sorted(unknown))}.", f"Known: {', '.join(FIELDS)}.")
+        return cls(**data)
+
+    def validate(self, device: str | None = None) -> TrainConfig:
+        """Check every value early, with messages that name the bad one. Returns self."""
+        device = device or device_type()
+        for f in fields(self):
+            v, meta = getattr(self, f.name), f.metadata
+            if "choices" in meta and v not in meta["choices"]:
+                raise LabError(f"{f.name}={v!r} is not one of {', '.join(meta['choices'])}.", meta["help"])
+            if "min" in meta and v < meta["min"]:
+                raise LabError(f"{f.name}={v} is below its minimum {meta['min']}.", meta["help"])
+            if "max" in meta and v > meta["max"]:
+                raise LabError(f"{f.name}={v} is above its maximum {meta['max']}.", meta["help"])
+        get_precision(self.precision)
+        if self.optimizer in CUDA_ONLY_OPTIMIZERS and device != "cuda":
+            raise LabError(f"optimizer={self.optimizer} needs a CUDA GPU (this machine: {device}).",
+                           "Use adamw_torch on CPU.")
+        if self.precision in ("bf16", "fp16") and device == "cpu":
+            raise LabError(f"precision={self.precision} trains ~20x slower than fp32 on this CPU (no fast half-precision matmul).",
+                           "Use fp32 on CPU, or nf4 to see QLoRA's 4-bit base at work.")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise LabError("Both epochs and max_steps are 0: the run would do nothing.", "Set max_steps > 0 or epochs > 0.")
+        if not target_modules(self.targets):
+            raise LabError(f"targets={self.targets!r} names no module.", "Use all-linear, attention, qv, or e.g. q_proj,v_proj.")
+        return self
+
+
+FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+def default_config(device: str | None = None, **overrides) -> TrainConfig:
+    """Defaults for this device: the CPU demo, or QLoRA on a CUDA GPU."""
+    device = device or device_type()
+    cfg = TrainConfig()
+    if device == "cuda":
+        cfg = replace(cfg, precision="nf4-dq", gradient_checkpointing=True, optimizer="paged_adamw_8bit",
+                      learning_rate=2e-4, max_steps=-1, epochs=1.0, max_length=1024, batch_size=8)
+    return replace(cfg, **overrides)
+
+
+def target_modules(targets: str) -> str | list[str]:
+    """peft's target_modules for a preset or a comma-separated list."""
+    t = targets.strip()
+    if t == "all-linear":
+        return "all-linear"
+    if t == "attention":
+        return ["q_proj", "k_proj", "v_proj", "o_proj"]
+    if t == "qv":
+        return ["q_proj", "v_proj"]
+    return [m.strip() for m in t.split(",") if m.strip()]
+
+
+def run_name(cfg: TrainConfig, base_display_name: str, dataset_short: str, when: float | None = None) -> str:
+    """{base}-{dataset}_SFT_LoRa{r}_{PRECISION}-YYYYmmdd-HHMMSS (file-system safe)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when or time.time()))
+    name = f"{base_display_name}-{dataset_short}_SFT_LoRa{cfg.r}_{cfg.precision.upper()}-{stamp}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+
+
+# --------------------------------------------------------------------------- CLI flags
+def add_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig | None = None) -> None:
+    """One --flag per field, with the field's help; booleans are --flag / --no-flag."""
+    defaults = defaults or default_config()
+    for f in fields(TrainConfig):
+        flags = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
+        default = getattr(defaults, f.name)
+        help_text = f.metadata["help"] + f" (default: {default})"
+        if f.type in ("bool", bool):
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        else:
+            typ = {"int": int, "float": float, "str": str}.get(str(f.type), str)
+            parser.add_argument(*flags, type=typ, default=default, help=help_text,
+                                choices=f.metadata.get("choices"), metavar=f.name.upper() if "choices" not in f.metadata else None)
+
+
+def from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(**{name: getattr(args, name) for name in FIELDS})
+
+
+def to_cli_args(cfg: TrainConfig) -> list[str]:
+    """The `python -m lab train` flags that reproduce `cfg` (the page starts exactly this)."""
+    out = []
+    for f in fields(TrainConfig):
+        v = getattr(cfg, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(v, bool):
+            out.append(flag if v else "--no-" + f.name.replace("_", "-"))
+        else:
+            out += [flag, str(v)]
+    return out
+
+
+PRECISION_HELP = {name: PRECISIONS[name].help for name in TRAIN_PRECISIONS}

@@ -1,0 +1,160 @@
+"""The run's event log (runs/<name>/events.jsonl) and the TrainerCallback that writes it.
+
+One JSON object per line, appended and flushed as it happens, so a page (or `tail -f`) can
+follow a run from another process and re-attach after a restart. Types:
+
+  start       pid, name, config, command                  (the process is up)
+  loaded      model load seconds, trainable parameters    (before the first step)
+  train_begin max_steps, epochs
+  log         step, epoch, loss, learning_rate, grad_norm, tokens, tokens_per_second,
+              elapsed, eta_seconds, peak_memory_bytes
+  eval        step, eval_loss
+  checkpoint  step, path
+  stop_requested  reason                                  (STOP file or SIGTERM/SIGINT seen)
+  saved       adapter_dir
+  end         status (finished | stopped | failed), error, hint, summary
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from lab.errors import LabError
+
+EVENTS_FILE = "events.jsonl"
+STOP_FILE = "STOP"
+RUN_FILE = "lab_run.json"
+PROCESS_LOG = "process.log"
+
+
+def peak_memory_bytes() -> int:
+    """Peak memory of this process: CUDA allocator peak on a GPU, peak resident set size on CPU."""
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * (1 if sys.platform == "darwin" else 1024)
+
+
+class EventLog:
+    """Append-only JSONL writer. A failed write (disk full, folder removed) raises a LabError."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / EVENTS_FILE
+
+    def write(self, type: str, **data) -> dict:
+        event = {"type": type, "time": round(time.time(), 3), **data}
+        try:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(event, default=str) + "\n")
+                f.flush()
+        except OSError as e:
+            raise LabError(f"Could not write the event log {self.path}: {e.strerror or e}.",
+                           "Free disk space or check the runs folder's permissions; saved checkpoints are kept.") from e
+        return event
+
+
+def read_events(run_dir: Path) -> list[dict]:
+    """Every complete event of a run. A half-written last line (the writer is mid-flush) is skipped."""
+    path = Path(run_dir) / EVENTS_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, UnicodeDecodeError):
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def request_stop(run_dir: Path, reason: str = "Stop pressed") -> None:
+    """Ask a running training to finish its step, save and exit (read by StopAndLogCallback)."""
+    (Path(run_dir) / STOP_FILE).write_text(reason)
+
+
+class StopAndLogCallback(TrainerCallback):
+    """Writes log/eval/checkpoint events and stops training when asked.
+
+    A stop request is a STOP file in the run folder (the page writes it; it survives a server
+    restart) or a SIGTERM/SIGINT the runner turned into `stop_reason`. At the next step end
+    `control.should_training_stop` is set: the Trainer finishes that step and returns normally,
+    and the runner saves the adapter.
+    """
+
+    def __init__(self, log: EventLog | None, run_dir: Path, echo=None) -> None:
+        self.log = log  # None on non-main processes (accelerate launch): they only watch for stops
+        self.echo = echo  # one progress line per log (the CLI prints it on stderr)
+        self.run_dir = Path(run_dir)
+        self.stop_reason: str | None = None
+        self._announced = False
+        self.started = time.time()
+        self.losses: list[float] = []
+        self.eval_losses: list[tuple[int, float]] = []
+        self.tokens = 0
+        self.tokens_per_second = 0.0
+
+    def _write(self, type: str, **data) -> None:
+        if self.log is not None:
+            self.log.write(type, **data)
+
+    def stop_requested(self) -> str | None:
+        if self.stop_reason is None and (self.run_dir / STOP_FILE).exists():
+            self.stop_reason = (self.run_dir / STOP_FILE).read_text().strip() or "STOP file"
+        return self.stop_reason
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.time()
+        self._write("train_begin", max_steps=state.max_steps, epochs=args.num_train_epochs)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        reason = self.stop_requested()
+        if reason:
+            control.should_training_stop = True
+            if not self._announced:
+                self._announced = True
+                self._write("stop_requested", step=state.global_step, reason=reason)
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        step = state.global_step
+        elapsed = time.time() - self.started
+        if "loss" in logs:
+            self.losses.append(float(logs["loss"]))
+            self.tokens = int(logs.get("num_tokens", self.tokens))
+            self.tokens_per_second = self.tokens / elapsed if elapsed > 0 else 0.0
+            remaining = max(state.max_steps - step, 0)
+            self._write(
+                "log", step=step, max_steps=state.max_steps, epoch=logs.get("epoch"), loss=float(logs["loss"]),
+                learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
+                token_accuracy=logs.get("mean_token_accuracy"), tokens=self.tokens,
+                tokens_per_second=round(self.tokens_per_second, 2), elapsed=round(elapsed, 2),
+                eta_seconds=round(elapsed / step * remaining, 1) if step else None,
+                peak_memory_bytes=peak_memory_bytes(),
+            )
+            if self.echo and self.log is not None:
+                self.echo(f"step {step}/{state.max_steps}  loss {logs['loss']:.4f}  lr {logs.get('learning_rate', 0):.2e}  "
+                          f"{self.tokens_per_second:.0f} tok/s  {elapsed:.0f}s")
+        if "eval_loss" in logs:
+            self.eval_losses.append((step, float(logs["eval_loss"])))
+            self._write("eval", step=step, eval_loss=float(logs["eval_loss"]), elapsed=round(elapsed, 2))
+            if self.echo and self.log is not None:
+                self.echo(f"step {step}  eval loss {logs['eval_loss']:.4f}")
+
+    def on_save(self, args, state, control, **kwargs):
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        self._write("checkpoint", step=state.global_step, path=str(path))
+
+
+def env_is_main_process() -> bool:
+    """True unless this is a non-zero rank of a multi-process (accelerate/torchrun) launch."""
+    return int(os.environ.get("RANK", "0")) == 0

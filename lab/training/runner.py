@@ -1,0 +1,377 @@
+"""One training run, start to finish: load the base at its precision, add LoRA (peft), train
+with TRL's SFTTrainer, and leave a reproducible adapter in the run folder.
+
+    runs/<name>/
+      adapter_config.json, adapter_model.safetensors   the adapter (plain peft format)
+      tokenizer files, chat_template.jinja             the tokenizer the run used
+      lab_run.json                                      everything needed to reproduce and compare it
+      events.jsonl                                      the live event log (see events.py)
+      checkpoints/checkpoint-N/                         the last checkpoints (kept after a crash)
+      merged/                                           optional: base + adapter merged (--merge)
+
+`train(cfg)` is the CLI's code path, and the page starts the CLI as a subprocess, so the page
+and the CLI run exactly the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from lab import datasets as ds
+from lab.environment import compute_dtype, device_type, library_version
+from lab.errors import LabError
+from lab.paths import runs_dir
+from lab.precision import bnb_config, get_precision, load_kwargs
+from lab.sources import ModelSource, hub_error, resolve_source
+from lab.training.config import TrainConfig, run_name, target_modules, to_cli_args
+from lab.training.events import (
+    RUN_FILE,
+    STOP_FILE,
+    EventLog,
+    StopAndLogCallback,
+    env_is_main_process,
+    peak_memory_bytes,
+)
+from lab.training.runs import acquire_lock, release_lock
+
+LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets")
+
+
+def resolve_run_dir(cfg: TrainConfig, source: ModelSource) -> Path:
+    if cfg.output:
+        return Path(cfg.output).expanduser().resolve()
+    return runs_dir() / run_name(cfg, source.display_name, ds.dataset_name(cfg.dataset))
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write via a temporary file and rename: a failed write never leaves half a JSON file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise LabError(f"Could not write {path}: {e.strerror or e}.", "Free disk space or check permissions; checkpoints already saved are kept.") from e
+
+
+# --------------------------------------------------------------------------- model + data
+def load_base(source: ModelSource, precision: str, device: str):
+    """The base model at `precision` on this process's device (each rank its own GPU under
+    accelerate launch), and its tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    from lab.loading import free_memory, load_tokenizer
+
+    if not source.has_weights:
+        raise LabError(f"{source.display_name} is a config without weights: it cannot be trained.", "Pick 'embedded', a model folder or a Hub id.")
+    tokenizer = load_tokenizer(source)
+    kwargs = load_kwargs(precision, "auto", device)
+    if device == "cuda":
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.pretrained_id, **kwargs)
+    except torch.OutOfMemoryError as e:
+        free_memory()
+        raise LabError(f"Out of memory loading {source.display_name} at {precision}.", "Use a 4-bit precision (nf4) or a smaller model.") from e
+    except OSError as e:
+        raise hub_error(source, e) from e
+    return model, tokenizer
+
+
+def add_lora(model, cfg: TrainConfig, quantized: bool):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        # Freezes the base, makes inputs require grads for checkpointing; its fp32 upcast of
+        # non-quantized weights is a no-op on CPU (they are fp32 already).
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    lora = LoraConfig(
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=target_modules(cfg.targets),
+        use_rslora=cfg.use_rslora, use_dora=cfg.use_dora, bias="none", task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:
+        linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) or "Linear" in type(m).__name__})
+        raise LabError(f"targets={cfg.targets!r}: {e}", f"This model's Linear layers are: {', '.join(linear)}.") from e
+
+
+def make_optimizer(model, cfg: TrainConfig):
+    """The LoRA+ optimizer (peft) when loraplus_ratio > 0, else None (the Trainer builds `optim`)."""
+    if cfg.loraplus_ratio <= 0:
+        return None
+    from peft.optimizers import create_loraplus_optimizer
+
+    kwargs: dict = {"weight_decay": cfg.weight_decay}
+    if cfg.optimizer == "paged_adamw_8bit":
+        import bitsandbytes as bnb
+
+        cls = bnb.optim.PagedAdamW8bit
+    elif cfg.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        cls = Adafactor
+        kwargs.update(scale_parameter=False, relative_step=False)  # use our learning rate, like the Trainer does
+    elif cfg.optimizer == "sgd":
+        cls = torch.optim.SGD
+    else:
+        cls = torch.optim.AdamW
+    return create_loraplus_optimizer(model, cls, lr=cfg.learning_rate, loraplus_lr_ratio=cfg.loraplus_ratio, **kwargs)
+
+
+def sft_config(cfg: TrainConfig, run_dir: Path, device: str, has_eval: bool):
+    from trl import SFTConfig
+
+    dtype = compute_dtype(device)
+    half = device == "cuda" and cfg.precision != "fp32"
+    return SFTConfig(
+        output_dir=str(run_dir / "checkpoints"),
+        learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, max_length=cfg.max_length,
+        activation_checkpointing=cfg.gradient_checkpointing, optim=cfg.optimizer, lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed,
+        logging_steps=cfg.logging_steps, logging_first_step=True,
+        eval_strategy="steps" if has_eval else "no", eval_steps=cfg.eval_steps if has_eval else None,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        bf16=half and dtype == torch.bfloat16, fp16=half and dtype == torch.float16, use_cpu=device == "cpu",
+        report_to=[], disable_tqdm=True, dataloader_num_workers=0,
+    )
+
+
+# --------------------------------------------------------------------------- the run
+def train(cfg: TrainConfig, echo=None) -> dict:
+    """Run one training described by `cfg`; returns the CLI's JSON payload. Raises LabError on
+    bad input or a failed run (after recording it in the run folder)."""
+    echo = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    device = device_type()
+    cfg.validate(device)
+    source = resolve_source(cfg.model)
+    train_check = ds.check_dataset(cfg.dataset, "train", "skip" if cfg.skip_bad_rows else "refuse")
+    eval_check = None
+    if cfg.eval_steps > 0 and ds.has_split(cfg.dataset, "test"):
+        eval_check = ds.check_dataset(cfg.dataset, "test", "skip")
+    run_dir = resolve_run_dir(cfg, source)
+    main = env_is_main_process()
+
+    log = None
+    if main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise LabError(f"Could not create the run folder {run_dir}: {e.strerror or e}.", "Check disk space and permissions.") from e
+        acquire_lock(run_dir)
+        log = EventLog(run_dir)
+    try:
+        return _train_locked(cfg, source, train_check, eval_check, run_dir, device, log, echo)
+    finally:
+        if main:
+            release_lock()
+
+
+def _train_locked(cfg, source, train_check, eval_check, run_dir: Path, device: str, log: EventLog | None, echo) -> dict:
+    import datasets
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    datasets.disable_progress_bars()
+
+    started = time.time()
+    precision = get_precision(cfg.precision)
+    write = log.write if log else (lambda *a, **k: None)
+    command = [sys.executable, "-m", "lab", "train", *to_cli_args(cfg)]
+    info = {
+        "name": run_dir.name, "status": "running", "error": None, "created": started, "run_dir": str(run_dir),
+        "base_model": {"spec": cfg.model, "display_name": source.display_name, "kind": source.kind,
+                       "pretrained_id": source.pretrained_id},
+        "precision": precision.name, "precision_label": precision.label, "device": device,
+        "compute_dtype": str(compute_dtype(device)).removeprefix("torch."),
+        "bnb_config": _bnb_dict(precision.name, device),
+        "lora": {"r": cfg.r, "alpha": cfg.alpha, "dropout": cfg.dropout, "targets": cfg.targets,
+                 "use_rslora": cfg.use_rslora, "use_dora": cfg.use_dora, "loraplus_ratio": cfg.loraplus_ratio},
+        "dataset": {"name": ds.dataset_name(cfg.dataset), "source": cfg.dataset, "format": train_check.format,
+                    "train_rows": len(train_check.rows), "test_rows": len(eval_check.rows) if eval_check else 0,
+                    "eval_rows_used": min(len(eval_check.rows), cfg.max_eval_rows) if eval_check else 0,
+                    "skipped_rows": [str(p) for p in train_check.problems]},
+        "config": cfg.to_dict(), "command": command,
+        "versions": {lib: library_version(lib) for lib in LIBRARIES},
+    }
+    # Stop on SIGTERM/SIGINT like on the STOP file: finish the step, save, exit. A second signal interrupts.
+    callback = StopAndLogCallback(log, run_dir, echo=echo)
+    previous = {}
+
+    def on_signal(signum, frame):
+        if callback.stop_reason:
+            raise KeyboardInterrupt
+        callback.stop_reason = f"signal {signal.Signals(signum).name}"
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, on_signal)
+        except ValueError:  # not the main thread (tests may call train() from a thread)
+            pass
+    trainer = None
+    status, error, hint = "failed", None, None
+    try:
+        if log:
+            write("start", pid=os.getpid(), name=run_dir.name, config=cfg.to_dict(), command=command)
+            write_json_atomic(run_dir / RUN_FILE, info)
+        if train_check.problems:
+            echo(f"skipping {len(train_check.problems)} malformed row(s): {ds.describe_problems(train_check.problems)}")
+        echo(f"loading {source.display_name} at {precision.label} on {device}")
+        t0 = time.time()
+        model, tokenizer = load_base(source, precision.name, device)
+        model = add_lora(model, cfg, precision.quantized)
+        trainable, total = model.get_nb_trainable_parameters()
+        info["lora"].update(target_modules=sorted(model.peft_config["default"].target_modules),
+                            trainable_params=trainable, total_params=total)
+        info["durations"] = {"load_seconds": round(time.time() - t0, 2)}
+        train_ds = Dataset.from_list([ds.training_example(tokenizer, r) for r in train_check.rows])
+        eval_ds = (Dataset.from_list([ds.training_example(tokenizer, r) for r in eval_check.rows[: cfg.max_eval_rows]])
+                   if eval_check else None)
+        lengths = ds.token_lengths(tokenizer, train_check.rows)
+        info["dataset"]["token_lengths"] = ds.length_stats(lengths, cfg.max_length)
+        write("loaded", seconds=info["durations"]["load_seconds"], trainable_params=trainable, total_params=total,
+              train_rows=len(train_ds), eval_rows=len(eval_ds) if eval_ds is not None else 0)
+        echo(f"LoRA: {trainable:,} trainable of {total:,} parameters; {len(train_ds)} training rows")
+
+        optimizer = make_optimizer(model, cfg)
+        trainer = SFTTrainer(
+            model=model, args=sft_config(cfg, run_dir, device, eval_ds is not None), train_dataset=train_ds,
+            eval_dataset=eval_ds, processing_class=tokenizer, callbacks=[callback],
+            optimizers=(optimizer, None),
+        )
+        # The Trainer prints every log dict to stdout; the event log and our one-line progress replace it
+        # (stdout stays clean for --json).
+        from transformers import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
+        if precision.quantized and device == "cpu":
+            # TRL casts a quantized model's adapter weights to bf16 (the QLoRA paper's GPU recipe); on a CPU
+            # bf16 matmuls are ~20x slower, so train them in float32 like the rest of the CPU compute.
+            for p in trainer.model.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
+        t1 = time.time()
+        try:
+            trainer.train()
+            status = "stopped" if callback.stop_reason else "finished"
+        except KeyboardInterrupt:
+            status, error = "stopped", "Interrupted (second stop signal) before the step finished."
+        info.setdefault("durations", {})["train_seconds"] = round(time.time() - t1, 2)
+        t2 = time.time()
+        if log:
+            model.save_pretrained(run_dir)  # adapter_config.json + adapter_model.safetensors
+            tokenizer.save_pretrained(run_dir)
+            write("saved", adapter_dir=str(run_dir))
+        info["durations"]["save_seconds"] = round(time.time() - t2, 2)
+        if cfg.merge and log:
+            echo("merging the adapter into the base model")
+            t3 = time.time()
+            merged = merge_and_export(run_dir)
+            info["merged_dir"] = str(merged)
+            info["durations"]["merge_seconds"] = round(time.time() - t3, 2)
+            write("merged", path=str(merged))
+    except torch.OutOfMemoryError:
+        status = "failed"
+        error = f"Out of memory at step {trainer.state.global_step if trainer else 0} (batch size {cfg.batch_size}, max length {cfg.max_length})."
+        hint = ("Try a smaller batch size (with more gradient accumulation to keep the effective batch), a shorter max length, "
+                "gradient checkpointing, or a 4-bit precision. " + _last_checkpoint_note(run_dir))
+    except LabError as e:
+        status, error, hint = "failed", e.message, e.hint
+    except OSError as e:
+        status = "failed"
+        error = f"Could not write to disk: {e.strerror or e} ({getattr(e, 'filename', '') or run_dir})."
+        hint = "Free disk space or check permissions. " + _last_checkpoint_note(run_dir)
+    except Exception as e:  # a library error we did not anticipate: record it, never lose the run folder
+        status, error = "failed", f"{type(e).__name__}: {e}"
+        hint = _last_checkpoint_note(run_dir)
+        echo(traceback.format_exc())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    seconds = round(time.time() - started, 2)
+    history = [h for h in (trainer.state.log_history if trainer else [])]
+    result = {
+        "adapter_dir": str(run_dir), "name": run_dir.name, "status": status, "error": error, "hint": hint,
+        "steps": trainer.state.global_step if trainer else 0,
+        "losses": list(callback.losses), "eval_losses": [loss for _, loss in callback.eval_losses],
+        "final_loss": callback.losses[-1] if callback.losses else None,
+        "final_eval_loss": callback.eval_losses[-1][1] if callback.eval_losses else None,
+        "seconds": seconds, "train_seconds": info.get("durations", {}).get("train_seconds"),
+        "tokens": callback.tokens, "tokens_per_second": round(callback.tokens_per_second, 2),
+        "peak_memory_bytes": peak_memory_bytes(), "stop_reason": callback.stop_reason,
+    }
+    if log:
+        info.update(status=status, error=error, hint=hint, finished=time.time(), log_history=history,
+                    summary={k: result[k] for k in ("steps", "final_loss", "final_eval_loss", "tokens", "tokens_per_second", "peak_memory_bytes", "stop_reason")})
+        info.setdefault("durations", {})["total_seconds"] = seconds
+        try:
+            write_json_atomic(run_dir / RUN_FILE, info)
+        except LabError as e:
+            error = error or e.message
+        try:
+            (run_dir / STOP_FILE).unlink(missing_ok=True)
+            write("end", status=status, error=error, hint=hint, summary=result)
+        except (LabError, OSError) as e:
+            echo(f"could not record the end of the run: {e}")
+    if status == "failed":
+        raise LabError(f"Training failed: {error}", hint)
+    return result
+
+
+def _bnb_dict(precision: str, device: str) -> dict | None:
+    cfg = bnb_config(precision, device)
+    if cfg is None:
+        return None
+    d = cfg.to_dict()
+    return {k: str(v) if isinstance(v, torch.dtype) else v for k, v in d.items()}
+
+
+def _last_checkpoint_note(run_dir: Path) -> str:
+    ckpts = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    if ckpts:
+        return f"The last checkpoint is kept: {ckpts[-1]}."
+    return "No checkpoint had been saved yet."
+
+
+# --------------------------------------------------------------------------- merge and export
+def merge_and_export(run_dir: Path, out_dir: Path | None = None) -> Path:
+    """Reload the run's base model at 16/32-bit (never 4-bit: merging into quantized weights loses
+    the update), merge the adapter into it and save a standalone model + tokenizer."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir = Path(run_dir)
+    info = json.loads((run_dir / RUN_FILE).read_text())
+    source = resolve_source(info["base_model"]["spec"])
+    device = device_type()
+    dtype = compute_dtype(device)
+    out_dir = Path(out_dir) if out_dir else run_dir / "merged"
+    try:
+        base = AutoModelForCausalLM.from_pretrained(source.pretrained_id, dtype=dtype, device_map="cpu" if device == "cpu" else {"": 0})
+    except OSError as e:
+        raise hub_error(source, e) from e
+    merged = PeftModel.from_pretrained(base, str(run_dir)).merge_and_unload()
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        merged.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(run_dir).save_pretrained(tmp)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(tmp, out_dir)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise LabError(f"Could not write the merged model to {out_dir}: {e.strerror or e}.", "Free disk space; the adapter itself is saved.") from e
+    return out_dir

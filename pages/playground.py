@@ -1,0 +1,352 @@
+"""Playground: the base model and its LoRA adapters answer side by side, and a measured verdict.
+
+Thin page: widgets in, lab.compare / lab.evaluate calls in background tasks, columns and tables out.
+One base model (from the shared registry) serves every column; peft's mixed-adapter batches make
+all columns come out of one batched generate, streamed into their columns as tokens arrive.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from lab.adapters import AdapterInfo, base_mismatch, discover_runs, inspect_adapter, unique_names
+from lab.compare import BASE_COLUMN, SamplingSettings, side_by_side
+from lab.errors import LabError
+from lab.evaluate import METRICS, EvalSettings, evaluate, load_examples, to_csv, to_markdown
+from lab.generation import build_chat_prompt
+from lab.precision import PRECISIONS
+from lab.sources import resolve_source
+from pages._ui import friendly_errors, get_task, model_registry, start_task
+
+GEN_TASK = "playground_generate"
+EVAL_TASK = "playground_evaluate"
+CHAT = "playground_chat"  # column -> list of messages (chat mode)
+LAST = "playground_last"  # the last finished comparison (json)
+SH = SamplingSettings.HELP
+EH = EvalSettings.HELP
+
+st.title("Playground")
+st.markdown(
+    "What did the adapter change? The **base** model and each **adapter** answer the same prompt with the same "
+    "settings, side by side, as they are generated. One copy of the base weights serves every column: the adapters "
+    "are loaded next to it in one peft model, and peft's *mixed-adapter batches* run every column in **one batched "
+    "generate** — the base row through the untouched base layers, each adapter row through its own LoRA matrices."
+)
+st.latex(r"h_{\text{adapter}} = W_0 x + \tfrac{\alpha}{r} B A x \qquad h_{\text{base}} = W_0 x")
+
+qp = st.query_params
+gen_task = get_task(GEN_TASK)
+eval_task = get_task(EVAL_TASK)
+busy = any(t is not None and t.running for t in (gen_task, eval_task))
+
+# --------------------------------------------------------------------------- base and adapters
+c1, c2 = st.columns([2, 1])
+spec = c1.text_input("Base model", value=qp.get("model", "embedded"), disabled=busy,
+                     help="'embedded' (SmolLM2-135M-Instruct, offline), a local model folder, or a Hub id when online.")
+precision = c2.selectbox("Precision", list(PRECISIONS), index=list(PRECISIONS).index(qp.get("precision", "fp32"))
+                         if qp.get("precision", "fp32") in PRECISIONS else 0, format_func=lambda n: PRECISIONS[n].label,
+                         disabled=busy, help=" · ".join(f"**{p.label}**: {p.help}" for p in PRECISIONS.values()))
+
+source = None
+with friendly_errors("Resolving the base model"):
+    source = resolve_source(spec)
+    if not source.has_weights:
+        raise LabError(f"{source.display_name} is a config without weights: it cannot generate.",
+                       "Pick 'embedded', a model folder with weights, or a Hub id.")
+
+runs = discover_runs()
+run_labels = {str(r.path): f"{r.name} — {r.describe()}" for r in runs}
+a1, a2 = st.columns([2, 1])
+picked = a1.multiselect("Adapters from runs/", list(run_labels), format_func=run_labels.get, disabled=busy,
+                        default=[p for p in qp.get_all("adapter") if p in run_labels],
+                        help="LoRA adapters saved by the Training page (newest first). Each becomes a column.")
+typed = a2.text_area("Other adapters (one per line)", value="\n".join(p for p in qp.get_all("adapter") if p not in run_labels),
+                     height=68, disabled=busy,
+                     help="Any folder holding adapter_config.json and adapter_model.safetensors, or a Hub id when online.")
+
+adapters: list[AdapterInfo] = []
+for src in [*picked, *[line.strip() for line in typed.splitlines() if line.strip()]]:
+    try:
+        adapters.append(inspect_adapter(src))
+    except LabError as e:  # this adapter is left out; the rest of the page works on
+        st.error(f"{e} (left out)", icon=":material/error:")
+adapters = unique_names(adapters)
+if source is not None:
+    for a in adapters:
+        warning = base_mismatch(a, source)
+        if warning:
+            st.warning(warning, icon=":material/warning:")
+if not runs and not typed.strip():
+    st.info("No trained adapters in runs/ yet: train one on the Training page, or give an adapter folder. "
+            "The base column works on its own meanwhile.", icon=":material/info:")
+columns = [BASE_COLUMN, *[a.name for a in adapters]]
+if any(a.use_dora for a in adapters):
+    st.caption(":material/info: DoRA adapters cannot join peft's mixed-adapter batch: they run one after another, "
+               "after the batched columns (slower, same answers).")
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def cached_tokenizer(pretrained_id: str):
+    from lab.loading import load_tokenizer
+
+    return load_tokenizer(resolve_source(pretrained_id))
+
+
+def shareable() -> None:
+    st.query_params.update({"model": spec, "precision": precision})
+    st.query_params["adapter"] = [a.source for a in adapters]
+
+
+def load(report):
+    report(f"Loading {spec} at {PRECISIONS[precision].label}…")
+    return model_registry().get(spec, precision)
+
+
+tab_gen, tab_eval = st.tabs(["Side by side", "Evaluate on a test set"])
+
+# --------------------------------------------------------------------------- side by side
+with tab_gen:
+    s1, s2, s3, s4, s5 = st.columns(5)
+    greedy = s1.toggle("Greedy", value=True, help=SH["greedy"], disabled=busy)
+    temperature = s2.slider("Temperature", 0.05, 2.0, 0.7, 0.05, help=SH["temperature"], disabled=busy or greedy)
+    top_p = s3.slider("Top-p", 0.05, 1.0, 0.95, 0.05, help=SH["top_p"], disabled=busy or greedy)
+    max_new = s4.number_input("Max new tokens", 1, 1024, SamplingSettings.max_new_tokens, step=16,
+                              help=SH["max_new_tokens"], disabled=busy)
+    seed = s5.number_input("Seed", 0, 2**31 - 1, 0, help=SH["seed"], disabled=busy or greedy)
+    t1, t2, t3 = st.columns(3)
+    use_template = t1.toggle("Chat template", value=True, help=SH["use_chat_template"], disabled=busy)
+    chat_mode = t2.toggle("Chat mode", value=False, disabled=busy,
+                          help="Keep the conversation: each column remembers its own earlier answers, so the "
+                               "histories drift apart exactly as each model would lead them.")
+    show_raw = t3.toggle("Show raw text", value=False,
+                         help="Show the exact text each model sees: the prompt after the chat template.")
+    settings = SamplingSettings(max_new_tokens=int(max_new), temperature=0.0 if greedy else temperature,
+                                top_p=top_p, seed=int(seed), use_chat_template=use_template)
+    history: dict[str, list[dict]] = st.session_state.setdefault(CHAT, {})
+
+    with st.form("playground_prompt", border=False):
+        prompt = st.text_area("Prompt", value=qp.get("prompt", "What is a LoRA adapter? Answer in two sentences."),
+                              help="The user message every column answers (in chat mode: the next turn).")
+        b1, b2, b3 = st.columns([1, 1, 4])
+        go_clicked = b1.form_submit_button("Generate", type="primary", icon=":material/play_arrow:", disabled=busy,
+                                           help="Run the base and every adapter on this prompt, in one batched generate.")
+        clear_clicked = b2.form_submit_button("Clear chat", icon=":material/delete:", disabled=busy or not history,
+                                              help="Forget every column's conversation.")
+    if clear_clicked:
+        history.clear()
+        st.session_state.pop(LAST, None)
+        st.rerun()
+
+    def conversations(text: str) -> dict[str, list[dict]]:
+        turn = {"role": "user", "content": text}
+        return {n: [*(history.get(n, []) if chat_mode else []), turn] for n in columns}
+
+    if go_clicked:
+        try:
+            if not prompt.strip():
+                raise LabError("The prompt is empty.", "Type a question or an instruction first.")
+            if source is None:
+                raise LabError("Pick a base model that can be loaded first.")
+        except LabError as e:  # shown by the view below, like a failed generation (and kept across reruns)
+            st.session_state[LAST] = {"error": str(e)}
+            go_clicked = False
+    if go_clicked:
+        with friendly_errors("Generation"):
+            shareable()
+
+            def work(convs, infos, s, report, cancel):
+                loaded = load(report)
+                turn = next(iter(convs.values()))[-1]["content"]
+                report("Generating…", partial={"columns": {}, "turn": turn})
+                result = side_by_side(loaded, infos, convs, s, cancel=cancel,
+                                      on_update=lambda snap: report("Generating…", partial={"columns": snap, "turn": turn}))
+                return {**result.to_json(), "columns": {n: c.to_json() | {"batched": c.batched} for n, c in result.columns.items()},
+                        "prompts": result.prompts, "conversations": convs, "chat": chat_mode}
+
+            start_task(GEN_TASK, work, conversations(prompt), adapters, settings.validate())
+            st.session_state.pop(LAST, None)
+            st.rerun()
+
+    def show_columns(data: dict, running: bool) -> None:
+        cols_data = data.get("columns", {})
+        names = list(cols_data) or columns
+        for col, name in zip(st.columns(len(names)), names, strict=True):
+            c = cols_data.get(name, {})
+            with col.container(border=True):
+                st.markdown(f"**{name}**" + ("" if name != BASE_COLUMN else " · no adapter"))
+                if chat_mode or data.get("chat"):
+                    for m in history.get(name, []):
+                        st.chat_message(m["role"]).markdown(m["content"])
+                    if running:
+                        st.chat_message("user").markdown(data.get("turn", ""))
+                if not data.get("in_history"):
+                    text = c.get("text", "")
+                    box = st.chat_message("assistant") if chat_mode else st.container()
+                    if text.strip():
+                        box.markdown(text + (" ▌" if running and not c.get("done") else ""))
+                    elif c.get("tokens"):
+                        box.markdown(f"_(only whitespace so far: {c['tokens']} tokens)_")
+                    else:
+                        box.markdown("_waiting…_" if running else "_(no text: the model ended its turn at once)_")
+                m1, m2, m3 = st.columns(3)
+                m1.metric("Tokens", c.get("tokens", 0), help="New tokens this column generated (its end-of-turn included).")
+                m2.metric("Seconds", f"{c.get('seconds', 0.0):.2f}",
+                          help="Wall time from the start of the batched generate until this column finished.")
+                m3.metric("Tokens/s", f"{c.get('tokens_per_s', 0.0):.1f}", help="Tokens ÷ seconds for this column.")
+                if c and c.get("batched") is False:
+                    st.caption("DoRA: generated on its own, after the batch.")
+                if show_raw and data.get("prompts", {}).get(name):
+                    st.code(data["prompts"][name], language=None, wrap_lines=True)
+
+    def generation_view() -> None:
+        task = get_task(GEN_TASK)
+        if task is None:
+            last = st.session_state.get(LAST)
+            if show_raw and source is not None and not (last and last.get("columns")):
+                with friendly_errors("Showing the prompt"):
+                    tok = cached_tokenizer(source.pretrained_id)
+                    st.caption("The text the base column will see:")
+                    st.code(build_chat_prompt(tok, conversations(prompt or " ")[BASE_COLUMN], use_template),
+                            language=None, wrap_lines=True)
+            if last and last.get("error"):
+                st.error(last["error"], icon=":material/error:")
+            elif last:
+                for note in last.get("notes", []):
+                    st.info(note, icon=":material/info:")
+                show_columns(last, running=False)
+            return
+        if task.running:
+            st.button("Stop", icon=":material/stop:", on_click=task.cancel, help="Stop generating; keep what is there.")
+            st.caption(task.last.message if task.last else "Starting…")
+            show_columns(task.partial or {}, running=True)
+            return
+        # Finished: keep the result, extend the chat histories, and stop polling.
+        st.session_state.pop(GEN_TASK, None)
+        if task.status == "failed":
+            st.session_state[LAST] = {"error": task.error}
+        else:
+            data = task.result or {}
+            if data.get("chat"):
+                for n, conv in data["conversations"].items():
+                    history[n] = [*conv, {"role": "assistant", "content": data["columns"][n]["text"]}]
+                data = {**data, "in_history": True}
+            st.session_state[LAST] = data
+        st.rerun()
+
+    gen_running = gen_task is not None and gen_task.running
+    st.fragment(generation_view, run_every=0.5 if gen_running else None)()
+
+# --------------------------------------------------------------------------- evaluation
+with tab_eval:
+    st.markdown(
+        "Run the base and every adapter over a dataset's **test split**, greedy. Labelled sets (every answer a "
+        "short label, like *banking-intents*) are scored by **exact match**; every set also gets the reference "
+        "answer's loss and perplexity under each model:"
+    )
+    st.latex(r"\text{accuracy} = \frac{\#\{\text{answer} = \text{label}\}}{N} \qquad "
+             r"\text{PPL} = \exp\Big(-\frac{1}{T}\sum_{t=1}^{T} \log p(y_t \mid \text{prompt}, y_{<t})\Big)")
+    try:
+        from lab.datasets import list_datasets
+
+        bundled = list_datasets()
+    except ImportError:  # the datasets module arrives with the Training page
+        bundled = []
+    e1, e2, e3, e4 = st.columns([2, 2, 1, 1])
+    ds_choice = e1.selectbox("Dataset", [*bundled, "Upload a file…"], disabled=busy,
+                             index=bundled.index("banking-intents") if "banking-intents" in bundled else 0,
+                             help="A bundled dataset's test split, or your own JSONL/CSV file (Alpaca, messages or "
+                                  "prompt/completion rows).")
+    upload = e2.file_uploader("Test file", type=["jsonl", "json", "csv"], disabled=busy or ds_choice != "Upload a file…",
+                              help="Every row of the file is a test example.")
+    limit = e3.number_input("Examples", 0, 10_000, EvalSettings.limit or 0, help=EH["limit"] + " 0 = all.", disabled=busy)
+    metric = e4.selectbox("Metric", list(METRICS), help=EH["metric"], disabled=busy)
+    run_eval = st.button("Evaluate", type="primary", icon=":material/fact_check:", disabled=busy,
+                         help="Score the base and every adapter on the test examples.")
+
+    if run_eval:
+        with friendly_errors("Evaluation"):
+            if source is None:
+                raise LabError("Pick a base model that can be loaded first.")
+            if ds_choice == "Upload a file…":
+                if upload is None:
+                    raise LabError("No file uploaded.", "Upload a JSONL or CSV test file, or pick a bundled dataset.")
+                folder = Path(tempfile.mkdtemp(prefix="qlora-lab-eval-"))
+                dataset = str(folder / f"test{Path(upload.name).suffix}")
+                Path(dataset).write_bytes(upload.getvalue())
+                label = upload.name
+            else:
+                dataset, label = ds_choice, ds_choice
+            examples = load_examples(dataset, int(limit) or None)
+            shareable()
+
+            def eval_work(exs, infos, name, s, report, cancel):
+                loaded = load(report)
+                rows: list[dict] = []
+
+                def progress(done, total, row):
+                    rows.append(row)
+                    report(f"Example {done} of {total}", fraction=done / total, partial=list(rows))
+
+                return evaluate(loaded, infos, exs, name, s, on_progress=progress, cancel=cancel)
+
+            start_task(EVAL_TASK, eval_work, examples, adapters, label,
+                       EvalSettings(limit=int(limit) or None, metric=metric))
+            st.session_state.pop("playground_eval_result", None)
+            st.rerun()
+
+    def show_eval(result) -> None:
+        m = result.metrics()
+        acc = result.metric == "accuracy"
+        table = pd.DataFrame([{"model": n, **d} for n, d in m.items()]).set_index("model")
+        st.dataframe(table, width="stretch")
+        key = "accuracy" if acc else "perplexity"
+        fig = go.Figure(go.Bar(x=list(m), y=[d[key] for d in m.values()], text=[
+            f"{d[key]:.1%}" if acc else f"{d[key]:.2f}" for d in m.values()], textposition="auto"))
+        fig.update_layout(height=280, margin=dict(t=30, b=10), yaxis_title=key + (" (higher is better)" if acc else " (lower is better)"),
+                          yaxis_tickformat=".0%" if acc else None, title=f"{result.dataset}: {len(result.rows)} test examples")
+        st.plotly_chart(fig, width="stretch")
+        rows = [{"#": r["index"], "differs": r["differs"], "prompt": r["prompt"], "reference": r["reference"],
+                 **{f"{n}": ("✅ " if r["correct"][n] else "❌ ") + r["answers"][n] if acc else r["answers"][n]
+                    for n in result.models},
+                 **{f"loss {n}": r["loss"][n] for n in result.models}} for r in result.rows]
+        df = pd.DataFrame(rows)
+        st.caption(f"{int(df['differs'].sum()) if len(df) else 0} of {len(df)} examples got different answers "
+                   "from the models (highlighted).")
+        if len(df):
+            styled = df.style.apply(lambda row: ["background-color: rgba(255, 196, 0, 0.25)" if row["differs"] else ""
+                                                 for _ in row], axis=1)
+            st.dataframe(styled, width="stretch", hide_index=True)
+        d1, d2 = st.columns(2)
+        d1.download_button("Markdown report", to_markdown(result), file_name="evaluation.md", mime="text/markdown",
+                           icon=":material/download:", help="Metrics and every example as a Markdown document.")
+        d2.download_button("CSV", to_csv(result), file_name="evaluation.csv", mime="text/csv",
+                           icon=":material/download:", help="One line per example: each model's answer, correctness, loss.")
+
+    def evaluation_view() -> None:
+        task = get_task(EVAL_TASK)
+        if task is None:
+            result = st.session_state.get("playground_eval_result")
+            if isinstance(result, str):
+                st.error(result, icon=":material/error:")
+            elif result is not None and result.rows:
+                show_eval(result)
+            return
+        if task.running:
+            st.button("Stop evaluation", icon=":material/stop:", on_click=task.cancel, help="Stop; keep the scored examples.")
+            last = task.last
+            st.progress(last.fraction or 0.0 if last else 0.0, text=last.message if last else "Starting…")
+            if task.partial:
+                st.dataframe(pd.DataFrame([{"#": r["index"], "reference": r["reference"], **r["answers"]}
+                                           for r in task.partial]), hide_index=True, width="stretch")
+            return
+        st.session_state.pop(EVAL_TASK, None)
+        st.session_state["playground_eval_result"] = task.result if task.status != "failed" else task.error
+        st.rerun()
+
+    eval_running = eval_task is not None and eval_task.running
+    st.fragment(evaluation_view, run_every=1.0 if eval_running else None)()

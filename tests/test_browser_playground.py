@@ -1,0 +1,49 @@
+# ruff: noqa: F811  (pytest fixtures imported from tests/fixtures_playground.py)
+"""The Playground in a real browser: base and adapter columns stream side by side and equal
+plain transformers/peft output; a missing adapter is reported without breaking the page."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser import assert_no_exception, open_page, wait_idle
+from tests.fixtures_playground import tiny_adapters  # noqa: F401
+from tests.test_compare import reference
+
+pytestmark = pytest.mark.browser
+
+
+def test_playground_side_by_side_in_chromium(app_server, page, tiny_model_dir, tiny_adapters, tmp_path):
+    # Enter through the app (its navigation and sidebar), as a person would.
+    open_page(page, app_server, "", wait_for_text="This machine")
+    page.locator('[data-testid="stSidebarNav"]').get_by_text("Playground").click()
+    page.get_by_text("Side by side").first.wait_for(timeout=60_000)
+    wait_idle(page)
+    base_box = page.get_by_role("textbox", name="Base model")
+    base_box.fill(str(tiny_model_dir))
+    base_box.press("Enter")
+    wait_idle(page)
+    adapters = page.get_by_role("textbox", name="Other adapters (one per line)")
+    adapters.fill(f"{tiny_adapters['alpha']}\n/no/such/adapter")
+    adapters.press("Control+Enter")
+    wait_idle(page)
+    expect(page.get_by_text("does not exist").first).to_be_visible(timeout=30_000)
+    prompt = "Name three colours of the rainbow."
+    page.get_by_role("spinbutton", name="Max new tokens").fill("12")
+    page.get_by_role("spinbutton", name="Max new tokens").press("Enter")
+    wait_idle(page)
+    page.get_by_role("textbox", name="Prompt").fill(prompt)
+    page.get_by_role("button", name="Generate").click()
+    alpha = reference(tiny_model_dir, [{"role": "user", "content": prompt}], tiny_adapters["alpha"], n=12)
+    expect(page.get_by_text(alpha.strip().split()[0]).first).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("Tokens/s")).to_have_count(2, timeout=60_000)
+    expect(page.get_by_text("no adapter").first).to_be_visible()
+    expect(page.get_by_role("button", name="Stop")).to_have_count(0, timeout=60_000)  # finished, polling stopped
+    wait_idle(page)
+    expect(page.get_by_role("textbox", name="Prompt")).to_have_value(prompt)
+    expect(page.locator('[data-testid="stSidebar"]').get_by_text("RAM").first).to_be_visible()  # the app's sidebar
+    assert_no_exception(page)
+    # The README's screenshot shows the embedded model and a trained adapter; this one is a check only.
+    page.screenshot(path=str(tmp_path / "playground.png"))
+    assert (tmp_path / "playground.png").stat().st_size > 10_000
