@@ -39,7 +39,9 @@ DEVICE = device_type()
 DEFAULTS = default_config(DEVICE)
 UPLOAD = "Upload a file…"
 HUB = "Hub dataset id…"
-STATUS_ICONS = {"starting": "⏳", "running": "🟢", "stopping": "🟠", "finished": "✅", "stopped": "⏹️", "failed": "❌"}
+STATUS_ICONS = {"starting": ":material/hourglass_top:", "running": ":material/play_circle:", "stopping": ":material/pending:",
+                "finished": ":material/check_circle:", "stopped": ":material/stop_circle:", "failed": ":material/error:"}
+STATUS_TEXT = {"starting": "⏳", "running": "▶", "stopping": "…", "finished": "✔", "stopped": "■", "failed": "✘"}
 
 st.title("Training")
 st.caption(
@@ -311,7 +313,7 @@ else:
     def row(s: R.RunStatus) -> dict:
         info = infos[s.name]
         c, summ = info.get("config", {}), info.get("summary", {})
-        return {"run": s.name, "status": f"{STATUS_ICONS.get(s.status, '')} {s.status}", "steps": s.step,
+        return {"run": s.name, "status": f"{STATUS_TEXT.get(s.status, '')} {s.status}", "steps": s.step,
                 "final loss": summ.get("final_loss") or (s.last_log or {}).get("loss"), "eval loss": summ.get("final_eval_loss"),
                 "precision": info.get("precision"), "r": c.get("r"), "dataset": (info.get("dataset") or {}).get("name"),
                 "tokens/s": summ.get("tokens_per_second"), "seconds": (info.get("durations") or {}).get("total_seconds")}
