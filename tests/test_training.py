@@ -31,7 +31,7 @@ QUICK = dict(max_steps=3, batch_size=2, max_length=64, eval_steps=0, save_steps=
 
 
 def quick(tiny_model_dir, tmp_path, name="run", **kw) -> TrainConfig:
-    return default_config("cpu", model=str(tiny_model_dir), dataset="style", output=str(tmp_path / name), **{**QUICK, **kw})
+    return default_config("cpu", **{"model": str(tiny_model_dir), "dataset": "style", "output": str(tmp_path / name), **QUICK, **kw})
 
 
 def cli(*args, env=None, timeout=240) -> subprocess.CompletedProcess:
