@@ -245,6 +245,12 @@ def test_qlora_nf4_with_dora_rslora_loraplus_on_cpu(tiny_model_dir, tmp_path):
     assert info["bnb_config"]["bnb_4bit_quant_type"] == "nf4" and info["bnb_config"]["load_in_4bit"]
 
 
+def test_same_seed_same_run(tiny_model_dir, tmp_path):
+    a = train(quick(tiny_model_dir, tmp_path, "a", max_steps=2))
+    b = train(quick(tiny_model_dir, tmp_path, "b", max_steps=2))
+    assert a["losses"] == b["losses"]
+
+
 def test_merge_and_export_matches_the_adapter(tiny_model_dir, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
