@@ -61,7 +61,7 @@ class TrainConfig:
     # ---- optimisation (trl.SFTConfig / transformers.TrainingArguments)
     learning_rate: float = _f(1e-3, "Peak learning rate of the LoRA weights. LoRA tolerates far higher rates than full fine-tuning (1e-4 to 1e-3).", min=0.0, aliases=("--lr",))
     epochs: float = _f(1.0, "Passes over the training split. Ignored when max steps is set (> 0).", min=0.0)
-    max_steps: int = _f(30, "Optimizer steps to run; > 0 overrides epochs. The CPU demo uses 30.", min=-1)
+    max_steps: int = _f(20, "Optimizer steps to run; > 0 overrides epochs. The CPU demo uses 20 (the style is learned by then).", min=-1)
     batch_size: int = _f(4, "Examples per forward/backward pass (per device). Lower it if you run out of memory.", min=1)
     grad_accum: int = _f(1, "Gradient accumulation: passes per optimizer step. Effective batch = batch size x this (x devices).", min=1)
     max_length: int = _f(256, "Longer training texts are truncated to this many tokens. Memory grows with it.", min=8)

@@ -230,6 +230,9 @@ def _train_locked(cfg, source, train_check, eval_check, run_dir: Path, device: s
         echo(f"loading {source.display_name} at {precision.label} on {device}")
         t0 = time.time()
         model, tokenizer = load_base(source, precision.name, device)
+        from transformers import set_seed
+
+        set_seed(cfg.seed)  # LoRA's A matrices are initialised here, before the Trainer seeds: same seed, same run
         model = add_lora(model, cfg, precision.quantized)
         trainable, total = model.get_nb_trainable_parameters()
         info["lora"].update(target_modules=sorted(model.peft_config["default"].target_modules),

@@ -1,0 +1,265 @@
+"""Training: config validation, the CLI run on a tiny model, Stop, the lock, crash detection, bad
+input (malformed rows, OOM, disk write failure), QLoRA options, merge-and-export.
+
+Runs use the tiny 2-layer random Llama (a few seconds each); the embedded-model demo run is
+measured by benchmarks/bench_training.py, not here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from lab.errors import LabError
+from lab.training import runs as R
+from lab.training.config import FIELDS, TrainConfig, add_arguments, default_config, from_args, run_name, to_cli_args
+from lab.training.events import read_events, request_stop
+from lab.training.runner import merge_and_export, train
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = dict(max_steps=3, batch_size=2, max_length=64, eval_steps=0, save_steps=100, logging_steps=1)
+
+
+def quick(tiny_model_dir, tmp_path, name="run", **kw) -> TrainConfig:
+    return default_config("cpu", **{"model": str(tiny_model_dir), "dataset": "style", "output": str(tmp_path / name), **QUICK, **kw})
+
+
+def cli(*args, env=None, timeout=240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lab", "train", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def wait_for(predicate, timeout=120, interval=0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError("condition not met in time")
+
+
+# --------------------------------------------------------------------------- config
+def test_every_option_has_help_and_cli_flags_round_trip():
+    assert all(len(f.metadata["help"]) > 20 for f in FIELDS.values())
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, default_config("cpu"))
+    cfg = replace(default_config("cpu"), r=8, use_dora=True, targets="q_proj,v_proj", learning_rate=5e-4, precision="nf4")
+    assert from_args(parser.parse_args(to_cli_args(cfg))) == cfg
+    assert parser.parse_args(["--lr", "0.01"]).learning_rate == 0.01
+
+
+def test_device_aware_defaults_and_validation():
+    cpu, gpu = default_config("cpu"), default_config("cuda")
+    assert cpu.precision == "fp32" and cpu.optimizer == "adamw_torch" and not cpu.gradient_checkpointing
+    assert gpu.precision == "nf4-dq" and gpu.optimizer == "paged_adamw_8bit" and gpu.gradient_checkpointing
+    gpu.validate("cuda")
+    with pytest.raises(LabError, match="paged_adamw_8bit needs a CUDA GPU"):
+        replace(cpu, optimizer="paged_adamw_8bit").validate("cpu")
+    with pytest.raises(LabError, match="r=0 is below its minimum 1"):
+        replace(cpu, r=0).validate("cpu")
+    with pytest.raises(LabError, match="precision='q3' is not one of"):
+        replace(cpu, precision="q3").validate("cpu")
+    with pytest.raises(LabError, match="bf16 trains ~20x slower"):
+        replace(cpu, precision="bf16").validate("cpu")
+
+
+def test_run_name_follows_the_convention():
+    cfg = replace(default_config("cpu"), r=8, precision="nf4")
+    when = time.mktime((2026, 1, 2, 3, 4, 5, 0, 0, -1))
+    assert run_name(cfg, "SmolLM2-135M-Instruct", "style", when) == "SmolLM2-135M-Instruct-style_SFT_LoRa8_NF4-20260102-030405"
+
+
+# --------------------------------------------------------------------------- the CLI, end to end
+def test_cli_trains_and_leaves_an_adapter_plain_peft_loads(tiny_model_dir, tmp_path):
+    out = tmp_path / "cli-run"
+    p = cli("--model", str(tiny_model_dir), "--dataset", "style", "--output", str(out), "--max-steps", "4",
+            "--batch-size", "2", "--max-length", "64", "--eval-steps", "2", "--save-steps", "2", "--r", "4", "--json")
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert {"adapter_dir", "steps", "losses", "final_loss", "seconds", "tokens_per_second", "peak_memory_bytes"} <= set(r)
+    assert r["adapter_dir"] == str(out) and r["steps"] == 4 and len(r["losses"]) == 4 and r["final_loss"] == r["losses"][-1]
+    assert r["tokens_per_second"] > 0 and r["peak_memory_bytes"] > 0 and len(r["eval_losses"]) == 2
+    for f in ("adapter_config.json", "adapter_model.safetensors", "lab_run.json", "events.jsonl", "tokenizer.json"):
+        assert (out / f).is_file(), f
+    info = json.loads((out / "lab_run.json").read_text())
+    assert info["status"] == "finished" and info["base_model"]["spec"] == str(tiny_model_dir)
+    assert info["precision"] == "fp32" and info["lora"]["r"] == 4 and info["dataset"]["name"] == "style"
+    assert info["dataset"]["train_rows"] == 60 and info["versions"]["trl"] and info["durations"]["train_seconds"] > 0
+    assert len([h for h in info["log_history"] if "loss" in h]) == 4
+    types = [e["type"] for e in read_events(out)]
+    assert types[0] == "start" and types[-1] == "end" and types.count("log") == 4 and "checkpoint" in types and "eval" in types
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        before = base(ids).logits
+        model = PeftModel.from_pretrained(base, str(out))
+        after = model(ids).logits
+    assert model.peft_config["default"].r == 4
+    assert not torch.allclose(before, after)  # the trained B matrices are no longer zero
+
+    # the table output for people
+    assert R.run_status(out).status == "finished"
+
+
+def test_malformed_rows_refused_or_skipped_from_the_cli(tiny_model_dir, tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"instruction": "a", "output": "b"}\n{oops\n{"instruction": "c"}\n{"instruction": "d", "output": "e"}\n')
+    p = cli("--model", str(tiny_model_dir), "--dataset", str(data), "--output", str(tmp_path / "refused"), "--max-steps", "1")
+    assert p.returncode == 2
+    assert "line 2: not valid JSON" in p.stderr and "line 3: missing 'output'" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "refused").exists()
+    cfg = quick(tiny_model_dir, tmp_path, "skipped", dataset=str(data), skip_bad_rows=True, max_steps=1)
+    r = train(cfg)
+    assert r["status"] == "finished"
+    assert json.loads((tmp_path / "skipped" / "lab_run.json").read_text())["dataset"]["skipped_rows"] == [
+        "line 2: not valid JSON (Expecting property name enclosed in double quotes at column 2)",
+        "line 3: missing 'output' for Alpaca (instruction / input / output) form (has: 'instruction')"]
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(LabError, match="empty"):
+        train(quick(tiny_model_dir, tmp_path, "empty", dataset=str(empty)))
+
+
+# --------------------------------------------------------------------------- process control
+def test_stop_lock_and_reattach_while_running(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path / "runs"))
+    run_dir = tmp_path / "runs" / "stoppable"
+    args = to_cli_args(replace(quick(tiny_model_dir, tmp_path, max_steps=500, save_steps=1000), output=""))[:-2]
+    proc = R.start_training(args, run_dir)
+    try:
+        wait_for(lambda: R.run_status(run_dir, pid=proc.pid).logs, timeout=120)
+        s = R.run_status(run_dir)
+        assert s.status == "running" and s.pid == proc.pid and s.max_steps == 500
+        active = R.active_run()  # what a refreshed page / second tab re-attaches to
+        assert active is not None and active.run_dir == run_dir
+        with pytest.raises(LabError, match="Another training is running: stoppable"):
+            R.start_training(args, tmp_path / "runs" / "second")
+        p = cli(*args, "--output", str(tmp_path / "runs" / "third"))
+        assert p.returncode == 2 and "Another training is running" in p.stderr
+        request_stop(run_dir)
+        assert R.run_status(run_dir).status in ("stopping", "stopped")
+        proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    s = R.run_status(run_dir)
+    assert s.status == "stopped" and 0 < s.step < 500
+    assert (run_dir / "adapter_model.safetensors").is_file() and not (run_dir / "STOP").exists()
+    assert R.read_lock() is None and R.active_run() is None
+    assert any(e["type"] == "stop_requested" for e in s.events)
+    assert [x.name for x in R.list_runs()] == ["stoppable"]
+
+
+def test_sigterm_stops_and_a_killed_process_reads_as_failed(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path / "runs"))
+    args = to_cli_args(replace(quick(tiny_model_dir, tmp_path, max_steps=500, save_steps=2), output=""))[:-2]
+    term = R.start_training(args, tmp_path / "runs" / "sigterm")
+    try:
+        wait_for(lambda: R.run_status(tmp_path / "runs" / "sigterm").logs)
+        term.send_signal(signal.SIGTERM)
+        term.wait(120)
+    finally:
+        if term.poll() is None:
+            term.kill()
+    s = R.run_status(tmp_path / "runs" / "sigterm")
+    assert s.status == "stopped" and s.end["summary"]["stop_reason"] == "signal SIGTERM"
+
+    killed = R.start_training(args, tmp_path / "runs" / "killed")
+    try:
+        wait_for(lambda: [e for e in R.run_status(tmp_path / "runs" / "killed").events if e["type"] == "checkpoint"])
+        assert R.run_status(tmp_path / "runs" / "killed").status == "running"
+        killed.kill()
+        killed.wait(30)
+    finally:
+        if killed.poll() is None:
+            killed.kill()
+    s = R.run_status(tmp_path / "runs" / "killed")
+    assert s.status == "failed" and "exited without writing an end event" in s.error
+    assert list((tmp_path / "runs" / "killed" / "checkpoints").glob("checkpoint-*"))  # nothing saved is lost
+    # the dead process's lock does not block the next run
+    assert R.read_lock() is None
+    R.acquire_lock(tmp_path / "runs" / "next")
+    R.release_lock()
+
+
+# --------------------------------------------------------------------------- failures mid-run (fault injection)
+def test_out_of_memory_mid_run_keeps_the_last_checkpoint(tiny_model_dir, tmp_path, monkeypatch):
+    from trl import SFTTrainer
+
+    real_step = SFTTrainer.training_step
+
+    def step(self, *a, **k):
+        if self.state.global_step >= 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(SFTTrainer, "training_step", step)
+    cfg = quick(tiny_model_dir, tmp_path, "oom", max_steps=5, save_steps=1)
+    with pytest.raises(LabError, match="Out of memory at step 2") as e:
+        train(cfg)
+    assert "smaller batch size" in str(e.value) and "gradient checkpointing" in str(e.value) and "checkpoint-2" in str(e.value)
+    s = R.run_status(tmp_path / "oom")
+    assert s.status == "failed" and (tmp_path / "oom" / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    assert json.loads((tmp_path / "oom" / "lab_run.json").read_text())["status"] == "failed"
+
+
+def test_disk_write_failure_is_a_clear_failed_status(tiny_model_dir, tmp_path, monkeypatch):
+    import errno
+
+    from peft import PeftModel
+
+    def full_disk(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "disk" / "adapter_model.safetensors"))
+
+    monkeypatch.setattr(PeftModel, "save_pretrained", full_disk)
+    with pytest.raises(LabError, match="Could not write to disk: No space left on device") as e:
+        train(quick(tiny_model_dir, tmp_path, "disk", max_steps=2))
+    assert "Free disk space" in str(e.value)
+    s = R.run_status(tmp_path / "disk")
+    assert s.status == "failed" and "No space left" in s.error and len(s.logs) == 2
+
+
+# --------------------------------------------------------------------------- QLoRA options, merge
+def test_qlora_nf4_with_dora_rslora_loraplus_on_cpu(tiny_model_dir, tmp_path):
+    r = train(quick(tiny_model_dir, tmp_path, "qlora", precision="nf4", use_dora=True, use_rslora=True, loraplus_ratio=4.0,
+                    targets="q_proj,v_proj", max_steps=2))
+    assert r["status"] == "finished" and all(x == x for x in r["losses"])  # finite, not NaN
+    ac = json.loads((tmp_path / "qlora" / "adapter_config.json").read_text())
+    assert ac["use_dora"] and ac["use_rslora"] and sorted(ac["target_modules"]) == ["q_proj", "v_proj"]
+    info = json.loads((tmp_path / "qlora" / "lab_run.json").read_text())
+    assert info["bnb_config"]["bnb_4bit_quant_type"] == "nf4" and info["bnb_config"]["load_in_4bit"]
+
+
+def test_same_seed_same_run(tiny_model_dir, tmp_path):
+    a = train(quick(tiny_model_dir, tmp_path, "a", max_steps=2))
+    b = train(quick(tiny_model_dir, tmp_path, "b", max_steps=2))
+    assert a["losses"] == b["losses"]
+
+
+def test_merge_and_export_matches_the_adapter(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    train(quick(tiny_model_dir, tmp_path, "m", max_steps=2, learning_rate=5e-2))
+    merged_dir = merge_and_export(tmp_path / "m")
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(merged_dir)(ids).logits
+        adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(tmp_path / "m"))(ids).logits
+    assert torch.allclose(merged, adapted, atol=1e-4)
+    assert (merged_dir / "tokenizer.json").is_file()

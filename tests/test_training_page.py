@@ -1,0 +1,78 @@
+"""The Training page under AppTest with the tiny model: configure, start (a real `python -m lab
+train` process), follow its events to the end, see it in the history; and the busy state."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from lab.training import runs as R
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "training.py")
+
+
+def test_page_trains_the_tiny_model_and_shows_history(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path))
+    at = AppTest.from_file(PAGE, default_timeout=90).run()
+    assert not at.exception
+    assert any("No run yet" in c.value for c in at.caption)
+    # every widget carries a tooltip
+    assert all(w.help for w in [*at.number_input, *at.selectbox, *at.checkbox, *at.text_input])
+    assert any("60 rows in Alpaca" in c.value for c in at.caption)  # dataset check of the default 'style'
+    assert any("prompt +" in m.value and "answer tokens" in m.value for m in at.markdown)  # preview
+    at.text_input(key="t_model").set_value(str(tiny_model_dir))
+    at.number_input(key="t_steps").set_value(3)
+    at.number_input(key="t_batch").set_value(2)
+    at.number_input(key="t_maxlen").set_value(64)
+    at.number_input(key="t_eval").set_value(2)
+    at.run()
+    assert any("--max-steps 3" in c.value for c in at.code)  # the exact command the page starts
+    at.button[[b.label for b in at.button].index("Train")].click().run()
+    assert not at.exception
+    run_dir = Path(at.session_state["train_run_dir"])
+    assert run_dir.parent == tmp_path and run_dir.name.startswith(f"{tiny_model_dir.name}-style_SFT_LoRa16_FP32-")
+    deadline = time.time() + 180
+    proc = at.session_state["train_proc"]
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(1)
+    assert proc.returncode == 0, (run_dir / "process.log").read_text()
+    at.run()
+    assert not at.exception
+    assert any("FINISHED" in m.value for m in at.markdown), [m.value for m in at.markdown]
+    assert {"Train loss", "Eval loss", "Tokens/s", "Learning rate", "Peak memory"} <= {m.label for m in at.metric}
+    info = json.loads((run_dir / "lab_run.json").read_text())
+    assert info["status"] == "finished" and info["config"]["max_steps"] == 3
+    assert (run_dir / "adapter_model.safetensors").is_file()
+    history = at.dataframe[0].value
+    assert list(history["run"]) == [run_dir.name] and "finished" in history["status"][0]
+
+
+def test_page_says_busy_and_reattaches_when_another_training_holds_the_lock(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path))
+    run_dir = tmp_path / "someone-elses-run"
+    run_dir.mkdir()
+    # a live process whose command line looks like a training (pid_alive checks both)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "lab", "train"])
+    try:
+        (run_dir / "events.jsonl").write_text(json.dumps({"type": "start", "time": time.time(), "pid": holder.pid}) + "\n")
+        R.acquire_lock(run_dir, pid=holder.pid)
+        at = AppTest.from_file(PAGE, default_timeout=90).run()
+        assert not at.exception
+        assert any("already running: `someone-elses-run`" in w.value for w in at.warning)
+        train = at.button[[b.label for b in at.button].index("Train")]
+        assert train.disabled
+        assert any("RUNNING" in m.value and "someone-elses-run" in m.value for m in at.markdown)
+        at.button[[b.label for b in at.button].index("Stop")].click().run()
+        assert (run_dir / "STOP").is_file()  # the request the training process watches for
+    finally:
+        holder.kill()
+        holder.wait()
+    at.run()
+    assert any("FAILED" in m.value for m in at.markdown)  # died without an end event
+    assert any("without writing an end event" in e.value for e in at.error)
