@@ -263,3 +263,22 @@ def test_merge_and_export_matches_the_adapter(tiny_model_dir, tmp_path):
         adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(tmp_path / "m"))(ids).logits
     assert torch.allclose(merged, adapted, atol=1e-4)
     assert (merged_dir / "tokenizer.json").is_file()
+
+
+def test_base_load_kwargs_for_data_parallel_and_fsdp(monkeypatch):
+    import torch
+
+    from lab.training.runner import base_load_kwargs
+
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    ddp = base_load_kwargs("nf4-dq", "cuda")
+    assert ddp["device_map"] == {"": 1}  # each rank on its own GPU
+    assert ddp["quantization_config"].bnb_4bit_quant_storage == torch.uint8
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    fsdp = base_load_kwargs("nf4-dq", "cuda")
+    q = fsdp["quantization_config"]
+    assert "device_map" not in fsdp  # FSDP places the shards
+    assert q.bnb_4bit_quant_storage == q.bnb_4bit_compute_dtype == fsdp["dtype"]
+    assert "quantization_config" not in base_load_kwargs("fp32", "cpu")

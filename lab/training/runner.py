@@ -74,9 +74,7 @@ def load_base(source: ModelSource, precision: str, device: str):
     if not source.has_weights:
         raise LabError(f"{source.display_name} is a config without weights: it cannot be trained.", "Pick 'embedded', a model folder or a Hub id.")
     tokenizer = load_tokenizer(source)
-    kwargs = load_kwargs(precision, "auto", device)
-    if device == "cuda":
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    kwargs = base_load_kwargs(precision, device)
     try:
         model = AutoModelForCausalLM.from_pretrained(source.pretrained_id, **kwargs)
     except torch.OutOfMemoryError as e:
@@ -85,6 +83,26 @@ def load_base(source: ModelSource, precision: str, device: str):
     except OSError as e:
         raise hub_error(source, e) from e
     return model, tokenizer
+
+
+def fsdp_enabled() -> bool:
+    """True under `accelerate launch` with an FSDP config (accelerate sets this variable)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+
+
+def base_load_kwargs(precision: str, device: str) -> dict:
+    """`from_pretrained` kwargs for the base: each data-parallel rank on its own GPU; under
+    FSDP, 4-bit weights stored in the compute dtype so FSDP can shard them alongside the
+    unquantized ones (peft's FSDP + QLoRA recipe) and no device_map (FSDP places the shards)."""
+    kwargs = load_kwargs(precision, "auto", device)
+    if device == "cuda":
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    quant = kwargs.get("quantization_config")
+    if fsdp_enabled() and quant is not None and quant.load_in_4bit:
+        quant.bnb_4bit_quant_storage = quant.bnb_4bit_compute_dtype
+        kwargs["dtype"] = quant.bnb_4bit_compute_dtype
+        kwargs.pop("device_map", None)
+    return kwargs
 
 
 def add_lora(model, cfg: TrainConfig, quantized: bool):
