@@ -28,7 +28,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     registry = {}
     for mod in command_modules():
-        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        # argparse %-formats help strings: a literal "%" in a summary must be doubled.
+        p = sub.add_parser(mod.NAME, help=mod.HELP.replace("%", "%%"), description=mod.HELP)
         p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
         mod.add_arguments(p)
         registry[mod.NAME] = mod

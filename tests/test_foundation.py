@@ -144,3 +144,16 @@ def test_cli_bad_input_exits_2(capsys):
     capsys.readouterr()
     proc = subprocess.run([sys.executable, "-m", "lab", "info", "--no-such-flag"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr
+
+
+def test_every_command_prints_its_help(capsys):
+    from lab.cli import command_modules
+
+    names = [m.NAME for m in command_modules()]
+    assert {"info", "prepare"} <= set(names)
+    for argv in [["--help"]] + [[name, "--help"] for name in names]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 0, argv
+    out = capsys.readouterr().out
+    assert all(name in out for name in names)
