@@ -227,21 +227,6 @@ def measure_storage(model) -> dict:
     }
 
 
-def bnb_snippet(precision: str, compute_dtype: str = "bfloat16") -> str:
-    """The BitsAndBytesConfig for a GPU run (compute in bf16; use float16 on a T4)."""
-    p = get_precision(precision)
-    if p.name == "int8":
-        return "BitsAndBytesConfig(load_in_8bit=True)"
-    if not p.quantized:
-        return "None"
-    return ("BitsAndBytesConfig(\n"
-            "    load_in_4bit=True,\n"
-            f'    bnb_4bit_quant_type="{"fp4" if p.name == "fp4" else "nf4"}",\n'
-            f"    bnb_4bit_use_double_quant={p.name == 'nf4-dq'},\n"
-            f"    bnb_4bit_compute_dtype=torch.{compute_dtype},  # float16 on a T4 (no bf16)\n"
-            ")")
-
-
 # --------------------------------------------------------------------------- training
 METHODS = {
     "lora": "LoRA: frozen base in 16-bit, small trainable adapters.",

@@ -93,18 +93,21 @@ def load_kwargs(precision: str, dtype: str | None = "auto", device: str | None =
     return kwargs
 
 
-def bnb_config_code(precision: str, device: str | None = None) -> str:
-    """The Python snippet a user would write for this precision (for 'copy as code' boxes)."""
+def bnb_config_code(precision: str, device: str | None = None, compute: torch.dtype | None = None) -> str:
+    """The Python snippet a user would write for this precision (for 'copy as code' boxes).
+    `compute` overrides the device's compute dtype, e.g. bf16 for a snippet meant for a GPU."""
     cfg = bnb_config(precision, device)
     if cfg is None:
         return f"dtype=torch.{str(DTYPES[precision]).removeprefix('torch.')}"
     if cfg.load_in_8bit:
         return "BitsAndBytesConfig(load_in_8bit=True)"
+    compute = compute or cfg.bnb_4bit_compute_dtype
+    note = "  # float16 on a T4 (no bf16)" if compute == torch.bfloat16 else ""
     return (
         "BitsAndBytesConfig(\n"
         "    load_in_4bit=True,\n"
         f'    bnb_4bit_quant_type="{cfg.bnb_4bit_quant_type}",\n'
         f"    bnb_4bit_use_double_quant={cfg.bnb_4bit_use_double_quant},\n"
-        f"    bnb_4bit_compute_dtype=torch.{str(cfg.bnb_4bit_compute_dtype).removeprefix('torch.')},\n"
+        f"    bnb_4bit_compute_dtype=torch.{str(compute).removeprefix('torch.')},{note}\n"
         ")"
     )

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import plotly.graph_objects as go
 import streamlit as st
+import torch
 
 from lab.lora_params import PRESET_HELP, PRESETS, preset_targets
 from lab.memory import (
@@ -17,7 +18,6 @@ from lab.memory import (
     METHODS,
     OPTIMIZERS,
     TrainingSettings,
-    bnb_snippet,
     estimate_training,
     estimate_weights,
     fit_table,
@@ -27,7 +27,7 @@ from lab.memory import (
     memory_vs_seq_len,
     this_machine,
 )
-from lab.precision import PRECISIONS
+from lab.precision import PRECISIONS, bnb_config_code
 from lab.units import fmt_bytes, fmt_count
 from pages._arch_ui import architecture_table, pick_architecture
 from pages._ui import cached_environment, friendly_errors
@@ -235,7 +235,7 @@ if method != "full":
     code[-1] += "\nfrom peft import LoraConfig"
 model_id = arch.name if "/" in arch.name else f"<hub id of {arch.name}>"
 if PRECISIONS[precision].quantized:
-    code += ["", f"bnb_config = {bnb_snippet(precision)}",
+    code += ["", f"bnb_config = {bnb_config_code(precision, compute=torch.bfloat16)}",
              f'model = AutoModelForCausalLM.from_pretrained("{model_id}", quantization_config=bnb_config, device_map="auto")']
 else:
     code += ["", f'model = AutoModelForCausalLM.from_pretrained("{model_id}", dtype=torch.{DTYPE_ALIASES[precision]}, device_map="auto")']
