@@ -18,9 +18,12 @@ sys.path.insert(0, str(ROOT))
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from lab.architecture import clear_cache, read_architecture  # noqa: E402
-from lab.lora_params import estimate_lora  # noqa: E402
-from lab.memory import GPUS, TrainingSettings, estimate_training, estimate_weights, max_fitting  # noqa: E402
+from lab.estimate.gpus import GPUS  # noqa: E402
+from lab.estimate.inverse import max_fitting  # noqa: E402
+from lab.estimate.lora import estimate_lora  # noqa: E402
+from lab.estimate.training import TrainingSettings, estimate_training  # noqa: E402
+from lab.estimate.weights import estimate_weights  # noqa: E402
+from lab.models.architecture import clear_cache, read_architecture  # noqa: E402
 
 
 def timed(fn) -> float:

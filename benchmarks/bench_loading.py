@@ -4,7 +4,7 @@
 
 measured = parameters + buffers + bitsandbytes quantization state (absmax, nested absmax, code
 tables, offsets, int8 row scales), each storage counted once, right after from_pretrained.
-predicted = lab.memory.estimate_weights(...).weights_bytes (the calculator page's figure).
+predicted = lab.estimate.weights.estimate_weights(...).weights_bytes (the calculator page's figure).
 A 64-token forward pass then shows the CPU repack of 4-bit layers ('after fwd' columns).
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lab.load_report import run_loading_lab  # noqa: E402
-from lab.precision import PRECISIONS  # noqa: E402
-from lab.quality import QualityConfig  # noqa: E402
+from lab.inspect.load_report import run_loading_lab  # noqa: E402
+from lab.inspect.quality import QualityConfig  # noqa: E402
+from lab.models.precision import PRECISIONS  # noqa: E402
 from lab.units import fmt_bytes, format_table  # noqa: E402
 
 TARGET_PCT = 1.0

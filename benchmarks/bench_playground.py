@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lab.adapters import inspect_adapter  # noqa: E402
-from lab.compare import BASE_COLUMN, SamplingSettings, adapter_bank, side_by_side  # noqa: E402
-from lab.generation import build_chat_prompt  # noqa: E402
-from lab.loading import load_model  # noqa: E402
+from lab.generate.adapters import inspect_adapter  # noqa: E402
+from lab.generate.compare import BASE_COLUMN, SamplingSettings, adapter_bank, side_by_side  # noqa: E402
+from lab.generate.prompts import build_chat_prompt  # noqa: E402
+from lab.models.loading import load_model  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Explain in two sentences what a LoRA adapter is."}]
 

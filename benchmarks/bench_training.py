@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    from lab.sources import resolve_source
+    from lab.models.sources import resolve_source
 
     model_dir = resolve_source(a.model).pretrained_id
     rows = []

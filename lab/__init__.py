@@ -4,7 +4,7 @@ No Streamlit import is allowed anywhere in this package (a test enforces it): pa
 wrappers over these functions, and `python -m lab` exposes the same code paths.
 """
 
-from lab._quiet import quiet_noisy_libraries
+from lab.quiet import quiet_noisy_libraries
 
 __version__ = "0.1.0"
 

@@ -81,7 +81,7 @@ def gpu_info() -> list[GpuInfo]:
 
 
 def environment_report() -> EnvironmentReport:
-    from lab.sources import embedded_model_dir, embedded_model_ready
+    from lab.models.sources import embedded_model_dir, embedded_model_ready
 
     vm = psutil.virtual_memory()
     device = device_type()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from lab.architecture import Architecture, read_architecture, read_architecture_json
-from lab.sources import EMBEDDED, catalog_names
+from lab.models.architecture import Architecture, read_architecture, read_architecture_json
+from lab.models.sources import EMBEDDED, catalog_names
 from lab.units import fmt_count
 from pages._ui import friendly_errors
 

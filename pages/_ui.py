@@ -17,7 +17,7 @@ import streamlit as st
 
 from lab.environment import environment_report
 from lab.errors import LabError
-from lab.registry import ModelRegistry
+from lab.models.registry import ModelRegistry
 from lab.tasks import BackgroundTask
 from lab.units import fmt_bytes
 

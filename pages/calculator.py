@@ -9,26 +9,15 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from lab.lora_params import PRESET_HELP, PRESETS, preset_targets
-from lab.memory import (
-    CUDA_CONTEXT_BYTES,
-    DTYPE_ALIASES,
-    GPUS,
-    INVERSE_KNOBS,
-    METHODS,
-    OPTIMIZERS,
-    TrainingSettings,
-    estimate_training,
-    estimate_weights,
-    fit_table,
-    get_gpu,
-    kv_cache_bytes,
-    max_fitting,
-    memory_vs_seq_len,
-    this_machine,
-)
-from lab.precision import PRECISIONS, bnb_config_code
+from lab.estimate.gpus import CUDA_CONTEXT_BYTES, GPUS, fit_table, get_gpu, this_machine
+from lab.estimate.inference import kv_cache_bytes
+from lab.estimate.inverse import INVERSE_KNOBS, max_fitting, memory_vs_seq_len
+from lab.estimate.lora import preset_targets
+from lab.estimate.training import TrainingSettings, estimate_training
+from lab.estimate.weights import estimate_weights
+from lab.models.precision import bnb_config_code
 from lab.units import fmt_bytes, fmt_count
+from lab.vocab import DTYPES, METHODS, OPTIMIZERS, PRECISIONS, TARGET_PRESETS, describe
 from pages._arch_ui import architecture_table, pick_architecture
 from pages._ui import cached_environment, friendly_errors
 
@@ -58,9 +47,9 @@ st.header("Weights")
 c1, c2 = st.columns([3, 1])
 precision = c1.segmented_control(
     "Precision", list(PRECISIONS), default="nf4-dq", key="precision", bind="query-params", required=True,
-    help=" · ".join(f"**{p.label}**: {p.help}" for p in PRECISIONS.values()),
+    help=describe(PRECISIONS, markdown=True),
 )
-dtype = c2.selectbox("Unquantized dtype", ["auto", "bf16", "fp16", "fp32"], key="dtype", bind="query-params",
+dtype = c2.selectbox("Unquantized dtype", ["auto", *DTYPES], key="dtype", bind="query-params",
                      help=DTYPE_HELP, disabled=not PRECISIONS[precision].quantized)
 w = None
 with friendly_errors("The weights estimate"):
@@ -125,19 +114,20 @@ with st.expander("Worked examples: where the tutorial figures come from (and go 
 st.header("Training memory")
 t1, t2, t3, t4 = st.columns(4)
 method = t1.radio("Method", list(METHODS), index=1, key="method", bind="query-params", horizontal=True,
-                  help=" · ".join(f"**{k}**: {v}" for k, v in METHODS.items()))
+                  help=describe(METHODS, markdown=True))
 batch_size = t2.number_input("Batch size", 1, 4096, 4, key="batch", bind="query-params", help="Per-device batch size (sequences per step).")
 seq_len = t3.number_input("Sequence length", 16, 1_048_576, 1024, step=256, key="seq", bind="query-params",
                           help="Tokens per sequence: activations and logits grow linearly with it.")
-optimizer = t4.selectbox("Optimizer", list(OPTIMIZERS), index=3, key="optim", bind="query-params",
-                         help=" · ".join(f"**{k}**: {v}" for k, v in OPTIMIZERS.items()))
+optimizer = t4.selectbox("Optimizer", list(OPTIMIZERS), index=list(OPTIMIZERS).index("paged_adamw_8bit"), key="optim",
+                         bind="query-params", help=describe(OPTIMIZERS, markdown=True))
 u1, u2, u3 = st.columns([1, 1, 2])
 gc = u1.checkbox("Gradient checkpointing", True, key="gc", bind="query-params",
                  help="Keep only each layer's input and recompute the rest in backward: far less activation memory, ~30% slower.")
 r = u2.number_input("LoRA rank r", 1, 4096, 16, key="r", bind="query-params", disabled=method == "full",
                     help="Rank of the adapters (LoRA/QLoRA). See the LoRA estimator for module-by-module counts.")
-preset = u3.segmented_control("LoRA targets", list(PRESETS), default="all linear", key="targets", bind="query-params",
-                              required=True, disabled=method == "full", help=" · ".join(f"**{k}**: {v}" for k, v in PRESET_HELP.items()))
+preset = u3.segmented_control("LoRA targets", list(TARGET_PRESETS), default="all-linear", key="targets", bind="query-params",
+                              required=True, disabled=method == "full",
+                              help=describe(TARGET_PRESETS, markdown=True))
 settings = TrainingSettings(method=method, precision=precision if method == "qlora" and PRECISIONS[precision].quantized else None,
                             dtype=dtype, batch_size=int(batch_size), seq_len=int(seq_len), grad_checkpointing=gc,
                             optimizer=optimizer, r=int(r), targets=tuple(preset_targets(arch, preset)))
@@ -238,7 +228,7 @@ if PRECISIONS[precision].quantized:
     code += ["", f"bnb_config = {bnb_config_code(precision, compute=torch.bfloat16)}",
              f'model = AutoModelForCausalLM.from_pretrained("{model_id}", quantization_config=bnb_config, device_map="auto")']
 else:
-    code += ["", f'model = AutoModelForCausalLM.from_pretrained("{model_id}", dtype=torch.{DTYPE_ALIASES[precision]}, device_map="auto")']
+    code += ["", f'model = AutoModelForCausalLM.from_pretrained("{model_id}", dtype=torch.{DTYPES[precision].torch_name}, device_map="auto")']
 if est is not None and est.lora is not None:
     code += ["", f"lora_config = {est.lora.lora_config_code()}"]
 code += ["", f"# training: per_device_train_batch_size={int(batch_size)}, max_length={int(seq_len)}, "

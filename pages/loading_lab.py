@@ -1,6 +1,6 @@
 """Model loading lab: load a real model at each precision in turn, measure it, look inside, score it.
 
-Thin page: widgets in, lab.load_report / lab.quant_inspect calls (in background tasks), charts out.
+Thin page: widgets in, lab.inspect.load_report / lab.inspect.quantization calls (in background tasks), charts out.
 """
 
 from __future__ import annotations
@@ -10,14 +10,22 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lab.environment import device_type
-from lab.load_report import HELP, run_loading_lab
-from lab.measure import KINDS, MEMORY_LABELS
-from lab.precision import DTYPES, PRECISIONS, get_precision
-from lab.quality import DEFAULT_PROMPTS, QualityConfig
-from lab.quality import HELP as QUALITY_HELP
-from lab.quant_inspect import SCHEMES, layer_errors, linear_weight_names, load_float_weight, summarize_errors, weight_histogram
-from lab.sources import resolve_source
+from lab.inspect.load_report import HELP, run_loading_lab
+from lab.inspect.measure import KINDS, MEMORY_LABELS
+from lab.inspect.quality import DEFAULT_PROMPTS, QualityConfig
+from lab.inspect.quality import HELP as QUALITY_HELP
+from lab.inspect.quantization import (
+    SCHEMES,
+    layer_errors,
+    linear_weight_names,
+    load_float_weight,
+    summarize_errors,
+    weight_histogram,
+)
+from lab.models.precision import get_precision
+from lab.models.sources import resolve_source
 from lab.units import fmt_bytes
+from lab.vocab import DTYPE_CHOICES, PRECISIONS, describe
 from pages._ui import friendly_errors, get_task, model_registry, start_task
 
 TASK = "loading_lab_task"
@@ -36,7 +44,7 @@ st.markdown(
 
 device = device_type()
 qp = st.query_params
-precision_help = " · ".join(f"**{p.name}**: {p.help}" for p in PRECISIONS.values())
+precision_help = describe(PRECISIONS, markdown=True)
 
 
 def _int_param(key: str, default: int, top: int) -> int:
@@ -59,7 +67,7 @@ precisions = c2.multiselect(
 )
 with st.expander("Options: dtype, perplexity, prompts"):
     o1, o2, o3 = st.columns(3)
-    dtype = o1.selectbox("Unquantized dtype (int8/4-bit)", ["auto", *DTYPES], help=HELP["dtype"], disabled=running)
+    dtype = o1.selectbox("Unquantized dtype (int8/4-bit)", list(DTYPE_CHOICES), help=HELP["dtype"], disabled=running)
     ppl_tokens = o2.number_input("Perplexity tokens", 0, 2048, _int_param("ppl", QualityConfig.perplexity_tokens, 2048), step=128,
                                  help=QUALITY_HELP["perplexity_tokens"], disabled=running)
     max_new = o3.number_input("Answer length (tokens)", 0, 256, _int_param("answer_tokens", QualityConfig.max_new_tokens, 256), step=8,
@@ -139,7 +147,7 @@ if ok:
     st.markdown(
         "**Measured** = every tensor the loaded model keeps alive — parameters, buffers and bitsandbytes' "
         "quantization state (absmax, nested absmax, code tables, offsets, int8 row scales) — each storage counted "
-        "once (a tied lm_head is the embedding). **Predicted** = the calculator (`lab.memory.estimate_weights`), "
+        "once (a tied lm_head is the embedding). **Predicted** = the calculator (`lab.estimate.weights.estimate_weights`), "
         "computed from the config alone."
     )
     st.latex(r"\text{error} = \frac{\text{predicted} - \text{measured}}{\text{measured}} \times 100\%")
@@ -159,7 +167,7 @@ if ok:
     } for r in ok])
     st.dataframe(table, hide_index=True, column_config={
         "measured MB": st.column_config.NumberColumn(format="%.3f", help="True bytes: " + "; ".join(f"{k}: {v}" for k, v in KINDS.items())),
-        "predicted MB": st.column_config.NumberColumn(format="%.3f", help="lab.memory.estimate_weights(...).weights_bytes"),
+        "predicted MB": st.column_config.NumberColumn(format="%.3f", help="lab.estimate.weights.estimate_weights(...).weights_bytes"),
         "error %": st.column_config.NumberColumn(format="%+.4f", help="(predicted − measured) / measured; target |error| ≤ 1%"),
         "get_memory_footprint MB": st.column_config.NumberColumn(format="%.3f", help="transformers' figure: parameters + buffers only, so it misses absmax, code tables and SCB."),
         "RSS growth MB": st.column_config.NumberColumn(format="%.1f", help=MEMORY_LABELS["rss_bytes"]),

@@ -5,8 +5,9 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from lab.lora_params import BIAS_CHOICES, PRESET_HELP, PRESETS, estimate_lora, packed_param_count, preset_targets
+from lab.estimate.lora import BIAS_CHOICES, estimate_lora, packed_param_count, preset_targets
 from lab.units import fmt_bytes, fmt_count
+from lab.vocab import TARGET_PRESETS, describe
 from pages._arch_ui import pick_architecture
 from pages._ui import friendly_errors
 
@@ -28,14 +29,14 @@ names = arch.linear_names
 
 c1, c2 = st.columns([4, 5])
 preset = c1.segmented_control(
-    "Preset", [*PRESETS, CUSTOM], default="q,v", key="preset", bind="query-params", required=True,
-    help=" · ".join(f"**{k}**: {v}" for k, v in PRESET_HELP.items()) + " · **custom**: pick the modules yourself.",
+    "Preset", [*TARGET_PRESETS, CUSTOM], default="qv", key="preset", bind="query-params", required=True,
+    help=describe(TARGET_PRESETS, markdown=True) + " · **custom**: pick the modules yourself.",
 )
 # A preset decides the modules; "custom" keeps the last choice (if this model has those names).
 previous = st.session_state.get("modules")
 current = [m for m in previous or [] if m in names]
-if preset in PRESETS or previous is None or (previous and not current):
-    st.session_state["modules"] = preset_targets(arch, preset if preset in PRESETS else "q,v")
+if preset in TARGET_PRESETS or previous is None or (previous and not current):
+    st.session_state["modules"] = preset_targets(arch, preset if preset in TARGET_PRESETS else "qv")
 elif current != previous:
     st.session_state["modules"] = current
 modules = c2.multiselect(

@@ -1,6 +1,6 @@
 """Playground: the base model and its LoRA adapters answer side by side, and a measured verdict.
 
-Thin page: widgets in, lab.compare / lab.evaluate calls in background tasks, columns and tables out.
+Thin page: widgets in, lab.generate.compare / lab.generate.evaluate calls in background tasks, columns and tables out.
 One base model (from the shared registry) serves every column; peft's mixed-adapter batches make
 all columns come out of one batched generate, streamed into their columns as tokens arrive.
 """
@@ -14,13 +14,13 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from lab.adapters import AdapterInfo, base_mismatch, discover_runs, inspect_adapter, unique_names
-from lab.compare import BASE_COLUMN, SamplingSettings, side_by_side
 from lab.errors import LabError
-from lab.evaluate import METRICS, EvalSettings, evaluate, load_examples, to_csv, to_markdown
-from lab.generation import build_chat_prompt
-from lab.precision import PRECISIONS
-from lab.sources import resolve_source
+from lab.generate.adapters import AdapterInfo, base_mismatch, discover_runs, inspect_adapter, unique_names
+from lab.generate.compare import BASE_COLUMN, SamplingSettings, side_by_side
+from lab.generate.evaluate import METRICS, EvalSettings, evaluate, load_examples, to_csv, to_markdown
+from lab.generate.prompts import build_chat_prompt
+from lab.models.precision import PRECISIONS
+from lab.models.sources import resolve_source
 from pages._ui import friendly_errors, get_task, model_registry, start_task
 
 GEN_TASK = "playground_generate"
@@ -92,7 +92,7 @@ if any(a.use_dora for a in adapters):
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def cached_tokenizer(pretrained_id: str):
-    from lab.loading import load_tokenizer
+    from lab.models.loading import load_tokenizer
 
     return load_tokenizer(resolve_source(pretrained_id))
 
@@ -251,7 +251,7 @@ with tab_eval:
     st.latex(r"\text{accuracy} = \frac{\#\{\text{answer} = \text{label}\}}{N} \qquad "
              r"\text{PPL} = \exp\Big(-\frac{1}{T}\sum_{t=1}^{T} \log p(y_t \mid \text{prompt}, y_{<t})\Big)")
     try:
-        from lab.datasets import list_datasets
+        from lab.data.datasets import list_datasets
 
         bundled = list_datasets()
     except ImportError:  # the datasets module arrives with the Training page

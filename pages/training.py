@@ -14,24 +14,14 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from lab import datasets as ds
+from lab.data import datasets as ds
 from lab.environment import device_type
 from lab.paths import runs_dir
-from lab.precision import PRECISIONS
 from lab.training import runs as R
-from lab.training.config import (
-    CUDA_ONLY_OPTIMIZERS,
-    OPTIMIZERS,
-    SCHEDULERS,
-    TARGET_PRESETS,
-    TRAIN_PRECISIONS,
-    TrainConfig,
-    default_config,
-    run_name,
-    to_cli_args,
-)
+from lab.training.config import SCHEDULERS, TrainConfig, default_config, run_name, to_cli_args
 from lab.training.events import request_stop
 from lab.units import fmt_bytes
+from lab.vocab import PRECISIONS, TARGET_PRESETS, optimizers_for
 from pages._ui import friendly_errors
 
 H = TrainConfig.help
@@ -54,35 +44,17 @@ st.caption(
 # --------------------------------------------------------------------------- cached helpers
 @st.cache_resource(show_spinner=False)
 def tokenizer_for(spec: str):
-    from lab.loading import load_tokenizer
-    from lab.sources import resolve_source
+    from lab.models.loading import load_tokenizer
+    from lab.models.sources import resolve_source
 
     return load_tokenizer(resolve_source(spec))
 
 
 @st.cache_data(show_spinner=False)
 def module_names(spec: str) -> list[str]:
-    from lab.training.targets import linear_module_names
+    from lab.models.architecture import read_architecture
 
-    return linear_module_names(spec)
-
-
-def memory_estimate(cfg: TrainConfig):
-    """The calculator's training-memory estimate (lab.memory, issue 3), or None where unavailable."""
-    try:
-        from lab.architecture import read_architecture
-        from lab.memory import estimate_training
-    except ImportError:  # HOOK: lab.memory.estimate_training lives on the Architecture pages branch
-        return None
-    quantized = PRECISIONS[cfg.precision].quantized
-    targets = {"all-linear": "all-linear", "attention": ("q_proj", "k_proj", "v_proj", "o_proj"), "qv": ("q_proj", "v_proj")}.get(
-        cfg.targets, tuple(t.strip() for t in cfg.targets.split(",") if t.strip()))
-    return estimate_training(
-        read_architecture(cfg.model), method="qlora" if quantized else "lora", precision=cfg.precision,
-        dtype="fp32" if DEVICE == "cpu" else None, batch_size=cfg.batch_size, seq_len=cfg.max_length,
-        grad_checkpointing=cfg.gradient_checkpointing, optimizer=cfg.optimizer, r=cfg.r, alpha=cfg.alpha,
-        targets=targets, use_dora=cfg.use_dora, upcast_for_kbit=quantized,
-    )
+    return read_architecture(spec).decoder_linear_names
 
 
 # --------------------------------------------------------------------------- live run panel
@@ -201,14 +173,14 @@ with left:
             st.markdown(ds.dataset_card(choice))
 
 with right:
-    precision = st.selectbox("Precision of the base", TRAIN_PRECISIONS, index=TRAIN_PRECISIONS.index(DEFAULTS.precision),
+    precision = st.selectbox("Precision of the base", list(PRECISIONS), index=list(PRECISIONS).index(DEFAULTS.precision),
                              format_func=lambda p: PRECISIONS[p].label, help=H("precision"), key="t_precision")
     st.caption(PRECISIONS[precision].help)
     c1, c2, c3 = st.columns(3)
     r = c1.number_input("r", 1, 1024, DEFAULTS.r, help=H("r"), key="t_r")
     alpha = c2.number_input("alpha", 0.0, 4096.0, DEFAULTS.alpha, step=1.0, help=H("alpha"), key="t_alpha")
     dropout = c3.number_input("dropout", 0.0, 0.9, DEFAULTS.dropout, step=0.05, help=H("dropout"), key="t_dropout")
-    preset = st.selectbox("Target modules", [*TARGET_PRESETS, "custom"], format_func=lambda k: f"{k}: {TARGET_PRESETS[k]}" if k in TARGET_PRESETS else "custom (pick modules)",
+    preset = st.selectbox("Target modules", [*TARGET_PRESETS, "custom"], format_func=lambda k: f"{k}: {TARGET_PRESETS[k].help}" if k in TARGET_PRESETS else "custom (pick modules)",
                           help=H("targets"), key="t_targets")
     targets = preset
     if preset == "custom":
@@ -234,7 +206,7 @@ with st.expander("Optimisation", expanded=True):
     max_length = c[2].number_input("Max length (tokens)", 8, 32_768, DEFAULTS.max_length, help=H("max_length"), key="t_maxlen")
     gc = c[3].checkbox("Gradient checkpointing", DEFAULTS.gradient_checkpointing, help=H("gradient_checkpointing"), key="t_gc")
     c = st.columns(4)
-    optimizers = [o for o in OPTIMIZERS if DEVICE == "cuda" or o not in CUDA_ONLY_OPTIMIZERS]
+    optimizers = optimizers_for(DEVICE)
     optimizer = c[0].selectbox("Optimizer", optimizers, index=optimizers.index(DEFAULTS.optimizer), help=H("optimizer"), key="t_optim")
     scheduler = c[1].selectbox("Schedule", SCHEDULERS, index=SCHEDULERS.index(DEFAULTS.scheduler), help=H("scheduler"), key="t_sched")
     warmup = c[2].number_input("Warmup ratio", 0.0, 0.5, DEFAULTS.warmup_ratio, step=0.05, help=H("warmup_ratio"), key="t_warmup")
@@ -269,14 +241,11 @@ if check is not None:
 
 with st.expander("Memory estimate (the calculator's formula)", expanded=False):
     with friendly_errors("The memory estimate"):
-        est = memory_estimate(cfg)
-        if est is None:
-            st.info("The calculator's estimate (lab.memory.estimate_training) is not available in this build.")
-        else:
-            st.metric("Estimated peak training memory", fmt_bytes(est.total_bytes),
-                      help="weights + adapter + gradients + optimizer states + activations, from the model's config.")
-            st.table({"term": list(est.components), "bytes": [fmt_bytes(v) for v in est.components.values()],
-                      "formula": [est.formulas.get(k, "") for k in est.components]})
+        est = cfg.memory_estimate(DEVICE)
+        st.metric("Estimated peak training memory", fmt_bytes(est.total_bytes),
+                  help="weights + adapter + gradients + optimizer states + activations, from the model's config.")
+        st.table({"term": list(est.components), "bytes": [fmt_bytes(v) for v in est.components.values()],
+                  "formula": [est.formulas.get(k, "") for k in est.components]})
 
 # --------------------------------------------------------------------------- start
 busy = R.read_lock()
@@ -289,7 +258,7 @@ start = st.button("Train", type="primary", icon=":material/play_arrow:", disable
 if start:
     with friendly_errors("Starting the run"):
         cfg.validate(DEVICE)
-        from lab.sources import resolve_source
+        from lab.models.sources import resolve_source
 
         name = run_name(cfg, resolve_source(cfg.model).display_name, ds.dataset_name(cfg.dataset))
         args = to_cli_args(replace(cfg, output=""))[:-2]  # --output is added by start_training

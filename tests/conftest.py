@@ -19,7 +19,7 @@ os.environ.setdefault("QLORA_LAB_RUNS", str(_TEST_HOME / "runs"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import lab  # noqa: E402,F401  (quiets noisy libraries before anything loads)
-from lab.sources import prepare_embedded_model  # noqa: E402
+from lab.models.sources import prepare_embedded_model  # noqa: E402
 
 TINY_LLAMA = dict(
     hidden_size=64,

@@ -7,7 +7,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from lab.sources import resolve_source
+from lab.models.sources import resolve_source
 from tests.browser import assert_no_exception, open_page, screenshot, wait_idle
 
 pytestmark = pytest.mark.browser
@@ -60,7 +60,7 @@ def test_lora_estimator_seed_example(app_server, page):
     expect(metric(page, "Adapter file, fp32")).to_have_text("73.40 MB")
     assert_no_exception(page)
     screenshot(page, "screenshot-lora-estimator.png")
-    page.locator('[data-testid="stButtonGroup"]').first.get_by_text("all linear", exact=True).click()
+    page.locator('[data-testid="stButtonGroup"]').first.get_by_text("all-linear", exact=True).click()
     wait_idle(page)
     expect(metric(page, "Trainable parameters")).not_to_have_text("18.35M", timeout=30_000)
     assert_no_exception(page)

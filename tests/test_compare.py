@@ -13,11 +13,11 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from lab.adapters import base_mismatch, discover_runs, inspect_adapter
-from lab.compare import BASE_COLUMN, SamplingSettings, adapter_bank, side_by_side
 from lab.errors import LabError
-from lab.generation import build_chat_prompt
-from lab.loading import load_model
+from lab.generate.adapters import base_mismatch, discover_runs, inspect_adapter
+from lab.generate.compare import BASE_COLUMN, SamplingSettings, adapter_bank, side_by_side
+from lab.generate.prompts import build_chat_prompt
+from lab.models.loading import load_model
 from tests.fixtures_playground import make_adapter, other_base_adapter, tiny_adapters  # noqa: F401
 
 PROMPT = [{"role": "user", "content": "Name three colours of the rainbow."}]

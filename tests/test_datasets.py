@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lab import datasets as ds
+from lab.data import datasets as ds
 from lab.errors import LabError
 
 

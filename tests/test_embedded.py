@@ -2,8 +2,8 @@
 
 import pytest
 
-from lab.generation import generate_text
-from lab.loading import load_model
+from lab.generate.prompts import generate_text
+from lab.models.loading import load_model
 
 pytestmark = pytest.mark.embedded
 

@@ -14,11 +14,11 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lab.adapters import inspect_adapter
-from lab.compare import BASE_COLUMN
 from lab.errors import LabError
-from lab.evaluate import EvalSettings, evaluate, is_labelled, load_examples, normalize, to_csv, to_markdown
-from lab.loading import load_model
+from lab.generate.adapters import inspect_adapter
+from lab.generate.compare import BASE_COLUMN
+from lab.generate.evaluate import EvalSettings, evaluate, is_labelled, load_examples, normalize, to_csv, to_markdown
+from lab.models.loading import load_model
 from tests.fixtures_playground import tiny_adapters  # noqa: F401
 
 QUESTIONS = ["Is the sky green?", "Is water wet?", "Do fish fly?", "Is ice cold?", "Can cats bark?", "Is fire hot?"]
@@ -26,7 +26,7 @@ N = 8
 
 
 def plain_answers(model_dir, prompts, adapter=None, n=N):
-    from lab.datasets import render_prompt
+    from lab.data.datasets import render_prompt
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
@@ -73,7 +73,7 @@ def test_accuracy_and_answers_match_plain_generate(loaded, tiny_model_dir, tiny_
 
 
 def test_loss_equals_an_independent_computation(loaded, tiny_model_dir, tiny_adapters, labelled_dir):
-    from lab.datasets import render_example
+    from lab.data.datasets import render_example
 
     examples = load_examples(str(labelled_dir), limit=2)
     alpha = inspect_adapter(str(tiny_adapters["alpha"]))

@@ -15,10 +15,10 @@ import torch
 
 from lab.cli import main
 from lab.errors import LabError
-from lab.loading import load_model
-from lab.precision import PRECISIONS, bnb_config, load_kwargs, resolve_dtype
-from lab.registry import ModelRegistry
-from lab.sources import embedded_model_ready, resolve_source
+from lab.models.loading import load_model
+from lab.models.precision import PRECISIONS, bnb_config, load_kwargs, resolve_dtype
+from lab.models.registry import ModelRegistry
+from lab.models.sources import embedded_model_ready, resolve_source
 from lab.tasks import BackgroundTask
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +77,10 @@ def test_precision_mapping(name):
         assert cfg.bnb_4bit_quant_type == ("fp4" if name == "fp4" else "nf4")
         assert cfg.bnb_4bit_use_double_quant == (name == "nf4-dq")
         assert cfg.bnb_4bit_compute_dtype == torch.float32  # CPU computes in fp32
-    assert resolve_dtype("auto", "cpu") == torch.float32
+    # one meaning per word: 'compute' is the device's compute dtype, 'auto' the checkpoint's own
+    assert resolve_dtype("compute", device="cpu").torch_dtype == torch.float32
+    assert resolve_dtype("auto", config_dtype="bfloat16").name == "bf16"
+    assert resolve_dtype("auto", config_dtype=None).name == "fp32"
 
 
 @pytest.mark.parametrize("precision, linear", [("fp32", "Linear"), ("int8", "Linear8bitLt"), ("nf4", "Linear4bit")])
@@ -96,7 +99,7 @@ def test_registry_shares_and_frees(tiny_model_dir):
     reg = ModelRegistry()
     a = reg.get(str(tiny_model_dir), "fp32")
     assert reg.get(str(tiny_model_dir), "fp32") is a  # no second copy
-    assert reg.loaded() == [(str(tiny_model_dir), "fp32", "auto")]
+    assert reg.loaded() == [(str(tiny_model_dir), "fp32", "compute")]
     assert reg.release() == 1 and reg.loaded() == []
 
 

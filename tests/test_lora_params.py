@@ -7,9 +7,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from lab.architecture import architecture_from_config, read_architecture
 from lab.errors import LabError
-from lab.lora_params import estimate_lora, packed_param_count, preset_targets
+from lab.estimate.lora import estimate_lora, packed_param_count, preset_targets
+from lab.models.architecture import architecture_from_config, read_architecture
 from tests.fixtures_architecture import TINY_CONFIGS, tiny_config
 
 
@@ -66,7 +66,7 @@ def test_counts_equal_peft(kind, case):
 def test_fused_and_biased_architectures_are_read_from_the_model():
     phi3 = architecture_from_config(tiny_config("phi3"), "phi3")
     assert {"qkv_proj", "gate_up_proj"} <= set(phi3.linear_names)
-    assert preset_targets(phi3, "all attention") == ["o_proj", "qkv_proj"] or set(preset_targets(phi3, "all attention")) == {"o_proj", "qkv_proj"}
+    assert preset_targets(phi3, "attention") == ["o_proj", "qkv_proj"] or set(preset_targets(phi3, "attention")) == {"o_proj", "qkv_proj"}
     qwen = architecture_from_config(tiny_config("qwen2"), "qwen2")
     biased = {g.name for g in qwen.linears if g.bias}
     assert biased == {"q_proj", "k_proj", "v_proj"}
@@ -87,7 +87,7 @@ def test_seed_example_llama_3_2_3b():
 def test_seed_example_equals_peft_on_the_meta_model():
     """peft itself, on the full-size Llama-3.2-3B built on the meta device (no memory)."""
     arch = read_architecture("Llama-3.2-3B")
-    from lab.sources import resolve_source
+    from lab.models.sources import resolve_source
 
     config = resolve_source("Llama-3.2-3B").load_config()
     with torch.device("meta"):
@@ -100,7 +100,7 @@ def test_seed_example_equals_peft_on_the_meta_model():
 
 def test_packed_4bit_count_is_what_numel_shows(tiny_model_dir):
     """'all params: 1.8B' for a 3B model: a 4-bit model's packed uint8 tensors count half in numel()."""
-    from lab.loading import load_model
+    from lab.models.loading import load_model
 
     arch = read_architecture(str(tiny_model_dir))
     lm = load_model(str(tiny_model_dir), "nf4", "fp32", "cpu")

@@ -17,12 +17,10 @@ import pytest
 import torch
 
 from lab.errors import LabError
-from lab.load_report import check_fits, check_supported, measure_load, run_loading_lab
-from lab.loading import load_model
-from lab.measure import MemorySnapshot, measure_model, release_memory
-from lab.precision import PRECISIONS
-from lab.quality import QualityConfig, perplexity
-from lab.quant_inspect import (
+from lab.inspect.load_report import check_fits, check_supported, measure_load, run_loading_lab
+from lab.inspect.measure import MemorySnapshot, measure_model, release_memory
+from lab.inspect.quality import QualityConfig, perplexity
+from lab.inspect.quantization import (
     layer_errors,
     level_tables,
     linear_weight_names,
@@ -30,6 +28,8 @@ from lab.quant_inspect import (
     quantization_error,
     weight_histogram,
 )
+from lab.models.loading import load_model
+from lab.models.precision import PRECISIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_QUALITY = QualityConfig(perplexity_tokens=0, prompts=())
@@ -75,9 +75,9 @@ def test_measured_bytes_equal_independent_count_and_prediction(tiny_model_dir, p
     else:
         assert fp.total_bytes == fp.hf_footprint_bytes
 
-    from lab.load_report import predict
+    from lab.inspect.load_report import predict
 
-    estimate = predict(loaded.source, precision, "auto", "cpu")
+    estimate = predict(loaded.source, precision, "compute", "cpu")
     assert abs(estimate.weights_bytes - fp.total_bytes) / fp.total_bytes <= 0.01
 
 
@@ -170,13 +170,13 @@ def test_cancel_stops_before_the_next_precision(tiny_model_dir):
 
 
 def test_load_peak_counts_the_float_copy_quantized_from_on_cpu(tiny_model_dir):
-    from lab.load_report import load_peak_bytes, predict
-    from lab.sources import resolve_source
+    from lab.inspect.load_report import load_peak_bytes, predict
+    from lab.models.sources import resolve_source
 
     source = resolve_source(str(tiny_model_dir))
     nf4, fp32 = predict(source, "nf4"), predict(source, "fp32")
-    assert load_peak_bytes(source, "nf4", nf4, "auto", "cpu") == nf4.weights_bytes + fp32.weights_bytes
-    assert load_peak_bytes(source, "fp32", fp32, "auto", "cpu") == fp32.weights_bytes
+    assert load_peak_bytes(source, "nf4", nf4, "compute", "cpu") == nf4.weights_bytes + fp32.weights_bytes
+    assert load_peak_bytes(source, "fp32", fp32, "compute", "cpu") == fp32.weights_bytes
 
 
 def test_a_precision_the_device_cannot_run_is_reported_and_the_run_goes_on(tiny_model_dir):
@@ -254,7 +254,7 @@ def test_embedded_model_every_precision_matches_prediction(embedded_dir):
         loaded = load_model("embedded", precision)
         fp = measure_model(loaded.model)
         assert fp.total_bytes == independent_count(loaded.model), precision
-        from lab.load_report import predict
+        from lab.inspect.load_report import predict
 
         predicted = predict(loaded.source, precision).weights_bytes
         assert abs(predicted - fp.total_bytes) / fp.total_bytes <= 0.01, (precision, predicted, fp.total_bytes)

@@ -7,20 +7,15 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lab.architecture import read_architecture
 from lab.errors import LabError
-from lab.loading import load_model
-from lab.memory import (
-    GPUS,
-    TrainingSettings,
-    estimate_training,
-    estimate_weights,
-    fit_verdict,
-    kv_cache_bytes,
-    max_fitting,
-    measure_storage,
-    memory_vs_seq_len,
-)
+from lab.estimate.gpus import GPUS, fit_verdict
+from lab.estimate.inference import kv_cache_bytes
+from lab.estimate.inverse import max_fitting, memory_vs_seq_len
+from lab.estimate.training import TrainingSettings, estimate_training
+from lab.estimate.weights import estimate_weights
+from lab.inspect.measure import measure_storage
+from lab.models.architecture import read_architecture
+from lab.models.loading import load_model
 from tests.conftest import build_tiny_model
 
 QUANTIZED = ["int8", "nf4", "nf4-dq", "fp4"]

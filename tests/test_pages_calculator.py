@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from lab.architecture import read_architecture
-from lab.lora_params import estimate_lora
-from lab.memory import estimate_weights
-from lab.sources import catalog_names, resolve_source
+from lab.estimate.lora import estimate_lora
+from lab.estimate.weights import estimate_weights
+from lab.models.architecture import read_architecture
+from lab.models.sources import catalog_names, resolve_source
 from lab.units import fmt_bytes, fmt_count
 from pages._arch_ui import UPLOAD
 
@@ -102,14 +102,14 @@ def test_lora_page_seed_example_and_peft_numbers():
 
 
 def test_lora_page_presets_dora_and_fused_modules():
-    at = run_page(LORA, model="Phi-3-mini", preset="all linear", r="8", dora="true")
+    at = run_page(LORA, model="Phi-3-mini", preset="all-linear", r="8", dora="true")
     assert not at.exception and not at.error
     assert at.multiselect(key="modules").value == ["o_proj", "qkv_proj", "gate_up_proj", "down_proj"]
     arch = read_architecture("Phi-3-mini")
     est = estimate_lora(arch, 8, 16.0, ["o_proj", "qkv_proj", "gate_up_proj", "down_proj"], use_dora=True)
     assert metrics(at)["Trainable parameters"] == fmt_count(est.trainable_params)
     assert "use_dora=True" in at.code[0].value
-    at.segmented_control(key="preset").set_value("q,v").run()
+    at.segmented_control(key="preset").set_value("qv").run()
     assert at.multiselect(key="modules").value == ["qkv_proj"]  # Phi-3 keeps q and v inside qkv_proj
 
 

@@ -17,18 +17,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from lab.environment import device_type
 from lab.errors import LabError
-from lab.precision import PRECISIONS, get_precision
+from lab.vocab import OPTIMIZERS, PRECISIONS, TARGET_PRESETS
 
-# Precisions a base model can be trained at: the 4-bit kinds (QLoRA), int8, and plain floats.
-TRAIN_PRECISIONS = ("nf4", "nf4-dq", "fp4", "int8", "bf16", "fp16", "fp32")
-OPTIMIZERS = ("adamw_torch", "adafactor", "sgd", "paged_adamw_8bit")
-CUDA_ONLY_OPTIMIZERS = ("paged_adamw_8bit",)
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
-TARGET_PRESETS = {
-    "all-linear": "every Linear layer of the decoder (peft's 'all-linear'; lm_head excluded)",
-    "attention": "q_proj, k_proj, v_proj, o_proj",
-    "qv": "q_proj, v_proj (the original LoRA paper's choice)",
-}
 
 
 def _f(default, help: str, **meta):
@@ -47,13 +38,13 @@ class TrainConfig:
     precision: str = _f("fp32", "Precision the frozen base model is loaded at. nf4/nf4-dq/fp4 = QLoRA (4-bit base, "
                                 "bitsandbytes); int8 = LLM.int8(); bf16/fp16/fp32 = plain LoRA. On CPU, 4-bit works but "
                                 "is ~3x slower per step than fp32 (weights are dequantized on every matmul).",
-                        choices=TRAIN_PRECISIONS)
+                        choices=tuple(PRECISIONS))
     # ---- LoRA (peft.LoraConfig)
     r: int = _f(16, "LoRA rank: the inner dimension of the A (r x in) and B (out x r) matrices. More rank = more trainable parameters and capacity.", min=1, max=1024)
     alpha: float = _f(32.0, "lora_alpha: the update B·A is scaled by alpha/r (alpha/sqrt(r) with rsLoRA). alpha = 2r is a common choice.", min=0.0)
     dropout: float = _f(0.05, "lora_dropout: dropout on the LoRA branch's input during training; 0 disables it.", min=0.0, max=0.9)
-    targets: str = _f("all-linear", "Target modules: a preset (all-linear, attention, qv) or comma-separated module names "
-                                    "from the architecture (e.g. q_proj,v_proj).")
+    targets: str = _f("all-linear", f"Target modules: a preset ({', '.join(TARGET_PRESETS)}; resolved against the model's "
+                                    "own Linear layers) or comma-separated module names from the architecture (e.g. q_proj,v_proj).")
     use_rslora: bool = _f(False, "rsLoRA: scale by alpha/sqrt(r) instead of alpha/r, which keeps high ranks learning (peft use_rslora).")
     use_dora: bool = _f(False, "DoRA: split each weight into magnitude and direction and train both (peft use_dora). Slower per step.")
     loraplus_ratio: float = _f(0.0, "LoRA+: learning rate of B = ratio x learning rate of A (peft create_loraplus_optimizer). "
@@ -67,9 +58,10 @@ class TrainConfig:
     max_length: int = _f(256, "Longer training texts are truncated to this many tokens. Memory grows with it.", min=8)
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass instead of storing them: much less "
                                              "activation memory, ~30% slower. Worth it on a GPU near its limit; off on CPU.")
-    optimizer: str = _f("adamw_torch", "Optimizer. paged_adamw_8bit (bitsandbytes, QLoRA's choice) keeps 8-bit states and "
-                                       "pages them to CPU RAM on spikes; it needs CUDA and is offered only there.",
-                        choices=OPTIMIZERS)
+    optimizer: str = _f("adamw_torch", "Optimizer (transformers' optim name). paged_adamw_8bit (bitsandbytes, QLoRA's "
+                                       "choice) keeps 8-bit states and pages them to CPU RAM on spikes; bitsandbytes' "
+                                       "8-bit and paged optimizers need CUDA and are offered only there.",
+                        choices=tuple(OPTIMIZERS))
     scheduler: str = _f("linear", "Learning-rate schedule after warmup.", choices=SCHEDULERS)
     warmup_ratio: float = _f(0.0, "Fraction of the steps spent ramping the learning rate up from 0.", min=0.0, max=0.5)
     weight_decay: float = _f(0.0, "AdamW weight decay on the LoRA weights.", min=0.0)
@@ -99,6 +91,19 @@ class TrainConfig:
             raise LabError(f"Unknown training option(s): {', '.join(sorted(unknown))}.", f"Known: {', '.join(FIELDS)}.")
         return cls(**data)
 
+    def memory_estimate(self, device: str | None = None):
+        """The calculator's training-memory estimate for this run (`lab.estimate.training`)."""
+        from lab.estimate.training import estimate_training
+        from lab.models.architecture import read_architecture
+
+        quantized = PRECISIONS[self.precision].quantized
+        return estimate_training(
+            read_architecture(self.model), method="qlora" if quantized else "lora", precision=self.precision,
+            dtype="compute" if (device or device_type()) == "cpu" else "auto", batch_size=self.batch_size,
+            seq_len=self.max_length, grad_checkpointing=self.gradient_checkpointing, optimizer=self.optimizer, r=self.r,
+            alpha=self.alpha, targets=self.targets, use_dora=self.use_dora, upcast_for_kbit=quantized,
+        )
+
     def validate(self, device: str | None = None) -> TrainConfig:
         """Check every value early, with messages that name the bad one. Returns self."""
         device = device or device_type()
@@ -110,8 +115,7 @@ class TrainConfig:
                 raise LabError(f"{f.name}={v} is below its minimum {meta['min']}.", meta["help"])
             if "max" in meta and v > meta["max"]:
                 raise LabError(f"{f.name}={v} is above its maximum {meta['max']}.", meta["help"])
-        get_precision(self.precision)
-        if self.optimizer in CUDA_ONLY_OPTIMIZERS and device != "cuda":
+        if OPTIMIZERS[self.optimizer].cuda_only and device != "cuda":
             raise LabError(f"optimizer={self.optimizer} needs a CUDA GPU (this machine: {device}).",
                            "Use adamw_torch on CPU.")
         if self.precision in ("bf16", "fp16") and device == "cpu":
@@ -119,8 +123,9 @@ class TrainConfig:
                            "Use fp32 on CPU, or nf4 to see QLoRA's 4-bit base at work.")
         if self.max_steps <= 0 and self.epochs <= 0:
             raise LabError("Both epochs and max_steps are 0: the run would do nothing.", "Set max_steps > 0 or epochs > 0.")
-        if not target_modules(self.targets):
-            raise LabError(f"targets={self.targets!r} names no module.", "Use all-linear, attention, qv, or e.g. q_proj,v_proj.")
+        if not self.targets.strip(" ,"):
+            raise LabError(f"targets={self.targets!r} names no module.",
+                           f"Use a preset ({', '.join(TARGET_PRESETS)}) or module names, e.g. q_proj,v_proj.")
         return self
 
 
@@ -135,18 +140,6 @@ def default_config(device: str | None = None, **overrides) -> TrainConfig:
         cfg = replace(cfg, precision="nf4-dq", gradient_checkpointing=True, optimizer="paged_adamw_8bit",
                       learning_rate=2e-4, max_steps=-1, epochs=1.0, max_length=1024, batch_size=8)
     return replace(cfg, **overrides)
-
-
-def target_modules(targets: str) -> str | list[str]:
-    """peft's target_modules for a preset or a comma-separated list."""
-    t = targets.strip()
-    if t == "all-linear":
-        return "all-linear"
-    if t == "attention":
-        return ["q_proj", "k_proj", "v_proj", "o_proj"]
-    if t == "qv":
-        return ["q_proj", "v_proj"]
-    return [m.strip() for m in t.split(",") if m.strip()]
 
 
 def run_name(cfg: TrainConfig, base_display_name: str, dataset_short: str, when: float | None = None) -> str:
@@ -187,6 +180,3 @@ def to_cli_args(cfg: TrainConfig) -> list[str]:
         else:
             out += [flag, str(v)]
     return out
-
-
-PRECISION_HELP = {name: PRECISIONS[name].help for name in TRAIN_PRECISIONS}

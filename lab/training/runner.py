@@ -26,13 +26,15 @@ from pathlib import Path
 
 import torch
 
-from lab import datasets as ds
+from lab.data import datasets as ds
 from lab.environment import compute_dtype, device_type, library_version
 from lab.errors import LabError
+from lab.estimate.lora import resolve_targets
+from lab.models.architecture import read_architecture
+from lab.models.precision import bnb_config, get_precision, load_kwargs
+from lab.models.sources import ModelSource, hub_error, resolve_source
 from lab.paths import runs_dir
-from lab.precision import bnb_config, get_precision, load_kwargs
-from lab.sources import ModelSource, hub_error, resolve_source
-from lab.training.config import TrainConfig, run_name, target_modules, to_cli_args
+from lab.training.config import TrainConfig, run_name, to_cli_args
 from lab.training.events import (
     RUN_FILE,
     STOP_FILE,
@@ -42,6 +44,7 @@ from lab.training.events import (
     peak_memory_bytes,
 )
 from lab.training.runs import acquire_lock, release_lock
+from lab.vocab import COMPUTE
 
 LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets")
 
@@ -69,7 +72,7 @@ def load_base(source: ModelSource, precision: str, device: str):
     accelerate launch), and its tokenizer."""
     from transformers import AutoModelForCausalLM
 
-    from lab.loading import free_memory, load_tokenizer
+    from lab.models.loading import free_memory, load_tokenizer
 
     if not source.has_weights:
         raise LabError(f"{source.display_name} is a config without weights: it cannot be trained.", "Pick 'embedded', a model folder or a Hub id.")
@@ -94,7 +97,7 @@ def base_load_kwargs(precision: str, device: str) -> dict:
     """`from_pretrained` kwargs for the base: each data-parallel rank on its own GPU; under
     FSDP, 4-bit weights stored in the compute dtype so FSDP can shard them alongside the
     unquantized ones (peft's FSDP + QLoRA recipe) and no device_map (FSDP places the shards)."""
-    kwargs = load_kwargs(precision, "auto", device)
+    kwargs = load_kwargs(precision, COMPUTE, device)
     if device == "cuda":
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     quant = kwargs.get("quantization_config")
@@ -105,7 +108,14 @@ def base_load_kwargs(precision: str, device: str) -> dict:
     return kwargs
 
 
-def add_lora(model, cfg: TrainConfig, quantized: bool):
+def peft_target_modules(source: ModelSource, targets: str) -> str | list[str]:
+    """peft's target_modules for this base: a preset (`lab.vocab.TARGET_PRESETS`) or names, resolved and
+    checked against the model's own Linear layers before anything loads ('all-linear' as peft spells it)."""
+    names = resolve_targets(read_architecture(source), targets)
+    return "all-linear" if targets.strip() == "all-linear" else names
+
+
+def add_lora(model, cfg: TrainConfig, quantized: bool, target_modules: str | list[str]):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if quantized:
@@ -113,37 +123,24 @@ def add_lora(model, cfg: TrainConfig, quantized: bool):
         # non-quantized weights is a no-op on CPU (they are fp32 already).
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     lora = LoraConfig(
-        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=target_modules(cfg.targets),
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=target_modules,
         use_rslora=cfg.use_rslora, use_dora=cfg.use_dora, bias="none", task_type="CAUSAL_LM",
     )
-    try:
-        return get_peft_model(model, lora)
-    except ValueError as e:
-        linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) or "Linear" in type(m).__name__})
-        raise LabError(f"targets={cfg.targets!r}: {e}", f"This model's Linear layers are: {', '.join(linear)}.") from e
+    return get_peft_model(model, lora)
 
 
-def make_optimizer(model, cfg: TrainConfig):
-    """The LoRA+ optimizer (peft) when loraplus_ratio > 0, else None (the Trainer builds `optim`)."""
+def make_optimizer(model, cfg: TrainConfig, args):
+    """The LoRA+ optimizer (peft) when loraplus_ratio > 0, else None (the Trainer builds `args.optim`).
+    The optimizer class and its arguments come from transformers' own table of `optim` names."""
     if cfg.loraplus_ratio <= 0:
         return None
     from peft.optimizers import create_loraplus_optimizer
+    from transformers import Trainer
 
-    kwargs: dict = {"weight_decay": cfg.weight_decay}
-    if cfg.optimizer == "paged_adamw_8bit":
-        import bitsandbytes as bnb
-
-        cls = bnb.optim.PagedAdamW8bit
-    elif cfg.optimizer == "adafactor":
-        from transformers.optimization import Adafactor
-
-        cls = Adafactor
-        kwargs.update(scale_parameter=False, relative_step=False)  # use our learning rate, like the Trainer does
-    elif cfg.optimizer == "sgd":
-        cls = torch.optim.SGD
-    else:
-        cls = torch.optim.AdamW
-    return create_loraplus_optimizer(model, cls, lr=cfg.learning_rate, loraplus_lr_ratio=cfg.loraplus_ratio, **kwargs)
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    kwargs.pop("lr", None)
+    return create_loraplus_optimizer(model, cls, lr=cfg.learning_rate, loraplus_lr_ratio=cfg.loraplus_ratio,
+                                     loraplus_weight_decay=cfg.weight_decay, **kwargs)
 
 
 def sft_config(cfg: TrainConfig, run_dir: Path, device: str, has_eval: bool):
@@ -174,6 +171,7 @@ def train(cfg: TrainConfig, echo=None) -> dict:
     device = device_type()
     cfg.validate(device)
     source = resolve_source(cfg.model)
+    targets = peft_target_modules(source, cfg.targets)
     train_check = ds.check_dataset(cfg.dataset, "train", "skip" if cfg.skip_bad_rows else "refuse")
     eval_check = None
     if cfg.eval_steps > 0 and ds.has_split(cfg.dataset, "test"):
@@ -190,13 +188,14 @@ def train(cfg: TrainConfig, echo=None) -> dict:
         acquire_lock(run_dir)
         log = EventLog(run_dir)
     try:
-        return _train_locked(cfg, source, train_check, eval_check, run_dir, device, log, echo)
+        return _train_locked(cfg, source, targets, train_check, eval_check, run_dir, device, log, echo)
     finally:
         if main:
             release_lock()
 
 
-def _train_locked(cfg, source, train_check, eval_check, run_dir: Path, device: str, log: EventLog | None, echo) -> dict:
+def _train_locked(cfg, source, targets, train_check, eval_check, run_dir: Path, device: str, log: EventLog | None,
+                  echo) -> dict:
     import datasets
     from datasets import Dataset
     from trl import SFTTrainer
@@ -251,7 +250,7 @@ def _train_locked(cfg, source, train_check, eval_check, run_dir: Path, device: s
         from transformers import set_seed
 
         set_seed(cfg.seed)  # LoRA's A matrices are initialised here, before the Trainer seeds: same seed, same run
-        model = add_lora(model, cfg, precision.quantized)
+        model = add_lora(model, cfg, precision.quantized, targets)
         trainable, total = model.get_nb_trainable_parameters()
         info["lora"].update(target_modules=sorted(model.peft_config["default"].target_modules),
                             trainable_params=trainable, total_params=total)
@@ -265,9 +264,10 @@ def _train_locked(cfg, source, train_check, eval_check, run_dir: Path, device: s
               train_rows=len(train_ds), eval_rows=len(eval_ds) if eval_ds is not None else 0)
         echo(f"LoRA: {trainable:,} trainable of {total:,} parameters; {len(train_ds)} training rows")
 
-        optimizer = make_optimizer(model, cfg)
+        args = sft_config(cfg, run_dir, device, eval_ds is not None)
+        optimizer = make_optimizer(model, cfg, args)
         trainer = SFTTrainer(
-            model=model, args=sft_config(cfg, run_dir, device, eval_ds is not None), train_dataset=train_ds,
+            model=model, args=args, train_dataset=train_ds,
             eval_dataset=eval_ds, processing_class=tokenizer, callbacks=[callback],
             optimizers=(optimizer, None),
         )

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from lab.commands.compare import add_model_arguments, load_base_and_adapters
+from lab.cli.compare import add_model_arguments, load_base_and_adapters
 from lab.errors import LabError
-from lab.evaluate import METRICS, EvalSettings, evaluate, load_examples, to_csv, to_markdown
+from lab.generate.evaluate import METRICS, EvalSettings, evaluate, load_examples, to_csv, to_markdown
 from lab.units import format_table
 
 NAME = "evaluate"

@@ -14,8 +14,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from lab.architecture import Architecture
 from lab.errors import LabError
+from lab.models.architecture import Architecture
+from lab.vocab import TARGET_PRESETS, lookup
 
 BIAS_CHOICES = {
     "none": "No bias is trained (peft's default).",
@@ -23,17 +24,6 @@ BIAS_CHOICES = {
     "lora_only": "Only the existing biases of the targeted layers become trainable.",
 }
 
-# Presets named as people say them; resolved against the Linear names the model really has.
-PRESETS: dict[str, tuple[str, ...] | str] = {
-    "q,v": ("q_proj", "v_proj"),
-    "all attention": "attention",
-    "all linear": "all-linear",
-}
-PRESET_HELP = {
-    "q,v": "The original LoRA paper's choice: query and value projections only.",
-    "all attention": "Every attention projection (q, k, v, o, or a fused qkv_proj).",
-    "all linear": "Every Linear layer except lm_head, like peft's target_modules='all-linear' (QLoRA paper).",
-}
 _ATTENTION_HINTS = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "query", "key", "value", "dense",
                     "c_attn", "c_proj", "out_proj", "wq", "wk", "wv", "wo", "Wqkv", "query_key_value")
 
@@ -166,19 +156,17 @@ def parse_targets(targets: str | list[str] | tuple[str, ...] | None) -> list[str
 
 
 def preset_targets(arch: Architecture, preset: str) -> list[str]:
-    """The Linear names a preset means for this architecture."""
+    """The Linear names a preset (`lab.vocab.TARGET_PRESETS`) means for this architecture."""
     names = arch.decoder_linear_names
-    spec = PRESETS.get(preset)
-    if spec is None:
-        raise LabError(f"Unknown LoRA preset {preset!r}.", f"Choose one of: {', '.join(PRESETS)}.")
-    if spec == "all-linear":
+    preset = lookup(TARGET_PRESETS, preset, "LoRA target preset").name
+    if preset == "all-linear":
         return names
-    if spec == "attention":
+    if preset == "attention":
         attn = [n for n in names if any(n == h or n.endswith(h) for h in _ATTENTION_HINTS)
                 and not n.startswith(("gate", "up", "down", "fc"))]
         return attn or names
     fused = [n for n in names if "qkv" in n.lower() or n in ("query_key_value", "c_attn")]
-    return [n for n in spec if n in names] or fused or names[:1]  # Phi-3: q and v live in qkv_proj
+    return [n for n in ("q_proj", "v_proj") if n in names] or fused or names[:1]  # Phi-3: q and v live in qkv_proj
 
 
 def _matches(path: str, target: str) -> bool:
@@ -186,12 +174,13 @@ def _matches(path: str, target: str) -> bool:
 
 
 def resolve_targets(arch: Architecture, targets) -> list[str]:
-    """Validate target names against the architecture; 'all-linear' expands like peft's."""
+    """Target module names for `arch`: a preset (`lab.vocab.TARGET_PRESETS`, e.g. 'all-linear', expanded
+    like peft's) or names validated against the architecture."""
     wanted = parse_targets(targets)
     if not wanted:
         raise LabError("No LoRA target modules given.", f"Choose among: {', '.join(arch.linear_names)}.")
-    if wanted == ["all-linear"]:
-        return arch.decoder_linear_names
+    if len(wanted) == 1 and wanted[0] in TARGET_PRESETS:
+        return preset_targets(arch, wanted[0])
     missing = [t for t in wanted if not any(_matches(p, t) for g in arch.linears for p in g.paths)]
     if missing:
         raise LabError(

@@ -10,8 +10,9 @@ import torch
 
 from lab.environment import device_type
 from lab.errors import LabError
-from lab.precision import get_precision, load_kwargs
-from lab.sources import ModelSource, hub_error, resolve_source
+from lab.models.precision import get_precision, load_kwargs
+from lab.models.sources import ModelSource, hub_error, resolve_source
+from lab.vocab import COMPUTE
 
 
 @dataclass
@@ -36,7 +37,7 @@ def load_tokenizer(source: ModelSource):
     return tokenizer
 
 
-def load_model(source: ModelSource | str, precision: str = "fp32", dtype: str | None = "auto",
+def load_model(source: ModelSource | str, precision: str = "fp32", dtype: str = COMPUTE,
                device: str | None = None) -> LoadedModel:
     """Load `source` at `precision` on `device` (default: CUDA if available, else CPU)."""
     from transformers import AutoModelForCausalLM

@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from lab.architecture import read_architecture
-from lab.memory import (
-    GPUS,
-    METHODS,
-    OPTIMIZERS,
-    TrainingSettings,
-    estimate_training,
-    estimate_weights,
-    fit_table,
-    get_gpu,
-    kv_cache_bytes,
-    max_fitting,
-)
-from lab.precision import PRECISIONS
+from lab.estimate.gpus import GPUS, fit_table, get_gpu
+from lab.estimate.inference import kv_cache_bytes
+from lab.estimate.inverse import max_fitting
+from lab.estimate.training import TrainingSettings, estimate_training
+from lab.estimate.weights import estimate_weights
+from lab.models.architecture import read_architecture
 from lab.units import fmt_bytes, fmt_count, format_table
+from lab.vocab import DTYPE_CHOICES, METHODS, OPTIMIZERS, PRECISIONS, describe
 
 NAME = "memory"
 HELP = "weights at a precision (true bytes vs get_memory_footprint) and, with --train, training memory"
@@ -27,19 +20,18 @@ ORDER = 10
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="embedded", help="'embedded', a catalog name, a config.json, a model folder or a Hub id")
-    parser.add_argument("--precision", default="nf4-dq", choices=list(PRECISIONS),
-                        help="; ".join(f"{p.name}: {p.help}" for p in PRECISIONS.values()))
-    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                        help="dtype of what stays unquantized (embeddings, norms, lm_head); auto = the config's torch_dtype")
-    parser.add_argument("--train", choices=list(METHODS), help="; ".join(f"{k}: {v}" for k, v in METHODS.items()))
+    parser.add_argument("--precision", default="nf4-dq", choices=list(PRECISIONS), help=describe(PRECISIONS))
+    parser.add_argument("--dtype", default="auto", choices=list(DTYPE_CHOICES),
+                        help="dtype of what stays unquantized (embeddings, norms, lm_head) and of the compute: "
+                             + describe(DTYPE_CHOICES))
+    parser.add_argument("--train", choices=list(METHODS), help=describe(METHODS))
     parser.add_argument("--batch-size", type=int, default=1, help="per-device batch size (training)")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (training)")
     parser.add_argument("--r", type=int, default=16, help="LoRA rank (lora/qlora)")
     parser.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default 2·r)")
     parser.add_argument("--targets", default="all-linear", help="LoRA target modules, comma separated, or all-linear")
     parser.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward (stores only layer inputs)")
-    parser.add_argument("--optimizer", default="paged_adamw_8bit", choices=list(OPTIMIZERS),
-                        help="; ".join(f"{k}: {v}" for k, v in OPTIMIZERS.items()))
+    parser.add_argument("--optimizer", default="paged_adamw_8bit", choices=list(OPTIMIZERS), help=describe(OPTIMIZERS))
     parser.add_argument("--context", type=int, default=None, help="also report the KV cache for inference at this many tokens")
     parser.add_argument("--gpu", default=None, help=f"solve the inverse question for this GPU ({', '.join(g.name for g in GPUS)})")
 

@@ -197,6 +197,19 @@ MEMORY_LABELS: dict[str, str] = {
 }
 
 
+def measure_storage(model) -> dict:
+    """What a loaded model really holds (parameters, buffers and bitsandbytes' quantization state,
+    each tensor once), summarised for comparison with `lab.estimate.weights.estimate_weights`."""
+    fp = measure_model(model)
+    params, buffers = fp.by_kind.get("parameter", 0), fp.by_kind.get("buffer", 0)
+    return {
+        "total_bytes": fp.total_bytes,
+        "hf_footprint_bytes": fp.hf_footprint_bytes,
+        "quant_constants_bytes": fp.total_bytes - params - buffers,
+        "params_bytes": params,
+        "buffers_bytes": buffers,
+    }
+
 @dataclass
 class MemorySnapshot:
     rss_bytes: int

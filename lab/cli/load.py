@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from lab.load_report import HELP as LOAD_HELP
-from lab.load_report import measure_load
-from lab.measure import KINDS, MEMORY_LABELS
-from lab.precision import DTYPES, PRECISIONS
-from lab.quality import DEFAULT_PROMPTS, QualityConfig
-from lab.quality import HELP as QUALITY_HELP
+from lab.inspect.load_report import HELP as LOAD_HELP
+from lab.inspect.load_report import measure_load
+from lab.inspect.measure import KINDS, MEMORY_LABELS
+from lab.inspect.quality import DEFAULT_PROMPTS, QualityConfig
+from lab.inspect.quality import HELP as QUALITY_HELP
 from lab.units import fmt_bytes, format_table
+from lab.vocab import DTYPE_CHOICES, PRECISIONS, describe
 
 NAME = "load"
 HELP = "load a model at a precision; print measured vs predicted bytes, layer class, load time, perplexity"
@@ -20,9 +20,8 @@ ORDER = 30
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="embedded", metavar="SRC",
                         help=LOAD_HELP["model"])
-    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
-                        help="; ".join(f"{p.name}: {p.help}" for p in PRECISIONS.values()))
-    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help=describe(PRECISIONS))
+    parser.add_argument("--dtype", default="compute", choices=list(DTYPE_CHOICES),
                         help=LOAD_HELP["dtype"])
     parser.add_argument("--device", default=None, choices=["cpu", "cuda"], help=LOAD_HELP["device"])
     parser.add_argument("--perplexity-tokens", type=int, default=QualityConfig.perplexity_tokens, metavar="N",

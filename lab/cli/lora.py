@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from lab.architecture import read_architecture
-from lab.lora_params import BIAS_CHOICES, estimate_lora
+from lab.estimate.lora import BIAS_CHOICES, estimate_lora
+from lab.models.architecture import read_architecture
 from lab.units import fmt_bytes, format_table
 
 NAME = "lora"

@@ -28,9 +28,9 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from lab.adapters import AdapterInfo, check_compatible
 from lab.errors import LabError
-from lab.generation import build_chat_prompt
+from lab.generate.adapters import AdapterInfo, check_compatible
+from lab.generate.prompts import build_chat_prompt
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 BASE_COLUMN = "base"  # what people (and the CLI's JSON) call that column

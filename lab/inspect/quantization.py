@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from lab.errors import LabError
-from lab.sources import ModelSource, resolve_source
+from lab.models.sources import ModelSource, resolve_source
 
 BLOCKSIZE = 64  # bitsandbytes' 4-bit default, what transformers' BitsAndBytesConfig uses
 

@@ -21,18 +21,20 @@ import torch
 
 from lab.environment import device_type
 from lab.errors import LabError
-from lab.loading import load_model
-from lab.measure import MemorySnapshot, measure_model, release_memory, reset_peak
-from lab.precision import DTYPES, bnb_config_code, get_precision, resolve_dtype
-from lab.quality import QualityConfig, greedy_answers, perplexity
-from lab.sources import ModelSource, resolve_source
+from lab.inspect.measure import MemorySnapshot, measure_model, release_memory, reset_peak
+from lab.inspect.quality import QualityConfig, greedy_answers, perplexity
+from lab.models.loading import load_model
+from lab.models.precision import bnb_config_code, get_precision, resolve_dtype
+from lab.models.sources import ModelSource, resolve_source
+from lab.vocab import COMPUTE, dtype_by_torch_name
 
 # Help texts shared by the CLI flags and the page's tooltips.
 HELP: dict[str, str] = {
     "model": "'embedded' (SmolLM2-135M-Instruct, offline), a local model folder (config.json + safetensors), "
     "or a Hub id such as Qwen/Qwen2.5-0.5B-Instruct (needs network).",
     "dtype": "dtype of what stays unquantized (embeddings, norms, lm_head) in int8/4-bit loads. "
-    "auto: float32 on CPU, bf16 (fp16 on a T4) on GPU. fp32/bf16/fp16 loads put every weight in their own dtype.",
+    "compute (default): this device's compute dtype, float32 on CPU, bf16 (fp16 on a T4) on GPU; auto: the "
+    "checkpoint's own dtype. fp32/bf16/fp16 loads put every weight in their own dtype.",
     "device": "cuda when a GPU is usable, else cpu. bitsandbytes 0.50 runs int8 and 4-bit on both.",
 }
 
@@ -59,9 +61,9 @@ class LoadReport:
     load_seconds: float
     measured_bytes: int  # true bytes: parameters + buffers + quantization state, each storage once
     hf_footprint_bytes: int  # model.get_memory_footprint()
-    predicted_bytes: int | None  # the calculator's estimate (lab.memory.estimate_weights)
+    predicted_bytes: int | None  # the calculator's estimate (lab.estimate.weights.estimate_weights)
     error_pct: float | None  # (predicted - measured) / measured * 100
-    breakdown: dict[str, int]  # measured bytes by kind (see lab.measure.KINDS)
+    breakdown: dict[str, int]  # measured bytes by kind (see lab.inspect.measure.KINDS)
     by_dtype: dict[str, int]
     shared_bytes: int  # reached twice (tied weights, aliases), counted once
     n_tensors: int
@@ -84,15 +86,14 @@ class LoadReport:
 
 
 # --------------------------------------------------------------------------- prediction and fit
-def predict(source: ModelSource, precision: str, dtype: str | None = "auto", device: str | None = None):
-    """The calculator's WeightEstimate (lab.memory) for this load: the same dtype rule as load_kwargs."""
-    from lab.architecture import read_architecture
-    from lab.memory import estimate_weights
+def predict(source: ModelSource, precision: str, dtype: str = COMPUTE, device: str | None = None):
+    """The calculator's WeightEstimate (lab.estimate.weights) for this load: the same dtype rule as load_kwargs."""
+    from lab.estimate.weights import estimate_weights
+    from lab.models.architecture import read_architecture
 
-    p = get_precision(precision)
-    load_dtype = resolve_dtype(dtype, device) if p.quantized else DTYPES[p.name]
     arch = read_architecture(source)
-    return estimate_weights(arch, p.name, str(load_dtype).removeprefix("torch."))
+    unquantized = resolve_dtype(dtype, config_dtype=arch.config_dtype, device=device)
+    return estimate_weights(arch, get_precision(precision).name, unquantized.name)
 
 
 def available_bytes(device: str) -> int:
@@ -109,8 +110,8 @@ def load_peak_bytes(source: ModelSource, precision: str, estimate, dtype: str | 
         return None
     if not get_precision(precision).quantized or device == "cuda":
         return estimate.weights_bytes
-    float_name = {v: k for k, v in DTYPES.items()}[resolve_dtype(dtype, device)]
-    return estimate.weights_bytes + predict(source, float_name, dtype, device).weights_bytes
+    float_copy = dtype_by_torch_name(estimate.dtype).name  # the precision of the unquantized parts
+    return estimate.weights_bytes + predict(source, float_copy, dtype, device).weights_bytes
 
 
 def check_fits(needed_bytes: int | None, device: str, what: str, available: int | None = None) -> None:
@@ -211,7 +212,7 @@ def _noop(*_a, **_k) -> None:
 def measure_load(
     spec: str | ModelSource,
     precision: str,
-    dtype: str | None = "auto",
+    dtype: str = COMPUTE,
     device: str | None = None,
     quality: QualityConfig | None = None,
     report: Report | None = None,
@@ -344,7 +345,7 @@ def _load(source: ModelSource, precision: str, dtype: str | None, device: str):
 def run_loading_lab(
     spec: str,
     precisions: Sequence[str],
-    dtype: str | None = "auto",
+    dtype: str = COMPUTE,
     device: str | None = None,
     quality: QualityConfig | None = None,
     report: Report | None = None,

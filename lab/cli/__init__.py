@@ -1,6 +1,6 @@
 """`python -m lab <command>`: the library's features from the shell.
 
-Every module in `lab/commands/` is a subcommand. Each defines NAME, HELP, `add_arguments(parser)`,
+Every module in `lab/cli/` (but this one) is a subcommand. Each defines NAME, HELP, `add_arguments(parser)`,
 `run(args) -> dict` (the --json payload) and `render(result) -> str` (the table for people),
 so a page and the CLI always go through the same library code.
 """
@@ -14,12 +14,11 @@ import pkgutil
 import sys
 from types import ModuleType
 
-from lab import commands
 from lab.errors import LabError
 
 
 def command_modules() -> list[ModuleType]:
-    mods = [importlib.import_module(f"lab.commands.{m.name}") for m in pkgutil.iter_modules(commands.__path__)]
+    mods = [importlib.import_module(f"lab.cli.{m.name}") for m in pkgutil.iter_modules(__path__)]
     return sorted((m for m in mods if hasattr(m, "NAME")), key=lambda m: getattr(m, "ORDER", 50))
 
 

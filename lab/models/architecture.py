@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.errors import LabError
-from lab.sources import ModelSource, config_from_dict, resolve_source
+from lab.models.sources import ModelSource, config_from_dict, resolve_source
 
 
 @dataclass(frozen=True)

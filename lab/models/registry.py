@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import threading
 
-from lab.loading import LoadedModel, free_memory, load_model
+from lab.models.loading import LoadedModel, free_memory, load_model
+from lab.vocab import COMPUTE
 
 
 class ModelRegistry:
@@ -18,10 +19,10 @@ class ModelRegistry:
         self._lock = threading.RLock()
 
     @staticmethod
-    def key(spec: str, precision: str, dtype: str = "auto") -> tuple[str, str, str]:
+    def key(spec: str, precision: str, dtype: str = COMPUTE) -> tuple[str, str, str]:
         return (spec, precision, dtype)
 
-    def get(self, spec: str, precision: str = "fp32", dtype: str = "auto") -> LoadedModel:
+    def get(self, spec: str, precision: str = "fp32", dtype: str = COMPUTE) -> LoadedModel:
         """Return the loaded model, loading it if needed (the lock makes concurrent callers wait)."""
         key = self.key(spec, precision, dtype)
         with self._lock:

@@ -9,7 +9,7 @@ answer under each model. Metrics per model:
 - every set: the reference answer's mean token loss and perplexity exp(loss), the tokens counted
   being exactly those training learns (the answer and its end-of-turn).
 
-Prompts are rendered exactly as training renders them (`lab.datasets.render_prompt`), so the
+Prompts are rendered exactly as training renders them (`lab.data.datasets.render_prompt`), so the
 adapter is asked the way it was taught.
 """
 
@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lab.adapters import AdapterInfo
-from lab.compare import BASE, BASE_COLUMN, SamplingSettings, adapter_bank, side_by_side
 from lab.errors import LabError
+from lab.generate.adapters import AdapterInfo
+from lab.generate.compare import BASE, BASE_COLUMN, SamplingSettings, adapter_bank, side_by_side
 
 METRICS = {
     "auto": "accuracy for labelled sets (every answer a short label), perplexity for the others",
@@ -67,7 +67,7 @@ def load_examples(dataset: str, limit: int | None = None) -> list[Example]:
     file (an uploaded test set), as (prompt messages, reference answer)."""
     from pathlib import Path
 
-    from lab.datasets import load_rows, prompt_and_answer
+    from lab.data.datasets import load_rows, prompt_and_answer
 
     rows = load_rows(dataset, "train" if Path(dataset).expanduser().is_file() else "test")
     if not rows:
@@ -89,14 +89,14 @@ def normalize(text: str) -> str:
 
 
 def _render(tokenizer, messages: list[dict]) -> str:
-    from lab.datasets import render_prompt
+    from lab.data.datasets import render_prompt
 
     return render_prompt(tokenizer, messages)
 
 
 def _answer_text(tokenizer, messages: list[dict], answer: str) -> str:
     """The answer as training appends it after the prompt (with the template's end-of-turn)."""
-    from lab.datasets import render_example
+    from lab.data.datasets import render_example
 
     prompt, completion = render_example(tokenizer, {"messages": [*messages, {"role": "assistant", "content": answer}]})
     return completion

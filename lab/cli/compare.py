@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from lab.adapters import base_mismatch, inspect_adapter, unique_names
-from lab.compare import BASE_COLUMN, SamplingSettings, side_by_side
 from lab.errors import LabError
-from lab.loading import load_model
-from lab.precision import PRECISIONS
+from lab.generate.adapters import base_mismatch, inspect_adapter, unique_names
+from lab.generate.compare import BASE_COLUMN, SamplingSettings, side_by_side
+from lab.models.loading import load_model
+from lab.models.precision import PRECISIONS
 from lab.units import format_table
 
 NAME = "compare"

@@ -1,1 +1,0 @@
-"""CLI subcommands, discovered automatically by `lab.cli` (one module per command)."""

@@ -1,0 +1,165 @@
+"""Training memory, term by term: weights + trainable parameters + gradients + optimizer states +
+activations + logits + the CUDA context allowance. A formula, explained on the page next to each number.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+from lab.errors import LabError
+from lab.estimate.gpus import CUDA_CONTEXT_BYTES
+from lab.estimate.lora import LoraEstimate, estimate_lora
+from lab.estimate.weights import WeightEstimate, estimate_weights
+from lab.models.architecture import Architecture
+from lab.models.precision import get_precision, resolve_dtype
+from lab.vocab import DTYPES, METHODS, OPTIMIZERS, lookup
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """What decides training memory. Defaults are the QLoRA paper's/TRL's usual choices."""
+
+    method: str = "qlora"
+    precision: str | None = None  # base weights; None: nf4-dq for qlora, dtype for lora/full
+    dtype: str = "auto"  # compute/load dtype choice (lab.vocab.DTYPE_CHOICES); auto = the config's torch_dtype
+    batch_size: int = 1
+    seq_len: int = 512
+    grad_checkpointing: bool = True  # recompute activations: only layer inputs are stored
+    optimizer: str = "paged_adamw_8bit"
+    r: int = 16
+    alpha: float | None = None
+    targets: tuple[str, ...] | str = "all-linear"
+    use_dora: bool = False
+    upcast_for_kbit: bool = True  # prepare_model_for_kbit_training casts non-quantized params to fp32
+
+
+@dataclass(frozen=True)
+class TrainingEstimate:
+    settings: TrainingSettings
+    components: dict[str, int]  # bytes per term
+    formulas: dict[str, str]  # the formula behind each term (LaTeX-free plain text)
+    trainable_params: int
+    weights: WeightEstimate
+    lora: LoraEstimate | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.components.values())
+
+    def to_json(self) -> dict:
+        return {
+            "settings": asdict(self.settings),
+            "components": dict(self.components),
+            "formulas": dict(self.formulas),
+            "total_bytes": self.total_bytes,
+            "trainable_params": self.trainable_params,
+            "weights_precision": self.weights.precision,
+            "notes": list(self.notes),
+        }
+
+
+def optimizer_state_bytes(optimizer: str, shapes: list[tuple[int, ...]], param_bytes: int) -> int:
+    """Bytes of optimizer state for trainable tensors of these shapes (see `lab.vocab.OPTIMIZERS`)."""
+    opt = lookup(OPTIMIZERS, optimizer, "optimizer")
+    n = sum(math.prod(s) for s in shapes)
+    if opt.factored:  # Adafactor: fp32 row + column vectors per matrix, a full fp32 vector for 1-D tensors
+        return 4 * sum(sum(s) if len(s) >= 2 else math.prod(s) for s in shapes)
+    if opt.state_bits == 8:  # uint8 states + an fp32 absmax per 256 values
+        return int(opt.moments * n * (1 + 4 / 256))
+    return opt.moments * n * (param_bytes if opt.state_bits is None else opt.state_bits // 8)
+
+
+def activation_bytes_per_token_layer(arch: Architecture, act_bytes: int) -> int:
+    """Tensors one decoder layer keeps for backward per token (SDPA attention, no s² term):
+    2 norm in/outs (4h), q/k/v + attention output (2·q + 2·kv), MLP gate/up/act/product (4·i)."""
+    h = arch.hidden_size
+    q_dim = arch.num_attention_heads * arch.head_dim
+    kv_dim = arch.num_kv_heads * arch.head_dim
+    i = arch.intermediate_size or 4 * h
+    return act_bytes * (4 * h + 2 * q_dim + 2 * kv_dim + 4 * i)
+
+
+def estimate_training(arch: Architecture, settings: TrainingSettings | None = None, **overrides) -> TrainingEstimate:
+    """Peak training memory, term by term. Keyword overrides update `settings`."""
+    s = replace(settings or TrainingSettings(), **overrides)
+    lookup(METHODS, s.method, "training method")
+    for label, v in (("batch size", s.batch_size), ("sequence length", s.seq_len)):
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise LabError(f"The {label} must be a positive integer, got {v!r}.")
+    compute = resolve_dtype(s.dtype, config_dtype=arch.config_dtype)
+    cb = compute.bytes
+    notes: list[str] = []
+    if s.method == "qlora":
+        precision = s.precision or "nf4-dq"
+        if not get_precision(precision).quantized:
+            raise LabError(f"QLoRA needs a quantized precision, got {precision!r}.", "Use nf4, nf4-dq, fp4 or int8.")
+        unq = "fp32" if s.upcast_for_kbit else compute.name
+        weights = estimate_weights(arch, precision, unq)
+        if s.upcast_for_kbit:
+            notes.append("prepare_model_for_kbit_training casts embeddings, norms and lm_head to fp32.")
+    else:
+        precision = s.precision or compute.name
+        if get_precision(precision).quantized:
+            raise LabError(f"{s.method} trains an unquantized base; precision {precision!r} is quantized.",
+                           "Use method 'qlora' for a quantized base.")
+        weights = estimate_weights(arch, precision)
+
+    formulas: dict[str, str] = {}
+    comps: dict[str, int] = {"weights": weights.weights_bytes}
+    formulas["weights"] = f"base model at {weights.precision} (see the weights table): {weights.weights_bytes:,} B"
+    lora = None
+    if s.method == "full":
+        trainable = arch.params_total
+        pbytes = DTYPES[weights.precision].bytes
+        comps["adapter"] = 0
+        formulas["adapter"] = "none: the weights themselves train"
+        comps["gradients"] = trainable * pbytes
+        formulas["gradients"] = f"{trainable:,} params × {pbytes} B (same dtype as the weights)"
+    else:
+        lora = estimate_lora(arch, s.r, s.alpha, s.targets, use_dora=s.use_dora)
+        trainable = lora.trainable_params
+        pbytes = 4  # peft autocasts adapters to fp32 (autocast_adapter_dtype=True)
+        comps["adapter"] = trainable * pbytes
+        formulas["adapter"] = f"{trainable:,} LoRA params × 4 B (peft keeps adapters in fp32)"
+        comps["gradients"] = trainable * pbytes
+        formulas["gradients"] = f"{trainable:,} × 4 B (only adapters get gradients)"
+    comps["optimizer"] = optimizer_state_bytes(s.optimizer, trainable_shapes(arch, lora), pbytes)
+    per = comps["optimizer"] / trainable if trainable else 0
+    formulas["optimizer"] = f"{trainable:,} × {per:.3g} B ({s.optimizer})"
+
+    tokens = s.batch_size * s.seq_len
+    per_layer = activation_bytes_per_token_layer(arch, cb)
+    L = arch.num_layers
+    if s.grad_checkpointing:
+        layers_part = tokens * (L * arch.hidden_size * cb + per_layer)
+        formulas["activations"] = (f"b·s × (L·h·{cb} B checkpoints + one layer recomputed: {per_layer:,} B) "
+                                   f"= {tokens:,} × ({L}·{arch.hidden_size}·{cb} + {per_layer:,})")
+    else:
+        layers_part = tokens * L * per_layer
+        formulas["activations"] = (f"b·s × L × {per_layer:,} B per token-layer "
+                                   f"[{cb}·(4h + 2·q + 2·kv + 4·i)] = {tokens:,} × {L} × {per_layer:,}")
+    comps["activations"] = layers_part
+    # logits in compute dtype + fp32 upcast for the loss + fp32 gradient of the log-softmax
+    comps["logits"] = tokens * arch.vocab_size * (cb + 8)
+    formulas["logits"] = f"b·s × vocab × ({cb} + 4 + 4) B = {tokens:,} × {arch.vocab_size:,} × {cb + 8}"
+    comps["cuda_context"] = CUDA_CONTEXT_BYTES
+    formulas["cuda_context"] = "fixed allowance: CUDA context + cuBLAS workspace (0.3–0.8 GB; 0 on CPU)"
+    if OPTIMIZERS[s.optimizer].paged:
+        notes.append("Paged optimizer states can spill to CPU RAM when the GPU is full, so the peak can be lower.")
+    return TrainingEstimate(s, comps, formulas, trainable, weights, lora, tuple(notes))
+
+
+def trainable_shapes(arch: Architecture, lora: LoraEstimate | None) -> list[tuple[int, ...]]:
+    """Shapes of the tensors that train: every parameter (full fine-tuning) or the LoRA tensors."""
+    if lora is None:
+        return [t.shape for t in arch.tensors if t.kind != "buffer"]
+    shapes: list[tuple[int, ...]] = []
+    for row in lora.rows:
+        per_layer = [(lora.r, row.in_features), (row.out_features, lora.r)]
+        per_layer += [(n,) for n in (row.magnitude_params, row.lora_bias_params, row.unfrozen_bias_params) if n]
+        shapes += per_layer * row.count
+    if lora.other_trainable_params:
+        shapes.append((lora.other_trainable_params,))
+    return shapes

@@ -1,0 +1,172 @@
+"""The lab's vocabularies: every choice a person makes, named once, with its help text.
+
+One table per vocabulary — precisions, dtypes, training methods, optimizers, LoRA target presets —
+shared by the calculator, the loading lab, training, the playground and the CLI. The CLI, URLs and
+`lab_run.json` use an entry's `name`; pages show its `label` and reuse its `help` as the tooltip,
+and `python -m lab CMD --help` lists the same help. Adding a choice means adding one row here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeVar
+
+from lab.errors import LabError
+
+
+@dataclass(frozen=True)
+class Term:
+    name: str  # what the CLI, URLs and run records say: "nf4-dq"
+    label: str  # what a page shows: "NF4 + double quant"
+    help: str  # one or two sentences, used as tooltip and --help text
+
+
+T = TypeVar("T", bound=Term)
+
+
+def table(*terms: T) -> dict[str, T]:
+    return {t.name: t for t in terms}
+
+
+def lookup(vocabulary: dict[str, T], name: str, what: str) -> T:
+    """The entry called `name` (case-insensitive), or a LabError naming the bad value and the choices."""
+    entry = vocabulary.get(str(name).strip().lower()) if name is not None else None
+    if entry is None:
+        raise LabError(f"Unknown {what} {name!r}.", f"Choose one of: {', '.join(vocabulary)}.")
+    return entry
+
+
+def describe(vocabulary: dict[str, Term], names=None, markdown: bool = False) -> str:
+    """'name: help; ...' for --help, or '**label**: help · ...' for a page tooltip."""
+    entries = [vocabulary[n] for n in (names or vocabulary)]
+    if markdown:
+        return " · ".join(f"**{t.label}**: {t.help}" for t in entries)
+    return "; ".join(f"{t.name}: {t.help}" for t in entries)
+
+
+# --------------------------------------------------------------------------- precisions
+@dataclass(frozen=True)
+class Precision(Term):
+    bits: float  # bits per quantized weight, before quantization constants
+
+    @property
+    def quantized(self) -> bool:
+        """Loaded through bitsandbytes (int8 or 4-bit)."""
+        return self.bits <= 8
+
+    @property
+    def four_bit(self) -> bool:
+        return self.bits == 4
+
+
+PRECISIONS: dict[str, Precision] = table(
+    Precision("fp32", "FP32", "Full precision: 4 bytes per weight. The reference for quality.", 32),
+    Precision("bf16", "BF16", "bfloat16: fp32's range with 8 bits of mantissa; slow on most CPUs.", 16),
+    Precision("fp16", "FP16", "float16: more mantissa than bf16, less range; the T4's fast path.", 16),
+    Precision("int8", "INT8", "LLM.int8(): 1 byte per weight plus an fp32 scale per output row.", 8),
+    Precision("nf4", "NF4", "4-bit NormalFloat (QLoRA): 16 levels placed for normally distributed weights.", 4),
+    Precision("nf4-dq", "NF4 + double quant",
+              "NF4 whose per-block absmax constants are themselves quantized to 8 bits.", 4),
+    Precision("fp4", "FP4", "4-bit floating point: 16 levels, evenly spread in exponent.", 4),
+)
+
+
+# --------------------------------------------------------------------------- dtypes
+@dataclass(frozen=True)
+class Dtype(Term):
+    torch_name: str  # what torch and config.json call it: "bfloat16"
+    bytes: int
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.torch_name)
+
+
+DTYPES: dict[str, Dtype] = table(
+    Dtype("fp32", "FP32", "float32: 4 bytes per value.", "float32", 4),
+    Dtype("bf16", "BF16", "bfloat16: 2 bytes, fp32's range; fast on Ampere and newer GPUs, ~20x slower on most CPUs.",
+          "bfloat16", 2),
+    Dtype("fp16", "FP16", "float16: 2 bytes, less range than bf16; the fast path on a T4.", "float16", 2),
+)
+
+# A dtype *choice* is one of DTYPES or one of these two words; each means one thing everywhere.
+AUTO = "auto"
+COMPUTE = "compute"
+DTYPE_CHOICES: dict[str, Term] = table(
+    Term(AUTO, "auto (checkpoint's dtype)",
+         "The checkpoint's own dtype (config.json's torch_dtype), as transformers' dtype='auto' means."),
+    Term(COMPUTE, "this device's compute dtype",
+         "fp32 on a CPU (bf16 matmuls are ~20x slower there), bf16 on GPUs that support it, fp16 otherwise (a T4)."),
+    *DTYPES.values(),
+)
+
+
+def dtype_by_torch_name(torch_name: str) -> Dtype:
+    """'bfloat16' (or 'torch.bfloat16') -> the bf16 entry."""
+    name = str(torch_name).removeprefix("torch.")
+    for d in DTYPES.values():
+        if d.torch_name == name:
+            return d
+    raise LabError(f"Unsupported dtype {torch_name!r}.", f"Use one of: {', '.join(DTYPES)}.")
+
+
+# --------------------------------------------------------------------------- training methods
+METHODS: dict[str, Term] = table(
+    Term("full", "Full fine-tuning", "Every weight trains, with its gradient and optimizer states."),
+    Term("lora", "LoRA", "Frozen base in 16-bit (or 32-bit), small trainable adapters."),
+    Term("qlora", "QLoRA",
+         "Frozen base quantized by bitsandbytes (NF4 in the QLoRA paper), adapters in fp32, paged 8-bit or 32-bit AdamW."),
+)
+
+
+# --------------------------------------------------------------------------- optimizers
+@dataclass(frozen=True)
+class Optimizer(Term):
+    # full-size moment tensors kept per trainable parameter (AdamW: exp_avg and exp_avg_sq)
+    moments: int
+    # bits per moment value; None = the parameter's own dtype (torch keeps AdamW states like the param)
+    state_bits: int | None
+    # Adafactor keeps a factored second moment: one row and one column vector per matrix
+    factored: bool = False
+    paged: bool = False  # CUDA unified memory: pages can spill to CPU RAM under pressure
+    cuda_only: bool = False  # bitsandbytes' paged/8-bit optimizers need CUDA
+
+
+OPTIMIZERS: dict[str, Optimizer] = table(
+    Optimizer("adamw_torch", "AdamW (32-bit)",
+              "torch AdamW: two states per trainable parameter, in the parameter's dtype (8 B for fp32).", 2, None),
+    Optimizer("adamw_8bit", "AdamW 8-bit",
+              "bitsandbytes 8-bit AdamW: two uint8 states + an fp32 absmax per 256 values (~2.03 B per parameter).",
+              2, 8, cuda_only=True),
+    Optimizer("paged_adamw_32bit", "Paged AdamW (32-bit)",
+              "32-bit AdamW in CUDA unified memory: same bytes, but pages spill to CPU RAM under pressure.",
+              2, 32, paged=True, cuda_only=True),
+    Optimizer("paged_adamw_8bit", "Paged AdamW 8-bit",
+              "8-bit AdamW in unified memory: the QLoRA paper's choice against memory spikes. Needs CUDA.",
+              2, 8, paged=True, cuda_only=True),
+    Optimizer("adafactor", "Adafactor",
+              "Adafactor without momentum: a factored second moment (a row and a column vector per matrix).",
+              0, None, factored=True),
+    Optimizer("sgd", "SGD", "Plain SGD without momentum: no optimizer state.", 0, None),
+)
+
+
+def optimizers_for(device: str) -> list[str]:
+    """The optimizers that can run on `device` ('cpu' or 'cuda')."""
+    return [o.name for o in OPTIMIZERS.values() if device == "cuda" or not o.cuda_only]
+
+
+# --------------------------------------------------------------------------- LoRA target presets
+# Resolved against the Linear layers a model really has (lab.estimate.lora.preset_targets), so the
+# calculator, the estimator and training mean the same modules for every architecture.
+TARGET_PRESETS: dict[str, Term] = table(
+    Term("all-linear", "all linear",
+         "Every Linear layer of the decoder except lm_head, like peft's target_modules='all-linear' (QLoRA paper)."),
+    Term("attention", "attention",
+         "Every attention projection the model has: q, k, v, o — or a fused qkv_proj (Phi-3)."),
+    Term("qv", "q, v",
+         "The original LoRA paper's choice: query and value projections only (a fused qkv_proj where q and v "
+         "live in one layer, as in Phi-3: the whole fused layer is adapted)."),
+)
