@@ -11,7 +11,6 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import streamlit as st
 
@@ -21,16 +20,19 @@ from lab.models.registry import ModelRegistry
 from lab.tasks import BackgroundTask
 from lab.units import fmt_bytes
 
-ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("qlora_lab.ui")
 
 
 def _leave_legacy_multipage_mode() -> None:
-    """Streamlit treats a `pages/` folder beside the entry script as a legacy (v1) multipage app
+    """The one workaround for Streamlit's legacy pages mode (nothing else in the app or the tests
+    needs to know about it).
+
+    Streamlit treats a `pages/` folder beside the entry script as a legacy (v1) multipage app
     until `st.navigation` runs once. If a fresh server's first request is a deep link such as
     /loading_lab, that page would run on its own (no app.py, no shared sidebar, an automatic menu
-    listing every file) for the server's whole life. Every page imports this module, so switch to
-    app.py's navigation and rerun: the same URL then resolves through `st.navigation`."""
+    listing every file) for the server's whole life. The folder keeps its name (the project's
+    layout names it), so instead: every page imports this module, which switches to app.py's
+    navigation and reruns; the same URL then resolves through `st.navigation`."""
     from streamlit.runtime.pages_manager import PagesManager
 
     if PagesManager.uses_pages_directory:
@@ -46,14 +48,10 @@ class PageSpec:
     path: str
     title: str
     icon: str
-    blurb: str
-
-    @property
-    def exists(self) -> bool:
-        return (ROOT / self.path).is_file()
+    blurb: str  # the card text on Home
 
 
-# The lab's pages in menu order. A page appears once its file exists.
+# The lab's pages in menu order; app.py routes to them, Home shows a card for each of the others.
 PAGES = [
     PageSpec("pages/home.py", "Home", ":material/home:", "What the lab is for, and the machine it runs on."),
     PageSpec("pages/calculator.py", "Precision & memory", ":material/calculate:",
@@ -67,10 +65,6 @@ PAGES = [
     PageSpec("pages/playground.py", "Playground", ":material/compare:",
              "Base vs fine-tuned generation side by side, and a measured evaluation."),
 ]
-
-
-def available_pages() -> list[PageSpec]:
-    return [p for p in PAGES if p.exists]
 
 
 @st.cache_resource(show_spinner=False)

@@ -1,10 +1,9 @@
 """Home: what the lab is for, the machine it runs on, and a card per page."""
 
 import streamlit as st
-from streamlit.errors import StreamlitPageNotFoundError
 
 from lab.units import fmt_bytes
-from pages._ui import available_pages, cached_environment
+from pages._ui import PAGES, cached_environment
 
 st.title("QLoRA Lab")
 st.markdown(
@@ -34,14 +33,8 @@ else:
     st.warning("The embedded model is not prepared yet. Run `make setup` or `python -m lab prepare`.", icon=":material/warning:")
 
 st.subheader("Pages")
-pages = [p for p in available_pages() if p.path != "pages/home.py"]
-if not pages:
-    st.info("More pages arrive as the lab grows.")
 cols = st.columns(2)
-for i, page in enumerate(pages):
+for i, page in enumerate(PAGES[1:]):  # every page but this one
     with cols[i % 2].container(border=True):
-        try:
-            st.page_link(page.path, label=page.title, icon=page.icon)
-        except StreamlitPageNotFoundError:  # run alone, outside app.py's navigation
-            st.markdown(f"**{page.title}**")
+        st.page_link(page.path, label=page.title, icon=page.icon)
         st.caption(page.blurb)

@@ -14,6 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from lab.data.datasets import list_datasets
 from lab.errors import LabError
 from lab.generate.adapters import AdapterInfo, base_mismatch, discover_runs, inspect_adapter, unique_names
 from lab.generate.compare import BASE_COLUMN, SamplingSettings, side_by_side
@@ -250,12 +251,7 @@ with tab_eval:
     )
     st.latex(r"\text{accuracy} = \frac{\#\{\text{answer} = \text{label}\}}{N} \qquad "
              r"\text{PPL} = \exp\Big(-\frac{1}{T}\sum_{t=1}^{T} \log p(y_t \mid \text{prompt}, y_{<t})\Big)")
-    try:
-        from lab.data.datasets import list_datasets
-
-        bundled = list_datasets()
-    except ImportError:  # the datasets module arrives with the Training page
-        bundled = []
+    bundled = list_datasets()
     e1, e2, e3, e4 = st.columns([2, 2, 1, 1])
     ds_choice = e1.selectbox("Dataset", [*bundled, "Upload a file…"], disabled=busy,
                              index=bundled.index("banking-intents") if "banking-intents" in bundled else 0,

@@ -387,10 +387,6 @@ class PreviewRow:
     prompt_tokens: int
     answer_tokens: int
 
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.answer_tokens
-
 
 def preview(tokenizer, rows: list[dict], lines: list[int] | None = None, n: int = 3) -> list[PreviewRow]:
     """The formatted training text of the first `n` rows with their token lengths."""

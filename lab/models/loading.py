@@ -50,8 +50,6 @@ def load_model(source: ModelSource | str, precision: str = "fp32", dtype: str = 
         )
     device = device or device_type()
     p = get_precision(precision)
-    if p.quantized and device == "cpu" and not _bnb_cpu_ok():
-        raise LabError(f"bitsandbytes cannot run {p.label} on this CPU build.", "Use fp32, or a CUDA GPU.")
     tokenizer = load_tokenizer(source)
     started = time.perf_counter()
     try:
@@ -66,14 +64,6 @@ def load_model(source: ModelSource | str, precision: str = "fp32", dtype: str = 
         raise hub_error(source, e) from e
     model.eval()
     return LoadedModel(model, tokenizer, source, p.name, device, time.perf_counter() - started)
-
-
-def _bnb_cpu_ok() -> bool:
-    try:
-        import bitsandbytes  # noqa: F401
-    except Exception:
-        return False
-    return True
 
 
 def free_memory() -> None:
