@@ -87,12 +87,9 @@ if b1.button("Load and measure", type="primary", icon=":material/play_arrow:", d
              help="Load the model at each chosen precision in turn (the previous one is freed first), in the background."):
     started = False
     with friendly_errors("Loading"):
-        source = resolve_source(spec)  # a bad folder/name fails here, at once, with a clear message
+        resolve_source(spec).require_weights()  # a bad folder/name fails here, at once, with a clear message
         if not precisions:
             st.warning("Choose at least one precision.", icon=":material/warning:")
-        elif not source.has_weights:
-            st.error(f"{source.display_name} is a config without weights: it can be estimated on the calculator "
-                     "page, not loaded. Pick 'embedded', a model folder with weights, or a Hub id.", icon=":material/error:")
         else:
             st.query_params.update({"model": spec, "precisions": ",".join(precisions), "ppl": str(int(ppl_tokens)),
                                     "answer_tokens": str(int(max_new))})

@@ -55,10 +55,7 @@ precision = c2.selectbox("Precision", list(PRECISIONS), index=list(PRECISIONS).i
 
 source = None
 with friendly_errors("Resolving the base model"):
-    source = resolve_source(spec)
-    if not source.has_weights:
-        raise LabError(f"{source.display_name} is a config without weights: it cannot generate.",
-                       "Pick 'embedded', a model folder with weights, or a Hub id.")
+    source = resolve_source(spec).require_weights()
 
 runs = discover_runs()
 run_labels = {str(r.path): f"{r.name} — {r.describe()}" for r in runs}

@@ -18,7 +18,7 @@ import torch
 
 from lab.errors import LabError
 from lab.inspect.load_report import check_fits, check_supported, measure_load, run_loading_lab
-from lab.inspect.measure import MemorySnapshot, measure_model, release_memory
+from lab.inspect.measure import MemorySnapshot, measure_model
 from lab.inspect.quality import QualityConfig, perplexity
 from lab.inspect.quantization import (
     layer_errors,
@@ -28,7 +28,7 @@ from lab.inspect.quantization import (
     quantization_error,
     weight_histogram,
 )
-from lab.models.loading import load_model
+from lab.models.loading import free_memory, load_model
 from lab.models.precision import PRECISIONS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -224,7 +224,7 @@ def test_memory_snapshot_sees_an_allocation():
     block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
     grown = MemorySnapshot.take("cpu").minus(before)["rss_bytes"]
     del block
-    release_memory()
+    free_memory()
     assert grown >= 48 * 2**20
 
 
@@ -259,4 +259,4 @@ def test_embedded_model_every_precision_matches_prediction(embedded_dir):
         predicted = predict(loaded.source, precision).weights_bytes
         assert abs(predicted - fp.total_bytes) / fp.total_bytes <= 0.01, (precision, predicted, fp.total_bytes)
         loaded = None
-        release_memory()
+        free_memory()

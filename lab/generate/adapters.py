@@ -15,10 +15,10 @@ from pathlib import Path
 
 from lab.errors import LabError
 from lab.paths import runs_dir
+from lab.training.events import RUN_FILE  # a training run's record, next to its adapter
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-RUN_FILE = "lab_run.json"
 
 
 @dataclass

@@ -21,9 +21,9 @@ import torch
 
 from lab.environment import device_type
 from lab.errors import LabError
-from lab.inspect.measure import MemorySnapshot, measure_model, release_memory, reset_peak
+from lab.inspect.measure import MemorySnapshot, measure_model, reset_peak
 from lab.inspect.quality import QualityConfig, greedy_answers, perplexity
-from lab.models.loading import load_model
+from lab.models.loading import free_memory, load_model
 from lab.models.precision import bnb_config_code, get_precision, resolve_dtype
 from lab.models.sources import ModelSource, resolve_source
 from lab.vocab import COMPUTE, dtype_by_torch_name
@@ -221,13 +221,10 @@ def measure_load(
     """Load `spec` at `precision`, measure, inspect, score, then release it. Returns the report."""
     report = report or _noop
     quality = quality or QualityConfig()
-    source = resolve_source(spec) if isinstance(spec, str) else spec
+    source = (resolve_source(spec) if isinstance(spec, str) else spec).require_weights()
     device = device or device_type()
     p = get_precision(precision)
     check_supported(p.name, device)
-    if not source.has_weights:
-        raise LabError(f"{source.display_name} is a config without weights: it can be estimated, not loaded.",
-                       "Pick 'embedded', a model folder with weights, or a Hub id.")
     try:
         estimate = predict(source, p.name, dtype, device)
     except LabError:
@@ -244,7 +241,7 @@ def measure_load(
     if p.quantized:
         import bitsandbytes  # noqa: F401
 
-    release_memory()
+    free_memory()
     reset_peak(device)
     before = MemorySnapshot.take(device)
     report(f"loading {source.display_name} at {p.label} on {device}…")
@@ -292,7 +289,7 @@ def measure_load(
         held = MemorySnapshot.take(device)
         # Drop every reference before releasing (a traceback keeps this frame's locals alive).
         model = loaded = None  # noqa: F841
-        release_memory()
+        free_memory()
     freed = held.minus(MemorySnapshot.take(device))
     freed.pop("cuda_max_allocated_bytes", None)
     result.freed = freed
@@ -320,17 +317,11 @@ def _cancelled(cancel: threading.Event | None) -> bool:
 def _load(source: ModelSource, precision: str, dtype: str | None, device: str):
     p = get_precision(precision)
     try:
-        return load_model(source, p.name, dtype, device)
+        return load_model(source, p.name, dtype, device)  # out of memory: a LabError from load_model
     except LabError:
         raise
-    except (MemoryError, torch.OutOfMemoryError) as e:
-        raise LabError(f"Out of memory loading {source.display_name} at {p.label}.",
-                       "Try a 4-bit precision (nf4), a smaller model, or free other loaded models first.") from e
     except RuntimeError as e:
         text = str(e)
-        if "can't allocate memory" in text or "out of memory" in text.lower():
-            raise LabError(f"Out of memory loading {source.display_name} at {p.label} on {device}.",
-                           "Try a 4-bit precision (nf4), a smaller model, or free other loaded models first.") from e
         if p.quantized:
             raise LabError(f"bitsandbytes could not load {p.label} on {device}: {text.splitlines()[0] if text else type(e).__name__}",
                            "Try fp32 (or bf16/fp16), or a CUDA GPU.") from e
@@ -358,10 +349,7 @@ def run_loading_lab(
     if not precisions:
         raise LabError("No precision chosen.", "Pick at least one of fp32, bf16, fp16, int8, nf4, nf4-dq, fp4.")
     names = [get_precision(p).name for p in precisions]
-    source = resolve_source(spec)
-    if not source.has_weights:
-        raise LabError(f"{source.display_name} is a config without weights: it can be estimated, not loaded.",
-                       "Pick 'embedded', a model folder with weights, or a Hub id.")
+    source = resolve_source(spec).require_weights()  # fails the whole run at once, not each precision
     results: list[dict] = []
     if not _RUN_LOCK.acquire(blocking=False):
         report("waiting for another loading-lab run to finish…", 0.0)
@@ -388,7 +376,7 @@ def _run_each(source, names, dtype, device, quality, report, cancel, results) ->
         except LabError as e:
             error = str(e)
         if error is not None:
-            release_memory()  # outside the except block: its traceback no longer pins the model
+            free_memory()  # outside the except block: its traceback no longer pins the model
             results.append({"precision": name, "error": error})
             if source.kind == "hub" and "Hub" in error:
                 break  # every precision would fail the same way
