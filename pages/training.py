@@ -16,6 +16,7 @@ import streamlit as st
 
 from lab.data import datasets as ds
 from lab.environment import device_type
+from lab.generate.prompts import has_chat_template
 from lab.paths import runs_dir
 from lab.training import runs as R
 from lab.training.config import SCHEDULERS, TrainConfig, default_config, run_name, to_cli_args
@@ -230,7 +231,7 @@ if check is not None:
     with st.expander("Preview: the exact training text and token lengths"):
         with friendly_errors("Formatting the preview"):
             tok = tokenizer_for(cfg.model)
-            st.caption("Chat template of the tokenizer" if ds.has_chat_template(tok) else "Alpaca template (this tokenizer has no chat template)")
+            st.caption("Chat template of the tokenizer" if has_chat_template(tok) else "Alpaca template (this tokenizer has no chat template)")
             for p in ds.preview(tok, check.rows, check.lines, n=2):
                 st.markdown(f"Line {p.line}: **{p.prompt_tokens}** prompt + **{p.answer_tokens}** answer tokens "
                             "(the loss is computed on the answer only)")

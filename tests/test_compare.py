@@ -160,6 +160,19 @@ def test_base_mismatch_warning_names_both(loaded, tiny_adapters, tmp_path):
     assert "SmolLM2-135M-Instruct" in warning and loaded.source.display_name in warning
 
 
+def test_a_tokenizer_without_chat_template_is_prompted_as_training_prompts(loaded):
+    """One prompt builder: the playground frames a template-less tokenizer's prompt in the Alpaca template,
+    exactly as training formats its data (not as plain text)."""
+    from lab.data.datasets import render_example
+    from lab.generate.prompts import ALPACA_HEADER
+
+    loaded.tokenizer.chat_template = None  # this test's own copy (the fixture loads afresh)
+    training_prompt, _ = render_example(loaded.tokenizer, {"instruction": PROMPT[0]["content"], "output": "red"})
+    r = side_by_side(loaded, [], PROMPT, SamplingSettings(max_new_tokens=2))
+    assert r.prompts[BASE_COLUMN] == training_prompt
+    assert training_prompt.startswith(ALPACA_HEADER) and PROMPT[0]["content"] in training_prompt
+
+
 def test_empty_and_too_long_prompts(loaded):
     with pytest.raises(LabError, match="empty"):
         side_by_side(loaded, [], [{"role": "user", "content": "   "}])

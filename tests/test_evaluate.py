@@ -26,7 +26,7 @@ N = 8
 
 
 def plain_answers(model_dir, prompts, adapter=None, n=N):
-    from lab.data.datasets import render_prompt
+    from lab.generate.prompts import build_chat_prompt
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
@@ -34,7 +34,7 @@ def plain_answers(model_dir, prompts, adapter=None, n=N):
         model = PeftModel.from_pretrained(model, adapter).eval()
     out = []
     for p in prompts:
-        ids = tok(render_prompt(tok, [{"role": "user", "content": p}]), return_tensors="pt", add_special_tokens=False)
+        ids = tok(build_chat_prompt(tok, [{"role": "user", "content": p}]), return_tensors="pt", add_special_tokens=False)
         with torch.inference_mode():
             g = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
         out.append(tok.decode(g[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip())

@@ -6,10 +6,11 @@ Forms (detected from the fields, like TRL's dataset formats):
 - messages           {"messages": [{"role", "content"}, ...]}  (the last turn is the assistant's answer)
 - prompt_completion  {"prompt", "completion"}  (strings, or lists of chat messages)
 
-Every row becomes (prompt messages, reference answer) through `prompt_and_answer`. Training and
-evaluation both format that pair the same way: the tokenizer's chat template when it has one, the
-Alpaca template otherwise (`render_prompt`, `render_example`). So the Playground's before/after
-accuracy sees exactly the prompt the adapter was trained on.
+Every row becomes (prompt messages, reference answer) through `prompt_and_answer`. The prompt is
+rendered by the lab's one prompt builder (`lab.generate.prompts.build_chat_prompt`: the tokenizer's
+chat template when it has one, the Alpaca template otherwise), the same the playground and the
+evaluation use. So the Playground's before/after accuracy sees exactly the prompt the adapter was
+trained on.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.errors import LabError
+from lab.generate.prompts import alpaca_prompt, build_chat_prompt, has_chat_template
 from lab.paths import ASSETS_DIR
 
 DATASETS_DIR = ASSETS_DIR / "datasets"
@@ -35,8 +37,6 @@ FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
 FORMAT_LABELS = {"alpaca": "Alpaca (instruction / input / output)", "messages": "chat messages",
                  "prompt_completion": "prompt / completion"}
 ROLES = ("system", "user", "assistant")
-ALPACA_HEADER = ("Below is an instruction that describes a task. "
-                 "Write a response that appropriately completes the request.")
 MAX_LISTED_PROBLEMS = 5
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -332,35 +332,11 @@ def prompt_and_answer(row: dict) -> tuple[list[dict], str]:
     return [{"role": "user", "content": p}], c
 
 
-def has_chat_template(tokenizer) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def alpaca_prompt(messages: list[dict]) -> str:
-    """The Alpaca template for tokenizers without a chat template. System turns go in the header;
-    earlier assistant turns become earlier responses."""
-    system = "\n".join(m["content"] for m in messages if m["role"] == "system")
-    parts = [system or ALPACA_HEADER]
-    for m in messages:
-        if m["role"] == "user":
-            parts.append(f"### Instruction:\n{m['content']}")
-        elif m["role"] == "assistant":
-            parts.append(f"### Response:\n{m['content']}")
-    return "\n\n".join(parts) + "\n\n### Response:\n"
-
-
-def render_prompt(tokenizer, messages: list[dict]) -> str:
-    """The exact text the model sees before its answer, in training and in evaluation."""
-    if has_chat_template(tokenizer):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return alpaca_prompt(messages)
-
-
 def render_example(tokenizer, row: dict) -> tuple[str, str]:
     """(prompt text, answer text) of a training example: prompt + answer is the full training text.
     The answer part ends with what closes the turn (the template's end-of-turn, or EOS)."""
     messages, answer = prompt_and_answer(row)
-    prompt = render_prompt(tokenizer, messages)
+    prompt = build_chat_prompt(tokenizer, messages)
     if has_chat_template(tokenizer):
         full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False)
         if full.startswith(prompt):
