@@ -113,13 +113,62 @@ def friendly_errors(what: str = "That") -> Iterator[None]:
         st.error(f"{what} failed: {type(e).__name__}: {e}", icon=":material/error:")
 
 
+# --------------------------------------------------------------------------- watching work that goes on
 def start_task(key: str, fn: Callable, *args, **kwargs) -> BackgroundTask:
-    """Start `fn` in a worker thread and remember it in the session under `key`."""
+    """Start `fn` in a worker thread and remember it in the session under `key` (see `poll_task`)."""
     task = BackgroundTask(key, fn, args, kwargs).start()
     st.session_state[key] = task
     return task
 
 
 def get_task(key: str) -> BackgroundTask | None:
+    """The task this session started under `key`, its progress drained; None when there is none."""
     task = st.session_state.get(key)
     return task.poll() if task is not None else None
+
+
+def task_running(key: str) -> bool:
+    task = get_task(key)
+    return task is not None and task.running
+
+
+def poll(body: Callable[[], bool], every: float | None) -> None:
+    """The one way a page watches work that goes on without it (a background task, a training process).
+
+    `body()` draws the live part inside an `st.fragment` that Streamlit reruns every `every` seconds
+    (None: only with the page), so the rest of the page is not redrawn while the work goes on.
+    It returns True when the work has just ended: the whole page then reruns once, so the inputs
+    enable again and the results, drawn outside the fragment from session state, appear."""
+
+    def fragment() -> None:
+        if body():
+            st.rerun(scope="app")
+
+    st.fragment(fragment, run_every=every)()
+
+
+def poll_task(key: str, draw: Callable[[BackgroundTask], None], keep: Callable[[BackgroundTask], None],
+              every: float = 1.0) -> None:
+    """Poll the task started with `start_task(key, ...)`: `draw(task)` while it runs (progress, partial
+    results, a Stop button); once it has ended, `keep(task)` stores its result or error in session
+    state for the page to draw, the task is forgotten, and the page reruns."""
+
+    def body() -> bool:
+        task = get_task(key)
+        if task is None:
+            return False
+        if task.running:
+            draw(task)
+            return False
+        del st.session_state[key]
+        keep(task)
+        return True
+
+    poll(body, every if task_running(key) else None)
+
+
+def progress_bar(task: BackgroundTask, starting: str = "starting…") -> None:
+    """A task's last progress message and fraction, with the seconds it has been running."""
+    last = task.last
+    fraction = last.fraction if last is not None and last.fraction is not None else 0.0
+    st.progress(min(max(fraction, 0.0), 1.0), text=f"{last.message if last else starting} ({task.elapsed:.0f} s)")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from lab.errors import LabError
 from lab.generate.prompts import alpaca_prompt, build_chat_prompt, has_chat_template
-from lab.paths import ASSETS_DIR
+from lab.paths import ASSETS_DIR, runs_dir
 
 DATASETS_DIR = ASSETS_DIR / "datasets"
 SPLITS = ("train", "test")
@@ -90,12 +90,29 @@ def dataset_file(name_or_path: str, split: str = "train") -> Path | None:
                    f"Use one of {known}, a .jsonl/.csv file, or a Hub id like owner/name when online.")
 
 
+def save_upload(filename: str, data: bytes) -> Path:
+    """Keep a dataset file uploaded on a page in runs/uploads/ and return its path. Only the file's base
+    name is kept: no path from the browser reaches the file system."""
+    target = runs_dir() / "uploads" / Path(filename).name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    return target
+
+
 def has_split(name_or_path: str, split: str) -> bool:
     try:
         f = dataset_file(name_or_path, split)
     except LabError:
         return False
     return f is None or f.is_file()
+
+
+def local_test_rows(name_or_path: str) -> int | None:
+    """Good rows in the dataset's test split on disk (malformed ones skipped), or None when it has none
+    here (a single file, or a Hub id whose splits are only known once downloaded)."""
+    if not has_split(name_or_path, "test") or dataset_file(name_or_path, "test") is None:
+        return None
+    return len(load_rows(name_or_path, "test", "skip"))
 
 
 # --------------------------------------------------------------------------- reading

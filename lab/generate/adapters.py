@@ -220,6 +220,29 @@ def base_mismatch(info: AdapterInfo, source) -> str | None:
             f"{source.display_name!r}: its answers may be meaningless.")
 
 
+@dataclass
+class AdapterChoice:
+    """The adapters a person chose, checked against the chosen base before anything loads."""
+
+    infos: list[AdapterInfo]  # usable, each with a unique (peft-safe) name
+    errors: list[LabError]  # one per adapter left out: missing, corrupt, not LoRA...
+    warnings: list[str]  # adapters recorded as trained on another base
+
+
+def choose_adapters(sources: list[str], base=None) -> AdapterChoice:
+    """Inspect each adapter (a bad one is left out with its error, the others stay usable), name them
+    uniquely, and warn about those trained on another base than `base` (a ModelSource, if known)."""
+    infos, errors = [], []
+    for source in sources:
+        try:
+            infos.append(inspect_adapter(source))
+        except LabError as e:
+            errors.append(e)
+    infos = unique_names(infos)
+    warnings = [w for w in (base_mismatch(i, base) for i in infos) if w] if base is not None else []
+    return AdapterChoice(infos, errors, warnings)
+
+
 def check_compatible(info: AdapterInfo, model) -> None:
     """Raise a LabError when the adapter's LoRA matrices do not fit the base model's layers."""
     for key, shape in adapter_shapes(info).items():

@@ -236,3 +236,12 @@ def summarize_errors(rows: list[dict], schemes: tuple[str, ...] = ("int8", "fp4"
     total = sum(r["numel"] for r in rows) or 1
     return {s: sum(r[s] * r["numel"] for r in rows if s in r) / total for s in schemes}
 
+
+def errors_by_layer(rows: list[dict], schemes: tuple[str, ...] = tuple(SCHEMES)) -> list[dict]:
+    """One row per decoder layer: {'layer', '<scheme>': mean relative error over that layer's Linear weights}."""
+    layers: dict[int, list[dict]] = {}
+    for r in rows:
+        layers.setdefault(r["layer"], []).append(r)
+    return [{"layer": layer, **{s: sum(r[s] for r in group) / len(group) for s in schemes}}
+            for layer, group in sorted(layers.items())]
+
