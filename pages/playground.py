@@ -308,7 +308,8 @@ with tab_eval:
                            icon=":material/download:", help="One line per example: each model's answer, correctness, loss.")
 
     def show_evaluating(task) -> None:
-        st.button("Stop evaluation", icon=":material/stop:", on_click=task.cancel, help="Stop; keep the scored examples.")
+        st.button("Stop evaluation", icon=":material/stop:", on_click=task.cancel,
+                  help="Stop; keep the scored examples.")
         progress_bar(task, "Starting…")
         if task.partial:
             st.dataframe(pd.DataFrame([{"#": r["index"], "reference": r["reference"], **r["answers"]}

@@ -161,7 +161,8 @@ with left:
         with friendly_errors("Reading the dataset"):
             check = ds.check_dataset(dataset, "train", "skip" if skip_bad else "refuse")
             test_rows = ds.local_test_rows(dataset)
-            st.caption(f"Train split: {check.summary()}." + (f" Test split: {test_rows} rows." if test_rows is not None else ""))
+            st.caption(f"Train split: {check.summary()}."
+                       + (f" Test split: {test_rows} rows." if test_rows is not None else ""))
             if check.problems:
                 st.warning(f"{len(check.problems)} malformed row(s) will be skipped: {ds.describe_problems(check.problems)}", icon=":material/warning:")
     if choice in names:
@@ -226,7 +227,8 @@ if check is not None:
     with st.expander("Preview: the exact training text and token lengths"):
         with friendly_errors("Formatting the preview"):
             tok = tokenizer_for(cfg.model)
-            st.caption("Chat template of the tokenizer" if has_chat_template(tok) else "Alpaca template (this tokenizer has no chat template)")
+            st.caption("Chat template of the tokenizer" if has_chat_template(tok)
+                       else "Alpaca template (this tokenizer has no chat template)")
             for p in ds.preview(tok, check.rows, check.lines, n=2):
                 st.markdown(f"Line {p.line}: **{p.prompt_tokens}** prompt + **{p.answer_tokens}** answer tokens "
                             "(the loss is computed on the answer only)")

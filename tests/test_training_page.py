@@ -35,7 +35,8 @@ def test_page_trains_the_tiny_model_and_shows_history(tiny_model_dir, tmp_path, 
     assert not at.exception
     run_dir = Path(at.session_state["train_run_dir"])
     precision = default_config().precision.upper()  # the page's default on this machine (FP32 on a CPU)
-    assert run_dir.parent == tmp_path and run_dir.name.startswith(f"{tiny_model_dir.name}-style_SFT_LoRa16_{precision}-")
+    assert run_dir.parent == tmp_path
+    assert run_dir.name.startswith(f"{tiny_model_dir.name}-style_SFT_LoRa16_{precision}-")
     deadline = time.time() + 180
     proc = at.session_state["train_proc"]
     while time.time() < deadline and proc.poll() is None:

@@ -27,7 +27,15 @@ from urllib.parse import urlencode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `lab` and the test harness import from the repo
 
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, AppServer, assert_no_exception, free_port, open_page, wait_idle  # noqa: E402
+from tests.browser import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    AppServer,
+    assert_no_exception,
+    free_port,
+    open_page,
+    wait_idle,
+)
 
 VIEWPORT = {"width": 1400, "height": 1150}
 LONG = 600_000  # ms: loads and generation on a 2-core CPU
@@ -42,7 +50,8 @@ def train_demo(max_steps: int, runs: Path) -> Path:
     if out.returncode != 0:
         sys.exit(f"the demo run failed:\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout)
-    print(f"trained {result['steps']} steps, final loss {result['final_loss']:.3f}: {result['adapter_dir']}", flush=True)
+    print(f"trained {result['steps']} steps, final loss {result['final_loss']:.3f}: {result['adapter_dir']}",
+          flush=True)
     return Path(result["adapter_dir"])
 
 
@@ -58,7 +67,8 @@ def calculator(page, server, run: Path) -> None:
 
 
 def lora_estimator(page, server, run: Path) -> None:
-    query = "model=Llama-3.2-3B&r=32&alpha=64.0&preset=custom&modules=q_proj&modules=k_proj&modules=v_proj&modules=o_proj"
+    query = urlencode({"model": "Llama-3.2-3B", "r": 32, "alpha": 64.0, "preset": "custom",
+                       "modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}, doseq=True)
     open_page(page, server, f"lora_estimator?{query}", wait_for_text="Trainable parameters")
 
 
