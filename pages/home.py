@@ -3,6 +3,7 @@
 import streamlit as st
 
 from lab.units import fmt_bytes
+from lab.vocab import COMPUTE, DTYPE_CHOICES
 from pages._ui import PAGES, cached_environment
 
 st.title("QLoRA Lab")
@@ -21,7 +22,7 @@ if env["gpus"]:
     c2.metric("GPU memory free", fmt_bytes(g["free_bytes"]), help=f"{g['name']}, {fmt_bytes(g['total_bytes'])} total")
 else:
     c2.metric("RAM free", fmt_bytes(env["ram_available_bytes"]), help=f"{fmt_bytes(env['ram_total_bytes'])} total")
-c3.metric("Compute dtype", env["compute_dtype"], help="float32 on CPU (bf16 is ~20x slower there); bf16 on recent GPUs, fp16 on a T4.")
+c3.metric("Compute dtype", env["compute_dtype"], help=DTYPE_CHOICES[COMPUTE].help)
 st.caption(env["device_name"])
 
 with st.expander("Library versions", expanded=True):

@@ -2,7 +2,7 @@
 
 One code path for the page (`run_loading_lab`, several precisions in turn, in a worker thread),
 the CLI (`python -m lab load`) and the benchmark. Each load is measured right after
-`from_pretrained` (before any forward pass, see lab/measure.py), then inspected and scored, then
+`from_pretrained` (before any forward pass, see lab/inspect/measure.py), then inspected and scored, then
 released — so the next precision starts from a clean slate and no restart is ever needed.
 """
 
@@ -332,7 +332,7 @@ def _record_release(result: LoadReport, before: MemorySnapshot, held: MemorySnap
 
 
 def _after_forward_prediction(estimate, device: str) -> int | None:
-    """On an AVX512-BF16 CPU, 4-bit layers are repacked on the first forward (see lab/measure.py)."""
+    """On an AVX512-BF16 CPU, 4-bit layers are repacked on the first forward (see lab/inspect/measure.py)."""
     if estimate is None:
         return None
     if device == "cpu" and estimate.cpu_packed_bytes is not None:
