@@ -92,9 +92,12 @@ def shareable() -> None:
     st.query_params["adapter"] = [a.source for a in adapters]
 
 
+registry = model_registry()  # looked up here: the workers below never call Streamlit
+
+
 def load(report):
     report(f"Loading {spec} at {PRECISIONS[precision].label}…")
-    return model_registry().get(spec, precision)
+    return registry.get(spec, precision)
 
 
 tab_gen, tab_eval = st.tabs(["Side by side", "Evaluate on a test set"])
