@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 PORT ?= 8501
 
-.PHONY: setup setup-deps setup-dev run test lint bench clean-cache
+.PHONY: setup setup-deps setup-dev run test lint bench screenshots clean-cache
 
 # Idempotent: does real work only when a requirements file changed; seconds otherwise.
 setup: $(STAMP)
@@ -36,10 +36,15 @@ test: setup-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup-dev
-	$(PY) -m ruff check lab pages tests app.py benchmarks
+	$(PY) -m ruff check lab pages tests app.py benchmarks tools
 
 bench: setup
 	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+# The README's screenshots, retaken in Chromium after a real demo training run (a few minutes on a CPU).
+# SCREENSHOT_ARGS="--max-steps 4 --only training,playground" for a quicker partial run.
+screenshots: setup-dev
+	$(PY) tools/screenshots.py $(SCREENSHOT_ARGS)
 
 clean-cache:
 	$(PY) -c "import shutil, lab.paths as p; shutil.rmtree(p.cache_dir(), ignore_errors=True)"

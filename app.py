@@ -2,9 +2,10 @@
 
 import streamlit as st
 
-from pages._ui import available_pages, sidebar
+from pages._ui import PAGES, sidebar
 
 st.set_page_config(page_title="QLoRA Lab", page_icon=":material/science:", layout="wide")
-page = st.navigation([st.Page(p.path, title=p.title, icon=p.icon, default=p.path == "pages/home.py") for p in available_pages()])
+HOME = PAGES[0]
+page = st.navigation([st.Page(p.path, title=p.title, icon=p.icon, default=p is HOME) for p in PAGES])
 sidebar()
 page.run()

@@ -9,6 +9,8 @@ from importlib import metadata
 import psutil
 import torch
 
+# The libraries whose versions matter here: the Home page and `lab info` show them, and every run
+# records them in lab_run.json.
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "trl", "datasets", "streamlit")
 
 

@@ -14,10 +14,7 @@ def quiet_noisy_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Progress bars from transformers/huggingface_hub make CLI --json output unreadable.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:  # transformers missing: the environment report says so
-        pass
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-GB = 1e9  # decimal, as GPU vendors and most tutorials quote
-GiB = 2**30
-
 
 def fmt_bytes(n: float | None, unit: str = "auto") -> str:
     """Decimal units (GB = 1e9), matching how GPU memory and tutorials are quoted."""

@@ -16,22 +16,25 @@ from lab.inspect.quality import DEFAULT_PROMPTS, QualityConfig
 from lab.inspect.quality import HELP as QUALITY_HELP
 from lab.inspect.quantization import (
     SCHEMES,
+    errors_by_layer,
     layer_errors,
     linear_weight_names,
     load_float_weight,
     summarize_errors,
     weight_histogram,
 )
-from lab.models.precision import get_precision
+from lab.models.precision import get_precision, slow_on
 from lab.models.sources import resolve_source
 from lab.units import fmt_bytes
 from lab.vocab import DTYPE_CHOICES, PRECISIONS, describe
-from pages._ui import friendly_errors, get_task, model_registry, start_task
+from pages._ui import friendly_errors, get_task, model_registry, poll_task, progress_bar, start_task, task_running
 
 TASK = "loading_lab_task"
 RESULTS = "loading_lab_results"
+ERROR = "loading_lab_error"  # a run that failed as a whole (one precision's failure is in its result)
 NF4_TASK = "loading_lab_nf4_task"
 NF4_RESULTS = "loading_lab_nf4_results"
+NF4_ERROR = "loading_lab_nf4_error"
 MB = 1e6
 
 st.title("Model loading lab")
@@ -74,7 +77,7 @@ with st.expander("Options: dtype, perplexity, prompts"):
                               help=QUALITY_HELP["max_new_tokens"], disabled=running)
     prompts_text = st.text_area("Prompts", "\n".join(DEFAULT_PROMPTS), help=QUALITY_HELP["prompts"], disabled=running)
 st.caption(f"Device: **{device}** ({HELP['device']})")
-if device == "cpu" and any(p in ("bf16", "fp16") for p in precisions) and ppl_tokens > 256:
+if any(slow_on(p, device) for p in precisions) and ppl_tokens > 256:
     st.info("bf16/fp16 matmuls are ~20× slower than fp32 on this CPU: their perplexity step will take a while.",
             icon=":material/hourglass:")
 others = model_registry().loaded()
@@ -87,12 +90,9 @@ if b1.button("Load and measure", type="primary", icon=":material/play_arrow:", d
              help="Load the model at each chosen precision in turn (the previous one is freed first), in the background."):
     started = False
     with friendly_errors("Loading"):
-        source = resolve_source(spec)  # a bad folder/name fails here, at once, with a clear message
+        resolve_source(spec).require_weights()  # a bad folder/name fails here, at once, with a clear message
         if not precisions:
             st.warning("Choose at least one precision.", icon=":material/warning:")
-        elif not source.has_weights:
-            st.error(f"{source.display_name} is a config without weights: it can be estimated on the calculator "
-                     "page, not loaded. Pick 'embedded', a model folder with weights, or a Hub id.", icon=":material/error:")
         else:
             st.query_params.update({"model": spec, "precisions": ",".join(precisions), "ppl": str(int(ppl_tokens)),
                                     "answer_tokens": str(int(max_new))})
@@ -108,27 +108,21 @@ if b2.button("Cancel", icon=":material/stop:", disabled=not running, help="Stop 
 
 
 # --------------------------------------------------------------------------- progress (polled, UI never blocks)
-def _progress() -> None:
-    t = get_task(TASK)
-    if t is None:
-        return
-    if t.running:
-        last = t.last
-        st.progress(min(max((last.fraction if last and last.fraction is not None else 0.0), 0.0), 1.0),
-                    text=f"{last.message if last else 'starting…'} ({t.elapsed:.0f} s)")
-        if t.partial:
-            st.caption("Finished so far: " + ", ".join(
-                f"{r['precision']} ({'error' if 'error' in r else fmt_bytes(r['measured_bytes'])})" for r in t.partial))
-        return
-    if t.status == "failed":
-        st.error(t.error, icon=":material/error:")
-    elif st.session_state.get(RESULTS + "_from") is not t:  # first poll after it finished: show the results
-        st.session_state[RESULTS] = t.result if t.result is not None else t.partial or []
-        st.session_state[RESULTS + "_from"] = t
-        st.rerun(scope="app")
+def _show_progress(t) -> None:
+    progress_bar(t)
+    if t.partial:
+        st.caption("Finished so far: " + ", ".join(
+            f"{r['precision']} ({'error' if 'error' in r else fmt_bytes(r['measured_bytes'])})" for r in t.partial))
 
 
-st.fragment(_progress, run_every=1.0 if running else None)()
+def _keep_results(t) -> None:
+    st.session_state[RESULTS] = t.result if t.result is not None else t.partial or []
+    st.session_state[ERROR] = t.error
+
+
+poll_task(TASK, _show_progress, _keep_results)
+if st.session_state.get(ERROR):
+    st.error(st.session_state[ERROR], icon=":material/error:")
 
 
 # --------------------------------------------------------------------------- results
@@ -284,8 +278,7 @@ with friendly_errors("Reading the checkpoint"):
     names = linear_weight_names(resolve_source(spec)) if spec.strip() else []
     if names:
         n1, n2 = st.columns([3, 1])
-        default_name = next((n for n in names if n.endswith("layers.0.self_attn.q_proj.weight")), names[0])
-        name = n1.selectbox("Weight matrix", names, index=names.index(default_name),
+        name = n1.selectbox("Weight matrix", names,  # in model order: the first layer's first Linear first
                             help="Any Linear weight bitsandbytes would quantize (embeddings and lm_head stay unquantized).")
         raw = n2.toggle("Raw values", help="Show raw weight values instead of block-normalized ones; the levels are then "
                         "scaled by the median block absmax, so they only approximate where each block's levels fall.")
@@ -311,29 +304,18 @@ with friendly_errors("Reading the checkpoint"):
             st.caption("NF4 uses its 16 levels far more evenly than FP4 on bell-shaped weights — that is the point of NF4.")
             st.dataframe(share, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.4f") for c in share.columns})
 
-        nf4_task = get_task(NF4_TASK)
-        nf4_running = nf4_task is not None and nf4_task.running
-        if st.button("Quantization error of every layer", icon=":material/analytics:", disabled=nf4_running,
+        if st.button("Quantization error of every layer", icon=":material/analytics:", disabled=task_running(NF4_TASK),
                      help="Quantize and dequantize every Linear weight with bitsandbytes (" + "; ".join(SCHEMES.values()) + ")"):
             st.session_state.pop(NF4_RESULTS, None)
             start_task(NF4_TASK, layer_errors, spec)
             st.rerun()
 
-        def _nf4_progress() -> None:
-            t = get_task(NF4_TASK)
-            if t is None:
-                return
-            if t.running:
-                last = t.last
-                st.progress(last.fraction if last and last.fraction else 0.0, text=last.message if last else "starting…")
-            elif t.status == "failed":
-                st.error(t.error, icon=":material/error:")
-            elif st.session_state.get(NF4_RESULTS + "_from") is not t:
-                st.session_state[NF4_RESULTS] = t.result
-                st.session_state[NF4_RESULTS + "_from"] = t
-                st.rerun(scope="app")
+        def _keep_layer_errors(t) -> None:
+            st.session_state[NF4_RESULTS], st.session_state[NF4_ERROR] = t.result, t.error
 
-        st.fragment(_nf4_progress, run_every=1.0 if nf4_running else None)()
+        poll_task(NF4_TASK, progress_bar, _keep_layer_errors)
+        if st.session_state.get(NF4_ERROR):
+            st.error(st.session_state[NF4_ERROR], icon=":material/error:")
         rows = st.session_state.get(NF4_RESULTS)
         if rows:
             df = pd.DataFrame(rows)
@@ -341,7 +323,7 @@ with friendly_errors("Reading the checkpoint"):
             cols = st.columns(len(summary))
             for col, (s, v) in zip(cols, summary.items(), strict=True):
                 col.metric(f"{s} mean relative error", f"{v:.2%}", help=SCHEMES[s])
-            by_layer = df.groupby("layer")[list(SCHEMES)].mean().reset_index()
+            by_layer = pd.DataFrame(errors_by_layer(rows))
             fig = go.Figure()
             for s in SCHEMES:
                 fig.add_scatter(x=by_layer["layer"], y=by_layer[s] * 100, mode="lines+markers", name=s)

@@ -7,24 +7,23 @@ all columns come out of one batched generate, streamed into their columns as tok
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from lab.data.datasets import list_datasets, save_upload
 from lab.errors import LabError
-from lab.generate.adapters import AdapterInfo, base_mismatch, discover_runs, inspect_adapter, unique_names
+from lab.generate.adapters import choose_adapters, discover_runs
 from lab.generate.compare import BASE_COLUMN, SamplingSettings, side_by_side
 from lab.generate.evaluate import METRICS, EvalSettings, evaluate, load_examples, to_csv, to_markdown
 from lab.generate.prompts import build_chat_prompt
-from lab.models.precision import PRECISIONS
 from lab.models.sources import resolve_source
-from pages._ui import friendly_errors, get_task, model_registry, start_task
+from lab.vocab import PRECISIONS, describe
+from pages._ui import friendly_errors, get_task, model_registry, poll_task, progress_bar, start_task
 
 GEN_TASK = "playground_generate"
 EVAL_TASK = "playground_evaluate"
+EVAL_RESULT = "playground_eval_result"  # the last evaluation (EvalResult), or its error (str)
 CHAT = "playground_chat"  # column -> list of messages (chat mode)
 LAST = "playground_last"  # the last finished comparison (json)
 SH = SamplingSettings.HELP
@@ -50,14 +49,11 @@ spec = c1.text_input("Base model", value=qp.get("model", "embedded"), disabled=b
                      help="'embedded' (SmolLM2-135M-Instruct, offline), a local model folder, or a Hub id when online.")
 precision = c2.selectbox("Precision", list(PRECISIONS), index=list(PRECISIONS).index(qp.get("precision", "fp32"))
                          if qp.get("precision", "fp32") in PRECISIONS else 0, format_func=lambda n: PRECISIONS[n].label,
-                         disabled=busy, help=" · ".join(f"**{p.label}**: {p.help}" for p in PRECISIONS.values()))
+                         disabled=busy, help=describe(PRECISIONS, markdown=True))
 
 source = None
 with friendly_errors("Resolving the base model"):
-    source = resolve_source(spec)
-    if not source.has_weights:
-        raise LabError(f"{source.display_name} is a config without weights: it cannot generate.",
-                       "Pick 'embedded', a model folder with weights, or a Hub id.")
+    source = resolve_source(spec).require_weights()
 
 runs = discover_runs()
 run_labels = {str(r.path): f"{r.name} — {r.describe()}" for r in runs}
@@ -69,18 +65,12 @@ typed = a2.text_area("Other adapters (one per line)", value="\n".join(p for p in
                      height=68, disabled=busy,
                      help="Any folder holding adapter_config.json and adapter_model.safetensors, or a Hub id when online.")
 
-adapters: list[AdapterInfo] = []
-for src in [*picked, *[line.strip() for line in typed.splitlines() if line.strip()]]:
-    try:
-        adapters.append(inspect_adapter(src))
-    except LabError as e:  # this adapter is left out; the rest of the page works on
-        st.error(f"{e} (left out)", icon=":material/error:")
-adapters = unique_names(adapters)
-if source is not None:
-    for a in adapters:
-        warning = base_mismatch(a, source)
-        if warning:
-            st.warning(warning, icon=":material/warning:")
+choice = choose_adapters([*picked, *[line.strip() for line in typed.splitlines() if line.strip()]], source)
+for error in choice.errors:  # that adapter is left out; the rest of the page works on
+    st.error(f"{error} (left out)", icon=":material/error:")
+for warning in choice.warnings:
+    st.warning(warning, icon=":material/warning:")
+adapters = choice.infos
 if not runs and not typed.strip():
     st.info("No trained adapters in runs/ yet: train one on the Training page, or give an adapter folder. "
             "The base column works on its own meanwhile.", icon=":material/info:")
@@ -102,9 +92,12 @@ def shareable() -> None:
     st.query_params["adapter"] = [a.source for a in adapters]
 
 
+registry = model_registry()  # looked up here: the workers below never call Streamlit
+
+
 def load(report):
     report(f"Loading {spec} at {PRECISIONS[precision].label}…")
-    return model_registry().get(spec, precision)
+    return registry.get(spec, precision)
 
 
 tab_gen, tab_eval = st.tabs(["Side by side", "Evaluate on a test set"])
@@ -203,30 +196,28 @@ with tab_gen:
                 if show_raw and data.get("prompts", {}).get(name):
                     st.code(data["prompts"][name], language=None, wrap_lines=True)
 
-    def generation_view() -> None:
-        task = get_task(GEN_TASK)
-        if task is None:
-            last = st.session_state.get(LAST)
-            if show_raw and source is not None and not (last and last.get("columns")):
-                with friendly_errors("Showing the prompt"):
-                    tok = cached_tokenizer(source.pretrained_id)
-                    st.caption("The text the base column will see:")
-                    st.code(build_chat_prompt(tok, conversations(prompt or " ")[BASE_COLUMN], use_template),
-                            language=None, wrap_lines=True)
-            if last and last.get("error"):
-                st.error(last["error"], icon=":material/error:")
-            elif last:
-                for note in last.get("notes", []):
-                    st.info(note, icon=":material/info:")
-                show_columns(last, running=False)
-            return
-        if task.running:
-            st.button("Stop", icon=":material/stop:", on_click=task.cancel, help="Stop generating; keep what is there.")
-            st.caption(task.last.message if task.last else "Starting…")
-            show_columns(task.partial or {}, running=True)
-            return
-        # Finished: keep the result, extend the chat histories, and stop polling.
-        st.session_state.pop(GEN_TASK, None)
+    def show_last() -> None:
+        last = st.session_state.get(LAST)
+        if show_raw and source is not None and not (last and last.get("columns")):
+            with friendly_errors("Showing the prompt"):
+                tok = cached_tokenizer(source.pretrained_id)
+                st.caption("The text the base column will see:")
+                st.code(build_chat_prompt(tok, conversations(prompt or " ")[BASE_COLUMN], use_template),
+                        language=None, wrap_lines=True)
+        if last and last.get("error"):
+            st.error(last["error"], icon=":material/error:")
+        elif last:
+            for note in last.get("notes", []):
+                st.info(note, icon=":material/info:")
+            show_columns(last, running=False)
+
+    def show_generating(task) -> None:
+        st.button("Stop", icon=":material/stop:", on_click=task.cancel, help="Stop generating; keep what is there.")
+        st.caption(task.last.message if task.last else "Starting…")
+        show_columns(task.partial or {}, running=True)
+
+    def keep_generation(task) -> None:
+        """Keep the result and extend the chat histories."""
         if task.status == "failed":
             st.session_state[LAST] = {"error": task.error}
         else:
@@ -236,10 +227,10 @@ with tab_gen:
                     history[n] = [*conv, {"role": "assistant", "content": data["columns"][n]["text"]}]
                 data = {**data, "in_history": True}
             st.session_state[LAST] = data
-        st.rerun()
 
-    gen_running = gen_task is not None and gen_task.running
-    st.fragment(generation_view, run_every=0.5 if gen_running else None)()
+    if not (gen_task is not None and gen_task.running):
+        show_last()
+    poll_task(GEN_TASK, show_generating, keep_generation, every=0.5)
 
 # --------------------------------------------------------------------------- evaluation
 with tab_eval:
@@ -250,12 +241,7 @@ with tab_eval:
     )
     st.latex(r"\text{accuracy} = \frac{\#\{\text{answer} = \text{label}\}}{N} \qquad "
              r"\text{PPL} = \exp\Big(-\frac{1}{T}\sum_{t=1}^{T} \log p(y_t \mid \text{prompt}, y_{<t})\Big)")
-    try:
-        from lab.data.datasets import list_datasets
-
-        bundled = list_datasets()
-    except ImportError:  # the datasets module arrives with the Training page
-        bundled = []
+    bundled = list_datasets()
     e1, e2, e3, e4 = st.columns([2, 2, 1, 1])
     ds_choice = e1.selectbox("Dataset", [*bundled, "Upload a file…"], disabled=busy,
                              index=bundled.index("banking-intents") if "banking-intents" in bundled else 0,
@@ -275,10 +261,7 @@ with tab_eval:
             if ds_choice == "Upload a file…":
                 if upload is None:
                     raise LabError("No file uploaded.", "Upload a JSONL or CSV test file, or pick a bundled dataset.")
-                folder = Path(tempfile.mkdtemp(prefix="qlora-lab-eval-"))
-                dataset = str(folder / f"test{Path(upload.name).suffix}")
-                Path(dataset).write_bytes(upload.getvalue())
-                label = upload.name
+                dataset, label = str(save_upload(upload.name, upload.getvalue())), upload.name  # used whole
             else:
                 dataset, label = ds_choice, ds_choice
             examples = load_examples(dataset, int(limit) or None)
@@ -296,7 +279,7 @@ with tab_eval:
 
             start_task(EVAL_TASK, eval_work, examples, adapters, label,
                        EvalSettings(limit=int(limit) or None, metric=metric))
-            st.session_state.pop("playground_eval_result", None)
+            st.session_state.pop(EVAL_RESULT, None)
             st.rerun()
 
     def show_eval(result) -> None:
@@ -327,26 +310,21 @@ with tab_eval:
         d2.download_button("CSV", to_csv(result), file_name="evaluation.csv", mime="text/csv",
                            icon=":material/download:", help="One line per example: each model's answer, correctness, loss.")
 
-    def evaluation_view() -> None:
-        task = get_task(EVAL_TASK)
-        if task is None:
-            result = st.session_state.get("playground_eval_result")
-            if isinstance(result, str):
-                st.error(result, icon=":material/error:")
-            elif result is not None and result.rows:
-                show_eval(result)
-            return
-        if task.running:
-            st.button("Stop evaluation", icon=":material/stop:", on_click=task.cancel, help="Stop; keep the scored examples.")
-            last = task.last
-            st.progress(last.fraction or 0.0 if last else 0.0, text=last.message if last else "Starting…")
-            if task.partial:
-                st.dataframe(pd.DataFrame([{"#": r["index"], "reference": r["reference"], **r["answers"]}
-                                           for r in task.partial]), hide_index=True, width="stretch")
-            return
-        st.session_state.pop(EVAL_TASK, None)
-        st.session_state["playground_eval_result"] = task.result if task.status != "failed" else task.error
-        st.rerun()
+    def show_evaluating(task) -> None:
+        st.button("Stop evaluation", icon=":material/stop:", on_click=task.cancel,
+                  help="Stop; keep the scored examples.")
+        progress_bar(task, "Starting…")
+        if task.partial:
+            st.dataframe(pd.DataFrame([{"#": r["index"], "reference": r["reference"], **r["answers"]}
+                                       for r in task.partial]), hide_index=True, width="stretch")
 
-    eval_running = eval_task is not None and eval_task.running
-    st.fragment(evaluation_view, run_every=1.0 if eval_running else None)()
+    def keep_evaluation(task) -> None:
+        st.session_state[EVAL_RESULT] = task.result if task.status != "failed" else task.error
+
+    if not (eval_task is not None and eval_task.running):
+        result = st.session_state.get(EVAL_RESULT)
+        if isinstance(result, str):
+            st.error(result, icon=":material/error:")
+        elif result is not None and result.rows:
+            show_eval(result)
+    poll_task(EVAL_TASK, show_evaluating, keep_evaluation)

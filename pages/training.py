@@ -16,13 +16,15 @@ import streamlit as st
 
 from lab.data import datasets as ds
 from lab.environment import device_type
+from lab.generate.prompts import has_chat_template
+from lab.models.sources import resolve_source
 from lab.paths import runs_dir
 from lab.training import runs as R
-from lab.training.config import SCHEDULERS, TrainConfig, default_config, run_name, to_cli_args
+from lab.training.config import SCHEDULERS, TrainConfig, default_config, run_dir_for, to_cli_args
 from lab.training.events import request_stop
 from lab.units import fmt_bytes
 from lab.vocab import PRECISIONS, TARGET_PRESETS, optimizers_for
-from pages._ui import friendly_errors
+from pages._ui import friendly_errors, poll
 
 H = TrainConfig.help
 DEVICE = device_type()
@@ -45,7 +47,6 @@ st.caption(
 @st.cache_resource(show_spinner=False)
 def tokenizer_for(spec: str):
     from lab.models.loading import load_tokenizer
-    from lab.models.sources import resolve_source
 
     return load_tokenizer(resolve_source(spec))
 
@@ -122,21 +123,21 @@ def current_run() -> R.RunStatus | None:
     return None
 
 
-@st.fragment(run_every=1.5)
-def live_panel() -> None:
+def live_panel() -> bool:
+    """The run this session follows; True when it has just ended (the page then refreshes the history
+    and the Train button)."""
     s = current_run()
     if s is None:
         st.caption("No run yet: configure one below and press Train.")
-        return
+        return False
     show_run(s)
     was_active = st.session_state.get("train_was_active", False)
     st.session_state["train_was_active"] = s.active
-    if was_active and not s.active:
-        st.rerun(scope="app")  # refresh the history and the Train button once the run ends
+    return was_active and not s.active
 
 
 st.subheader("Current run")
-live_panel()
+poll(live_panel, every=1.5)  # always: a run started elsewhere (another tab, the CLI) shows up here too
 
 
 # --------------------------------------------------------------------------- configuration
@@ -150,12 +151,7 @@ with left:
     if choice == UPLOAD:
         up = st.file_uploader("JSONL or CSV (Alpaca, chat messages, or prompt/completion rows)", type=["jsonl", "json", "csv"],
                               help="Alpaca: instruction, input (optional), output. Chat: messages [{role, content}…]. Or prompt + completion.")
-        dataset = ""
-        if up is not None:
-            target = runs_dir() / "uploads" / Path(up.name).name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(up.getvalue())
-            dataset = str(target)
+        dataset = str(ds.save_upload(up.name, up.getvalue())) if up is not None else ""
     elif choice == HUB:
         dataset = st.text_input("Hub dataset id", "", placeholder="owner/name", help="Needs network access at training time.")
     skip_bad = st.checkbox("Skip malformed rows", DEFAULTS.skip_bad_rows, help=H("skip_bad_rows"), key="t_skip")
@@ -164,8 +160,9 @@ with left:
     if dataset:
         with friendly_errors("Reading the dataset"):
             check = ds.check_dataset(dataset, "train", "skip" if skip_bad else "refuse")
+            test_rows = ds.local_test_rows(dataset)
             st.caption(f"Train split: {check.summary()}."
-                       + (f" Test split: {len(ds.load_rows(dataset, 'test', 'skip'))} rows." if ds.has_split(dataset, "test") and ds.dataset_file(dataset, "test") else ""))
+                       + (f" Test split: {test_rows} rows." if test_rows is not None else ""))
             if check.problems:
                 st.warning(f"{len(check.problems)} malformed row(s) will be skipped: {ds.describe_problems(check.problems)}", icon=":material/warning:")
     if choice in names:
@@ -230,7 +227,8 @@ if check is not None:
     with st.expander("Preview: the exact training text and token lengths"):
         with friendly_errors("Formatting the preview"):
             tok = tokenizer_for(cfg.model)
-            st.caption("Chat template of the tokenizer" if ds.has_chat_template(tok) else "Alpaca template (this tokenizer has no chat template)")
+            st.caption("Chat template of the tokenizer" if has_chat_template(tok)
+                       else "Alpaca template (this tokenizer has no chat template)")
             for p in ds.preview(tok, check.rows, check.lines, n=2):
                 st.markdown(f"Line {p.line}: **{p.prompt_tokens}** prompt + **{p.answer_tokens}** answer tokens "
                             "(the loss is computed on the answer only)")
@@ -258,15 +256,13 @@ start = st.button("Train", type="primary", icon=":material/play_arrow:", disable
 if start:
     with friendly_errors("Starting the run"):
         cfg.validate(DEVICE)
-        from lab.models.sources import resolve_source
-
-        name = run_name(cfg, resolve_source(cfg.model).display_name, ds.dataset_name(cfg.dataset))
+        run_dir = run_dir_for(cfg, resolve_source(cfg.model))
         args = to_cli_args(replace(cfg, output=""))[:-2]  # --output is added by start_training
-        proc = R.start_training(args, runs_dir() / name)
-        st.session_state["train_run_dir"] = str(runs_dir() / name)
+        proc = R.start_training(args, run_dir)
+        st.session_state["train_run_dir"] = str(run_dir)
         st.session_state["train_proc"] = proc
         st.session_state["train_was_active"] = True
-        st.query_params["run"] = name
+        st.query_params["run"] = run_dir.name
         time.sleep(0.2)
         st.rerun()
 

@@ -7,11 +7,13 @@ when Chromium is absent; CI installs it (see .ci/run).
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +22,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-ASSETS = ROOT / "assets"
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -123,9 +124,14 @@ def assert_no_exception(page) -> None:
     assert exceptions.count() == 0, exceptions.first.inner_text()
 
 
+@functools.cache
+def _screenshot_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="qlora-lab-test-screenshots-"))
+
+
 def screenshot(page, name: str) -> Path:
-    """Save a README screenshot into assets/."""
-    ASSETS.mkdir(exist_ok=True)
-    path = ASSETS / name
+    """Save a screenshot of what a test saw into a temporary folder (to look at when it fails). Tests never
+    write into assets/: the README's screenshots are made by `make screenshots` (tools/screenshots.py)."""
+    path = _screenshot_dir() / name
     page.screenshot(path=str(path), full_page=False)
     return path

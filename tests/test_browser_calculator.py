@@ -13,13 +13,6 @@ from tests.browser import assert_no_exception, open_page, screenshot, wait_idle
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(autouse=True)
-def navigation_mode(app_server, page):
-    """Visit the app root first. Streamlit runs deep links in the legacy pages/ mode (page script without
-    app.py) until some session has called st.navigation; see the report on issue 3."""
-    open_page(page, app_server, "", wait_for_text="QLoRA Lab")
-
-
 def metric(page, label: str):
     return page.locator('[data-testid="stMetric"]').filter(has_text=label).locator('[data-testid="stMetricValue"]').first
 

@@ -9,10 +9,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.embedded]
 
 
 def test_loading_lab_loads_and_measures_in_chromium(app_server, page):
-    # Enter through the app first: Streamlit runs a deep link that arrives before any visit to app.py as
-    # a legacy pages/ script (no st.navigation, no shared sidebar) for the server's whole life.
-    open_page(page, app_server, wait_for_text="This machine")
-    # Settings travel in the URL (st.query_params), so a link reproduces a comparison.
+    # A deep link (pages/_ui.py routes it through app.py's navigation). Settings travel in the URL
+    # (st.query_params), so a link reproduces a comparison.
     open_page(page, app_server, "loading_lab?model=embedded&precisions=fp32,nf4&ppl=64&answer_tokens=4",
               wait_for_text="Model loading lab")
     expect(page.locator('[data-testid="stSidebar"]').get_by_text("Model loading lab")).to_be_visible()

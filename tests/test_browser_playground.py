@@ -7,14 +7,14 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser import assert_no_exception, open_page, wait_idle
+from tests.browser import assert_no_exception, open_page, screenshot, wait_idle
 from tests.fixtures_playground import tiny_adapters  # noqa: F401
 from tests.test_compare import reference
 
 pytestmark = pytest.mark.browser
 
 
-def test_playground_side_by_side_in_chromium(app_server, page, tiny_model_dir, tiny_adapters, tmp_path):
+def test_playground_side_by_side_in_chromium(app_server, page, tiny_model_dir, tiny_adapters):
     # Enter through the app (its navigation and sidebar), as a person would.
     open_page(page, app_server, "", wait_for_text="This machine")
     page.locator('[data-testid="stSidebarNav"]').get_by_text("Playground").click()
@@ -44,6 +44,5 @@ def test_playground_side_by_side_in_chromium(app_server, page, tiny_model_dir, t
     expect(page.get_by_role("textbox", name="Prompt")).to_have_value(prompt)
     expect(page.locator('[data-testid="stSidebar"]').get_by_text("RAM").first).to_be_visible()  # the app's sidebar
     assert_no_exception(page)
-    # The README's screenshot shows the embedded model and a trained adapter; this one is a check only.
-    page.screenshot(path=str(tmp_path / "playground.png"))
-    assert (tmp_path / "playground.png").stat().st_size > 10_000
+    png = screenshot(page, "screenshot-playground.png")
+    assert png.stat().st_size > 10_000

@@ -13,6 +13,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from lab.environment import device_type
 from lab.errors import LabError
 from lab.generate.adapters import base_mismatch, discover_runs, inspect_adapter
 from lab.generate.compare import BASE_COLUMN, SamplingSettings, adapter_bank, side_by_side
@@ -30,14 +31,15 @@ def loaded(tiny_model_dir):
 
 
 def reference(model_dir, messages, adapter=None, n=N):
-    """Plain transformers (or plain peft) greedy output, with no lab code on the path."""
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    """Plain transformers (or plain peft) greedy output on this machine's device: only the prompt text
+    comes from the lab (its one prompt builder; the tokenizer's chat template here)."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device_type()).eval()
     if adapter is not None:
         model = PeftModel.from_pretrained(model, adapter).eval()
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    ids = tok(build_chat_prompt(tok, messages), return_tensors="pt", add_special_tokens=False)
+    ids = tok(build_chat_prompt(tok, messages), return_tensors="pt", add_special_tokens=False).to(model.device)
     with torch.inference_mode():
         out = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)
     return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -59,7 +61,7 @@ def test_greedy_columns_equal_plain_transformers_and_peft(loaded, tiny_model_dir
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    ids = tok(build_chat_prompt(tok, PROMPT), return_tensors="pt", add_special_tokens=False)
+    ids = tok(build_chat_prompt(tok, PROMPT), return_tensors="pt", add_special_tokens=False).to(loaded.model.device)
     out = loaded.model.generate(**ids, max_new_tokens=N, do_sample=False, pad_token_id=tok.pad_token_id)
     assert tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True) == base
 
@@ -158,6 +160,19 @@ def test_base_mismatch_warning_names_both(loaded, tiny_adapters, tmp_path):
     info.config = {**info.config, "base_model_name_or_path": "/somewhere/SmolLM2-135M-Instruct"}
     warning = base_mismatch(info, loaded.source)
     assert "SmolLM2-135M-Instruct" in warning and loaded.source.display_name in warning
+
+
+def test_a_tokenizer_without_chat_template_is_prompted_as_training_prompts(loaded):
+    """One prompt builder: the playground frames a template-less tokenizer's prompt in the Alpaca template,
+    exactly as training formats its data (not as plain text)."""
+    from lab.data.datasets import render_example
+    from lab.generate.prompts import ALPACA_HEADER
+
+    loaded.tokenizer.chat_template = None  # this test's own copy (the fixture loads afresh)
+    training_prompt, _ = render_example(loaded.tokenizer, {"instruction": PROMPT[0]["content"], "output": "red"})
+    r = side_by_side(loaded, [], PROMPT, SamplingSettings(max_new_tokens=2))
+    assert r.prompts[BASE_COLUMN] == training_prompt
+    assert training_prompt.startswith(ALPACA_HEADER) and PROMPT[0]["content"] in training_prompt
 
 
 def test_empty_and_too_long_prompts(loaded):

@@ -8,6 +8,7 @@ import pytest
 
 from lab.data import datasets as ds
 from lab.errors import LabError
+from lab.generate.prompts import ALPACA_HEADER
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,7 @@ def test_training_text_is_chat_template_or_alpaca_fallback(tokenizer):
     plain = copy.deepcopy(tokenizer)
     plain.chat_template = None
     prompt, answer = ds.render_example(plain, row)
-    assert prompt.startswith(ds.ALPACA_HEADER) and prompt.endswith("### Instruction:\nWhat is 2+2?\n\n### Response:\n")
+    assert prompt.startswith(ALPACA_HEADER) and prompt.endswith("### Instruction:\nWhat is 2+2?\n\n### Response:\n")
     assert answer == "4" + plain.eos_token
     assert ds.training_example(plain, row) == {"prompt": prompt, "completion": "4"}
 

@@ -14,6 +14,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from lab.environment import device_type
 from lab.errors import LabError
 from lab.generate.adapters import inspect_adapter
 from lab.generate.compare import BASE_COLUMN
@@ -26,15 +27,16 @@ N = 8
 
 
 def plain_answers(model_dir, prompts, adapter=None, n=N):
-    from lab.data.datasets import render_prompt
+    from lab.generate.prompts import build_chat_prompt
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device_type()).eval()  # the device evaluate uses
     if adapter is not None:
         model = PeftModel.from_pretrained(model, adapter).eval()
     out = []
     for p in prompts:
-        ids = tok(render_prompt(tok, [{"role": "user", "content": p}]), return_tensors="pt", add_special_tokens=False)
+        ids = tok(build_chat_prompt(tok, [{"role": "user", "content": p}]), return_tensors="pt",
+                  add_special_tokens=False).to(model.device)
         with torch.inference_mode():
             g = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
         out.append(tok.decode(g[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip())

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from lab.cli import main
+from lab.environment import device_type
 from lab.errors import LabError
 from lab.models.loading import load_model
 from lab.models.precision import PRECISIONS, bnb_config, load_kwargs, resolve_dtype
@@ -88,9 +89,9 @@ def test_load_tiny_model(tiny_model_dir, precision, linear):
     loaded = load_model(str(tiny_model_dir), precision)
     q_proj = loaded.model.model.layers[0].self_attn.q_proj
     assert type(q_proj).__name__ == linear
-    assert loaded.load_seconds > 0 and loaded.device == "cpu"
+    assert loaded.load_seconds > 0 and loaded.device == device_type()  # the default: this machine's device
     # It runs: one forward pass gives finite logits of the right shape.
-    ids = loaded.tokenizer("hello world", return_tensors="pt")
+    ids = loaded.tokenizer("hello world", return_tensors="pt").to(loaded.model.device)
     logits = loaded.model(**ids).logits
     assert logits.shape[-1] == loaded.model.config.vocab_size and torch.isfinite(logits).all()
 
@@ -138,13 +139,17 @@ def test_cli_info_json(capsys):
     info = json.loads(capsys.readouterr().out)
     for key in ("device", "torch", "transformers", "peft", "bitsandbytes", "embedded_model_ready", "embedded_model_path"):
         assert key in info
-    assert info["embedded_model_ready"] is True and info["device"] == "cpu"
+    assert info["embedded_model_ready"] is True and info["device"] == device_type()
     assert info["torch"] == torch.__version__
 
 
-def test_cli_bad_input_exits_2(capsys):
+def test_cli_prepare_json_says_where_the_embedded_model_is(capsys, embedded_dir):
     assert main(["prepare", "--json"]) == 0
-    capsys.readouterr()
+    out = json.loads(capsys.readouterr().out)
+    assert out["path"] == str(embedded_dir) and out["built"] is False  # already prepared: nothing rebuilt
+
+
+def test_cli_bad_input_exits_2():
     proc = subprocess.run([sys.executable, "-m", "lab", "info", "--no-such-flag"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr
 

@@ -94,7 +94,8 @@ def test_cli_trains_and_leaves_an_adapter_plain_peft_loads(tiny_model_dir, tmp_p
         assert (out / f).is_file(), f
     info = json.loads((out / "lab_run.json").read_text())
     assert info["status"] == "finished" and info["base_model"]["spec"] == str(tiny_model_dir)
-    assert info["precision"] == "fp32" and info["lora"]["r"] == 4 and info["dataset"]["name"] == "style"
+    assert info["precision"] == default_config().precision  # the CLI's default for this machine (fp32 on a CPU)
+    assert info["lora"]["r"] == 4 and info["dataset"]["name"] == "style"
     assert info["dataset"]["train_rows"] == 60 and info["versions"]["trl"] and info["durations"]["train_seconds"] > 0
     assert len([h for h in info["log_history"] if "loss" in h]) == 4
     types = [e["type"] for e in read_events(out)]
@@ -112,7 +113,7 @@ def test_cli_trains_and_leaves_an_adapter_plain_peft_loads(tiny_model_dir, tmp_p
     assert model.peft_config["default"].r == 4
     assert not torch.allclose(before, after)  # the trained B matrices are no longer zero
 
-    # the table output for people
+    # the run folder alone says how it ended (what the Training page reads)
     assert R.run_status(out).status == "finished"
 
 
@@ -235,7 +236,7 @@ def test_disk_write_failure_is_a_clear_failed_status(tiny_model_dir, tmp_path, m
 
 
 # --------------------------------------------------------------------------- QLoRA options, merge
-def test_qlora_nf4_with_dora_rslora_loraplus_on_cpu(tiny_model_dir, tmp_path):
+def test_qlora_nf4_with_dora_rslora_loraplus(tiny_model_dir, tmp_path):
     r = train(quick(tiny_model_dir, tmp_path, "qlora", precision="nf4", use_dora=True, use_rslora=True, loraplus_ratio=4.0,
                     targets="q_proj,v_proj", max_steps=2))
     assert r["status"] == "finished" and all(x == x for x in r["losses"])  # finite, not NaN

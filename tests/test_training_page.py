@@ -10,6 +10,7 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from lab.training import runs as R
+from lab.training.config import default_config
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "training.py")
 
@@ -33,7 +34,9 @@ def test_page_trains_the_tiny_model_and_shows_history(tiny_model_dir, tmp_path, 
     at.button[[b.label for b in at.button].index("Train")].click().run()
     assert not at.exception
     run_dir = Path(at.session_state["train_run_dir"])
-    assert run_dir.parent == tmp_path and run_dir.name.startswith(f"{tiny_model_dir.name}-style_SFT_LoRa16_FP32-")
+    precision = default_config().precision.upper()  # the page's default on this machine (FP32 on a CPU)
+    assert run_dir.parent == tmp_path
+    assert run_dir.name.startswith(f"{tiny_model_dir.name}-style_SFT_LoRa16_{precision}-")
     deadline = time.time() + 180
     proc = at.session_state["train_proc"]
     while time.time() < deadline and proc.poll() is None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 
 from lab.errors import LabError
-from lab.generate.adapters import base_mismatch, inspect_adapter, unique_names
+from lab.generate.adapters import choose_adapters
 from lab.generate.compare import BASE_COLUMN, SamplingSettings, side_by_side
 from lab.models.loading import load_model
 from lab.models.precision import PRECISIONS
+from lab.models.sources import resolve_source
 from lab.units import format_table
 
 NAME = "compare"
@@ -41,10 +42,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_base_and_adapters(args: argparse.Namespace):
-    infos = unique_names([inspect_adapter(a) for a in args.adapter])  # check files before loading the model
-    loaded = load_model(args.model, args.precision)
-    warnings = [w for w in (base_mismatch(i, loaded.source) for i in infos) if w]
-    return loaded, infos, warnings
+    source = resolve_source(args.model)
+    choice = choose_adapters(args.adapter, source)  # check the adapters' files before loading the model
+    if choice.errors:
+        raise choice.errors[0]
+    return load_model(source, args.precision), choice.infos, choice.warnings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,10 +6,11 @@ Forms (detected from the fields, like TRL's dataset formats):
 - messages           {"messages": [{"role", "content"}, ...]}  (the last turn is the assistant's answer)
 - prompt_completion  {"prompt", "completion"}  (strings, or lists of chat messages)
 
-Every row becomes (prompt messages, reference answer) through `prompt_and_answer`. Training and
-evaluation both format that pair the same way: the tokenizer's chat template when it has one, the
-Alpaca template otherwise (`render_prompt`, `render_example`). So the Playground's before/after
-accuracy sees exactly the prompt the adapter was trained on.
+Every row becomes (prompt messages, reference answer) through `prompt_and_answer`. The prompt is
+rendered by the lab's one prompt builder (`lab.generate.prompts.build_chat_prompt`: the tokenizer's
+chat template when it has one, the Alpaca template otherwise), the same the playground and the
+evaluation use. So the Playground's before/after accuracy sees exactly the prompt the adapter was
+trained on.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.errors import LabError
-from lab.paths import ASSETS_DIR
+from lab.generate.prompts import alpaca_prompt, build_chat_prompt, has_chat_template
+from lab.paths import ASSETS_DIR, runs_dir
 
 DATASETS_DIR = ASSETS_DIR / "datasets"
 SPLITS = ("train", "test")
@@ -35,8 +37,6 @@ FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
 FORMAT_LABELS = {"alpaca": "Alpaca (instruction / input / output)", "messages": "chat messages",
                  "prompt_completion": "prompt / completion"}
 ROLES = ("system", "user", "assistant")
-ALPACA_HEADER = ("Below is an instruction that describes a task. "
-                 "Write a response that appropriately completes the request.")
 MAX_LISTED_PROBLEMS = 5
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -90,12 +90,29 @@ def dataset_file(name_or_path: str, split: str = "train") -> Path | None:
                    f"Use one of {known}, a .jsonl/.csv file, or a Hub id like owner/name when online.")
 
 
+def save_upload(filename: str, data: bytes) -> Path:
+    """Keep a dataset file uploaded on a page in runs/uploads/ and return its path. Only the file's base
+    name is kept: no path from the browser reaches the file system."""
+    target = runs_dir() / "uploads" / Path(filename).name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    return target
+
+
 def has_split(name_or_path: str, split: str) -> bool:
     try:
         f = dataset_file(name_or_path, split)
     except LabError:
         return False
     return f is None or f.is_file()
+
+
+def local_test_rows(name_or_path: str) -> int | None:
+    """Good rows in the dataset's test split on disk (malformed ones skipped), or None when it has none
+    here (a single file, or a Hub id whose splits are only known once downloaded)."""
+    if not has_split(name_or_path, "test") or dataset_file(name_or_path, "test") is None:
+        return None
+    return len(load_rows(name_or_path, "test", "skip"))
 
 
 # --------------------------------------------------------------------------- reading
@@ -332,35 +349,11 @@ def prompt_and_answer(row: dict) -> tuple[list[dict], str]:
     return [{"role": "user", "content": p}], c
 
 
-def has_chat_template(tokenizer) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def alpaca_prompt(messages: list[dict]) -> str:
-    """The Alpaca template for tokenizers without a chat template. System turns go in the header;
-    earlier assistant turns become earlier responses."""
-    system = "\n".join(m["content"] for m in messages if m["role"] == "system")
-    parts = [system or ALPACA_HEADER]
-    for m in messages:
-        if m["role"] == "user":
-            parts.append(f"### Instruction:\n{m['content']}")
-        elif m["role"] == "assistant":
-            parts.append(f"### Response:\n{m['content']}")
-    return "\n\n".join(parts) + "\n\n### Response:\n"
-
-
-def render_prompt(tokenizer, messages: list[dict]) -> str:
-    """The exact text the model sees before its answer, in training and in evaluation."""
-    if has_chat_template(tokenizer):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return alpaca_prompt(messages)
-
-
 def render_example(tokenizer, row: dict) -> tuple[str, str]:
     """(prompt text, answer text) of a training example: prompt + answer is the full training text.
     The answer part ends with what closes the turn (the template's end-of-turn, or EOS)."""
     messages, answer = prompt_and_answer(row)
-    prompt = render_prompt(tokenizer, messages)
+    prompt = build_chat_prompt(tokenizer, messages)
     if has_chat_template(tokenizer):
         full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False)
         if full.startswith(prompt):
@@ -386,10 +379,6 @@ class PreviewRow:
     answer: str
     prompt_tokens: int
     answer_tokens: int
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.answer_tokens
 
 
 def preview(tokenizer, rows: list[dict], lines: list[int] | None = None, n: int = 3) -> list[PreviewRow]:

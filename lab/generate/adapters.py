@@ -15,10 +15,10 @@ from pathlib import Path
 
 from lab.errors import LabError
 from lab.paths import runs_dir
+from lab.training.events import RUN_FILE  # a training run's record, next to its adapter
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-RUN_FILE = "lab_run.json"
 
 
 @dataclass
@@ -218,6 +218,29 @@ def base_mismatch(info: AdapterInfo, source) -> str | None:
         return None
     return (f"Adapter {info.name} was trained on {recorded[-1]!r}, not on the chosen base "
             f"{source.display_name!r}: its answers may be meaningless.")
+
+
+@dataclass
+class AdapterChoice:
+    """The adapters a person chose, checked against the chosen base before anything loads."""
+
+    infos: list[AdapterInfo]  # usable, each with a unique (peft-safe) name
+    errors: list[LabError]  # one per adapter left out: missing, corrupt, not LoRA...
+    warnings: list[str]  # adapters recorded as trained on another base
+
+
+def choose_adapters(sources: list[str], base=None) -> AdapterChoice:
+    """Inspect each adapter (a bad one is left out with its error, the others stay usable), name them
+    uniquely, and warn about those trained on another base than `base` (a ModelSource, if known)."""
+    infos, errors = [], []
+    for source in sources:
+        try:
+            infos.append(inspect_adapter(source))
+        except LabError as e:
+            errors.append(e)
+    infos = unique_names(infos)
+    warnings = [w for w in (base_mismatch(i, base) for i in infos) if w] if base is not None else []
+    return AdapterChoice(infos, errors, warnings)
 
 
 def check_compatible(info: AdapterInfo, model) -> None:

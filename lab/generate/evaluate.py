@@ -9,8 +9,8 @@ answer under each model. Metrics per model:
 - every set: the reference answer's mean token loss and perplexity exp(loss), the tokens counted
   being exactly those training learns (the answer and its end-of-turn).
 
-Prompts are rendered exactly as training renders them (`lab.data.datasets.render_prompt`), so the
-adapter is asked the way it was taught.
+Prompts are rendered by the one prompt builder training uses (`lab.generate.prompts.build_chat_prompt`),
+so the adapter is asked the way it was taught.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import torch
 from lab.errors import LabError
 from lab.generate.adapters import AdapterInfo
 from lab.generate.compare import BASE, BASE_COLUMN, SamplingSettings, adapter_bank, side_by_side
+from lab.generate.prompts import build_chat_prompt
 
 METRICS = {
     "auto": "accuracy for labelled sets (every answer a short label), perplexity for the others",
@@ -86,12 +87,6 @@ def normalize(text: str) -> str:
     """What exact match compares: first line, stripped, lower case, no surrounding quotes or final dot."""
     line = text.strip().splitlines()[0] if text.strip() else ""
     return line.strip().strip("`'\"").rstrip(".").strip().lower()
-
-
-def _render(tokenizer, messages: list[dict]) -> str:
-    from lab.data.datasets import render_prompt
-
-    return render_prompt(tokenizer, messages)
 
 
 def _answer_text(tokenizer, messages: list[dict], answer: str) -> str:
@@ -188,7 +183,7 @@ def evaluate(
     for i, ex in enumerate(examples):
         if cancel is not None and cancel.is_set():
             break
-        prompt = _render(tokenizer, ex.messages)
+        prompt = build_chat_prompt(tokenizer, ex.messages)
         # The prompt exactly as training renders it, sent as raw text (no second template).
         result = side_by_side(loaded, adapters, [{"role": "user", "content": prompt}],
                               SamplingSettings(**{**gen.__dict__, "use_chat_template": False}))

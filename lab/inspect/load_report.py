@@ -2,7 +2,7 @@
 
 One code path for the page (`run_loading_lab`, several precisions in turn, in a worker thread),
 the CLI (`python -m lab load`) and the benchmark. Each load is measured right after
-`from_pretrained` (before any forward pass, see lab/measure.py), then inspected and scored, then
+`from_pretrained` (before any forward pass, see lab/inspect/measure.py), then inspected and scored, then
 released — so the next precision starts from a clean slate and no restart is ever needed.
 """
 
@@ -21,9 +21,10 @@ import torch
 
 from lab.environment import device_type
 from lab.errors import LabError
-from lab.inspect.measure import MemorySnapshot, measure_model, release_memory, reset_peak
+from lab.inspect.measure import MemorySnapshot, measure_model, reset_peak
 from lab.inspect.quality import QualityConfig, greedy_answers, perplexity
-from lab.models.loading import load_model
+from lab.models.architecture import Architecture, read_architecture
+from lab.models.loading import free_memory, load_model
 from lab.models.precision import bnb_config_code, get_precision, resolve_dtype
 from lab.models.sources import ModelSource, resolve_source
 from lab.vocab import COMPUTE, dtype_by_torch_name
@@ -89,7 +90,6 @@ class LoadReport:
 def predict(source: ModelSource, precision: str, dtype: str = COMPUTE, device: str | None = None):
     """The calculator's WeightEstimate (lab.estimate.weights) for this load: the same dtype rule as load_kwargs."""
     from lab.estimate.weights import estimate_weights
-    from lab.models.architecture import read_architecture
 
     arch = read_architecture(source)
     unquantized = resolve_dtype(dtype, config_dtype=arch.config_dtype, device=device)
@@ -138,15 +138,21 @@ def check_supported(precision: str, device: str) -> None:
 
 
 # --------------------------------------------------------------------------- looking inside
-def linear_classes(model: torch.nn.Module) -> dict[str, int]:
-    """How many modules of each Linear class (Linear, Linear8bitLt, Linear4bit) the model has."""
-    return dict(Counter(type(m).__name__ for m in model.modules() if isinstance(m, torch.nn.Linear)))
+# Which modules are the model's Linear layers is the architecture reader's answer (lab.models.architecture,
+# read from the config on the meta device); here we only look at what each of them became after loading.
+def linear_classes(model: torch.nn.Module, arch: Architecture | None) -> dict[str, int]:
+    """How many of the model's Linear layers ended up as each class (Linear, Linear8bitLt, Linear4bit)."""
+    if arch is None:
+        return {}
+    return dict(Counter(type(model.get_submodule(path)).__name__ for g in arch.linears for path in g.paths))
 
 
-def main_linear_class(model: torch.nn.Module) -> str:
+def main_linear_class(model: torch.nn.Module, arch: Architecture | None) -> str:
     """The class of the decoder's Linear layers (lm_head excluded: it stays a plain Linear)."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    names = Counter(type(m).__name__ for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head)
+    if arch is None:
+        return "—"
+    decoder = [path for g in arch.linears if not g.tied and g.paths[0] != arch.output_path for path in g.paths]
+    names = Counter(type(model.get_submodule(path)).__name__ for path in decoder)
     return names.most_common(1)[0][0] if names else "—"
 
 
@@ -220,89 +226,113 @@ def measure_load(
 ) -> LoadReport:
     """Load `spec` at `precision`, measure, inspect, score, then release it. Returns the report."""
     report = report or _noop
-    quality = quality or QualityConfig()
-    source = resolve_source(spec) if isinstance(spec, str) else spec
+    source = (resolve_source(spec) if isinstance(spec, str) else spec).require_weights()
     device = device or device_type()
     p = get_precision(precision)
     check_supported(p.name, device)
-    if not source.has_weights:
-        raise LabError(f"{source.display_name} is a config without weights: it can be estimated, not loaded.",
-                       "Pick 'embedded', a model folder with weights, or a Hub id.")
-    try:
-        estimate = predict(source, p.name, dtype, device)
-    except LabError:
-        raise  # e.g. a Hub id while offline: nothing to load either
-    except Exception:  # an architecture the calculator cannot read: load anyway, without a prediction
-        log.warning("no prediction for %s:\n%s", source.display_name, traceback.format_exc())
-        estimate = None
-    predicted = None if estimate is None else estimate.weights_bytes
+    arch, estimate = _architecture_and_prediction(source, p.name, dtype, device)
     check_fits(load_peak_bytes(source, p.name, estimate, dtype, device), device, f"Loading {source.display_name} at {p.label}")
-
-    # Import what a load touches before the 'before' snapshot, so RSS growth is the model's.
-    import transformers  # noqa: F401
-
-    if p.quantized:
-        import bitsandbytes  # noqa: F401
-
-    release_memory()
+    _import_what_a_load_touches(p.quantized)
+    free_memory()
     reset_peak(device)
     before = MemorySnapshot.take(device)
     report(f"loading {source.display_name} at {p.label} on {device}…")
-    loaded = model = None
+    loaded = None
     try:
         loaded = _load(source, p.name, dtype, device)
-        after = MemorySnapshot.take(device)
-        model = loaded.model
+        memory = MemorySnapshot.take(device).minus(before)
         report(f"measuring {p.label}…")
-        fp = measure_model(model)
-        result = LoadReport(
-            model=source.display_name,
-            spec=source.spec,
-            precision=p.name,
-            device=device,
-            dtype=unquantized_dtype(model),
-            linear_class=main_linear_class(model),
-            load_seconds=loaded.load_seconds,
-            measured_bytes=fp.total_bytes,
-            hf_footprint_bytes=fp.hf_footprint_bytes,
-            predicted_bytes=predicted,
-            error_pct=None if predicted is None else (predicted - fp.total_bytes) / fp.total_bytes * 100,
-            breakdown=fp.by_kind,
-            by_dtype=fp.by_dtype,
-            shared_bytes=fp.shared_bytes,
-            n_tensors=fp.n_tensors,
-            memory=after.minus(before),
-            linear_classes=linear_classes(model),
-            unquantized=unquantized_modules(model),
-            config_code=bnb_config_code(p.name, device),
-            tree=compact_tree(model),
-        )
-        if quality.perplexity_tokens and not _cancelled(cancel):
-            report(f"perplexity at {p.label}…")
-            ppl = perplexity(model, loaded.tokenizer, max_tokens=quality.perplexity_tokens, window=quality.window, cancel=cancel)
-            result.perplexity, result.perplexity_tokens, result.perplexity_seconds = ppl.perplexity, ppl.tokens, ppl.seconds
-            result.measured_after_forward_bytes = measure_model(model).total_bytes
-            result.predicted_after_forward_bytes = _after_forward_prediction(estimate, device)
-        if quality.prompts and quality.max_new_tokens and not _cancelled(cancel):
-            result.answers = greedy_answers(model, loaded.tokenizer, quality.prompts, quality.max_new_tokens,
-                                            report=lambda m: report(f"{p.label}: {m}"), cancel=cancel)
-            result.measured_after_forward_bytes = measure_model(model).total_bytes
-            result.predicted_after_forward_bytes = _after_forward_prediction(estimate, device)
+        result = _inspect(loaded, arch, estimate, memory)
+        _score(result, loaded, estimate, quality or QualityConfig(), report, cancel)
     finally:
         held = MemorySnapshot.take(device)
-        # Drop every reference before releasing (a traceback keeps this frame's locals alive).
-        model = loaded = None  # noqa: F841
-        release_memory()
-    freed = held.minus(MemorySnapshot.take(device))
-    freed.pop("cuda_max_allocated_bytes", None)
-    result.freed = freed
-    # RSS grows after the load too: forward passes touch memory-mapped weights and allocate scratch.
-    result.rss_at_release_bytes = held.rss_bytes - before.rss_bytes
+        loaded = None  # the last reference to the model: drop it before releasing (a traceback keeps locals alive)
+        free_memory()
+    _record_release(result, before, held)
     return result
 
 
+def _architecture_and_prediction(source: ModelSource, precision: str, dtype: str, device: str):
+    """(architecture, the calculator's WeightEstimate), or (None, None) for a model the reader cannot build:
+    it still loads, without a prediction or Linear classes."""
+    try:
+        return read_architecture(source), predict(source, precision, dtype, device)
+    except LabError:
+        raise  # e.g. a Hub id while offline: nothing to load either
+    except Exception:
+        log.warning("no architecture or prediction for %s:\n%s", source.display_name, traceback.format_exc())
+        return None, None
+
+
+def _import_what_a_load_touches(quantized: bool) -> None:
+    """Import the libraries a load needs before the 'before' snapshot, so RSS growth is the model's."""
+    import transformers  # noqa: F401
+
+    if quantized:
+        import bitsandbytes  # noqa: F401
+
+
+def _inspect(loaded, arch: Architecture | None, estimate, memory: dict) -> LoadReport:
+    """The report of a model right after loading: true bytes vs prediction, layer classes, what stayed unquantized."""
+    model, source = loaded.model, loaded.source
+    fp = measure_model(model)
+    predicted = None if estimate is None else estimate.weights_bytes
+    return LoadReport(
+        model=source.display_name,
+        spec=source.spec,
+        precision=loaded.precision,
+        device=loaded.device,
+        dtype=unquantized_dtype(model),
+        linear_class=main_linear_class(model, arch),
+        load_seconds=loaded.load_seconds,
+        measured_bytes=fp.total_bytes,
+        hf_footprint_bytes=fp.hf_footprint_bytes,
+        predicted_bytes=predicted,
+        error_pct=None if predicted is None else (predicted - fp.total_bytes) / fp.total_bytes * 100,
+        breakdown=fp.by_kind,
+        by_dtype=fp.by_dtype,
+        shared_bytes=fp.shared_bytes,
+        n_tensors=fp.n_tensors,
+        memory=memory,
+        linear_classes=linear_classes(model, arch),
+        unquantized=unquantized_modules(model),
+        config_code=bnb_config_code(loaded.precision, loaded.device),
+        tree=compact_tree(model),
+    )
+
+
+def _score(result: LoadReport, loaded, estimate, quality: QualityConfig, report: Report,
+           cancel: threading.Event | None) -> None:
+    """Perplexity and greedy answers into `result`; after a forward pass, the bytes again (CPU 4-bit repacks)."""
+    model, label = loaded.model, get_precision(loaded.precision).label
+    forward = False
+    if quality.perplexity_tokens and not _cancelled(cancel):
+        report(f"perplexity at {label}…")
+        ppl = perplexity(model, loaded.tokenizer, max_tokens=quality.perplexity_tokens, window=quality.window,
+                         cancel=cancel)
+        result.perplexity, result.perplexity_tokens, result.perplexity_seconds = ppl.perplexity, ppl.tokens, ppl.seconds
+        forward = True
+    if quality.prompts and quality.max_new_tokens and not _cancelled(cancel):
+        result.answers = greedy_answers(model, loaded.tokenizer, quality.prompts, quality.max_new_tokens,
+                                        report=lambda m: report(f"{label}: {m}"), cancel=cancel)
+        forward = True
+    if forward:
+        result.measured_after_forward_bytes = measure_model(model).total_bytes
+        result.predicted_after_forward_bytes = _after_forward_prediction(estimate, loaded.device)
+
+
+def _record_release(result: LoadReport, before: MemorySnapshot, held: MemorySnapshot) -> None:
+    """What freeing the model handed back, and how far RSS had grown by then."""
+    device = result.device
+    freed = held.minus(MemorySnapshot.take(device))
+    freed.pop("cuda_max_allocated_bytes", None)  # a peak, not something handed back
+    result.freed = freed
+    # RSS grows after the load too: forward passes touch memory-mapped weights and allocate scratch.
+    result.rss_at_release_bytes = held.rss_bytes - before.rss_bytes
+
+
 def _after_forward_prediction(estimate, device: str) -> int | None:
-    """On an AVX512-BF16 CPU, 4-bit layers are repacked on the first forward (see lab/measure.py)."""
+    """On an AVX512-BF16 CPU, 4-bit layers are repacked on the first forward (see lab/inspect/measure.py)."""
     if estimate is None:
         return None
     if device == "cpu" and estimate.cpu_packed_bytes is not None:
@@ -320,17 +350,11 @@ def _cancelled(cancel: threading.Event | None) -> bool:
 def _load(source: ModelSource, precision: str, dtype: str | None, device: str):
     p = get_precision(precision)
     try:
-        return load_model(source, p.name, dtype, device)
+        return load_model(source, p.name, dtype, device)  # out of memory: a LabError from load_model
     except LabError:
         raise
-    except (MemoryError, torch.OutOfMemoryError) as e:
-        raise LabError(f"Out of memory loading {source.display_name} at {p.label}.",
-                       "Try a 4-bit precision (nf4), a smaller model, or free other loaded models first.") from e
     except RuntimeError as e:
         text = str(e)
-        if "can't allocate memory" in text or "out of memory" in text.lower():
-            raise LabError(f"Out of memory loading {source.display_name} at {p.label} on {device}.",
-                           "Try a 4-bit precision (nf4), a smaller model, or free other loaded models first.") from e
         if p.quantized:
             raise LabError(f"bitsandbytes could not load {p.label} on {device}: {text.splitlines()[0] if text else type(e).__name__}",
                            "Try fp32 (or bf16/fp16), or a CUDA GPU.") from e
@@ -358,10 +382,7 @@ def run_loading_lab(
     if not precisions:
         raise LabError("No precision chosen.", "Pick at least one of fp32, bf16, fp16, int8, nf4, nf4-dq, fp4.")
     names = [get_precision(p).name for p in precisions]
-    source = resolve_source(spec)
-    if not source.has_weights:
-        raise LabError(f"{source.display_name} is a config without weights: it can be estimated, not loaded.",
-                       "Pick 'embedded', a model folder with weights, or a Hub id.")
+    source = resolve_source(spec).require_weights()  # fails the whole run at once, not each precision
     results: list[dict] = []
     if not _RUN_LOCK.acquire(blocking=False):
         report("waiting for another loading-lab run to finish…", 0.0)
@@ -388,7 +409,7 @@ def _run_each(source, names, dtype, device, quality, report, cancel, results) ->
         except LabError as e:
             error = str(e)
         if error is not None:
-            release_memory()  # outside the except block: its traceback no longer pins the model
+            free_memory()  # outside the except block: its traceback no longer pins the model
             results.append({"precision": name, "error": error})
             if source.kind == "hub" and "Hub" in error:
                 break  # every precision would fail the same way

@@ -21,9 +21,6 @@ for the canonical layout; `measure_model` after a forward reports the repacked o
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import gc
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -248,23 +245,3 @@ def reset_peak(device: str) -> None:
     if device == "cuda" and torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
 
-
-_LIBC = None
-
-
-def release_memory() -> None:
-    """Drop unreachable objects, empty the CUDA cache, and ask glibc to return freed heap pages
-    to the OS, so RSS shows the memory a released model handed back."""
-    global _LIBC
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    if _LIBC is None:
-        name = ctypes.util.find_library("c")
-        try:
-            _LIBC = ctypes.CDLL(name) if name else False
-        except OSError:
-            _LIBC = False
-    trim = getattr(_LIBC, "malloc_trim", None) if _LIBC else None
-    if trim is not None:
-        trim(0)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from lab.errors import LabError
+from lab.models.architecture import read_architecture
 from lab.models.sources import ModelSource, resolve_source
 
 BLOCKSIZE = 64  # bitsandbytes' 4-bit default, what transformers' BitsAndBytesConfig uses
@@ -26,10 +27,6 @@ SCHEMES: dict[str, str] = {
     "nf4": "NF4: quantize_4bit(quant_type='nf4') — blocks of 64, scaled by the block absmax, 16 normal-quantile levels.",
     "nf4-dq": "NF4 with double quantization: the same, with absmax itself quantized to 8 bits (compress_statistics=True).",
 }
-
-# Weights that bitsandbytes quantizes when transformers loads in 8/4 bit: the 2-D weights of Linear
-# layers inside the decoder. Embeddings and lm_head stay in the load dtype.
-_SKIP = re.compile(r"(embed|lm_head|wte|wpe|norm|ln_)", re.IGNORECASE)
 
 
 def level_tables() -> dict[str, list[float]]:
@@ -75,9 +72,21 @@ def _weight_index(source: ModelSource) -> dict[str, tuple[Path, tuple[int, ...]]
 
 
 def linear_weight_names(source: ModelSource | str) -> list[str]:
-    """Names of the 2-D weights bitsandbytes would quantize, in checkpoint order."""
+    """The checkpoint's names of the Linear weights bitsandbytes would quantize, in model order. Which
+    weights those are is the architecture reader's answer (transformers' own rule, as a real load)."""
     source = resolve_source(source) if isinstance(source, str) else source
-    return [n for n, (_, shape) in _weight_index(source).items() if n.endswith(".weight") and len(shape) == 2 and not _SKIP.search(n)]
+    index = _weight_index(source)
+    quantized = [t.path for t in read_architecture(source).tensors if t.quantized]
+    names = [_checkpoint_name(path, index) for path in quantized]
+    return [n for n in names if n is not None]
+
+
+def _checkpoint_name(path: str, index: dict) -> str | None:
+    """A module's weight under its checkpoint name: the same, or without a prefix the model adds
+    (GPT-2 checkpoints say 'h.0.attn.c_attn.weight' for 'transformer.h.0.attn.c_attn.weight')."""
+    if path in index:
+        return path
+    return next((name for name in index if path.endswith("." + name)), None)
 
 
 def load_float_weight(source: ModelSource | str, name: str) -> torch.Tensor:
@@ -226,4 +235,13 @@ def summarize_errors(rows: list[dict], schemes: tuple[str, ...] = ("int8", "fp4"
     """numel-weighted mean relative error per scheme."""
     total = sum(r["numel"] for r in rows) or 1
     return {s: sum(r[s] * r["numel"] for r in rows if s in r) / total for s in schemes}
+
+
+def errors_by_layer(rows: list[dict], schemes: tuple[str, ...] = tuple(SCHEMES)) -> list[dict]:
+    """One row per decoder layer: {'layer', '<scheme>': mean relative error over that layer's Linear weights}."""
+    layers: dict[int, list[dict]] = {}
+    for r in rows:
+        layers.setdefault(r["layer"], []).append(r)
+    return [{"layer": layer, **{s: sum(r[s] for r in group) / len(group) for s in schemes}}
+            for layer, group in sorted(layers.items())]
 

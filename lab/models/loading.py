@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import time
 from dataclasses import dataclass
@@ -42,42 +44,54 @@ def load_model(source: ModelSource | str, precision: str = "fp32", dtype: str = 
     """Load `source` at `precision` on `device` (default: CUDA if available, else CPU)."""
     from transformers import AutoModelForCausalLM
 
-    source = resolve_source(source) if isinstance(source, str) else source
-    if not source.has_weights:
-        raise LabError(
-            f"{source.display_name} is a config without weights: it can be estimated, not loaded.",
-            "Pick 'embedded', a model folder with weights, or a Hub id.",
-        )
+    source = (resolve_source(source) if isinstance(source, str) else source).require_weights()
     device = device or device_type()
     p = get_precision(precision)
-    if p.quantized and device == "cpu" and not _bnb_cpu_ok():
-        raise LabError(f"bitsandbytes cannot run {p.label} on this CPU build.", "Use fp32, or a CUDA GPU.")
     tokenizer = load_tokenizer(source)
     started = time.perf_counter()
     try:
         model = AutoModelForCausalLM.from_pretrained(source.pretrained_id, **load_kwargs(p.name, dtype, device))
-    except torch.OutOfMemoryError as e:
-        free_memory()
-        raise LabError(
-            f"Out of memory loading {source.display_name} at {p.label}.",
-            "Try a 4-bit precision (nf4), a smaller model, or free other loaded models first.",
-        ) from e
     except OSError as e:
         raise hub_error(source, e) from e
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        free_memory()
+        raise out_of_memory(source, p.name, device) from e
     model.eval()
     return LoadedModel(model, tokenizer, source, p.name, device, time.perf_counter() - started)
 
 
-def _bnb_cpu_ok() -> bool:
-    try:
-        import bitsandbytes  # noqa: F401
-    except Exception:
-        return False
-    return True
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError, or the allocator's RuntimeError on a CPU."""
+    text = str(error).lower()
+    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text))
+
+
+def out_of_memory(source: ModelSource, precision: str, device: str) -> LabError:
+    """The one message for a model that did not fit while loading (GPU memory or RAM)."""
+    return LabError(f"Out of memory loading {source.display_name} at {get_precision(precision).label} on {device}.",
+                    "Try a 4-bit precision (nf4), a smaller model, or free other loaded models first.")
+
+
+_LIBC = None
 
 
 def free_memory() -> None:
-    """Hand memory back after dropping references to a model: Python objects, then CUDA cache."""
+    """Hand memory back after dropping references to a model: collect unreachable objects, empty
+    the CUDA cache, and ask glibc to return freed heap pages to the OS (so RSS shows what a
+    released model gave back)."""
+    global _LIBC
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    if _LIBC is None:
+        name = ctypes.util.find_library("c")
+        try:
+            _LIBC = ctypes.CDLL(name) if name else False
+        except OSError:  # not glibc (musl, macOS): nothing to trim
+            _LIBC = False
+    trim = getattr(_LIBC, "malloc_trim", None) if _LIBC else None
+    if trim is not None:
+        trim(0)

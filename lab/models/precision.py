@@ -33,6 +33,11 @@ def resolve_dtype(choice: str | None, *, config_dtype: str | None = None, device
     return DTYPES[choice]
 
 
+def slow_on(precision: str, device: str | None = None) -> bool:
+    """bf16/fp16 on a CPU: most CPUs have no fast half-precision matmul (~20x slower than fp32)."""
+    return get_precision(precision).name in ("bf16", "fp16") and (device or device_type()) == "cpu"
+
+
 def bnb_config(precision: str, device: str | None = None) -> BitsAndBytesConfig | None:
     """The BitsAndBytesConfig for a precision, or None for the plain float precisions."""
     p = get_precision(precision)

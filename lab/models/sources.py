@@ -121,6 +121,17 @@ class ModelSource:
     def has_weights(self) -> bool:
         return self.kind in ("embedded", "folder", "hub")
 
+    def require_weights(self) -> ModelSource:
+        """This source, or a LabError when it is a config without weights (it can be estimated, and
+        nothing more). Every place that loads, trains or generates asks here first."""
+        if not self.has_weights:
+            raise LabError(
+                f"{self.display_name} is a config without weights: the calculator and the LoRA estimator can read "
+                "it, but it cannot be loaded, trained or generated from.",
+                "Pick 'embedded', a model folder with weights, or a Hub id.",
+            )
+        return self
+
     @property
     def pretrained_id(self) -> str:
         """What to pass to `from_pretrained` / `AutoConfig.from_pretrained`."""

@@ -14,9 +14,13 @@ import argparse
 import re
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 
 from lab.environment import device_type
 from lab.errors import LabError
+from lab.models.precision import slow_on
+from lab.models.sources import ModelSource
+from lab.paths import runs_dir
 from lab.vocab import OPTIMIZERS, PRECISIONS, TARGET_PRESETS
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -118,7 +122,7 @@ class TrainConfig:
         if OPTIMIZERS[self.optimizer].cuda_only and device != "cuda":
             raise LabError(f"optimizer={self.optimizer} needs a CUDA GPU (this machine: {device}).",
                            "Use adamw_torch on CPU.")
-        if self.precision in ("bf16", "fp16") and device == "cpu":
+        if slow_on(self.precision, device):
             raise LabError(f"precision={self.precision} trains ~20x slower than fp32 on this CPU (no fast half-precision matmul).",
                            "Use fp32 on CPU, or nf4 to see QLoRA's 4-bit base at work.")
         if self.max_steps <= 0 and self.epochs <= 0:
@@ -147,6 +151,16 @@ def run_name(cfg: TrainConfig, base_display_name: str, dataset_short: str, when:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when or time.time()))
     name = f"{base_display_name}-{dataset_short}_SFT_LoRa{cfg.r}_{cfg.precision.upper()}-{stamp}"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+
+
+def run_dir_for(cfg: TrainConfig, source: ModelSource, when: float | None = None) -> Path:
+    """Where a run of `cfg` on `source` lives: `cfg.output` when given, else runs/<run_name>. The Training
+    page names the folder of the run it starts here (the runner's resolve_run_dir is meant to call it too)."""
+    from lab.data.datasets import dataset_name
+
+    if cfg.output:
+        return Path(cfg.output).expanduser().resolve()
+    return runs_dir() / run_name(cfg, source.display_name, dataset_name(cfg.dataset), when)
 
 
 # --------------------------------------------------------------------------- CLI flags

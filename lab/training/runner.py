@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from lab.data import datasets as ds
-from lab.environment import compute_dtype, device_type, library_version
+from lab.environment import LIBRARIES, compute_dtype, device_type, library_version
 from lab.errors import LabError
 from lab.estimate.lora import resolve_targets
 from lab.models.architecture import read_architecture
@@ -45,8 +45,6 @@ from lab.training.events import (
 )
 from lab.training.runs import acquire_lock, release_lock
 from lab.vocab import COMPUTE
-
-LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets")
 
 
 def resolve_run_dir(cfg: TrainConfig, source: ModelSource) -> Path:
@@ -72,17 +70,16 @@ def load_base(source: ModelSource, precision: str, device: str):
     accelerate launch), and its tokenizer."""
     from transformers import AutoModelForCausalLM
 
-    from lab.models.loading import free_memory, load_tokenizer
+    from lab.models.loading import free_memory, load_tokenizer, out_of_memory
 
-    if not source.has_weights:
-        raise LabError(f"{source.display_name} is a config without weights: it cannot be trained.", "Pick 'embedded', a model folder or a Hub id.")
+    source.require_weights()
     tokenizer = load_tokenizer(source)
     kwargs = base_load_kwargs(precision, device)
     try:
         model = AutoModelForCausalLM.from_pretrained(source.pretrained_id, **kwargs)
     except torch.OutOfMemoryError as e:
         free_memory()
-        raise LabError(f"Out of memory loading {source.display_name} at {precision}.", "Use a 4-bit precision (nf4) or a smaller model.") from e
+        raise out_of_memory(source, precision, device) from e
     except OSError as e:
         raise hub_error(source, e) from e
     return model, tokenizer
