@@ -261,7 +261,7 @@ if start:
         from lab.models.sources import resolve_source
 
         name = run_name(cfg, resolve_source(cfg.model).display_name, ds.dataset_name(cfg.dataset))
-        args = to_cli_args(replace(cfg, output=""))[:-2]  # --output is added by start_training
+        args = to_cli_args(cfg, exclude=("output",))  # start_training adds --output
         proc = R.start_training(args, runs_dir() / name)
         st.session_state["train_run_dir"] = str(runs_dir() / name)
         st.session_state["train_proc"] = proc

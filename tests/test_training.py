@@ -139,7 +139,7 @@ def test_malformed_rows_refused_or_skipped_from_the_cli(tiny_model_dir, tmp_path
 def test_stop_lock_and_reattach_while_running(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path / "runs"))
     run_dir = tmp_path / "runs" / "stoppable"
-    args = to_cli_args(replace(quick(tiny_model_dir, tmp_path, max_steps=500, save_steps=1000), output=""))[:-2]
+    args = to_cli_args(quick(tiny_model_dir, tmp_path, max_steps=500, save_steps=1000), exclude=("output",))
     proc = R.start_training(args, run_dir)
     try:
         wait_for(lambda: R.run_status(run_dir, pid=proc.pid).logs, timeout=120)
@@ -167,7 +167,7 @@ def test_stop_lock_and_reattach_while_running(tiny_model_dir, tmp_path, monkeypa
 
 def test_sigterm_stops_and_a_killed_process_reads_as_failed(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path / "runs"))
-    args = to_cli_args(replace(quick(tiny_model_dir, tmp_path, max_steps=500, save_steps=2), output=""))[:-2]
+    args = to_cli_args(quick(tiny_model_dir, tmp_path, max_steps=500, save_steps=2), exclude=("output",))
     term = R.start_training(args, tmp_path / "runs" / "sigterm")
     try:
         wait_for(lambda: R.run_status(tmp_path / "runs" / "sigterm").logs)

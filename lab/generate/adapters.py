@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.errors import LabError
-from lab.paths import runs_dir
+from lab.paths import RUN_FILE, runs_dir
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-RUN_FILE = "lab_run.json"
 
 
 @dataclass
