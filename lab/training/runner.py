@@ -418,11 +418,26 @@ def finish_record(info: dict, result: dict, trainer, run_dir: Path, log: EventLo
         write_json_atomic(run_dir / RUN_FILE, info)
     except LabError as e:
         result["error"] = result["error"] or e.message
+    if result["status"] != "failed" and (run_dir / "adapter_config.json").is_file():
+        write_cards(run_dir, info.get("merged_dir"), echo)
     try:
         (run_dir / STOP_FILE).unlink(missing_ok=True)
         log.write("end", status=result["status"], error=result["error"], hint=result["hint"], summary=result)
     except (LabError, OSError) as e:
         echo(f"could not record the end of the run: {e}")
+
+
+def write_cards(run_dir: Path, merged_dir: str | None, echo) -> None:
+    """The model cards (run folder, merged export) from the final record; a card that cannot be written is
+    reported, never fatal: the adapter is saved."""
+    from lab.share.card import write_merged_card, write_run_card
+
+    try:
+        write_run_card(run_dir)
+        if merged_dir:
+            write_merged_card(run_dir, Path(merged_dir))
+    except Exception as e:  # a card is a convenience; the run's outcome stands
+        echo(f"could not write the model card: {type(e).__name__}: {e}")
 
 
 def _bnb_dict(precision: str, device: str) -> dict | None:
@@ -468,4 +483,7 @@ def merge_and_export(run_dir: Path, out_dir: Path | None = None) -> Path:
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise LabError(f"Could not write the merged model to {out_dir}: {e.strerror or e}.", "Free disk space; the adapter itself is saved.") from e
+    from lab.share.card import write_merged_card
+
+    write_merged_card(run_dir, out_dir)  # its own card: a standalone model, loaded without peft
     return out_dir
