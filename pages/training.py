@@ -19,10 +19,11 @@ from lab.environment import device_type
 from lab.paths import runs_dir
 from lab.training import runs as R
 from lab.training.config import SCHEDULERS, TrainConfig, default_config, run_name, to_cli_args
+from lab.training.distributed import launch_command
 from lab.training.events import request_stop
 from lab.units import fmt_bytes
-from lab.vocab import PRECISIONS, TARGET_PRESETS, optimizers_for
-from pages._ui import friendly_errors
+from lab.vocab import LAUNCH_MODES, PRECISIONS, TARGET_PRESETS, optimizers_for
+from pages._ui import friendly_errors, get_task, start_task
 
 H = TrainConfig.help
 DEVICE = device_type()
@@ -250,6 +251,20 @@ with st.expander("Memory estimate (the calculator's formula)", expanded=False):
 # --------------------------------------------------------------------------- start
 busy = R.read_lock()
 st.code(".venv/bin/python -m lab train " + " ".join(to_cli_args(cfg)), language="bash")
+with st.expander("Launch command for several GPUs (or CPU processes)"):
+    c1, c2, c3 = st.columns(3)
+    n_proc = c1.number_input("Processes", 1, 64, 2, help="One per GPU. Each trains on its share of every batch: "
+                             "the effective batch is batch size x grad accumulation x processes.", key="t_nproc")
+    mode = c2.selectbox("Mode", list(LAUNCH_MODES), format_func=lambda m: LAUNCH_MODES[m].label,
+                        help=" · ".join(f"**{t.label}**: {t.help}" for t in LAUNCH_MODES.values()), key="t_mode")
+    target = c3.selectbox("On", ["cuda", "cpu"], format_func={"cuda": "GPUs", "cpu": "CPU processes"}.get,
+                          help="GPUs: one process per GPU. CPU processes: DDP over gloo on this kind of machine.",
+                          key="t_target")
+    with friendly_errors("The launch command"):
+        launch = launch_command(cfg, int(n_proc), mode, target)
+        st.code(str(launch), language="bash")
+        for note in launch.notes:
+            st.caption(note)
 if busy is not None:
     st.warning(f"A training is already running: `{Path(busy['run_dir']).name}` (pid {busy['pid']}). "
                "One training at a time per server — stop it above or wait for it.", icon=":material/hourglass_top:")
@@ -272,6 +287,39 @@ if start:
 
 
 # --------------------------------------------------------------------------- history
+PUSH_TASK = "training_push"
+
+
+def push_section(finished: list[R.RunStatus]) -> None:
+    """Push a run's adapter (or merged model) to the Hub, off the script thread."""
+    from lab.share.push import push_run
+
+    with st.expander("Push to the Hub"):
+        c1, c2 = st.columns([2, 3])
+        name = c1.selectbox("Run", [s.name for s in finished], key="t_push_run", help="A finished or stopped run of the comparison.")
+        repo = c2.text_input("Repo (owner/name)", placeholder="alice/smollm2-style-lora", key="t_push_repo",
+                             help="Created if needed. The token comes from HF_TOKEN or `hf auth login`.")
+        c1, c2, c3 = st.columns(3)
+        private = c1.checkbox("Private", key="t_push_private", help="Create the repo as private.")
+        merged = c2.checkbox("Merged model", key="t_push_merged", help="Push <run>/merged (base + adapter) instead of the adapter.")
+        if c3.button("Push", icon=":material/cloud_upload:", disabled=not repo.strip(), key="t_push"):
+            start_task(PUSH_TASK, lambda run, report, cancel: push_run(run, repo, private, merged), runs_dir() / name)
+
+        def push_status() -> None:
+            task = get_task(PUSH_TASK)
+            if task is None:
+                return
+            if task.running:
+                st.caption(f"Uploading… {task.elapsed:.0f} s")
+            elif task.status == "failed":
+                st.error(task.error, icon=":material/error:")
+            else:
+                st.success(f"Pushed {len(task.result['files'])} files to {task.result['url']}", icon=":material/check_circle:")
+
+        task = get_task(PUSH_TASK)
+        st.fragment(push_status, run_every=1.0 if task is not None and task.running else None)()
+
+
 st.subheader("Run history")
 history = R.list_runs()
 if not history:
@@ -309,3 +357,4 @@ else:
 
                     out = merge_and_export(runs_dir() / target)
                     st.success(f"Merged model saved in `{out}`.")
+            push_section(finished)
