@@ -282,3 +282,19 @@ def test_base_load_kwargs_for_data_parallel_and_fsdp(monkeypatch):
     assert "device_map" not in fsdp  # FSDP places the shards
     assert q.bnb_4bit_quant_storage == q.bnb_4bit_compute_dtype == fsdp["dtype"]
     assert "quantization_config" not in base_load_kwargs("fp32", "cpu")
+
+
+def test_failures_are_classified_with_what_to_do(tmp_path):
+    from lab.training.runner import classify_failure
+
+    cfg = default_config("cpu", batch_size=8, max_length=512)
+    (tmp_path / "checkpoints" / "checkpoint-10").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "checkpoint-9").mkdir()
+    status, error, hint = classify_failure(torch.OutOfMemoryError("CUDA out of memory"), cfg, 12, tmp_path)
+    assert status == "failed" and error == "Out of memory at step 12 (batch size 8, max length 512)."
+    assert "smaller batch size" in hint and hint.endswith(f"{tmp_path / 'checkpoints' / 'checkpoint-10'}.")
+    assert classify_failure(LabError("bad thing", "do this"), cfg, 0, tmp_path) == ("failed", "bad thing", "do this")
+    status, error, hint = classify_failure(PermissionError(13, "Permission denied", "/x/y"), cfg, 3, tmp_path)
+    assert error == "Could not write to disk: Permission denied (/x/y)." and hint.startswith("Free disk space")
+    status, error, hint = classify_failure(KeyError("lm_head"), cfg, 3, tmp_path / "empty")
+    assert error == "KeyError: 'lm_head'" and hint == "No checkpoint had been saved yet."

@@ -7,7 +7,9 @@ with TRL's SFTTrainer, and leave a reproducible adapter in the run folder.
       lab_run.json                                      everything needed to reproduce and compare it
       events.jsonl                                      the live event log (see events.py)
       checkpoints/checkpoint-N/                         the last checkpoints (kept after a crash)
-      merged/                                           optional: base + adapter merged (--merge)
+      README.md, loss.png                               the model card (lab.share.card) and its loss curve
+      evaluation.json, hub.json                         later: the latest evaluation, where it was pushed
+      merged/                                           optional: base + adapter merged (--merge), own card
 
 `train(cfg)` is the CLI's code path, and the page starts the CLI as a subprocess, so the page
 and the CLI run exactly the same code. Under `accelerate launch`/`torchrun` every rank runs it;
