@@ -106,11 +106,12 @@ def _seconds(s: float | None) -> str:
 
 
 def example_messages(record: dict) -> list[dict]:
-    """A prompt for the snippet: the dataset's first test (else train) row, else a greeting."""
+    """A prompt for the snippet: the dataset's first test (else train) row, else a greeting. A Hub dataset is not
+    read again (it may be large, and the card is rewritten offline too)."""
     from lab.data.datasets import load_rows, prompt_and_answer
 
     source = (record.get("dataset") or {}).get("source") or ""
-    for split in ("test", "train"):
+    for split in () if dataset_hub_id(record) else ("test", "train"):
         try:
             rows = load_rows(source, split, "skip")
         except (LabError, OSError):
