@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = dict(max_steps=4, max_length=64, eval_steps=0, save_steps=100, logging_steps=1, dropout=0.0,
                 learning_rate=2e-2)
 # Per logged step. Observed differences are ~1e-6 (float32 sums taken in another order: two half-batch gradients
-# averaged by gloo vs one full-batch sum); a process training on the wrong rows shows up at 1e-2 or more.
+# averaged by gloo vs one full-batch sum); training on the wrong rows shows up at 6e-3 from the first step.
 TOLERANCE = 1e-3
 
 
@@ -67,7 +67,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tiny_model_dir,
     print("single process, batch 4:", one["losses"], "\ntwo processes, batch 2 each:", two["losses"],
           "\nmax |difference|:", max(diffs))
     assert max(diffs) < TOLERANCE
-    assert abs(half["losses"][0] - two["losses"][0]) > 10 * TOLERANCE
+    assert abs(half["losses"][0] - two["losses"][0]) > 5 * TOLERANCE  # 6.2e-3: the tolerance would catch it
     assert two["tokens"] == one["tokens"]  # every row seen once per step, across the two processes
 
     folders = [d for d in runs.iterdir() if d.is_dir()]
