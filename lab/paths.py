@@ -5,6 +5,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS_DIR = REPO_ROOT / "assets"
+RUN_FILE = "lab_run.json"  # a run folder's record (lab.training.runner writes it; the playground reads it)
 
 
 def cache_dir() -> Path:

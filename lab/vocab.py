@@ -170,3 +170,15 @@ TARGET_PRESETS: dict[str, Term] = table(
          "The original LoRA paper's choice: query and value projections only (a fused qkv_proj where q and v "
          "live in one layer, as in Phi-3: the whole fused layer is adapted)."),
 )
+
+
+# --------------------------------------------------------------------------- multi-process launch modes
+# How `lab.training.distributed.launch_command` spreads one training over several processes.
+LAUNCH_MODES: dict[str, Term] = table(
+    Term("ddp", "DDP (data parallel)",
+         "Every process holds the whole (quantized) base and its own LoRA copy, trains on its share of each batch, "
+         "and the gradients are averaged (NCCL on GPUs, gloo on a CPU). The model must fit on one device."),
+    Term("fsdp", "FSDP + QLoRA (sharded)",
+         "The base is sharded across the GPUs (4-bit weights stored in the compute dtype so FSDP can shard them), "
+         "peft's FSDP + QLoRA recipe: for models that do not fit on one GPU. CUDA only."),
+)

@@ -21,10 +21,11 @@ from lab.models.sources import resolve_source
 from lab.paths import runs_dir
 from lab.training import runs as R
 from lab.training.config import SCHEDULERS, TrainConfig, default_config, run_dir_for, to_cli_args
+from lab.training.distributed import launch_command
 from lab.training.events import request_stop
 from lab.units import fmt_bytes
-from lab.vocab import PRECISIONS, TARGET_PRESETS, optimizers_for
-from pages._ui import friendly_errors, poll
+from lab.vocab import LAUNCH_MODES, PRECISIONS, TARGET_PRESETS, optimizers_for
+from pages._ui import friendly_errors, poll, poll_task, start_task
 
 H = TrainConfig.help
 DEVICE = device_type()
@@ -248,6 +249,20 @@ with st.expander("Memory estimate (the calculator's formula)", expanded=False):
 # --------------------------------------------------------------------------- start
 busy = R.read_lock()
 st.code(".venv/bin/python -m lab train " + " ".join(to_cli_args(cfg)), language="bash")
+with st.expander("Launch command for several GPUs (or CPU processes)"):
+    c1, c2, c3 = st.columns(3)
+    n_proc = c1.number_input("Processes", 1, 64, 2, help="One per GPU. Each trains on its share of every batch: "
+                             "the effective batch is batch size x grad accumulation x processes.", key="t_nproc")
+    mode = c2.selectbox("Mode", list(LAUNCH_MODES), format_func=lambda m: LAUNCH_MODES[m].label,
+                        help=" · ".join(f"**{t.label}**: {t.help}" for t in LAUNCH_MODES.values()), key="t_mode")
+    target = c3.selectbox("On", ["cuda", "cpu"], format_func={"cuda": "GPUs", "cpu": "CPU processes"}.get,
+                          help="GPUs: one process per GPU. CPU processes: DDP over gloo on this kind of machine.",
+                          key="t_target")
+    with friendly_errors("The launch command"):
+        launch = launch_command(cfg, int(n_proc), mode, target)
+        st.code(str(launch), language="bash")
+        for note in launch.notes:
+            st.caption(note)
 if busy is not None:
     st.warning(f"A training is already running: `{Path(busy['run_dir']).name}` (pid {busy['pid']}). "
                "One training at a time per server — stop it above or wait for it.", icon=":material/hourglass_top:")
@@ -257,7 +272,7 @@ if start:
     with friendly_errors("Starting the run"):
         cfg.validate(DEVICE)
         run_dir = run_dir_for(cfg, resolve_source(cfg.model))
-        args = to_cli_args(replace(cfg, output=""))[:-2]  # --output is added by start_training
+        args = to_cli_args(cfg, exclude=("output",))  # start_training adds --output
         proc = R.start_training(args, run_dir)
         st.session_state["train_run_dir"] = str(run_dir)
         st.session_state["train_proc"] = proc
@@ -268,6 +283,36 @@ if start:
 
 
 # --------------------------------------------------------------------------- history
+PUSH_TASK = "training_push"
+PUSH_RESULT = "training_push_result"
+
+
+def push_section(finished: list[R.RunStatus]) -> None:
+    """Push a run's adapter (or merged model) to the Hub, off the script thread."""
+    from lab.share.push import push_run
+
+    with st.expander("Push to the Hub"):
+        c1, c2 = st.columns([2, 3])
+        name = c1.selectbox("Run", [s.name for s in finished], key="t_push_run", help="A finished or stopped run of the comparison.")
+        repo = c2.text_input("Repo (owner/name)", placeholder="alice/smollm2-style-lora", key="t_push_repo",
+                             help="Created if needed. The token comes from HF_TOKEN or `hf auth login`.")
+        c1, c2, c3 = st.columns(3)
+        private = c1.checkbox("Private", key="t_push_private", help="Create the repo as private.")
+        merged = c2.checkbox("Merged model", key="t_push_merged", help="Push <run>/merged (base + adapter) instead of the adapter.")
+        if c3.button("Push", icon=":material/cloud_upload:", disabled=not repo.strip(), key="t_push"):
+            start_task(PUSH_TASK, lambda run, report, cancel: push_run(run, repo, private, merged), runs_dir() / name)
+
+        def keep(task) -> None:
+            st.session_state[PUSH_RESULT] = (task.status, task.error, task.result)
+
+        poll_task(PUSH_TASK, lambda task: st.caption(f"Uploading… {task.elapsed:.0f} s"), keep)
+        status, error, result = st.session_state.get(PUSH_RESULT, (None, None, None))
+        if status == "failed":
+            st.error(error, icon=":material/error:")
+        elif status == "done":
+            st.success(f"Pushed {len(result['files'])} files to {result['url']}", icon=":material/check_circle:")
+
+
 st.subheader("Run history")
 history = R.list_runs()
 if not history:
@@ -305,3 +350,4 @@ else:
 
                     out = merge_and_export(runs_dir() / target)
                     st.success(f"Merged model saved in `{out}`.")
+            push_section(finished)

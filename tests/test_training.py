@@ -140,7 +140,7 @@ def test_malformed_rows_refused_or_skipped_from_the_cli(tiny_model_dir, tmp_path
 def test_stop_lock_and_reattach_while_running(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path / "runs"))
     run_dir = tmp_path / "runs" / "stoppable"
-    args = to_cli_args(replace(quick(tiny_model_dir, tmp_path, max_steps=500, save_steps=1000), output=""))[:-2]
+    args = to_cli_args(quick(tiny_model_dir, tmp_path, max_steps=500, save_steps=1000), exclude=("output",))
     proc = R.start_training(args, run_dir)
     try:
         wait_for(lambda: R.run_status(run_dir, pid=proc.pid).logs, timeout=120)
@@ -168,7 +168,7 @@ def test_stop_lock_and_reattach_while_running(tiny_model_dir, tmp_path, monkeypa
 
 def test_sigterm_stops_and_a_killed_process_reads_as_failed(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path / "runs"))
-    args = to_cli_args(replace(quick(tiny_model_dir, tmp_path, max_steps=500, save_steps=2), output=""))[:-2]
+    args = to_cli_args(quick(tiny_model_dir, tmp_path, max_steps=500, save_steps=2), exclude=("output",))
     term = R.start_training(args, tmp_path / "runs" / "sigterm")
     try:
         wait_for(lambda: R.run_status(tmp_path / "runs" / "sigterm").logs)
@@ -283,3 +283,19 @@ def test_base_load_kwargs_for_data_parallel_and_fsdp(monkeypatch):
     assert "device_map" not in fsdp  # FSDP places the shards
     assert q.bnb_4bit_quant_storage == q.bnb_4bit_compute_dtype == fsdp["dtype"]
     assert "quantization_config" not in base_load_kwargs("fp32", "cpu")
+
+
+def test_failures_are_classified_with_what_to_do(tmp_path):
+    from lab.training.runner import classify_failure
+
+    cfg = default_config("cpu", batch_size=8, max_length=512)
+    (tmp_path / "checkpoints" / "checkpoint-10").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "checkpoint-9").mkdir()
+    status, error, hint = classify_failure(torch.OutOfMemoryError("CUDA out of memory"), cfg, 12, tmp_path)
+    assert status == "failed" and error == "Out of memory at step 12 (batch size 8, max length 512)."
+    assert "smaller batch size" in hint and hint.endswith(f"{tmp_path / 'checkpoints' / 'checkpoint-10'}.")
+    assert classify_failure(LabError("bad thing", "do this"), cfg, 0, tmp_path) == ("failed", "bad thing", "do this")
+    status, error, hint = classify_failure(PermissionError(13, "Permission denied", "/x/y"), cfg, 3, tmp_path)
+    assert error == "Could not write to disk: Permission denied (/x/y)." and hint.startswith("Free disk space")
+    status, error, hint = classify_failure(KeyError("lm_head"), cfg, 3, tmp_path / "empty")
+    assert error == "KeyError: 'lm_head'" and hint == "No checkpoint had been saved yet."

@@ -52,6 +52,28 @@ def test_page_trains_the_tiny_model_and_shows_history(tiny_model_dir, tmp_path, 
     history = at.dataframe[0].value
     assert list(history["run"]) == [run_dir.name] and "finished" in history["status"][0]
 
+    # the run folder carries its model card, and the history pushes it (tests are offline: a clear message)
+    assert (run_dir / "README.md").is_file() and (run_dir / "loss.png").is_file()
+    at.text_input(key="t_push_repo").set_value("me/tiny-style").run()
+    at.button(key="t_push").click().run()
+    at.session_state["training_push"].wait(30)
+    at.run()
+    assert any("offline mode is on" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_page_shows_the_launch_command_for_several_gpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path))
+    at = AppTest.from_file(PAGE, default_timeout=90).run()
+    at.number_input(key="t_nproc").set_value(4)
+    at.selectbox(key="t_mode").set_value("fsdp")
+    at.selectbox(key="t_target").set_value("cuda")
+    at.run()
+    assert not at.exception
+    assert any(c.value.startswith("accelerate launch --use_fsdp --num_processes 4 ") and " -m lab train " in c.value
+               for c in at.code), [c.value for c in at.code]
+    at.selectbox(key="t_target").set_value("cpu").run()
+    assert any("shards the base across CUDA GPUs" in e.value for e in at.error)
+
 
 def test_page_says_busy_and_reattaches_when_another_training_holds_the_lock(tmp_path, monkeypatch):
     import subprocess

@@ -1,7 +1,7 @@
 """`python -m lab <command>`: the library's features from the shell.
 
 Every module in `lab/cli/` (but this one) is a subcommand. Each defines NAME, HELP, `add_arguments(parser)`,
-`run(args) -> dict` (the --json payload) and `render(result) -> str` (the table for people),
+`run(args) -> dict` (the --json payload; None: print nothing) and `render(result) -> str` (the table for people),
 so a page and the CLI always go through the same library code.
 """
 
@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    if result is None:  # nothing to report (a non-zero rank of a multi-process training)
+        return 0
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> dict:
         print(f"\rexample {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
 
     result = evaluate(loaded, infos, examples, args.dataset, settings, on_progress=progress)
-    result.warnings = warnings
+    result.warnings[:0] = warnings  # base mismatches first, then anything evaluate() noted
     for path, text in ((args.markdown, to_markdown), (args.csv, to_csv)):
         if path:
             path.write_text(text(result))

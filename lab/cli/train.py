@@ -17,10 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace) -> dict | None:
+    from lab.training import distributed
     from lab.training.runner import train
 
-    return train(from_args(args))
+    result = train(from_args(args))
+    return result if distributed.is_main_process() else None  # one report per run, from rank 0
 
 
 def render(r: dict) -> str:

@@ -1,9 +1,13 @@
 """Find, inspect and validate LoRA adapters before they touch a loaded base model.
 
 An adapter comes from a training run in `runs/`, any folder holding `adapter_config.json` plus
-its weights, or a Hub id (online only). Everything here reads files only: a broken or foreign
-adapter is reported with a clear message *before* peft injects layers into the shared base
-model, so a bad adapter can never leave the base half-modified.
+its weights, or a Hub id (online only). Other tools save the same plain peft folders: TRL,
+Axolotl, LLaMA-Factory and Unsloth write `adapter_config.json` + `adapter_model.safetensors` (or
+the older `adapter_model.bin`) next to files of their own (trainer_state.json, training_args.bin,
+README.md, ...), and mid-training only `checkpoint-N/` subfolders: given such an output folder,
+the newest checkpoint is used. Everything here reads files only: a broken or foreign adapter is
+reported with a clear message *before* peft injects layers into the shared base model, so a bad
+adapter can never leave the base half-modified.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.errors import LabError
-from lab.paths import runs_dir
-from lab.training.events import RUN_FILE  # a training run's record, next to its adapter
+from lab.paths import RUN_FILE, runs_dir
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# Pre-quantized copies name the model they quantize plus a suffix (unsloth/Qwen2.5-0.5B-Instruct-bnb-4bit).
+_QUANT_SUFFIX = re.compile(r"(-unsloth)?(-bnb)?-(4|8)bit$")
 
 
 @dataclass
@@ -31,6 +37,7 @@ class AdapterInfo:
     kind: str  # 'run' | 'folder' | 'hub'
     config: dict = field(repr=False, default_factory=dict)
     run: dict = field(repr=False, default_factory=dict)  # lab_run.json of a training run, if any
+    run_dir: Path | None = None  # the folder holding that lab_run.json (the adapter's folder or its parent)
 
     @property
     def peft_type(self) -> str:
@@ -149,8 +156,9 @@ def inspect_adapter(source: str, name: str | None = None) -> AdapterInfo:
     else:
         raise LabError(f"Adapter folder {source!r} does not exist.", "Check the path, or pick a run from runs/.")
 
+    path = adapter_folder(path)
     if not (path / CONFIG_FILE).is_file():
-        raise LabError(f"{path} has no {CONFIG_FILE}, so it is not a peft adapter folder.",
+        raise LabError(f"{path} has no {CONFIG_FILE} (nor a checkpoint-N/ folder with one), so it is not a peft adapter folder.",
                        "Point at the folder a training run saved (it holds adapter_config.json).")
     config = _read_json(path / CONFIG_FILE, "Adapter config")
     peft_type = str(config.get("peft_type", "")).upper()
@@ -160,12 +168,25 @@ def inspect_adapter(source: str, name: str | None = None) -> AdapterInfo:
     if not any((path / f).is_file() for f in WEIGHT_FILES):
         raise LabError(f"Adapter {path} has a config but no weights ({' or '.join(WEIGHT_FILES)}).",
                        "The run may still be saving, or the copy is incomplete.")
-    run_file = next((p for p in (path / RUN_FILE, path.parent / RUN_FILE) if p.is_file()), None)
+    homes = [path, path.parent] + ([path.parent.parent] if path.parent.name == "checkpoints" else [])
+    run_file = next((p / RUN_FILE for p in homes if (p / RUN_FILE).is_file()), None)
     run = _read_json(run_file, "Run record") if run_file else {}
     label = name or run.get("name") or (path.name if path.name not in ("adapter", "final") else path.parent.name)
-    info = AdapterInfo(adapter_name(label), path, source, kind, config, run)
+    if _CHECKPOINT.match(path.name):  # output/checkpoint-500 -> "output-checkpoint-500"
+        label = name or f"{(run.get('name') or homes[-1].name)}-{path.name}"
+    info = AdapterInfo(adapter_name(label), path, source, kind, config, run, run_file.parent if run_file else None)
     adapter_shapes(info)  # a truncated or corrupt weights file fails here, with its name
     return info
+
+
+def adapter_folder(path: Path) -> Path:
+    """`path` when it holds adapter_config.json, else its newest checkpoint-N/ (or checkpoints/checkpoint-N/, the
+    lab's layout) that does: an output folder of a run still training, or of one that crashed before saving."""
+    if (path / CONFIG_FILE).is_file():
+        return path
+    found = [p for p in (*path.glob("checkpoint-*"), *path.glob("checkpoints/checkpoint-*"))
+             if _CHECKPOINT.match(p.name) and (p / CONFIG_FILE).is_file()]
+    return max(found, key=lambda p: int(_CHECKPOINT.match(p.name).group(1))) if found else path
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -200,7 +221,8 @@ def _names(text: str | None) -> set[str]:
     if not text:
         return set()
     text = str(text).rstrip("/\\")
-    return {text.lower(), re.split(r"[/\\]", text)[-1].lower()}
+    last = re.split(r"[/\\]", text)[-1].lower()
+    return {text.lower(), last, _QUANT_SUFFIX.sub("", last)}
 
 
 def base_mismatch(info: AdapterInfo, source) -> str | None:
@@ -212,8 +234,11 @@ def base_mismatch(info: AdapterInfo, source) -> str | None:
     recorded = [r for r in recorded if r]
     if not recorded:
         return None  # nothing recorded: nothing to compare; the shape check still guards loading
+    from lab.models.sources import folder_hub_id
+
+    origin = folder_hub_id(source.path) if getattr(source, "kind", None) == "folder" else None  # a Hub snapshot, say
     chosen = set().union(*(_names(x) for x in (source.spec, source.pretrained_id, source.display_name,
-                                                 getattr(source, "hub_id", None))))
+                                                 getattr(source, "hub_id", None), origin)))
     if any(_names(r) & chosen for r in recorded):
         return None
     return (f"Adapter {info.name} was trained on {recorded[-1]!r}, not on the chosen base "

@@ -203,7 +203,31 @@ def evaluate(
         rows.append(row)
         if on_progress:
             on_progress(i + 1, len(examples), row)
-    return EvalResult(dataset, names, metric, rows, time.perf_counter() - started)
+    result = EvalResult(dataset, names, metric, rows, time.perf_counter() - started)
+    if len(rows) == len(examples):  # a complete evaluation (not cancelled) goes on the runs' cards
+        result.warnings += record_in_runs(result, adapters, loaded)
+    return result
+
+
+def record_in_runs(result: EvalResult, adapters: list[AdapterInfo], loaded) -> list[str]:
+    """Record base vs adapter in the run folder of every adapter that came from a training run here, and
+    refresh its model card. Skipped: Hub downloads (the cache is not ours) and adapters evaluated on
+    another base than theirs (not the adapter's result). Returns warnings for records that failed."""
+    from lab.generate.adapters import base_mismatch
+    from lab.share.card import record_evaluation
+
+    metrics, notes = result.metrics(), []
+    for a in adapters:
+        if a.run_dir is None or a.kind == "hub" or base_mismatch(a, loaded.source):
+            continue
+        entry = {"dataset": result.dataset, "metric": result.metric, "examples": len(result.rows),
+                 "base": metrics[BASE_COLUMN], "adapter": metrics[a.name], "base_model": loaded.source.display_name,
+                 "precision": loaded.precision, "seconds": round(result.seconds, 2), "finished": time.time()}
+        try:
+            record_evaluation(a.run_dir, entry)
+        except (LabError, OSError) as e:
+            notes.append(f"Could not record the evaluation in {a.run_dir}: {e}")
+    return notes
 
 
 # --------------------------------------------------------------------------- reports

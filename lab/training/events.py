@@ -18,7 +18,6 @@ follow a run from another process and re-attach after a restart. Types:
 from __future__ import annotations
 
 import json
-import os
 import resource
 import sys
 import time
@@ -28,10 +27,11 @@ import torch
 from transformers import TrainerCallback
 
 from lab.errors import LabError
+from lab.paths import RUN_FILE  # noqa: F401  (re-exported: the run folder's file names live together here)
+from lab.training import distributed
 
 EVENTS_FILE = "events.jsonl"
 STOP_FILE = "STOP"
-RUN_FILE = "lab_run.json"
 PROCESS_LOG = "process.log"
 
 
@@ -117,6 +117,9 @@ class StopAndLogCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         reason = self.stop_requested()
+        # Every rank must stop after the same step, or the others wait forever in the next all-reduce.
+        if distributed.any_process(reason is not None, args.device) and reason is None:
+            reason = self.stop_reason = "stop requested on another process"
         if reason:
             control.should_training_stop = True
             if not self._announced:
@@ -154,7 +157,3 @@ class StopAndLogCallback(TrainerCallback):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         self._write("checkpoint", step=state.global_step, path=str(path))
 
-
-def env_is_main_process() -> bool:
-    """True unless this is a non-zero rank of a multi-process (accelerate/torchrun) launch."""
-    return int(os.environ.get("RANK", "0")) == 0

@@ -7,10 +7,13 @@ with TRL's SFTTrainer, and leave a reproducible adapter in the run folder.
       lab_run.json                                      everything needed to reproduce and compare it
       events.jsonl                                      the live event log (see events.py)
       checkpoints/checkpoint-N/                         the last checkpoints (kept after a crash)
-      merged/                                           optional: base + adapter merged (--merge)
+      README.md, loss.png                               the model card (lab.share.card) and its loss curve
+      evaluation.json, hub.json                         later: the latest evaluation, where it was pushed
+      merged/                                           optional: base + adapter merged (--merge), own card
 
 `train(cfg)` is the CLI's code path, and the page starts the CLI as a subprocess, so the page
-and the CLI run exactly the same code.
+and the CLI run exactly the same code. Under `accelerate launch`/`torchrun` every rank runs it;
+rank 0 alone writes the run folder (see distributed.py for what the ranks agree on).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import signal
 import sys
 import time
 import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,24 +38,22 @@ from lab.estimate.lora import resolve_targets
 from lab.models.architecture import read_architecture
 from lab.models.precision import bnb_config, get_precision, load_kwargs
 from lab.models.sources import ModelSource, hub_error, resolve_source
-from lab.paths import runs_dir
-from lab.training.config import TrainConfig, run_name, to_cli_args
-from lab.training.events import (
-    RUN_FILE,
-    STOP_FILE,
-    EventLog,
-    StopAndLogCallback,
-    env_is_main_process,
-    peak_memory_bytes,
-)
+from lab.training import distributed
+from lab.training.config import TrainConfig, run_dir_for, to_cli_args
+from lab.training.events import RUN_FILE, STOP_FILE, EventLog, StopAndLogCallback, peak_memory_bytes
 from lab.training.runs import acquire_lock, release_lock
 from lab.vocab import COMPUTE
 
 
-def resolve_run_dir(cfg: TrainConfig, source: ModelSource) -> Path:
-    if cfg.output:
-        return Path(cfg.output).expanduser().resolve()
-    return runs_dir() / run_name(cfg, source.display_name, ds.dataset_name(cfg.dataset))
+def open_run_dir(cfg: TrainConfig, source: ModelSource) -> Path:
+    """Create the run folder and take the training lock (rank 0 only; the other ranks receive the path)."""
+    run_dir = run_dir_for(cfg, source)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LabError(f"Could not create the run folder {run_dir}: {e.strerror or e}.", "Check disk space and permissions.") from e
+    acquire_lock(run_dir)
+    return run_dir
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -85,11 +88,6 @@ def load_base(source: ModelSource, precision: str, device: str):
     return model, tokenizer
 
 
-def fsdp_enabled() -> bool:
-    """True under `accelerate launch` with an FSDP config (accelerate sets this variable)."""
-    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
-
-
 def base_load_kwargs(precision: str, device: str) -> dict:
     """`from_pretrained` kwargs for the base: each data-parallel rank on its own GPU; under
     FSDP, 4-bit weights stored in the compute dtype so FSDP can shard them alongside the
@@ -98,7 +96,7 @@ def base_load_kwargs(precision: str, device: str) -> dict:
     if device == "cuda":
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     quant = kwargs.get("quantization_config")
-    if fsdp_enabled() and quant is not None and quant.load_in_4bit:
+    if distributed.fsdp_enabled() and quant is not None and quant.load_in_4bit:
         quant.bnb_4bit_quant_storage = quant.bnb_4bit_compute_dtype
         kwargs["dtype"] = quant.bnb_4bit_compute_dtype
         kwargs.pop("device_map", None)
@@ -140,6 +138,15 @@ def make_optimizer(model, cfg: TrainConfig, args):
                                      loraplus_weight_decay=cfg.weight_decay, **kwargs)
 
 
+def warmup_steps(ratio: float) -> float:
+    """TrainConfig's warmup ratio as TrainingArguments.warmup_steps, which reads a float in [0, 1) as a
+    fraction of the total steps and anything from 1 up as a step count (transformers 5 has no warmup_ratio).
+    Refuse a ratio it would misread as steps."""
+    if not 0.0 <= ratio < 1.0:
+        raise LabError(f"warmup_ratio={ratio} is not a fraction in [0, 1).", TrainConfig.help("warmup_ratio"))
+    return float(ratio)
+
+
 def sft_config(cfg: TrainConfig, run_dir: Path, device: str, has_eval: bool):
     from trl import SFTConfig
 
@@ -151,65 +158,103 @@ def sft_config(cfg: TrainConfig, run_dir: Path, device: str, has_eval: bool):
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, max_length=cfg.max_length,
         activation_checkpointing=cfg.gradient_checkpointing, optim=cfg.optimizer, lr_scheduler_type=cfg.scheduler,
-        warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed,
+        warmup_steps=warmup_steps(cfg.warmup_ratio), weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed,
         logging_steps=cfg.logging_steps, logging_first_step=True,
         eval_strategy="steps" if has_eval else "no", eval_steps=cfg.eval_steps if has_eval else None,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         bf16=half and dtype == torch.bfloat16, fp16=half and dtype == torch.float16, use_cpu=device == "cpu",
         report_to=[], disable_tqdm=True, dataloader_num_workers=0,
+        # Every LoRA weight takes part in every forward: DDP's search for unused ones is wasted work.
+        ddp_find_unused_parameters=False,
     )
 
 
 # --------------------------------------------------------------------------- the run
-def train(cfg: TrainConfig, echo=None) -> dict:
-    """Run one training described by `cfg`; returns the CLI's JSON payload. Raises LabError on
-    bad input or a failed run (after recording it in the run folder)."""
-    echo = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    device = device_type()
-    cfg.validate(device)
-    source = resolve_source(cfg.model)
-    targets = peft_target_modules(source, cfg.targets)
+@dataclass
+class TrainData:
+    """The checked dataset splits a run trains and evaluates on."""
+
+    train: ds.DatasetCheck
+    eval: ds.DatasetCheck | None
+
+
+def check_data(cfg: TrainConfig) -> TrainData:
     train_check = ds.check_dataset(cfg.dataset, "train", "skip" if cfg.skip_bad_rows else "refuse")
     eval_check = None
     if cfg.eval_steps > 0 and ds.has_split(cfg.dataset, "test"):
         eval_check = ds.check_dataset(cfg.dataset, "test", "skip")
-    run_dir = resolve_run_dir(cfg, source)
-    main = env_is_main_process()
+    return TrainData(train_check, eval_check)
 
-    log = None
-    if main:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise LabError(f"Could not create the run folder {run_dir}: {e.strerror or e}.", "Check disk space and permissions.") from e
-        acquire_lock(run_dir)
-        log = EventLog(run_dir)
+
+def train(cfg: TrainConfig, echo=None) -> dict:
+    """Run one training described by `cfg`; returns the CLI's JSON payload. Raises LabError on
+    bad input or a failed run (after recording it in the run folder)."""
+    distributed.check_launch()
+    main = distributed.is_main_process()
+    echo = (echo or (lambda msg: print(msg, file=sys.stderr, flush=True))) if main else (lambda msg: None)
+    device = device_type()
+    cfg.validate(device)
+    source = resolve_source(cfg.model)
+    targets = peft_target_modules(source, cfg.targets)
+    data = check_data(cfg)
+    run_dir = distributed.from_main(lambda: open_run_dir(cfg, source), device)
     try:
-        return _train_locked(cfg, source, targets, train_check, eval_check, run_dir, device, log, echo)
+        return _train_locked(cfg, source, targets, data, run_dir, device, EventLog(run_dir) if main else None, echo)
     finally:
         if main:
             release_lock()
 
 
-def _train_locked(cfg, source, targets, train_check, eval_check, run_dir: Path, device: str, log: EventLog | None,
-                  echo) -> dict:
-    import datasets
-    from datasets import Dataset
-    from trl import SFTTrainer
-
-    datasets.disable_progress_bars()
-
+def _train_locked(cfg: TrainConfig, source: ModelSource, targets, data: TrainData, run_dir: Path, device: str,
+                  log: EventLog | None, echo) -> dict:
     started = time.time()
     precision = get_precision(cfg.precision)
-    write = log.write if log else (lambda *a, **k: None)
+    info = run_record(cfg, source, precision.name, data, run_dir, device)
+    callback = StopAndLogCallback(log, run_dir, echo=echo)
+    trainer = None
+    status, error, hint = "failed", None, None
+    with stop_on_signals(callback):
+        try:
+            if log:
+                log.write("start", pid=os.getpid(), name=run_dir.name, config=cfg.to_dict(), command=info["command"],
+                          processes=info["processes"])
+                write_json_atomic(run_dir / RUN_FILE, info)
+            if data.train.problems:
+                echo(f"skipping {len(data.train.problems)} malformed row(s): {ds.describe_problems(data.train.problems)}")
+            echo(f"loading {source.display_name} at {precision.label} on {device}"
+                 + (f" ({info['processes']} processes)" if info["processes"] > 1 else ""))
+            trainer = build_trainer(cfg, source, targets, data, run_dir, device, info, callback, log, echo)
+            status, error = run_training(trainer, callback, info)
+            save_outputs(trainer, cfg, run_dir, info, log, echo)
+        except Exception as e:
+            status, error, hint = classify_failure(e, cfg, trainer.state.global_step if trainer else 0, run_dir)
+            if not isinstance(e, (LabError, OSError, torch.OutOfMemoryError)):
+                print(traceback.format_exc(), file=sys.stderr, flush=True)  # a bug: every rank shows its traceback
+    result = run_result(trainer, callback, info, run_dir, status, error, hint, round(time.time() - started, 2))
+    if log:
+        finish_record(info, result, trainer, run_dir, log, echo)
+    if status == "failed":
+        raise LabError(f"Training failed: {error}", hint)
+    return result
+
+
+def run_record(cfg: TrainConfig, source: ModelSource, precision: str, data: TrainData, run_dir: Path,
+               device: str) -> dict:
+    """lab_run.json as the run starts: everything needed to reproduce and compare it."""
+    p = get_precision(precision)
+    processes = distributed.world_size()
     command = [sys.executable, "-m", "lab", "train", *to_cli_args(cfg)]
-    info = {
-        "name": run_dir.name, "status": "running", "error": None, "created": started, "run_dir": str(run_dir),
+    if processes > 1:  # the launch that reproduces it: same processes, same per-process batch
+        launch = distributed.launch_command(cfg, processes, "fsdp" if distributed.fsdp_enabled() else "ddp", device)
+        command = launch.argv
+    train_check, eval_check = data.train, data.eval
+    return {
+        "name": run_dir.name, "status": "running", "error": None, "created": time.time(), "run_dir": str(run_dir),
         "base_model": {"spec": cfg.model, "display_name": source.display_name, "kind": source.kind,
                        "pretrained_id": source.pretrained_id},
-        "precision": precision.name, "precision_label": precision.label, "device": device,
+        "precision": p.name, "precision_label": p.label, "device": device, "processes": processes,
         "compute_dtype": str(compute_dtype(device)).removeprefix("torch."),
-        "bnb_config": _bnb_dict(precision.name, device),
+        "bnb_config": _bnb_dict(p.name, device),
         "lora": {"r": cfg.r, "alpha": cfg.alpha, "dropout": cfg.dropout, "targets": cfg.targets,
                  "use_rslora": cfg.use_rslora, "use_dora": cfg.use_dora, "loraplus_ratio": cfg.loraplus_ratio},
         "dataset": {"name": ds.dataset_name(cfg.dataset), "source": cfg.dataset, "format": train_check.format,
@@ -219,111 +264,131 @@ def _train_locked(cfg, source, targets, train_check, eval_check, run_dir: Path, 
         "config": cfg.to_dict(), "command": command,
         "versions": {lib: library_version(lib) for lib in LIBRARIES},
     }
-    # Stop on SIGTERM/SIGINT like on the STOP file: finish the step, save, exit. A second signal interrupts.
-    callback = StopAndLogCallback(log, run_dir, echo=echo)
-    previous = {}
 
+
+def build_trainer(cfg: TrainConfig, source: ModelSource, targets, data: TrainData, run_dir: Path, device: str,
+                  info: dict, callback: StopAndLogCallback, log: EventLog | None, echo):
+    """Load the base, add LoRA, tokenize the data and build the SFTTrainer; records sizes and load time in `info`."""
+    import datasets
+    from datasets import Dataset
+    from transformers import PrinterCallback, ProgressCallback, set_seed
+    from trl import SFTTrainer
+
+    datasets.disable_progress_bars()
+    precision = get_precision(cfg.precision)
+    t0 = time.time()
+    model, tokenizer = load_base(source, precision.name, device)
+    set_seed(cfg.seed)  # LoRA's A matrices are initialised here, before the Trainer seeds: same seed, same run
+    model = add_lora(model, cfg, precision.quantized, targets)
+    trainable, total = model.get_nb_trainable_parameters()
+    info["lora"].update(target_modules=sorted(model.peft_config["default"].target_modules),
+                        trainable_params=trainable, total_params=total)
+    info["durations"] = {"load_seconds": round(time.time() - t0, 2)}
+    train_ds = Dataset.from_list([ds.training_example(tokenizer, r) for r in data.train.rows])
+    eval_ds = (Dataset.from_list([ds.training_example(tokenizer, r) for r in data.eval.rows[: cfg.max_eval_rows]])
+               if data.eval else None)
+    info["dataset"]["token_lengths"] = ds.length_stats(ds.token_lengths(tokenizer, data.train.rows), cfg.max_length)
+    if log:
+        log.write("loaded", seconds=info["durations"]["load_seconds"], trainable_params=trainable, total_params=total,
+                  train_rows=len(train_ds), eval_rows=len(eval_ds) if eval_ds is not None else 0)
+    echo(f"LoRA: {trainable:,} trainable of {total:,} parameters; {len(train_ds)} training rows")
+
+    args = sft_config(cfg, run_dir, device, eval_ds is not None)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+                         callbacks=[callback], optimizers=(make_optimizer(model, cfg, args), None))
+    # The Trainer prints every log dict to stdout; the event log and our one-line progress replace it
+    # (stdout stays clean for --json).
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if precision.quantized and device == "cpu":
+        # TRL casts a quantized model's adapter weights to bf16 (the QLoRA paper's GPU recipe); on a CPU
+        # bf16 matmuls are ~20x slower, so train them in float32 like the rest of the CPU compute.
+        for p in trainer.model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    return trainer
+
+
+def run_training(trainer, callback: StopAndLogCallback, info: dict) -> tuple[str, str | None]:
+    """trainer.train(); (status, error): finished, or stopped on request (a second signal interrupts the step)."""
+    t1 = time.time()
+    try:
+        trainer.train()
+        status, error = ("stopped" if callback.stop_reason else "finished"), None
+    except KeyboardInterrupt:
+        status, error = "stopped", "Interrupted (second stop signal) before the step finished."
+    info["durations"]["train_seconds"] = round(time.time() - t1, 2)
+    return status, error
+
+
+def save_outputs(trainer, cfg: TrainConfig, run_dir: Path, info: dict, log: EventLog | None, echo) -> None:
+    """The adapter and tokenizer into the run folder, then the optional merged export (rank 0)."""
+    t2 = time.time()
+    save_adapter(trainer, run_dir)
+    if log:
+        log.write("saved", adapter_dir=str(run_dir))
+    info["durations"]["save_seconds"] = round(time.time() - t2, 2)
+    if cfg.merge and log:
+        echo("merging the adapter into the base model")
+        t3 = time.time()
+        merged = merge_and_export(run_dir)
+        info["merged_dir"] = str(merged)
+        info["durations"]["merge_seconds"] = round(time.time() - t3, 2)
+        log.write("merged", path=str(merged))
+
+
+def save_adapter(trainer, run_dir: Path) -> None:
+    """adapter_config.json + adapter_model.safetensors + tokenizer. Every rank calls it: under FSDP the
+    adapter's shards are gathered into a full state dict first (peft's FSDP recipe); rank 0 writes."""
+    if trainer.is_fsdp_enabled:
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(run_dir))
+    if distributed.is_main_process():
+        (run_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle of the Trainer's arguments: lab_run.json has them
+
+
+@contextmanager
+def stop_on_signals(callback: StopAndLogCallback):
+    """SIGTERM/SIGINT stop the run like the STOP file (finish the step, save, exit); a second one interrupts."""
     def on_signal(signum, frame):
         if callback.stop_reason:
             raise KeyboardInterrupt
         callback.stop_reason = f"signal {signal.Signals(signum).name}"
 
+    previous = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             previous[sig] = signal.signal(sig, on_signal)
         except ValueError:  # not the main thread (tests may call train() from a thread)
             pass
-    trainer = None
-    status, error, hint = "failed", None, None
     try:
-        if log:
-            write("start", pid=os.getpid(), name=run_dir.name, config=cfg.to_dict(), command=command)
-            write_json_atomic(run_dir / RUN_FILE, info)
-        if train_check.problems:
-            echo(f"skipping {len(train_check.problems)} malformed row(s): {ds.describe_problems(train_check.problems)}")
-        echo(f"loading {source.display_name} at {precision.label} on {device}")
-        t0 = time.time()
-        model, tokenizer = load_base(source, precision.name, device)
-        from transformers import set_seed
-
-        set_seed(cfg.seed)  # LoRA's A matrices are initialised here, before the Trainer seeds: same seed, same run
-        model = add_lora(model, cfg, precision.quantized, targets)
-        trainable, total = model.get_nb_trainable_parameters()
-        info["lora"].update(target_modules=sorted(model.peft_config["default"].target_modules),
-                            trainable_params=trainable, total_params=total)
-        info["durations"] = {"load_seconds": round(time.time() - t0, 2)}
-        train_ds = Dataset.from_list([ds.training_example(tokenizer, r) for r in train_check.rows])
-        eval_ds = (Dataset.from_list([ds.training_example(tokenizer, r) for r in eval_check.rows[: cfg.max_eval_rows]])
-                   if eval_check else None)
-        lengths = ds.token_lengths(tokenizer, train_check.rows)
-        info["dataset"]["token_lengths"] = ds.length_stats(lengths, cfg.max_length)
-        write("loaded", seconds=info["durations"]["load_seconds"], trainable_params=trainable, total_params=total,
-              train_rows=len(train_ds), eval_rows=len(eval_ds) if eval_ds is not None else 0)
-        echo(f"LoRA: {trainable:,} trainable of {total:,} parameters; {len(train_ds)} training rows")
-
-        args = sft_config(cfg, run_dir, device, eval_ds is not None)
-        optimizer = make_optimizer(model, cfg, args)
-        trainer = SFTTrainer(
-            model=model, args=args, train_dataset=train_ds,
-            eval_dataset=eval_ds, processing_class=tokenizer, callbacks=[callback],
-            optimizers=(optimizer, None),
-        )
-        # The Trainer prints every log dict to stdout; the event log and our one-line progress replace it
-        # (stdout stays clean for --json).
-        from transformers import PrinterCallback, ProgressCallback
-
-        trainer.remove_callback(PrinterCallback)
-        trainer.remove_callback(ProgressCallback)
-        if precision.quantized and device == "cpu":
-            # TRL casts a quantized model's adapter weights to bf16 (the QLoRA paper's GPU recipe); on a CPU
-            # bf16 matmuls are ~20x slower, so train them in float32 like the rest of the CPU compute.
-            for p in trainer.model.parameters():
-                if p.requires_grad:
-                    p.data = p.data.float()
-        t1 = time.time()
-        try:
-            trainer.train()
-            status = "stopped" if callback.stop_reason else "finished"
-        except KeyboardInterrupt:
-            status, error = "stopped", "Interrupted (second stop signal) before the step finished."
-        info.setdefault("durations", {})["train_seconds"] = round(time.time() - t1, 2)
-        t2 = time.time()
-        if log:
-            model.save_pretrained(run_dir)  # adapter_config.json + adapter_model.safetensors
-            tokenizer.save_pretrained(run_dir)
-            write("saved", adapter_dir=str(run_dir))
-        info["durations"]["save_seconds"] = round(time.time() - t2, 2)
-        if cfg.merge and log:
-            echo("merging the adapter into the base model")
-            t3 = time.time()
-            merged = merge_and_export(run_dir)
-            info["merged_dir"] = str(merged)
-            info["durations"]["merge_seconds"] = round(time.time() - t3, 2)
-            write("merged", path=str(merged))
-    except torch.OutOfMemoryError:
-        status = "failed"
-        error = f"Out of memory at step {trainer.state.global_step if trainer else 0} (batch size {cfg.batch_size}, max length {cfg.max_length})."
-        hint = ("Try a smaller batch size (with more gradient accumulation to keep the effective batch), a shorter max length, "
-                "gradient checkpointing, or a 4-bit precision. " + _last_checkpoint_note(run_dir))
-    except LabError as e:
-        status, error, hint = "failed", e.message, e.hint
-    except OSError as e:
-        status = "failed"
-        error = f"Could not write to disk: {e.strerror or e} ({getattr(e, 'filename', '') or run_dir})."
-        hint = "Free disk space or check permissions. " + _last_checkpoint_note(run_dir)
-    except Exception as e:  # a library error we did not anticipate: record it, never lose the run folder
-        status, error = "failed", f"{type(e).__name__}: {e}"
-        hint = _last_checkpoint_note(run_dir)
-        echo(traceback.format_exc())
+        yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
-    seconds = round(time.time() - started, 2)
-    history = [h for h in (trainer.state.log_history if trainer else [])]
-    result = {
+
+def classify_failure(exc: BaseException, cfg: TrainConfig, step: int, run_dir: Path) -> tuple[str, str, str | None]:
+    """(status, error, hint) for an exception that ended a run: what the person sees and can do about it."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return ("failed", f"Out of memory at step {step} (batch size {cfg.batch_size}, max length {cfg.max_length}).",
+                "Try a smaller batch size (with more gradient accumulation to keep the effective batch), a shorter max "
+                "length, gradient checkpointing, or a 4-bit precision. " + _last_checkpoint_note(run_dir))
+    if isinstance(exc, LabError):
+        return "failed", exc.message, exc.hint
+    if isinstance(exc, OSError):
+        return ("failed", f"Could not write to disk: {exc.strerror or exc} ({getattr(exc, 'filename', '') or run_dir}).",
+                "Free disk space or check permissions. " + _last_checkpoint_note(run_dir))
+    # a library error we did not anticipate: record it, never lose the run folder
+    return "failed", f"{type(exc).__name__}: {exc}", _last_checkpoint_note(run_dir)
+
+
+def run_result(trainer, callback: StopAndLogCallback, info: dict, run_dir: Path, status: str, error: str | None,
+               hint: str | None, seconds: float) -> dict:
+    """The CLI's JSON payload."""
+    return {
         "adapter_dir": str(run_dir), "name": run_dir.name, "status": status, "error": error, "hint": hint,
-        "steps": trainer.state.global_step if trainer else 0,
+        "steps": trainer.state.global_step if trainer else 0, "processes": info["processes"],
         "losses": list(callback.losses), "eval_losses": [loss for _, loss in callback.eval_losses],
         "final_loss": callback.losses[-1] if callback.losses else None,
         "final_eval_loss": callback.eval_losses[-1][1] if callback.eval_losses else None,
@@ -331,22 +396,42 @@ def _train_locked(cfg, source, targets, train_check, eval_check, run_dir: Path, 
         "tokens": callback.tokens, "tokens_per_second": round(callback.tokens_per_second, 2),
         "peak_memory_bytes": peak_memory_bytes(), "stop_reason": callback.stop_reason,
     }
-    if log:
-        info.update(status=status, error=error, hint=hint, finished=time.time(), log_history=history,
-                    summary={k: result[k] for k in ("steps", "final_loss", "final_eval_loss", "tokens", "tokens_per_second", "peak_memory_bytes", "stop_reason")})
-        info.setdefault("durations", {})["total_seconds"] = seconds
-        try:
-            write_json_atomic(run_dir / RUN_FILE, info)
-        except LabError as e:
-            error = error or e.message
-        try:
-            (run_dir / STOP_FILE).unlink(missing_ok=True)
-            write("end", status=status, error=error, hint=hint, summary=result)
-        except (LabError, OSError) as e:
-            echo(f"could not record the end of the run: {e}")
-    if status == "failed":
-        raise LabError(f"Training failed: {error}", hint)
-    return result
+
+
+SUMMARY_KEYS = ("steps", "final_loss", "final_eval_loss", "tokens", "tokens_per_second", "peak_memory_bytes", "stop_reason")
+
+
+def finish_record(info: dict, result: dict, trainer, run_dir: Path, log: EventLog, echo) -> None:
+    """Rank 0: the final lab_run.json, then the end event (the page reads the run as over from then on).
+    A failure to record is reported, never raised: the adapter is already saved."""
+    info.update(status=result["status"], error=result["error"], hint=result["hint"], finished=time.time(),
+                log_history=list(trainer.state.log_history) if trainer else [],
+                summary={k: result[k] for k in SUMMARY_KEYS})
+    info.setdefault("durations", {})["total_seconds"] = result["seconds"]
+    try:
+        write_json_atomic(run_dir / RUN_FILE, info)
+    except LabError as e:
+        result["error"] = result["error"] or e.message
+    if result["status"] != "failed" and (run_dir / "adapter_config.json").is_file():
+        write_cards(run_dir, info.get("merged_dir"), echo)
+    try:
+        (run_dir / STOP_FILE).unlink(missing_ok=True)
+        log.write("end", status=result["status"], error=result["error"], hint=result["hint"], summary=result)
+    except (LabError, OSError) as e:
+        echo(f"could not record the end of the run: {e}")
+
+
+def write_cards(run_dir: Path, merged_dir: str | None, echo) -> None:
+    """The model cards (run folder, merged export) from the final record; a card that cannot be written is
+    reported, never fatal: the adapter is saved."""
+    from lab.share.card import write_merged_card, write_run_card
+
+    try:
+        write_run_card(run_dir)
+        if merged_dir:
+            write_merged_card(run_dir, Path(merged_dir))
+    except Exception as e:  # a card is a convenience; the run's outcome stands
+        echo(f"could not write the model card: {type(e).__name__}: {e}")
 
 
 def _bnb_dict(precision: str, device: str) -> dict | None:
@@ -392,4 +477,7 @@ def merge_and_export(run_dir: Path, out_dir: Path | None = None) -> Path:
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise LabError(f"Could not write the merged model to {out_dir}: {e.strerror or e}.", "Free disk space; the adapter itself is saved.") from e
+    from lab.share.card import write_merged_card
+
+    write_merged_card(run_dir, out_dir)  # its own card: a standalone model, loaded without peft
     return out_dir
