@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from lab import policy
 from lab.cli.compare import add_model_arguments, load_base_and_adapters
 from lab.errors import LabError
 from lab.generate.evaluate import METRICS, EvalSettings, evaluate, load_examples, to_csv, to_markdown
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> dict:
     result.warnings = warnings
     for path, text in ((args.markdown, to_markdown), (args.csv, to_csv)):
         if path:
-            path.write_text(text(result))
+            policy.output_file(path).write_text(text(result))  # public mode: inside runs/ only
     return {**result.to_json(), "model": loaded.source.display_name, "precision": loaded.precision,
             "adapter_info": [i.to_json() for i in infos]}
 

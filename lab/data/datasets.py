@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab import policy
 from lab.errors import LabError
 from lab.generate.prompts import alpaca_prompt, build_chat_prompt, has_chat_template
 from lab.paths import ASSETS_DIR, runs_dir
@@ -57,6 +58,8 @@ def dataset_name(name_or_path: str) -> str:
     """Short name used in run names: the bundled name, a file's stem, or a Hub id's last part."""
     if name_or_path in list_datasets():
         return name_or_path
+    if policy.public_mode():
+        name_or_path = policy.check_dataset_source(name_or_path)
     p = Path(name_or_path)
     if p.is_dir():
         return p.name
@@ -70,6 +73,8 @@ def dataset_file(name_or_path: str, split: str = "train") -> Path | None:
     train/test files; a single file is its own (only) training split."""
     if split not in SPLITS:
         raise LabError(f"Unknown split {split!r}.", f"Choose one of: {', '.join(SPLITS)}.")
+    if policy.public_mode():  # bundled, uploaded (inside runs/uploads/) or allow-listed Hub datasets only
+        name_or_path = policy.check_dataset_source(name_or_path)
     if name_or_path in list_datasets():
         return DATASETS_DIR / name_or_path / f"{split}.jsonl"
     p = Path(name_or_path).expanduser()

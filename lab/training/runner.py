@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from lab import policy
 from lab.data import datasets as ds
 from lab.environment import LIBRARIES, compute_dtype, device_type, library_version
 from lab.errors import LabError
@@ -49,7 +50,7 @@ from lab.vocab import COMPUTE
 
 def resolve_run_dir(cfg: TrainConfig, source: ModelSource) -> Path:
     if cfg.output:
-        return Path(cfg.output).expanduser().resolve()
+        return policy.output_dir(cfg.output)  # public mode: a run name, always inside runs/
     return runs_dir() / run_name(cfg, source.display_name, ds.dataset_name(cfg.dataset))
 
 
