@@ -18,9 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from lab.training.queue import hand_over
     from lab.training.runner import train
 
-    return train(from_args(args))
+    try:
+        return train(from_args(args))
+    finally:
+        hand_over()  # the device is free: start the next queued run (lab.training.queue)
 
 
 def render(r: dict) -> str:
