@@ -18,12 +18,12 @@ def persistent_dir() -> Path | None:
     """The persistent storage to keep runs and caches in, or None.
 
     QLORA_LAB_DATA names it explicitly (tests point it at a temporary folder); otherwise it is
-    /data inside a Space (SPACE_ID set). Only an existing folder counts: a Space without
-    persistent storage keeps the defaults. Outside a Space /data is not looked at, so an
-    unrelated /data on a Linux box never captures a laptop's runs."""
+    /data inside a Space (SPACE_ID set). Only an existing, writable folder counts: a Space
+    without persistent storage keeps the defaults. Outside a Space /data is not looked at, so
+    an unrelated /data on a Linux box never captures a laptop's runs."""
     env = os.environ.get("QLORA_LAB_DATA")
     candidate = Path(env).expanduser() if env else (SPACE_DATA_DIR if os.environ.get("SPACE_ID") else None)
-    if candidate is None or not candidate.is_dir():
+    if candidate is None or not candidate.is_dir() or not os.access(candidate, os.W_OK):
         return None
     return candidate / PERSISTENT_SUBDIR
 

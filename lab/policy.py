@@ -275,7 +275,7 @@ def check_model_spec(spec: str) -> tuple[str, str]:
         return "catalog", by_name[spec.lower()]
     if looks_like_path(spec) or not is_hub_id(spec):
         raise LabError(f"Model {spec!r} is not allowed here. {NO_PATHS}",
-                       f"Pick '{EMBEDDED}', a catalog name ({', '.join(catalog_names())}), or a Hub id (owner/name).")
+                       f"Pick '{EMBEDDED}', a catalog name (e.g. {', '.join(catalog_names()[:3])}), or a Hub id (owner/name).")
     admit_hub_model(spec)
     return "hub", spec
 
@@ -306,10 +306,11 @@ def check_dataset_source(source: str) -> str:
         raise LabError(f"Hub dataset {text!r} is not allow-listed on this server.",
                        f"Pick a bundled dataset ({', '.join(list_datasets())}) or upload a file.")
     path = Path(text)
-    if not path.is_absolute() or ".." in path.parts or not _under(path, uploads_dir()):
+    lexically_in_uploads = path.is_absolute() and Path(os.path.abspath(uploads_dir())) in path.parents
+    if ".." in path.parts or not lexically_in_uploads:
         raise LabError(f"Dataset {text!r} is not allowed here. {NO_PATHS}",
                        f"Pick a bundled dataset ({', '.join(list_datasets())}) or upload a file.")
-    return str(inside(path, uploads_dir()))
+    return str(inside(path, uploads_dir()))  # an upload that is a symlink out of runs/ is refused here
 
 
 def _under(path: Path, root: Path) -> bool:

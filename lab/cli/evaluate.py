@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     if args.limit is not None and args.limit < 0:
         raise LabError(f"--limit must be 0 (all) or positive, got {args.limit}.")
-    examples = load_examples(args.dataset, args.limit or None)  # a bad dataset fails before the model loads
+    reports = [(policy.output_file(path), text) for path, text in ((args.markdown, to_markdown), (args.csv, to_csv)) if path]
+    examples = load_examples(args.dataset, args.limit or None)  # a bad dataset or report path fails before the model loads
     loaded, infos, warnings = load_base_and_adapters(args)
     settings = EvalSettings(limit=args.limit or None, metric=args.metric, max_new_tokens=args.max_new_tokens)
     def progress(done: int, total: int, row: dict) -> None:  # stderr, so --json output stays clean
@@ -41,9 +42,8 @@ def run(args: argparse.Namespace) -> dict:
 
     result = evaluate(loaded, infos, examples, args.dataset, settings, on_progress=progress)
     result.warnings = warnings
-    for path, text in ((args.markdown, to_markdown), (args.csv, to_csv)):
-        if path:
-            policy.output_file(path).write_text(text(result))  # public mode: inside runs/ only
+    for path, text in reports:  # public mode: inside runs/ only
+        path.write_text(text(result))
     return {**result.to_json(), "model": loaded.source.display_name, "precision": loaded.precision,
             "adapter_info": [i.to_json() for i in infos]}
 

@@ -158,8 +158,8 @@ def _dispatch_lock(wait: float = 30.0):
 def dispatch() -> Path | None:
     """Start the oldest queued run if the device is free; return its folder, or None."""
     reap()
-    if not runs_dir().is_dir() or (R.read_lock() is not None):
-        return None  # the cheap answer for the common case: a training is running
+    if not runs_dir().is_dir() or not waiting() or R.read_lock() is not None:
+        return None  # the cheap answers for the common cases: nothing queued, or a training is running
     with _dispatch_lock():
         lock_fd = R.take_lock(wait=0.5)  # a page probing the lock at this instant must not skip a turn
         if lock_fd is None:
