@@ -102,3 +102,14 @@ def test_the_session_board_forgets_closed_sessions():
     snap = board.snapshot(lambda s: s in alive)
     assert [(a.session, a.page, a.doing) for a in snap] == [("s1", "Training", "queued run x (1st in line)")]
     assert board.snapshot() == snap  # s2 is gone for good
+
+
+def test_the_admin_token_is_checked_whole():
+    from lab.serve.admin import admin_enabled, check_admin_token, weak_token
+
+    env = {"QLORA_LAB_ADMIN_TOKEN": "correct-horse-battery-staple"}
+    assert admin_enabled(env) and not admin_enabled({}) and not admin_enabled({"QLORA_LAB_ADMIN_TOKEN": " "})
+    assert check_admin_token("correct-horse-battery-staple", env)
+    assert not check_admin_token("correct-horse", env) and not check_admin_token("", env) and not check_admin_token(None, env)
+    assert not check_admin_token("anything", {})  # no token set: nobody is the instructor
+    assert weak_token({"QLORA_LAB_ADMIN_TOKEN": "1234"}) and not weak_token(env)
