@@ -45,7 +45,8 @@ class AppServer:
         cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
                "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
         self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        env = {**os.environ, "QLORA_LAB_QUEUE_WATCH": "1", **(env or {})}
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
     def wait_healthy(self, timeout: float = 60) -> None:
         deadline = time.time() + timeout
