@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
+from lab import policy
 from lab.environment import environment_report
 from lab.errors import LabError
 from lab.models.registry import ModelRegistry
@@ -24,7 +25,7 @@ from lab.serve.sessions import SessionBoard
 from lab.tasks import BackgroundTask
 from lab.training import owners
 from lab.training.queue import QueueWatcher
-from lab.units import fmt_bytes
+from lab.units import fmt_bytes, fmt_count
 
 log = logging.getLogger("qlora_lab.ui")
 
@@ -144,6 +145,33 @@ def owner_token() -> str:
 def is_admin() -> bool:
     """This session typed the instructor's token on the instructor's page."""
     return bool(st.session_state.get("lab_admin")) and admin_enabled()
+
+
+# --------------------------------------------------------------------------- inputs that obey public mode
+HUB_CHOICE = "Hub id…"
+
+
+def model_field(label: str, default: str, key: str, help: str, weights: bool = True, disabled: bool = False) -> str:
+    """A model input. Local mode: free text (a folder, a config.json, a catalog name or a Hub id), as
+    always. Public mode (lab.policy): a picker of what this server allows — 'embedded', the catalog
+    when no weights are needed, or a Hub id, which is checked against the parameter cap."""
+    if not policy.public_mode():
+        return st.text_input(label, default, key=key, help=help, disabled=disabled)
+    from lab.models.sources import EMBEDDED, catalog_names
+
+    options = [EMBEDDED, *([] if weights else catalog_names()), HUB_CHOICE]
+    choice = st.selectbox(label, options, index=options.index(default) if default in options else 0, key=key, disabled=disabled,
+                          help=help + " On this public server: no server paths; Hub models up to "
+                          f"{fmt_count(policy.limits().max_params)} parameters or on the instructor's allow-list.")
+    if choice != HUB_CHOICE:
+        return choice
+    return st.text_input("Hub id", key=f"{key}_hub", placeholder="owner/name", disabled=disabled,
+                         help="Its size is computed from its config.json before anything is downloaded.").strip()
+
+
+def keep_upload(upload) -> str:
+    """Save an st.file_uploader file inside runs/uploads/ (size-capped in public mode) and return its path."""
+    return str(policy.save_upload(upload.name, upload.getvalue()))
 
 
 @st.cache_data(ttl=30, show_spinner=False)

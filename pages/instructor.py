@@ -16,7 +16,6 @@ from lab.inspect.measure import measure_model
 from lab.serve.admin import check_admin_token, weak_token
 from lab.training import owners
 from lab.training import queue as Q
-from lab.training import runs as R
 from lab.units import fmt_bytes
 from pages._ui import friendly_errors, is_admin, model_registry, server_services, session_alive
 
@@ -74,7 +73,7 @@ def training_section() -> None:
     if active is None:
         st.caption("No training is running." + (" The queue starts its next run within seconds." if line else ""))
     else:
-        remaining = Q.remaining_seconds(active, [s for s in R.list_runs() if s.logs])
+        remaining = Q.remaining_seconds(active, Q.timed_runs())
         st.markdown(f"**Running:** `{active.name}` — {active.status}, step {active.step} / {active.max_steps or '?'}, "
                     f"ends in {_eta(remaining)}")
         if st.button("Stop the running run", icon=":material/stop:", disabled=active.status == "stopping",

@@ -6,7 +6,6 @@ import argparse
 
 from lab.training import owners
 from lab.training import queue as Q
-from lab.training import runs as R
 from lab.units import format_table
 
 NAME = "queue"
@@ -26,7 +25,7 @@ def run(args: argparse.Namespace) -> dict:
     running = None
     if active is not None:
         running = {"name": active.name, "status": active.status, "step": active.step, "max_steps": active.max_steps,
-                   "remaining_seconds": Q.remaining_seconds(active, [s for s in R.list_runs() if s.logs])}
+                   "remaining_seconds": Q.remaining_seconds(active, Q.timed_runs())}
     return {"running": running, "queued": [q.to_json() for q in line], "stopped": stopped}
 
 

@@ -263,10 +263,24 @@ def remaining_seconds(active: R.RunStatus, history: list[R.RunStatus], now: floa
     return max(0.0, startup - (now - begun)) + steps * per_step
 
 
+_timed: dict[str, tuple[float, list[R.RunStatus]]] = {}
+
+
+def timed_runs(ttl: float = 5.0) -> list[R.RunStatus]:
+    """Runs that logged steps (the timings estimates go by), re-read at most every `ttl` seconds: a room
+    of pages polling the queue every second or two must not re-read every run's event log each time."""
+    key = str(runs_dir())
+    hit = _timed.get(key)
+    if hit is None or time.monotonic() - hit[0] > ttl:
+        hit = (time.monotonic(), [s for s in R.list_runs() if s.logs])
+        _timed[key] = hit
+    return hit[1]
+
+
 def queue_state(now: float | None = None) -> tuple[R.RunStatus | None, list[QueuedRun]]:
     """The running run and the queued ones with position, predicted duration and estimated start."""
     now = now or time.time()
-    history = [s for s in R.list_runs() if s.logs]
+    history = timed_runs()
     active = R.active_run()
     line = waiting()
     wait = remaining_seconds(active, history, now) if active is not None else 0.0
