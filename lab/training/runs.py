@@ -2,6 +2,7 @@
 `python -m lab train` as its own process.
 
 A run's status comes from its files and its process, never from a UI's memory:
+- queued.json and no events -> queued (waiting its turn: lab.training.queue);
 - an `end` event in events.jsonl -> finished / stopped / failed (with the error);
 - no end event and the process that wrote `start` is alive -> running (or stopping);
 - no end event and that process is gone -> failed ("the process exited without an end event").
