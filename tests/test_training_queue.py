@@ -115,12 +115,12 @@ def test_a_restarted_server_picks_the_queue_up(tiny_model_dir, runs):
 
 
 def test_racing_dispatchers_start_one_run_once(tiny_model_dir, runs):
-    """Six processes call dispatch() at once over two queued runs: exactly one run starts, once."""
+    """Four processes call dispatch() at once over two queued runs: exactly one run starts, once."""
     long = to_cli_args(replace(cfg(tiny_model_dir, max_steps=500), output=""))
     queued_by_hand(runs, "a", at_ns=1, args=long)
     queued_by_hand(runs, "b", at_ns=2, args=long)
     code = "from lab.training.queue import dispatch; r = dispatch(); print(r.name if r else '-')"
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True) for _ in range(6)]
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True) for _ in range(4)]
     outs = [p.communicate(timeout=180)[0].strip() for p in procs]
     try:
         assert [o for o in outs if o != "-"] == ["a"], outs
@@ -165,6 +165,17 @@ def test_positions_and_estimated_starts_from_recent_seconds_per_step(runs):
     assert Q.remaining_seconds(running, [], now=last["time"] + 1.0) == pytest.approx(0.0)
     mid = replace(running, events=[e for e in running.events if e["type"] != "end" and e.get("step", 0) <= 4])
     assert Q.remaining_seconds(mid, [], now=mid.last_log["time"] + 3.0) == pytest.approx(6 * 2.0 - 3.0)
+
+
+def test_a_bad_run_is_refused_before_it_queues(tiny_model_dir, runs, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a"}\n')
+    with pytest.raises(LabError, match="No row has the fields of a known form"):
+        Q.submit(cfg(tiny_model_dir, dataset=str(bad)), name="never")
+    with pytest.raises(LabError, match="Run name 'a/b' is not allowed"):
+        Q.submit(cfg(tiny_model_dir), name="a/b")
+    assert not runs.exists() or not [p for p in runs.iterdir() if not p.name.startswith(".")]
+    assert Q.planned_steps(cfg(tiny_model_dir, max_steps=-1, epochs=2.0, batch_size=4, grad_accum=2), rows=60) == 15
 
 
 def test_no_history_means_no_estimate(runs):

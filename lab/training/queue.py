@@ -70,16 +70,10 @@ class QueuedRun:
 
 
 # --------------------------------------------------------------------------- submitting
-def planned_steps(cfg: TrainConfig) -> int | None:
-    """Optimizer steps the run will take: max_steps, or epochs over the training rows."""
+def planned_steps(cfg: TrainConfig, rows: int) -> int:
+    """Optimizer steps the run will take: max_steps, or epochs over `rows` training rows."""
     if cfg.max_steps > 0:
         return cfg.max_steps
-    try:
-        from lab.data.datasets import check_dataset
-
-        rows = len(check_dataset(cfg.dataset, "train", "skip").rows)
-    except LabError:
-        return None
     return max(1, math.ceil(cfg.epochs * math.ceil(rows / cfg.batch_size) / cfg.grad_accum))
 
 
@@ -87,17 +81,18 @@ def submit(cfg: TrainConfig, owner: str | None = None, name: str | None = None) 
     """Queue a run (its folder is created now, with its owner), and start it at once if the device
     is free. `owner`: the submitting session's token (see owners); `name`: a run name, else the
     lab's {base}-{dataset}_SFT_LoRa{r}_{PRECISION}-<timestamp>."""
-    from lab.data.datasets import dataset_name
+    from lab.data.datasets import check_dataset, dataset_name
     from lab.environment import device_type
     from lab.models.sources import resolve_source
 
     cfg.validate(device_type())
-    source = resolve_source(cfg.model)  # a bad model (or, in public mode, a refused one) fails before queueing
+    source = resolve_source(cfg.model)  # a bad model or dataset (or, in public mode, a refused one) fails now, not in its turn
+    rows = len(check_dataset(cfg.dataset, "train", "skip" if cfg.skip_bad_rows else "refuse").rows)
     name = policy.check_run_name(name) if name else run_name(cfg, source.display_name, dataset_name(cfg.dataset))
     run_dir = R.make_run_dir(policy.run_folder(name))
     if owner:
         owners.record_owner(run_dir, owner)
-    entry = {"queued_at": time.time(), "queued_ns": time.time_ns(), "planned_steps": planned_steps(cfg),
+    entry = {"queued_at": time.time(), "queued_ns": time.time_ns(), "planned_steps": planned_steps(cfg, rows),
              "config": cfg.to_dict(), "args": to_cli_args(replace(cfg, output=""))}
     _write_json(run_dir / R.QUEUE_FILE, entry)
     dispatch()
