@@ -95,7 +95,8 @@ def test_a_second_run_queues_then_starts_when_the_first_ends(tiny_model_dir, run
     assert "started the next queued run: second" in (runs / "first" / "process.log").read_text()
     first_end = R.run_status(runs / "first").end["time"]
     assert s2.events[0]["type"] == "start" and s2.events[0]["time"] >= first_end  # one at a time
-    assert Q.waiting() == [] and R.read_lock() is None
+    assert Q.waiting() == []
+    wait_for(lambda: R.read_lock() is None, timeout=60)  # the process exits (and frees the device) just after its end event
     assert {s.name for s in R.list_runs()} == {"first", "second"}  # the history, for everyone
 
 
