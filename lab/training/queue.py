@@ -14,7 +14,7 @@ Who starts the next run: `dispatch()`, called
 
 `dispatch()` is race-free: it runs under an exclusive flock on runs/.queue.lock, takes the
 training lock itself, and hands that lock to the process it starts (see runs.acquire_lock), after
-renaming `queued.json` to `launched.json` so a run is never started twice. Any number of
+replacing `queued.json` by `launched.json` so a run is never started twice. Any number of
 dispatchers (servers, pages, finishing runs) can call it at the same time.
 """
 
@@ -162,10 +162,12 @@ def dispatch() -> Path | None:
         try:
             for q in waiting():
                 entry = R.read_marker(q.run_dir, R.QUEUE_FILE)
-                try:
-                    os.replace(q.run_dir / R.QUEUE_FILE, q.run_dir / R.LAUNCH_FILE)  # never started twice
-                except FileNotFoundError:
+                if not entry:
                     continue  # cancelled meanwhile
+                # launched.json first, then queued.json goes: a reader sees "queued" or "starting", never nothing,
+                # and the run cannot be taken again (all of this under the queue lock).
+                _write_json(q.run_dir / R.LAUNCH_FILE, {**entry, "launching_at": time.time()})
+                (q.run_dir / R.QUEUE_FILE).unlink()
                 try:
                     proc = R.spawn(_cli_args(entry), q.run_dir, lock_fd)
                 except OSError as e:
@@ -173,7 +175,7 @@ def dispatch() -> Path | None:
                                               hint="Check disk space and the Python environment.")
                     continue
                 _children.append(proc)
-                _write_json(q.run_dir / R.LAUNCH_FILE, {**entry, "pid": proc.pid, "launched_at": time.time()})
+                _write_json(q.run_dir / R.LAUNCH_FILE, {**entry, "pid": proc.pid, "launching_at": time.time()})
                 return q.run_dir
             return None
         finally:

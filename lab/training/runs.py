@@ -27,6 +27,7 @@ LOCK_FILE = ".train.lock"
 HOLDER_FILE = ".train.json"
 QUEUE_FILE = "queued.json"  # in a run folder while it waits in the queue (see lab.training.queue)
 LAUNCH_FILE = "launched.json"  # written when the queue starts it: the pid, before its start event
+LAUNCH_GRACE = 60.0  # seconds a run being launched reads as "starting" before its process is known
 
 
 # --------------------------------------------------------------------------- processes
@@ -244,8 +245,11 @@ def run_status(run_dir: Path, pid: int | None = None) -> RunStatus:
     starts = [e for e in events if e["type"] == "start"]
     if not events and (run_dir / QUEUE_FILE).is_file():
         return RunStatus(run_dir, "queued")
-    pid = starts[-1]["pid"] if starts else (pid or read_marker(run_dir, LAUNCH_FILE).get("pid"))
+    launch = read_marker(run_dir, LAUNCH_FILE)
+    pid = starts[-1]["pid"] if starts else (pid or launch.get("pid"))
     s = RunStatus(run_dir, "starting", pid=pid, events=events)
+    if not events and pid is None and time.time() - launch.get("launching_at", 0) < LAUNCH_GRACE:
+        return s  # the queue is starting it this instant
     for e in events:
         if e["type"] == "train_begin":
             s.max_steps = e.get("max_steps") or 0
