@@ -52,19 +52,33 @@ def _f(default, help: str, env: str):
 class Limits:
     """Public mode's limits. Each comes from an environment variable (named in `env`)."""
 
-    max_params: int = _f(4_000_000_000, "Largest Hub model (parameters, computed from its config.json before any "
-                         "download) a visitor may load. Accepts 4e9 or 4B.", "QLORA_LAB_MAX_PARAMS")
-    hub_allow: tuple[str, ...] = _f((), "Hub ids always allowed whatever their size, comma separated; 'owner/*' "
-                                    "allows an owner's repos. Also the only Hub adapters and datasets allowed.",
-                                    "QLORA_LAB_HUB_ALLOW")
-    max_upload_bytes: int = _f(20_000_000, "Largest dataset or test file a visitor may upload (MB).",
-                               "QLORA_LAB_MAX_UPLOAD_MB")
-    max_config_bytes: int = _f(512_000, "Largest config.json read from an upload or the Hub (KB).", "QLORA_LAB_MAX_CONFIG_KB")
-    max_layers: int = _f(1024, "Most layers a config may declare (any '*layers' count, n_layer): the architecture "
-                         "reader builds every layer, so 100,000 layers would keep a server thread busy for minutes.",
-                         "QLORA_LAB_MAX_LAYERS")
-    config_seconds: float = _f(10.0, "Time budget for reading an uploaded or Hub config.json into an architecture.",
-                               "QLORA_LAB_CONFIG_SECONDS")
+    max_params: int = _f(
+        4_000_000_000,
+        "Largest Hub model (parameters, computed from its config.json before any "
+        "download) a visitor may load. Accepts 4e9 or 4B.",
+        "QLORA_LAB_MAX_PARAMS",
+    )
+    hub_allow: tuple[str, ...] = _f(
+        (),
+        "Hub ids always allowed whatever their size, comma separated; 'owner/*' "
+        "allows an owner's repos. Also the only Hub adapters and datasets allowed.",
+        "QLORA_LAB_HUB_ALLOW",
+    )
+    max_upload_bytes: int = _f(
+        20_000_000, "Largest dataset or test file a visitor may upload (MB).", "QLORA_LAB_MAX_UPLOAD_MB"
+    )
+    max_config_bytes: int = _f(
+        512_000, "Largest config.json read from an upload or the Hub (KB).", "QLORA_LAB_MAX_CONFIG_KB"
+    )
+    max_layers: int = _f(
+        1024,
+        "Most layers a config may declare (any '*layers' count, n_layer): the architecture "
+        "reader builds every layer, so 100,000 layers would keep a server thread busy for minutes.",
+        "QLORA_LAB_MAX_LAYERS",
+    )
+    config_seconds: float = _f(
+        10.0, "Time budget for reading an uploaded or Hub config.json into an architecture.", "QLORA_LAB_CONFIG_SECONDS"
+    )
 
     @classmethod
     def help(cls, name: str) -> str:
@@ -78,10 +92,16 @@ class Limits:
         return cls(
             max_params=_count(env.get("QLORA_LAB_MAX_PARAMS"), d.max_params, "QLORA_LAB_MAX_PARAMS"),
             hub_allow=allow,
-            max_upload_bytes=int(_count(env.get("QLORA_LAB_MAX_UPLOAD_MB"), d.max_upload_bytes / 1e6, "QLORA_LAB_MAX_UPLOAD_MB") * 1e6),
-            max_config_bytes=int(_count(env.get("QLORA_LAB_MAX_CONFIG_KB"), d.max_config_bytes / 1e3, "QLORA_LAB_MAX_CONFIG_KB") * 1e3),
+            max_upload_bytes=int(
+                _count(env.get("QLORA_LAB_MAX_UPLOAD_MB"), d.max_upload_bytes / 1e6, "QLORA_LAB_MAX_UPLOAD_MB") * 1e6
+            ),
+            max_config_bytes=int(
+                _count(env.get("QLORA_LAB_MAX_CONFIG_KB"), d.max_config_bytes / 1e3, "QLORA_LAB_MAX_CONFIG_KB") * 1e3
+            ),
             max_layers=int(_count(env.get("QLORA_LAB_MAX_LAYERS"), d.max_layers, "QLORA_LAB_MAX_LAYERS")),
-            config_seconds=float(_count(env.get("QLORA_LAB_CONFIG_SECONDS"), d.config_seconds, "QLORA_LAB_CONFIG_SECONDS")),
+            config_seconds=float(
+                _count(env.get("QLORA_LAB_CONFIG_SECONDS"), d.config_seconds, "QLORA_LAB_CONFIG_SECONDS")
+            ),
         )
 
     def to_json(self) -> dict:
@@ -121,8 +141,13 @@ def limits() -> Limits:
 # --------------------------------------------------------------------------- paths
 def looks_like_path(text: str) -> bool:
     t = text.strip()
-    return (t.startswith(("/", "~", ".", "\\")) or ".." in t or "\\" in t or t.count("/") > 1
-            or bool(re.match(r"^[A-Za-z]:", t)))
+    return (
+        t.startswith(("/", "~", ".", "\\"))
+        or ".." in t
+        or "\\" in t
+        or t.count("/") > 1
+        or bool(re.match(r"^[A-Za-z]:", t))
+    )
 
 
 def inside(path: Path, root: Path) -> Path:
@@ -157,8 +182,10 @@ def check_run_name(name: str) -> str:
     if RUN_NAME.match(name) and ".." not in name:
         return name
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-")[:120].replace("..", ".")
-    raise LabError(f"Run name {name!r} is not allowed: use letters, digits, '.', '_' and '-' only (no '/', no leading dot).",
-                   f"For example {safe or 'my-run'!r}.")
+    raise LabError(
+        f"Run name {name!r} is not allowed: use letters, digits, '.', '_' and '-' only (no '/', no leading dot).",
+        f"For example {safe or 'my-run'!r}.",
+    )
 
 
 def output_dir(output: str) -> Path:
@@ -171,7 +198,9 @@ def output_dir(output: str) -> Path:
     if path.is_absolute() or "/" in text or "\\" in text:
         folder = run_folder(text)
         if folder.parent != Path(os.path.realpath(runs_dir())):
-            raise LabError(f"Output {text!r} is not a run folder directly inside runs/.", f"{NO_PATHS} Give a run name.")
+            raise LabError(
+                f"Output {text!r} is not a run folder directly inside runs/.", f"{NO_PATHS} Give a run name."
+            )
         check_run_name(folder.name)
         return folder
     return run_folder(check_run_name(text))
@@ -207,12 +236,16 @@ def _fetch_hub_config(hub_id: str, max_bytes: int) -> dict:
     try:
         path = Path(hf_hub_download(hub_id, "config.json"))
     except Exception as e:  # offline, unknown, gated, no config.json
-        raise LabError(f"Could not fetch the config.json of {hub_id!r} from the Hub ({type(e).__name__}), so its size "
-                       "cannot be checked before downloading.",
-                       "Check the id and the network; or pick 'embedded' or a catalog name.") from e
+        raise LabError(
+            f"Could not fetch the config.json of {hub_id!r} from the Hub ({type(e).__name__}), so its size "
+            "cannot be checked before downloading.",
+            "Check the id and the network; or pick 'embedded' or a catalog name.",
+        ) from e
     size = path.stat().st_size
     if size > max_bytes:
-        raise LabError(f"The config.json of {hub_id!r} is {fmt_bytes(size)}, above the {fmt_bytes(max_bytes)} a config may have.")
+        raise LabError(
+            f"The config.json of {hub_id!r} is {fmt_bytes(size)}, above the {fmt_bytes(max_bytes)} a config may have."
+        )
     return read_config_bytes(path.read_bytes(), f"{hub_id}/config.json", max_bytes)
 
 
@@ -242,14 +275,18 @@ def _admitted(hub_id: str, max_params: int, allow: tuple[str, ...]) -> int | Non
     arch = architecture_within_limits(data, hub_id, lim)
     params = arch.params_total
     if params > max_params:
-        raise LabError(f"Hub model {hub_id!r} has {fmt_count(params)} parameters ({params:,}), above this server's cap of "
-                       f"{fmt_count(max_params)} (QLORA_LAB_MAX_PARAMS).",
-                       "Pick a smaller model, 'embedded', or ask the instructor to allow-list it (QLORA_LAB_HUB_ALLOW).")
+        raise LabError(
+            f"Hub model {hub_id!r} has {fmt_count(params)} parameters ({params:,}), above this server's cap of "
+            f"{fmt_count(max_params)} (QLORA_LAB_MAX_PARAMS).",
+            "Pick a smaller model, 'embedded', or ask the instructor to allow-list it (QLORA_LAB_HUB_ALLOW).",
+        )
     weights = _hub_weight_bytes(hub_id)
     if weights is not None and weights > max_params * 4 * 1.1:  # fp32 weights of a model at the cap, + 10%
-        raise LabError(f"Hub model {hub_id!r} lists {fmt_bytes(weights)} of weight files, more than a "
-                       f"{fmt_count(max_params)}-parameter model needs: refused before downloading.",
-                       "Pick another model, or ask the instructor to allow-list it.")
+        raise LabError(
+            f"Hub model {hub_id!r} lists {fmt_bytes(weights)} of weight files, more than a "
+            f"{fmt_count(max_params)}-parameter model needs: refused before downloading.",
+            "Pick another model, or ask the instructor to allow-list it.",
+        )
     return params
 
 
@@ -274,8 +311,10 @@ def check_model_spec(spec: str) -> tuple[str, str]:
     if spec.lower() in by_name:
         return "catalog", by_name[spec.lower()]
     if looks_like_path(spec) or not is_hub_id(spec):
-        raise LabError(f"Model {spec!r} is not allowed here. {NO_PATHS}",
-                       f"Pick '{EMBEDDED}', a catalog name (e.g. {', '.join(catalog_names()[:3])}), or a Hub id (owner/name).")
+        raise LabError(
+            f"Model {spec!r} is not allowed here. {NO_PATHS}",
+            f"Pick '{EMBEDDED}', a catalog name (e.g. {', '.join(catalog_names()[:3])}), or a Hub id (owner/name).",
+        )
     admit_hub_model(spec)
     return "hub", spec
 
@@ -286,8 +325,10 @@ def check_adapter_source(source: str) -> str:
     if is_hub_id(text) and not (runs_dir() / text).exists():
         if allow_listed(text):
             return text
-        raise LabError(f"Adapter {text!r} is not a run of this server, and Hub adapters must be allow-listed here.",
-                       "Pick a run from runs/ (train one on the Training page).")
+        raise LabError(
+            f"Adapter {text!r} is not a run of this server, and Hub adapters must be allow-listed here.",
+            "Pick a run from runs/ (train one on the Training page).",
+        )
     if Path(text).is_absolute() and not _under(Path(text), runs_dir()):
         raise LabError(f"Adapter {text!r} is a server path outside runs/. {NO_PATHS}", "Pick a run from runs/.")
     return str(run_folder(text))
@@ -303,13 +344,17 @@ def check_dataset_source(source: str) -> str:
     if is_hub_id(text) and not looks_like_path(text) and not Path(text).suffix:
         if allow_listed(text):
             return text
-        raise LabError(f"Hub dataset {text!r} is not allow-listed on this server.",
-                       f"Pick a bundled dataset ({', '.join(list_datasets())}) or upload a file.")
+        raise LabError(
+            f"Hub dataset {text!r} is not allow-listed on this server.",
+            f"Pick a bundled dataset ({', '.join(list_datasets())}) or upload a file.",
+        )
     path = Path(text)
     lexically_in_uploads = path.is_absolute() and Path(os.path.abspath(uploads_dir())) in path.parents
     if ".." in path.parts or not lexically_in_uploads:
-        raise LabError(f"Dataset {text!r} is not allowed here. {NO_PATHS}",
-                       f"Pick a bundled dataset ({', '.join(list_datasets())}) or upload a file.")
+        raise LabError(
+            f"Dataset {text!r} is not allowed here. {NO_PATHS}",
+            f"Pick a bundled dataset ({', '.join(list_datasets())}) or upload a file.",
+        )
     return str(inside(path, uploads_dir()))  # an upload that is a symlink out of runs/ is refused here
 
 
@@ -327,8 +372,11 @@ def save_upload(name: str, data: bytes, folder: Path | None = None) -> Path:
     uploading 'train.jsonl' never overwrite each other), after the size check."""
     lim = limits()
     if public_mode() and len(data) > lim.max_upload_bytes:
-        raise LabError(f"Upload {name!r} is {fmt_bytes(len(data))}, above this server's limit of "
-                       f"{fmt_bytes(lim.max_upload_bytes)} (QLORA_LAB_MAX_UPLOAD_MB).", "Upload a smaller file (fewer rows).")
+        raise LabError(
+            f"Upload {name!r} is {fmt_bytes(len(data))}, above this server's limit of "
+            f"{fmt_bytes(lim.max_upload_bytes)} (QLORA_LAB_MAX_UPLOAD_MB).",
+            "Upload a smaller file (fewer rows).",
+        )
     base = Path(name).name
     stem, suffix = Path(base).stem, Path(base).suffix.lower()
     if suffix not in (".jsonl", ".json", ".csv"):
@@ -349,8 +397,11 @@ def read_config_bytes(data: bytes | str, name: str, max_bytes: int | None = None
     max_bytes = limits().max_config_bytes if max_bytes is None else max_bytes
     raw = data.encode() if isinstance(data, str) else data
     if len(raw) > max_bytes:
-        raise LabError(f"{name} is {fmt_bytes(len(raw))}, above the {fmt_bytes(max_bytes)} a config.json may have here "
-                       "(QLORA_LAB_MAX_CONFIG_KB).", "A model's config.json is a few KB: check you picked the right file.")
+        raise LabError(
+            f"{name} is {fmt_bytes(len(raw))}, above the {fmt_bytes(max_bytes)} a config.json may have here "
+            "(QLORA_LAB_MAX_CONFIG_KB).",
+            "A model's config.json is a few KB: check you picked the right file.",
+        )
     try:
         parsed = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -370,12 +421,21 @@ def check_config_structure(data: dict, name: str, lim: Limits | None = None) -> 
     lim = lim or limits()
     for key, value in _walk(data):
         k = key.lower()
-        if (k.endswith("layers") or k in ("n_layer", "num_layers")) and isinstance(value, int) and not isinstance(value, bool):
+        if (
+            (k.endswith("layers") or k in ("n_layer", "num_layers"))
+            and isinstance(value, int)
+            and not isinstance(value, bool)
+        ):
             if value > lim.max_layers:
-                raise LabError(f"{name} declares {key}={value:,}, above the {lim.max_layers:,} layers this server builds "
-                               "(QLORA_LAB_MAX_LAYERS).", "Real models have at most a few hundred layers: check the file.")
+                raise LabError(
+                    f"{name} declares {key}={value:,}, above the {lim.max_layers:,} layers this server builds "
+                    "(QLORA_LAB_MAX_LAYERS).",
+                    "Real models have at most a few hundred layers: check the file.",
+                )
         if k == "layer_types" and isinstance(value, list) and len(value) > lim.max_layers:
-            raise LabError(f"{name} lists {len(value):,} layer types, above the {lim.max_layers:,} layers this server builds.")
+            raise LabError(
+                f"{name} lists {len(value):,} layer types, above the {lim.max_layers:,} layers this server builds."
+            )
 
 
 def _walk(data, depth: int = 0):
@@ -396,8 +456,9 @@ def architecture_within_limits(data: dict, name: str, lim: Limits | None = None)
     lim = lim or limits()
     check_config_structure(data, name, lim)
     label = Path(name).stem if name.endswith(".json") else name
-    return bounded(lambda: architecture_from_config(config_from_dict(data, name), label), lim.config_seconds,
-                   f"Reading {name}")
+    return bounded(
+        lambda: architecture_from_config(config_from_dict(data, name), label), lim.config_seconds, f"Reading {name}"
+    )
 
 
 _BOUNDED = threading.BoundedSemaphore(2)

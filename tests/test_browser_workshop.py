@@ -40,7 +40,12 @@ def training_page(browser, srv: AppServer):
 
 
 def configure(page, steps: int) -> None:
-    for label, value in (("Max steps", str(steps)), ("Batch size", "1"), ("Max length (tokens)", "64"), ("Eval every (steps)", "0")):
+    for label, value in (
+        ("Max steps", str(steps)),
+        ("Batch size", "1"),
+        ("Max length (tokens)", "64"),
+        ("Eval every (steps)", "0"),
+    ):
         set_field(page, label, value)
 
 
@@ -101,8 +106,10 @@ def test_three_sessions_share_the_training_queue(browser, tmp_path, tiny_model_d
         srv.stop()
     from lab.training.runs import run_status
 
-    runs = sorted((run_status(d) for d in (tmp_path / "runs").iterdir() if (d / "events.jsonl").is_file()),
-                  key=lambda r: r.events[0]["time"])
+    runs = sorted(
+        (run_status(d) for d in (tmp_path / "runs").iterdir() if (d / "events.jsonl").is_file()),
+        key=lambda r: r.events[0]["time"],
+    )
     assert [r.status for r in runs] == ["stopped", "finished"]  # Alice's, then Bob's
     assert runs[1].events[0]["time"] >= runs[0].end["time"]  # one at a time: Bob's began after Alice's ended
 
@@ -117,7 +124,8 @@ def upload_config(browser, srv: AppServer, config) -> tuple[list[int], str]:
     p = context.new_page()
     open_page(p, srv, "", wait_for_text="QLoRA Lab")
     open_page(p, srv, "calculator?model=Upload+a+config.json%E2%80%A6", wait_for_text="Upload a model's config.json")
-    context.clear_cookies()  # what a browser blocking third-party cookies does to _streamlit_xsrf inside the Space's iframe
+    # what a browser blocking third-party cookies does to _streamlit_xsrf inside the Space's iframe
+    context.clear_cookies()
     responses = []
     p.on("response", lambda r: responses.append(r.status) if "/_stcore/upload_file" in r.url else None)
     p.locator('input[type="file"]').set_input_files(str(config))
@@ -144,7 +152,11 @@ def test_uploads_in_a_spaces_iframe_need_xsrf_off(browser, tmp_path):
     assert "AxiosError: Request failed with status code 403" in text
 
     space_env = {"SPACE_ID": "someone/qlora-lab"}
-    args = [a for a in streamlit_args(space_env)[2:] if not a.startswith(("--server.port", "--server.address", "--server.headless"))]
+    args = [
+        a
+        for a in streamlit_args(space_env)[2:]
+        if not a.startswith(("--server.port", "--server.address", "--server.headless"))
+    ]
     space = server(tmp_path, space_env, extra_args=args)
     try:
         accepted = upload_config(browser, space, config)

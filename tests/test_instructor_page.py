@@ -23,7 +23,9 @@ def test_the_instructor_page_opens_with_the_token_and_controls_the_room(tiny_mod
     queued = tmp_path / "someones-run"
     queued.mkdir()
     c = replace(default_config("cpu"), model=str(tiny_model_dir), max_steps=3)
-    (queued / R.QUEUE_FILE).write_text(json.dumps({"queued_at": 1.0, "queued_ns": 1, "planned_steps": 3, "config": c.to_dict(), "args": []}))
+    (queued / R.QUEUE_FILE).write_text(
+        json.dumps({"queued_at": 1.0, "queued_ns": 1, "planned_steps": 3, "config": c.to_dict(), "args": []})
+    )
     from pages._ui import model_registry
 
     model_registry().release()

@@ -259,8 +259,12 @@ def test_nothing_passes_trust_remote_code():
     passing = re.compile(r"trust_remote_code\s*=|[\"']trust_remote_code[\"']")
     files = [p for d in ("lab", "pages", "benchmarks", "tests") for p in (ROOT / d).rglob("*.py")] + [ROOT / "app.py"]
     assert len(files) > 40
-    hits = [f"{p.relative_to(ROOT)}:{m.group()}" for p in files if p != Path(__file__)
-            for m in passing.finditer(p.read_text())]
+    hits = [
+        f"{p.relative_to(ROOT)}:{m.group()}"
+        for p in files
+        if p != Path(__file__)
+        for m in passing.finditer(p.read_text())
+    ]
     assert hits == []
 
 
@@ -279,9 +283,17 @@ CLI_CASES = [
 def test_the_cli_in_public_mode_refuses_paths_in_one_line(world):
     env = {**os.environ, "QLORA_LAB_PUBLIC": "1", "QLORA_LAB_RUNS": str(world / "runs"), "HF_HUB_OFFLINE": "1"}
     before = tree(world)
-    procs = [subprocess.Popen([sys.executable, "-m", "lab", *[a.replace("OUT", str(world / "outside")) for a in args]],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for args, _ in CLI_CASES]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "lab", *[a.replace("OUT", str(world / "outside")) for a in args]],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args, _ in CLI_CASES
+    ]
     for (args, message), p in zip(CLI_CASES, procs, strict=True):
         out, err = p.communicate(timeout=300)
         assert p.returncode == 2 and message in err, (args, err[-2000:])

@@ -10,8 +10,17 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = {name: str(ROOT / "pages" / f"{name}.py") for name in ("calculator", "lora_estimator", "loading_lab", "playground", "training")}
-PATH_FIELDS = {"Folder, config.json path or Hub id", "Other adapters (one per line)", "Base model", "Model", "Hub dataset id"}
+PAGES = {
+    name: str(ROOT / "pages" / f"{name}.py")
+    for name in ("calculator", "lora_estimator", "loading_lab", "playground", "training")
+}
+PATH_FIELDS = {
+    "Folder, config.json path or Hub id",
+    "Other adapters (one per line)",
+    "Base model",
+    "Model",
+    "Hub dataset id",
+}
 
 
 @pytest.fixture
@@ -59,4 +68,7 @@ def test_a_hub_id_field_refuses_a_path_shaped_entry(public):
     at.text_input(key="t_model_hub").set_value("../../etc").run()
     at.button[[b.label for b in at.button].index("Train")].click().run()
     assert any("accepts no server paths" in e.value for e in at.error)
-    assert not (public / "runs").exists() or [p.name for p in (public / "runs").iterdir() if not p.name.startswith(".")] == []
+    assert (
+        not (public / "runs").exists()
+        or [p.name for p in (public / "runs").iterdir() if not p.name.startswith(".")] == []
+    )

@@ -44,8 +44,14 @@ def test_runs_and_caches_go_to_persistent_storage_when_it_exists(clean_env, tmp_
     assert paths.runs_dir() == tmp_path / "mine"
     # The Hub download cache follows, in a fresh process (huggingface_hub reads HF_HOME at import).
     env = {k: v for k, v in os.environ.items() if k != "HF_HOME"}
-    out = subprocess.run([sys.executable, "-c", "import lab, huggingface_hub.constants as c; print(c.HF_HOME)"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", "import lab, huggingface_hub.constants as c; print(c.HF_HOME)"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert out == str(data / "qlora-lab" / "huggingface")
     clean_env.setenv("QLORA_LAB_DATA", str(tmp_path / "missing"))
     assert paths.persistent_dir() is None
@@ -73,7 +79,10 @@ def test_launch_arguments_for_a_space_and_for_a_laptop():
 
 def test_preload_parses_and_loads_in_the_background():
     assert [(i.spec, i.precision) for i in parse_preload("embedded@fp32, embedded@NF4,Qwen/Qwen2.5-0.5B")] == [
-        ("embedded", "fp32"), ("embedded", "nf4"), ("Qwen/Qwen2.5-0.5B", "fp32")]
+        ("embedded", "fp32"),
+        ("embedded", "nf4"),
+        ("Qwen/Qwen2.5-0.5B", "fp32"),
+    ]
     with pytest.raises(LabError, match="precision in QLORA_LAB_PRELOAD entry 'embedded@q3'"):
         parse_preload("embedded@q3")
     gate, loaded = threading.Event(), []
@@ -110,6 +119,10 @@ def test_the_admin_token_is_checked_whole():
     env = {"QLORA_LAB_ADMIN_TOKEN": "correct-horse-battery-staple"}
     assert admin_enabled(env) and not admin_enabled({}) and not admin_enabled({"QLORA_LAB_ADMIN_TOKEN": " "})
     assert check_admin_token("correct-horse-battery-staple", env)
-    assert not check_admin_token("correct-horse", env) and not check_admin_token("", env) and not check_admin_token(None, env)
+    assert (
+        not check_admin_token("correct-horse", env)
+        and not check_admin_token("", env)
+        and not check_admin_token(None, env)
+    )
     assert not check_admin_token("anything", {})  # no token set: nobody is the instructor
     assert weak_token({"QLORA_LAB_ADMIN_TOKEN": "1234"}) and not weak_token(env)

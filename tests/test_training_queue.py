@@ -48,13 +48,24 @@ def cfg(tiny_model_dir, **kw):
     return default_config("cpu", model=str(tiny_model_dir), **{**QUICK, **kw})
 
 
-def queued_by_hand(runs: Path, name: str, steps: int = 10, at_ns: int = 0, model: str = "m", args: list | None = None) -> Path:
+def queued_by_hand(
+    runs: Path, name: str, steps: int = 10, at_ns: int = 0, model: str = "m", args: list | None = None
+) -> Path:
     """A queue entry written the way submit() writes it, without starting anything."""
     d = runs / name
     d.mkdir(parents=True)
     c = replace(default_config("cpu"), model=model, max_steps=steps)
-    (d / R.QUEUE_FILE).write_text(json.dumps({"queued_at": at_ns / 1e9, "queued_ns": at_ns, "planned_steps": steps,
-                                              "config": c.to_dict(), "args": args or []}))
+    (d / R.QUEUE_FILE).write_text(
+        json.dumps(
+            {
+                "queued_at": at_ns / 1e9,
+                "queued_ns": at_ns,
+                "planned_steps": steps,
+                "config": c.to_dict(),
+                "args": args or [],
+            }
+        )
+    )
     return d
 
 
@@ -73,8 +84,10 @@ def test_the_lock_is_held_for_a_process_life_and_reports_its_holder(runs):
         R.release_lock()
     assert R.read_lock() is None
     # a process that dies holding it (no chance to release) leaves it free
-    code = ("import os; from lab.training import runs as R; from pathlib import Path; "
-            "R.acquire_lock(Path(os.environ['QLORA_LAB_RUNS']) / 'doomed'); os._exit(9)")
+    code = (
+        "import os; from lab.training import runs as R; from pathlib import Path; "
+        "R.acquire_lock(Path(os.environ['QLORA_LAB_RUNS']) / 'doomed'); os._exit(9)"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 9
     assert R.read_lock() is None
 
@@ -96,7 +109,9 @@ def test_a_second_run_queues_then_starts_when_the_first_ends(tiny_model_dir, run
     first_end = R.run_status(runs / "first").end["time"]
     assert s2.events[0]["type"] == "start" and s2.events[0]["time"] >= first_end  # one at a time
     assert Q.waiting() == []
-    wait_for(lambda: R.read_lock() is None, timeout=60)  # the process exits (and frees the device) just after its end event
+    wait_for(
+        lambda: R.read_lock() is None, timeout=60
+    )  # the process exits (and frees the device) just after its end event
     assert {s.name for s in R.list_runs()} == {"first", "second"}  # the history, for everyone
 
 
@@ -108,11 +123,18 @@ def test_a_restarted_server_picks_the_queue_up(tiny_model_dir, runs):
     finally:
         os.close(fd)
     # a new process (the next server's watcher) finds the queue on disk and starts it
-    p = subprocess.run([sys.executable, "-c", "from lab.training.queue import dispatch; print(dispatch())"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", "from lab.training.queue import dispatch; print(dispatch())"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0 and p.stdout.strip().endswith("after-restart"), p.stderr
     wait_for(lambda: R.run_status(runs / "after-restart").status in ("finished", "failed"))
-    assert R.run_status(runs / "after-restart").status == "finished", (runs / "after-restart" / "process.log").read_text()
+    assert R.run_status(runs / "after-restart").status == "finished", (
+        runs / "after-restart" / "process.log"
+    ).read_text()
 
 
 def test_racing_dispatchers_start_one_run_once(tiny_model_dir, runs):
@@ -121,7 +143,9 @@ def test_racing_dispatchers_start_one_run_once(tiny_model_dir, runs):
     queued_by_hand(runs, "a", at_ns=1, args=long)
     queued_by_hand(runs, "b", at_ns=2, args=long)
     code = "from lab.training.queue import dispatch; r = dispatch(); print(r.name if r else '-')"
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True) for _ in range(4)
+    ]
     outs = [p.communicate(timeout=180)[0].strip() for p in procs]
     try:
         assert [o for o in outs if o != "-"] == ["a"], outs
@@ -141,9 +165,22 @@ def finished_run(runs: Path, name: str, steps: int, seconds_per_step: float, sta
     log = EventLog(d)
     c = replace(default_config("cpu"), model=model).to_dict()
     t0 = 1000.0
-    lines = [{"type": "start", "time": t0, "pid": 0, "config": c}, {"type": "train_begin", "time": t0 + startup, "max_steps": steps}]
-    lines += [{"type": "log", "time": t0 + startup + s * seconds_per_step, "step": s, "max_steps": steps, "loss": 1.0,
-               "elapsed": s * seconds_per_step, "eta_seconds": (steps - s) * seconds_per_step} for s in range(1, steps + 1)]
+    lines = [
+        {"type": "start", "time": t0, "pid": 0, "config": c},
+        {"type": "train_begin", "time": t0 + startup, "max_steps": steps},
+    ]
+    lines += [
+        {
+            "type": "log",
+            "time": t0 + startup + s * seconds_per_step,
+            "step": s,
+            "max_steps": steps,
+            "loss": 1.0,
+            "elapsed": s * seconds_per_step,
+            "eta_seconds": (steps - s) * seconds_per_step,
+        }
+        for s in range(1, steps + 1)
+    ]
     lines.append({"type": "end", "time": t0 + startup + steps * seconds_per_step, "status": "finished"})
     log.path.write_text("".join(json.dumps(x) + "\n" for x in lines))
 
@@ -158,7 +195,9 @@ def test_positions_and_estimated_starts_from_recent_seconds_per_step(runs):
     assert line[1].starts_in == pytest.approx(25.0) and line[1].predicted_seconds == pytest.approx(5.0 + 4 * 2.0)
     # runs of the same model and settings are preferred over others
     finished_run(runs, "other-model", steps=10, seconds_per_step=9.0, startup=1.0, model="big")
-    per_step, _ = Q.step_timings([s for s in R.list_runs() if s.logs], replace(default_config("cpu"), model="m").to_dict())
+    per_step, _ = Q.step_timings(
+        [s for s in R.list_runs() if s.logs], replace(default_config("cpu"), model="m").to_dict()
+    )
     assert per_step == pytest.approx(2.0)
     # a running run's remaining time is its own ETA less the time since that log
     running = R.run_status(runs / "old")

@@ -32,7 +32,9 @@ def streamlit_args(env: dict | None = None, port: int = 8501, address: str = "0.
     if policy.public_mode(env):
         lim = policy.Limits.from_env(env)
         # Streamlit's own cap (whole MB) refuses an oversized upload before it reaches the app's memory.
-        args.append(f"--server.maxUploadSize={max(1, math.ceil(max(lim.max_upload_bytes, lim.max_config_bytes) / 1e6))}")
+        args.append(
+            f"--server.maxUploadSize={max(1, math.ceil(max(lim.max_upload_bytes, lim.max_config_bytes) / 1e6))}"
+        )
     return args
 
 

@@ -45,7 +45,9 @@ def parse_preload(text: str | None) -> list[PreloadItem]:
         spec, _, precision = part.rpartition("@") if "@" in part else (part, "", "fp32")
         if not spec.strip():
             raise LabError(f"{ENV} entry {part!r} names no model.", "Write model@precision, e.g. embedded@nf4.")
-        items.append(PreloadItem(spec.strip(), lookup(PRECISIONS, precision, f"precision in {ENV} entry {part!r}").name))
+        items.append(
+            PreloadItem(spec.strip(), lookup(PRECISIONS, precision, f"precision in {ENV} entry {part!r}").name)
+        )
     return items
 
 

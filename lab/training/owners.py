@@ -60,8 +60,11 @@ def can_control(run_dir: Path, token: str | None, admin: bool = False) -> bool:
 def _check(run_dir: Path, token: str | None, admin: bool, verb: str) -> Path:
     run_dir = policy.run_folder(run_dir)  # a run of runs/, whatever the caller passed
     if not can_control(run_dir, token, admin):
-        raise LabError(f"Run {run_dir.name} belongs to another session: only the person who started it (or the "
-                       f"instructor) can {verb} it.", "Queue your own run instead; everyone sees every run's history.")
+        raise LabError(
+            f"Run {run_dir.name} belongs to another session: only the person who started it (or the "
+            f"instructor) can {verb} it.",
+            "Queue your own run instead; everyone sees every run's history.",
+        )
     return run_dir
 
 

@@ -64,9 +64,14 @@ class QueuedRun:
         return self.run_dir.name
 
     def to_json(self) -> dict:
-        return {"name": self.name, "position": self.position, "queued_at": self.queued_at,
-                "planned_steps": self.planned_steps, "predicted_seconds": self.predicted_seconds,
-                "starts_in": self.starts_in}
+        return {
+            "name": self.name,
+            "position": self.position,
+            "queued_at": self.queued_at,
+            "planned_steps": self.planned_steps,
+            "predicted_seconds": self.predicted_seconds,
+            "starts_in": self.starts_in,
+        }
 
 
 # --------------------------------------------------------------------------- submitting
@@ -86,14 +91,21 @@ def submit(cfg: TrainConfig, owner: str | None = None, name: str | None = None) 
     from lab.models.sources import resolve_source
 
     cfg.validate(device_type())
-    source = resolve_source(cfg.model)  # a bad model or dataset (or, in public mode, a refused one) fails now, not in its turn
+    source = resolve_source(
+        cfg.model
+    )  # a bad model or dataset (or, in public mode, a refused one) fails now, not in its turn
     rows = len(check_dataset(cfg.dataset, "train", "skip" if cfg.skip_bad_rows else "refuse").rows)
     name = policy.check_run_name(name) if name else run_name(cfg, source.display_name, dataset_name(cfg.dataset))
     run_dir = R.make_run_dir(policy.run_folder(name))
     if owner:
         owners.record_owner(run_dir, owner)
-    entry = {"queued_at": time.time(), "queued_ns": time.time_ns(), "planned_steps": planned_steps(cfg, rows),
-             "config": cfg.to_dict(), "args": to_cli_args(replace(cfg, output=""))}
+    entry = {
+        "queued_at": time.time(),
+        "queued_ns": time.time_ns(),
+        "planned_steps": planned_steps(cfg, rows),
+        "config": cfg.to_dict(),
+        "args": to_cli_args(replace(cfg, output="")),
+    }
     _write_json(run_dir / R.QUEUE_FILE, entry)
     dispatch()
     return R.run_status(run_dir)
@@ -110,7 +122,7 @@ def _cli_args(entry: dict) -> list[str]:
     args = list(entry.get("args") or [])
     if "--output" in args:
         i = args.index("--output")
-        del args[i:i + 2]
+        del args[i : i + 2]
     return args
 
 
@@ -124,8 +136,12 @@ def waiting(root: Path | None = None) -> list[QueuedRun]:
     for d in root.iterdir():
         entry = R.read_marker(d, R.QUEUE_FILE) if d.is_dir() and not d.is_symlink() else {}
         if entry:
-            out.append((entry.get("queued_ns", 0), QueuedRun(d, entry.get("queued_at", 0.0), entry.get("planned_steps"),
-                                                             entry.get("config") or {})))
+            out.append(
+                (
+                    entry.get("queued_ns", 0),
+                    QueuedRun(d, entry.get("queued_at", 0.0), entry.get("planned_steps"), entry.get("config") or {}),
+                )
+            )
     return [q for _, q in sorted(out, key=lambda x: (x[0], x[1].name))]
 
 
@@ -142,8 +158,10 @@ def _dispatch_lock(wait: float = 30.0):
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise LabError("The training queue is locked by another process for too long.",
-                                   f"If nothing is starting a run, remove {path}.") from None
+                    raise LabError(
+                        "The training queue is locked by another process for too long.",
+                        f"If nothing is starting a run, remove {path}.",
+                    ) from None
                 time.sleep(0.05)
         yield
     finally:
@@ -171,8 +189,12 @@ def dispatch() -> Path | None:
                 try:
                     proc = R.spawn(_cli_args(entry), q.run_dir, lock_fd)
                 except OSError as e:
-                    EventLog(q.run_dir).write("end", status="failed", error=f"Could not start the training process: {e}",
-                                              hint="Check disk space and the Python environment.")
+                    EventLog(q.run_dir).write(
+                        "end",
+                        status="failed",
+                        error=f"Could not start the training process: {e}",
+                        hint="Check disk space and the Python environment.",
+                    )
                     continue
                 _children.append(proc)
                 _write_json(q.run_dir / R.LAUNCH_FILE, {**entry, "pid": proc.pid, "launching_at": time.time()})
