@@ -33,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     if args.limit is not None and args.limit < 0:
         raise LabError(f"--limit must be 0 (all) or positive, got {args.limit}.")
-    reports = [(policy.output_file(path), text) for path, text in ((args.markdown, to_markdown), (args.csv, to_csv)) if path]
-    examples = load_examples(args.dataset, args.limit or None)  # a bad dataset or report path fails before the model loads
+    # a bad report path or dataset fails before the model loads
+    reports = [(policy.output_file(p), text) for p, text in ((args.markdown, to_markdown), (args.csv, to_csv)) if p]
+    examples = load_examples(args.dataset, args.limit or None)
     loaded, infos, warnings = load_base_and_adapters(args)
     settings = EvalSettings(limit=args.limit or None, metric=args.metric, max_new_tokens=args.max_new_tokens)
     def progress(done: int, total: int, row: dict) -> None:  # stderr, so --json output stays clean
