@@ -23,7 +23,6 @@ from a page all go through them. The lab never passes `trust_remote_code` (a tes
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import re
@@ -367,29 +366,15 @@ def _under(path: Path, root: Path) -> bool:
 
 
 # --------------------------------------------------------------------------- uploads
-def save_upload(name: str, data: bytes, folder: Path | None = None) -> Path:
-    """Keep an uploaded file inside runs/uploads/ under a content-addressed name (two people
-    uploading 'train.jsonl' never overwrite each other), after the size check."""
+def check_upload_size(name: str, size: int) -> None:
+    """Public mode: refuse an upload above QLORA_LAB_MAX_UPLOAD_MB (lab.data.datasets.save_upload keeps it)."""
     lim = limits()
-    if public_mode() and len(data) > lim.max_upload_bytes:
+    if public_mode() and size > lim.max_upload_bytes:
         raise LabError(
-            f"Upload {name!r} is {fmt_bytes(len(data))}, above this server's limit of "
+            f"Upload {name!r} is {fmt_bytes(size)}, above this server's limit of "
             f"{fmt_bytes(lim.max_upload_bytes)} (QLORA_LAB_MAX_UPLOAD_MB).",
             "Upload a smaller file (fewer rows).",
         )
-    base = Path(name).name
-    stem, suffix = Path(base).stem, Path(base).suffix.lower()
-    if suffix not in (".jsonl", ".json", ".csv"):
-        raise LabError(f"Upload {name!r} is not a .jsonl, .json or .csv file.")
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip(".-")[:60] or "upload"
-    digest = hashlib.sha256(data).hexdigest()[:16]
-    folder = Path(folder) if folder is not None else uploads_dir() / digest
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{safe}{suffix}"
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
-    return target
 
 
 def read_config_bytes(data: bytes | str, name: str, max_bytes: int | None = None) -> dict:

@@ -169,11 +169,6 @@ def model_field(label: str, default: str, key: str, help: str, weights: bool = T
                          help="Its size is computed from its config.json before anything is downloaded.").strip()
 
 
-def keep_upload(upload) -> str:
-    """Save an st.file_uploader file inside runs/uploads/ (size-capped in public mode) and return its path."""
-    return str(policy.save_upload(upload.name, upload.getvalue()))
-
-
 @st.cache_data(ttl=30, show_spinner=False)
 def cached_environment() -> dict:
     return environment_report().to_json()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lab import policy
+from lab.data.datasets import save_upload
 from lab.errors import LabError
 from lab.models.sources import CATALOG_DIR
 
@@ -136,7 +137,7 @@ def test_what_public_mode_does_accept(world):
     assert dataset("style").rows
     assert policy.output_dir("my-run") == world / "runs" / "my-run"
     assert policy.run_folder("my-run/checkpoints") == world / "runs" / "my-run" / "checkpoints"
-    up = policy.save_upload("../../my data.jsonl", b'{"instruction": "q", "output": "a"}\n')
+    up = save_upload("../../my data.jsonl", b'{"instruction": "q", "output": "a"}\n')
     assert up.parent.parent == world / "runs" / "uploads" and up.name == "my-data.jsonl"  # inside runs/, name cleaned
     assert len(dataset(str(up)).rows) == 1
 
@@ -231,14 +232,14 @@ def test_oversized_uploads_are_refused(world, monkeypatch):
 
     before = tree(world)
     with pytest.raises(LabError, match=r"is 21.00 MB, above this server's limit of 20.00 MB"):
-        policy.save_upload("big.jsonl", b"x" * 21_000_000)
+        save_upload("big.jsonl", b"x" * 21_000_000)
     with pytest.raises(LabError, match="above the 512.00 KB a config.json may have"):
         A.read_architecture_json(b" " * 600_000 + b"{}", "config.json")
     monkeypatch.setenv("QLORA_LAB_MAX_UPLOAD_MB", "0.001")
     with pytest.raises(LabError, match="above this server's limit of 1.00 KB"):
-        policy.save_upload("small.csv", b"a,b\n" * 300)
+        save_upload("small.csv", b"a,b\n" * 300)
     with pytest.raises(LabError, match="not a .jsonl, .json or .csv"):
-        policy.save_upload("run.sh", b"rm -rf /")
+        save_upload("run.sh", b"rm -rf /")
     assert tree(world) == before
 
 

@@ -16,7 +16,9 @@ trained on.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,7 @@ from pathlib import Path
 from lab import policy
 from lab.errors import LabError
 from lab.generate.prompts import alpaca_prompt, build_chat_prompt, has_chat_template
-from lab.paths import ASSETS_DIR, runs_dir
+from lab.paths import ASSETS_DIR, uploads_dir
 
 DATASETS_DIR = ASSETS_DIR / "datasets"
 SPLITS = ("train", "test")
@@ -96,11 +98,21 @@ def dataset_file(name_or_path: str, split: str = "train") -> Path | None:
 
 
 def save_upload(filename: str, data: bytes) -> Path:
-    """Keep a dataset file uploaded on a page in runs/uploads/ and return its path. Only the file's base
-    name is kept: no path from the browser reaches the file system."""
-    target = runs_dir() / "uploads" / Path(filename).name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(data)
+    """Keep a file uploaded on a page (a training set, a test file) in runs/uploads/ and return its path.
+    No path from the browser reaches the file system: only the base name is kept, cleaned, in a folder
+    named by the content's hash, so two people uploading 'train.jsonl' never overwrite each other. In
+    public mode the size is capped first (lab.policy)."""
+    policy.check_upload_size(filename, len(data))
+    stem, suffix = Path(Path(filename).name).stem, Path(filename).suffix.lower()
+    if suffix not in (".jsonl", ".json", ".csv"):
+        raise LabError(f"Upload {filename!r} is not a .jsonl, .json or .csv file.", "Upload the rows as JSONL or CSV.")
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip(".-")[:60] or "upload"
+    folder = uploads_dir() / hashlib.sha256(data).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{safe}{suffix}"
+    tmp = folder / f".{target.name}.{os.getpid()}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, target)  # a concurrent reader never sees half a file
     return target
 
 

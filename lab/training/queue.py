@@ -39,7 +39,7 @@ from lab.errors import LabError
 from lab.paths import runs_dir
 from lab.training import owners
 from lab.training import runs as R
-from lab.training.config import TrainConfig, run_name, to_cli_args
+from lab.training.config import TrainConfig, run_dir_for, to_cli_args
 from lab.training.events import EventLog
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def submit(cfg: TrainConfig, owner: str | None = None, name: str | None = None) 
     """Queue a run (its folder is created now, with its owner), and start it at once if the device
     is free. `owner`: the submitting session's token (see owners); `name`: a run name, else the
     lab's {base}-{dataset}_SFT_LoRa{r}_{PRECISION}-<timestamp>."""
-    from lab.data.datasets import check_dataset, dataset_name
+    from lab.data.datasets import check_dataset
     from lab.environment import device_type
     from lab.models.sources import resolve_source
 
@@ -95,8 +95,8 @@ def submit(cfg: TrainConfig, owner: str | None = None, name: str | None = None) 
         cfg.model
     )  # a bad model or dataset (or, in public mode, a refused one) fails now, not in its turn
     rows = len(check_dataset(cfg.dataset, "train", "skip" if cfg.skip_bad_rows else "refuse").rows)
-    name = policy.check_run_name(name) if name else run_name(cfg, source.display_name, dataset_name(cfg.dataset))
-    run_dir = R.make_run_dir(policy.run_folder(name))
+    folder = policy.run_folder(policy.check_run_name(name)) if name else run_dir_for(replace(cfg, output=""), source)
+    run_dir = R.make_run_dir(folder)
     if owner:
         owners.record_owner(run_dir, owner)
     entry = {

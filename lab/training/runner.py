@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 
-from lab import policy
 from lab.data import datasets as ds
 from lab.environment import LIBRARIES, compute_dtype, device_type, library_version
 from lab.errors import LabError
@@ -34,8 +33,7 @@ from lab.estimate.lora import resolve_targets
 from lab.models.architecture import read_architecture
 from lab.models.precision import bnb_config, get_precision, load_kwargs
 from lab.models.sources import ModelSource, hub_error, resolve_source
-from lab.paths import runs_dir
-from lab.training.config import TrainConfig, run_name, to_cli_args
+from lab.training.config import TrainConfig, run_dir_for, to_cli_args
 from lab.training.events import (
     RUN_FILE,
     STOP_FILE,
@@ -49,9 +47,7 @@ from lab.vocab import COMPUTE
 
 
 def resolve_run_dir(cfg: TrainConfig, source: ModelSource) -> Path:
-    if cfg.output:
-        return policy.output_dir(cfg.output)  # public mode: a run name, always inside runs/
-    return runs_dir() / run_name(cfg, source.display_name, ds.dataset_name(cfg.dataset))
+    return run_dir_for(cfg, source)  # public mode: a run name, always inside runs/
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
