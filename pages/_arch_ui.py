@@ -39,8 +39,9 @@ def pick_architecture(default: str = "Llama-3.2-3B") -> Architecture | None:
             arch = read_architecture_json(upload.getvalue(), upload.name)
         elif choice == HUB_ONLY:
             spec = st.text_input("Hub id", key="source", bind="query-params", placeholder="owner/name",
-                                 help="owner/name on the Hugging Face Hub. Only its config.json is fetched; models above "
-                                      f"{fmt_count(policy.limits().max_params)} parameters are refused unless allow-listed.")
+                                 help="owner/name on the Hugging Face Hub. Only its config.json is fetched; models "
+                                      f"above {fmt_count(policy.limits().max_params)} parameters are refused unless "
+                                      "allow-listed.")
             if not spec:
                 return None
             arch = read_architecture(spec)

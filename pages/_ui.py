@@ -160,7 +160,8 @@ def model_field(label: str, default: str, key: str, help: str, weights: bool = T
     from lab.models.sources import EMBEDDED, catalog_names
 
     options = [EMBEDDED, *([] if weights else catalog_names()), HUB_CHOICE]
-    choice = st.selectbox(label, options, index=options.index(default) if default in options else 0, key=key, disabled=disabled,
+    index = options.index(default) if default in options else 0
+    choice = st.selectbox(label, options, index=index, key=key, disabled=disabled,
                           help=help + " On this public server: no server paths; Hub models up to "
                           f"{fmt_count(policy.limits().max_params)} parameters or on the instructor's allow-list.")
     if choice != HUB_CHOICE:

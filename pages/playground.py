@@ -48,7 +48,8 @@ busy = any(t is not None and t.running for t in (gen_task, eval_task))
 c1, c2 = st.columns([2, 1])
 with c1:
     spec = model_field("Base model", qp.get("model", "embedded"), key="pg_model", disabled=busy,
-                       help="'embedded' (SmolLM2-135M-Instruct, offline), a local model folder, or a Hub id when online.")
+                       help="'embedded' (SmolLM2-135M-Instruct, offline), a local model folder, or a Hub id "
+                            "when online.")
 precision = c2.selectbox("Precision", list(PRECISIONS), index=list(PRECISIONS).index(qp.get("precision", "fp32"))
                          if qp.get("precision", "fp32") in PRECISIONS else 0, format_func=lambda n: PRECISIONS[n].label,
                          disabled=busy, help=describe(PRECISIONS, markdown=True))
@@ -65,10 +66,10 @@ picked = a1.multiselect("Adapters from runs/", list(run_labels), format_func=run
                         help="LoRA adapters saved by the Training page (newest first). Each becomes a column.")
 typed = "\n".join(p for p in qp.get_all("adapter") if p not in run_labels)  # a shared link's adapters, checked below
 if not policy.public_mode() or policy.limits().hub_allow:  # public mode: runs of this server, or allow-listed Hub ids
-    typed = a2.text_area("Other adapters (one per line)", value="\n".join(p for p in qp.get_all("adapter") if p not in run_labels),
-                         height=68, disabled=busy,
-                         help="Any folder holding adapter_config.json and adapter_model.safetensors, or a Hub id when online."
-                         if not policy.public_mode() else "Hub ids of adapters the instructor allow-listed (QLORA_LAB_HUB_ALLOW).")
+    typed = a2.text_area("Other adapters (one per line)", value=typed, height=68, disabled=busy,
+                         help="Any folder holding adapter_config.json and adapter_model.safetensors, or a Hub id when "
+                         "online." if not policy.public_mode() else
+                         "Hub ids of adapters the instructor allow-listed (QLORA_LAB_HUB_ALLOW).")
 
 choice = choose_adapters([*picked, *[line.strip() for line in typed.splitlines() if line.strip()]], source)
 for error in choice.errors:  # that adapter is left out; the rest of the page works on

@@ -33,15 +33,19 @@ DEVICE = device_type()
 DEFAULTS = default_config(DEVICE)
 UPLOAD = "Upload a file…"
 HUB = "Hub dataset id…"
-STATUS_ICONS = {"queued": ":material/schedule:", "starting": ":material/hourglass_top:", "running": ":material/play_circle:", "stopping": ":material/pending:",
-                "finished": ":material/check_circle:", "stopped": ":material/stop_circle:", "failed": ":material/error:"}
-STATUS_TEXT = {"queued": "🕒", "starting": "⏳", "running": "▶", "stopping": "…", "finished": "✔", "stopped": "■", "failed": "✘"}
+STATUS_ICONS = {"queued": ":material/schedule:", "starting": ":material/hourglass_top:",
+                "running": ":material/play_circle:", "stopping": ":material/pending:",
+                "finished": ":material/check_circle:", "stopped": ":material/stop_circle:",
+                "failed": ":material/error:"}
+STATUS_TEXT = {"queued": "🕒", "starting": "⏳", "running": "▶", "stopping": "…", "finished": "✔", "stopped": "■",
+               "failed": "✘"}
 
 st.title("Training")
 st.caption(
     "LoRA / QLoRA fine-tuning with TRL's SFTTrainer and peft. Each run is its own `python -m lab train` process "
     "writing `runs/<name>/events.jsonl`; this page tails that log, so a refresh, a second tab or a server restart "
-    "re-attaches to it. One run trains at a time per device; later runs wait in a queue on disk and start by themselves."
+    "re-attaches to it. One run trains at a time per device; later runs wait in a queue on disk and start by "
+    "themselves."
 )
 
 
@@ -81,7 +85,8 @@ def whose(run_dir: Path) -> str:
 
 def show_run(s: R.RunStatus) -> None:
     icon = STATUS_ICONS.get(s.status, "")
-    st.markdown(f"**{icon} {s.status.upper()}** — `{s.name}` ({whose(s.run_dir)})" + (f" (pid {s.pid})" if s.pid and s.active else ""))
+    st.markdown(f"**{icon} {s.status.upper()}** — `{s.name}` ({whose(s.run_dir)})"
+                + (f" (pid {s.pid})" if s.pid and s.active else ""))
     last = s.last_log
     if s.max_steps:
         frac = min(s.step / s.max_steps, 1.0)
@@ -189,7 +194,8 @@ with left:
     model = model_field("Base model", DEFAULTS.model, key="t_model", help=H("model"))
     names = ds.list_datasets()
     hub_datasets = not policy.public_mode() or bool(policy.limits().hub_allow)  # public: allow-listed Hub datasets only
-    choice = st.selectbox("Dataset", [*names, UPLOAD, *([HUB] if hub_datasets else [])], index=names.index(DEFAULTS.dataset),
+    choice = st.selectbox("Dataset", [*names, UPLOAD, *([HUB] if hub_datasets else [])],
+                          index=names.index(DEFAULTS.dataset),
                           help=H("dataset"), key="t_dataset")
     dataset = choice
     if choice == UPLOAD:
@@ -198,7 +204,7 @@ with left:
         dataset = ""
         if up is not None:
             with friendly_errors("Keeping the upload"):
-                dataset = str(ds.save_upload(up.name, up.getvalue()))  # inside runs/uploads/, size-capped in public mode
+                dataset = str(ds.save_upload(up.name, up.getvalue()))  # in runs/uploads/, capped in public mode
     elif choice == HUB:
         dataset = st.text_input("Hub dataset id", "", placeholder="owner/name", help="Needs network access at training time.")
     skip_bad = st.checkbox("Skip malformed rows", DEFAULTS.skip_bad_rows, help=H("skip_bad_rows"), key="t_skip")
@@ -294,15 +300,19 @@ with st.expander("Memory estimate (the calculator's formula)", expanded=False):
 
 # --------------------------------------------------------------------------- start (now, or in the queue)
 st.code(".venv/bin/python -m lab train " + " ".join(to_cli_args(cfg)), language="bash")
-own_name = st.text_input("Run name (optional)", "", key="t_name", placeholder="{base}-{dataset}_SFT_LoRa{r}_{PRECISION}-<time>",
-                         help="The run folder's name inside runs/: letters, digits, '.', '_' and '-'. Empty: the lab names it.")
+own_name = st.text_input("Run name (optional)", "", key="t_name",
+                         placeholder="{base}-{dataset}_SFT_LoRa{r}_{PRECISION}-<time>",
+                         help="The run folder's name inside runs/: letters, digits, '.', '_' and '-'. "
+                              "Empty: the lab names it.")
 active, waiting_line = Q.queue_state()
 if active is not None:
     st.info(f"A training is running (`{active.name}`); a new run joins the queue behind it"
             + (f" and {len(waiting_line)} other(s)" if waiting_line else "") + ". One training at a time per device.",
             icon=":material/hourglass_top:")
-start = st.button("Train" if active is None else "Queue this run", type="primary", icon=":material/play_arrow:", disabled=not dataset,
-                  help="Start `python -m lab train` with these settings as its own process (this page follows its event log); "
+start = st.button("Train" if active is None else "Queue this run", type="primary", icon=":material/play_arrow:",
+                  disabled=not dataset,
+                  help="Start `python -m lab train` with these settings as its own process (this page follows its "
+                       "event log); "
                        "when a training is running, the run waits in the queue and starts by itself.")
 if start:
     with friendly_errors("Starting the run"):
@@ -342,7 +352,8 @@ else:
             c = infos[s.name].get("config", {})
             table[s.name] = [str(c.get(k, "")) for k in keys]
         st.dataframe(table, hide_index=True)
-        finished = [s for s in chosen if owners.can_control(s.run_dir, owner_token(), is_admin()) and s.status in ("finished", "stopped") and (s.run_dir / "adapter_model.safetensors").exists()]
+        finished = [s for s in chosen if owners.can_control(s.run_dir, owner_token(), is_admin())
+                    and s.status in ("finished", "stopped") and (s.run_dir / "adapter_model.safetensors").exists()]
         if finished:
             target = st.selectbox("Merge & export", [s.name for s in finished],
                                   help="Reload the base at 16/32-bit, merge this run's adapter into it and save a standalone model in <run>/merged.")
@@ -356,8 +367,10 @@ else:
     if deletable:
         d1, d2 = st.columns([3, 1])
         doomed = d1.selectbox("Delete a run", [s.name for s in deletable], key="t_delete",
-                              help="Remove the run's folder (adapter, checkpoints, logs). On a public server: only your own runs.")
-        if d2.button("Delete", icon=":material/delete:", help="Remove this run's folder for good (a queued run leaves the queue)."):
+                              help="Remove the run's folder (adapter, checkpoints, logs). On a public server: only "
+                                   "your own runs.")
+        if d2.button("Delete", icon=":material/delete:",
+                     help="Remove this run's folder for good (a queued run leaves the queue)."):
             with friendly_errors("Deleting"):
                 owners.delete_run(policy.run_folder(doomed), owner_token(), is_admin())
                 if Path(st.session_state.get("train_run_dir", "")).name == doomed:

@@ -83,7 +83,8 @@ def test_a_second_run_queues_and_another_sessions_run_has_no_stop(tiny_model_dir
         mine = tmp_path / "my-queued-run"
         assert Path(at.session_state["train_run_dir"]) == mine and R.run_status(mine).status == "queued"
         assert any("Your run `my-queued-run` is queued: 1st in line" in i.value for i in at.info)
-        assert owners.owns(mine, at.session_state["lab_owner_token"]) and not owners.owns(theirs, at.session_state["lab_owner_token"])
+        token = at.session_state["lab_owner_token"]
+        assert owners.owns(mine, token) and not owners.owns(theirs, token)
         at.button[[b.label for b in at.button].index("Cancel my queued run")].click().run()
         assert not mine.exists() and R.run_status(theirs).status == "running"
         with pytest.raises(LabError, match="belongs to another session"):
