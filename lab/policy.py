@@ -41,6 +41,7 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,119}$")
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 NO_PATHS = "Public mode accepts no server paths."
+RESERVED_NAMES = ("uploads",)  # folders of runs/ that are not runs
 
 
 def _f(default, help: str, env: str):
@@ -178,6 +179,8 @@ def check_run_name(name: str) -> str:
     """A run folder's name: letters, digits, '.', '_' and '-', no leading dot, at most 120 characters.
     Refused (not silently rewritten) so the person sees what their run will be called."""
     name = (name or "").strip()
+    if name.lower() in RESERVED_NAMES:  # runs/uploads holds everyone's uploads: a run there could delete them
+        raise LabError(f"Run name {name!r} is reserved.", "Pick another name.")
     if RUN_NAME.match(name) and ".." not in name:
         return name
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-")[:120].replace("..", ".")

@@ -113,6 +113,7 @@ CASES = [
     ("run name", run_name, "team/run", "not allowed: use letters"),
     ("run name", run_name, "..", "not allowed"),
     ("run name", run_name, ".hidden", "no leading dot"),
+    ("run name", run_name, "uploads", "reserved"),
     ("run lookup", run_lookup, "OUT", "points outside"),
     ("run lookup", run_lookup, "../outside", "contains '..'"),
     ("run lookup", run_lookup, "escape", "points outside"),
@@ -272,7 +273,6 @@ def test_nothing_passes_trust_remote_code():
 # --------------------------------------------------------------------------- the CLI in public mode
 CLI_CASES = [
     (["memory", "--model", "/etc"], NO_PATHS),
-    (["load", "--model", "../x"], NO_PATHS),
     (["lora", "--model", "OUT/config.json", "--r", "8"], NO_PATHS),
     (["compare", "--adapter", "OUT/adapter", "--prompt", "hi"], "server path outside runs/"),
     (["evaluate", "--dataset", "style", "--markdown", "OUT/report.md"], "points outside"),
