@@ -150,12 +150,14 @@ def looks_like_path(text: str) -> bool:
     )
 
 
-def inside(path: Path, root: Path) -> Path:
-    """`path` with symlinks resolved, if it lies inside `root`; else a LabError."""
+def inside(path: Path, root: Path, given: str | None = None) -> Path:
+    """`path` with symlinks resolved, if it lies inside `root`; else a LabError that quotes what the person
+    gave (`given`), never where the server keeps runs/."""
     resolved = Path(os.path.realpath(path))
     root = Path(os.path.realpath(root))
     if resolved != root and root not in resolved.parents:
-        raise LabError(f"{str(path)!r} points outside {root}: refused.", "Pick an entry of runs/.")
+        raise LabError(f"{given or path.name!r} points outside runs/ (a path or a link out of it): refused.",
+                       "Pick an entry of runs/.")
     return resolved
 
 
@@ -172,7 +174,7 @@ def run_folder(name_or_path: str | Path, root: Path | None = None) -> Path:
     path = Path(text)
     if not path.is_absolute():
         path = root / path
-    return inside(path, root)
+    return inside(path, root, text)
 
 
 def check_run_name(name: str) -> str:
@@ -216,7 +218,7 @@ def output_file(path: str | Path) -> Path:
     if ".." in Path(text).parts:
         raise LabError(f"Output file {text!r} contains '..': refused.", f"{NO_PATHS} Write reports inside runs/.")
     p = Path(text) if Path(text).is_absolute() else runs_dir() / text
-    folder = inside(p.parent, runs_dir())
+    folder = inside(p.parent, runs_dir(), text)
     return folder / p.name
 
 
@@ -357,7 +359,7 @@ def check_dataset_source(source: str) -> str:
             f"Dataset {text!r} is not allowed here. {NO_PATHS}",
             f"Pick a bundled dataset ({', '.join(list_datasets())}) or upload a file.",
         )
-    return str(inside(path, uploads_dir()))  # an upload that is a symlink out of runs/ is refused here
+    return str(inside(path, uploads_dir(), text))  # an upload that is a symlink out of runs/ is refused here
 
 
 def _under(path: Path, root: Path) -> bool:
