@@ -10,7 +10,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends python3 python3
 # Spaces run the container as UID 1000; Ubuntu 24.04 ships a user with that id, replace it.
 RUN userdel -r ubuntu 2>/dev/null; useradd -m -u 1000 user
 USER user
-ENV HOME=/home/user QLORA_LAB_CACHE=/home/user/.cache/qlora-lab
+# The embedded model is prepared into ~/.cache/qlora-lab at build time. At run time a Space with
+# persistent storage keeps runs, downloads and the cache in /data (lab/paths.py) and reuses this copy.
+ENV HOME=/home/user
 WORKDIR /home/user/app
 
 COPY --chown=user requirements.txt Makefile ./
@@ -19,4 +21,6 @@ COPY --chown=user . .
 RUN make setup PYTHON=python3
 
 EXPOSE 8501
-CMD [".venv/bin/python", "-m", "streamlit", "run", "app.py", "--server.port=8501", "--server.address=0.0.0.0", "--server.headless=true"]
+# `lab serve` starts Streamlit with what the environment needs: inside a Space (SPACE_ID is set) public
+# mode, and server.enableXsrfProtection=false so uploads work in the Space's iframe (see the README).
+CMD [".venv/bin/python", "-m", "lab", "serve", "--port", "8501"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from lab import policy
 from lab.models.architecture import Architecture, read_architecture, read_architecture_json
 from lab.models.sources import EMBEDDED, catalog_names
 from lab.units import fmt_count
@@ -12,13 +13,14 @@ from pages._ui import friendly_errors
 
 UPLOAD = "Upload a config.json…"
 OTHER = "Folder, file or Hub id…"
+HUB_ONLY = "Hub id…"  # public mode: no server paths (lab.policy)
 MODEL_HELP = ("The architecture to compute for. Catalog entries are config.json files written from the published "
               "architectures; 'embedded' is the offline SmolLM2-135M-Instruct; or upload any model's config.json. "
               "Only the config is read: the model is built on PyTorch's meta device, without weights.")
 
 
 def model_options() -> list[str]:
-    return [EMBEDDED, *catalog_names(), UPLOAD, OTHER]
+    return [EMBEDDED, *catalog_names(), UPLOAD, HUB_ONLY if policy.public_mode() else OTHER]
 
 
 def pick_architecture(default: str = "Llama-3.2-3B") -> Architecture | None:
@@ -35,6 +37,14 @@ def pick_architecture(default: str = "Llama-3.2-3B") -> Architecture | None:
                 st.info("Upload a model's config.json to compute for it.", icon=":material/upload_file:")
                 return None
             arch = read_architecture_json(upload.getvalue(), upload.name)
+        elif choice == HUB_ONLY:
+            spec = st.text_input("Hub id", key="source", bind="query-params", placeholder="owner/name",
+                                 help="owner/name on the Hugging Face Hub. Only its config.json is fetched; models "
+                                      f"above {fmt_count(policy.limits().max_params)} parameters are refused unless "
+                                      "allow-listed.")
+            if not spec:
+                return None
+            arch = read_architecture(spec)
         elif choice == OTHER:
             spec = st.text_input("Folder, config.json path or Hub id", key="source", bind="query-params",
                                  help="A local model folder or config.json file, or owner/name on the Hugging Face Hub "

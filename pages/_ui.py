@@ -7,6 +7,7 @@ Pages import this module; `lab/` never does (it has no Streamlit in it).
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,11 +15,17 @@ from dataclasses import dataclass
 
 import streamlit as st
 
+from lab import policy
 from lab.environment import environment_report
 from lab.errors import LabError
 from lab.models.registry import ModelRegistry
+from lab.serve.admin import admin_enabled
+from lab.serve.preload import Preloader
+from lab.serve.sessions import SessionBoard
 from lab.tasks import BackgroundTask
-from lab.units import fmt_bytes
+from lab.training import owners
+from lab.training.queue import QueueWatcher
+from lab.units import fmt_bytes, fmt_count
 
 log = logging.getLogger("qlora_lab.ui")
 
@@ -67,10 +74,100 @@ PAGES = [
 ]
 
 
+# Routed only when QLORA_LAB_ADMIN_TOKEN is set; never a card on Home.
+INSTRUCTOR = PageSpec("pages/instructor.py", "Instructor", ":material/school:",
+                      "Who is connected, the queues, loaded models and runs, with controls.")
+
+
+def menu() -> list[PageSpec]:
+    """What app.py routes to: the lab's pages, and the instructor's when QLORA_LAB_ADMIN_TOKEN is set."""
+    return [*PAGES, *([INSTRUCTOR] if admin_enabled() else [])]
+
+
 @st.cache_resource(show_spinner=False)
 def model_registry() -> ModelRegistry:
     """The one registry of loaded models, shared by every session and page of this server."""
     return ModelRegistry()
+
+
+# --------------------------------------------------------------------------- a room full of sessions
+@dataclass
+class ServerServices:
+    """What runs once per server, whoever opens the app first: the queue watcher (starts queued
+    runs when the device frees up, even with no Training page open), the preloader
+    (QLORA_LAB_PRELOAD) and the board of connected sessions."""
+
+    board: SessionBoard
+    watcher: QueueWatcher
+    preloader: Preloader | None
+    preload_error: str | None = None
+
+
+@st.cache_resource(show_spinner=False)
+def server_services() -> ServerServices:
+    preloader, error = None, None
+    try:
+        preloader = Preloader.from_env(lambda spec, precision: model_registry().get(spec, precision)).start()
+    except LabError as e:  # a bad QLORA_LAB_PRELOAD must not take the app down: the instructor's page shows it
+        error = str(e)
+    watcher = QueueWatcher()
+    if os.environ.get("QLORA_LAB_QUEUE_WATCH", "1") != "0":  # tests' in-process apps turn it off (conftest)
+        watcher.start()
+    return ServerServices(SessionBoard(), watcher, preloader, error)
+
+
+def session_id() -> str:
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else "no-session"
+
+
+def report_activity(page: str | None = None, doing: str | None = None) -> None:
+    """Tell the instructor's page which page this session is on and what it is doing."""
+    server_services().board.touch(session_id(), page, doing)
+
+
+def session_alive(sid: str) -> bool:
+    """Is this Streamlit session still connected? (the runtime's public, thread-safe check)"""
+    from streamlit import runtime
+
+    return runtime.get_instance().is_active_session(sid) if runtime.exists() else True
+
+
+def owner_token() -> str:
+    """This session's owner token: runs it queues are its own (lab.training.owners). Never shown."""
+    if "lab_owner_token" not in st.session_state:
+        st.session_state["lab_owner_token"] = owners.new_token()
+    return st.session_state["lab_owner_token"]
+
+
+def is_admin() -> bool:
+    """This session typed the instructor's token on the instructor's page."""
+    return bool(st.session_state.get("lab_admin")) and admin_enabled()
+
+
+# --------------------------------------------------------------------------- inputs that obey public mode
+HUB_CHOICE = "Hub id…"
+
+
+def model_field(label: str, default: str, key: str, help: str, weights: bool = True, disabled: bool = False) -> str:
+    """A model input. Local mode: free text (a folder, a config.json, a catalog name or a Hub id), as
+    always. Public mode (lab.policy): a picker of what this server allows — 'embedded', the catalog
+    when no weights are needed, or a Hub id, which is checked against the parameter cap."""
+    if not policy.public_mode():
+        return st.text_input(label, default, key=key, help=help, disabled=disabled)
+    from lab.models.sources import EMBEDDED, catalog_names
+
+    options = [EMBEDDED, *([] if weights else catalog_names()), HUB_CHOICE]
+    index = options.index(default) if default in options else 0
+    choice = st.selectbox(label, options, index=index, key=key, disabled=disabled,
+                          help=help + " On this public server: no server paths; Hub models up to "
+                          f"{fmt_count(policy.limits().max_params)} parameters or on the instructor's allow-list.")
+    if choice != HUB_CHOICE:
+        return choice
+    return st.text_input("Hub id", key=f"{key}_hub", placeholder="owner/name", disabled=disabled,
+                         help="Its size is computed from its config.json before anything is downloaded.").strip()
 
 
 @st.cache_data(ttl=30, show_spinner=False)

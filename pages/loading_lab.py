@@ -27,7 +27,16 @@ from lab.models.precision import get_precision, slow_on
 from lab.models.sources import resolve_source
 from lab.units import fmt_bytes
 from lab.vocab import DTYPE_CHOICES, PRECISIONS, describe
-from pages._ui import friendly_errors, get_task, model_registry, poll_task, progress_bar, start_task, task_running
+from pages._ui import (
+    friendly_errors,
+    get_task,
+    model_field,
+    model_registry,
+    poll_task,
+    progress_bar,
+    start_task,
+    task_running,
+)
 
 TASK = "loading_lab_task"
 RESULTS = "loading_lab_results"
@@ -62,7 +71,8 @@ def _int_param(key: str, default: int, top: int) -> int:
 task = get_task(TASK)
 running = task is not None and task.running
 c1, c2 = st.columns([1, 2])
-spec = c1.text_input("Model", value=qp.get("model", "embedded"), help=HELP["model"], disabled=running)
+with c1:
+    spec = model_field("Model", qp.get("model", "embedded"), key="ll_model", help=HELP["model"], disabled=running)
 default_precisions = [p for p in qp.get("precisions", "fp32,int8,nf4").split(",") if p in PRECISIONS] or ["fp32"]
 precisions = c2.multiselect(
     "Precisions (loaded in this order)", list(PRECISIONS), default=default_precisions,

@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from lab import policy
 from lab.data.datasets import list_datasets, save_upload
 from lab.errors import LabError
 from lab.generate.adapters import choose_adapters, discover_runs
@@ -19,7 +20,7 @@ from lab.generate.evaluate import METRICS, EvalSettings, evaluate, load_examples
 from lab.generate.prompts import build_chat_prompt
 from lab.models.sources import resolve_source
 from lab.vocab import PRECISIONS, describe
-from pages._ui import friendly_errors, get_task, model_registry, poll_task, progress_bar, start_task
+from pages._ui import friendly_errors, get_task, model_field, model_registry, poll_task, progress_bar, start_task
 
 GEN_TASK = "playground_generate"
 EVAL_TASK = "playground_evaluate"
@@ -45,8 +46,10 @@ busy = any(t is not None and t.running for t in (gen_task, eval_task))
 
 # --------------------------------------------------------------------------- base and adapters
 c1, c2 = st.columns([2, 1])
-spec = c1.text_input("Base model", value=qp.get("model", "embedded"), disabled=busy,
-                     help="'embedded' (SmolLM2-135M-Instruct, offline), a local model folder, or a Hub id when online.")
+with c1:
+    spec = model_field("Base model", qp.get("model", "embedded"), key="pg_model", disabled=busy,
+                       help="'embedded' (SmolLM2-135M-Instruct, offline), a local model folder, or a Hub id "
+                            "when online.")
 precision = c2.selectbox("Precision", list(PRECISIONS), index=list(PRECISIONS).index(qp.get("precision", "fp32"))
                          if qp.get("precision", "fp32") in PRECISIONS else 0, format_func=lambda n: PRECISIONS[n].label,
                          disabled=busy, help=describe(PRECISIONS, markdown=True))
@@ -61,9 +64,12 @@ a1, a2 = st.columns([2, 1])
 picked = a1.multiselect("Adapters from runs/", list(run_labels), format_func=run_labels.get, disabled=busy,
                         default=[p for p in qp.get_all("adapter") if p in run_labels],
                         help="LoRA adapters saved by the Training page (newest first). Each becomes a column.")
-typed = a2.text_area("Other adapters (one per line)", value="\n".join(p for p in qp.get_all("adapter") if p not in run_labels),
-                     height=68, disabled=busy,
-                     help="Any folder holding adapter_config.json and adapter_model.safetensors, or a Hub id when online.")
+typed = "\n".join(p for p in qp.get_all("adapter") if p not in run_labels)  # a shared link's adapters, checked below
+if not policy.public_mode() or policy.limits().hub_allow:  # public mode: runs of this server, or allow-listed Hub ids
+    typed = a2.text_area("Other adapters (one per line)", value=typed, height=68, disabled=busy,
+                         help="Any folder holding adapter_config.json and adapter_model.safetensors, or a Hub id when "
+                         "online." if not policy.public_mode() else
+                         "Hub ids of adapters the instructor allow-listed (QLORA_LAB_HUB_ALLOW).")
 
 choice = choose_adapters([*picked, *[line.strip() for line in typed.splitlines() if line.strip()]], source)
 for error in choice.errors:  # that adapter is left out; the rest of the page works on

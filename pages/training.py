@@ -14,33 +14,39 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
+from lab import policy
 from lab.data import datasets as ds
 from lab.environment import device_type
+from lab.errors import LabError
 from lab.generate.prompts import has_chat_template
 from lab.models.sources import resolve_source
-from lab.paths import runs_dir
+from lab.training import owners
+from lab.training import queue as Q
 from lab.training import runs as R
-from lab.training.config import SCHEDULERS, TrainConfig, default_config, run_dir_for, to_cli_args
+from lab.training.config import SCHEDULERS, TrainConfig, default_config, to_cli_args
 from lab.training.distributed import launch_command
-from lab.training.events import request_stop
 from lab.units import fmt_bytes
 from lab.vocab import LAUNCH_MODES, PRECISIONS, TARGET_PRESETS, optimizers_for
-from pages._ui import friendly_errors, poll, poll_task, start_task
+from pages._ui import friendly_errors, is_admin, model_field, owner_token, poll, poll_task, report_activity, start_task
 
 H = TrainConfig.help
 DEVICE = device_type()
 DEFAULTS = default_config(DEVICE)
 UPLOAD = "Upload a file…"
 HUB = "Hub dataset id…"
-STATUS_ICONS = {"starting": ":material/hourglass_top:", "running": ":material/play_circle:", "stopping": ":material/pending:",
-                "finished": ":material/check_circle:", "stopped": ":material/stop_circle:", "failed": ":material/error:"}
-STATUS_TEXT = {"starting": "⏳", "running": "▶", "stopping": "…", "finished": "✔", "stopped": "■", "failed": "✘"}
+STATUS_ICONS = {"queued": ":material/schedule:", "starting": ":material/hourglass_top:",
+                "running": ":material/play_circle:", "stopping": ":material/pending:",
+                "finished": ":material/check_circle:", "stopped": ":material/stop_circle:",
+                "failed": ":material/error:"}
+STATUS_TEXT = {"queued": "🕒", "starting": "⏳", "running": "▶", "stopping": "…", "finished": "✔", "stopped": "■",
+               "failed": "✘"}
 
 st.title("Training")
 st.caption(
     "LoRA / QLoRA fine-tuning with TRL's SFTTrainer and peft. Each run is its own `python -m lab train` process "
     "writing `runs/<name>/events.jsonl`; this page tails that log, so a refresh, a second tab or a server restart "
-    "re-attaches to it."
+    "re-attaches to it. One run trains at a time per device; later runs wait in a queue on disk and start by "
+    "themselves."
 )
 
 
@@ -74,9 +80,14 @@ def loss_figure(statuses: list[R.RunStatus], eval_too: bool = True) -> go.Figure
     return fig
 
 
+def whose(run_dir: Path) -> str:
+    return "your run" if owners.owns(run_dir, owner_token()) else "another session's run"
+
+
 def show_run(s: R.RunStatus) -> None:
     icon = STATUS_ICONS.get(s.status, "")
-    st.markdown(f"**{icon} {s.status.upper()}** — `{s.name}`" + (f" (pid {s.pid})" if s.pid and s.active else ""))
+    st.markdown(f"**{icon} {s.status.upper()}** — `{s.name}` ({whose(s.run_dir)})"
+                + (f" (pid {s.pid})" if s.pid and s.active else ""))
     last = s.last_log
     if s.max_steps:
         frac = min(s.step / s.max_steps, 1.0)
@@ -99,42 +110,78 @@ def show_run(s: R.RunStatus) -> None:
         st.info("Stopped on request after finishing its step; the adapter was saved.", icon=":material/stop_circle:")
     elif s.status == "finished":
         st.success(f"Finished: adapter saved in `{s.run_dir}`.", icon=":material/check_circle:")
-    if s.active:
+    if s.active and owners.can_control(s.run_dir, owner_token(), is_admin()):
         if st.button("Stop", icon=":material/stop:", key=f"stop-{s.name}", disabled=s.status == "stopping",
                      help="Ask the training process to finish its current step, save the adapter and exit (writes a STOP file the run watches)."):
-            request_stop(s.run_dir)
-            st.toast("Stop requested: the run finishes its step, saves and exits.")
+            with friendly_errors("Stopping"):
+                owners.stop_run(s.run_dir, owner_token(), is_admin())
+                st.toast("Stop requested: the run finishes its step, saves and exits.")
 
 
-def current_run() -> R.RunStatus | None:
-    """The run this session follows: the one it started, else whatever holds the lock, else ?run=."""
-    run_dir = st.session_state.get("train_run_dir")
-    proc = st.session_state.get("train_proc")
-    if proc is not None:
-        proc.poll()  # reap the child when it exits (no zombie)
-    if run_dir:
-        return R.run_status(Path(run_dir), pid=proc.pid if proc is not None else None)
-    active = R.active_run()
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "at a time not known yet (no finished run to time steps by)"
+    return f"in about {seconds / 60:.0f} min" if seconds >= 90 else f"in about {seconds:.0f} s"
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def show_queue(line: list[Q.QueuedRun], mine: str | None) -> None:
+    """The queue behind the running run: where this session's run stands, and everyone's places."""
+    for q in line:
+        if str(q.run_dir) == mine:
+            st.info(f"Your run `{q.name}` is queued: {_ordinal(q.position)} in line, starts {_eta(q.starts_in)}. "
+                    "One training at a time per device; it starts by itself when the runs ahead of it end.",
+                    icon=":material/schedule:")
+            if st.button("Cancel my queued run", icon=":material/playlist_remove:", key=f"cancel-{q.name}",
+                         help="Take it out of the queue (nothing has run yet, so its folder is removed)."):
+                with friendly_errors("Cancelling"):
+                    owners.stop_run(q.run_dir, owner_token(), is_admin())
+                    st.session_state.pop("train_run_dir", None)
+                    st.rerun(scope="app")
+    if line:
+        st.caption("Queue: " + " · ".join(f"{q.position}. `{q.name}`" + (" (yours)" if str(q.run_dir) == mine else "")
+                                           + f", starts {_eta(q.starts_in)}" for q in line))
+
+
+def current_run(active: R.RunStatus | None) -> R.RunStatus | None:
+    """The run to show: the running one, else the last run this session started, else ?run=<name>."""
     if active is not None:
-        st.session_state["train_run_dir"] = str(active.run_dir)
         return active
+    run_dir = st.session_state.get("train_run_dir")
+    if run_dir:
+        status = R.run_status(Path(run_dir))
+        return None if status.queued else status
     name = st.query_params.get("run")
-    if name and (runs_dir() / name).is_dir():
-        return R.run_status(runs_dir() / name)
+    if name:
+        try:
+            folder = policy.run_folder(name)  # only runs of runs/, whatever the URL says
+        except LabError:
+            return None
+        return R.run_status(folder) if folder.is_dir() else None
     return None
 
 
 def live_panel() -> bool:
-    """The run this session follows; True when it has just ended (the page then refreshes the history
-    and the Train button)."""
-    s = current_run()
-    if s is None:
+    """The running run (anyone's), and the queue with this session's place in it. True when a run started
+    or ended or the queue moved: the page then refreshes the history and the Train button."""
+    active, line = Q.queue_state()
+    mine = st.session_state.get("train_run_dir")
+    s = current_run(active)
+    if s is None and not line:
         st.caption("No run yet: configure one below and press Train.")
-        return False
-    show_run(s)
-    was_active = st.session_state.get("train_was_active", False)
-    st.session_state["train_was_active"] = s.active
-    return was_active and not s.active
+    elif s is not None:
+        show_run(s)
+    show_queue(line, mine)
+    mine_status = R.run_status(Path(mine)) if mine else None
+    report_activity(doing=f"{'training' if mine_status.active else mine_status.status} {mine_status.name}"
+                    if mine_status is not None else None)
+    state = (s.name if s else None, s.status if s else None, tuple(q.name for q in line))
+    was = st.session_state.get("train_live_state", state)
+    st.session_state["train_live_state"] = state
+    return was != state
 
 
 st.subheader("Current run")
@@ -145,14 +192,20 @@ poll(live_panel, every=1.5)  # always: a run started elsewhere (another tab, the
 st.subheader("Configure a run")
 left, right = st.columns([3, 2])
 with left:
-    model = st.text_input("Base model", DEFAULTS.model, help=H("model"), key="t_model")
+    model = model_field("Base model", DEFAULTS.model, key="t_model", help=H("model"))
     names = ds.list_datasets()
-    choice = st.selectbox("Dataset", [*names, UPLOAD, HUB], index=names.index(DEFAULTS.dataset), help=H("dataset"), key="t_dataset")
+    hub_datasets = not policy.public_mode() or bool(policy.limits().hub_allow)  # public: allow-listed Hub datasets only
+    choice = st.selectbox("Dataset", [*names, UPLOAD, *([HUB] if hub_datasets else [])],
+                          index=names.index(DEFAULTS.dataset),
+                          help=H("dataset"), key="t_dataset")
     dataset = choice
     if choice == UPLOAD:
         up = st.file_uploader("JSONL or CSV (Alpaca, chat messages, or prompt/completion rows)", type=["jsonl", "json", "csv"],
                               help="Alpaca: instruction, input (optional), output. Chat: messages [{role, content}…]. Or prompt + completion.")
-        dataset = str(ds.save_upload(up.name, up.getvalue())) if up is not None else ""
+        dataset = ""
+        if up is not None:
+            with friendly_errors("Keeping the upload"):
+                dataset = str(ds.save_upload(up.name, up.getvalue()))  # in runs/uploads/, capped in public mode
     elif choice == HUB:
         dataset = st.text_input("Hub dataset id", "", placeholder="owner/name", help="Needs network access at training time.")
     skip_bad = st.checkbox("Skip malformed rows", DEFAULTS.skip_bad_rows, help=H("skip_bad_rows"), key="t_skip")
@@ -246,8 +299,7 @@ with st.expander("Memory estimate (the calculator's formula)", expanded=False):
         st.table({"term": list(est.components), "bytes": [fmt_bytes(v) for v in est.components.values()],
                   "formula": [est.formulas.get(k, "") for k in est.components]})
 
-# --------------------------------------------------------------------------- start
-busy = R.read_lock()
+# --------------------------------------------------------------------------- start (now, or in the queue)
 st.code(".venv/bin/python -m lab train " + " ".join(to_cli_args(cfg)), language="bash")
 with st.expander("Launch command for several GPUs (or CPU processes)"):
     c1, c2, c3 = st.columns(3)
@@ -263,21 +315,25 @@ with st.expander("Launch command for several GPUs (or CPU processes)"):
         st.code(str(launch), language="bash")
         for note in launch.notes:
             st.caption(note)
-if busy is not None:
-    st.warning(f"A training is already running: `{Path(busy['run_dir']).name}` (pid {busy['pid']}). "
-               "One training at a time per server — stop it above or wait for it.", icon=":material/hourglass_top:")
-start = st.button("Train", type="primary", icon=":material/play_arrow:", disabled=busy is not None or not dataset,
-                  help="Start `python -m lab train` with these settings as its own process; this page follows its event log.")
+own_name = st.text_input("Run name (optional)", "", key="t_name",
+                         placeholder="{base}-{dataset}_SFT_LoRa{r}_{PRECISION}-<time>",
+                         help="The run folder's name inside runs/: letters, digits, '.', '_' and '-'. "
+                              "Empty: the lab names it.")
+active, waiting_line = Q.queue_state()
+if active is not None:
+    st.info(f"A training is running (`{active.name}`); a new run joins the queue behind it"
+            + (f" and {len(waiting_line)} other(s)" if waiting_line else "") + ". One training at a time per device.",
+            icon=":material/hourglass_top:")
+start = st.button("Train" if active is None else "Queue this run", type="primary", icon=":material/play_arrow:",
+                  disabled=not dataset,
+                  help="Start `python -m lab train` with these settings as its own process (this page follows its "
+                       "event log); "
+                       "when a training is running, the run waits in the queue and starts by itself.")
 if start:
     with friendly_errors("Starting the run"):
-        cfg.validate(DEVICE)
-        run_dir = run_dir_for(cfg, resolve_source(cfg.model))
-        args = to_cli_args(cfg, exclude=("output",))  # start_training adds --output
-        proc = R.start_training(args, run_dir)
-        st.session_state["train_run_dir"] = str(run_dir)
-        st.session_state["train_proc"] = proc
-        st.session_state["train_was_active"] = True
-        st.query_params["run"] = run_dir.name
+        status = Q.submit(cfg, owner=owner_token(), name=own_name.strip() or None)
+        st.session_state["train_run_dir"] = str(status.run_dir)
+        st.query_params["run"] = status.name
         time.sleep(0.2)
         st.rerun()
 
@@ -295,12 +351,20 @@ def push_section(finished: list[R.RunStatus]) -> None:
         c1, c2 = st.columns([2, 3])
         name = c1.selectbox("Run", [s.name for s in finished], key="t_push_run", help="A finished or stopped run of the comparison.")
         repo = c2.text_input("Repo (owner/name)", placeholder="alice/smollm2-style-lora", key="t_push_repo",
-                             help="Created if needed. The token comes from HF_TOKEN or `hf auth login`.")
+                             help="Created if needed. The token comes from HF_TOKEN or `hf auth login`"
+                                  + (", or the field below." if not policy.public_mode() else "."))
+        token = None
+        if policy.public_mode():  # never push with the server's own token on a visitor's behalf
+            token = st.text_input("Your Hugging Face token", type="password", key="t_push_token",
+                                  help="A token with write access (huggingface.co/settings/tokens). It is used for "
+                                       "this upload only and not stored.")
         c1, c2, c3 = st.columns(3)
         private = c1.checkbox("Private", key="t_push_private", help="Create the repo as private.")
-        merged = c2.checkbox("Merged model", key="t_push_merged", help="Push <run>/merged (base + adapter) instead of the adapter.")
+        merged = c2.checkbox("Merged model", key="t_push_merged",
+                             help="Push <run>/merged (base + adapter) instead of the adapter.")
         if c3.button("Push", icon=":material/cloud_upload:", disabled=not repo.strip(), key="t_push"):
-            start_task(PUSH_TASK, lambda run, report, cancel: push_run(run, repo, private, merged), runs_dir() / name)
+            start_task(PUSH_TASK, lambda run, report, cancel: push_run(run, repo, private, merged, token),
+                       policy.run_folder(name))
 
         def keep(task) -> None:
             st.session_state[PUSH_RESULT] = (task.status, task.error, task.result)
@@ -323,7 +387,8 @@ else:
     def row(s: R.RunStatus) -> dict:
         info = infos[s.name]
         c, summ = info.get("config", {}), info.get("summary", {})
-        return {"run": s.name, "status": f"{STATUS_TEXT.get(s.status, '')} {s.status}", "steps": s.step,
+        return {"run": s.name, "status": f"{STATUS_TEXT.get(s.status, '')} {s.status}",
+                "owner": "you" if owners.owns(s.run_dir, owner_token()) else "", "steps": s.step,
                 "final loss": summ.get("final_loss") or (s.last_log or {}).get("loss"), "eval loss": summ.get("final_eval_loss"),
                 "precision": info.get("precision"), "r": c.get("r"), "dataset": (info.get("dataset") or {}).get("name"),
                 "tokens/s": summ.get("tokens_per_second"), "seconds": (info.get("durations") or {}).get("total_seconds")}
@@ -340,7 +405,8 @@ else:
             c = infos[s.name].get("config", {})
             table[s.name] = [str(c.get(k, "")) for k in keys]
         st.dataframe(table, hide_index=True)
-        finished = [s for s in chosen if s.status in ("finished", "stopped") and (s.run_dir / "adapter_model.safetensors").exists()]
+        finished = [s for s in chosen if owners.can_control(s.run_dir, owner_token(), is_admin())
+                    and s.status in ("finished", "stopped") and (s.run_dir / "adapter_model.safetensors").exists()]
         if finished:
             target = st.selectbox("Merge & export", [s.name for s in finished],
                                   help="Reload the base at 16/32-bit, merge this run's adapter into it and save a standalone model in <run>/merged.")
@@ -348,6 +414,20 @@ else:
                 with friendly_errors("Merging"), st.spinner("Merging the adapter into the base model…"):
                     from lab.training.runner import merge_and_export
 
-                    out = merge_and_export(runs_dir() / target)
+                    out = merge_and_export(policy.run_folder(target))
                     st.success(f"Merged model saved in `{out}`.")
             push_section(finished)
+    deletable = [s for s in history if not s.active and owners.can_control(s.run_dir, owner_token(), is_admin())]
+    if deletable:
+        d1, d2 = st.columns([3, 1])
+        doomed = d1.selectbox("Delete a run", [s.name for s in deletable], key="t_delete",
+                              help="Remove the run's folder (adapter, checkpoints, logs). On a public server: only "
+                                   "your own runs.")
+        if d2.button("Delete", icon=":material/delete:",
+                     help="Remove this run's folder for good (a queued run leaves the queue)."):
+            with friendly_errors("Deleting"):
+                owners.delete_run(policy.run_folder(doomed), owner_token(), is_admin())
+                if Path(st.session_state.get("train_run_dir", "")).name == doomed:
+                    del st.session_state["train_run_dir"]
+                st.toast(f"Deleted {doomed}.")
+                st.rerun()

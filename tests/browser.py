@@ -37,15 +37,17 @@ def free_port() -> int:
 
 
 class AppServer:
-    def __init__(self, port: int, env: dict[str, str] | None = None) -> None:
+    def __init__(self, port: int, env: dict[str, str] | None = None, extra_args: list[str] | None = None) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = Path(os.environ.get("QLORA_LAB_RUNS", "/tmp")) / f"streamlit-{port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-               "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
+               "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+               *(extra_args or [])]
         self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        env = {**os.environ, "QLORA_LAB_QUEUE_WATCH": "1", **(env or {})}
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
     def wait_healthy(self, timeout: float = 60) -> None:
         deadline = time.time() + timeout

@@ -17,6 +17,9 @@ import torch
 _TEST_HOME = Path(tempfile.mkdtemp(prefix="qlora-lab-tests-"))
 os.environ.setdefault("QLORA_LAB_RUNS", str(_TEST_HOME / "runs"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# No queue-watcher thread in pytest's own process (AppTest apps): it would outlive its test and start
+# queued runs in later tests' folders. Browser tests' servers (separate processes) turn it back on.
+os.environ.setdefault("QLORA_LAB_QUEUE_WATCH", "0")
 
 import lab  # noqa: E402,F401  (quiets noisy libraries before anything loads)
 from lab.models.sources import prepare_embedded_model  # noqa: E402

@@ -293,3 +293,17 @@ def test_push_refuses_a_folder_without_an_adapter(tmp_path):
     (tmp_path / "r" / "lab_run.json").write_text("{}")
     with pytest.raises(LabError, match="has no adapter"):
         push_run(tmp_path / "r", "me/x")
+
+
+def test_a_public_server_never_pushes_with_its_own_token(monkeypatch):
+    """On a public Space a visitor's push must use the visitor's token: the server's HF_TOKEN would let
+    anyone write to the Space owner's account."""
+    from lab.share.push import hub_token
+
+    monkeypatch.setenv("HF_TOKEN", "hf_server_secret")
+    monkeypatch.setenv("QLORA_LAB_PUBLIC", "1")
+    with pytest.raises(LabError, match="your own Hugging Face token"):
+        hub_token(None)
+    assert hub_token(" hf_visitor ") == "hf_visitor"
+    monkeypatch.setenv("QLORA_LAB_PUBLIC", "0")
+    assert hub_token(None) == "hf_server_secret"  # a laptop: the login or HF_TOKEN, as before

@@ -7,8 +7,12 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
+from lab.errors import LabError
+from lab.training import owners
+from lab.training import queue as Q
 from lab.training import runs as R
 from lab.training.config import default_config
 
@@ -38,10 +42,9 @@ def test_page_trains_the_tiny_model_and_shows_history(tiny_model_dir, tmp_path, 
     assert run_dir.parent == tmp_path
     assert run_dir.name.startswith(f"{tiny_model_dir.name}-style_SFT_LoRa16_{precision}-")
     deadline = time.time() + 180
-    proc = at.session_state["train_proc"]
-    while time.time() < deadline and proc.poll() is None:
+    while time.time() < deadline and R.run_status(run_dir).status in ("queued", "starting", "running", "stopping"):
         time.sleep(1)
-    assert proc.returncode == 0, (run_dir / "process.log").read_text()
+    assert R.run_status(run_dir).status == "finished", (run_dir / "process.log").read_text()
     at.run()
     assert not at.exception
     assert any("FINISHED" in m.value for m in at.markdown), [m.value for m in at.markdown]
@@ -75,29 +78,42 @@ def test_page_shows_the_launch_command_for_several_gpus(tmp_path, monkeypatch):
     assert any("shards the base across CUDA GPUs" in e.value for e in at.error)
 
 
-def test_page_says_busy_and_reattaches_when_another_training_holds_the_lock(tmp_path, monkeypatch):
-    import subprocess
-    import sys
-
+def test_a_second_run_queues_and_another_sessions_run_has_no_stop(tiny_model_dir, tmp_path, monkeypatch):
+    """Public mode: while someone else's run trains, this session sees it without a Stop button, queues
+    its own run (position and estimated start shown), and can cancel that one."""
     monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path))
-    run_dir = tmp_path / "someone-elses-run"
-    run_dir.mkdir()
-    # a live process whose command line looks like a training (pid_alive checks both)
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "lab", "train"])
+    monkeypatch.delenv("QLORA_LAB_PUBLIC", raising=False)
+    cfg = default_config("cpu", model=str(tiny_model_dir), dataset="style", max_steps=500, batch_size=2, max_length=64,
+                      eval_steps=0, save_steps=1000)
+    theirs = Q.submit(cfg, owner="another-session", name="someone-elses-run").run_dir
     try:
-        (run_dir / "events.jsonl").write_text(json.dumps({"type": "start", "time": time.time(), "pid": holder.pid}) + "\n")
-        R.acquire_lock(run_dir, pid=holder.pid)
+        deadline = time.time() + 120
+        while not R.run_status(theirs).logs and time.time() < deadline:
+            time.sleep(0.5)
+        monkeypatch.setenv("QLORA_LAB_PUBLIC", "1")
         at = AppTest.from_file(PAGE, default_timeout=90).run()
         assert not at.exception
-        assert any("already running: `someone-elses-run`" in w.value for w in at.warning)
-        train = at.button[[b.label for b in at.button].index("Train")]
-        assert train.disabled
-        assert any("RUNNING" in m.value and "someone-elses-run" in m.value for m in at.markdown)
-        at.button[[b.label for b in at.button].index("Stop")].click().run()
-        assert (run_dir / "STOP").is_file()  # the request the training process watches for
+        assert any("RUNNING" in m.value and "someone-elses-run" in m.value and "another session's run" in m.value
+                   for m in at.markdown)
+        assert "Stop" not in [b.label for b in at.button]  # not this session's run
+        assert any("A training is running (`someone-elses-run`)" in i.value for i in at.info)
+        at.number_input(key="t_steps").set_value(1)
+        at.text_input(key="t_name").set_value("my-queued-run")
+        at.run()
+        at.button[[b.label for b in at.button].index("Queue this run")].click().run()
+        assert not at.exception
+        mine = tmp_path / "my-queued-run"
+        assert Path(at.session_state["train_run_dir"]) == mine and R.run_status(mine).status == "queued"
+        assert any("Your run `my-queued-run` is queued: 1st in line" in i.value for i in at.info)
+        token = at.session_state["lab_owner_token"]
+        assert owners.owns(mine, token) and not owners.owns(theirs, token)
+        at.button[[b.label for b in at.button].index("Cancel my queued run")].click().run()
+        assert not mine.exists() and R.run_status(theirs).status == "running"
+        with pytest.raises(LabError, match="belongs to another session"):
+            owners.stop_run(theirs, at.session_state["lab_owner_token"])
     finally:
-        holder.kill()
-        holder.wait()
-    at.run()
-    assert any("FAILED" in m.value for m in at.markdown)  # died without an end event
-    assert any("without writing an end event" in e.value for e in at.error)
+        owners.stop_run(theirs, "another-session")
+        deadline = time.time() + 120
+        while R.run_status(theirs).active and time.time() < deadline:
+            time.sleep(0.5)
+    assert R.run_status(theirs).status == "stopped"

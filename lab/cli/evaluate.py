@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from lab import policy
 from lab.cli.compare import add_model_arguments, load_base_and_adapters
 from lab.errors import LabError
 from lab.generate.evaluate import METRICS, EvalSettings, evaluate, load_examples, to_csv, to_markdown
@@ -32,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     if args.limit is not None and args.limit < 0:
         raise LabError(f"--limit must be 0 (all) or positive, got {args.limit}.")
-    examples = load_examples(args.dataset, args.limit or None)  # a bad dataset fails before the model loads
+    # a bad report path or dataset fails before the model loads
+    reports = [(policy.output_file(p), text) for p, text in ((args.markdown, to_markdown), (args.csv, to_csv)) if p]
+    examples = load_examples(args.dataset, args.limit or None)
     loaded, infos, warnings = load_base_and_adapters(args)
     settings = EvalSettings(limit=args.limit or None, metric=args.metric, max_new_tokens=args.max_new_tokens)
     def progress(done: int, total: int, row: dict) -> None:  # stderr, so --json output stays clean
@@ -40,9 +43,8 @@ def run(args: argparse.Namespace) -> dict:
 
     result = evaluate(loaded, infos, examples, args.dataset, settings, on_progress=progress)
     result.warnings[:0] = warnings  # base mismatches first, then anything evaluate() noted
-    for path, text in ((args.markdown, to_markdown), (args.csv, to_csv)):
-        if path:
-            path.write_text(text(result))
+    for path, text in reports:  # public mode: inside runs/ only
+        path.write_text(text(result))
     return {**result.to_json(), "model": loaded.source.display_name, "precision": loaded.precision,
             "adapter_info": [i.to_json() for i in infos]}
 

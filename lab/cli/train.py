@@ -19,9 +19,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict | None:
     from lab.training import distributed
+    from lab.training.queue import hand_over
     from lab.training.runner import train
 
-    result = train(from_args(args))
+    try:
+        result = train(from_args(args))
+    finally:
+        if distributed.is_main_process():
+            hand_over()  # the device is free: start the next queued run (lab.training.queue)
     return result if distributed.is_main_process() else None  # one report per run, from rank 0
 
 

@@ -16,14 +16,17 @@ trained on.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab import policy
 from lab.errors import LabError
 from lab.generate.prompts import alpaca_prompt, build_chat_prompt, has_chat_template
-from lab.paths import ASSETS_DIR, runs_dir
+from lab.paths import ASSETS_DIR, uploads_dir
 
 DATASETS_DIR = ASSETS_DIR / "datasets"
 SPLITS = ("train", "test")
@@ -57,6 +60,8 @@ def dataset_name(name_or_path: str) -> str:
     """Short name used in run names: the bundled name, a file's stem, or a Hub id's last part."""
     if name_or_path in list_datasets():
         return name_or_path
+    if policy.public_mode():
+        name_or_path = policy.check_dataset_source(name_or_path)
     p = Path(name_or_path)
     if p.is_dir():
         return p.name
@@ -70,6 +75,8 @@ def dataset_file(name_or_path: str, split: str = "train") -> Path | None:
     train/test files; a single file is its own (only) training split."""
     if split not in SPLITS:
         raise LabError(f"Unknown split {split!r}.", f"Choose one of: {', '.join(SPLITS)}.")
+    if policy.public_mode():  # bundled, uploaded (inside runs/uploads/) or allow-listed Hub datasets only
+        name_or_path = policy.check_dataset_source(name_or_path)
     if name_or_path in list_datasets():
         return DATASETS_DIR / name_or_path / f"{split}.jsonl"
     p = Path(name_or_path).expanduser()
@@ -91,11 +98,21 @@ def dataset_file(name_or_path: str, split: str = "train") -> Path | None:
 
 
 def save_upload(filename: str, data: bytes) -> Path:
-    """Keep a dataset file uploaded on a page in runs/uploads/ and return its path. Only the file's base
-    name is kept: no path from the browser reaches the file system."""
-    target = runs_dir() / "uploads" / Path(filename).name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(data)
+    """Keep a file uploaded on a page (a training set, a test file) in runs/uploads/ and return its path.
+    No path from the browser reaches the file system: only the base name is kept, cleaned, in a folder
+    named by the content's hash, so two people uploading 'train.jsonl' never overwrite each other. In
+    public mode the size is capped first (lab.policy)."""
+    policy.check_upload_size(filename, len(data))
+    stem, suffix = Path(Path(filename).name).stem, Path(filename).suffix.lower()
+    if suffix not in (".jsonl", ".json", ".csv"):
+        raise LabError(f"Upload {filename!r} is not a .jsonl, .json or .csv file.", "Upload the rows as JSONL or CSV.")
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip(".-")[:60] or "upload"
+    folder = uploads_dir() / hashlib.sha256(data).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{safe}{suffix}"
+    tmp = folder / f".{target.name}.{os.getpid()}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, target)  # a concurrent reader never sees half a file
     return target
 
 

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab import policy
 from lab.errors import LabError
 from lab.paths import RUN_FILE, runs_dir
 
@@ -146,6 +147,8 @@ def inspect_adapter(source: str, name: str | None = None) -> AdapterInfo:
     source = (source or "").strip()
     if not source:
         raise LabError("No adapter given.", "Pick a run, or give an adapter folder or Hub id.")
+    if policy.public_mode():  # a run folder inside runs/, or an allow-listed Hub id
+        source = policy.check_adapter_source(source)
     path = Path(source).expanduser()
     if path.is_dir():
         kind = "run" if _inside(path, runs_dir()) else "folder"

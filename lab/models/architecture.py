@@ -20,6 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab import policy
 from lab.errors import LabError
 from lab.models.sources import ModelSource, config_from_dict, resolve_source
 
@@ -190,7 +191,10 @@ def read_architecture(source: str | ModelSource, name: str | None = None) -> Arc
 
 
 def read_architecture_json(text: str | bytes, name: str = "uploaded config") -> Architecture:
-    """The architecture of a config.json given as text (an upload on a page)."""
+    """The architecture of a config.json given as text (an upload on a page). In public mode the
+    upload is bounded in size, declared structure and time before transformers builds it."""
+    if policy.public_mode():
+        return policy.architecture_within_limits(policy.read_config_bytes(text, name), name)
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")

@@ -19,8 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab import policy
 from lab.errors import LabError
-from lab.paths import ASSETS_DIR, cache_dir
+from lab.paths import ASSETS_DIR, cache_dir, default_cache_dir
 
 EMBEDDED = "embedded"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
@@ -33,7 +34,14 @@ _READY_MARKER = "lab_source.json"
 
 # --------------------------------------------------------------------------- embedded model
 def embedded_model_dir() -> Path:
-    return cache_dir() / "models" / EMBEDDED_NAME
+    """Where the converted embedded model lives. When the cache is on persistent storage (a Space's
+    /data) and has no copy yet, a copy already prepared in the default cache (the Docker image
+    builds one there) is used instead of converting it again at every start."""
+    primary = cache_dir() / "models" / EMBEDDED_NAME
+    built_in = default_cache_dir() / "models" / EMBEDDED_NAME
+    if not (primary / _READY_MARKER).is_file() and (built_in / _READY_MARKER).is_file():
+        return built_in
+    return primary
 
 
 def embedded_model_ready() -> bool:
@@ -195,6 +203,12 @@ def resolve_source(spec: str) -> ModelSource:
     spec = (spec or "").strip()
     if not spec:
         raise LabError("No model given.", f"Use '{EMBEDDED}', a model folder, a config.json, or a Hub id.")
+    if policy.public_mode():  # no server paths: only the embedded model, the catalog, admitted Hub ids
+        kind, spec = policy.check_model_spec(spec)
+        if kind == "catalog":
+            return ModelSource(spec=spec, kind="catalog", path=CATALOG_DIR / f"{spec}.json")
+        if kind == "hub":
+            return ModelSource(spec=spec, kind="hub", hub_id=spec)
     if spec.lower() == EMBEDDED:
         return ModelSource(spec=EMBEDDED, kind="embedded", path=prepare_embedded_model(), hub_id=EMBEDDED_HUB_ID)
 

@@ -65,9 +65,18 @@ def files_to_upload(folder: Path) -> list[str]:
     return sorted(filter_repo_objects(paths, ignore_patterns=IGNORE_PATTERNS))
 
 
-def hub_token() -> str:
+def hub_token(given: str | None = None) -> str:
+    """The token to push with: the one a person typed, else HF_TOKEN or the login cache. On a public server
+    only a typed token counts: the server's own token must never push on a visitor's behalf."""
     from huggingface_hub import get_token
 
+    from lab import policy
+
+    if given and given.strip():
+        return given.strip()
+    if policy.public_mode():
+        raise LabError("On a public server, pushing uses your own Hugging Face token, never the server's.",
+                       "Paste a token with write access (huggingface.co/settings/tokens) and push again.")
     token = get_token()
     if not token:
         raise LabError("Not logged in to the Hugging Face Hub: no token in HF_TOKEN or the login cache.",
@@ -103,8 +112,10 @@ def hub_failure(e: BaseException, repo_id: str) -> LabError:
     return LabError(f"Pushing to {repo_id} failed: {type(e).__name__}: {str(e)[:200]}")
 
 
-def push_run(run: str | Path, repo_id: str, private: bool = False, merged: bool = False) -> dict:
-    """Upload a run's adapter folder (or, with `merged`, its merged export) to `repo_id`; returns what was sent."""
+def push_run(run: str | Path, repo_id: str, private: bool = False, merged: bool = False,
+             token: str | None = None) -> dict:
+    """Upload a run's adapter folder (or, with `merged`, its merged export) to `repo_id`; returns what was sent.
+    `token`: a token the person typed (required on a public server; see `hub_token`)."""
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import OfflineModeIsEnabled
 
@@ -115,7 +126,7 @@ def push_run(run: str | Path, repo_id: str, private: bool = False, merged: bool 
     folder = push_folder(run_dir, merged)
     if constants.is_offline_mode():
         raise hub_failure(OfflineModeIsEnabled(), repo_id)
-    token = hub_token()
+    token = hub_token(token)
     def card(repo: str | None) -> None:  # the card's snippet loads from the repo it is pushed to
         if merged:
             write_merged_card(run_dir, folder, repo_id=repo)

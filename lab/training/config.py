@@ -154,12 +154,13 @@ def run_name(cfg: TrainConfig, base_display_name: str, dataset_short: str, when:
 
 
 def run_dir_for(cfg: TrainConfig, source: ModelSource, when: float | None = None) -> Path:
-    """Where a run of `cfg` on `source` lives: `cfg.output` when given, else runs/<run_name>. The Training
-    page names the folder of the run it starts here, and the runner creates it."""
+    """Where a run of `cfg` on `source` lives: `cfg.output` when given (in public mode a run name, always inside
+    runs/: lab.policy), else runs/<run_name>. The runner and the training queue both name run folders here."""
+    from lab import policy
     from lab.data.datasets import dataset_name
 
     if cfg.output:
-        return Path(cfg.output).expanduser().resolve()
+        return policy.output_dir(cfg.output)
     return runs_dir() / run_name(cfg, source.display_name, dataset_name(cfg.dataset), when)
 
 

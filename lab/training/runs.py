@@ -2,6 +2,7 @@
 `python -m lab train` as its own process.
 
 A run's status comes from its files and its process, never from a UI's memory:
+- queued.json and no events -> queued (waiting its turn: lab.training.queue);
 - an `end` event in events.jsonl -> finished / stopped / failed (with the error);
 - no end event and the process that wrote `start` is alive -> running (or stopping);
 - no end event and that process is gone -> failed ("the process exited without an end event").
@@ -9,6 +10,7 @@ A run's status comes from its files and its process, never from a UI's memory:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -19,9 +21,13 @@ from pathlib import Path
 
 from lab.errors import LabError
 from lab.paths import REPO_ROOT, runs_dir
-from lab.training.events import PROCESS_LOG, RUN_FILE, STOP_FILE, read_events
+from lab.training.events import EVENTS_FILE, PROCESS_LOG, RUN_FILE, STOP_FILE, read_events
 
 LOCK_FILE = ".train.lock"
+HOLDER_FILE = ".train.json"
+QUEUE_FILE = "queued.json"  # in a run folder while it waits in the queue (see lab.training.queue)
+LAUNCH_FILE = "launched.json"  # written when the queue starts it: the pid, before its start event
+LAUNCH_GRACE = 60.0  # seconds a run being launched reads as "starting" before its process is known
 
 
 # --------------------------------------------------------------------------- processes
@@ -46,48 +52,144 @@ def pid_alive(pid: int | None) -> bool:
 
 
 # --------------------------------------------------------------------------- lock
+# One training per server. The lock is an flock on runs/.train.lock held by the training process for
+# its whole life: the kernel drops it when the process ends, however it ends (a SIGKILL or an OOM kill
+# included), so a lock can never go stale. A run started from the queue is handed the lock already
+# taken: the starter takes it, and the child inherits the open file (pass_fds) and names it in
+# QLORA_LAB_TRAIN_LOCK_FD, so no other run can slip in between the check and the start.
+LOCK_FD_ENV = "QLORA_LAB_TRAIN_LOCK_FD"
+_held: dict = {}  # this process's lock: {"fd": int}
+
+
 def lock_path() -> Path:
     return runs_dir() / LOCK_FILE
 
 
-def read_lock() -> dict | None:
-    """The live lock's content ({pid, run_dir, started}), or None (absent or left by a dead process)."""
+def holder_path() -> Path:
+    return runs_dir() / HOLDER_FILE
+
+
+def _open_lock() -> int:
+    path = lock_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+
+def _flock(fd: int, op: int) -> bool:
+    """flock without blocking: True when taken, False when someone else holds it."""
     try:
-        data = json.loads(lock_path().read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        fcntl.flock(fd, op | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError as e:  # a file system without flock (some network mounts)
+        raise LabError(f"Cannot lock {lock_path()}: {e.strerror or e}.",
+                       "Put runs/ on a local disk (QLORA_LAB_RUNS).") from e
+
+
+def take_lock(wait: float = 1.0) -> int | None:
+    """Take the training lock: an open file descriptor holding it, or None when a training holds it.
+    Retries for `wait` seconds (a reader's brief shared probe must not read as a busy device)."""
+    fd = _open_lock()
+    deadline = time.monotonic() + wait
+    while True:
+        if _flock(fd, fcntl.LOCK_EX):
+            return fd
+        if time.monotonic() >= deadline:
+            os.close(fd)
+            return None
+        time.sleep(0.05)
+
+
+def lock_free() -> bool:
+    if not lock_path().exists():
+        return True
+    fd = _open_lock()
+    try:
+        free = _flock(fd, fcntl.LOCK_SH)
+        if free:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        return free
+    finally:
+        os.close(fd)
+
+
+def read_lock() -> dict | None:
+    """Who holds the training lock ({pid, run_dir, started}), or None when no training holds it."""
+    if lock_free():
         return None
-    return data if pid_alive(data.get("pid")) else None
+    for _ in range(3):  # the holder file is replaced atomically; it may not be written yet
+        try:
+            data = json.loads(holder_path().read_text())
+            if isinstance(data, dict):
+                return data
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.05)
+    return {"pid": None, "run_dir": "", "started": None}
+
+
+def write_holder(run_dir: Path, pid: int) -> None:
+    tmp = holder_path().with_name(f"{HOLDER_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"pid": pid, "run_dir": str(run_dir), "started": time.time()}))
+    os.replace(tmp, holder_path())
+
+
+def _inherited_lock() -> int | None:
+    """The lock fd a starter handed this process, if it really is the lock and really held."""
+    text = os.environ.pop(LOCK_FD_ENV, "")
+    if not text.isdigit():
+        return None
+    fd = int(text)
+    try:
+        st, lock = os.fstat(fd), os.stat(lock_path())
+    except OSError:
+        return None
+    if (st.st_dev, st.st_ino) != (lock.st_dev, lock.st_ino) or not _flock(fd, fcntl.LOCK_EX):
+        return None
+    return fd
+
+
+def drop_inherited_lock() -> None:
+    """Close a lock handed over by a starter but never adopted (the run failed before acquire_lock),
+    so the device is free for the next queued run."""
+    fd = _inherited_lock()
+    if fd is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def busy_error(holder: dict) -> LabError:
+    name = Path(holder.get("run_dir") or "?").name
+    return LabError(f"Another training is running: {name} (pid {holder.get('pid')}).",
+                    "One training at a time per server: queue this run from the Training page, wait for that one, or "
+                    f"stop it (`touch {Path(holder.get('run_dir') or '.') / STOP_FILE}`).")
 
 
 def acquire_lock(run_dir: Path, pid: int | None = None) -> None:
-    """Take the server-wide training lock for `run_dir`, or raise a LabError naming the busy run."""
-    path = lock_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = json.dumps({"pid": pid or os.getpid(), "run_dir": str(run_dir), "started": time.time()})
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = read_lock()
-            if holder is not None:
-                raise LabError(f"Another training is running: {Path(holder['run_dir']).name} (pid {holder['pid']}).",
-                               "One training at a time per server: wait for it to finish, or stop it on the Training page "
-                               f"(or `touch {Path(holder['run_dir']) / STOP_FILE}`).") from None
-            path.unlink(missing_ok=True)  # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(data)
-        return
-    raise LabError(f"Could not take the training lock {path}.", "Remove it if no training is running.")
+    """Take the server-wide training lock for `run_dir` (or adopt the one a starter handed over), or
+    raise a LabError naming the busy run."""
+    fd = _inherited_lock()
+    if fd is None:
+        fd = take_lock()
+    if fd is None:
+        raise busy_error(read_lock() or {})
+    _held["fd"] = fd
+    write_holder(Path(run_dir), pid or os.getpid())
 
 
 def release_lock(pid: int | None = None) -> None:
-    try:
-        data = json.loads(lock_path().read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    fd = _held.pop("fd", None)
+    if fd is None:
         return
-    if data.get("pid") == (pid or os.getpid()):
-        lock_path().unlink(missing_ok=True)
+    try:
+        holder = json.loads(holder_path().read_text())
+        if holder.get("pid") == (pid or os.getpid()):
+            holder_path().unlink(missing_ok=True)
+    except (FileNotFoundError, json.JSONDecodeError):
+        pass
+    fcntl.flock(fd, fcntl.LOCK_UN)  # releases it even if a forked child still has the file open
+    os.close(fd)
 
 
 # --------------------------------------------------------------------------- status
@@ -96,7 +198,7 @@ class RunStatus:
     """What a run folder says about its run."""
 
     run_dir: Path
-    status: str  # starting | running | stopping | finished | stopped | failed
+    status: str  # queued | starting | running | stopping | finished | stopped | failed
     pid: int | None = None
     error: str | None = None
     hint: str | None = None
@@ -111,6 +213,10 @@ class RunStatus:
     @property
     def active(self) -> bool:
         return self.status in ("starting", "running", "stopping")
+
+    @property
+    def queued(self) -> bool:
+        return self.status == "queued"
 
     @property
     def logs(self) -> list[dict]:
@@ -137,8 +243,13 @@ def run_status(run_dir: Path, pid: int | None = None) -> RunStatus:
     run_dir = Path(run_dir)
     events = read_events(run_dir)
     starts = [e for e in events if e["type"] == "start"]
-    pid = starts[-1]["pid"] if starts else pid
+    if not events and (run_dir / QUEUE_FILE).is_file():
+        return RunStatus(run_dir, "queued")
+    launch = read_marker(run_dir, LAUNCH_FILE)
+    pid = starts[-1]["pid"] if starts else (pid or launch.get("pid"))
     s = RunStatus(run_dir, "starting", pid=pid, events=events)
+    if not events and pid is None and time.time() - launch.get("launching_at", 0) < LAUNCH_GRACE:
+        return s  # the queue is starting it this instant
     for e in events:
         if e["type"] == "train_begin":
             s.max_steps = e.get("max_steps") or 0
@@ -154,6 +265,8 @@ def run_status(run_dir: Path, pid: int | None = None) -> RunStatus:
     if not starts and pid is None and not events:
         s.status = "failed"
         s.error = "The run folder has no events: the training process never started."
+        tail = process_log_tail(run_dir)
+        s.error += f" Its output: {tail}" if tail else ""
         return s
     s.status = "failed"
     tail = process_log_tail(run_dir)
@@ -171,6 +284,15 @@ def process_log_tail(run_dir: Path, chars: int = 400) -> str:
     return text[-chars:]
 
 
+def read_marker(run_dir: Path, name: str) -> dict:
+    """A small JSON file of the run folder (queued.json, launched.json), or {}."""
+    try:
+        data = json.loads((Path(run_dir) / name).read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def read_run_info(run_dir: Path) -> dict:
     try:
         return json.loads((Path(run_dir) / RUN_FILE).read_text())
@@ -183,7 +305,8 @@ def list_runs(root: Path | None = None) -> list[RunStatus]:
     root = root or runs_dir()
     if not root.is_dir():
         return []
-    dirs = [d for d in root.iterdir() if d.is_dir() and ((d / RUN_FILE).exists() or (d / "events.jsonl").exists())]
+    markers = (RUN_FILE, EVENTS_FILE, QUEUE_FILE, LAUNCH_FILE)
+    dirs = [d for d in root.iterdir() if d.is_dir() and not d.is_symlink() and any((d / m).exists() for m in markers)]
     dirs.sort(key=lambda d: d.stat().st_mtime, reverse=True)
     return [run_status(d) for d in dirs]
 
@@ -191,19 +314,28 @@ def list_runs(root: Path | None = None) -> list[RunStatus]:
 def active_run() -> RunStatus | None:
     """The run currently holding the lock (the one to re-attach to), if any."""
     lock = read_lock()
-    if lock is None:
+    if lock is None or not lock.get("run_dir"):
         return None
     return run_status(Path(lock["run_dir"]), pid=lock["pid"])
 
 
 # --------------------------------------------------------------------------- starting a run
-def start_training(args: list[str], run_dir: Path) -> subprocess.Popen:
+def spawn(args: list[str], run_dir: Path, lock_fd: int) -> subprocess.Popen:
     """Start `python -m lab train ARGS --output RUN_DIR` as its own process (own session, so it
-    outlives the page and the server), with its output in runs/<name>/process.log."""
-    holder = read_lock()
-    if holder is not None:
-        raise LabError(f"Another training is running: {Path(holder['run_dir']).name} (pid {holder['pid']}).",
-                       "One training at a time per server: wait for it, or stop it first.")
+    outlives the page and the server), handing it the training lock `lock_fd` (see acquire_lock),
+    with its output in runs/<name>/process.log."""
+    run_dir = Path(run_dir)
+    cmd = [sys.executable, "-m", "lab", "train", *args, "--output", str(run_dir)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", LOCK_FD_ENV: str(lock_fd)}
+    with (run_dir / PROCESS_LOG).open("w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True, pass_fds=(lock_fd,))
+    write_holder(run_dir, proc.pid)
+    (run_dir / "command.txt").write_text(" ".join(cmd) + "\n")
+    return proc
+
+
+def make_run_dir(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=False)
@@ -211,11 +343,16 @@ def start_training(args: list[str], run_dir: Path) -> subprocess.Popen:
         raise LabError(f"Run folder {run_dir} already exists.", "Pick another name (names carry a timestamp).") from None
     except OSError as e:
         raise LabError(f"Could not create the run folder {run_dir}: {e.strerror or e}.", "Check disk space and permissions.") from e
-    cmd = [sys.executable, "-m", "lab", "train", *args, "--output", str(run_dir)]
-    log = (run_dir / PROCESS_LOG).open("w")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=env, start_new_session=True)
-    log.close()
-    (run_dir / "command.txt").write_text(" ".join(cmd) + "\n")
-    return proc
+    return run_dir
+
+
+def start_training(args: list[str], run_dir: Path) -> subprocess.Popen:
+    """Start a run now, or raise a LabError when a training is running (the queue, in
+    lab.training.queue, is how pages start runs; this is the immediate path it builds on)."""
+    fd = take_lock()
+    if fd is None:
+        raise busy_error(read_lock() or {})
+    try:
+        return spawn(args, make_run_dir(run_dir), fd)
+    finally:
+        os.close(fd)  # the child holds the lock now (or nobody does, if the start failed)

@@ -1,0 +1,56 @@
+"""`python -m lab queue`: the running training and the queue behind it, with estimated starts."""
+
+from __future__ import annotations
+
+import argparse
+
+from lab.training import owners
+from lab.training import queue as Q
+from lab.units import format_table
+
+NAME = "queue"
+HELP = "show the running training and the queued runs (position, estimated start); --stop RUN stops or unqueues one"
+ORDER = 41
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--stop", metavar="RUN", help="stop this run (or take it out of the queue), as the server's operator"
+    )
+
+
+def run(args: argparse.Namespace) -> dict:
+    stopped = (
+        owners.stop_run(args.stop, None, admin=True) if args.stop else None
+    )  # a shell on the server is the operator
+    if not args.stop:
+        Q.dispatch()  # an idle device with a queue (the last run died unannounced) starts the next run now
+    active, line = Q.queue_state()
+    running = None
+    if active is not None:
+        running = {
+            "name": active.name,
+            "status": active.status,
+            "step": active.step,
+            "max_steps": active.max_steps,
+            "remaining_seconds": Q.remaining_seconds(active, Q.timed_runs()),
+        }
+    return {"running": running, "queued": [q.to_json() for q in line], "stopped": stopped}
+
+
+def _eta(seconds: float | None) -> str:
+    return "unknown" if seconds is None else f"~{seconds / 60:.0f} min" if seconds >= 90 else f"~{seconds:.0f} s"
+
+
+def render(r: dict) -> str:
+    out = [f"--stop: {r['stopped']}"] if r["stopped"] else []
+    a = r["running"]
+    out.append(
+        f"running: {a['name']} ({a['status']}, step {a['step']}/{a['max_steps']}, "
+        f"ends in {_eta(a['remaining_seconds'])})"
+        if a
+        else "running: nothing"
+    )
+    rows = [(q["position"], q["name"], q["planned_steps"] or "?", _eta(q["starts_in"])) for q in r["queued"]]
+    out.append(format_table(rows, ("#", "queued run", "steps", "starts in")) if rows else "queue: empty")
+    return "\n".join(out)

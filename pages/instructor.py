@@ -1,0 +1,210 @@
+"""Instructor: who is connected and what they are doing, the training queue, loaded models and their
+memory, preloading and public mode's limits, with controls (stop or unqueue any run, free models).
+
+Routed only when QLORA_LAB_ADMIN_TOKEN is set, and opened only for a session that types the token.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import fields
+
+import streamlit as st
+
+from lab import policy
+from lab.inspect.measure import measure_model
+from lab.serve.admin import check_admin_token, weak_token
+from lab.training import owners
+from lab.training import queue as Q
+from lab.units import fmt_bytes
+from pages._ui import friendly_errors, is_admin, model_registry, server_services, session_alive
+
+st.title("Instructor")
+
+if not is_admin():
+    with st.form("instructor-login"):
+        token = st.text_input(
+            "Instructor token",
+            type="password",
+            help="The value of QLORA_LAB_ADMIN_TOKEN on this server. Nobody else sees this page's controls.",
+        )
+        if st.form_submit_button("Open", icon=":material/lock_open:"):
+            if check_admin_token(token):
+                st.session_state["lab_admin"] = True
+                st.rerun()
+            time.sleep(1.0)  # slows guessing down; the comparison itself takes the same time for any guess
+            st.error("That is not the instructor's token.", icon=":material/lock:")
+    st.stop()
+
+if weak_token():
+    st.warning(
+        "QLORA_LAB_ADMIN_TOKEN is short enough to guess: use 16 or more random characters.", icon=":material/warning:"
+    )
+
+
+def _eta(seconds: float | None) -> str:
+    return "unknown" if seconds is None else f"~{seconds / 60:.0f} min" if seconds >= 90 else f"~{seconds:.0f} s"
+
+
+# --------------------------------------------------------------------------- the one place that reads the registry
+def model_status() -> list[dict]:
+    """Loaded models and their true bytes, from `ModelRegistry.loaded()`. The shared, reference-counted
+    registry (issue 10, item 1) adds who uses each model and the generation queue: connect its status here."""
+    registry = model_registry()
+    rows = []
+    for spec, precision, dtype in registry.loaded():
+        loaded = registry.get(spec, precision, dtype)
+        rows.append(
+            {"model": spec, "precision": precision, "dtype": dtype, "bytes": measure_model(loaded.model).total_bytes}
+        )
+    return rows
+
+
+def free_model(spec: str, precision: str) -> int:
+    return model_registry().release(spec, precision)
+
+
+# --------------------------------------------------------------------------- sections
+def sessions_section() -> None:
+    services = server_services()
+    sessions = services.board.snapshot(session_alive)
+    st.metric(
+        "Connected sessions",
+        len(sessions),
+        help="Browser tabs connected to this server right now (Streamlit sessions).",
+    )
+    if sessions:
+        now = time.time()
+        st.dataframe(
+            [
+                {
+                    "session": a.short,
+                    "page": a.page,
+                    "doing": a.doing or "–",
+                    "active": f"{now - a.last_seen:.0f} s ago",
+                    "connected for": f"{(now - a.first_seen) / 60:.0f} min",
+                }
+                for a in sessions
+            ],
+            hide_index=True,
+        )
+
+
+def training_section() -> None:
+    active, line = Q.queue_state()
+    if active is None:
+        st.caption("No training is running." + (" The queue starts its next run within seconds." if line else ""))
+    else:
+        remaining = Q.remaining_seconds(active, Q.timed_runs())
+        st.markdown(
+            f"**Running:** `{active.name}` — {active.status}, step {active.step} / {active.max_steps or '?'}, "
+            f"ends in {_eta(remaining)}"
+        )
+        if st.button(
+            "Stop the running run",
+            icon=":material/stop:",
+            disabled=active.status == "stopping",
+            help="Writes the STOP file: the run finishes its step, saves its adapter and exits; "
+            "the next queued run starts.",
+        ):
+            with friendly_errors("Stopping"):
+                owners.stop_run(active.run_dir, None, admin=True)
+                st.toast(f"Stop requested for {active.name}.")
+                st.rerun()
+    if line:
+        st.dataframe(
+            [
+                {
+                    "#": q.position,
+                    "run": q.name,
+                    "steps": q.planned_steps or "?",
+                    "starts in": _eta(q.starts_in),
+                    "takes": _eta(q.predicted_seconds),
+                }
+                for q in line
+            ],
+            hide_index=True,
+        )
+        c1, c2 = st.columns([3, 1])
+        target = c1.selectbox(
+            "Queued run", [q.name for q in line], key="admin_cancel_target", label_visibility="collapsed"
+        )
+        if c2.button("Take out of the queue", icon=":material/playlist_remove:"):
+            with friendly_errors("Unqueueing"):
+                owners.stop_run(policy.run_folder(target), None, admin=True)
+                st.toast(f"{target} left the queue.")
+                st.rerun()
+    else:
+        st.caption("Queue: empty.")
+
+
+def models_section() -> None:
+    rows = model_status()
+    if not rows:
+        st.caption("No model is loaded.")
+    else:
+        st.dataframe([{**r, "bytes": fmt_bytes(r["bytes"])} for r in rows], hide_index=True)
+        st.caption(
+            f"Weights in memory: {fmt_bytes(sum(r['bytes'] for r in rows))} "
+            "(true bytes, quantization constants included)."
+        )
+        labels = [f"{r['model']}@{r['precision']}" for r in rows]
+        c1, c2 = st.columns([3, 1])
+        pick = c1.selectbox("Loaded model", labels, key="admin_free_target", label_visibility="collapsed")
+        if c2.button("Free", icon=":material/delete:", help="Drop this model and hand its memory back."):
+            spec, _, precision = pick.rpartition("@")
+            st.toast(f"Freed {free_model(spec, precision)} model(s).")
+            st.rerun()
+    preloader = server_services().preloader
+    if server_services().preload_error:
+        st.error(f"QLORA_LAB_PRELOAD: {server_services().preload_error}", icon=":material/error:")
+    elif preloader is not None and preloader.items:
+        st.caption(
+            "Preloaded at start-up (QLORA_LAB_PRELOAD): "
+            + " · ".join(
+                f"`{i.label}` {i.status}"
+                + (f" in {i.seconds:.0f} s" if i.seconds is not None else "")
+                + (f" ({i.error})" if i.error else "")
+                for i in preloader.items
+            )
+        )
+
+
+def limits_section() -> None:
+    """Public mode and its limits (environment variables, read at each request). Per-request limits for
+    generation (issue 10, item 3) belong here too."""
+    public = policy.public_mode()
+    st.markdown(f"**Public mode:** {'on' if public else 'off'} (QLORA_LAB_PUBLIC; on by default inside a Space).")
+    lim = policy.limits()
+    st.dataframe(
+        [
+            {
+                "limit": f.name,
+                "value": str(getattr(lim, f.name)),
+                "set with": f.metadata["env"],
+                "meaning": f.metadata["help"],
+            }
+            for f in fields(policy.Limits)
+        ],
+        hide_index=True,
+    )
+    if server_services().watcher.last_error:
+        st.warning(f"Queue watcher: {server_services().watcher.last_error}", icon=":material/warning:")
+
+
+@st.fragment(run_every=3)
+def dashboard() -> None:
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Sessions")
+        sessions_section()
+        st.subheader("Training")
+        training_section()
+    with right:
+        st.subheader("Loaded models")
+        models_section()
+        st.subheader("Limits")
+        limits_section()
+
+
+dashboard()

@@ -1,0 +1,56 @@
+"""The instructor's page under AppTest: closed without the token, then the sessions, the training
+queue (a queued run taken out of the line), loaded models with their bytes (one freed), the limits."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from lab.training import runs as R
+from lab.training.config import default_config
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = str(ROOT / "pages" / "instructor.py")
+TOKEN = "a-long-instructor-token-for-tests"
+
+
+def test_the_instructor_page_opens_with_the_token_and_controls_the_room(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path))
+    monkeypatch.setenv("QLORA_LAB_ADMIN_TOKEN", TOKEN)
+    queued = tmp_path / "someones-run"
+    queued.mkdir()
+    c = replace(default_config("cpu"), model=str(tiny_model_dir), max_steps=3)
+    (queued / R.QUEUE_FILE).write_text(
+        json.dumps({"queued_at": 1.0, "queued_ns": 1, "planned_steps": 3, "config": c.to_dict(), "args": []})
+    )
+    from pages._ui import model_registry
+
+    model_registry().release()
+    model_registry().get(str(tiny_model_dir), "fp32")
+
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception and not at.metric  # nothing shown before the token
+    at.text_input[0].set_value("wrong-token")
+    at.button[0].click().run()
+    assert any("not the instructor's token" in e.value for e in at.error) and not at.metric
+    at.text_input[0].set_value(TOKEN)
+    at.button[0].click().run()
+    assert not at.exception
+    assert at.metric[0].label == "Connected sessions"
+    frames = [f.value for f in at.dataframe]
+    queue = next(f for f in frames if "run" in f.columns)
+    assert list(queue["run"]) == ["someones-run"] and list(queue["#"]) == [1]
+    models = next(f for f in frames if "model" in f.columns)
+    assert list(models["model"]) == [str(tiny_model_dir)] and list(models["precision"]) == ["fp32"]
+    limits = next(f for f in frames if "limit" in f.columns)
+    assert "QLORA_LAB_MAX_PARAMS" in list(limits["set with"])
+
+    unqueue = next(b for b in at.button if b.label == "Take out of the queue")
+    unqueue.click().run()
+    assert not queued.exists()  # the instructor may take anyone's run out of the line
+    next(b for b in at.button if b.label == "Free").click().run()
+    assert model_registry().loaded() == []
+    assert any("No model is loaded" in c.value for c in at.caption)
