@@ -1,0 +1,385 @@
+"""Memory by simulation: run the real training or generation step on fake tensors and count live bytes.
+
+The model is built from its config on the meta device (no weights, no download), quantized the way
+bitsandbytes would (`fake_quant`), prepared with the Training page's recipe (`recipe`), and turned
+into fake tensors (`FakeTensorMode`: shapes, dtypes and lifetimes, no data). Forward, backward and
+two optimizer steps then run for real on those tensors while `tracker.LiveBytes` counts every
+allocation and free. Three decoder layers are simulated and `compose` repeats the middle one up to
+the model's depth, so a 70B model costs what a 3-layer one does (about a second here).
+
+The answer is the predicted `torch.cuda.max_memory_allocated()` of a training step (CUDA context
+excluded), by category, with a timeline; or, for generation, the peak of a prefill of N prompt
+tokens and one decode step with the KV cache at its final length.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from lab.errors import LabError
+from lab.estimate import compose as comp
+from lab.estimate.fake_quant import attach_quant_state, device_paths, quantize_meta_model
+from lab.estimate.recipe import (
+    Recipe,
+    decoder_layers,
+    layer_markers,
+    make_optimizer,
+    prepare_for_training,
+    register_model,
+    train_step,
+)
+from lab.estimate.tracker import CUDA_BLOCK, NO_LAYER, OVERRIDES, LiveBytes
+
+CATEGORIES = ("weights", "adapters", "gradients", "optimizer", "activations", "temporaries", "kv_cache")
+CATEGORY_HELP = {
+    "weights": "The base model: parameters, buffers and bitsandbytes' quantization constants.",
+    "adapters": "The trainable LoRA matrices (and DoRA magnitudes).",
+    "gradients": "One gradient per trainable parameter, alive from the backward to the optimizer step.",
+    "optimizer": "Optimizer state (AdamW's two moments, 8-bit states and their scales, ...).",
+    "activations": "Tensors made by the forward: those autograd keeps for the backward, and the forward's own "
+                   "short-lived intermediates.",
+    "temporaries": "Short-lived tensors of the backward and the optimizer step (gradients flowing between layers, "
+                   "dequantized weights, foreach scratch).",
+    "kv_cache": "Keys and values of every layer for every token so far (generation).",
+}
+PAGED_HELP = ("Paged optimizer state lives in CUDA unified memory, outside PyTorch's allocator: it does not count in "
+              "max_memory_allocated and is moved to CPU RAM when the GPU runs short.")
+_LOCK = threading.Lock()  # the simulation switches library code paths (bitsandbytes, TRL) while it runs
+_CACHE: OrderedDict = OrderedDict()
+_CACHE_SIZE = 256
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """What one simulated step holds at its peak, and how memory moves through it."""
+
+    kind: str  # training | inference
+    peak_bytes: int  # predicted max_memory_allocated of the step (no CUDA context)
+    by_category: dict[str, int]  # live bytes per category at the peak
+    peak_at: str  # where the peak happens
+    timeline: list[dict]  # {"x", "bytes", "phase", "step"}: live bytes through the step
+    excluded: dict[str, int]  # e.g. {"paged": bytes} of paged optimizer state (outside the allocator)
+    layer_modules: list[dict]  # per-module activation bytes of one decoder layer's forward
+    simulated_layers: int
+    full_layers: int
+    seconds: float
+    settings: dict = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    def to_json(self, timeline: bool = False) -> dict:
+        d = asdict(self)
+        if not timeline:
+            d.pop("timeline")
+        return d
+
+
+# --------------------------------------------------------------------------- model building
+def truncated_config(config, layers: int):
+    """The config with `layers` decoder layers (per-layer lists cut to match)."""
+    cfg = copy.deepcopy(config)
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    text.num_hidden_layers = layers
+    for name in ("layer_types",):
+        value = getattr(text, name, None)
+        if isinstance(value, (list, tuple)) and len(value) > layers:
+            setattr(text, name, list(value)[:layers])
+    cfg.use_cache = False
+    return cfg
+
+
+def meta_model(config, dtype: torch.dtype, attn: str):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
+    except (ValueError, ImportError) as e:
+        raise LabError(f"transformers cannot build {config.model_type!r} with attention {attn!r}: "
+                       + " ".join(str(e).split())[:300]) from None
+
+
+def fake_model(config, recipe: Recipe, layers: int, training: bool = True):
+    """The model with `layers` decoder layers as the recipe loads and prepares it, on fake tensors."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    model = meta_model(truncated_config(config, layers), recipe.dtype, recipe.attn)
+    quantized = []
+    if recipe.quantized:
+        quantized = quantize_meta_model(model, recipe.precision, recipe.autocast or recipe.dtype)
+    if training:
+        model = prepare_for_training(model, recipe)
+    else:
+        model.eval()
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with mode:
+        model.to_empty(device="cpu")
+        for m in quantized:
+            attach_quant_state(m)
+    return model, mode
+
+
+@contextmanager
+def trl_device_paths(device: str):
+    """TRL's fused LM head on CUDA folds each logits tile with a Triton kernel and accumulates the
+    gradient GEMMs with `addmm(out_dtype=fp32)`: no allocation beyond the tile it reuses. On our fake
+    CPU tensors it would take its CPU fallback (fp32 copies of every tile), so on the CUDA path those
+    three functions become no-ops (they only fill values) and the head scores the valid positions only,
+    as on a Triton device (`compact`)."""
+    if device != "cuda":
+        yield
+        return
+    import trl.trainer.utils as tu
+    from trl.kernels import chunked_logprob as cl
+
+    saved = (cl._forward_tile, cl._backward_tile, cl._addmm_fp32, tu._use_triton)
+    cl._forward_tile = cl._backward_tile = cl._addmm_fp32 = lambda *a, **k: None
+    tu._use_triton = lambda device: True
+    try:
+        yield
+    finally:
+        cl._forward_tile, cl._backward_tile, cl._addmm_fp32, tu._use_triton = saved
+
+
+def _bool_index(tracker, func, args, kwargs):
+    """`x[mask]` has a data-dependent size; the simulation takes every position (all labels valid)."""
+    x, indices = args[0], args[1]
+    if not any(i is not None and i.dtype == torch.bool for i in indices):
+        return func(*args, **kwargs)
+    mask = next(i for i in indices if i is not None)
+    return torch.empty((mask.numel(), *x.shape[mask.dim():]), dtype=x.dtype, device=x.device)
+
+
+OVERRIDES[torch.ops.aten.index.Tensor] = _bool_index
+
+
+# --------------------------------------------------------------------------- running
+def _categories(tracker: LiveBytes) -> list[str]:
+    out = []
+    for s in tracker.storages:
+        if s.role in ("weights", "adapters", "gradients", "optimizer", "paged", "kv_cache"):
+            out.append(s.role)
+        elif s.role == "inputs" or s.phase in ("forward", "recompute"):
+            out.append("activations")
+        else:
+            out.append("temporaries")
+    return out
+
+
+def _layer_table(tracker: LiveBytes) -> list[dict]:
+    """Bytes the forward of the profiled layer allocates per module, and how much of it is still
+    alive when the backward starts (what autograd keeps)."""
+    freed_in: dict[int, int] = {}
+    for idx, sign, seg in tracker.events:
+        if sign < 0:
+            freed_in[idx] = seg
+    bwd_start = next((i for i, s in enumerate(tracker.segments) if s[0] == "head_bwd"), len(tracker.segments))
+    first_step_end = next((i for i, s in enumerate(tracker.segments) if s[0] == "opt"), len(tracker.segments))
+    rows: dict[str, dict] = {}
+    for idx, s in enumerate(tracker.storages):
+        if s.module is None or s.phase != "forward":
+            continue
+        created = next(seg for i, sign, seg in tracker.events if i == idx and sign > 0)
+        if created >= first_step_end:
+            continue  # the second step repeats the first
+        row = rows.setdefault(s.module, {"module": s.module, "allocated_bytes": 0, "kept_for_backward_bytes": 0,
+                                         "tensors": 0})
+        row["allocated_bytes"] += s.nbytes
+        row["tensors"] += 1
+        if freed_in.get(idx, len(tracker.segments)) >= bwd_start:
+            row["kept_for_backward_bytes"] += s.nbytes
+    return sorted(rows.values(), key=lambda r: -r["allocated_bytes"])
+
+
+def run_training(model, mode, recipe: Recipe, profile_layer: int | None = comp.MIDDLE, fake: bool = True) -> LiveBytes:
+    """Two optimizer steps (the second has the optimizer state the first created) under the tracker."""
+    tracker = LiveBytes(round_to=CUDA_BLOCK if recipe.device == "cuda" else 1, fake=fake)
+    optimizer = make_optimizer(model, recipe)  # outside fake mode: bitsandbytes builds its quantile maps from data
+    with mode:
+        register_model(model, tracker, recipe)
+        input_ids = torch.zeros((recipe.batch_size, recipe.seq_len), dtype=torch.long)
+        tracker.register(input_ids, "inputs")
+        with device_paths(recipe.device), trl_device_paths(recipe.device if fake else "cpu"), tracker:
+            for step in (1, 2):
+                train_step(model, optimizer, input_ids, recipe, tracker, step, profile_layer if step == 1 else None)
+    return tracker
+
+
+def simulate_training(config, recipe: Recipe, name: str = "", every_layer: bool = False) -> Simulation:
+    """Simulate a training step of `config` under `recipe`: three layers scaled to full depth, or
+    (`every_layer`, to check that scaling) all of them."""
+    full = _num_layers(config)
+    layers = full if every_layer else min(full, comp.SIMULATED_LAYERS)
+    key = ("train", name, config.to_json_string(use_diff=False), recipe, layers)
+    return _cached(key, lambda: _simulate_training(config, recipe, full, layers))
+
+
+def _simulate_training(config, recipe: Recipe, full: int, layers: int) -> Simulation:
+    t0 = time.perf_counter()
+    with _LOCK, _friendly_errors(config):
+        model, mode = fake_model(config, recipe, layers)
+        tracker = run_training(model, mode, recipe, profile_layer=min(comp.MIDDLE, layers - 1))
+    return _result("training", tracker, full, layers, recipe, t0)
+
+
+def _result(kind: str, tracker: LiveBytes, full: int, layers: int, recipe, t0: float) -> Simulation:
+    categories = _categories(tracker)
+    composed = comp.compose(comp.blocks_from(tracker, categories, full, layers), full)
+    notes = []
+    if composed.excluded.get("paged"):
+        notes.append(PAGED_HELP)
+    return Simulation(kind, composed.peak_bytes, composed.by_category, composed.peak_at, composed.timeline,
+                      composed.excluded, _layer_table(tracker), layers, full, round(time.perf_counter() - t0, 3),
+                      _settings_json(recipe), tuple(notes))
+
+
+def _settings_json(recipe) -> dict:
+    d = asdict(recipe)
+    return {k: str(v).removeprefix("torch.") if isinstance(v, torch.dtype) else v for k, v in d.items()}
+
+
+# --------------------------------------------------------------------------- inference
+@dataclass(frozen=True)
+class InferenceRecipe:
+    precision: str
+    dtype: torch.dtype
+    batch_size: int
+    prompt_tokens: int
+    new_tokens: int
+    attn: str = "sdpa"
+    device: str = "cuda"
+
+    @property
+    def quantized(self) -> bool:
+        return self.precision in ("int8", "nf4", "nf4-dq", "fp4")
+
+    # what fake_model reads from a training recipe
+    autocast = None
+
+
+def run_inference(model, mode, recipe: InferenceRecipe, fake: bool = True) -> LiveBytes:
+    """`generate`'s memory: a prefill of the prompts, then one decode step with the KV cache at its
+    final length (prompt + new tokens), each as `generate` runs it (logits of the last position only,
+    copied to fp32 for the logits processors)."""
+    from transformers import DynamicCache
+
+    tracker = LiveBytes(round_to=CUDA_BLOCK if recipe.device == "cuda" else 1, fake=fake)
+    b, n, m = recipe.batch_size, recipe.prompt_tokens, recipe.new_tokens
+    with mode:
+        register_model(model, tracker, _weights_only(recipe))
+        with device_paths(recipe.device), torch.no_grad():
+            with tracker:
+                cache = DynamicCache(config=model.config)
+                _mark_cache(tracker, cache)
+                _forward(model, tracker, torch.zeros((b, n), dtype=torch.long), cache, "prefill")
+                del cache
+            # the cache as the last decode step finds it, filled without tracking (filling it here would
+            # add copies that generation never makes), then counted
+            tracker.segment(("cache", "decode"))
+            cache = _filled_cache(model, b, n + m - 1)
+            for j, layer in enumerate(cache.layers):
+                for value in vars(layer).values():
+                    if isinstance(value, torch.Tensor):
+                        tracker.register(value, "kv_cache", j)
+            with tracker:
+                _forward(model, tracker, torch.zeros((b, 1), dtype=torch.long), cache, "decode")
+                del cache
+    return tracker
+
+
+def _forward(model, tracker: LiveBytes, input_ids, cache, step: str) -> None:
+    with layer_markers(model, tracker, step, comp.MIDDLE if step == "prefill" else None):
+        tracker.segment(("pre", step))
+        tracker.phase, tracker.owner = "forward", NO_LAYER
+        out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        _mark_cache(tracker, cache)
+        scores = out.logits[:, -1, :].to(copy=True, dtype=torch.float32)
+        _ = scores.argmax(dim=-1)
+        del out, scores
+    tracker.phase = "setup"
+
+
+def _filled_cache(model, batch: int, length: int):
+    """A DynamicCache holding `length` tokens per layer, as generation leaves it."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    text = model.config.get_text_config()
+    heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    dtype = next(p.dtype for p in model.parameters() if p.dtype.is_floating_point)
+    for j in range(len(decoder_layers(model))):
+        k = torch.empty((batch, heads, length, head_dim), dtype=dtype)
+        v = torch.empty((batch, heads, length, head_dim), dtype=dtype)
+        cache.update(k, v, j)
+    return cache
+
+
+def _mark_cache(tracker: LiveBytes, cache) -> None:
+    """File every tensor the cache holds as the KV cache of its layer."""
+    for j, layer in enumerate(cache.layers):
+        for value in vars(layer).values():
+            if isinstance(value, torch.Tensor):
+                tracker.mark(value, "kv_cache", j)
+
+
+def _weights_only(recipe):
+    """A recipe that files every parameter as base weights (generation trains nothing)."""
+    return Recipe("full", recipe.precision, recipe.dtype, None, recipe.dtype, False, False, "sgd", 1, 1)
+
+
+def simulate_inference(config, recipe: InferenceRecipe, name: str = "", every_layer: bool = False) -> Simulation:
+    """Simulate generation's peak (prefill + one decode step at the final length)."""
+    full = _num_layers(config)
+    layers = full if every_layer else min(full, comp.SIMULATED_LAYERS)
+    key = ("infer", name, config.to_json_string(use_diff=False), recipe, layers)
+    return _cached(key, lambda: _simulate_inference(config, recipe, full, layers))
+
+
+def _simulate_inference(config, recipe: InferenceRecipe, full: int, layers: int) -> Simulation:
+    t0 = time.perf_counter()
+    with _LOCK, _friendly_errors(config):
+        cfg = copy.deepcopy(config)
+        model, mode = fake_model(cfg, recipe, layers, training=False)
+        model.requires_grad_(False)
+        model.config.use_cache = True
+        tracker = run_inference(model, mode, recipe)
+    return _result("inference", tracker, full, layers, recipe, t0)
+
+
+# --------------------------------------------------------------------------- helpers
+def _num_layers(config) -> int:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(getattr(text, "num_hidden_layers", 0) or 0)
+
+
+def _cached(key, compute):
+    with _LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    result = compute()
+    with _LOCK:
+        _CACHE[key] = result
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return result
+
+
+@contextmanager
+def _friendly_errors(config):
+    """An architecture whose step depends on the data (mixture-of-experts routing picks tokens per
+    expert) cannot run on fake tensors: say so in one line instead of a traceback."""
+    from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
+
+    try:
+        yield
+    except (DynamicOutputShapeException, DataDependentOutputException) as e:
+        raise LabError(f"{config.model_type!r} cannot be simulated: its step depends on the data ({e.func}), "
+                       "as mixture-of-experts routing does.", "The weights estimate still applies.") from None
