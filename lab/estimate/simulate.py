@@ -117,12 +117,26 @@ def fake_model(config, recipe: Recipe, layers: int, training: bool = True):
         model = prepare_for_training(model, recipe)
     else:
         model.eval()
+    shared = _shared_parameters(model)
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     with mode:
         model.to_empty(device="cpu")
         for m in quantized:
             attach_quant_state(m)
+    for places in shared:  # to_empty() converts a tied parameter once per module: tie them again
+        first = getattr(*places[0])
+        for module, name in places[1:]:
+            setattr(module, name, first)
     return model, mode
+
+
+def _shared_parameters(model) -> list[list[tuple]]:
+    """Parameters registered in more than one place (tied embeddings): [(module, name), ...] each."""
+    places: dict[int, list[tuple]] = {}
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            places.setdefault(id(p), []).append((module, name))
+    return [v for v in places.values() if len(v) > 1]
 
 
 @contextmanager
@@ -145,6 +159,30 @@ def trl_device_paths(device: str):
         yield
     finally:
         cl._forward_tile, cl._backward_tile, cl._addmm_fp32, tu._use_triton = saved
+
+
+@contextmanager
+def transformers_mask_paths():
+    """transformers skips the 4-D causal mask under SDPA when nothing is padded or packed (then SDPA
+    runs with `is_causal=True`, and grouped-query attention without repeating K/V), but refuses to
+    look for padding or packed sequences in fake tensors, taking them for a graph being traced. Our
+    batches are neither padded nor packed, so decide as the real run does."""
+    from transformers import masking_utils as mu
+
+    original, original_packed = mu._ignore_causal_mask_sdpa, mu.find_packed_sequence_indices
+
+    def ignore(padding_mask, q_length, kv_length, q_offset, kv_offset, local_attention_size=None):
+        if padding_mask is None:
+            return (q_length == 1 or kv_length == q_length) and (
+                local_attention_size is None or kv_length < local_attention_size)
+        return original(padding_mask, q_length, kv_length, q_offset, kv_offset, local_attention_size)
+
+    mu._ignore_causal_mask_sdpa = ignore
+    mu.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        yield
+    finally:
+        mu._ignore_causal_mask_sdpa, mu.find_packed_sequence_indices = original, original_packed
 
 
 def _bool_index(tracker, func, args, kwargs):
@@ -205,7 +243,8 @@ def run_training(model, mode, recipe: Recipe, profile_layer: int | None = comp.M
         register_model(model, tracker, recipe)
         input_ids = torch.zeros((recipe.batch_size, recipe.seq_len), dtype=torch.long)
         tracker.register(input_ids, "inputs")
-        with device_paths(recipe.device), trl_device_paths(recipe.device if fake else "cpu"), tracker:
+        with device_paths(recipe.device), trl_device_paths(recipe.device if fake else "cpu"), \
+                transformers_mask_paths(), tracker:
             for step in (1, 2):
                 train_step(model, optimizer, input_ids, recipe, tracker, step, profile_layer if step == 1 else None)
     return tracker
@@ -273,7 +312,7 @@ def run_inference(model, mode, recipe: InferenceRecipe, fake: bool = True) -> Li
     b, n, m = recipe.batch_size, recipe.prompt_tokens, recipe.new_tokens
     with mode:
         register_model(model, tracker, _weights_only(recipe))
-        with device_paths(recipe.device), torch.no_grad():
+        with device_paths(recipe.device), transformers_mask_paths(), torch.no_grad():
             with tracker:
                 cache = DynamicCache(config=model.config)
                 _mark_cache(tracker, cache)
