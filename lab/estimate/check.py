@@ -36,10 +36,10 @@ class Measured:
 
 
 def load_real(model_dir: str, precision: str, dtype: torch.dtype, attn: str):
-    """The model as `lab.precision.load_kwargs` loads it on the CPU (a real bitsandbytes load)."""
+    """The model as `lab.models.precision.load_kwargs` loads it on the CPU (a real bitsandbytes load)."""
     from transformers import AutoModelForCausalLM
 
-    from lab.precision import load_kwargs
+    from lab.models.precision import load_kwargs
 
     kwargs = load_kwargs(precision, DTYPE_NAMES[dtype], "cpu")
     return AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attn, **kwargs)

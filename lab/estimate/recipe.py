@@ -4,7 +4,7 @@ The same functions prepare a fake model (the simulation) and a real one (the che
 so "simulated" and "measured" differ only in whether tensors hold data. They follow what a run of
 `lab.training.runner.train` does on a GPU:
 
-1. load: the base at its precision (`lab.precision.load_kwargs`): 4-bit/int8 Linear layers through
+1. load: the base at its precision (`lab.models.precision.load_kwargs`): 4-bit/int8 Linear layers through
    bitsandbytes, everything else in the load dtype;
 2. `runner.add_lora`: for a quantized base `peft.prepare_model_for_kbit_training` (freezes the base,
    casts every non-4-bit fp16/bf16 parameter to fp32, makes the input embeddings' output require
@@ -52,7 +52,7 @@ class Recipe:
     r: int = 16
     alpha: float = 32.0
     dropout: float = 0.05
-    targets: str | tuple[str, ...] = "all-linear"
+    targets: str | tuple[str, ...] = "all-linear"  # peft's target_modules: "all-linear" or resolved leaf names
     use_dora: bool = False
     attn: str = "sdpa"
     device: str = "cuda"  # whose code paths: "cuda" predicts a GPU, "cpu" is this machine
@@ -67,14 +67,6 @@ class Recipe:
 
 
 # --------------------------------------------------------------------------- model preparation
-def peft_targets(targets):
-    if isinstance(targets, str):
-        from lab.training.config import target_modules
-
-        return target_modules(targets)
-    return list(targets)
-
-
 def prepare_for_training(model, recipe: Recipe):
     """Steps 2 and 3 above on a loaded (or fake-loaded) base; returns the model to train."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -87,7 +79,7 @@ def prepare_for_training(model, recipe: Recipe):
         else:
             model.requires_grad_(False)
         lora = LoraConfig(r=recipe.r, lora_alpha=recipe.alpha, lora_dropout=recipe.dropout,
-                          target_modules=peft_targets(recipe.targets), use_dora=recipe.use_dora, bias="none",
+                          target_modules=recipe.targets if isinstance(recipe.targets, str) else list(recipe.targets), use_dora=recipe.use_dora, bias="none",
                           task_type="CAUSAL_LM")
         model = get_peft_model(model, lora)
         for name, p in model.named_parameters():
@@ -261,13 +253,36 @@ def train_step(model, optimizer, input_ids: torch.Tensor, recipe: Recipe, tracke
     for p in params:
         tracker.mark(p.grad, "gradients", owners.get(id(p), NO_LAYER))
     optimizer.step()
-    for p, state in optimizer.state.items():
-        for v in state.values():
-            if isinstance(v, torch.Tensor):
-                tracker.mark(v, "paged" if recipe.paged and v.numel() > 1 else "optimizer",
-                             owners.get(id(p), NO_LAYER))
     optimizer.zero_grad(set_to_none=True)
     tracker.phase = "setup"
+
+
+def initialize_optimizer_state(model, optimizer, tracker: LiveBytes, recipe: Recipe) -> None:
+    """Create the optimizer's state before the tracked step, untracked, with one step on zero gradients,
+    then count it. The tracked step is then the steady state every later step repeats: forward and
+    backward with the optimizer state alive (the first step, which creates the state inside
+    `optimizer.step()`, never goes higher)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    owners = layer_owner_map(model)
+    for p, state in optimizer.state.items():
+        for key, v in state.items():
+            if not isinstance(v, torch.Tensor):
+                continue
+            if key == "step" and recipe.device == "cuda":
+                continue  # torch keeps AdamW's step counter on the CPU (not capturable, not fused)
+            tracker.register(v, _state_role(recipe, key, p), owners.get(id(p), NO_LAYER))
+
+
+def _state_role(recipe: Recipe, key: str, param) -> str:
+    """bitsandbytes pages a state buffer (unified memory, outside PyTorch's allocator) only for
+    parameters of at least 1e5 elements (bitsandbytes/optim/optimizer.py, get_state_buffer)."""
+    if recipe.paged and key in ("state1", "state2") and param.numel() >= 1e5:
+        return "paged"
+    return "optimizer"
 
 
 def register_model(model, tracker: LiveBytes, recipe: Recipe) -> None:

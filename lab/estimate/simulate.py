@@ -29,6 +29,7 @@ from lab.estimate.fake_quant import attach_quant_state, device_paths, quantize_m
 from lab.estimate.recipe import (
     Recipe,
     decoder_layers,
+    initialize_optimizer_state,
     layer_markers,
     make_optimizer,
     prepare_for_training,
@@ -101,8 +102,10 @@ def meta_model(config, dtype: torch.dtype, attn: str):
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
     except (ValueError, ImportError) as e:
+        detail = " ".join(str(e).split())
+        hint = "Try --attn eager." if attn != "eager" and "attention" in detail.lower() else None
         raise LabError(f"transformers cannot build {config.model_type!r} with attention {attn!r}: "
-                       + " ".join(str(e).split())[:300]) from None
+                       + detail.split(". ")[0] + ".", hint) from None
 
 
 def fake_model(config, recipe: Recipe, layers: int, training: bool = True):
@@ -236,7 +239,7 @@ def _layer_table(tracker: LiveBytes) -> list[dict]:
 
 
 def run_training(model, mode, recipe: Recipe, profile_layer: int | None = comp.MIDDLE, fake: bool = True) -> LiveBytes:
-    """Two optimizer steps (the second has the optimizer state the first created) under the tracker."""
+    """The steady-state training step (optimizer state already there) under the tracker."""
     tracker = LiveBytes(round_to=CUDA_BLOCK if recipe.device == "cuda" else 1, fake=fake)
     optimizer = make_optimizer(model, recipe)  # outside fake mode: bitsandbytes builds its quantile maps from data
     with mode:
@@ -244,9 +247,10 @@ def run_training(model, mode, recipe: Recipe, profile_layer: int | None = comp.M
         input_ids = torch.zeros((recipe.batch_size, recipe.seq_len), dtype=torch.long)
         tracker.register(input_ids, "inputs")
         with device_paths(recipe.device), trl_device_paths(recipe.device if fake else "cpu"), \
-                transformers_mask_paths(), tracker:
-            for step in (1, 2):
-                train_step(model, optimizer, input_ids, recipe, tracker, step, profile_layer if step == 1 else None)
+                transformers_mask_paths():
+            initialize_optimizer_state(model, optimizer, tracker, recipe)
+            with tracker:
+                train_step(model, optimizer, input_ids, recipe, tracker, 1, profile_layer)
     return tracker
 
 
@@ -422,3 +426,134 @@ def _friendly_errors(config):
     except (DynamicOutputShapeException, DataDependentOutputException) as e:
         raise LabError(f"{config.model_type!r} cannot be simulated: its step depends on the data ({e.func}), "
                        "as mixture-of-experts routing does.", "The weights estimate still applies.") from None
+
+
+# --------------------------------------------------------------------------- settings -> recipe
+def resolve_attention(arch, attn: str | None) -> str:
+    """`attn` checked against what the model class supports; None = transformers' own pick on a GPU (SDPA
+    where the model supports it, eager otherwise: Gemma-2's softcapping has no SDPA path)."""
+    from transformers import AutoModelForCausalLM
+
+    from lab.vocab import ATTENTION, lookup
+
+    config = transformers_config(arch)
+    try:
+        cls = AutoModelForCausalLM._model_mapping[type(config)]
+        sdpa = bool(getattr(cls, "_supports_sdpa", False))
+    except KeyError:
+        sdpa = True  # let building the model say what is wrong
+    if attn is None:
+        return "sdpa" if sdpa else "eager"
+    name = lookup(ATTENTION, attn, "attention implementation").name
+    if name == "sdpa" and not sdpa:
+        raise LabError(f"{arch.name} ({arch.model_class}) has no SDPA attention in transformers; attention 'sdpa' "
+                       "is not available for it.", "Use eager attention (--attn eager).")
+    return name
+
+
+def _check_positive(label: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise LabError(f"The {label} must be a positive integer, got {value!r}.")
+
+
+def _check_context(arch, tokens: int, what: str) -> None:
+    limit = arch.max_position_embeddings
+    if limit and tokens > int(limit):
+        raise LabError(f"{what} is {tokens:,} tokens, beyond {arch.name}'s context of {int(limit):,} "
+                       "(max_position_embeddings).", f"Use at most {int(limit):,} tokens.")
+
+
+def resolve_recipe(arch, settings, device: str = "cuda") -> Recipe:
+    """The concrete recipe a TrainingSettings means for this architecture, checked: a bad value raises a
+    LabError that names it."""
+    from lab.estimate.lora import resolve_targets
+    from lab.models.precision import get_precision, resolve_dtype
+    from lab.vocab import ADAPTER_DTYPES, AUTO, DTYPES, METHODS, OPTIMIZERS, lookup
+
+    s = settings
+    method = lookup(METHODS, s.method, "training method").name
+    _check_positive("batch size", s.batch_size)
+    _check_positive("sequence length", s.seq_len)
+    _check_context(arch, s.seq_len, "The sequence length")
+    optimizer = lookup(OPTIMIZERS, s.optimizer, "optimizer").name
+    attn = resolve_attention(arch, s.attn)
+    dtype = resolve_dtype(s.dtype, config_dtype=arch.config_dtype)
+    if method == "qlora":
+        precision = get_precision(s.precision or "nf4-dq")
+        if not precision.quantized:
+            raise LabError(f"QLoRA trains on a quantized base; precision {precision.name!r} is not quantized.",
+                           "Use nf4, nf4-dq, fp4 or int8 with qlora, or --train lora for a 16/32-bit base.")
+    else:
+        precision = get_precision(s.precision or dtype.name)
+        if precision.quantized:
+            raise LabError(f"{method} trains an unquantized base; precision {precision.name!r} is quantized.",
+                           "Use --train qlora for a quantized base.")
+        dtype = DTYPES[precision.name]
+    half = dtype.name != "fp32" if precision.quantized else precision.name != "fp32"
+    autocast = dtype.torch_dtype if half else None  # the Trainer's bf16/fp16 flags (lab.training.runner.sft_config)
+    adapter = lookup(ADAPTER_DTYPES, s.adapter_dtype, "adapter dtype").name
+    if adapter == AUTO:
+        adapter = "bf16" if precision.quantized else "fp32"
+    targets: str | tuple[str, ...] = "all-linear"
+    if method != "full":
+        _check_positive("LoRA rank r", s.r)
+        names = resolve_targets(arch, s.targets)
+        widest = min((min(g.in_features, g.out_features) for g in arch.linears if g.name in names), default=0)
+        if widest and s.r > widest:
+            raise LabError(f"LoRA rank r={s.r} is above the width of the targeted layers (min(in, out) = {widest}): "
+                           "an update of that rank cannot exist.", f"Use r ≤ {widest}.")
+        is_preset = isinstance(s.targets, str) and s.targets.strip() == "all-linear"
+        targets = "all-linear" if is_preset else tuple(names)
+    return Recipe(method, precision.name, dtype.torch_dtype, autocast, DTYPES[adapter].torch_dtype,
+                  bool(s.upcast_for_kbit), bool(s.grad_checkpointing), optimizer, s.batch_size, s.seq_len,
+                  r=s.r, alpha=float(s.alpha or 2 * s.r), dropout=float(s.dropout), targets=targets,
+                  use_dora=bool(s.use_dora), attn=attn, device=device)
+
+
+def transformers_config(arch):
+    """The transformers config an Architecture was read from."""
+    from lab.models.sources import config_from_dict
+
+    return config_from_dict(arch.config, arch.name)
+
+
+def simulate(arch, settings, device: str = "cuda") -> Simulation:
+    """The simulated training step of `arch` under `settings` (cached by settings)."""
+    recipe = resolve_recipe(arch, settings, device)
+    return simulate_training(transformers_config(arch), recipe, name=arch.name)
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """What decides generation memory."""
+
+    precision: str = field(default="bf16", metadata={"help": "Precision of the weights (lab.vocab.PRECISIONS)."})
+    dtype: str = field(default="auto", metadata={"help": "dtype of what stays unquantized and of the compute "
+                                                          "(lab.vocab.DTYPE_CHOICES)."})
+    batch_size: int = field(default=1, metadata={"help": "Prompts generated together."})
+    prompt_tokens: int = field(default=512, metadata={"help": "Tokens per prompt (the prefill)."})
+    new_tokens: int = field(default=256, metadata={"help": "Tokens generated per prompt (the KV cache grows to "
+                                                            "prompt + new tokens)."})
+    attn: str | None = field(default=None, metadata={"help": "Attention implementation (lab.vocab.ATTENTION); "
+                                                                 "None = what transformers picks (sdpa if supported)."})
+
+
+def resolve_inference(arch, settings: InferenceSettings, device: str = "cuda") -> InferenceRecipe:
+    from lab.models.precision import get_precision, resolve_dtype
+    from lab.vocab import DTYPES
+
+    s = settings
+    for label, value in (("batch size", s.batch_size), ("number of prompt tokens", s.prompt_tokens),
+                         ("number of new tokens", s.new_tokens)):
+        _check_positive(label, value)
+    _check_context(arch, s.prompt_tokens + s.new_tokens, "Prompt + new tokens")
+    precision = get_precision(s.precision)
+    dtype = resolve_dtype(s.dtype, config_dtype=arch.config_dtype) if precision.quantized else DTYPES[precision.name]
+    return InferenceRecipe(precision.name, dtype.torch_dtype, s.batch_size, s.prompt_tokens, s.new_tokens,
+                           resolve_attention(arch, s.attn), device)
+
+
+def simulate_generation(arch, settings: InferenceSettings, device: str = "cuda") -> Simulation:
+    """The simulated peak of generating with `arch` under `settings` (cached by settings)."""
+    recipe = resolve_inference(arch, settings, device)
+    return simulate_inference(transformers_config(arch), recipe, name=arch.name)
