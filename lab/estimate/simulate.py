@@ -73,6 +73,10 @@ class Simulation:
     seconds: float
     settings: dict = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    # bytes of every weights / adapters / gradients / optimizer / paged / kv_cache tensor of the model
+    # (all layers), and of one decoder layer: what multi-GPU sharding divides
+    totals: dict[str, int] = field(default_factory=dict)
+    one_layer: dict[str, int] = field(default_factory=dict)
 
     def to_json(self, timeline: bool = False) -> dict:
         d = asdict(self)
@@ -277,9 +281,30 @@ def _result(kind: str, tracker: LiveBytes, full: int, layers: int, recipe, t0: f
     notes = []
     if composed.excluded.get("paged"):
         notes.append(PAGED_HELP)
+    totals, one_layer = _role_totals(tracker, full, layers)
     return Simulation(kind, composed.peak_bytes, composed.by_category, composed.peak_at, composed.timeline,
                       composed.excluded, _layer_table(tracker), layers, full, round(time.perf_counter() - t0, 3),
-                      _settings_json(recipe), tuple(notes))
+                      _settings_json(recipe), tuple(notes), totals, one_layer)
+
+
+ROLES = ("weights", "adapters", "gradients", "optimizer", "paged", "kv_cache")
+
+
+def _role_totals(tracker: LiveBytes, full: int, layers: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Bytes per role over the full-depth model (the middle layer's tensors count once per middle layer),
+    and one decoder layer's."""
+    reps = full - (layers - 1) if full > layers else 1
+    scaled = layers == comp.SIMULATED_LAYERS and full > layers
+    middle = comp.MIDDLE if scaled else min(comp.MIDDLE, layers - 1)
+    totals = dict.fromkeys(ROLES, 0)
+    one = dict.fromkeys(ROLES, 0)
+    for st in tracker.storages:
+        if st.role not in totals:
+            continue
+        totals[st.role] += st.nbytes * (reps if scaled and st.owner == middle else 1)
+        if st.owner == middle:
+            one[st.role] += st.nbytes
+    return {k: v for k, v in totals.items() if v}, {k: v for k, v in one.items() if v}
 
 
 def _settings_json(recipe) -> dict:
