@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -80,6 +81,7 @@ class Simulation:
 
     def to_json(self, timeline: bool = False) -> dict:
         d = asdict(self)
+        d["recipe"] = d.pop("settings")  # the resolved recipe (TrainingSettings stay under "settings")
         if not timeline:
             d.pop("timeline")
         return d
@@ -121,7 +123,8 @@ def fake_model(config, recipe: Recipe, layers: int, training: bool = True):
     if recipe.quantized:
         quantized = quantize_meta_model(model, recipe.precision, recipe.autocast or recipe.dtype)
     if training:
-        model = prepare_for_training(model, recipe)
+        with torch.device("meta"):  # peft builds adapter layers on the default device before moving them
+            model = prepare_for_training(model, recipe)
     else:
         model.eval()
     shared = _shared_parameters(model)
@@ -269,7 +272,8 @@ def simulate_training(config, recipe: Recipe, name: str = "", every_layer: bool 
 
 def _simulate_training(config, recipe: Recipe, full: int, layers: int) -> Simulation:
     t0 = time.perf_counter()
-    with _LOCK, _friendly_errors(config):
+    with _LOCK, _friendly_errors(config), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation chatter of the libraries the recipe calls
         model, mode = fake_model(config, recipe, layers)
         tracker = run_training(model, mode, recipe, profile_layer=min(comp.MIDDLE, layers - 1))
     return _result("training", tracker, full, layers, recipe, t0)
@@ -412,7 +416,8 @@ def simulate_inference(config, recipe: InferenceRecipe, name: str = "", every_la
 
 def _simulate_inference(config, recipe: InferenceRecipe, full: int, layers: int) -> Simulation:
     t0 = time.perf_counter()
-    with _LOCK, _friendly_errors(config):
+    with _LOCK, _friendly_errors(config), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         cfg = copy.deepcopy(config)
         model, mode = fake_model(cfg, recipe, layers, training=False)
         model.requires_grad_(False)
