@@ -587,3 +587,40 @@ def simulate_generation(arch, settings: InferenceSettings, device: str = "cuda")
     """The simulated peak of generating with `arch` under `settings` (cached by settings)."""
     recipe = resolve_inference(arch, settings, device)
     return simulate_inference(transformers_config(arch), recipe, name=arch.name)
+
+
+# --------------------------------------------------------------------------- for pages
+def is_cached(arch, settings, device: str = "cuda") -> bool:
+    """Whether `simulate`/`simulate_generation` would answer from the cache (a page can then call it on
+    its own thread instead of starting background work). Invalid settings count as cached: they fail fast."""
+    try:
+        if isinstance(settings, InferenceSettings):
+            recipe = resolve_inference(arch, settings, device)
+            key_kind = "infer"
+        else:
+            recipe = resolve_recipe(arch, settings, device)
+            key_kind = "train"
+    except LabError:
+        return True
+    full = _num_layers(transformers_config(arch))
+    key = (key_kind, arch.name, transformers_config(arch).to_json_string(use_diff=False), recipe,
+           min(full, comp.SIMULATED_LAYERS))
+    with _LOCK:
+        return key in _CACHE
+
+
+def simulate_page(arch, settings, inference: InferenceSettings, report=None, cancel=None) -> dict:
+    """Both simulations a page shows; each part is a Simulation or the one-line reason it cannot be.
+    (`report`/`cancel` are lab.tasks.BackgroundTask's hooks.)"""
+    out: dict = {}
+    for part, run in (("training", lambda: simulate(arch, settings)),
+                      ("inference", lambda: simulate_generation(arch, inference))):
+        if cancel is not None and cancel.is_set():  # the page asked for other settings meanwhile
+            break
+        if report:
+            report(f"simulating the {part} step")
+        try:
+            out[part] = run()
+        except LabError as e:
+            out[part] = str(e)
+    return out
