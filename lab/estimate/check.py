@@ -10,6 +10,7 @@ of the same folder's config with `device="cpu"` (CPU code paths, exact bytes) mu
 from __future__ import annotations
 
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -50,10 +51,12 @@ def measure_real_training(model_dir: str, recipe: Recipe) -> Measured:
     if recipe.device != "cpu":
         raise ValueError("A real step here runs on the CPU: use a recipe with device='cpu'.")
     t0 = time.perf_counter()
-    model = load_real(model_dir, recipe.precision, recipe.dtype, recipe.attn)
-    model = prepare_for_training(model, recipe)
-    torch.manual_seed(0)
-    tracker = run_training(model, nullcontext(), recipe, fake=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the libraries' deprecation chatter, as in the simulation
+        model = load_real(model_dir, recipe.precision, recipe.dtype, recipe.attn)
+        model = prepare_for_training(model, recipe)
+        torch.manual_seed(0)
+        tracker = run_training(model, nullcontext(), recipe, fake=False)
     return _measured(tracker, model, t0)
 
 

@@ -4,9 +4,10 @@ Memory is a polynomial in each knob — linear in the batch size and the rank, l
 the sequence length (eager attention keeps seq² scores). A few simulations at spread-out values give
 the polynomial; solving it against the GPU's budget (the same verdict as the fit table: peak + CUDA
 context + fragmentation within the card) gives the answer, and one more simulation at that value
-checks it. If the check fails (the polynomial was off — the rank, for one, jumps where bitsandbytes
-starts paging optimizer state), bisection between the largest value known to fit and the smallest
-known not to, one simulation a step, pins the answer down to 2% (at most six more simulations).
+checks it, and one more 2% above checks that it is the largest. If a check fails (the polynomial was
+off — the rank, for one, jumps where bitsandbytes starts paging optimizer state), bisection between
+the largest value known to fit and the smallest known not to, one simulation a step, pins the answer
+down to 2% (at most six simulations after the samples).
 """
 
 from __future__ import annotations
@@ -72,24 +73,27 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
     xs = sorted({min(x, upper) for x in SAMPLES[knob]})
     points = [(x, peak(x)) for x in xs]
     coefficients = _fit(points, min(DEGREE[knob], len(points) - 1))
-    guess = _solve(coefficients, budget, upper)
-    fitting = [x for x, p in points if p <= budget]
-    lo = max(fitting, default=0)
-    if guess <= lo:
-        guess = lo
-    hi = min([x for x, p in points if p > budget], default=upper + 1)
+    lo = max((x for x, p in points if p <= budget), default=0)  # known to fit
+    hi = min((x for x, p in points if p > budget), default=upper + 1)  # known not to (upper + 1: none yet)
+
+    def next_value(guess: int | None) -> int:
+        if guess is not None and lo < guess < hi:
+            return guess
+        if hi <= upper:
+            return (lo + hi) // 2  # bisect between what fits and what does not
+        return min(upper, lo + max(1, lo // 50))  # nothing known to fail yet: is 2% more still fitting?
+
+    candidate = next_value(_solve(coefficients, budget, upper))
     for _ in range(MAX_CHECKS):
-        if guess <= lo or guess >= hi:
+        if candidate <= lo or lo >= upper or hi - lo <= max(1, lo // 50):
             break
-        p = peak(guess)
-        points.append((guess, p))
+        p = peak(candidate)
+        points.append((candidate, p))
         if gpu_verdict(p, gpu).fits:
-            lo = guess
+            lo = candidate
         else:
-            hi = guess
-        if hi > upper or hi - lo <= max(1, lo // 50):  # confirmed, or pinned down to 2%
-            break
-        guess = (lo + hi) // 2  # the polynomial was off: bisect between what fits and what does not
+            hi = candidate
+        candidate = next_value(None)
     checked = lo == 0 or any(x == lo for x, _ in points)  # the answer itself was simulated
     return InverseAnswer(knob, lo, gpu.name, budget, upper, sorted(points), coefficients, checked)
 
