@@ -526,7 +526,8 @@ def resolve_recipe(arch, settings, device: str = "cuda") -> Recipe:
         adapter = "bf16" if precision.quantized else "fp32"
     targets: str | tuple[str, ...] = "all-linear"
     if method != "full":
-        _check_positive("LoRA rank r", s.r)
+        if isinstance(s.r, bool) or not isinstance(s.r, int) or s.r <= 0:
+            raise LabError(f"LoRA rank r={s.r!r} is not a positive integer.", "Use r ≥ 1 (typical: 8, 16, 32, 64).")
         names = resolve_targets(arch, s.targets)
         widest = min((min(g.in_features, g.out_features) for g in arch.linears if g.name in names), default=0)
         if widest and s.r > widest:
