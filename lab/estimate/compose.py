@@ -115,18 +115,11 @@ def compose(blocks: list[Block], full_layers: int, max_points: int = 60) -> Comp
             best = candidate
             best_cats = {c: totals[c] + r_star * cats[c] + top_cats.get(c, 0) for c in set(totals) | set(cats)}
             best_at = describe(block.label, block.first_layer + r_star, full_layers)
-        phase, step = phase_of(block.label)
-        if block.reps == 1:
-            for j in _sample(series, max_points, top_i):
-                points.append({"x": x + j + 1, "bytes": live + series[j], "phase": phase, "step": step})
-        else:
-            for r in range(block.reps):
-                base = live + r * prefix
-                points.append({"x": x + r * len(series), "bytes": base, "phase": phase, "step": step})
-                if top_i >= 0:
-                    points.append({"x": x + r * len(series) + top_i + 1, "bytes": base + top, "phase": phase,
-                                   "step": step})
-        x += block.reps * len(series)
+        if block.label[0] != "setup":  # what exists before the step is one point: the baseline
+            if not points:
+                points.append({"x": 0, "bytes": live, "phase": "before the step", "step": 0})
+            points += _points(block, series, x, live, prefix, top, top_i, max_points)
+            x += block.reps * len(series)
         live += block.reps * prefix
         for c, v in cats.items():
             totals[c] += block.reps * v
@@ -135,6 +128,22 @@ def compose(blocks: list[Block], full_layers: int, max_points: int = 60) -> Comp
     best_cats = {c: v for c, v in best_cats.items() if c not in EXCLUDED and v}
     return Composed(max(best, 0), best_cats, best_at, points, dict(excluded_peak),
                     {c: v for c, v in totals.items() if v})
+
+
+def _points(block: Block, series: list[int], x: int, live: int, prefix: int, top: int, top_i: int,
+            max_points: int) -> list[dict]:
+    """Timeline points of one block: a sample of its events, or per repetition its start and its top."""
+    phase, step = phase_of(block.label)
+    if block.reps == 1:
+        return [{"x": x + j + 1, "bytes": live + series[j], "phase": phase, "step": step}
+                for j in _sample(series, max_points, top_i)]
+    points = []
+    for r in range(block.reps):
+        base = live + r * prefix
+        points.append({"x": x + r * len(series), "bytes": base, "phase": phase, "step": step})
+        if top_i >= 0:
+            points.append({"x": x + r * len(series) + top_i + 1, "bytes": base + top, "phase": phase, "step": step})
+    return points
 
 
 def _sample(series: list[int], n: int, keep: int) -> list[int]:
@@ -171,4 +180,4 @@ def describe(label: tuple, layer: int, full_layers: int) -> str:
         where += ", head and loss"
     elif label[0] == "head_bwd":
         where += ", head and loss"
-    return where + (f" (step {step})" if isinstance(step, int) and step else "")
+    return where

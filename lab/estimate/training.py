@@ -160,8 +160,6 @@ def estimate_training(arch: Architecture, settings: TrainingSettings | None = No
     formulas["logits"] = f"b·s × vocab × ({cb} + 4 + 4) B = {tokens:,} × {arch.vocab_size:,} × {cb + 8}"
     comps["cuda_context"] = CUDA_CONTEXT_BYTES
     formulas["cuda_context"] = "fixed allowance: CUDA context + cuBLAS workspace (0.3–0.8 GB; 0 on CPU)"
-    if OPTIMIZERS[s.optimizer].paged:
-        notes.append("Paged optimizer states can spill to CPU RAM when the GPU is full, so the peak can be lower.")
     return TrainingEstimate(s, comps, formulas, trainable, weights, lora, tuple(notes))
 
 
