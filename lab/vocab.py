@@ -222,3 +222,14 @@ SHARDING: dict[str, Term] = table(
          "Fully sharded data parallel: parameters, gradients and optimizer state are split across the GPUs; each "
          "layer's parameters are gathered just for its forward and backward. `accelerate launch` with an FSDP config."),
 )
+
+
+# --------------------------------------------------------------------------- how the loss is computed
+LOSSES: dict[str, Term] = table(
+    Term("fused", "TRL (chunked)",
+         "What the lab's Training page runs: TRL's SFTTrainer computes per-token log-probabilities in chunks "
+         "of the vocabulary and never holds the batch × seq × vocab logits."),
+    Term("logits", "full logits",
+         "transformers' Trainer (and older TRL): the model returns the full logits and the loss upcasts them to "
+         "fp32 — several batch × seq × vocab tensors at the end of the forward."),
+)

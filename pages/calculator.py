@@ -33,6 +33,7 @@ from lab.vocab import (
     ATTENTION,
     DTYPES,
     KBIT_UPCAST,
+    LOSSES,
     METHODS,
     OPTIMIZERS,
     PRECISIONS,
@@ -164,6 +165,7 @@ with st.expander("Attention, adapter dtype, fp32 upcast, DoRA, generation"):
     upcast = a3.selectbox("kbit upcast", list(KBIT_UPCAST), key="upcast", bind="query-params",
                           help=describe(KBIT_UPCAST, markdown=True))
     dora = a4.checkbox("DoRA", False, key="dora", bind="query-params", help=HELP["use_dora"])
+    loss = a4.selectbox("Loss", list(LOSSES), key="loss", bind="query-params", help=describe(LOSSES, markdown=True))
     g1, g2, g3 = st.columns(3)
     infer_batch = g1.number_input("Prompts at once", 1, BIG, 1, key="ibatch", bind="query-params",
                                   help=InferenceSettings.__dataclass_fields__["batch_size"].metadata["help"])
@@ -175,7 +177,7 @@ with st.expander("Attention, adapter dtype, fp32 upcast, DoRA, generation"):
 settings = TrainingSettings(method=method, precision=precision, dtype=dtype, batch_size=int(batch_size),
                             seq_len=int(seq_len), grad_checkpointing=gc, optimizer=optimizer, r=int(r), targets=preset,
                             use_dora=dora, upcast_for_kbit=upcast == "on", attn=None if attn == "default" else attn,
-                            adapter_dtype=adapter_dtype)
+                            adapter_dtype=adapter_dtype, loss=loss)
 infer_settings = InferenceSettings(precision, dtype, int(infer_batch), int(prompt_tokens), int(new_tokens),
                                    None if attn == "default" else attn)
 
@@ -305,8 +307,8 @@ if sim is not None or gen is not None:
     st.dataframe(table, hide_index=True, width="stretch")
     st.caption(
         f"Fits = peak + CUDA context ({fmt_bytes(CUDA_CONTEXT_BYTES)}) + allocator fragmentation ({100 * FRAGMENTATION:.1f}% "
-        "of the peak) within the card; tight = fits without the fragmentation margin only. Both allowances are the "
-        f"largest seen in published out-of-memory reports of fine-tuning runs: context from "
+        "of the peak) within the card. Both allowances are the medians of published out-of-memory reports of "
+        f"fine-tuning runs: context from "
         f"[{CUDA_CONTEXT_SOURCE.source}]({CUDA_CONTEXT_SOURCE.url}) ({CUDA_CONTEXT_SOURCE.run}), fragmentation from "
         f"[{FRAGMENTATION_SOURCE.source}]({FRAGMENTATION_SOURCE.url}) ({FRAGMENTATION_SOURCE.run}); the others are listed "
         f"in docs/published-memory.md. {UNITS_NOTE} The 'this machine' row without a GPU compares with RAM."

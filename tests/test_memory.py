@@ -154,9 +154,10 @@ def test_allowances_come_from_the_published_oom_reports():
     ludwig = next(r for r in OOM_REPORTS if r.source == "ludwig-ai/ludwig#3583")
     assert ludwig.outside_pytorch_bytes == int((14.75 - 13.79 - 80.81 / 1024) * 2**30)
     assert ludwig.fragmentation == pytest.approx((13.79 - 13.37) / 13.37)
-    assert CUDA_CONTEXT_BYTES >= ludwig.outside_pytorch_bytes and FRAGMENTATION >= ludwig.fragmentation
-    assert any(r.outside_pytorch_bytes == CUDA_CONTEXT_BYTES for r in OOM_REPORTS)
-    assert any(r.fragmentation == FRAGMENTATION for r in OOM_REPORTS)
+    # the allowances are the medians of the reports: as many reports lie above as below
+    for value, of in ((CUDA_CONTEXT_BYTES, [r.outside_pytorch_bytes for r in OOM_REPORTS]),
+                      (FRAGMENTATION, [r.fragmentation for r in OOM_REPORTS])):
+        assert value in of and sum(v < value for v in of) == sum(v > value for v in of)
 
 
 def test_one_verdict_for_every_table():
@@ -164,9 +165,8 @@ def test_one_verdict_for_every_table():
     budget = budget_for_peak(gpu)
     at, over = gpu_verdict(budget, gpu), gpu_verdict(budget + 10**6, gpu)
     assert at.fits and at.verdict == "fits" and 0 <= at.margin_bytes < 10
-    assert not over.fits and over.margin_bytes < 0 and over.verdict == "tight"  # fits only without fragmentation
+    assert not over.fits and over.margin_bytes < 0 and over.verdict == "does not fit"
     assert at.needed_bytes == budget + at.context_bytes + at.fragmentation_bytes
-    assert gpu_verdict(gpu.memory_bytes, gpu).verdict == "does not fit"
     ram = Gpu("RAM", 10 * 10**9, cuda=False)  # no CUDA context or caching allocator on a CPU
     assert gpu_verdict(ram.memory_bytes, ram).fits and budget_for_peak(ram) == ram.memory_bytes
 

@@ -56,6 +56,7 @@ def recipe(method="lora", precision="bf16", gc=False, optimizer="adamw_torch", a
     ("phi3", recipe("full", "fp32", gc=True, optimizer="adafactor")),
     ("mistral", recipe("lora", "bf16", use_dora=True, optimizer="sgd")),
     ("gemma2", recipe("lora", "bf16", attn="eager")),
+    ("llama", recipe("lora", "bf16", loss="logits")),
 ])
 def test_composed_peak_equals_simulating_every_layer(model_type, rec):
     cfg = config(model_type)
@@ -84,6 +85,7 @@ def tiny_dir(tmp_path_factory, embedded_dir):
     recipe("full", "fp32", device="cpu", batch=2, seq=48),
     recipe("qlora", "nf4", device="cpu", batch=2, seq=48),
     recipe("qlora", "int8", optimizer="sgd", device="cpu", batch=2, seq=48),
+    recipe("lora", "fp32", loss="logits", device="cpu", batch=2, seq=48),
 ])
 def test_simulation_matches_the_real_step_within_3_percent(tiny_dir, rec):
     cfg = resolve_source(str(tiny_dir)).load_config()

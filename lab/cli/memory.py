@@ -18,6 +18,7 @@ from lab.vocab import (
     ATTENTION,
     DTYPE_CHOICES,
     KBIT_UPCAST,
+    LOSSES,
     METHODS,
     OPTIMIZERS,
     PRECISIONS,
@@ -54,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help=describe(ATTENTION) + " (default: sdpa where the model supports it, as transformers picks)")
     training.add_argument("--adapter-dtype", default="auto", choices=list(ADAPTER_DTYPES), help=describe(ADAPTER_DTYPES))
     training.add_argument("--kbit-upcast", default="on", choices=list(KBIT_UPCAST), help=describe(KBIT_UPCAST))
+    training.add_argument("--loss", default="fused", choices=list(LOSSES), help=describe(LOSSES))
     training.add_argument("--gpus", type=int, default=None, help="per-GPU peak on this many GPUs (with --sharding)")
     training.add_argument("--sharding", default="ddp", choices=list(SHARDING), help=describe(SHARDING))
     training.add_argument("--inverse", action="store_true",
@@ -72,7 +74,7 @@ def training_settings(args: argparse.Namespace) -> TrainingSettings:
         method=args.train, precision=args.precision, dtype=args.dtype, batch_size=args.batch_size,
         seq_len=args.seq_len, grad_checkpointing=args.grad_checkpointing, optimizer=args.optimizer, r=args.r,
         alpha=args.alpha, targets=args.targets, use_dora=args.dora, upcast_for_kbit=args.kbit_upcast == "on",
-        attn=args.attn, adapter_dtype=args.adapter_dtype,
+        attn=args.attn, adapter_dtype=args.adapter_dtype, loss=args.loss,
     )
 
 

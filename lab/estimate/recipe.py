@@ -56,6 +56,7 @@ class Recipe:
     use_dora: bool = False
     attn: str = "sdpa"
     device: str = "cuda"  # whose code paths: "cuda" predicts a GPU, "cpu" is this machine
+    loss: str = "fused"  # lab.vocab.LOSSES: TRL's chunked log-probabilities, or transformers' loss on full logits
 
     @property
     def quantized(self) -> bool:
@@ -90,10 +91,11 @@ def prepare_for_training(model, recipe: Recipe):
             model.gradient_checkpointing_enable()
         if recipe.method != "full":
             model.enable_input_require_grads()
-    from trl.trainer.utils import add_fused_lm_head
+    if recipe.loss == "fused":
+        from trl.trainer.utils import add_fused_lm_head
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))
     model.train()
     return model
 
@@ -233,11 +235,7 @@ def train_step(model, optimizer, input_ids: torch.Tensor, recipe: Recipe, tracke
         tracker.segment(("pre", step))
         tracker.phase, tracker.owner = "forward", NO_LAYER
         with autocast(recipe):
-            out = model(input_ids=input_ids, labels=input_ids, fused_lm_head=True, use_cache=False)
-            loss = (-out.log_probs).sum() / torch.as_tensor(out.label_mask.sum()).clamp(min=1)
-        with torch.no_grad():  # TRL's logged metrics: entropy and token accuracy sums
-            _ = (out.entropy.detach().sum(), out.is_top1.sum(), out.label_mask.sum())
-        del out
+            loss = _loss(model, input_ids, recipe)
         tracker.segment(("head_bwd", step))
         tracker.phase, tracker.owner = "backward", NO_LAYER
         loss.backward()
@@ -283,6 +281,18 @@ def _state_role(recipe: Recipe, key: str, param) -> str:
     if recipe.paged and key in ("state1", "state2") and param.numel() >= 1e5:
         return "paged"
     return "optimizer"
+
+
+def _loss(model, input_ids: torch.Tensor, recipe: Recipe) -> torch.Tensor:
+    """The loss as the trainer computes it: TRL's SFTTrainer from chunked log-probabilities (and its logged
+    entropy and token-accuracy sums), or transformers' Trainer from the full logits (ForCausalLMLoss)."""
+    if recipe.loss == "logits":
+        return model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+    out = model(input_ids=input_ids, labels=input_ids, fused_lm_head=True, use_cache=False)
+    loss = (-out.log_probs).sum() / torch.as_tensor(out.label_mask.sum()).clamp(min=1)
+    with torch.no_grad():
+        _ = (out.entropy.detach().sum(), out.is_top1.sum(), out.label_mask.sum())
+    return loss
 
 
 def register_model(model, tracker: LiveBytes, recipe: Recipe) -> None:

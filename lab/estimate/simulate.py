@@ -498,7 +498,7 @@ def resolve_recipe(arch, settings, device: str = "cuda") -> Recipe:
     LabError that names it."""
     from lab.estimate.lora import resolve_targets
     from lab.models.precision import get_precision, resolve_dtype
-    from lab.vocab import ADAPTER_DTYPES, AUTO, DTYPES, METHODS, OPTIMIZERS, lookup
+    from lab.vocab import ADAPTER_DTYPES, AUTO, DTYPES, LOSSES, METHODS, OPTIMIZERS, lookup
 
     s = settings
     method = lookup(METHODS, s.method, "training method").name
@@ -538,7 +538,7 @@ def resolve_recipe(arch, settings, device: str = "cuda") -> Recipe:
     return Recipe(method, precision.name, dtype.torch_dtype, autocast, DTYPES[adapter].torch_dtype,
                   bool(s.upcast_for_kbit), bool(s.grad_checkpointing), optimizer, s.batch_size, s.seq_len,
                   r=s.r, alpha=float(s.alpha or 2 * s.r), dropout=float(s.dropout), targets=targets,
-                  use_dora=bool(s.use_dora), attn=attn, device=device)
+                  use_dora=bool(s.use_dora), attn=attn, device=device, loss=lookup(LOSSES, s.loss, "loss").name)
 
 
 def transformers_config(arch):

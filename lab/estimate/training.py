@@ -46,6 +46,8 @@ class TrainingSettings:
     adapter_dtype: str = _f("auto", "dtype of the trainable adapters (lab.vocab.ADAPTER_DTYPES; auto = as the "
                                     "Training page does).")
     dropout: float = _f(0.05, "lora_dropout, as the Training page's default: a dropout mask per adapted layer input.")
+    loss: str = _f("fused", "How the loss is computed (lab.vocab.LOSSES): fused = TRL's chunked log-probabilities, "
+                            "as the Training page runs; logits = transformers' Trainer on the full logits.")
 
 
 @dataclass(frozen=True)
