@@ -329,9 +329,11 @@ if sim is not None:
         q1, q2 = st.columns(2)
         q1.metric(f"Per-GPU peak on {int(n_gpus)} × {card}", fmt_bytes(multi.per_gpu_peak_bytes),
                   help="; ".join(f"{k}: {fmt_bytes(val)}" for k, val in multi.terms.items()))
+        why = ("DDP keeps the whole model on every GPU: more GPUs do not lower the per-GPU peak." if sharding == "ddp"
+               else "What each GPU's step needs besides the sharded model state (activations, gathered layers) "
+                    "does not fit, however many GPUs share the state.")
         q2.metric(f"Fewest {card} that fit", fewest if fewest else "none",
-                  help="DDP keeps the whole model on every GPU: more GPUs do not lower the per-GPU peak."
-                  if not fewest else "The smallest N whose per-GPU peak passes the verdict above.")
+                  help=why if not fewest else "The smallest N whose per-GPU peak passes the verdict above.")
         st.caption(f"{card}: {v.verdict}. " + " · ".join(f"{k} {'+' if val >= 0 else '−'}{fmt_bytes(abs(val))}"
                                                           for k, val in multi.terms.items()))
 

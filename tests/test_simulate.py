@@ -249,3 +249,17 @@ def test_inverse_answer_fits_and_one_more_does_not(knob):
     assert gpu_verdict(simulate(arch, replace(settings, **{knob: answer.value})).peak_bytes, gpu).fits
     over = answer.value + max(1, answer.value // 50)
     assert not gpu_verdict(simulate(arch, replace(settings, **{knob: over})).peak_bytes, gpu).fits
+
+
+def test_a_reused_model_gives_what_a_fresh_one_gives():
+    """The fake model is kept between simulations that differ in batch, sequence or optimizer only."""
+    from lab.estimate import simulate as sim_module
+
+    cfg = config("llama")
+    first = simulate_training(cfg, recipe("qlora", "nf4", gc=True, batch=1, seq=64))
+    again = simulate_training(cfg, recipe("qlora", "nf4", gc=True, batch=3, seq=96, optimizer="adamw_8bit"))
+    sim_module._MODELS.clear()
+    sim_module._CACHE.clear()
+    fresh = simulate_training(cfg, recipe("qlora", "nf4", gc=True, batch=3, seq=96, optimizer="adamw_8bit"))
+    assert again.peak_bytes == fresh.peak_bytes and again.by_category == fresh.by_category
+    assert first.peak_bytes < again.peak_bytes

@@ -154,7 +154,9 @@ def render(r: dict) -> str:
         out += [f"  {k}: {fmt_bytes(v)}" for k, v in m["terms"].items()]
         if "smallest_gpus" in m:
             n = m["smallest_gpus"]
-            out.append(f"  fewest GPUs that fit: {n if n else 'none (DDP keeps the whole model on every GPU)'}")
+            why = ("DDP keeps the whole model on every GPU" if m["sharding"] == "ddp" else
+                   "what each GPU's step needs besides the sharded state does not fit")
+            out.append(f"  fewest GPUs that fit: {n if n else f'none ({why})'}")
     out += ["", format_table([(f["gpu"], f"{f['used_percent']:.0f}%", f["verdict"]) for f in r["fits"]],
                              ("GPU", "used", "verdict"))]
     if "gpu_verdict" in r:

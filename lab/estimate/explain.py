@@ -21,7 +21,8 @@ FORMULA_TERMS = {
     "temporaries": ("logits",),
 }
 LABELS = {"weights": "Weights", "adapters": "Trainable (LoRA) params", "gradients": "Gradients",
-          "optimizer": "Optimizer states", "activations": "Activations", "temporaries": "Temporaries / logits + loss",
+          "optimizer": "Optimizer states (+ step scratch)", "activations": "Activations",
+          "temporaries": "Temporaries / logits + loss",
           "kv_cache": "KV cache", "paged": "Paged optimizer state (outside the allocator)"}
 
 

@@ -20,7 +20,7 @@ import time
 import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -44,11 +44,11 @@ CATEGORY_HELP = {
     "weights": "The base model: parameters, buffers and bitsandbytes' quantization constants.",
     "adapters": "The trainable LoRA matrices (and DoRA magnitudes).",
     "gradients": "One gradient per trainable parameter, alive from the backward to the optimizer step.",
-    "optimizer": "Optimizer state (AdamW's two moments, 8-bit states and their scales, ...).",
+    "optimizer": "Optimizer state (AdamW's two moments, 8-bit states and their scales, ...) and, during the "
+                 "optimizer step, its scratch (foreach AdamW makes state-sized temporaries).",
     "activations": "Tensors made by the forward: those autograd keeps for the backward, and the forward's own "
                    "short-lived intermediates.",
-    "temporaries": "Short-lived tensors of the backward and the optimizer step (gradients flowing between layers, "
-                   "dequantized weights, foreach scratch).",
+    "temporaries": "Short-lived tensors of the backward (gradients flowing between layers, dequantized weights).",
     "kv_cache": "Keys and values of every layer for every token so far (generation).",
 }
 PAGED_HELP = ("Paged optimizer state lives in CUDA unified memory, outside PyTorch's allocator: it does not count in "
@@ -215,6 +215,8 @@ def _categories(tracker: LiveBytes) -> list[str]:
             out.append(s.role)
         elif s.role == "inputs" or s.phase in ("forward", "recompute"):
             out.append("activations")
+        elif s.phase == "optimizer":
+            out.append("optimizer")  # the step's own scratch (foreach AdamW: a state-sized temporary or two)
         else:
             out.append("temporaries")
     return out
@@ -274,9 +276,28 @@ def _simulate_training(config, recipe: Recipe, full: int, layers: int) -> Simula
     t0 = time.perf_counter()
     with _LOCK, _friendly_errors(config), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation chatter of the libraries the recipe calls
-        model, mode = fake_model(config, recipe, layers)
+        model, mode = _prepared_model(config, recipe, layers)
         tracker = run_training(model, mode, recipe, profile_layer=min(comp.MIDDLE, layers - 1))
     return _result("training", tracker, full, layers, recipe, t0)
+
+
+_MODELS: OrderedDict = OrderedDict()
+_MODELS_SIZE = 8
+
+
+def _prepared_model(config, recipe: Recipe, layers: int):
+    """The fake model for `recipe`, reused when only the batch, the sequence or the optimizer changed:
+    building and preparing it is a third of a simulation, and a step leaves it as it found it (no
+    gradients, the optimizer is made anew). Called under _LOCK."""
+    shape = replace(recipe, batch_size=1, seq_len=1, optimizer="sgd")
+    key = (config.to_json_string(use_diff=False), shape, layers)
+    if key in _MODELS:
+        _MODELS.move_to_end(key)
+        return _MODELS[key]
+    _MODELS[key] = fake_model(config, recipe, layers)
+    while len(_MODELS) > _MODELS_SIZE:
+        _MODELS.popitem(last=False)
+    return _MODELS[key]
 
 
 def _result(kind: str, tracker: LiveBytes, full: int, layers: int, recipe, t0: float) -> Simulation:
