@@ -21,7 +21,7 @@ from lab.estimate.gpus import (
     this_machine,
 )
 from lab.estimate.inference import kv_cache_bytes
-from lab.estimate.inverse import INVERSE_KNOBS, max_fitting
+from lab.estimate.inverse import INVERSE_KNOBS, solve_all
 from lab.estimate.parallel import per_gpu_peak, smallest_fitting
 from lab.estimate.simulate import InferenceSettings, is_cached, resolve_recipe, simulate_page
 from lab.estimate.snippet import training_code
@@ -42,7 +42,7 @@ from lab.vocab import (
     describe,
 )
 from pages._arch_ui import architecture_table, pick_architecture
-from pages._ui import cached_environment, friendly_errors, get_task, start_task
+from pages._ui import cached_environment, friendly_errors, get_task, poll_task, start_task, task_running
 
 GB = 1e9
 BIG = 10**9  # widget bounds wide enough that any URL value reaches the lab, which says what is wrong with it
@@ -183,32 +183,37 @@ infer_settings = InferenceSettings(precision, dtype, int(infer_batch), int(promp
 
 
 # ----------------------------------------------------------------------------------- simulate (off the script thread)
+SIM_TASK, INVERSE_TASK = "calc_sim", "calc_inverse"
+
+
 def simulations() -> dict | None:
-    """The two simulations, from the cache at once, or from a background task (None while it runs)."""
+    """The two simulations, from the cache at once, or from a background task (None while it runs: the
+    page shows a spinner and reruns when the task is done, the results then come from the cache)."""
     if is_cached(arch, settings) and is_cached(arch, infer_settings):
         return simulate_page(arch, settings, infer_settings)
     signature = repr((arch.name, settings, infer_settings))
-    task = get_task("calc_sim")
+    failed = st.session_state.get("calc_sim_error")
+    if failed and failed[0] == signature:
+        st.error(failed[1], icon=":material/error:")
+        return None
+    task = get_task(SIM_TASK)
     if task is None or task.name != signature:
         if task is not None:
-            task.cancel_event.set()
-        start_task("calc_sim", simulate_page, arch, settings, infer_settings).name = signature
-    _wait_for_simulation()
+            task.cancel_event.set()  # the inference part is skipped; the training part lands in the cache anyway
+        start_task(SIM_TASK, simulate_page, arch, settings, infer_settings).name = signature
+    poll_task(SIM_TASK, _simulating, _keep_error, every=0.5)
     return None
 
 
-@st.fragment(run_every=0.5)
-def _wait_for_simulation() -> None:
-    task = get_task("calc_sim")
-    if task is None or task.status == "running":
-        message = task.progress[-1].message if task is not None and task.progress else "starting"
-        with st.spinner(f"Simulating {arch.name}: {message} (the step runs on fake tensors, a second or two)…"):
-            st.caption("Results appear here when the simulation is done; the page stays usable meanwhile.")
-        return
+def _simulating(task) -> None:
+    message = task.progress[-1].message if task.progress else "starting"
+    with st.spinner(f"Simulating {arch.name}: {message} (the step runs on fake tensors, a second or a few)…"):
+        st.caption("The results appear here when the simulation is done; the page stays usable meanwhile.")
+
+
+def _keep_error(task) -> None:
     if task.status == "failed":
-        st.error(task.error, icon=":material/error:")
-        return
-    st.rerun(scope="app")
+        st.session_state["calc_sim_error"] = (task.name, task.error)
 
 
 results = simulations()
@@ -345,37 +350,29 @@ if sim is not None:
     knobs = [k for k in INVERSE_KNOBS if not (k == "r" and method == "full")]
     inverse_key = repr((arch.name, settings, inv_gpu))
 
-    def solve(report=None, cancel=None) -> dict:
-        out = {}
-        for k in knobs:
-            if report:
-                report(f"solving for {k}")
-            out[k] = max_fitting(arch, settings, get_gpu(inv_gpu), k)
-        return out
+    def _solving(task) -> None:
+        st.caption(f"Solving on {inv_gpu}: {task.progress[-1].message if task.progress else 'starting'}…")
 
-    task = get_task("calc_inverse")
-    if task is not None and task.name == inverse_key and task.status == "done":
-        cols = st.columns(len(knobs))
-        for col, k in zip(cols, knobs, strict=True):
-            a = task.result[k]
-            col.metric(f"max {k.replace('_', ' ')}", f"{a.value:,}" if a.value else "none fits",
-                       help=INVERSE_KNOBS[k] + f" Simulated at {', '.join(str(x) for x, _ in a.points)}; "
-                       + ("confirmed by a simulation." if a.checked else "not confirmed."))
-    elif task is not None and task.name == inverse_key and task.status == "failed":
-        st.error(task.error, icon=":material/error:")
+    def _keep_answers(task) -> None:
+        st.session_state["calc_inverse_result"] = (task.name, task.result if task.status == "done" else task.error)
+
+    kept = st.session_state.get("calc_inverse_result")
+    if kept is not None and kept[0] == inverse_key:
+        if isinstance(kept[1], str):
+            st.error(kept[1], icon=":material/error:")
+        else:
+            cols = st.columns(len(knobs))
+            for col, k in zip(cols, knobs, strict=True):
+                a = kept[1][k]
+                col.metric(f"max {k.replace('_', ' ')}", f"{a.value:,}" if a.value else "none fits",
+                           help=INVERSE_KNOBS[k] + f" Simulated at {', '.join(str(x) for x, _ in a.points)}; "
+                           + ("confirmed by a simulation." if a.checked else "not confirmed."))
+    elif task_running(INVERSE_TASK):
+        poll_task(INVERSE_TASK, _solving, _keep_answers)
     elif st.button(f"Solve for {inv_gpu}", icon=":material/search:",
                    help="Runs several simulations in the background (tens of seconds for large models)."):
-        start_task("calc_inverse", solve).name = inverse_key
+        start_task(INVERSE_TASK, solve_all, arch, settings, get_gpu(inv_gpu), knobs).name = inverse_key
         st.rerun()
-    if task is not None and task.name == inverse_key and task.status == "running":
-        @st.fragment(run_every=1.0)
-        def _wait_inverse() -> None:
-            t = get_task("calc_inverse")
-            if t is not None and t.status != "running":
-                st.rerun(scope="app")
-            with st.spinner(t.progress[-1].message if t is not None and t.progress else "solving"):
-                st.caption("Simulating…")
-        _wait_inverse()
 
 # ----------------------------------------------------------------------------------- code
 st.header("Copy as code")

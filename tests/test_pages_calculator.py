@@ -166,3 +166,23 @@ def test_lora_page_bad_rank_shows_the_cli_message():
     at.multiselect(key="modules").set_value([]).run()
     assert not at.exception
     assert at.error[0].value.startswith("No LoRA target modules given.")
+
+
+def test_calculator_inverse_runs_in_the_background():
+    at = settle(run_page(CALC, model="SmolLM2-135M", method="lora", precision="bf16", seq="256", inv_gpu="T4 16 GB"))
+    at.button[0].click().run()  # "Solve for T4 16 GB"
+    task = at.session_state["calc_inverse"]
+    deadline = time.time() + 900
+    while task.poll().running and time.time() < deadline:
+        time.sleep(0.5)
+    # the poller stores the answers when it sees the task end; AppTest runs fragments only with the page
+    at.session_state["calc_inverse_result"] = (task.name, task.result)
+    at.run()
+    shown = metrics(at)
+    assert {"max batch size", "max seq len", "max r"} <= set(shown)
+    from lab.estimate.gpus import get_gpu
+    from lab.estimate.inverse import max_fitting
+
+    arch = read_architecture("SmolLM2-135M")
+    settings = TrainingSettings(method="lora", precision="bf16", seq_len=256, targets="all-linear")
+    assert shown["max seq len"] == f"{max_fitting(arch, settings, get_gpu('T4'), 'seq_len').value:,}"

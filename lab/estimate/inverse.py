@@ -98,6 +98,18 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
     return InverseAnswer(knob, lo, gpu.name, budget, upper, sorted(points), coefficients, checked)
 
 
+def solve_all(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knobs, report=None, cancel=None) -> dict:
+    """`max_fitting` for each knob (`report`/`cancel`: lab.tasks.BackgroundTask's hooks, for pages)."""
+    answers = {}
+    for knob in knobs:
+        if cancel is not None and cancel.is_set():
+            break
+        if report:
+            report(f"solving for {knob}")
+        answers[knob] = max_fitting(arch, settings, gpu, knob)
+    return answers
+
+
 def _fit(points: list[tuple[int, int]], degree: int) -> list[float]:
     """Least-squares polynomial coefficients c0, c1, ... through the points."""
     import numpy as np
