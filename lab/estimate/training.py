@@ -161,7 +161,8 @@ def estimate_training(arch: Architecture, settings: TrainingSettings | None = No
     comps["logits"] = tokens * arch.vocab_size * (cb + 8)
     formulas["logits"] = f"b·s × vocab × ({cb} + 4 + 4) B = {tokens:,} × {arch.vocab_size:,} × {cb + 8}"
     comps["cuda_context"] = CUDA_CONTEXT_BYTES
-    formulas["cuda_context"] = "fixed allowance: CUDA context + cuBLAS workspace (0.3–0.8 GB; 0 on CPU)"
+    formulas["cuda_context"] = ("memory outside PyTorch's allocator (CUDA context, kernels, workspaces): the median of "
+                                "published out-of-memory reports (lab.estimate.gpus.OOM_REPORTS); 0 on a CPU")
     return TrainingEstimate(s, comps, formulas, trainable, weights, lora, tuple(notes))
 
 
