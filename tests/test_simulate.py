@@ -263,3 +263,22 @@ def test_a_reused_model_gives_what_a_fresh_one_gives():
     fresh = simulate_training(cfg, recipe("qlora", "nf4", gc=True, batch=3, seq=96, optimizer="adamw_8bit"))
     assert again.peak_bytes == fresh.peak_bytes and again.by_category == fresh.by_category
     assert first.peak_bytes < again.peak_bytes
+
+
+def test_library_paths_are_swapped_for_the_simulating_thread_only():
+    """A generation in another server thread keeps transformers' own mask decisions while a simulation runs."""
+    import threading
+
+    import transformers.masking_utils as mu
+
+    from lab.estimate.patch import for_this_thread
+
+    packed = torch.tensor([[0, 1, 2, 0, 1]])
+    seen = []
+    with for_this_thread(mu, "find_packed_sequence_indices", lambda position_ids: None):
+        worker = threading.Thread(target=lambda: seen.append(mu.find_packed_sequence_indices(packed)))
+        worker.start()
+        worker.join()
+        assert mu.find_packed_sequence_indices(packed) is None
+    assert seen[0].tolist() == [[0, 0, 0, 1, 1]]
+    assert mu.find_packed_sequence_indices(packed).tolist() == [[0, 0, 0, 1, 1]]  # restored

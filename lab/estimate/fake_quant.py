@@ -28,10 +28,11 @@ layers as in a real QLoRA run and their own `forward` runs. Where the device dec
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 
+from lab.estimate.patch import for_this_thread
 from lab.estimate.tracker import OVERRIDES
 
 BLOCKSIZE = 64  # bnb_4bit_blocksize default in transformers
@@ -141,21 +142,21 @@ def device_paths(device: str):
     import bitsandbytes as bnb
     from bitsandbytes.autograd import _functions as bnb_fn
 
-    previous, previous_matmul = Device.current, bnb.matmul
-    Device.current = device
-    if device == "cuda":
-        def cuda_matmul(A, B, out=None, state=None, threshold=0.0, bias=None):
-            state = state or bnb_fn.MatmulLtState()
-            if threshold > 0.0:
-                state.threshold = threshold
-            return bnb_fn.MatMul8bitLt.apply(A, B, out, bias, state)
+    def cuda_matmul(A, B, out=None, state=None, threshold=0.0, bias=None):
+        state = state or bnb_fn.MatmulLtState()
+        if threshold > 0.0:
+            state.threshold = threshold
+        return bnb_fn.MatMul8bitLt.apply(A, B, out, bias, state)
 
-        bnb.matmul = cuda_matmul  # Linear8bitLt.forward calls bnb.matmul, which routes CPU tensors elsewhere
-    try:
-        yield
-    finally:
-        Device.current = previous
-        bnb.matmul = previous_matmul
+    previous = Device.current
+    Device.current = device
+    with ExitStack() as stack:
+        if device == "cuda":  # Linear8bitLt.forward calls bnb.matmul, which routes CPU tensors elsewhere
+            stack.enter_context(for_this_thread(bnb, "matmul", cuda_matmul))
+        try:
+            yield
+        finally:
+            Device.current = previous
 
 
 def _gemm_4bit(tracker, func, args, kwargs):

@@ -19,7 +19,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -27,6 +27,7 @@ import torch
 from lab.errors import LabError
 from lab.estimate import compose as comp
 from lab.estimate.fake_quant import attach_quant_state, device_paths, quantize_meta_model
+from lab.estimate.patch import for_this_thread
 from lab.estimate.recipe import (
     Recipe,
     decoder_layers,
@@ -162,13 +163,11 @@ def trl_device_paths(device: str):
     import trl.trainer.utils as tu
     from trl.kernels import chunked_logprob as cl
 
-    saved = (cl._forward_tile, cl._backward_tile, cl._addmm_fp32, tu._use_triton)
-    cl._forward_tile = cl._backward_tile = cl._addmm_fp32 = lambda *a, **k: None
-    tu._use_triton = lambda device: True
-    try:
+    with ExitStack() as stack:
+        for name in ("_forward_tile", "_backward_tile", "_addmm_fp32"):
+            stack.enter_context(for_this_thread(cl, name, lambda *a, **k: None))
+        stack.enter_context(for_this_thread(tu, "_use_triton", lambda device: True))
         yield
-    finally:
-        cl._forward_tile, cl._backward_tile, cl._addmm_fp32, tu._use_triton = saved
 
 
 @contextmanager
@@ -179,7 +178,7 @@ def transformers_mask_paths():
     batches are neither padded nor packed, so decide as the real run does."""
     from transformers import masking_utils as mu
 
-    original, original_packed = mu._ignore_causal_mask_sdpa, mu.find_packed_sequence_indices
+    original = mu._ignore_causal_mask_sdpa
 
     def ignore(padding_mask, q_length, kv_length, q_offset, kv_offset, local_attention_size=None):
         if padding_mask is None:
@@ -187,12 +186,9 @@ def transformers_mask_paths():
                 local_attention_size is None or kv_length < local_attention_size)
         return original(padding_mask, q_length, kv_length, q_offset, kv_offset, local_attention_size)
 
-    mu._ignore_causal_mask_sdpa = ignore
-    mu.find_packed_sequence_indices = lambda position_ids: None
-    try:
+    with for_this_thread(mu, "_ignore_causal_mask_sdpa", ignore), \
+            for_this_thread(mu, "find_packed_sequence_indices", lambda position_ids: None):
         yield
-    finally:
-        mu._ignore_causal_mask_sdpa, mu.find_packed_sequence_indices = original, original_packed
 
 
 def _bool_index(tracker, func, args, kwargs):
