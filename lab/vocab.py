@@ -213,17 +213,6 @@ KBIT_UPCAST: dict[str, Term] = table(
          "Freeze the base without the fp32 cast, as frameworks that skip prepare_model_for_kbit_training do."),
 )
 
-# --------------------------------------------------------------------------- multi-GPU sharding
-SHARDING: dict[str, Term] = table(
-    Term("ddp", "DDP",
-         "Data parallel: every GPU holds the whole model and optimizer state and its own batch; DDP adds a bucket "
-         "copy of the gradients for the all-reduce. `accelerate launch --multi_gpu`."),
-    Term("fsdp", "FSDP full shard",
-         "Fully sharded data parallel: parameters, gradients and optimizer state are split across the GPUs; each "
-         "layer's parameters are gathered just for its forward and backward. `accelerate launch` with an FSDP config."),
-)
-
-
 # --------------------------------------------------------------------------- how the loss is computed
 LOSSES: dict[str, Term] = table(
     Term("fused", "TRL (chunked)",

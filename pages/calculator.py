@@ -33,11 +33,11 @@ from lab.vocab import (
     ATTENTION,
     DTYPES,
     KBIT_UPCAST,
+    LAUNCH_MODES,
     LOSSES,
     METHODS,
     OPTIMIZERS,
     PRECISIONS,
-    SHARDING,
     TARGET_PRESETS,
     describe,
 )
@@ -324,8 +324,8 @@ if sim is not None:
     st.header("More than one GPU")
     p1, p2, p3 = st.columns(3)
     n_gpus = p1.number_input("GPUs", 1, 4096, 2, key="ngpus", bind="query-params", help="Data-parallel ranks, one batch each.")
-    sharding = p2.selectbox("Sharding", list(SHARDING), index=1, key="sharding", bind="query-params",
-                            help=describe(SHARDING, markdown=True))
+    sharding = p2.selectbox("Sharding", list(LAUNCH_MODES), index=1, key="sharding", bind="query-params",
+                            help=describe(LAUNCH_MODES, markdown=True))
     card = p3.selectbox("GPU", [g.name for g in GPUS], key="gpu", bind="query-params", help=UNITS_NOTE)
     with friendly_errors("The multi-GPU figure"):
         multi = per_gpu_peak(sim, int(n_gpus), sharding)

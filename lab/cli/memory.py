@@ -18,11 +18,11 @@ from lab.vocab import (
     ATTENTION,
     DTYPE_CHOICES,
     KBIT_UPCAST,
+    LAUNCH_MODES,
     LOSSES,
     METHODS,
     OPTIMIZERS,
     PRECISIONS,
-    SHARDING,
     describe,
 )
 
@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--kbit-upcast", default="on", choices=list(KBIT_UPCAST), help=describe(KBIT_UPCAST))
     training.add_argument("--loss", default="fused", choices=list(LOSSES), help=describe(LOSSES))
     training.add_argument("--gpus", type=int, default=None, help="per-GPU peak on this many GPUs (with --sharding)")
-    training.add_argument("--sharding", default="ddp", choices=list(SHARDING), help=describe(SHARDING))
+    training.add_argument("--sharding", default="ddp", choices=list(LAUNCH_MODES), help=describe(LAUNCH_MODES))
     training.add_argument("--inverse", action="store_true",
                           help="with --gpu: also the largest batch, sequence length and rank that fit it "
                                "(a few simulations each: tens of seconds)")

@@ -1,6 +1,6 @@
-"""More than one GPU: the per-GPU peak of the simulated step under DDP or FSDP full-shard, and the smallest
-number of GPUs that fits — the answer for a run that has outgrown one card (the Training page's
-`accelerate launch` path, see the README's "Several GPUs").
+"""More than one GPU: the per-GPU peak of the simulated step under DDP or FSDP full-shard (the lab's launch
+modes, `lab.vocab.LAUNCH_MODES`), and the smallest number of GPUs that fits — the answer for a run that has
+outgrown one card (`lab.training.distributed.launch_command` prints how to run it).
 
 Each GPU runs the same step on its own batch, so what the step allocates (activations, temporaries)
 stays what one GPU simulated; what changes is the model state:
@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from lab.errors import LabError
 from lab.estimate.gpus import Gpu, gpu_verdict
 from lab.estimate.simulate import Simulation
-from lab.vocab import SHARDING, lookup
+from lab.vocab import LAUNCH_MODES, lookup
 
 MAX_GPUS = 512
 PREFETCHED_LAYERS = 2  # FSDP BACKWARD_PRE: the layer being computed and the next one's all-gather
@@ -43,7 +43,7 @@ class ParallelPeak:
 
 def per_gpu_peak(sim: Simulation, gpus: int, sharding: str) -> ParallelPeak:
     """The predicted max_memory_allocated of each of `gpus` GPUs."""
-    sharding = lookup(SHARDING, sharding, "sharding").name
+    sharding = lookup(LAUNCH_MODES, sharding, "multi-GPU mode").name
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
         raise LabError(f"The number of GPUs must be a positive integer, got {gpus!r}.")
     if sim.kind != "training":
@@ -67,7 +67,7 @@ def smallest_fitting(sim: Simulation, gpu: Gpu, sharding: str) -> int | None:
     (DDP never shrinks the model state: if one GPU does not fit, no number does)."""
     if gpu_verdict(per_gpu_peak(sim, 1, sharding).per_gpu_peak_bytes, gpu).fits:
         return 1
-    if lookup(SHARDING, sharding, "sharding").name == "ddp":
+    if lookup(LAUNCH_MODES, sharding, "multi-GPU mode").name == "ddp":
         return None
     lo, hi = 1, 2
     while not gpu_verdict(per_gpu_peak(sim, hi, sharding).per_gpu_peak_bytes, gpu).fits:
