@@ -1,6 +1,6 @@
 """Page reruns after the first build: the calculator and the LoRA estimator under Streamlit's AppTest
-(the whole script: architecture lookup, every estimate, tables and plotly charts), and the library
-calls alone. Target: a rerun < 300 ms.
+(the whole script: architecture lookup, every estimate, tables and plotly charts; the simulations run in
+a background task and come from the cache once done), and the library calls alone. Target: a rerun < 300 ms.
 
     .venv/bin/python benchmarks/bench_calculator_rerun.py [--model Llama-3.1-70B] [--reruns 10]
 """
@@ -18,8 +18,6 @@ sys.path.insert(0, str(ROOT))
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from lab.estimate.gpus import GPUS  # noqa: E402
-from lab.estimate.inverse import max_fitting  # noqa: E402
 from lab.estimate.lora import estimate_lora  # noqa: E402
 from lab.estimate.training import TrainingSettings, estimate_training  # noqa: E402
 from lab.estimate.weights import estimate_weights  # noqa: E402
@@ -54,9 +52,8 @@ def bench_library(model: str) -> None:
     w = timed(lambda: [estimate_weights(arch, p) for p in ("fp32", "bf16", "fp16", "int8", "nf4", "nf4-dq", "fp4")])
     t = timed(lambda: estimate_training(arch, s))
     lo = timed(lambda: estimate_lora(arch, 16, targets="all-linear"))
-    inv = timed(lambda: [max_fitting(arch, GPUS[0].memory_bytes, k, s) for k in ("batch_size", "seq_len", "r")])
     print(f"library {model:15s} meta build (cold) {cold:6.0f} ms, cached {warm:5.1f} ms | 7 weight estimates {w:5.1f} ms | "
-          f"training {t:5.2f} ms | lora {lo:5.2f} ms | inverse (3 knobs) {inv:5.1f} ms")
+          f"training formula {t:5.2f} ms | lora {lo:5.2f} ms  (simulation times: benchmarks/bench_simulation.py)")
 
 
 def main() -> None:

@@ -182,3 +182,43 @@ LAUNCH_MODES: dict[str, Term] = table(
          "The base is sharded across the GPUs (4-bit weights stored in the compute dtype so FSDP can shard them), "
          "peft's FSDP + QLoRA recipe: for models that do not fit on one GPU. CUDA only."),
 )
+
+
+# --------------------------------------------------------------------------- attention implementations
+ATTENTION: dict[str, Term] = table(
+    Term("sdpa", "SDPA",
+         "PyTorch's scaled_dot_product_attention (flash / memory-efficient kernels): no seq × seq score matrix is "
+         "kept. What transformers picks on a GPU when the model supports it."),
+    Term("eager", "eager",
+         "transformers' plain attention: softmax(QKᵀ)V in PyTorch ops, which keeps batch × heads × seq² scores per "
+         "layer for the backward — memory grows with the square of the sequence length."),
+)
+
+# --------------------------------------------------------------------------- adapter dtypes
+# The dtype the trainable LoRA weights are kept in: a DTYPES entry, or "auto" for the lab's own recipe.
+ADAPTER_DTYPES: dict[str, Term] = table(
+    Term(AUTO, "as the Training page does",
+         "What a run of the Training page does: bf16 adapters on a quantized base (TRL's SFTTrainer casts them, as "
+         "the QLoRA paper recommends), fp32 otherwise (peft's autocast_adapter_dtype=True). fp32/bf16/fp16 force "
+         "one: fp32 as peft keeps them by default, bf16/fp16 as 'bf16-true' frameworks do."),
+    *DTYPES.values(),
+)
+
+# --------------------------------------------------------------------------- kbit upcast
+KBIT_UPCAST: dict[str, Term] = table(
+    Term("on", "upcast to fp32",
+         "peft's prepare_model_for_kbit_training casts every fp16/bf16 parameter that is not 4-bit (embeddings, norms, "
+         "lm_head) to fp32 — what the lab's Training page does for a quantized base."),
+    Term("off", "keep the load dtype",
+         "Freeze the base without the fp32 cast, as frameworks that skip prepare_model_for_kbit_training do."),
+)
+
+# --------------------------------------------------------------------------- how the loss is computed
+LOSSES: dict[str, Term] = table(
+    Term("fused", "TRL (chunked)",
+         "What the lab's Training page runs: TRL's SFTTrainer computes per-token log-probabilities in chunks "
+         "of the vocabulary and never holds the batch × seq × vocab logits."),
+    Term("logits", "full logits",
+         "transformers' Trainer (and older TRL): the model returns the full logits and the loss upcasts them to "
+         "fp32 — several batch × seq × vocab tensors at the end of the forward."),
+)

@@ -29,14 +29,14 @@ names = arch.linear_names
 
 c1, c2 = st.columns([4, 5])
 preset = c1.segmented_control(
-    "Preset", [*TARGET_PRESETS, CUSTOM], default="qv", key="preset", bind="query-params", required=True,
+    "Preset", [*TARGET_PRESETS, CUSTOM], default="all-linear", key="preset", bind="query-params", required=True,
     help=describe(TARGET_PRESETS, markdown=True) + " · **custom**: pick the modules yourself.",
 )
 # A preset decides the modules; "custom" keeps the last choice (if this model has those names).
 previous = st.session_state.get("modules")
 current = [m for m in previous or [] if m in names]
 if preset in TARGET_PRESETS or previous is None or (previous and not current):
-    st.session_state["modules"] = preset_targets(arch, preset if preset in TARGET_PRESETS else "qv")
+    st.session_state["modules"] = preset_targets(arch, preset if preset in TARGET_PRESETS else "all-linear")
 elif current != previous:
     st.session_state["modules"] = current
 modules = c2.multiselect(
@@ -45,11 +45,23 @@ modules = c2.multiselect(
          "full name ends with it. lm_head is allowed but no preset takes it. Choose the 'custom' preset to edit.",
 )
 
+fused = [m for m in modules if "qkv" in m.lower() or m in ("query_key_value", "c_attn", "Wqkv")]
+if fused:
+    st.info(f"On {arch.name}, q, k and v live in one fused layer (`{'`, `'.join(fused)}`): LoRA adapts the whole fused "
+            "projection — q, k and v together — so 'q, v' costs what 'q, k, v' would.", icon=":material/info:")
+
 r1, r2, r3, r4, r5 = st.columns(5)
-r = r1.number_input("Rank r", 1, 4096, 16, key="r", bind="query-params",
-                    help="Inner dimension of the adapter: A is r × in, B is out × r. Parameters grow linearly with r.")
-alpha = r2.number_input("lora_alpha", 0.5, 8192.0, float(2 * r), step=1.0, key="alpha", bind="query-params",
-                        help="Scale numerator: the update is multiplied by alpha/r (or alpha/√r with rsLoRA). Rule of thumb: 2·r.")
+r = r1.number_input("Rank r", 1, 10**9, 16, key="r", bind="query-params",
+                    help="Inner dimension of the adapter: A is r × in, B is out × r. Parameters grow linearly with r. "
+                         "It cannot exceed the width of the targeted layers.")
+# alpha follows the 2·r rule of thumb until someone sets it to something else
+previous_r = st.session_state.get("_alpha_for_r")
+if "alpha" not in st.session_state or (previous_r is not None and st.session_state["alpha"] == 2.0 * previous_r):
+    st.session_state["alpha"] = float(2 * r)
+st.session_state["_alpha_for_r"] = r
+alpha = r2.number_input("lora_alpha", 0.5, 8192.0, step=1.0, key="alpha", bind="query-params",
+                        help="Scale numerator: the update is multiplied by alpha/r (or alpha/√r with rsLoRA). Rule of "
+                             "thumb: 2·r — it follows r until you set another value.")
 use_rslora = r3.checkbox("rsLoRA", False, key="rslora", bind="query-params",
                          help="Rank-stabilized LoRA: scale by alpha/√r instead of alpha/r, so higher ranks keep learning. Same count.")
 use_dora = r4.checkbox("DoRA", False, key="dora", bind="query-params",
@@ -65,6 +77,13 @@ with friendly_errors("The LoRA estimate"):
                         lora_bias=lora_bias and not use_dora)
 if est is None:
     st.stop()
+narrow = [row for row in est.rows if int(r) > min(row.in_features, row.out_features)]
+if narrow:
+    width = min(min(row.in_features, row.out_features) for row in narrow)
+    st.warning(f"r={int(r):,} is above the width of {', '.join(row.name for row in narrow)} (min(in, out) = {width:,}): "
+               "peft still creates matrices of that size, but the update B·A cannot have a rank above the layer's "
+               "width, so the extra parameters add nothing. The calculator refuses such a rank for training.",
+               icon=":material/warning:")
 
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Trainable parameters", fmt_count(est.trainable_params), help=f"{est.trainable_params:,} exactly")

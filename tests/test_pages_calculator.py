@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from lab.estimate.lora import estimate_lora
+from lab.estimate.simulate import simulate
+from lab.estimate.training import TrainingSettings
 from lab.estimate.weights import estimate_weights
 from lab.models.architecture import read_architecture
 from lab.models.sources import catalog_names, resolve_source
@@ -24,6 +27,16 @@ def run_page(path: str, **params) -> AppTest:
     at = AppTest.from_file(path, default_timeout=60)
     for k, v in params.items():
         at.query_params[k] = v
+    return at.run()
+
+
+def settle(at: AppTest, key: str = "calc_sim", timeout: float = 600) -> AppTest:
+    """The calculator simulates in a background task while the page shows a spinner: wait for the task the
+    last run started, then run the page again (the result now comes from the cache)."""
+    task = at.session_state[key] if key in at.session_state else None
+    deadline = time.time() + timeout
+    while task is not None and task.poll().status == "running" and time.time() < deadline:
+        time.sleep(0.2)
     return at.run()
 
 
@@ -43,27 +56,43 @@ def test_calculator_reproduces_the_seed_footprints():
 
 
 def test_calculator_settings_come_from_the_url():
-    at = run_page(CALC, model="Qwen2.5-0.5B", precision="nf4-dq", method="full", batch="2", seq="256", gpu="A100 80 GB")
+    at = settle(run_page(CALC, model="Qwen2.5-0.5B", precision="bf16", method="full", batch="2", seq="256",
+                         gpu="A100 80 GB"))
     assert not at.exception and not at.error
     assert at.selectbox(key="model").value == "Qwen2.5-0.5B"
     assert at.radio(key="method").value == "full"
     assert at.number_input(key="batch").value == 2
     arch = read_architecture("Qwen2.5-0.5B")
-    assert metrics(at)["True bytes"] == fmt_bytes(estimate_weights(arch, "nf4-dq").weights_bytes)
-    assert "max r" not in metrics(at)  # full fine-tuning has no rank to solve for
+    assert metrics(at)["True bytes"] == fmt_bytes(estimate_weights(arch, "bf16").weights_bytes)
+    sim = simulate(arch, TrainingSettings(method="full", precision="bf16", batch_size=2, seq_len=256))
+    assert metrics(at)["Simulated training peak"] == fmt_bytes(sim.peak_bytes)
     code = at.code[0].value
-    assert "bnb_4bit_use_double_quant=True" in code and "LoraConfig" not in code.split("import")[-1]
+    assert 'model_id = "Qwen/Qwen2.5-0.5B"' in code and "get_peft_model" not in code  # full: no LoRA
 
 
 def test_calculator_widgets_change_the_numbers():
-    at = run_page(CALC, model="SmolLM2-360M")
-    before = metrics(at)["Estimated peak"]
+    at = settle(run_page(CALC, model="SmolLM2-360M", seq="256"))
+    before = metrics(at)["Simulated training peak"]
     at.checkbox(key="gc").set_value(False).run()
-    after = metrics(at)["Estimated peak"]
+    after = metrics(settle(at))["Simulated training peak"]
     assert not at.exception and before != after
+    at.radio(key="method").set_value("lora").run()
     at.segmented_control(key="precision").set_value("fp32").run()
+    settle(at)
     assert metrics(at)["True bytes"] == metrics(at)["get_memory_footprint()"]  # no quantization constants
     assert any("peft import LoraConfig" in c.value for c in at.code)
+    assert len(at.get("plotly_chart")) >= 3  # weights, formula vs simulated, the timelines
+
+
+def test_calculator_bad_settings_say_why_and_show_no_stale_figures():
+    at = settle(run_page(CALC, model="TinyLlama-1.1B", seq="5000"))  # TinyLlama's context: 2,048
+    assert not at.exception
+    assert any("2,048" in e.value for e in at.error)
+    assert "Simulated training peak" not in metrics(at)
+    at = settle(run_page(CALC, model="SmolLM2-135M", method="qlora", precision="bf16"))
+    assert any("'bf16' is not quantized" in e.value for e in at.error)  # no silent fallback to nf4-dq
+    at = settle(run_page(CALC, model="SmolLM2-135M", r="100000"))  # kept from the URL, refused with the reason
+    assert at.number_input(key="r").value == 100000 and any("width" in e.value for e in at.error)
 
 
 @pytest.mark.parametrize("page", [CALC, LORA])
@@ -71,6 +100,9 @@ def test_every_catalog_model_renders(page):
     at = AppTest.from_file(page, default_timeout=60).run()
     for name in ["embedded", *catalog_names()]:
         at.selectbox(key="model").set_value(name).run()
+        if page == CALC and name in ("embedded", "Gemma-2-2B", "Phi-3-mini", "Llama-3.1-70B"):
+            settle(at)  # simulated: SDPA-less Gemma-2 (eager), fused Phi-3, the largest; the rest render the spinner
+            assert "Simulated training peak" in metrics(at), name
         assert not at.exception, name
         assert not at.error, (name, [e.value for e in at.error])
         assert metrics(at), name
@@ -104,6 +136,18 @@ def test_lora_page_seed_example_and_peft_numbers():
     assert table["total"].iloc[-1] == "18,350,080"
 
 
+def test_lora_page_alpha_follows_r_until_set():
+    at = run_page(LORA, model="SmolLM2-135M")
+    assert at.number_input(key="alpha").value == 32.0
+    at.number_input(key="r").set_value(8).run()
+    assert at.number_input(key="alpha").value == 16.0  # 2·r
+    at.number_input(key="alpha").set_value(5.0).run()
+    at.number_input(key="r").set_value(32).run()
+    assert at.number_input(key="alpha").value == 5.0  # a value someone chose stays
+    at.number_input(key="r").set_value(5000).run()
+    assert any("width" in w.value for w in at.warning)
+
+
 def test_lora_page_presets_dora_and_fused_modules():
     at = run_page(LORA, model="Phi-3-mini", preset="all-linear", r="8", dora="true")
     assert not at.exception and not at.error
@@ -114,6 +158,7 @@ def test_lora_page_presets_dora_and_fused_modules():
     assert "use_dora=True" in at.code[0].value
     at.segmented_control(key="preset").set_value("qv").run()
     assert at.multiselect(key="modules").value == ["qkv_proj"]  # Phi-3 keeps q and v inside qkv_proj
+    assert any("qkv_proj" in i.value and "fused" in i.value for i in at.info)  # and the page says so
 
 
 def test_lora_page_bad_rank_shows_the_cli_message():
@@ -121,3 +166,23 @@ def test_lora_page_bad_rank_shows_the_cli_message():
     at.multiselect(key="modules").set_value([]).run()
     assert not at.exception
     assert at.error[0].value.startswith("No LoRA target modules given.")
+
+
+def test_calculator_inverse_runs_in_the_background():
+    at = settle(run_page(CALC, model="SmolLM2-135M", method="lora", precision="bf16", seq="256", inv_gpu="T4 16 GB"))
+    at.button[0].click().run()  # "Solve for T4 16 GB"
+    task = at.session_state["calc_inverse"]
+    deadline = time.time() + 900
+    while task.poll().running and time.time() < deadline:
+        time.sleep(0.5)
+    # the poller stores the answers when it sees the task end; AppTest runs fragments only with the page
+    at.session_state["calc_inverse_result"] = (task.name, task.result)
+    at.run()
+    shown = metrics(at)
+    assert {"max batch size", "max seq len", "max r"} <= set(shown)
+    from lab.estimate.gpus import get_gpu
+    from lab.estimate.inverse import max_fitting
+
+    arch = read_architecture("SmolLM2-135M")
+    settings = TrainingSettings(method="lora", precision="bf16", seq_len=256, targets="all-linear")
+    assert shown["max seq len"] == f"{max_fitting(arch, settings, get_gpu('T4'), 'seq_len').value:,}"

@@ -62,8 +62,10 @@ def home(page, server, run: Path) -> None:
 
 
 def calculator(page, server, run: Path) -> None:
-    open_page(page, server, "calculator?model=Llama-3.2-3B&precision=nf4&dtype=fp16", wait_for_text="Training memory")
-    page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+    open_page(page, server, "calculator?model=Llama-3.1-8B&precision=nf4-dq&seq=2048&batch=2",
+              wait_for_text="Training step")
+    page.get_by_text("Live bytes through one training step").first.wait_for(timeout=LONG)  # simulated off-thread
+    page.get_by_text("Simulated training peak").first.scroll_into_view_if_needed()
 
 
 def lora_estimator(page, server, run: Path) -> None:

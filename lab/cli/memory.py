@@ -1,87 +1,137 @@
-"""`python -m lab memory`: weights at a precision as bitsandbytes stores them, and training memory."""
+"""`python -m lab memory`: weights at a precision as bitsandbytes stores them, and — simulated — the peak of a
+training step (`--train`) or of generation (`--infer`), with the GPU verdict and the multi-GPU answer."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 
-from lab.estimate.gpus import GPUS, fit_table, get_gpu
+from lab.errors import LabError
+from lab.estimate.gpus import GPUS, fit_table, get_gpu, gpu_verdict
 from lab.estimate.inference import kv_cache_bytes
-from lab.estimate.inverse import max_fitting
 from lab.estimate.training import TrainingSettings, estimate_training
 from lab.estimate.weights import estimate_weights
 from lab.models.architecture import read_architecture
 from lab.units import fmt_bytes, fmt_count, format_table
-from lab.vocab import DTYPE_CHOICES, METHODS, OPTIMIZERS, PRECISIONS, describe
+from lab.vocab import (
+    ADAPTER_DTYPES,
+    ATTENTION,
+    DTYPE_CHOICES,
+    KBIT_UPCAST,
+    LAUNCH_MODES,
+    LOSSES,
+    METHODS,
+    OPTIMIZERS,
+    PRECISIONS,
+    describe,
+)
 
 NAME = "memory"
-HELP = "weights at a precision (true bytes vs get_memory_footprint) and, with --train, training memory"
+HELP = ("weights at a precision (true bytes vs get_memory_footprint) and, simulated, the peak of a training step "
+        "(--train) or of generation (--infer), with the GPU verdict")
 ORDER = 10
+HELP_OF = {f.name: f.metadata.get("help", "") for f in fields(TrainingSettings)}
+DEFAULT = TrainingSettings()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="embedded", help="'embedded', a catalog name, a config.json, a model folder or a Hub id")
-    parser.add_argument("--precision", default="nf4-dq", choices=list(PRECISIONS), help=describe(PRECISIONS))
+    parser.add_argument("--precision", default=None, choices=list(PRECISIONS),
+                        help=describe(PRECISIONS) + " (default: nf4-dq; for --train lora/full the --dtype)")
     parser.add_argument("--dtype", default="auto", choices=list(DTYPE_CHOICES),
                         help="dtype of what stays unquantized (embeddings, norms, lm_head) and of the compute: "
                              + describe(DTYPE_CHOICES))
-    parser.add_argument("--train", choices=list(METHODS), help=describe(METHODS))
-    parser.add_argument("--batch-size", type=int, default=1, help="per-device batch size (training)")
-    parser.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (training)")
-    parser.add_argument("--r", type=int, default=16, help="LoRA rank (lora/qlora)")
-    parser.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default 2·r)")
-    parser.add_argument("--targets", default="all-linear", help="LoRA target modules, comma separated, or all-linear")
-    parser.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward (stores only layer inputs)")
-    parser.add_argument("--optimizer", default="paged_adamw_8bit", choices=list(OPTIMIZERS), help=describe(OPTIMIZERS))
+    training = parser.add_argument_group("training (--train): one simulated step, as the Training page runs it")
+    training.add_argument("--train", choices=list(METHODS), help=describe(METHODS))
+    training.add_argument("--batch-size", type=int, default=1, help="sequences (--train) or prompts (--infer) per step")
+    training.add_argument("--seq-len", type=int, default=DEFAULT.seq_len, help=HELP_OF["seq_len"])
+    training.add_argument("--r", type=int, default=DEFAULT.r, help=HELP_OF["r"])
+    training.add_argument("--alpha", type=float, default=None, help=HELP_OF["alpha"])
+    training.add_argument("--targets", default=DEFAULT.targets, help=HELP_OF["targets"])
+    training.add_argument("--dora", action="store_true", help=HELP_OF["use_dora"])
+    training.add_argument("--grad-checkpointing", action="store_true", help=HELP_OF["grad_checkpointing"])
+    training.add_argument("--optimizer", default=DEFAULT.optimizer, choices=list(OPTIMIZERS), help=describe(OPTIMIZERS))
+    training.add_argument("--attn", default=None, choices=list(ATTENTION),
+                          help=describe(ATTENTION) + " (default: sdpa where the model supports it, as transformers picks)")
+    training.add_argument("--adapter-dtype", default="auto", choices=list(ADAPTER_DTYPES), help=describe(ADAPTER_DTYPES))
+    training.add_argument("--kbit-upcast", default="on", choices=list(KBIT_UPCAST), help=describe(KBIT_UPCAST))
+    training.add_argument("--loss", default="fused", choices=list(LOSSES), help=describe(LOSSES))
+    training.add_argument("--gpus", type=int, default=None, help="per-GPU peak on this many GPUs (with --sharding)")
+    training.add_argument("--sharding", default="ddp", choices=list(LAUNCH_MODES), help=describe(LAUNCH_MODES))
+    training.add_argument("--inverse", action="store_true",
+                          help="with --gpu: also the largest batch, sequence length and rank that fit it "
+                               "(a few simulations each: tens of seconds)")
+    infer = parser.add_argument_group("generation (--infer): prefill + one decode step with the KV cache")
+    infer.add_argument("--infer", action="store_true", help="simulate generation instead of / besides training")
+    infer.add_argument("--prompt-tokens", type=int, default=512, help="tokens per prompt (the prefill)")
+    infer.add_argument("--new-tokens", type=int, default=256, help="tokens generated per prompt")
     parser.add_argument("--context", type=int, default=None, help="also report the KV cache for inference at this many tokens")
-    parser.add_argument("--gpu", default=None, help=f"solve the inverse question for this GPU ({', '.join(g.name for g in GPUS)})")
+    parser.add_argument("--gpu", default=None, help=f"the verdict for this GPU ({', '.join(g.name for g in GPUS)})")
+
+
+def training_settings(args: argparse.Namespace) -> TrainingSettings:
+    return TrainingSettings(
+        method=args.train, precision=args.precision, dtype=args.dtype, batch_size=args.batch_size,
+        seq_len=args.seq_len, grad_checkpointing=args.grad_checkpointing, optimizer=args.optimizer, r=args.r,
+        alpha=args.alpha, targets=args.targets, use_dora=args.dora, upcast_for_kbit=args.kbit_upcast == "on",
+        attn=args.attn, adapter_dtype=args.adapter_dtype, loss=args.loss,
+    )
 
 
 def run(args: argparse.Namespace) -> dict:
-    arch = read_architecture(args.model)
-    w = estimate_weights(arch, args.precision, args.dtype)
-    result = {
-        "model": arch.name,
-        "model_type": arch.model_type,
-        "precision": w.precision,
-        "dtype": w.dtype,
-        "params_total": w.params_total,
-        "quantized_params": w.quantized_params,
-        "unquantized_params": w.unquantized_params,
-        "weights_bytes": w.weights_bytes,
-        "hf_footprint_bytes": w.hf_footprint_bytes,
-        "quant_constants_bytes": w.quant_constants_bytes,
-        "naive_bytes": w.naive_bytes,
-        "packed_params": w.packed_params,
-        "cpu_packed_bytes": w.cpu_packed_bytes,
-        "components": [c.__dict__ for c in w.components],
-        "fits": fit_table(w.weights_bytes),
-    }
-    if args.context is not None:
-        from lab.errors import LabError
+    from lab.estimate.simulate import InferenceSettings, resolve_recipe, simulate, simulate_generation
 
+    if args.gpus is not None and args.gpus < 1:
+        raise LabError(f"--gpus must be at least 1, got {args.gpus}.")
+    arch = read_architecture(args.model)
+    gpu = get_gpu(args.gpu) if args.gpu else None
+    settings = training_settings(args) if args.train else None
+    precision = args.precision or "nf4-dq"
+    if settings is not None:
+        precision = resolve_recipe(arch, settings).precision  # validates every training setting first
+    w = estimate_weights(arch, precision, args.dtype)
+    result = {"model": arch.name, "model_type": arch.model_type, **w.to_json(), "fits": fit_table(w.weights_bytes)}
+    result.pop("buffers_bytes", None)
+    peak = w.weights_bytes
+    if args.context is not None:
         if args.context <= 0:
             raise LabError(f"--context must be a positive number of tokens, got {args.context}.")
         result["kv_cache_bytes"] = kv_cache_bytes(arch, args.context, 1, args.dtype)
-    if args.train:
-        settings = TrainingSettings(
-            method=args.train,
-            precision=args.precision if args.train == "qlora" else None,
-            dtype=args.dtype,
-            batch_size=args.batch_size,
-            seq_len=args.seq_len,
-            grad_checkpointing=args.grad_checkpointing,
-            optimizer=args.optimizer,
-            r=args.r,
-            alpha=args.alpha,
-            targets=args.targets,
-        )
-        t = estimate_training(arch, settings)
-        result["training"] = t.to_json()
-        result["fits"] = fit_table(t.total_bytes)
-        if args.gpu:
-            gpu = get_gpu(args.gpu)
+    if args.infer:
+        g = simulate_generation(arch, InferenceSettings(precision, args.dtype, args.batch_size, args.prompt_tokens,
+                                                        args.new_tokens, args.attn))
+        result["inference"] = g.to_json()
+        peak = g.peak_bytes
+        result["fits"] = fit_table(peak)
+    if settings is not None:
+        sim = simulate(arch, settings)
+        formula = estimate_training(arch, settings)
+        explained = formula.to_json()
+        result["training"] = {**explained, **sim.to_json(), "formula_total_bytes": formula.total_bytes,
+                              "notes": [*explained["notes"], *sim.notes]}
+        peak = sim.peak_bytes
+        if args.gpus is not None:
+            from lab.estimate.parallel import per_gpu_peak, smallest_fitting
+
+            multi = per_gpu_peak(sim, args.gpus, args.sharding)
+            result["multi_gpu"] = multi.to_json()
+            peak = multi.per_gpu_peak_bytes
+            if gpu is not None:
+                result["multi_gpu"]["smallest_gpus"] = smallest_fitting(sim, gpu, args.sharding)
+        result["fits"] = fit_table(peak)
+        if args.inverse:
+            if gpu is None:
+                raise LabError("--inverse needs a GPU to solve for.", "Add --gpu NAME.")
+            from lab.estimate.inverse import max_fitting
+
             knobs = ["batch_size", "seq_len"] + ([] if args.train == "full" else ["r"])
-            result["inverse"] = {"gpu": gpu.name, **{f"max_{k}": max_fitting(arch, gpu.memory_bytes, k, settings) for k in knobs}}
+            answers = {k: max_fitting(arch, settings, gpu, k) for k in knobs}
+            result["inverse"] = {"gpu": gpu.name, **{f"max_{k}": a.value for k, a in answers.items()},
+                                 "details": {k: a.to_json() for k, a in answers.items()}}
+    elif args.gpus is not None or args.inverse:
+        raise LabError("--gpus and --inverse are about training.", "Add --train full|lora|qlora.")
+    if gpu is not None:
+        result["gpu_verdict"] = gpu_verdict(peak, gpu).to_json()
     return result
 
 
@@ -95,13 +145,39 @@ def render(r: dict) -> str:
                f"   naive params×bits: {fmt_bytes(r['naive_bytes'])}")
     if "kv_cache_bytes" in r:
         out.append(f"KV cache: {fmt_bytes(r['kv_cache_bytes'])}")
-    if "training" in r:
-        t = r["training"]
-        out += ["", f"training ({t['settings']['method']}), {t['trainable_params']:,} trainable parameters:"]
-        out.append(format_table([(k, fmt_bytes(v), t["formulas"][k]) for k, v in t["components"].items()],
-                                ("term", "bytes", "formula")))
-        out.append(f"total: {fmt_bytes(t['total_bytes'])}")
-    out += ["", format_table([(f["gpu"], f"{f['used_percent']:.0f}%", f["verdict"]) for f in r["fits"]], ("GPU", "used", "verdict"))]
+    for kind in ("inference", "training"):
+        if kind in r:
+            out += ["", *_render_simulation(kind, r[kind])]
+    if "multi_gpu" in r:
+        m = r["multi_gpu"]
+        out += ["", f"on {m['gpus']} GPUs ({m['sharding']}): {fmt_bytes(m['per_gpu_peak_bytes'])} per GPU"]
+        out += [f"  {k}: {fmt_bytes(v)}" for k, v in m["terms"].items()]
+        if "smallest_gpus" in m:
+            n = m["smallest_gpus"]
+            why = ("DDP keeps the whole model on every GPU" if m["sharding"] == "ddp" else
+                   "what each GPU's step needs besides the sharded state does not fit")
+            out.append(f"  fewest GPUs that fit: {n if n else f'none ({why})'}")
+    out += ["", format_table([(f["gpu"], f"{f['used_percent']:.0f}%", f["verdict"]) for f in r["fits"]],
+                             ("GPU", "used", "verdict"))]
+    if "gpu_verdict" in r:
+        v = r["gpu_verdict"]
+        out.append(f"{v['gpu']}: peak {fmt_bytes(v['peak_bytes'])} + CUDA context {fmt_bytes(v['context_bytes'])} + "
+                   f"fragmentation {fmt_bytes(v['fragmentation_bytes'])} = {fmt_bytes(v['needed_bytes'])} of "
+                   f"{fmt_bytes(v['memory_bytes'])}: {v['verdict']} (margin {fmt_bytes(v['margin_bytes'])})")
     if "inverse" in r:
-        out += ["", "on " + r["inverse"]["gpu"] + ": " + ", ".join(f"{k} ≤ {v:,}" for k, v in r["inverse"].items() if k != "gpu")]
+        out += ["", "on " + r["inverse"]["gpu"] + ": " + ", ".join(
+            f"{k} ≤ {v:,}" for k, v in r["inverse"].items() if k.startswith("max_"))]
     return "\n".join(out)
+
+
+def _render_simulation(kind: str, s: dict) -> list[str]:
+    out = [f"{kind} (simulated, {s['simulated_layers']} of {s['full_layers']} layers run, {s['seconds']:.1f} s): "
+           f"peak {fmt_bytes(s['peak_bytes'])} — {s['peak_at']}"]
+    out.append(format_table([(k, fmt_bytes(v)) for k, v in sorted(s["by_category"].items(), key=lambda kv: -kv[1])],
+                            ("at the peak", "bytes")))
+    if kind == "training":
+        out.append(f"formula (explanation): {fmt_bytes(s['formula_total_bytes'] - s['components']['cuda_context'])} "
+                   f"without the CUDA context; terms: "
+                   + ", ".join(f"{k} {fmt_bytes(v)}" for k, v in s["components"].items() if k != "cuda_context"))
+    out += list(s.get("notes", []))
+    return out

@@ -99,15 +99,18 @@ class LoraEstimate:
     def trainable_percent(self) -> float:
         return 100.0 * self.trainable_params / (self.params_total + self.added_params)
 
-    def lora_config_code(self) -> str:
-        targets = ", ".join(f'"{t}"' for t in self.targets)
+    def lora_config_code(self, dropout: float | None = None, all_linear: bool = False) -> str:
+        """The LoraConfig(...) a user would write; `all_linear` names the preset as peft spells it."""
+        targets = '"all-linear"' if all_linear else "[" + ", ".join(f'"{t}"' for t in self.targets) + "]"
         lines = [
             "LoraConfig(",
             f"    r={self.r},",
             f"    lora_alpha={self.alpha:g},",
-            f"    target_modules=[{targets}],",
-            f'    bias="{self.bias}",',
+            f"    target_modules={targets},",
         ]
+        if dropout is not None:
+            lines.append(f"    lora_dropout={dropout:g},")
+        lines.append(f'    bias="{self.bias}",')
         if self.use_dora:
             lines.append("    use_dora=True,")
         if self.use_rslora:

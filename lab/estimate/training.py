@@ -16,22 +16,38 @@ from lab.models.precision import get_precision, resolve_dtype
 from lab.vocab import DTYPES, METHODS, OPTIMIZERS, lookup
 
 
+def _f(default, help: str):
+    """A settings field whose help text the CLI and the calculator page reuse (TRL's sft_config style)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class TrainingSettings:
-    """What decides training memory. Defaults are the QLoRA paper's/TRL's usual choices."""
+    """What decides training memory. Defaults: QLoRA as the lab's Training page runs it on a GPU."""
 
-    method: str = "qlora"
-    precision: str | None = None  # base weights; None: nf4-dq for qlora, dtype for lora/full
-    dtype: str = "auto"  # compute/load dtype choice (lab.vocab.DTYPE_CHOICES); auto = the config's torch_dtype
-    batch_size: int = 1
-    seq_len: int = 512
-    grad_checkpointing: bool = True  # recompute activations: only layer inputs are stored
-    optimizer: str = "paged_adamw_8bit"
-    r: int = 16
-    alpha: float | None = None
-    targets: tuple[str, ...] | str = "all-linear"
-    use_dora: bool = False
-    upcast_for_kbit: bool = True  # prepare_model_for_kbit_training casts non-quantized params to fp32
+    method: str = _f("qlora", "full, lora or qlora (lab.vocab.METHODS).")
+    precision: str | None = _f(None, "Precision of the base weights (lab.vocab.PRECISIONS). Default: nf4-dq for "
+                                     "QLoRA, the dtype for LoRA and full fine-tuning.")
+    dtype: str = _f("auto", "dtype of everything bitsandbytes leaves unquantized and of the compute "
+                            "(lab.vocab.DTYPE_CHOICES; auto = the checkpoint's torch_dtype).")
+    batch_size: int = _f(1, "Sequences per step on each GPU.")
+    seq_len: int = _f(512, "Tokens per sequence.")
+    grad_checkpointing: bool = _f(True, "Recompute each layer's activations in the backward instead of keeping them.")
+    optimizer: str = _f("paged_adamw_8bit", "transformers' optim name (lab.vocab.OPTIMIZERS).")
+    r: int = _f(16, "LoRA rank.")
+    alpha: float | None = _f(None, "lora_alpha (default 2·r); does not change memory.")
+    targets: tuple[str, ...] | str = _f("all-linear", "LoRA target modules: a preset (lab.vocab.TARGET_PRESETS) or "
+                                                      "Linear leaf names.")
+    use_dora: bool = _f(False, "DoRA: a trainable magnitude per output feature, and a weight norm in every forward.")
+    upcast_for_kbit: bool = _f(True, "prepare_model_for_kbit_training's fp32 cast of the non-quantized weights "
+                                     "(lab.vocab.KBIT_UPCAST: on, as the Training page does).")
+    attn: str | None = _f(None, "Attention implementation (lab.vocab.ATTENTION); None = what transformers picks on a "
+                                "GPU: sdpa where the model supports it.")
+    adapter_dtype: str = _f("auto", "dtype of the trainable adapters (lab.vocab.ADAPTER_DTYPES; auto = as the "
+                                    "Training page does).")
+    dropout: float = _f(0.05, "lora_dropout, as the Training page's default: a dropout mask per adapted layer input.")
+    loss: str = _f("fused", "How the loss is computed (lab.vocab.LOSSES): fused = TRL's chunked log-probabilities, "
+                            "as the Training page runs; logits = transformers' Trainer on the full logits.")
 
 
 @dataclass(frozen=True)
@@ -145,9 +161,8 @@ def estimate_training(arch: Architecture, settings: TrainingSettings | None = No
     comps["logits"] = tokens * arch.vocab_size * (cb + 8)
     formulas["logits"] = f"b·s × vocab × ({cb} + 4 + 4) B = {tokens:,} × {arch.vocab_size:,} × {cb + 8}"
     comps["cuda_context"] = CUDA_CONTEXT_BYTES
-    formulas["cuda_context"] = "fixed allowance: CUDA context + cuBLAS workspace (0.3–0.8 GB; 0 on CPU)"
-    if OPTIMIZERS[s.optimizer].paged:
-        notes.append("Paged optimizer states can spill to CPU RAM when the GPU is full, so the peak can be lower.")
+    formulas["cuda_context"] = ("memory outside PyTorch's allocator (CUDA context, kernels, workspaces): the median of "
+                                "published out-of-memory reports (lab.estimate.gpus.OOM_REPORTS); 0 on a CPU")
     return TrainingEstimate(s, comps, formulas, trainable, weights, lora, tuple(notes))
 
 

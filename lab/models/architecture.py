@@ -207,7 +207,23 @@ def read_architecture_json(text: str | bytes, name: str = "uploaded config") -> 
     return architecture_from_config(config_from_dict(data, name), Path(name).stem or name)
 
 
+# Reading builds every layer of the model (on the meta device: no memory, but a few milliseconds per
+# module), so the depth is bounded. The deepest published decoders have about 130 layers (Llama-3.1-405B:
+# 126); past this bound a config.json is a typo or an attack, and is refused at once.
+MAX_LAYERS = 1024
+
+
+def check_depth(config, name: str) -> None:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layers = getattr(text, "num_hidden_layers", 0) or 0
+    if isinstance(layers, int) and layers > MAX_LAYERS:
+        raise LabError(f"{name} has num_hidden_layers={layers:,}: far beyond any published model (the deepest have "
+                       f"about 130), so the lab does not build it.",
+                       f"Check the config; the lab reads models of up to {MAX_LAYERS:,} layers.")
+
+
 def architecture_from_config(config, name: str) -> Architecture:
+    check_depth(config, name)
     key = name + "\n" + config.to_json_string(use_diff=False)
     with _LOCK:
         if key in _CACHE:

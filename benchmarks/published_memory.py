@@ -1,0 +1,94 @@
+"""Published GPU memory measurements the lab's simulation is held against (docs/published-memory.md).
+
+Each row names where the figure was published (repository + file, or paper + table), the settings it
+was measured with, and the figure. `benchmarks/bench_simulation.py` puts the lab's prediction and the
+error next to each. Nothing here is tuned per row: the lab simulates each row's settings as given.
+
+Models that are not in the lab's catalog are described by the published config.json values they were
+run with (only the sizes that decide memory).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GiB = 2**30
+
+# bigcode/octocoder = bigcode/starcoder's architecture (config.json of bigcode/starcoder)
+STARCODER = {"model_type": "gpt_bigcode", "n_embd": 6144, "n_head": 48, "n_inner": 24576, "n_layer": 40,
+             "n_positions": 8192, "vocab_size": 49152, "multi_query": True, "activation_function": "gelu_pytorch_tanh",
+             "layer_norm_epsilon": 1e-5, "scale_attn_weights": True, "torch_dtype": "bfloat16"}
+# Qwen/Qwen-7B (remote code, "qwen"): a Llama-style block with q/k/v biases, i.e. transformers' qwen2
+QWEN_7B = {"model_type": "qwen2", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+           "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 151936, "max_position_embeddings": 32768,
+           "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
+# EleutherAI/gpt-neox-20b config.json
+GPT_NEOX_20B = {"model_type": "gpt_neox", "hidden_size": 6144, "intermediate_size": 24576, "num_hidden_layers": 44,
+                "num_attention_heads": 64, "vocab_size": 50432, "max_position_embeddings": 2048, "rotary_pct": 0.25,
+                "use_parallel_residual": True, "tie_word_embeddings": False, "torch_dtype": "float16"}
+
+TRANSFORMERS_DOC = ("huggingface/transformers docs/source/en/llm_tutorial_optimization.md",
+                    "https://github.com/huggingface/transformers/blob/main/docs/source/en/llm_tutorial_optimization.md")
+QWEN_README = ("QwenLM/Qwen README.md, 'Profiling of Memory and Speed'",
+               "https://github.com/QwenLM/Qwen/blob/main/README.md")
+UNSLOTH_README = ("unslothai/unsloth README.md, Llama 3.1 (8B) context-length table ('Hugging Face + FA2')",
+                  "https://github.com/unslothai/unsloth/blob/main/README.md")
+HF_QLORA_BLOG = ("huggingface/blog 4bit-transformers-bitsandbytes.md (and its fine-tuning Colab notebook)",
+                 "https://huggingface.co/blog/4bit-transformers-bitsandbytes")
+
+
+@dataclass(frozen=True)
+class Published:
+    """One published figure. kind: peak (bytes at max_memory_allocated or as reported), fits (a run that ran),
+    max_seq_len (the longest sequence a card took)."""
+
+    source: tuple[str, str]
+    what: str  # the row's label
+    model: str | dict  # a catalog name, or a config dict
+    kind: str  # training | inference | fits | max_seq_len
+    settings: dict  # TrainingSettings / InferenceSettings fields
+    published: float  # bytes, or a token count (max_seq_len); fits: 1.0
+    unit: str = "GiB"
+    gpu_bytes: int | None = None  # fits / max_seq_len: the card's memory
+    stack: str = ""  # how the published run differs from the lab's stack, if it does
+    notes: str = ""
+    extra: dict = field(default_factory=dict)  # settings of the published run's own stack, where they differ
+
+
+ROWS: list[Published] = [
+    # ---- inference: transformers' own tutorial, torch.cuda.max_memory_allocated() after pipeline(max_new_tokens=60)
+    Published(TRANSFORMERS_DOC, "octocoder 15.5B, bf16, short prompt + 60 tokens", STARCODER, "inference",
+              {"precision": "bf16", "batch_size": 1, "prompt_tokens": 20, "new_tokens": 60}, 29.0260648727417 * GiB,
+              notes="prompt ≈ 20 tokens ('Question: Please write a function in Python that transforms bytes to Giga bytes.')"),
+    Published(TRANSFORMERS_DOC, "octocoder 15.5B, load_in_8bit (rest fp16)", STARCODER, "inference",
+              {"precision": "int8", "dtype": "fp16", "batch_size": 1, "prompt_tokens": 20, "new_tokens": 60},
+              15.219234466552734 * GiB),
+    Published(TRANSFORMERS_DOC, "octocoder 15.5B, load_in_4bit (fp4, rest fp16)", STARCODER, "inference",
+              {"precision": "fp4", "dtype": "fp16", "batch_size": 1, "prompt_tokens": 20, "new_tokens": 60},
+              9.543574333190918 * GiB),
+    # ---- training: Qwen-7B LoRA, batch 1, A100, flash attention 2, gradient checkpointing, bf16
+    *[Published(QWEN_README, f"Qwen-7B LoRA bf16, r=64, seq {n}", QWEN_7B, "training",
+                {"method": "lora", "precision": "bf16", "batch_size": 1, "seq_len": n, "grad_checkpointing": True,
+                 "optimizer": "adamw_torch", "r": 64, "alpha": 16, "targets": "all-linear", "attn": "sdpa"},
+                gb * GiB, unit="G (as reported)",
+                stack="remote-code Qwen with transformers 4.32: full fp32 logits for the loss (the lab's TRL computes "
+                      "log-probabilities in chunks); flash-attn 2 (the lab: SDPA's flash kernel)",
+                extra={"loss": "logits"})
+      for n, gb in ((256, 20.1), (512, 20.4), (1024, 21.5), (2048, 23.8), (4096, 29.7), (8192, 36.6))],
+    # ---- fit results
+    Published(HF_QLORA_BLOG, "GPT-NeoX-20B QLoRA on a free Colab T4 (it ran)", GPT_NEOX_20B, "fits",
+              {"method": "qlora", "precision": "nf4-dq", "dtype": "fp16", "batch_size": 1, "seq_len": 256,
+               "grad_checkpointing": True, "optimizer": "paged_adamw_8bit", "r": 8, "alpha": 32,
+               "targets": "query_key_value", "adapter_dtype": "fp32"}, 1.0, unit="fits",
+              gpu_bytes=15_360 * 2**20,
+              notes="notebook settings: r=8 on query_key_value, batch 1, fp16, paged_adamw_8bit, checkpointing; "
+                    "english_quotes rows are short: 256 tokens is an upper bound"),
+    *[Published(UNSLOTH_README, f"Llama-3.1-8B QLoRA r=32, longest sequence on {gb} GB", "Llama-3.1-8B", "max_seq_len",
+                {"method": "qlora", "precision": "nf4", "batch_size": 1, "grad_checkpointing": True,
+                 "optimizer": "adamw_8bit", "r": 32, "targets": "all-linear", "adapter_dtype": "fp32"},
+                float(tokens), unit="tokens", gpu_bytes=gb * GiB,
+                stack="transformers of mid-2024: full fp32 logits (128,256 × seq × 4 B, several copies) for the loss; "
+                      "the lab's TRL 1.16 never builds them",
+                extra={"loss": "logits"})
+      for gb, tokens in ((8, 0), (12, 932), (16, 2551), (24, 5789), (40, 12264), (48, 15502), (80, 28454))],
+]

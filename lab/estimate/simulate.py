@@ -1,0 +1,644 @@
+"""Memory by simulation: run the real training or generation step on fake tensors and count live bytes.
+
+The model is built from its config on the meta device (no weights, no download), quantized the way
+bitsandbytes would (`fake_quant`), prepared with the Training page's recipe (`recipe`), and turned
+into fake tensors (`FakeTensorMode`: shapes, dtypes and lifetimes, no data). Forward, backward and
+two optimizer steps then run for real on those tensors while `tracker.LiveBytes` counts every
+allocation and free. Three decoder layers are simulated and `compose` repeats the middle one up to
+the model's depth, so a 70B model costs what a 3-layer one does (about a second here).
+
+The answer is the predicted `torch.cuda.max_memory_allocated()` of a training step (CUDA context
+excluded), by category, with a timeline; or, for generation, the peak of a prefill of N prompt
+tokens and one decode step with the KV cache at its final length.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+
+from lab.errors import LabError
+from lab.estimate import compose as comp
+from lab.estimate.fake_quant import attach_quant_state, device_paths, quantize_meta_model
+from lab.estimate.patch import for_this_thread
+from lab.estimate.recipe import (
+    Recipe,
+    decoder_layers,
+    initialize_optimizer_state,
+    layer_markers,
+    make_optimizer,
+    prepare_for_training,
+    register_model,
+    train_step,
+)
+from lab.estimate.tracker import CUDA_BLOCK, NO_LAYER, OVERRIDES, LiveBytes
+
+CATEGORIES = ("weights", "adapters", "gradients", "optimizer", "activations", "temporaries", "kv_cache")
+CATEGORY_HELP = {
+    "weights": "The base model: parameters, buffers and bitsandbytes' quantization constants.",
+    "adapters": "The trainable LoRA matrices (and DoRA magnitudes).",
+    "gradients": "One gradient per trainable parameter, alive from the backward to the optimizer step.",
+    "optimizer": "Optimizer state (AdamW's two moments, 8-bit states and their scales, ...) and, during the "
+                 "optimizer step, its scratch (foreach AdamW makes state-sized temporaries).",
+    "activations": "Tensors made by the forward: those autograd keeps for the backward, and the forward's own "
+                   "short-lived intermediates.",
+    "temporaries": "Short-lived tensors of the backward (gradients flowing between layers, dequantized weights).",
+    "kv_cache": "Keys and values of every layer for every token so far (generation).",
+}
+PAGED_HELP = ("Paged optimizer state lives in CUDA unified memory, outside PyTorch's allocator: it does not count in "
+              "max_memory_allocated and is moved to CPU RAM when the GPU runs short.")
+_LOCK = threading.Lock()  # the simulation switches library code paths (bitsandbytes, TRL) while it runs
+_CACHE: OrderedDict = OrderedDict()
+_CACHE_SIZE = 256
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """What one simulated step holds at its peak, and how memory moves through it."""
+
+    kind: str  # training | inference
+    peak_bytes: int  # predicted max_memory_allocated of the step (no CUDA context)
+    by_category: dict[str, int]  # live bytes per category at the peak
+    peak_at: str  # where the peak happens
+    timeline: list[dict]  # {"x", "bytes", "phase", "step"}: live bytes through the step
+    excluded: dict[str, int]  # e.g. {"paged": bytes} of paged optimizer state (outside the allocator)
+    layer_modules: list[dict]  # per-module activation bytes of one decoder layer's forward
+    simulated_layers: int
+    full_layers: int
+    seconds: float
+    settings: dict = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    # bytes of every weights / adapters / gradients / optimizer / paged / kv_cache tensor of the model
+    # (all layers), and of one decoder layer: what multi-GPU sharding divides
+    totals: dict[str, int] = field(default_factory=dict)
+    one_layer: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self, timeline: bool = False) -> dict:
+        d = asdict(self)
+        d["recipe"] = d.pop("settings")  # the resolved recipe (TrainingSettings stay under "settings")
+        if not timeline:
+            d.pop("timeline")
+        return d
+
+
+# --------------------------------------------------------------------------- model building
+def truncated_config(config, layers: int):
+    """The config with `layers` decoder layers (per-layer lists cut to match)."""
+    cfg = copy.deepcopy(config)
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    text.num_hidden_layers = layers
+    for name in ("layer_types",):
+        value = getattr(text, name, None)
+        if isinstance(value, (list, tuple)) and len(value) > layers:
+            setattr(text, name, list(value)[:layers])
+    cfg.use_cache = False
+    return cfg
+
+
+def meta_model(config, dtype: torch.dtype, attn: str):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
+    except (ValueError, ImportError) as e:
+        detail = " ".join(str(e).split())
+        hint = "Try --attn eager." if attn != "eager" and "attention" in detail.lower() else None
+        raise LabError(f"transformers cannot build {config.model_type!r} with attention {attn!r}: "
+                       + detail.split(". ")[0] + ".", hint) from None
+
+
+def fake_model(config, recipe: Recipe, layers: int, training: bool = True):
+    """The model with `layers` decoder layers as the recipe loads and prepares it, on fake tensors."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    model = meta_model(truncated_config(config, layers), recipe.dtype, recipe.attn)
+    quantized = []
+    if recipe.quantized:
+        quantized = quantize_meta_model(model, recipe.precision, recipe.autocast or recipe.dtype)
+    if training:
+        with torch.device("meta"):  # peft builds adapter layers on the default device before moving them
+            model = prepare_for_training(model, recipe)
+    else:
+        model.eval()
+    shared = _shared_parameters(model)
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with mode:
+        model.to_empty(device="cpu")
+        for m in quantized:
+            attach_quant_state(m)
+    for places in shared:  # to_empty() converts a tied parameter once per module: tie them again
+        first = getattr(*places[0])
+        for module, name in places[1:]:
+            setattr(module, name, first)
+    return model, mode
+
+
+def _shared_parameters(model) -> list[list[tuple]]:
+    """Parameters registered in more than one place (tied embeddings): [(module, name), ...] each."""
+    places: dict[int, list[tuple]] = {}
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            places.setdefault(id(p), []).append((module, name))
+    return [v for v in places.values() if len(v) > 1]
+
+
+@contextmanager
+def trl_device_paths(device: str):
+    """TRL's fused LM head on CUDA folds each logits tile with a Triton kernel and accumulates the
+    gradient GEMMs with `addmm(out_dtype=fp32)`: no allocation beyond the tile it reuses. On our fake
+    CPU tensors it would take its CPU fallback (fp32 copies of every tile), so on the CUDA path those
+    three functions become no-ops (they only fill values) and the head scores the valid positions only,
+    as on a Triton device (`compact`)."""
+    if device != "cuda":
+        yield
+        return
+    import trl.trainer.utils as tu
+    from trl.kernels import chunked_logprob as cl
+
+    with ExitStack() as stack:
+        for name in ("_forward_tile", "_backward_tile", "_addmm_fp32"):
+            stack.enter_context(for_this_thread(cl, name, lambda *a, **k: None))
+        stack.enter_context(for_this_thread(tu, "_use_triton", lambda device: True))
+        yield
+
+
+@contextmanager
+def transformers_mask_paths():
+    """transformers skips the 4-D causal mask under SDPA when nothing is padded or packed (then SDPA
+    runs with `is_causal=True`, and grouped-query attention without repeating K/V), but refuses to
+    look for padding or packed sequences in fake tensors, taking them for a graph being traced. Our
+    batches are neither padded nor packed, so decide as the real run does."""
+    from transformers import masking_utils as mu
+
+    original = mu._ignore_causal_mask_sdpa
+
+    def ignore(padding_mask, q_length, kv_length, q_offset, kv_offset, local_attention_size=None):
+        if padding_mask is None:
+            return (q_length == 1 or kv_length == q_length) and (
+                local_attention_size is None or kv_length < local_attention_size)
+        return original(padding_mask, q_length, kv_length, q_offset, kv_offset, local_attention_size)
+
+    with for_this_thread(mu, "_ignore_causal_mask_sdpa", ignore), \
+            for_this_thread(mu, "find_packed_sequence_indices", lambda position_ids: None):
+        yield
+
+
+def _bool_index(tracker, func, args, kwargs):
+    """`x[mask]` has a data-dependent size; the simulation takes every position (all labels valid)."""
+    x, indices = args[0], args[1]
+    if not any(i is not None and i.dtype == torch.bool for i in indices):
+        return func(*args, **kwargs)
+    mask = next(i for i in indices if i is not None)
+    return torch.empty((mask.numel(), *x.shape[mask.dim():]), dtype=x.dtype, device=x.device)
+
+
+OVERRIDES[torch.ops.aten.index.Tensor] = _bool_index
+
+
+# --------------------------------------------------------------------------- running
+def _categories(tracker: LiveBytes) -> list[str]:
+    out = []
+    for s in tracker.storages:
+        if s.role in ("weights", "adapters", "gradients", "optimizer", "paged", "kv_cache"):
+            out.append(s.role)
+        elif s.role == "inputs" or s.phase in ("forward", "recompute"):
+            out.append("activations")
+        elif s.phase == "optimizer":
+            out.append("optimizer")  # the step's own scratch (foreach AdamW: a state-sized temporary or two)
+        else:
+            out.append("temporaries")
+    return out
+
+
+def _layer_table(tracker: LiveBytes) -> list[dict]:
+    """Bytes the forward of the profiled layer allocates per module, and how much of it is still
+    alive when the backward starts (what autograd keeps)."""
+    freed_in: dict[int, int] = {}
+    for idx, sign, seg in tracker.events:
+        if sign < 0:
+            freed_in[idx] = seg
+    bwd_start = next((i for i, s in enumerate(tracker.segments) if s[0] == "head_bwd"), len(tracker.segments))
+    first_step_end = next((i for i, s in enumerate(tracker.segments) if s[0] == "opt"), len(tracker.segments))
+    rows: dict[str, dict] = {}
+    for idx, s in enumerate(tracker.storages):
+        if s.module is None or s.phase != "forward":
+            continue
+        created = next(seg for i, sign, seg in tracker.events if i == idx and sign > 0)
+        if created >= first_step_end:
+            continue  # the second step repeats the first
+        row = rows.setdefault(s.module, {"module": s.module, "allocated_bytes": 0, "kept_for_backward_bytes": 0,
+                                         "tensors": 0})
+        row["allocated_bytes"] += s.nbytes
+        row["tensors"] += 1
+        if freed_in.get(idx, len(tracker.segments)) >= bwd_start:
+            row["kept_for_backward_bytes"] += s.nbytes
+    return sorted(rows.values(), key=lambda r: -r["allocated_bytes"])
+
+
+def run_training(model, mode, recipe: Recipe, profile_layer: int | None = comp.MIDDLE, fake: bool = True) -> LiveBytes:
+    """The steady-state training step (optimizer state already there) under the tracker."""
+    tracker = LiveBytes(round_to=CUDA_BLOCK if recipe.device == "cuda" else 1, fake=fake)
+    optimizer = make_optimizer(model, recipe)  # outside fake mode: bitsandbytes builds its quantile maps from data
+    with mode:
+        register_model(model, tracker, recipe)
+        input_ids = torch.zeros((recipe.batch_size, recipe.seq_len), dtype=torch.long)
+        tracker.register(input_ids, "inputs")
+        with device_paths(recipe.device), trl_device_paths(recipe.device if fake else "cpu"), \
+                transformers_mask_paths():
+            initialize_optimizer_state(model, optimizer, tracker, recipe)
+            with tracker:
+                train_step(model, optimizer, input_ids, recipe, tracker, 1, profile_layer)
+    return tracker
+
+
+def simulate_training(config, recipe: Recipe, name: str = "", every_layer: bool = False) -> Simulation:
+    """Simulate a training step of `config` under `recipe`: three layers scaled to full depth, or
+    (`every_layer`, to check that scaling) all of them."""
+    full = _num_layers(config)
+    layers = full if every_layer else min(full, comp.SIMULATED_LAYERS)
+    key = ("train", name, config.to_json_string(use_diff=False), recipe, layers)
+    return _cached(key, lambda: _simulate_training(config, recipe, full, layers))
+
+
+def _simulate_training(config, recipe: Recipe, full: int, layers: int) -> Simulation:
+    t0 = time.perf_counter()
+    with _LOCK, _friendly_errors(config), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation chatter of the libraries the recipe calls
+        model, mode = _prepared_model(config, recipe, layers)
+        tracker = run_training(model, mode, recipe, profile_layer=min(comp.MIDDLE, layers - 1))
+    return _result("training", tracker, full, layers, recipe, t0)
+
+
+_MODELS: OrderedDict = OrderedDict()
+_MODELS_SIZE = 8
+
+
+def _prepared_model(config, recipe: Recipe, layers: int):
+    """The fake model for `recipe`, reused when only the batch, the sequence or the optimizer changed:
+    building and preparing it is a third of a simulation, and a step leaves it as it found it (no
+    gradients, the optimizer is made anew). Called under _LOCK."""
+    shape = replace(recipe, batch_size=1, seq_len=1, optimizer="sgd")
+    key = (config.to_json_string(use_diff=False), shape, layers)
+    if key in _MODELS:
+        _MODELS.move_to_end(key)
+        return _MODELS[key]
+    _MODELS[key] = fake_model(config, recipe, layers)
+    while len(_MODELS) > _MODELS_SIZE:
+        _MODELS.popitem(last=False)
+    return _MODELS[key]
+
+
+def _result(kind: str, tracker: LiveBytes, full: int, layers: int, recipe, t0: float) -> Simulation:
+    categories = _categories(tracker)
+    composed = comp.compose(comp.blocks_from(tracker, categories, full, layers), full)
+    notes = []
+    if composed.excluded.get("paged"):
+        notes.append(PAGED_HELP)
+    totals, one_layer = _role_totals(tracker, full, layers)
+    return Simulation(kind, composed.peak_bytes, composed.by_category, composed.peak_at, composed.timeline,
+                      composed.excluded, _layer_table(tracker), layers, full, round(time.perf_counter() - t0, 3),
+                      _settings_json(recipe), tuple(notes), totals, one_layer)
+
+
+ROLES = ("weights", "adapters", "gradients", "optimizer", "paged", "kv_cache")
+
+
+def _role_totals(tracker: LiveBytes, full: int, layers: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Bytes per role over the full-depth model (the middle layer's tensors count once per middle layer),
+    and one decoder layer's."""
+    reps = full - (layers - 1) if full > layers else 1
+    scaled = layers == comp.SIMULATED_LAYERS and full > layers
+    middle = comp.MIDDLE if scaled else min(comp.MIDDLE, layers - 1)
+    totals = dict.fromkeys(ROLES, 0)
+    one = dict.fromkeys(ROLES, 0)
+    for st in tracker.storages:
+        if st.role not in totals:
+            continue
+        totals[st.role] += st.nbytes * (reps if scaled and st.owner == middle else 1)
+        if st.owner == middle:
+            one[st.role] += st.nbytes
+    return {k: v for k, v in totals.items() if v}, {k: v for k, v in one.items() if v}
+
+
+def _settings_json(recipe) -> dict:
+    d = asdict(recipe)
+    return {k: str(v).removeprefix("torch.") if isinstance(v, torch.dtype) else v for k, v in d.items()}
+
+
+# --------------------------------------------------------------------------- inference
+@dataclass(frozen=True)
+class InferenceRecipe:
+    precision: str
+    dtype: torch.dtype
+    batch_size: int
+    prompt_tokens: int
+    new_tokens: int
+    attn: str = "sdpa"
+    device: str = "cuda"
+
+    @property
+    def quantized(self) -> bool:
+        return self.precision in ("int8", "nf4", "nf4-dq", "fp4")
+
+    # what fake_model reads from a training recipe
+    autocast = None
+
+
+def run_inference(model, mode, recipe: InferenceRecipe, fake: bool = True) -> LiveBytes:
+    """`generate`'s memory: a prefill of the prompts, then one decode step with the KV cache at its
+    final length (prompt + new tokens), each as `generate` runs it (logits of the last position only,
+    copied to fp32 for the logits processors)."""
+    from transformers import DynamicCache
+
+    tracker = LiveBytes(round_to=CUDA_BLOCK if recipe.device == "cuda" else 1, fake=fake)
+    b, n, m = recipe.batch_size, recipe.prompt_tokens, recipe.new_tokens
+    with mode:
+        register_model(model, tracker, _weights_only(recipe))
+        with device_paths(recipe.device), transformers_mask_paths(), torch.no_grad():
+            with tracker:
+                cache = DynamicCache(config=model.config)
+                _mark_cache(tracker, cache)
+                _forward(model, tracker, torch.zeros((b, n), dtype=torch.long), cache, "prefill")
+                del cache
+            # the cache as the last decode step finds it, filled without tracking (filling it here would
+            # add copies that generation never makes), then counted
+            tracker.segment(("cache", "decode"))
+            cache = _filled_cache(model, b, n + m - 1)
+            for j, layer in enumerate(cache.layers):
+                for value in vars(layer).values():
+                    if isinstance(value, torch.Tensor):
+                        tracker.register(value, "kv_cache", j)
+            with tracker:
+                _forward(model, tracker, torch.zeros((b, 1), dtype=torch.long), cache, "decode")
+                del cache
+    return tracker
+
+
+def _forward(model, tracker: LiveBytes, input_ids, cache, step: str) -> None:
+    with layer_markers(model, tracker, step, comp.MIDDLE if step == "prefill" else None):
+        tracker.segment(("pre", step))
+        tracker.phase, tracker.owner = "forward", NO_LAYER
+        out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        _mark_cache(tracker, cache)
+        scores = out.logits[:, -1, :].to(copy=True, dtype=torch.float32)
+        _ = scores.argmax(dim=-1)
+        del out, scores
+    tracker.phase = "setup"
+
+
+def _filled_cache(model, batch: int, length: int):
+    """A DynamicCache holding `length` tokens per layer, as generation leaves it."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    text = model.config.get_text_config()
+    heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    dtype = next(p.dtype for p in model.parameters() if p.dtype.is_floating_point)
+    for j in range(len(decoder_layers(model))):
+        k = torch.empty((batch, heads, length, head_dim), dtype=dtype)
+        v = torch.empty((batch, heads, length, head_dim), dtype=dtype)
+        cache.update(k, v, j)
+    return cache
+
+
+def _mark_cache(tracker: LiveBytes, cache) -> None:
+    """File every tensor the cache holds as the KV cache of its layer."""
+    for j, layer in enumerate(cache.layers):
+        for value in vars(layer).values():
+            if isinstance(value, torch.Tensor):
+                tracker.mark(value, "kv_cache", j)
+
+
+def _weights_only(recipe):
+    """A recipe that files every parameter as base weights (generation trains nothing)."""
+    return Recipe("full", recipe.precision, recipe.dtype, None, recipe.dtype, False, False, "sgd", 1, 1)
+
+
+def simulate_inference(config, recipe: InferenceRecipe, name: str = "", every_layer: bool = False) -> Simulation:
+    """Simulate generation's peak (prefill + one decode step at the final length)."""
+    full = _num_layers(config)
+    layers = full if every_layer else min(full, comp.SIMULATED_LAYERS)
+    key = ("infer", name, config.to_json_string(use_diff=False), recipe, layers)
+    return _cached(key, lambda: _simulate_inference(config, recipe, full, layers))
+
+
+def _simulate_inference(config, recipe: InferenceRecipe, full: int, layers: int) -> Simulation:
+    t0 = time.perf_counter()
+    with _LOCK, _friendly_errors(config), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = copy.deepcopy(config)
+        model, mode = fake_model(cfg, recipe, layers, training=False)
+        model.requires_grad_(False)
+        model.config.use_cache = True
+        tracker = run_inference(model, mode, recipe)
+    return _result("inference", tracker, full, layers, recipe, t0)
+
+
+# --------------------------------------------------------------------------- helpers
+def _num_layers(config) -> int:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(getattr(text, "num_hidden_layers", 0) or 0)
+
+
+def _cached(key, compute):
+    with _LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    result = compute()
+    with _LOCK:
+        _CACHE[key] = result
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return result
+
+
+@contextmanager
+def _friendly_errors(config):
+    """An architecture whose step depends on the data (mixture-of-experts routing picks tokens per
+    expert) cannot run on fake tensors: say so in one line instead of a traceback."""
+    from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
+
+    try:
+        yield
+    except (DynamicOutputShapeException, DataDependentOutputException) as e:
+        raise LabError(f"{config.model_type!r} cannot be simulated: its step depends on the data ({e.func}), "
+                       "as mixture-of-experts routing does.", "The weights estimate still applies.") from None
+
+
+# --------------------------------------------------------------------------- settings -> recipe
+def resolve_attention(arch, attn: str | None) -> str:
+    """`attn` checked against what the model class supports; None = transformers' own pick on a GPU (SDPA
+    where the model supports it, eager otherwise: Gemma-2's softcapping has no SDPA path)."""
+    from transformers import AutoModelForCausalLM
+
+    from lab.vocab import ATTENTION, lookup
+
+    config = transformers_config(arch)
+    try:
+        cls = AutoModelForCausalLM._model_mapping[type(config)]
+        sdpa = bool(getattr(cls, "_supports_sdpa", False))
+    except KeyError:
+        sdpa = True  # let building the model say what is wrong
+    if attn is None:
+        return "sdpa" if sdpa else "eager"
+    name = lookup(ATTENTION, attn, "attention implementation").name
+    if name == "sdpa" and not sdpa:
+        raise LabError(f"{arch.name} ({arch.model_class}) has no SDPA attention in transformers; attention 'sdpa' "
+                       "is not available for it.", "Use eager attention (--attn eager).")
+    return name
+
+
+def _check_positive(label: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise LabError(f"The {label} must be a positive integer, got {value!r}.")
+
+
+def _check_context(arch, tokens: int, what: str) -> None:
+    limit = arch.max_position_embeddings
+    if limit and tokens > int(limit):
+        raise LabError(f"{what} is {tokens:,} tokens, beyond {arch.name}'s context of {int(limit):,} "
+                       "(max_position_embeddings).", f"Use at most {int(limit):,} tokens.")
+
+
+def resolve_recipe(arch, settings, device: str = "cuda") -> Recipe:
+    """The concrete recipe a TrainingSettings means for this architecture, checked: a bad value raises a
+    LabError that names it."""
+    from lab.estimate.lora import resolve_targets
+    from lab.models.precision import get_precision, resolve_dtype
+    from lab.vocab import ADAPTER_DTYPES, AUTO, DTYPES, LOSSES, METHODS, OPTIMIZERS, lookup
+
+    s = settings
+    method = lookup(METHODS, s.method, "training method").name
+    _check_positive("batch size", s.batch_size)
+    _check_positive("sequence length", s.seq_len)
+    _check_context(arch, s.seq_len, "The sequence length")
+    optimizer = lookup(OPTIMIZERS, s.optimizer, "optimizer").name
+    attn = resolve_attention(arch, s.attn)
+    dtype = resolve_dtype(s.dtype, config_dtype=arch.config_dtype)
+    if method == "qlora":
+        precision = get_precision(s.precision or "nf4-dq")
+        if not precision.quantized:
+            raise LabError(f"QLoRA trains on a quantized base; precision {precision.name!r} is not quantized.",
+                           "Use nf4, nf4-dq, fp4 or int8 with qlora, or --train lora for a 16/32-bit base.")
+    else:
+        precision = get_precision(s.precision or dtype.name)
+        if precision.quantized:
+            raise LabError(f"{method} trains an unquantized base; precision {precision.name!r} is quantized.",
+                           "Use --train qlora for a quantized base.")
+        dtype = DTYPES[precision.name]
+    half = dtype.name != "fp32" if precision.quantized else precision.name != "fp32"
+    autocast = dtype.torch_dtype if half else None  # the Trainer's bf16/fp16 flags (lab.training.runner.sft_config)
+    adapter = lookup(ADAPTER_DTYPES, s.adapter_dtype, "adapter dtype").name
+    if adapter == AUTO:
+        adapter = "bf16" if precision.quantized else "fp32"
+    targets: str | tuple[str, ...] = "all-linear"
+    if method != "full":
+        if isinstance(s.r, bool) or not isinstance(s.r, int) or s.r <= 0:
+            raise LabError(f"LoRA rank r={s.r!r} is not a positive integer.", "Use r ≥ 1 (typical: 8, 16, 32, 64).")
+        names = resolve_targets(arch, s.targets)
+        widest = min((min(g.in_features, g.out_features) for g in arch.linears if g.name in names), default=0)
+        if widest and s.r > widest:
+            raise LabError(f"LoRA rank r={s.r} is above the width of the targeted layers (min(in, out) = {widest}): "
+                           "an update of that rank cannot exist.", f"Use r ≤ {widest}.")
+        is_preset = isinstance(s.targets, str) and s.targets.strip() == "all-linear"
+        targets = "all-linear" if is_preset else tuple(names)
+    return Recipe(method, precision.name, dtype.torch_dtype, autocast, DTYPES[adapter].torch_dtype,
+                  bool(s.upcast_for_kbit), bool(s.grad_checkpointing), optimizer, s.batch_size, s.seq_len,
+                  r=s.r, alpha=float(s.alpha or 2 * s.r), dropout=float(s.dropout), targets=targets,
+                  use_dora=bool(s.use_dora), attn=attn, device=device, loss=lookup(LOSSES, s.loss, "loss").name)
+
+
+def transformers_config(arch):
+    """The transformers config an Architecture was read from."""
+    from lab.models.sources import config_from_dict
+
+    return config_from_dict(arch.config, arch.name)
+
+
+def simulate(arch, settings, device: str = "cuda") -> Simulation:
+    """The simulated training step of `arch` under `settings` (cached by settings)."""
+    recipe = resolve_recipe(arch, settings, device)
+    return simulate_training(transformers_config(arch), recipe, name=arch.name)
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """What decides generation memory."""
+
+    precision: str = field(default="bf16", metadata={"help": "Precision of the weights (lab.vocab.PRECISIONS)."})
+    dtype: str = field(default="auto", metadata={"help": "dtype of what stays unquantized and of the compute "
+                                                          "(lab.vocab.DTYPE_CHOICES)."})
+    batch_size: int = field(default=1, metadata={"help": "Prompts generated together."})
+    prompt_tokens: int = field(default=512, metadata={"help": "Tokens per prompt (the prefill)."})
+    new_tokens: int = field(default=256, metadata={"help": "Tokens generated per prompt (the KV cache grows to "
+                                                            "prompt + new tokens)."})
+    attn: str | None = field(default=None, metadata={"help": "Attention implementation (lab.vocab.ATTENTION); "
+                                                                 "None = what transformers picks (sdpa if supported)."})
+
+
+def resolve_inference(arch, settings: InferenceSettings, device: str = "cuda") -> InferenceRecipe:
+    from lab.models.precision import get_precision, resolve_dtype
+    from lab.vocab import DTYPES
+
+    s = settings
+    for label, value in (("batch size", s.batch_size), ("number of prompt tokens", s.prompt_tokens),
+                         ("number of new tokens", s.new_tokens)):
+        _check_positive(label, value)
+    _check_context(arch, s.prompt_tokens + s.new_tokens, "Prompt + new tokens")
+    precision = get_precision(s.precision)
+    dtype = resolve_dtype(s.dtype, config_dtype=arch.config_dtype) if precision.quantized else DTYPES[precision.name]
+    return InferenceRecipe(precision.name, dtype.torch_dtype, s.batch_size, s.prompt_tokens, s.new_tokens,
+                           resolve_attention(arch, s.attn), device)
+
+
+def simulate_generation(arch, settings: InferenceSettings, device: str = "cuda") -> Simulation:
+    """The simulated peak of generating with `arch` under `settings` (cached by settings)."""
+    recipe = resolve_inference(arch, settings, device)
+    return simulate_inference(transformers_config(arch), recipe, name=arch.name)
+
+
+# --------------------------------------------------------------------------- for pages
+def is_cached(arch, settings, device: str = "cuda") -> bool:
+    """Whether `simulate`/`simulate_generation` would answer from the cache (a page can then call it on
+    its own thread instead of starting background work). Invalid settings count as cached: they fail fast."""
+    try:
+        if isinstance(settings, InferenceSettings):
+            recipe = resolve_inference(arch, settings, device)
+            key_kind = "infer"
+        else:
+            recipe = resolve_recipe(arch, settings, device)
+            key_kind = "train"
+    except LabError:
+        return True
+    full = _num_layers(transformers_config(arch))
+    key = (key_kind, arch.name, transformers_config(arch).to_json_string(use_diff=False), recipe,
+           min(full, comp.SIMULATED_LAYERS))
+    with _LOCK:
+        return key in _CACHE
+
+
+def simulate_page(arch, settings, inference: InferenceSettings, report=None, cancel=None) -> dict:
+    """Both simulations a page shows; each part is a Simulation or the one-line reason it cannot be.
+    (`report`/`cancel` are lab.tasks.BackgroundTask's hooks.)"""
+    out: dict = {}
+    for part, run in (("training", lambda: simulate(arch, settings)),
+                      ("inference", lambda: simulate_generation(arch, inference))):
+        if cancel is not None and cancel.is_set():  # the page asked for other settings meanwhile
+            break
+        if report:
+            report(f"simulating the {part} step")
+        try:
+            out[part] = run()
+        except LabError as e:
+            out[part] = str(e)
+    return out

@@ -1,0 +1,284 @@
+"""Memory by simulation: fake-tensor steps against the same steps on real tensors, five simulated layers
+against every layer, the recipe against the Training page's, and the multi-GPU and inverse answers."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lab.errors import LabError
+from lab.estimate import compose
+from lab.estimate.check import compare, measure_real_inference, measure_real_training
+from lab.estimate.gpus import Gpu, gpu_verdict
+from lab.estimate.recipe import Recipe, decoder_layers, prepare_for_training
+from lab.estimate.simulate import (
+    InferenceRecipe,
+    InferenceSettings,
+    fake_model,
+    resolve_recipe,
+    simulate,
+    simulate_generation,
+    simulate_inference,
+    simulate_training,
+)
+from lab.estimate.training import TrainingSettings
+from lab.estimate.weights import estimate_weights
+from lab.models.architecture import architecture_from_config, read_architecture
+from lab.models.sources import config_from_dict, resolve_source
+from tests.conftest import build_tiny_model
+
+F32, BF16 = torch.float32, torch.bfloat16
+# layers big enough that the decoder, not the head, decides the peak; seven layers: three repeated ones
+SHAPE = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, vocab_size=256, hidden_size=128, intermediate_size=512,
+             num_hidden_layers=7, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+
+
+def config(model_type: str = "llama", **overrides):
+    extra = {"head_dim": 32} if model_type == "gemma2" else {}
+    return config_from_dict({"model_type": model_type, **SHAPE, **extra, **overrides}, f"tiny {model_type}")
+
+
+def recipe(method="lora", precision="bf16", gc=False, optimizer="adamw_torch", attn="sdpa", device="cuda", **kw):
+    half = precision != "fp32" and device == "cuda"
+    dtype = F32 if precision == "fp32" or device == "cpu" else BF16
+    adapter = BF16 if method == "qlora" and device == "cuda" else F32
+    return Recipe(method, precision, dtype, BF16 if half else None, adapter, True, gc, optimizer, kw.pop("batch", 2),
+                  kw.pop("seq", 128), attn=attn, device=device, **kw)
+
+
+# --------------------------------------------------------------------------- five layers stand for all of them
+@pytest.mark.parametrize(("model_type", "rec"), [
+    ("llama", recipe("lora", "bf16")),
+    ("llama", recipe("qlora", "nf4-dq", gc=True, optimizer="paged_adamw_8bit", attn="eager")),
+    ("qwen2", recipe("qlora", "int8", optimizer="adamw_8bit")),
+    ("phi3", recipe("full", "fp32", gc=True, optimizer="adafactor")),
+    ("mistral", recipe("lora", "bf16", use_dora=True, optimizer="sgd")),
+    ("gemma2", recipe("lora", "bf16", attn="eager")),
+    ("llama", recipe("lora", "bf16", loss="logits")),
+])
+def test_composed_peak_equals_simulating_every_layer(model_type, rec):
+    cfg = config(model_type)
+    scaled, every = simulate_training(cfg, rec), simulate_training(cfg, rec, every_layer=True)
+    assert scaled.simulated_layers == compose.SIMULATED_LAYERS < every.simulated_layers == 7
+    assert scaled.peak_bytes == every.peak_bytes
+    assert scaled.by_category == every.by_category
+    assert scaled.totals == every.totals
+
+
+@pytest.mark.parametrize("precision", ["bf16", "nf4-dq", "int8"])
+def test_composed_generation_equals_every_layer(precision):
+    cfg, rec = config("llama"), InferenceRecipe(precision, BF16, 2, 100, 50)
+    assert simulate_inference(cfg, rec).peak_bytes == simulate_inference(cfg, rec, every_layer=True).peak_bytes
+
+
+# --------------------------------------------------------------------------- simulated vs real on this CPU
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, embedded_dir):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-sim"), embedded_dir, num_hidden_layers=6)
+
+
+@pytest.mark.parametrize("rec", [
+    recipe("lora", "fp32", device="cpu", batch=2, seq=48),
+    recipe("lora", "fp32", gc=True, attn="eager", device="cpu", batch=2, seq=48),
+    recipe("full", "fp32", device="cpu", batch=2, seq=48),
+    recipe("qlora", "nf4", device="cpu", batch=2, seq=48),
+    recipe("qlora", "int8", optimizer="sgd", device="cpu", batch=2, seq=48),
+    recipe("lora", "fp32", loss="logits", device="cpu", batch=2, seq=48),
+])
+def test_simulation_matches_the_real_step_within_3_percent(tiny_dir, rec):
+    cfg = resolve_source(str(tiny_dir)).load_config()
+    result = compare(simulate_training(cfg, rec), measure_real_training(str(tiny_dir), rec))
+    assert abs(result["error_pct"]) <= 3.0, result
+
+
+@pytest.mark.parametrize("precision", ["fp32", "nf4"])
+def test_generation_matches_real_generation_within_3_percent(tiny_dir, precision):
+    cfg = resolve_source(str(tiny_dir)).load_config()
+    rec = InferenceRecipe(precision, F32, 2, 40, 10, device="cpu")
+    result = compare(simulate_inference(cfg, rec), measure_real_inference(str(tiny_dir), rec))
+    assert abs(result["error_pct"]) <= 3.0, result
+
+
+def test_embedded_model_step_matches_within_3_percent(embedded_dir):
+    """The embedded SmolLM2-135M at its full 30 layers: five simulated, 30 run for real."""
+    cfg = resolve_source(str(embedded_dir)).load_config()
+    rec = recipe("lora", "fp32", device="cpu", batch=1, seq=32)
+    sim, real = simulate_training(cfg, rec), measure_real_training(str(embedded_dir), rec)
+    assert sim.full_layers == 30 and sim.simulated_layers == compose.SIMULATED_LAYERS
+    assert abs(compare(sim, real)["error_pct"]) <= 3.0
+
+
+def test_embedded_model_generation_matches_within_3_percent(embedded_dir):
+    cfg = resolve_source(str(embedded_dir)).load_config()
+    rec = InferenceRecipe("fp32", F32, 1, 64, 16, device="cpu")
+    result = compare(simulate_inference(cfg, rec), measure_real_inference(str(embedded_dir), rec))
+    assert abs(result["error_pct"]) <= 3.0, result
+
+
+# --------------------------------------------------------------------------- the recipe is the Training page's
+def test_simulated_weights_are_the_weights_estimate_byte_for_byte():
+    arch = read_architecture("SmolLM2-135M")
+    for precision in ("nf4", "nf4-dq", "int8", "fp4"):
+        settings = TrainingSettings(method="qlora", precision=precision, dtype="bf16", upcast_for_kbit=False)
+        sim = simulate(arch, settings, device="cpu")
+        assert sim.totals["weights"] == estimate_weights(arch, precision, "bf16").weights_bytes, precision
+
+
+def test_recipe_prepares_the_model_as_the_runner_does(tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    from lab.models.precision import load_kwargs
+    from lab.training.config import TrainConfig
+    from lab.training.runner import add_lora
+
+    cfg = TrainConfig(model=str(tiny_dir), precision="nf4", r=8, targets="all-linear")
+    ours = prepare_for_training(AutoModelForCausalLM.from_pretrained(tiny_dir, **load_kwargs("nf4", "fp32", "cpu")),
+                                recipe("qlora", "nf4", device="cpu", r=8, alpha=32.0, dropout=cfg.dropout))
+    theirs = add_lora(AutoModelForCausalLM.from_pretrained(tiny_dir, **load_kwargs("nf4", "fp32", "cpu")), cfg, True,
+                      "all-linear")
+
+    def trainable(model):
+        return sorted((n, tuple(p.shape), p.dtype) for n, p in model.named_parameters() if p.requires_grad)
+
+    assert trainable(ours) == trainable(theirs)
+    assert {n: p.dtype for n, p in ours.named_parameters()} == {n: p.dtype for n, p in theirs.named_parameters()}
+
+
+def test_fake_model_has_the_truncated_depth_and_tied_weights():
+    model, _ = fake_model(config("llama", tie_word_embeddings=True), recipe(), 5)
+    assert len(decoder_layers(model)) == 5
+    base = model.get_base_model()
+    assert base.lm_head.weight is base.model.embed_tokens.weight
+
+
+# --------------------------------------------------------------------------- what the step shows
+def test_timeline_marks_the_peak_and_paged_state_is_set_apart():
+    arch = read_architecture("SmolLM2-135M")
+    sim = simulate(arch, TrainingSettings(optimizer="paged_adamw_8bit", seq_len=256, r=128))  # B: 1536 × 128 ≥ 1e5
+    assert max(p["bytes"] for p in sim.timeline) == sim.peak_bytes
+    assert {p["phase"] for p in sim.timeline} >= {"forward", "backward", "optimizer step"}
+    assert sum(sim.by_category.values()) == sim.peak_bytes
+    unpaged = simulate(arch, TrainingSettings(optimizer="adamw_8bit", seq_len=256, r=128))
+    assert sim.excluded["paged"] > 0 and not unpaged.excluded.get("paged")
+    assert unpaged.totals["optimizer"] == sim.totals["optimizer"] + sim.excluded["paged"]
+
+
+def test_eager_attention_grows_with_the_square_of_the_sequence():
+    arch = read_architecture("SmolLM2-135M")
+    base = TrainingSettings(grad_checkpointing=False, attn="eager", seq_len=512)
+    grow = [simulate(arch, replace(base, seq_len=n)).peak_bytes for n in (512, 1024, 2048)]
+    assert grow[2] - grow[1] > 2.5 * (grow[1] - grow[0])  # a linear term alone would give 2×
+    sdpa = [simulate(arch, replace(base, attn="sdpa", seq_len=n)).peak_bytes for n in (512, 1024, 2048)]
+    assert sdpa[2] < grow[2]
+
+
+def test_layer_table_names_the_modules_of_one_layer():
+    from lab.estimate.explain import module_rows
+
+    sim = simulate(read_architecture("SmolLM2-135M"), TrainingSettings(grad_checkpointing=False, seq_len=128))
+    names = {r["module"] for r in module_rows(sim)}
+    assert {"self_attn.q_proj", "mlp.down_proj", "input_layernorm"} <= names
+    assert any(r["kept_for_backward_bytes"] > 0 for r in module_rows(sim))
+
+
+# --------------------------------------------------------------------------- bad settings
+@pytest.mark.parametrize(("overrides", "needle"), [
+    ({"seq_len": 100_000}, "max_position_embeddings"),
+    ({"r": 100_000}, "width"),
+    ({"batch_size": 0}, "batch size"),
+    ({"precision": "bf16"}, "'bf16'"),
+    ({"method": "lora", "precision": "nf4"}, "'nf4'"),
+    ({"attn": "flash"}, "'flash'"),
+    ({"adapter_dtype": "fp8"}, "'fp8'"),
+])
+def test_bad_settings_name_the_bad_value(overrides, needle):
+    arch = read_architecture("SmolLM2-135M")
+    with pytest.raises(LabError, match=needle):
+        resolve_recipe(arch, TrainingSettings(**overrides))
+
+
+def test_sdpa_on_a_model_without_it_is_refused_and_default_falls_back():
+    arch = read_architecture("Gemma-2-2B")
+    with pytest.raises(LabError, match="eager"):
+        resolve_recipe(arch, TrainingSettings(attn="sdpa"))
+    assert resolve_recipe(arch, TrainingSettings()).attn == "eager"
+
+
+def test_absurd_configs_answer_or_refuse():
+    with pytest.raises(LabError, match="100,000"):
+        architecture_from_config(config(num_hidden_layers=100_000), "deep")
+    wide = architecture_from_config(config(hidden_size=10**6, intermediate_size=4 * 10**6, num_hidden_layers=2), "wide")
+    sim = simulate(wide, TrainingSettings(seq_len=16))
+    assert sim.peak_bytes > 10**12  # an estimate (terabytes), not a hang
+
+
+def test_generation_settings_checked_against_the_context():
+    arch = read_architecture("TinyLlama-1.1B")
+    with pytest.raises(LabError, match="2,048"):
+        simulate_generation(arch, InferenceSettings(prompt_tokens=2000, new_tokens=100))
+
+
+# --------------------------------------------------------------------------- several GPUs, and the inverse
+def test_multi_gpu_peaks():
+    from lab.estimate.parallel import per_gpu_peak, smallest_fitting
+
+    sim = simulate(read_architecture("SmolLM2-360M"), TrainingSettings(method="full", optimizer="adamw_torch",
+                                                                       precision="bf16", seq_len=256))
+    fsdp = [per_gpu_peak(sim, n, "fsdp").per_gpu_peak_bytes for n in (1, 2, 4, 8)]
+    assert fsdp[0] == sim.peak_bytes and fsdp == sorted(fsdp, reverse=True)
+    ddp = per_gpu_peak(sim, 4, "ddp")
+    assert ddp.per_gpu_peak_bytes == sim.peak_bytes + sim.totals["gradients"]
+    small = Gpu("small", int(fsdp[2] * 1.3) + 2 * 10**9)
+    n = smallest_fitting(sim, small, "fsdp")
+    assert n is not None and gpu_verdict(per_gpu_peak(sim, n, "fsdp").per_gpu_peak_bytes, small).fits
+    assert n == 1 or not gpu_verdict(per_gpu_peak(sim, n - 1, "fsdp").per_gpu_peak_bytes, small).fits
+    assert smallest_fitting(sim, Gpu("tiny", 10**9), "ddp") is None
+
+
+@pytest.mark.parametrize("knob", ["seq_len"])  # the quadratic one; the page test solves the batch size
+def test_inverse_answer_fits_and_one_more_does_not(knob):
+    from lab.estimate.inverse import max_fitting
+
+    arch = read_architecture("SmolLM2-135M")
+    settings = TrainingSettings(seq_len=512, grad_checkpointing=False)
+    gpu = Gpu("a 5 GB card", 5 * 10**9)
+    answer = max_fitting(arch, settings, gpu, knob)
+    assert answer.value >= 1 and answer.checked
+    assert gpu_verdict(simulate(arch, replace(settings, **{knob: answer.value})).peak_bytes, gpu).fits
+    over = answer.value + max(1, answer.value // 50)
+    assert not gpu_verdict(simulate(arch, replace(settings, **{knob: over})).peak_bytes, gpu).fits
+
+
+def test_a_reused_model_gives_what_a_fresh_one_gives():
+    """The fake model is kept between simulations that differ in batch, sequence or optimizer only."""
+    from lab.estimate import simulate as sim_module
+
+    cfg = config("llama")
+    first = simulate_training(cfg, recipe("qlora", "nf4", gc=True, batch=1, seq=64))
+    again = simulate_training(cfg, recipe("qlora", "nf4", gc=True, batch=3, seq=96, optimizer="adamw_8bit"))
+    sim_module._MODELS.clear()
+    sim_module._CACHE.clear()
+    fresh = simulate_training(cfg, recipe("qlora", "nf4", gc=True, batch=3, seq=96, optimizer="adamw_8bit"))
+    assert again.peak_bytes == fresh.peak_bytes and again.by_category == fresh.by_category
+    assert first.peak_bytes < again.peak_bytes
+
+
+def test_library_paths_are_swapped_for_the_simulating_thread_only():
+    """A generation in another server thread keeps transformers' own mask decisions while a simulation runs."""
+    import threading
+
+    import transformers.masking_utils as mu
+
+    from lab.estimate.patch import for_this_thread
+
+    packed = torch.tensor([[0, 1, 2, 0, 1]])
+    seen = []
+    with for_this_thread(mu, "find_packed_sequence_indices", lambda position_ids: None):
+        worker = threading.Thread(target=lambda: seen.append(mu.find_packed_sequence_indices(packed)))
+        worker.start()
+        worker.join()
+        assert mu.find_packed_sequence_indices(packed) is None
+    assert seen[0].tolist() == [[0, 0, 0, 1, 1]]
+    assert mu.find_packed_sequence_indices(packed).tolist() == [[0, 0, 0, 1, 1]]  # restored
