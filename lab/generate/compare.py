@@ -278,7 +278,6 @@ class AdapterBank:
             finally:
                 self.peft_model.base_model.disable_adapter_layers()
 
-
     @contextmanager
     def mixed_batch(self, row_adapters: list[str | None]):
         """Yields (model, extra generate kwargs, route) for one batch whose row i runs adapter
