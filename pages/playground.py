@@ -27,7 +27,7 @@ EVAL_TASK = "playground_evaluate"
 EVAL_RESULT = "playground_eval_result"  # the last evaluation (EvalResult), or its error (str)
 CHAT = "playground_chat"  # column -> list of messages (chat mode)
 LAST = "playground_last"  # the last finished comparison (json)
-# Seconds between redraws of the streaming columns. Each redraw costs the browser ~0.1 s of CPU whatever
+# Seconds between redraws of the streaming columns. Each redraw costs the browser 30-100 ms of CPU whatever
 # changed (Streamlit re-sends a fragment whole), taken from generation on a 2-core machine; at 1 s a
 # CPU-speed answer (5-10 tokens/s) still grows visibly every redraw.
 STREAM_POLL_S = 1.0

@@ -317,7 +317,7 @@ class RunWatcher:
 def poll_interval(status: RunStatus | None, fastest: float = 2.0, slowest: float = 10.0) -> float | None:
     """Seconds between two looks at a run by a page that follows it.
 
-    Every look costs the browser a redraw of the live panel (about 0.1 s of CPU on a 2-core machine,
+    Every look costs the browser a redraw of the live panel (30-100 ms of CPU on a 2-core machine,
     whatever changed), which a training on the same cores pays for. So a page looks about as often as
     the run logs: every `fastest` seconds while the model loads and whenever steps are quick, up to every
     `slowest` seconds for slow CPU steps; `slowest` too when no run is followed (to notice one started
