@@ -1,8 +1,8 @@
 """Playground: the base model and its LoRA adapters answer side by side, and a measured verdict.
 
 Thin page: widgets in, lab.generate.compare / lab.generate.evaluate calls in background tasks, columns and tables out.
-One base model (from the shared registry) serves every column; peft's mixed-adapter batches make
-all columns come out of one batched generate, streamed into their columns as tokens arrive.
+One base model (from the shared registry) serves every column; all columns come out of one batched
+generate (each row with its own adapter, lab.generate.mixed_lora), streamed into their columns as tokens arrive.
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ EVAL_TASK = "playground_evaluate"
 EVAL_RESULT = "playground_eval_result"  # the last evaluation (EvalResult), or its error (str)
 CHAT = "playground_chat"  # column -> list of messages (chat mode)
 LAST = "playground_last"  # the last finished comparison (json)
+# Seconds between redraws of the streaming columns. Each redraw costs the browser 30-100 ms of CPU whatever
+# changed (Streamlit re-sends a fragment whole), taken from generation on a 2-core machine; at 1 s a
+# CPU-speed answer (5-10 tokens/s) still grows visibly every redraw.
+STREAM_POLL_S = 1.0
 SH = SamplingSettings.HELP
 EH = EvalSettings.HELP
 
@@ -34,8 +38,8 @@ st.title("Playground")
 st.markdown(
     "What did the adapter change? The **base** model and each **adapter** answer the same prompt with the same "
     "settings, side by side, as they are generated. One copy of the base weights serves every column: the adapters "
-    "are loaded next to it in one peft model, and peft's *mixed-adapter batches* run every column in **one batched "
-    "generate** — the base row through the untouched base layers, each adapter row through its own LoRA matrices."
+    "are loaded next to it in one peft model, and every column runs in **one batched generate** — the base row "
+    "through the untouched base layers, each adapter row through its own LoRA matrices, added to that row alone."
 )
 st.latex(r"h_{\text{adapter}} = W_0 x + \tfrac{\alpha}{r} B A x \qquad h_{\text{base}} = W_0 x")
 
@@ -82,7 +86,7 @@ if not runs and not typed.strip():
             "The base column works on its own meanwhile.", icon=":material/info:")
 columns = [BASE_COLUMN, *[a.name for a in adapters]]
 if any(a.use_dora for a in adapters):
-    st.caption(":material/info: DoRA adapters cannot join peft's mixed-adapter batch: they run one after another, "
+    st.caption(":material/info: DoRA adapters cannot join the batch: they run one after another, "
                "after the batched columns (slower, same answers).")
 
 
@@ -236,7 +240,7 @@ with tab_gen:
 
     if not (gen_task is not None and gen_task.running):
         show_last()
-    poll_task(GEN_TASK, show_generating, keep_generation, every=0.5)
+    poll_task(GEN_TASK, show_generating, keep_generation, every=STREAM_POLL_S)
 
 # --------------------------------------------------------------------------- evaluation
 with tab_eval:

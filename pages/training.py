@@ -103,7 +103,7 @@ def show_run(s: R.RunStatus) -> None:
         c[2].metric("Tokens/s", f"{last['tokens_per_second']:.0f}", help="Non-padding tokens processed per second since training began (TRL's num_tokens / elapsed).")
         c[3].metric("Learning rate", f"{last['learning_rate']:.2e}" if last.get("learning_rate") is not None else "–", help="Current learning rate from the scheduler.")
         c[4].metric("Peak memory", fmt_bytes(last["peak_memory_bytes"]), help="CUDA: torch.cuda.max_memory_allocated. CPU: the process's peak resident set size (includes the loaded libraries).")
-        st.plotly_chart(loss_figure([s]), key=f"live-{s.name}")
+        st.plotly_chart(live_figure(s), key=f"live-{s.name}")
     if s.status == "failed":
         st.error(f"Failed: {s.error}" + (f" {s.hint}" if s.hint else ""), icon=":material/error:")
     elif s.status == "stopped":
@@ -164,9 +164,19 @@ def current_run(active: R.RunStatus | None) -> R.RunStatus | None:
     return None
 
 
+def live_figure(s: R.RunStatus) -> go.Figure:
+    """The live loss chart, rebuilt only when the run logged something new (same figure, same chart element)."""
+    key = (s.name, len(s.events))
+    cached = st.session_state.get("train_live_figure")
+    if cached is None or cached[0] != key:
+        cached = st.session_state["train_live_figure"] = (key, loss_figure([s]))
+    return cached[1]
+
+
 def live_panel() -> bool:
     """The running run (anyone's), and the queue with this session's place in it. True when a run started
-    or ended or the queue moved: the page then refreshes the history and the Train button."""
+    or ended or the queue moved (the page then refreshes the history and the Train button), or the run's pace
+    changed (and with it how often this panel polls, see live_interval)."""
     active, line = Q.queue_state()
     mine = st.session_state.get("train_run_dir")
     s = current_run(active)
@@ -181,11 +191,18 @@ def live_panel() -> bool:
     state = (s.name if s else None, s.status if s else None, tuple(q.name for q in line))
     was = st.session_state.get("train_live_state", state)
     st.session_state["train_live_state"] = state
-    return was != state
+    return was != state or R.interval_changed(st.session_state.get("train_poll_interval"), live_interval(s))
+
+
+def live_interval(s: R.RunStatus | None) -> float | None:
+    """At an active run's pace (runs.poll_interval): every poll costs the browser a redraw that a training on the
+    same cores pays for. Otherwise rarely, so a run started elsewhere (another tab, the CLI) still shows up."""
+    return R.poll_interval(s if s is not None and s.active else None)
 
 
 st.subheader("Current run")
-poll(live_panel, every=1.5)  # always: a run started elsewhere (another tab, the CLI) shows up here too
+st.session_state["train_poll_interval"] = live_interval(R.active_run())
+poll(live_panel, every=st.session_state["train_poll_interval"])  # always: a run started elsewhere shows up too
 
 
 # --------------------------------------------------------------------------- configuration

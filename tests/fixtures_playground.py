@@ -12,17 +12,18 @@ import torch
 
 
 def make_adapter(base_dir: Path, folder: Path, seed: int, dora: bool = False, run: dict | None = None,
-                 std: float = 0.5) -> Path:
+                 std: float = 0.5, r: int = 4, alpha: float = 16,
+                 targets: tuple[str, ...] = ("q_proj", "v_proj", "o_proj", "down_proj")) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(base_dir)
-    config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"], use_dora=dora)
+    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), use_dora=dora)
     model = get_peft_model(base, config)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "lora_B" in name:
+            if "lora_B" in name or "lora_embedding_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * std)
             elif "lora_magnitude_vector" in name:  # DoRA: rescale the columns too, or it stays near the base
                 p.mul_(torch.rand(p.shape, generator=g) * 4)

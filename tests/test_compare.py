@@ -222,3 +222,78 @@ def test_embedded_end_to_end(embedded_dir, tmp_path):
     assert base_text == reference(embedded_dir, PROMPT, n=8)
     assert adapter_text == reference(embedded_dir, PROMPT, adapter, n=8)
     assert base_text != adapter_text
+
+
+# ---------------------------------------------------------------------------- row-wise LoRA (lab.generate.mixed_lora)
+def test_plain_lora_adapters_take_the_row_wise_route(loaded, tiny_adapters):
+    """The equality tests above hold on the fast path, not on peft's mixed batches by accident."""
+    infos = [inspect_adapter(str(tiny_adapters[n])) for n in ("alpha", "beta")]
+    r = side_by_side(loaded, infos, PROMPT, SamplingSettings(max_new_tokens=2))
+    assert r.route == "row-lora"
+    assert side_by_side(loaded, [], PROMPT, SamplingSettings(max_new_tokens=2)).route == "plain"
+
+
+def test_several_adapters_with_left_padding_equal_plain_peft(loaded, tiny_model_dir, tiny_adapters, tmp_path):
+    """Four columns of different prompt lengths (left padding), adapters of different ranks, a scaling that is
+    not a power of two, and an adapter that leaves most layers alone: each column equals its own plain run."""
+    gamma = make_adapter(tiny_model_dir, tmp_path / "gamma", seed=8, r=8, alpha=12, targets=("k_proj", "up_proj"))
+    paths = {"alpha": tiny_adapters["alpha"], "beta": tiny_adapters["beta"], "gamma": gamma}
+    infos = [inspect_adapter(str(p)) for p in paths.values()]
+    convs = {
+        BASE_COLUMN: PROMPT,
+        "alpha": [{"role": "user", "content": "Hi."}],
+        "beta": [*PROMPT, {"role": "assistant", "content": "Red, green and blue."},
+                 {"role": "user", "content": "And which colour is missing from that list, in your opinion?"}],
+        "gamma": [{"role": "user", "content": "Count to five, slowly, one number per line."}],
+    }
+    r = side_by_side(loaded, infos, convs, SamplingSettings(max_new_tokens=N))
+    assert r.route == "row-lora"
+    assert len({len(r.prompts[n]) for n in convs}) == 4  # really different lengths: the batch is left-padded
+    assert r.columns[BASE_COLUMN].text == reference(tiny_model_dir, convs[BASE_COLUMN])
+    for name, path in paths.items():
+        assert r.columns[name].text == reference(tiny_model_dir, convs[name], path), name
+
+
+def test_dora_next_to_plain_lora_keeps_the_row_wise_batch(loaded, tiny_adapters):
+    infos = [inspect_adapter(str(tiny_adapters["alpha"])), inspect_adapter(str(tiny_adapters["dora"]))]
+    r = side_by_side(loaded, infos, PROMPT, SamplingSettings(max_new_tokens=2))
+    assert r.route == "row-lora" and r.columns["dora"].batched is False
+
+
+def test_lora_on_embeddings_falls_back_to_peft_mixed_batches(loaded, tiny_model_dir, tiny_adapters, tmp_path):
+    emb = make_adapter(tiny_model_dir, tmp_path / "emb", seed=9, std=2.0, targets=("embed_tokens", "q_proj", "down_proj"))
+    infos = [inspect_adapter(str(tiny_adapters["alpha"])), inspect_adapter(str(emb))]
+    r = side_by_side(loaded, infos, PROMPT, SamplingSettings(max_new_tokens=N))
+    assert r.route == "peft-mixed"
+    assert r.columns["emb"].text == reference(tiny_model_dir, PROMPT, emb)
+    assert r.columns["alpha"].text == reference(tiny_model_dir, PROMPT, tiny_adapters["alpha"])
+    assert r.columns[BASE_COLUMN].text == reference(tiny_model_dir, PROMPT)
+    assert r.columns["emb"].text != r.columns[BASE_COLUMN].text
+
+
+def test_row_lora_logits_match_peft_and_leave_other_threads_on_the_base(loaded, tiny_adapters):
+    """One forward pass: the base row is bit-for-bit the plain base batch, the adapter row matches peft's own
+    adapter forward, and a forward from another thread inside the block sees the plain base model."""
+    from lab.generate.mixed_lora import row_lora, row_lora_supported
+
+    info = inspect_adapter(str(tiny_adapters["alpha"]))
+    bank = adapter_bank(loaded)
+    bank.ensure([info])
+    ids = torch.tensor([[1, 5, 9, 200, 31, 7], [1, 42, 17, 3, 99, 8]])
+    with torch.inference_mode():
+        base = loaded.model(input_ids=ids).logits  # adapter layers are off between generations
+        with bank.adapters_enabled() as peft:
+            peft.set_adapter("alpha")
+            adapted = peft(input_ids=ids).logits
+        assert row_lora_supported(bank.peft_model, ["alpha"])
+        other: list[torch.Tensor] = []
+        with row_lora(bank.peft_model, [None, "alpha"]):
+            mixed = loaded.model(input_ids=ids).logits
+            t = threading.Thread(target=lambda: other.append(loaded.model(input_ids=ids).logits))
+            t.start()
+            t.join()
+        after = loaded.model(input_ids=ids).logits
+    assert torch.equal(mixed[0], base[0])
+    torch.testing.assert_close(mixed[1], adapted[1], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(adapted[1], base[1], atol=1e-3)  # the adapter really changes row 1
+    assert torch.equal(other[0], base) and torch.equal(after, base)

@@ -3,13 +3,15 @@
 How it works:
 - `AdapterBank` wraps the shared base model (from the ModelRegistry) in ONE PeftModel and loads
   every chosen adapter into it under its own name. No second copy of the base weights exists.
-- `side_by_side` puts one row per column into a single left-padded batch and calls
-  `generate(..., adapter_names=["__base__", "a", "b"])`: peft's mixed-adapter batches route each
-  row through its own adapter, and "__base__" rows through the untouched base layers.
+- `side_by_side` puts one row per column into a single left-padded batch and generates once. Each
+  row runs its own adapter through `lab.generate.mixed_lora.row_lora`: the adapter layers stay off
+  and a hook adds each adapter row's LoRA delta in place (no per-step gather/scatter); the base row is
+  the untouched base. Adapters it cannot run (LoRA on embeddings, `modules_to_save`, ...) go through
+  peft's own mixed-adapter batches, `generate(..., adapter_names=["__base__", "a", "b"])`.
 - `ColumnStreamer` (a transformers BaseStreamer) splits the batch's new tokens into per-column
   text as they arrive, so all columns stream at the same time.
-- DoRA adapters cannot join a mixed batch (peft refuses): they run one after another, after the
-  batch, and the result says so.
+- DoRA adapters cannot join a mixed batch (neither path computes DoRA per row): they run one after
+  another, after the batch, and the result says so.
 
 Between generations the bank keeps the adapter layers *disabled*, so anyone else using the same
 registry model (another page, another session) gets the plain base model.
@@ -30,6 +32,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from lab.errors import LabError
 from lab.generate.adapters import AdapterInfo, check_compatible
+from lab.generate.mixed_lora import row_lora, row_lora_supported
 from lab.generate.prompts import build_chat_prompt
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
@@ -113,6 +116,9 @@ class CompareResult:
     settings: SamplingSettings
     wall_seconds: float
     notes: list[str] = field(default_factory=list)
+    # How the batched columns ran: "plain" (no adapter), "row-lora" (lab.generate.mixed_lora) or
+    # "peft-mixed" (peft's adapter_names batches, for adapters row-lora cannot run).
+    route: str = "plain"
 
     def to_json(self) -> dict:
         cols = dict(self.columns)
@@ -272,6 +278,21 @@ class AdapterBank:
             finally:
                 self.peft_model.base_model.disable_adapter_layers()
 
+    @contextmanager
+    def mixed_batch(self, row_adapters: list[str | None]):
+        """Yields (model, extra generate kwargs, route) for one batch whose row i runs adapter
+        `row_adapters[i]` (None: the base)."""
+        with self.lock:
+            names = [n for n in row_adapters if n]
+            if self.peft_model is None or not names:
+                yield self.loaded.model, {}, "plain"
+            elif row_lora_supported(self.peft_model, names):
+                with row_lora(self.peft_model, row_adapters):  # adapter layers stay off: see mixed_lora
+                    yield self.loaded.model, {}, "row-lora"
+            else:
+                with self.adapters_enabled() as model:
+                    yield model, {"adapter_names": [n or BASE for n in row_adapters]}, "peft-mixed"
+
 
 def adapter_bank(loaded) -> AdapterBank:
     """The AdapterBank of a loaded model (made on first use; lives and dies with the LoadedModel)."""
@@ -353,29 +374,27 @@ def side_by_side(
             on_update(snapshot(columns))
 
     started = time.perf_counter()
-    with bank.adapters_enabled() as model:
-        _generate(model, tokenizer, [columns[n] for n in batched], [prompts[n] for n in batched],
-                  [BASE if n == BASE_COLUMN else n for n in batched], settings, update, cancel,
-                  mixed=bank.peft_model is not None)
-        for n in dora:
-            if cancel is not None and cancel.is_set():
-                break
+    with bank.mixed_batch([None if n == BASE_COLUMN else n for n in batched]) as (model, extra, route):
+        _generate(model, tokenizer, [columns[n] for n in batched], [prompts[n] for n in batched], extra,
+                  settings, update, cancel)
+    for n in dora:
+        if cancel is not None and cancel.is_set():
+            break
+        with bank.adapters_enabled() as model:
             bank.peft_model.set_adapter(n)
-            _generate(model, tokenizer, [columns[n]], [prompts[n]], None, settings, update, cancel, mixed=False)
-    return CompareResult(columns, prompts, settings, time.perf_counter() - started, notes)
+            _generate(model, tokenizer, [columns[n]], [prompts[n]], {}, settings, update, cancel)
+    return CompareResult(columns, prompts, settings, time.perf_counter() - started, notes, route)
 
 
 @torch.inference_mode()
-def _generate(model, tokenizer, columns: list[Column], prompts: list[str], adapter_names: list[str] | None,
-              settings: SamplingSettings, update, cancel, mixed: bool) -> None:
+def _generate(model, tokenizer, columns: list[Column], prompts: list[str], extra: dict,
+              settings: SamplingSettings, update, cancel) -> None:
     if not columns:
         return
     inputs = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",
                        add_special_tokens=False).to(model.device)
     streamer = ColumnStreamer(tokenizer, columns, eos_token_ids(model, tokenizer), update)
-    kwargs = settings.generate_kwargs()
-    if mixed:
-        kwargs["adapter_names"] = adapter_names
+    kwargs = {**settings.generate_kwargs(), **extra}
     if not settings.greedy:
         torch.manual_seed(settings.seed)
     model.generate(**inputs, **kwargs, streamer=streamer, pad_token_id=tokenizer.pad_token_id,

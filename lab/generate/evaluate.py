@@ -28,7 +28,7 @@ import torch
 
 from lab.errors import LabError
 from lab.generate.adapters import AdapterInfo
-from lab.generate.compare import BASE, BASE_COLUMN, SamplingSettings, adapter_bank, side_by_side
+from lab.generate.compare import BASE_COLUMN, SamplingSettings, adapter_bank, side_by_side
 from lab.generate.prompts import build_chat_prompt
 
 METRICS = {
@@ -142,14 +142,12 @@ def _answer_losses(bank, tokenizer, prompt: str, answer: str, names: list[str], 
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none").mean(dim=1)
         losses.update(zip(group, nll.tolist(), strict=True))
 
-    with bank.adapters_enabled() as model:
-        batched = [n for n in names if n not in dora]
-        if bank.peft_model is not None:
-            score(model, batched, adapter_names=[BASE if n == BASE_COLUMN else n for n in batched])
-        else:
-            score(model, batched)
-        for n in names:
-            if n in dora:
+    batched = [n for n in names if n not in dora]
+    with bank.mixed_batch([None if n == BASE_COLUMN else n for n in batched]) as (model, extra, _route):
+        score(model, batched, **extra)
+    for n in names:
+        if n in dora:
+            with bank.adapters_enabled() as model:
                 bank.peft_model.set_adapter(n)
                 score(model, [n])
     return [losses[n] for n in names], len(a_ids)

@@ -62,11 +62,12 @@ class EventLog:
 
 def read_events(run_dir: Path) -> list[dict]:
     """Every complete event of a run. A half-written last line (the writer is mid-flush) is skipped."""
-    path = Path(run_dir) / EVENTS_FILE
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (FileNotFoundError, UnicodeDecodeError):
-        return []
+    reader = EventReader(run_dir)
+    reader.poll()
+    return reader.events
+
+
+def _parse_lines(text: str) -> list[dict]:
     out = []
     for line in text.splitlines():
         try:
@@ -74,6 +75,50 @@ def read_events(run_dir: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+class EventReader:
+    """Follows a run's events.jsonl the way `tail -f` does: `poll()` costs one stat() when nothing was
+    appended, and otherwise reads and parses only the new bytes. A page polling a run every second or
+    two asks it "anything new?" instead of re-reading the whole log.
+
+    A line is taken only once its newline has arrived (the writer may be mid-flush); a file that
+    shrank or was replaced (another inode) is read again from the start.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / EVENTS_FILE
+        self.events: list[dict] = []
+        self.version = 0  # +1 each time poll() finds new events
+        self._offset = 0  # bytes consumed, up to the last complete line
+        self._stamp: tuple[int, int, int] | None = None  # (inode, size, mtime_ns) at the last read
+
+    def poll(self) -> list[dict]:
+        """The events appended since the last poll ([] when nothing changed)."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return []
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp == self._stamp:
+            return []
+        if self._stamp is not None and (st.st_ino != self._stamp[0] or st.st_size < self._offset):
+            self.events, self._offset = [], 0  # replaced or truncated: start over
+        self._stamp = stamp
+        if st.st_size == self._offset:
+            return []
+        with self.path.open("rb") as f:
+            f.seek(self._offset)
+            chunk = f.read(st.st_size - self._offset)
+        complete = chunk.rfind(b"\n") + 1  # a partial last line waits for its newline
+        if complete == 0:
+            return []
+        self._offset += complete
+        new = _parse_lines(chunk[:complete].decode("utf-8", errors="replace"))
+        if new:
+            self.events.extend(new)
+            self.version += 1
+        return new
 
 
 def request_stop(run_dir: Path, reason: str = "Stop pressed") -> None:

@@ -1,0 +1,127 @@
+"""Following a run's event log cheaply: EventReader reads only appended bytes, RunWatcher says when
+there is something new (events, a stop request, a process that died)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lab.training import runs as R
+from lab.training.events import EVENTS_FILE, STOP_FILE, EventLog, EventReader, read_events, request_stop
+
+
+def test_reader_returns_only_new_events(tmp_path):
+    log, reader = EventLog(tmp_path), EventReader(tmp_path)
+    assert reader.poll() == [] and reader.version == 0  # no file yet
+    log.write("start", pid=1)
+    log.write("log", step=1, loss=2.0)
+    assert [e["type"] for e in reader.poll()] == ["start", "log"]
+    assert reader.poll() == [] and reader.version == 1  # nothing appended: nothing new
+    log.write("log", step=2, loss=1.5)
+    new = reader.poll()
+    assert [(e["type"], e["step"]) for e in new] == [("log", 2)]
+    assert [e["type"] for e in reader.events] == ["start", "log", "log"] and reader.version == 2
+    assert reader.events == read_events(tmp_path)
+
+
+def test_reader_reads_appended_bytes_only(tmp_path):
+    """Bytes before the consumed offset are not read again: an in-place edit there goes unseen."""
+    log, reader = EventLog(tmp_path), EventReader(tmp_path)
+    log.write("log", step=1, loss=2.0)
+    reader.poll()
+    path = tmp_path / EVENTS_FILE
+    path.write_text(path.read_text().replace('"loss": 2.0', '"loss": 9.0'))  # same length, already consumed
+    log.write("log", step=2, loss=1.0)
+    assert [e["loss"] for e in reader.poll()] == [1.0]
+    assert [e["loss"] for e in reader.events] == [2.0, 1.0]
+    assert [e["loss"] for e in read_events(tmp_path)] == [9.0, 1.0]  # a fresh full read sees the edit
+
+
+def test_half_written_line_waits_for_its_newline(tmp_path):
+    reader = EventReader(tmp_path)
+    path = tmp_path / EVENTS_FILE
+    line = json.dumps({"type": "log", "step": 1}) + "\n"
+    path.write_text(line[:10])
+    assert reader.poll() == [] and read_events(tmp_path) == []
+    with path.open("a") as f:
+        f.write(line[10:])
+    assert reader.poll() == [{"type": "log", "step": 1}]
+
+
+def test_truncated_or_replaced_log_is_read_again(tmp_path):
+    log, reader = EventLog(tmp_path), EventReader(tmp_path)
+    for step in range(3):
+        log.write("log", step=step)
+    reader.poll()
+    path = tmp_path / EVENTS_FILE
+    path.unlink()
+    EventLog(tmp_path).write("start", pid=7)  # a new run in the same folder
+    assert [e["type"] for e in reader.poll()] == ["start"]
+    assert [e["type"] for e in reader.events] == ["start"]
+
+
+@pytest.fixture
+def fake_training():
+    """A live process that pid_alive accepts as a lab training (its command line says `lab train`)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "lab", "train"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_watcher_reports_changes_only(tmp_path, fake_training):
+    log = EventLog(tmp_path)
+    log.write("start", pid=fake_training.pid)
+    w = R.RunWatcher(tmp_path)
+    assert w.poll() and w.status.status == "running" and w.status.pid == fake_training.pid
+    assert not w.poll() and w.version == 1  # nothing new
+    log.write("log", step=1, max_steps=4, loss=2.0)
+    assert w.poll() and w.status.step == 1 and w.status.last_log["loss"] == 2.0
+    assert not w.poll()
+    request_stop(tmp_path)
+    assert w.poll() and w.status.status == "stopping"
+    (tmp_path / STOP_FILE).unlink()
+    fake_training.kill()
+    fake_training.wait()
+    assert w.poll() and w.status.status == "failed"  # died without an end event
+    assert w.status.status == R.run_status(tmp_path).status
+
+
+def test_watcher_of_a_finished_run_stops_checking(tmp_path):
+    log = EventLog(tmp_path)
+    log.write("start", pid=999_999_999)
+    log.write("end", status="finished")
+    w = R.RunWatcher(tmp_path)
+    assert w.poll() and w.status.status == "finished"
+    for _ in range(3):
+        assert not w.poll()
+    assert w.version == 1
+
+
+def test_poll_interval_follows_the_pace_of_the_run(tmp_path, fake_training):
+    log = EventLog(tmp_path)
+    log.write("start", pid=fake_training.pid)
+    w = R.RunWatcher(tmp_path)
+    w.poll()
+    assert R.poll_interval(None) == 10.0  # nothing followed: only notice a run started elsewhere
+    assert R.poll_interval(w.status) == 2.0  # loading: look often
+    log.write("log", step=1, loss=2.0, elapsed=30.0)
+    log.write("log", step=2, loss=1.9, elapsed=36.0)
+    w.poll()
+    assert R.poll_interval(w.status) == 10.0  # 18 s per log on average: capped at the slowest pace
+    log.write("log", step=3, loss=1.8, elapsed=37.5)
+    log.write("log", step=4, loss=1.7, elapsed=38.0)
+    w.poll()
+    assert R.poll_interval(w.status) == 9.5  # 38 s / 4 logs
+    assert R.poll_interval(w.status, slowest=5.0) == 5.0
+    log.write("end", status="finished")
+    w.poll()
+    assert R.poll_interval(w.status) is None  # ended: nothing left to watch
+
+
+def test_interval_changes_only_when_worth_a_rerun():
+    assert R.interval_changed(2.0, None) and R.interval_changed(None, 2.0) and not R.interval_changed(None, None)
+    assert not R.interval_changed(2.0, 2.9) and R.interval_changed(2.0, 3.0) and R.interval_changed(10.0, 2.0)
