@@ -362,7 +362,7 @@ PUSH_RESULT = "training_push_result"
 
 def push_section(finished: list[R.RunStatus]) -> None:
     """Push a run's adapter (or merged model) to the Hub, off the script thread."""
-    from lab.share.push import push_run
+    from lab.publish.push import push_run
 
     with st.expander("Push to the Hub"):
         c1, c2 = st.columns([2, 3])

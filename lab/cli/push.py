@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lab.share.push import IGNORE_PATTERNS, push_run
+from lab.publish.push import IGNORE_PATTERNS, push_run
 from lab.units import format_table
 
 NAME = "push"

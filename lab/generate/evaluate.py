@@ -212,7 +212,7 @@ def record_in_runs(result: EvalResult, adapters: list[AdapterInfo], loaded) -> l
     refresh its model card. Skipped: Hub downloads (the cache is not ours) and adapters evaluated on
     another base than theirs (not the adapter's result). Returns warnings for records that failed."""
     from lab.generate.adapters import base_mismatch
-    from lab.share.card import record_evaluation
+    from lab.publish.card import record_evaluation
 
     metrics, notes = result.metrics(), []
     for a in adapters:

@@ -7,7 +7,7 @@ with TRL's SFTTrainer, and leave a reproducible adapter in the run folder.
       lab_run.json                                      everything needed to reproduce and compare it
       events.jsonl                                      the live event log (see events.py)
       checkpoints/checkpoint-N/                         the last checkpoints (kept after a crash)
-      README.md, loss.png                               the model card (lab.share.card) and its loss curve
+      README.md, loss.png                               the model card (lab.publish.card) and its loss curve
       evaluation.json, hub.json                         later: the latest evaluation, where it was pushed
       merged/                                           optional: base + adapter merged (--merge), own card
 
@@ -424,7 +424,7 @@ def finish_record(info: dict, result: dict, trainer, run_dir: Path, log: EventLo
 def write_cards(run_dir: Path, merged_dir: str | None, echo) -> None:
     """The model cards (run folder, merged export) from the final record; a card that cannot be written is
     reported, never fatal: the adapter is saved."""
-    from lab.share.card import write_merged_card, write_run_card
+    from lab.publish.card import write_merged_card, write_run_card
 
     try:
         write_run_card(run_dir)
@@ -477,7 +477,7 @@ def merge_and_export(run_dir: Path, out_dir: Path | None = None) -> Path:
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise LabError(f"Could not write the merged model to {out_dir}: {e.strerror or e}.", "Free disk space; the adapter itself is saved.") from e
-    from lab.share.card import write_merged_card
+    from lab.publish.card import write_merged_card
 
     write_merged_card(run_dir, out_dir)  # its own card: a standalone model, loaded without peft
     return out_dir

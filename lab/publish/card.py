@@ -312,7 +312,7 @@ def _save_card(card, path: Path) -> Path:
 
 
 def draw_curve(run_dir: Path, record: dict, folder: Path | None = None) -> Path | None:
-    from lab.share.curve import draw_loss_curve
+    from lab.publish.curve import draw_loss_curve
 
     train, evals = loss_points(record)
     if not train and not evals:

@@ -119,7 +119,7 @@ def push_run(run: str | Path, repo_id: str, private: bool = False, merged: bool 
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import OfflineModeIsEnabled
 
-    from lab.share.card import record_push, write_merged_card, write_run_card
+    from lab.publish.card import record_push, write_merged_card, write_run_card
 
     repo_id = check_repo_id(repo_id)
     run_dir = resolve_run(run)

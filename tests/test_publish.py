@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from lab.errors import LabError
-from lab.share.card import (
+from lab.publish.card import (
     CARD_FILE,
     CURVE_FILE,
     EVAL_FILE,
@@ -27,8 +27,8 @@ from lab.share.card import (
     folder_origin,
     write_run_card,
 )
-from lab.share.curve import TRAIN_COLOR, draw_loss_curve
-from lab.share.push import files_to_upload
+from lab.publish.curve import TRAIN_COLOR, draw_loss_curve
+from lab.publish.push import files_to_upload
 from lab.training.config import default_config
 from lab.training.runner import merge_and_export, train
 from lab.units import fmt_bytes
@@ -287,7 +287,7 @@ def test_push_offline_when_the_endpoint_does_not_answer(trained_run, tmp_path):
 
 
 def test_push_refuses_a_folder_without_an_adapter(tmp_path):
-    from lab.share.push import push_run
+    from lab.publish.push import push_run
 
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "lab_run.json").write_text("{}")
@@ -298,7 +298,7 @@ def test_push_refuses_a_folder_without_an_adapter(tmp_path):
 def test_a_public_server_never_pushes_with_its_own_token(monkeypatch):
     """On a public Space a visitor's push must use the visitor's token: the server's HF_TOKEN would let
     anyone write to the Space owner's account."""
-    from lab.share.push import hub_token
+    from lab.publish.push import hub_token
 
     monkeypatch.setenv("HF_TOKEN", "hf_server_secret")
     monkeypatch.setenv("QLORA_LAB_PUBLIC", "1")

@@ -1,1 +1,0 @@
-"""Sharing a run: its model card (with the loss curve), evaluation records, and pushing it to the Hub."""
