@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lab.generate.adapters import inspect_adapter  # noqa: E402
-from lab.generate.compare import BASE_COLUMN, SamplingSettings, adapter_bank, side_by_side  # noqa: E402
+from lab.generate.bank import adapter_bank  # noqa: E402
+from lab.generate.compare import BASE_COLUMN, SamplingSettings, side_by_side  # noqa: E402
 from lab.generate.prompts import build_chat_prompt  # noqa: E402
 from lab.models.loading import load_model  # noqa: E402
 
@@ -68,7 +69,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         info = inspect_adapter(str(make_adapter(loaded.source.pretrained_id, Path(tmp) / "bench")))
         bank = adapter_bank(loaded)
-        bank.ensure([info])
+        peft_name = bank.use("bench", [info])[info.name]  # the bank's own name for the adapter
         ids = tok(build_chat_prompt(tok, PROMPT), return_tensors="pt", add_special_tokens=False)
         ids2 = tok([build_chat_prompt(tok, PROMPT)] * 2, return_tensors="pt", add_special_tokens=False)
 
@@ -100,14 +101,14 @@ def main() -> None:
             r = side_by_side(loaded, [info], PROMPT, settings)
             assert all(c.tokens == n for c in r.columns.values()), {k: c.tokens for k, c in r.columns.items()}
 
-        assert plain(None) == n and plain(info.name) == n  # warm-up, and the lengths really match
+        assert plain(None) == n and plain(peft_name) == n  # warm-up, and the lengths really match
         sbs()
         times: dict[str, list[float]] = {"single_base": [], "single_adapter": [], "sequential": [], "side_by_side": [],
                                          "plain_batch_of_2": []}
         for _ in range(args.repeats):  # interleaved, so a burst of load from elsewhere hits all variants
             times["single_base"].append(timed(lambda: plain(None)))
-            times["single_adapter"].append(timed(lambda: plain(info.name)))
-            times["sequential"].append(timed(lambda: (plain(None), plain(info.name))))
+            times["single_adapter"].append(timed(lambda: plain(peft_name)))
+            times["sequential"].append(timed(lambda: (plain(None), plain(peft_name))))
             times["side_by_side"].append(timed(sbs))
             times["plain_batch_of_2"].append(timed(plain_batch2))
         # Same answers as the plain generates (greedy, forced length):

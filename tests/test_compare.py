@@ -16,7 +16,8 @@ from transformers import AutoModelForCausalLM
 from lab.environment import device_type
 from lab.errors import LabError
 from lab.generate.adapters import base_mismatch, discover_runs, inspect_adapter
-from lab.generate.compare import BASE_COLUMN, SamplingSettings, adapter_bank, side_by_side
+from lab.generate.bank import adapter_bank
+from lab.generate.compare import BASE_COLUMN, SamplingSettings, side_by_side
 from lab.generate.prompts import build_chat_prompt
 from lab.models.loading import load_model
 from tests.fixtures_playground import make_adapter, other_base_adapter, tiny_adapters  # noqa: F401
