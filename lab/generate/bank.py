@@ -111,6 +111,11 @@ class AdapterBank:
             finally:
                 self.lock.release()
 
+    def has(self, key: Identity) -> bool:
+        """Is this adapter (by `identity`) loaded, for whichever owner?"""
+        with self._books:
+            return key in self._adapters
+
     def columns(self, owner: str) -> list[str]:
         with self._books:
             return list(self._sets.get(owner, {}))
@@ -173,7 +178,9 @@ class AdapterBank:
                     self.peft_model.unload()  # the last one: take every LoRA layer out
                     self.peft_model = None
                 else:
-                    self.peft_model.delete_adapter(name)
+                    with warnings.catch_warnings():  # "a1 was active, now a2": generation names its adapters anyway
+                        warnings.simplefilter("ignore", UserWarning)
+                        self.peft_model.delete_adapter(name)
 
     def clear(self) -> None:
         """Every set and adapter out: the model is the plain base again."""

@@ -101,16 +101,24 @@ class ModelRegistry:
     def acquire(self, spec: str, precision: str = "fp32", dtype: str = COMPUTE, owner: str = "local",
                 purpose: str = "") -> ModelLease:
         """Lease the model, loading it first if nobody has. Concurrent callers share one load."""
-        key = self.key(spec, precision, dtype)
         while True:
-            entry = self._ready_entry(key)
-            with self._lock:
-                if self._entries.get(key) is not entry:
-                    continue  # freed between its load and this lease: load it again
-                lease = ModelLease(self, key, owner, purpose, entry.loaded)
-                entry.leases.append(lease)
-                entry.last_used = time.time()
-                return lease
+            self._ready_entry(self.key(spec, precision, dtype))
+            lease = self.try_acquire(spec, precision, dtype, owner, purpose)
+            if lease is not None:
+                return lease  # (None: freed between its load and this lease, so load it again)
+
+    def try_acquire(self, spec: str, precision: str = "fp32", dtype: str = COMPUTE, owner: str = "local",
+                    purpose: str = "") -> ModelLease | None:
+        """Lease the model if it is loaded right now; None otherwise (never loads)."""
+        key = self.key(spec, precision, dtype)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry.loaded is None:
+                return None
+            lease = ModelLease(self, key, owner, purpose, entry.loaded)
+            entry.leases.append(lease)
+            entry.last_used = time.time()
+            return lease
 
     def get(self, spec: str, precision: str = "fp32", dtype: str = COMPUTE) -> LoadedModel:
         """Load (or find) the model without leasing it: for preloading. Anything that *uses* the
@@ -199,6 +207,10 @@ class ModelRegistry:
     def loaded(self) -> list[Key]:
         with self._lock:
             return [k for k, e in self._entries.items() if e.loaded is not None]
+
+    def models(self) -> list[LoadedModel]:
+        with self._lock:
+            return [e.loaded for e in self._entries.values() if e.loaded is not None]
 
     def find(self, spec: str, precision: str = "fp32", dtype: str = COMPUTE) -> LoadedModel | None:
         """The loaded model, or None (never loads)."""

@@ -168,7 +168,7 @@ class DeviceQueue:
         """The work is over: the next request may run. Only complete work (`ok`) teaches the estimates."""
         with self._cond:
             if self._running is ticket:
-                seconds = self._clock() - (ticket.started or self._clock())
+                seconds = self._elapsed(ticket)
                 self._running = None
                 ticket.state = "done" if ok else "cancelled"
                 if ok:
@@ -208,10 +208,9 @@ class DeviceQueue:
 
     def status(self) -> QueueStatus:
         with self._cond:
-            now = self._clock()
             running = None
             if self._running is not None:
-                running = {**self._running.to_json(), "elapsed": round(now - (self._running.started or now), 3)}
+                running = {**self._running.to_json(), "elapsed": round(self._elapsed(self._running), 3)}
             waiting = []
             for t in self._waiting:
                 w = self._wait_locked(t)
@@ -229,12 +228,14 @@ class DeviceQueue:
         seconds: float | None = 0.0
         if self._running is not None:
             est = self.times.estimate(self._running.kind, self._running.units)
-            elapsed = self._clock() - (self._running.started or self._clock())
-            seconds = None if est is None else max(est - elapsed, 0.0)
+            seconds = None if est is None else max(est - self._elapsed(self._running), 0.0)
         for t in before:
             est = self.times.estimate(t.kind, t.units)
             seconds = None if seconds is None or est is None else seconds + est
         return Wait(len(before) + (self._running is not None), seconds)
+
+    def _elapsed(self, ticket: Ticket) -> float:
+        return 0.0 if ticket.started is None else self._clock() - ticket.started
 
     def _drop_locked(self, ticket: Ticket) -> None:
         if ticket in self._waiting:
