@@ -390,3 +390,18 @@ def test_cli_limits_and_compare_over_a_limit(monkeypatch, capsys, tiny_model_dir
     rc = main(["compare", "--model", str(tiny_model_dir), "--prompt", "hi", "--max-new-tokens", "9"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: Max new tokens 9 is over") and len(err.strip().splitlines()) == 1
+
+
+def test_the_loading_lab_takes_a_turn_per_precision_and_is_admitted_first(tiny_model_dir):
+    from lab.inspect.quality import QualityConfig
+
+    quick = QualityConfig(perplexity_tokens=0, max_new_tokens=0, prompts=())
+    shared = SharedModels(RequestLimits())
+    results = shared.loading_lab("s1", str(tiny_model_dir), ["fp32", "bf16"], quality=quick)
+    assert [r["precision"] for r in results] == ["fp32", "bf16"] and not any("error" in r for r in results)
+    turns = [r for r in shared.queue().status().recent if r["kind"] == "loading lab"]
+    assert [t["label"].split(" at ")[-1] for t in reversed(turns)] == ["fp32", "bf16"]
+    assert {t["owner"] for t in turns} == {"s1"} and all(t["state"] == "done" for t in turns)
+    tight = SharedModels(RequestLimits(), free_bytes=lambda _: 1_000_000)
+    (refused,) = tight.loading_lab("s1", str(tiny_model_dir), ["fp32"], quality=quick)
+    assert refused["precision"] == "fp32" and "missing" in refused["error"] and "1.00 MB of RAM is free" in refused["error"]

@@ -122,8 +122,7 @@ class SharedModels:
                                "Pick 'embedded', a model folder with weights, or a Hub id.")
             device = device_type()
             need = load_need(source, precision, dtype, device)
-            units = max((need.bytes if need else 0) / 1e9, 1e-3)  # load time grows with the bytes read
-            with self.turn("load", owner, units, f"loading {source.display_name} at {precision}", report, cancel):
+            with self.turn("load", owner, _gigabytes(need), f"loading {source.display_name} at {precision}", report, cancel):
                 if self.registry.find(spec, precision, dtype) is None:  # still nobody's: load it here
                     self.admit(need)
                     if report is not None:
@@ -216,6 +215,22 @@ class SharedModels:
 
             return evaluate(loaded, adapters, examples, dataset, settings, on_progress, cancel, owner=owner, turn=turn)
 
+    def loading_lab(self, owner: str, spec: str, precisions: list[str], dtype: str = COMPUTE, quality=None,
+                    report: Report | None = None, cancel: threading.Event | None = None) -> list[dict]:
+        """lab.inspect.load_report.run_loading_lab (its own loads, measured and freed), one queue turn
+        per precision after admission; unused shared models are freed first if that makes room."""
+        from lab.inspect.load_report import run_loading_lab
+
+        source = resolve_source(spec)
+        device = device_type()
+
+        def turn(precision: str):
+            need = load_need(source, precision, dtype, device)
+            return self.turn("loading lab", owner, _gigabytes(need), f"loading lab: {source.display_name} at {precision}",
+                             report, cancel, need)
+
+        return run_loading_lab(spec, precisions, dtype, device, quality, report, cancel, turn)
+
     def _generation_need(self, loaded: LoadedModel, adapters: list[AdapterInfo], messages, settings: SamplingSettings,
                          full_logits: bool = False) -> _GenerationNeed:
         from lab.models.architecture import read_architecture
@@ -259,3 +274,8 @@ class SharedModels:
 class _GenerationNeed:
     need: Need | None
     prompt_tokens: int
+
+
+def _gigabytes(need: Need | None) -> float:
+    """Queue units of a load: its time grows with the bytes it reads (1 when unpredicted)."""
+    return max(need.bytes / 1e9, 1e-3) if need is not None else 1.0
