@@ -405,3 +405,24 @@ def test_the_loading_lab_takes_a_turn_per_precision_and_is_admitted_first(tiny_m
     tight = SharedModels(RequestLimits(), free_bytes=lambda _: 1_000_000)
     (refused,) = tight.loading_lab("s1", str(tiny_model_dir), ["fp32"], quality=quick)
     assert refused["precision"] == "fp32" and "missing" in refused["error"] and "1.00 MB of RAM is free" in refused["error"]
+
+
+def test_a_training_run_is_held_to_the_limits_and_the_free_memory(tiny_model_dir):
+    from dataclasses import replace
+
+    from lab.training.config import TrainConfig
+
+    cfg = TrainConfig(model=str(tiny_model_dir), max_steps=3, batch_size=8, max_length=512)
+    free = {"bytes": 10**12}
+    shared = SharedModels(RequestLimits(max_steps=100), free_bytes=lambda _: free["bytes"])
+    shared.admit_training(cfg, "cpu")  # plenty of room
+    with pytest.raises(LabError, match=r"Max steps 101 is over this server's limit of 100 \(QLORA_LAB_MAX_STEPS\)"):
+        shared.admit_training(replace(cfg, max_steps=101), "cpu")
+    full = cfg.memory_estimate("cpu").total_bytes
+    short = replace(cfg, max_length=64).memory_estimate("cpu").total_bytes
+    assert short < full
+    free["bytes"] = int((full + short) / 2 * shared.limits.headroom)
+    with pytest.raises(NotAdmitted, match=r"Training on .* missing\. What would fit now: max length (64|128|256) ") as e:
+        shared.admit_training(cfg, "cpu")
+    length = int(str(e.value).split("max length ")[-1].split()[0])
+    shared.admit_training(replace(cfg, max_length=length), "cpu")  # the suggestion is admitted

@@ -35,7 +35,7 @@ from lab.models.loading import LoadedModel
 from lab.models.precision import get_precision
 from lab.models.registry import Key, ModelLease, ModelRegistry
 from lab.models.sources import resolve_source
-from lab.sharing.admission import Need, check, generation_need, load_need
+from lab.sharing.admission import Need, check, generation_need, load_need, training_need
 from lab.sharing.limits import RequestLimits
 from lab.sharing.queue import DeviceQueue, Ticket
 from lab.vocab import COMPUTE, DTYPES
@@ -214,6 +214,13 @@ class SharedModels:
                                  need.need)
 
             return evaluate(loaded, adapters, examples, dataset, settings, on_progress, cancel, owner=owner, turn=turn)
+
+    def admit_training(self, cfg, device: str | None = None) -> None:
+        """Before starting a training run (a TrainConfig; the run is its own process): its size against
+        the limits, and its predicted memory against the free memory, unused shared models freed
+        first when that makes room. Raises a LabError (NotAdmitted: with what would fit)."""
+        self.limits.check_training(cfg.max_steps, cfg.batch_size, cfg.max_length)
+        self.admit(training_need(cfg, device or device_type()))
 
     def loading_lab(self, owner: str, spec: str, precisions: list[str], dtype: str = COMPUTE, quality=None,
                     report: Report | None = None, cancel: threading.Event | None = None) -> list[dict]:
