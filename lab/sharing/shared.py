@@ -20,6 +20,7 @@ and adapters, and every device queue. `free_unused()` frees only what nobody hol
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -65,6 +66,7 @@ class SharedModels:
         self._queues: dict[str, DeviceQueue] = {}
         self._holds: dict[tuple[str, str], ModelLease] = {}  # (owner, purpose) -> the session's hold
         self._lock = threading.Lock()
+        self._reaped_at = float("-inf")
 
     # ------------------------------------------------------------------ queues and admission
     def queue(self, device: str | None = None) -> DeviceQueue:
@@ -116,10 +118,7 @@ class SharedModels:
         `purpose` afterwards (replacing its earlier hold for that purpose)."""
         lease = self.registry.try_acquire(spec, precision, dtype, owner, purpose)
         if lease is None:
-            source = resolve_source(spec)
-            if not source.has_weights:
-                raise LabError(f"{source.display_name} is a config without weights: it can be estimated, not loaded.",
-                               "Pick 'embedded', a model folder with weights, or a Hub id.")
+            source = resolve_source(spec).require_weights()
             device = device_type()
             need = load_need(source, precision, dtype, device)
             with self.turn("load", owner, _gigabytes(need), f"loading {source.display_name} at {precision}", report, cancel):
@@ -170,8 +169,15 @@ class SharedModels:
                 found |= set(bank.status().sets)
         return found
 
-    def reap(self, is_alive: Callable[[str], bool]) -> list[str]:
-        """End every session `is_alive` says is gone (a closed tab). Returns the owners ended."""
+    def reap(self, is_alive: Callable[[str], bool], every: float = 0.0) -> list[str]:
+        """End every session `is_alive` says is gone (a closed tab). Returns the owners ended.
+        With `every`, does nothing when the last reap was less than that many seconds ago (pages
+        call it on each rerun)."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._reaped_at < every:
+                return []
+            self._reaped_at = now
         gone = [o for o in self.owners() if not is_alive(o)]
         for owner in gone:
             self.end_session(owner)
