@@ -244,7 +244,7 @@ async def room(args, url: str, adapter: str, sampler: RssSampler) -> dict:
         alone_base = await person(1, False)
         await alone_base.timed("compare", alone_base.compare())
         reference = {True: alone.columns, False: alone_base.columns}
-        rss_alone = sampler.now()
+        rss_alone, rss_peak_alone = sampler.now(), sampler.peak_since(t0)
         alone_seconds = time.monotonic() - t0
         for p in (alone, alone_base):
             await p.page.context.close()
@@ -291,6 +291,7 @@ async def room(args, url: str, adapter: str, sampler: RssSampler) -> dict:
         "mismatched_sessions": mismatches,
         "reference_columns": {("with adapter" if k else "base only"): v for k, v in reference.items()},
         "rss_alone_bytes": rss_alone,
+        "rss_peak_alone_bytes": rss_peak_alone,
         "rss_peak_together_bytes": rss_peak,
         "rss_after_together_bytes": rss_after,
         "model_bytes": weights,
