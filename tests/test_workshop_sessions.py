@@ -39,7 +39,6 @@ def attendee(model: str, adapters: str = "") -> AppTest:
     widget(at.text_input, "Base model").set_value(model)
     widget(at.text_area, "Other adapters (one per line)").set_value(adapters)
     widget(at.number_input, "Max new tokens").set_value(N)
-    widget(at.text_area, "Prompt").set_value(PROMPT)
     at.run()
     assert not at.exception
     return at
@@ -64,6 +63,12 @@ def click(at: AppTest, label: str) -> AppTest:
     return at.run()
 
 
+def generate(at: AppTest) -> AppTest:
+    """Type the prompt and press Generate (the prompt box is in a form: it is sent with the button)."""
+    widget(at.text_area, "Prompt").set_value(PROMPT)
+    return click(at, "Generate")
+
+
 def headers(at: AppTest) -> set[str]:
     return {m.value for m in at.markdown if m.value.startswith("**")}
 
@@ -85,7 +90,7 @@ def test_three_sessions_keep_their_adapters_and_share_one_model(tiny_model_dir, 
     bob = attendee(model, str(tiny_adapters["beta"]))
     carol = attendee(model)
     for at in (alice, bob, carol):  # all three press Generate before any has finished
-        click(at, "Generate")
+        generate(at)
     for at in (alice, bob, carol):
         finish(at)
         assert not at.exception and not at.error
@@ -116,7 +121,7 @@ def test_three_sessions_keep_their_adapters_and_share_one_model(tiny_model_dir, 
     click(view, "Free unused models")
     assert not view.exception
     assert shared.registry.loaded() == [(model, "fp32", "compute")]
-    click(alice, "Generate")
+    generate(alice)
     finish(alice)
     assert alpha in shown(alice) and shared.registry.load_count == 2  # fp32 + the preload; no reload
 
@@ -137,7 +142,7 @@ def test_queued_requests_run_in_order_and_cancel_leaves_the_line(tiny_model_dir)
     busy.wait(10)
     people = [attendee(model) for _ in range(3)]
     for i, at in enumerate(people):
-        click(at, "Generate")
+        generate(at)
         wait_until(lambda i=i: len(shared.queue().status().waiting) == i + 1)
     alice, bob, carol = people
     wait_until(lambda: all(at.session_state["playground_generate"].poll().queued for at in people))
