@@ -173,7 +173,10 @@ class Person:
             await self.page.get_by_role("button", name="Generate").click()
             names = ["base", *([ADAPTER] if self.adapter_path else [])]
             await self.page.get_by_text("Tokens/s").nth(len(names) - 1).wait_for(timeout=600_000)
-            await self.page.get_by_role("button", name="Stop").wait_for(state="detached", timeout=600_000)
+            stop = self.page.get_by_role("button", name="Stop", exact=True)
+            deadline = time.monotonic() + 600
+            while await stop.count() and time.monotonic() < deadline:  # finished: the Stop button is gone
+                await asyncio.sleep(0.5)
             await self.idle()
         finally:
             done.set()
@@ -235,6 +238,7 @@ async def room(args, url: str, adapter: str, sampler: RssSampler) -> dict:
 
         async def person(i: int, with_adapter: bool) -> Person:
             context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+            context.set_default_timeout(300_000)  # eight browsers on two busy cores: clicks wait for a slow page
             return Person(i, await context.new_page(), url, adapter if with_adapter else None, args.tokens, args.examples)
 
         # 1. one person alone: the reference columns and the baseline RSS

@@ -32,7 +32,7 @@ from lab.generate.bank import BankStatus, adapter_bank, identity
 from lab.generate.compare import BASE_COLUMN, CompareResult, SamplingSettings, side_by_side
 from lab.generate.prompts import build_chat_prompt
 from lab.inspect.load_report import available_bytes
-from lab.models.loading import LoadedModel
+from lab.models.loading import LoadedModel, trim_heap
 from lab.models.precision import get_precision
 from lab.models.registry import Key, ModelLease, ModelRegistry
 from lab.models.sources import resolve_source
@@ -65,6 +65,7 @@ class SharedModels:
         self.free_bytes = free_bytes  # device -> bytes free now (injectable for tests)
         self._queues: dict[str, DeviceQueue] = {}
         self._holds: dict[tuple[str, str], ModelLease] = {}  # (owner, purpose) -> the session's hold
+        self._held_at: dict[tuple[str, str], float] = {}  # (owner, purpose) -> when that hold was last used
         self._lock = threading.Lock()
         self._reaped_at = float("-inf")
 
@@ -107,7 +108,10 @@ class SharedModels:
             if report is not None:
                 report(f"Running: {ticket.label}", state="running")
             self.admit(need)
-            yield ticket
+            try:
+                yield ticket
+            finally:
+                trim_heap()  # what this turn freed goes back to the OS, not into its thread's malloc arena
 
     # ------------------------------------------------------------------ models
     @contextmanager
@@ -121,6 +125,7 @@ class SharedModels:
             source = resolve_source(spec).require_weights()
             device = device_type()
             need = load_need(source, precision, dtype, device)
+            self.precheck(need)  # what cannot fit even with every unused model freed is refused before queueing
             with self.turn("load", owner, _gigabytes(need), f"loading {source.display_name} at {precision}", report, cancel):
                 if self.registry.find(spec, precision, dtype) is None:  # still nobody's: load it here
                     self.admit(need)
@@ -135,12 +140,24 @@ class SharedModels:
 
     def _hold(self, owner: str, purpose: str, key: Key) -> None:
         with self._lock:
+            self._held_at[(owner, purpose)] = time.monotonic()
             old = self._holds.get((owner, purpose))
             if old is not None and old.key == key and not old.released:
                 return
             self._holds[(owner, purpose)] = self.registry.acquire(*key, owner=owner, purpose=purpose)
         if old is not None:
             old.release()
+
+    def _release_idle_holds(self) -> None:
+        """Holds unused for `limits.hold_minutes` end (a tab left open over lunch keeps nothing loaded)."""
+        cutoff = time.monotonic() - self.limits.hold_minutes * 60
+        with self._lock:
+            idle = [k for k, t in self._held_at.items() if t < cutoff and k in self._holds]
+            holds = [self._holds.pop(k) for k in idle]
+            for k in idle:
+                del self._held_at[k]
+        for lease in holds:
+            lease.release()
 
     def free_unused(self, spec: str | None = None, precision: str | None = None, dtype: str | None = None) -> list[Key]:
         """Free the matching models nobody holds; models in use stay. Returns the keys freed."""
@@ -152,6 +169,8 @@ class SharedModels:
         with self._lock:
             mine = [k for k in self._holds if k[0] == owner]
             holds = [self._holds.pop(k) for k in mine]
+            for k in mine:
+                self._held_at.pop(k, None)
         for lease in holds:
             lease.release()
         for loaded in self.registry.models():
@@ -170,14 +189,15 @@ class SharedModels:
         return found
 
     def reap(self, is_alive: Callable[[str], bool], every: float = 0.0) -> list[str]:
-        """End every session `is_alive` says is gone (a closed tab). Returns the owners ended.
-        With `every`, does nothing when the last reap was less than that many seconds ago (pages
-        call it on each rerun)."""
+        """End every session `is_alive` says is gone (a closed tab), and holds idle for longer than
+        `limits.hold_minutes`. Returns the owners ended. With `every`, does nothing when the last reap
+        was less than that many seconds ago (pages call it on each rerun)."""
         now = time.monotonic()
         with self._lock:
             if now - self._reaped_at < every:
                 return []
             self._reaped_at = now
+        self._release_idle_holds()
         gone = [o for o in self.owners() if not is_alive(o)]
         for owner in gone:
             self.end_session(owner)
