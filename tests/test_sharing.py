@@ -432,11 +432,11 @@ def test_an_idle_hold_ends_but_running_work_keeps_its_model(tiny_model_dir):
     shared = SharedModels(RequestLimits(hold_minutes=0))  # every hold is idle at once
     spec = str(tiny_model_dir)
     shared.compare("s1", spec, "fp32", [], PROMPT, SamplingSettings(max_new_tokens=2))
-    assert shared.status().models[0]["holders"] == ["s1"]  # the playground's hold after its request
+    assert list(shared.status().models[0]["holders"]) == ["s1"]  # the playground's hold after its request
     with shared.model("s2", spec, "fp32", purpose="work"):  # s2 is using it right now
         assert shared.reap(lambda owner: True) == []  # nobody left...
         (model,) = shared.status().models
-        assert model["holders"] == ["s2"] and model["leases"] == 2  # ...but idle holds ended; s2's work lease stays
+        assert list(model["holders"]) == ["s2"] and model["leases"] == 2  # ...but idle holds ended; s2's work lease stays
         assert shared.free_unused() == []
     shared.reap(lambda owner: True)
     assert shared.free_unused() == [(spec, "fp32", "compute")]
