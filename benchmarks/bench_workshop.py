@@ -62,6 +62,7 @@ def make_demo_adapter(runs: Path) -> Path:
 
     folder = runs / ADAPTER
     base = AutoModelForCausalLM.from_pretrained(prepare_embedded_model())
+    torch.manual_seed(6)  # LoRA A's initialisation: the same adapter on every run
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
     g = torch.Generator().manual_seed(6)
     with torch.no_grad():
