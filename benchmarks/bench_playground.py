@@ -26,7 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lab.generate.adapters import inspect_adapter  # noqa: E402
-from lab.generate.compare import BASE_COLUMN, SamplingSettings, adapter_bank, side_by_side  # noqa: E402
+from lab.generate.bank import adapter_bank  # noqa: E402
+from lab.generate.compare import BASE_COLUMN, SamplingSettings, side_by_side  # noqa: E402
 from lab.generate.prompts import build_chat_prompt  # noqa: E402
 from lab.models.loading import load_model  # noqa: E402
 
@@ -70,7 +71,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         info = inspect_adapter(str(make_adapter(loaded.source.pretrained_id, Path(tmp) / "bench")))
         bank = adapter_bank(loaded)
-        bank.ensure([info])
+        peft_name = bank.use("bench", [info])[info.name]  # the bank's own name for the adapter
         ids = tok(build_chat_prompt(tok, PROMPT), return_tensors="pt", add_special_tokens=False)
         ids2 = tok([build_chat_prompt(tok, PROMPT)] * 2, return_tensors="pt", add_special_tokens=False)
 
@@ -98,7 +99,7 @@ def main() -> None:
             """The same batch through peft's `generate(adapter_names=...)` (what side by side used before)."""
             with bank.adapters_enabled() as peft:
                 peft.generate(**ids2, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id,
-                              adapter_names=["__base__", info.name])
+                              adapter_names=["__base__", peft_name])
 
         def timed(fn) -> tuple[float, float]:
             t, c = time.perf_counter(), time.process_time()
@@ -110,10 +111,10 @@ def main() -> None:
             assert r.route == "row-lora", r.route
             assert all(c.tokens == n for c in r.columns.values()), {k: c.tokens for k, c in r.columns.items()}
 
-        assert plain(None) == n and plain(info.name) == n  # warm-up, and the lengths really match
+        assert plain(None) == n and plain(peft_name) == n  # warm-up, and the lengths really match
         sbs()
-        variants = {"single_base": lambda: plain(None), "single_adapter": lambda: plain(info.name),
-                    "sequential": lambda: (plain(None), plain(info.name)), "side_by_side": sbs,
+        variants = {"single_base": lambda: plain(None), "single_adapter": lambda: plain(peft_name),
+                    "sequential": lambda: (plain(None), plain(peft_name)), "side_by_side": sbs,
                     "plain_batch_of_2": plain_batch2, "peft_mixed_batch": peft_mixed}
         wall: dict[str, list[float]] = {k: [] for k in variants}
         cpu: dict[str, list[float]] = {k: [] for k in variants}
@@ -127,7 +128,7 @@ def main() -> None:
         with bank.adapters_enabled() as peft, torch.inference_mode():
             with peft.disable_adapter():
                 want_base = peft.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
-            peft.set_adapter(info.name)
+            peft.set_adapter(peft_name)
             want_adapter = peft.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
         start = ids["input_ids"].shape[1]
         same = {BASE_COLUMN: r.columns[BASE_COLUMN].token_ids == [t for t in want_base[0, start:].tolist()],

@@ -18,3 +18,7 @@ class LabError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} {self.hint}" if self.hint else self.message
+
+
+class Cancelled(LabError):
+    """The person cancelled the work (e.g. while it waited in a queue): not a failure."""

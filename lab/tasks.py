@@ -3,6 +3,11 @@
 A page starts a BackgroundTask and polls it from an `st.fragment(run_every=...)`; the worker
 never touches Streamlit. The worker function receives a `report(message, fraction=None)`
 callable for progress, and may yield partial results through `report(..., partial=...)`.
+
+Work on a shared model waits its turn in a device queue first (lab.sharing): while it waits the
+worker reports `state="queued"` (the task's status is then "queued", with the queue position in
+the message) and `state="running"` once its turn comes. Cancel works in both states; work that
+was cancelled before it started raises `Cancelled` and ends as "cancelled", not "failed".
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lab.errors import LabError
+from lab.errors import Cancelled, LabError
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +31,7 @@ class Progress:
     message: str
     fraction: float | None = None
     partial: Any = None
+    state: str | None = None  # "queued" | "running": the worker's place in a device queue
 
 
 @dataclass
@@ -35,7 +41,7 @@ class BackgroundTask:
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
 
-    status: str = "pending"  # pending | running | done | failed | cancelled
+    status: str = "pending"  # pending | queued | running | done | failed | cancelled
     result: Any = None
     error: str | None = None
     progress: list[Progress] = field(default_factory=list)
@@ -56,13 +62,15 @@ class BackgroundTask:
         self._thread.start()
         return self
 
-    def _report(self, message: str, fraction: float | None = None, partial: Any = None) -> None:
-        self._queue.put(("progress", Progress(message, fraction, partial)))
+    def _report(self, message: str, fraction: float | None = None, partial: Any = None, state: str | None = None) -> None:
+        self._queue.put(("progress", Progress(message, fraction, partial, state)))
 
     def _work(self) -> None:
         try:
             result = self.fn(*self.args, report=self._report, cancel=self.cancel_event, **self.kwargs)
             self._queue.put(("done", result))
+        except Cancelled as e:
+            self._queue.put(("cancelled", str(e)))
         except LabError as e:
             self._queue.put(("failed", str(e)))
         except Exception as e:  # a bug, or a library error we did not anticipate: keep the UI alive
@@ -81,10 +89,14 @@ class BackgroundTask:
                 self.progress.append(payload)
                 if payload.partial is not None:
                     self.partial = payload.partial
+                if payload.state is not None:
+                    self.status = payload.state
             else:
                 self.finished_at = time.time()
                 if kind == "done":
                     self.status, self.result = ("cancelled" if self.cancel_event.is_set() else "done"), payload
+                elif kind == "cancelled":
+                    self.status, self.error = "cancelled", payload
                 else:
                     self.status, self.error = "failed", payload
 
@@ -98,7 +110,12 @@ class BackgroundTask:
 
     @property
     def running(self) -> bool:
-        return self.status in ("pending", "running")
+        """Not finished yet: pending, waiting in a queue, or working."""
+        return self.status in ("pending", "queued", "running")
+
+    @property
+    def queued(self) -> bool:
+        return self.status == "queued"
 
     @property
     def last(self) -> Progress | None:

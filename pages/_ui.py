@@ -1,5 +1,5 @@
 """Streamlit helpers shared by every page: the page list, the sidebar, error display,
-the shared model registry, and polling of background tasks.
+the shared models (registry, device queues, limits), and polling of background tasks.
 
 Pages import this module; `lab/` never does (it has no Streamlit in it).
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +23,8 @@ from lab.models.registry import ModelRegistry
 from lab.serve.admin import admin_enabled
 from lab.serve.preload import Preloader
 from lab.serve.sessions import SessionBoard
+from lab.sharing.queue import fmt_seconds
+from lab.sharing.shared import SharedModels
 from lab.tasks import BackgroundTask
 from lab.training import owners
 from lab.training.queue import QueueWatcher
@@ -85,9 +88,39 @@ def menu() -> list[PageSpec]:
 
 
 @st.cache_resource(show_spinner=False)
+def shared_models() -> SharedModels:
+    """The server's shared models, device queues and per-request limits: one for every session and page."""
+    return SharedModels()
+
+
 def model_registry() -> ModelRegistry:
     """The one registry of loaded models, shared by every session and page of this server."""
-    return ModelRegistry()
+    return shared_models().registry
+
+
+def session_owner() -> str:
+    """Who this browser session is to the shared models (its adapters, its holds, its place in line):
+    Streamlit's session id, which tells the reaper whether the tab is still open, plus a random part
+    kept in session state (in-process test sessions share one id). Read on the script thread only."""
+    if "lab_owner" not in st.session_state:
+        st.session_state["lab_owner"] = f"{session_id()}:{secrets.token_hex(4)}"
+    return st.session_state["lab_owner"]
+
+
+def _holders_text(m, owner: str) -> str:
+    """'unused', 'in use: yours + 2 other sessions', 'loading…' for one ModelStatus."""
+    if m.state == "loading":
+        return "loading…"
+    if not m.holders:
+        return "unused"
+    others = len([h for h in m.holders if h != owner])
+    parts = (["yours"] if owner in m.holders else []) + ([f"{others} other session{'s' * (others != 1)}"] if others else [])
+    return "in use: " + " + ".join(parts)
+
+
+def _owner_connected(owner: str) -> bool:
+    """Is the browser session behind `owner` (see session_owner) still connected?"""
+    return session_alive(owner.split(":")[0])
 
 
 # --------------------------------------------------------------------------- a room full of sessions
@@ -185,17 +218,33 @@ def sidebar() -> None:
             st.progress(1 - g["free_bytes"] / g["total_bytes"], text=f"GPU {fmt_bytes(g['free_bytes'])} free of {fmt_bytes(g['total_bytes'])}")
         st.progress(1 - env["ram_available_bytes"] / env["ram_total_bytes"],
                     text=f"RAM {fmt_bytes(env['ram_available_bytes'])} free of {fmt_bytes(env['ram_total_bytes'])}")
-        registry = model_registry()
-        loaded = registry.loaded()
-        if loaded:
-            st.caption("Loaded models")
-            for spec, precision, _dtype in loaded:
-                st.markdown(f"- `{spec}` @ {precision}")
-            if st.button("Free all loaded models", icon=":material/delete_sweep:", help="Drop every loaded model and hand its memory back (gc + CUDA cache)."):
-                n = registry.release()
-                cached_environment.clear()
-                st.toast(f"Freed {n} model(s).")
-                st.rerun()
+        shared_sidebar()
+
+
+def shared_sidebar() -> None:
+    """Loaded models with who holds them, the device's line, and a Free that frees only unused models."""
+    shared = shared_models()
+    owner = session_owner()
+    shared.reap(_owner_connected, every=10.0)  # closed tabs give back their models and adapters
+    models = shared.registry.status()
+    if models:
+        st.caption("Loaded models (shared by everyone on this server)")
+        for m in models:
+            st.markdown(f"- `{m.spec}` @ {m.precision}" + (f" · {fmt_bytes(m.bytes)}" if m.bytes else "")
+                        + f" · {_holders_text(m, owner)}")
+        unused = [m for m in models if not m.in_use]
+        if st.button("Free unused models", icon=":material/delete_sweep:", disabled=not unused,
+                     help="Free the loaded models nobody is using and hand their memory back. A model someone "
+                          "holds (open in their playground, or generating) stays loaded."):
+            freed = shared.free_unused()
+            cached_environment.clear()
+            st.toast(f"Freed {len(freed)} unused model(s); {len(models) - len(freed)} in use stay.")
+            st.rerun()
+    q = shared.queue().status()
+    if q.running or q.waiting:
+        wait = shared.queue().wait_for_new()
+        st.caption(f"{q.device.upper()} queue: {'1 running' if q.running else 'idle'}, {len(q.waiting)} waiting"
+                   + ("" if wait.seconds is None else f" (a new request waits {fmt_seconds(wait.seconds)})"))
 
 
 @contextmanager
@@ -262,6 +311,21 @@ def poll_task(key: str, draw: Callable[[BackgroundTask], None], keep: Callable[[
         return True
 
     poll(body, every if task_running(key) else None)
+
+
+def queued_notice(task: BackgroundTask) -> None:
+    """While a task waits its turn on the shared device: where it stands ("2 requests ahead of you,
+    about 20 s") and a way out of the line."""
+    st.info(task.last.message if task.last else "Waiting for the device…", icon=":material/hourglass_top:")
+    st.button("Cancel", icon=":material/cancel:", on_click=task.cancel, key=f"cancel-{task.name}",
+              help="Leave the queue: nothing runs, nothing is lost.")
+
+
+def room_notice() -> None:
+    """Before asking: how busy the shared device is (nothing when nobody is in line)."""
+    wait = shared_models().queue().wait_for_new()
+    if wait.ahead:
+        st.caption(f":material/groups: The room is busy: {wait.message()}")
 
 
 def progress_bar(task: BackgroundTask, starting: str = "starting…") -> None:

@@ -1,5 +1,6 @@
 """Instructor: who is connected and what they are doing, the training queue, loaded models and their
-memory, preloading and public mode's limits, with controls (stop or unqueue any run, free models).
+memory (who holds them, their adapters), the device's work queue, preloading and the limits, with
+controls (stop or unqueue any run, free unused models).
 
 Routed only when QLORA_LAB_ADMIN_TOKEN is set, and opened only for a session that types the token.
 """
@@ -12,12 +13,11 @@ from dataclasses import fields
 import streamlit as st
 
 from lab import policy
-from lab.inspect.measure import measure_model
 from lab.serve.admin import check_admin_token, weak_token
 from lab.training import owners
 from lab.training import queue as Q
 from lab.units import fmt_bytes
-from pages._ui import friendly_errors, is_admin, model_registry, server_services, session_alive
+from pages._ui import friendly_errors, is_admin, server_services, session_alive, shared_models
 
 st.title("Instructor")
 
@@ -46,22 +46,29 @@ def _eta(seconds: float | None) -> str:
     return "unknown" if seconds is None else f"~{seconds / 60:.0f} min" if seconds >= 90 else f"~{seconds:.0f} s"
 
 
-# --------------------------------------------------------------------------- the one place that reads the registry
+# --------------------------------------------------------------------------- the one place that reads the shared models
 def model_status() -> list[dict]:
-    """Loaded models and their true bytes, from `ModelRegistry.loaded()`. The shared, reference-counted
-    registry (issue 10, item 1) adds who uses each model and the generation queue: connect its status here."""
-    registry = model_registry()
-    rows = []
-    for spec, precision, dtype in registry.loaded():
-        loaded = registry.get(spec, precision, dtype)
-        rows.append(
-            {"model": spec, "precision": precision, "dtype": dtype, "bytes": measure_model(loaded.model).total_bytes}
-        )
-    return rows
+    """Loaded models with their true bytes, who holds them and their adapters (`SharedModels.status()`)."""
+    return [
+        {
+            "model": m["spec"],
+            "precision": m["precision"],
+            "dtype": m["dtype"],
+            "state": m["state"],
+            "bytes": m["bytes"] or 0,
+            "held by": len(m["holders"]),
+            "idle": f"{m['idle_seconds']:.0f} s",
+            "adapters": len(m["adapters"]),
+            "adapter bytes": m["adapter_bytes"],
+        }
+        for m in shared_models().status().models
+    ]
 
 
-def free_model(spec: str, precision: str) -> int:
-    return model_registry().release(spec, precision)
+def free_model(spec: str, precision: str) -> tuple[int, bool]:
+    """Free `spec@precision` if nobody holds it: (models freed, whether it was in use and stayed)."""
+    freed = shared_models().free_unused(spec, precision)
+    return len(freed), not freed and any(r["model"] == spec and r["precision"] == precision for r in model_status())
 
 
 # --------------------------------------------------------------------------- sections
@@ -143,7 +150,8 @@ def models_section() -> None:
     if not rows:
         st.caption("No model is loaded.")
     else:
-        st.dataframe([{**r, "bytes": fmt_bytes(r["bytes"])} for r in rows], hide_index=True)
+        st.dataframe([{**r, "bytes": fmt_bytes(r["bytes"]), "adapter bytes": fmt_bytes(r["adapter bytes"])}
+                      for r in rows], hide_index=True)
         st.caption(
             f"Weights in memory: {fmt_bytes(sum(r['bytes'] for r in rows))} "
             "(true bytes, quantization constants included)."
@@ -151,10 +159,19 @@ def models_section() -> None:
         labels = [f"{r['model']}@{r['precision']}" for r in rows]
         c1, c2 = st.columns([3, 1])
         pick = c1.selectbox("Loaded model", labels, key="admin_free_target", label_visibility="collapsed")
-        if c2.button("Free", icon=":material/delete:", help="Drop this model and hand its memory back."):
+        if c2.button("Free", icon=":material/delete:",
+                     help="Drop this model and hand its memory back, if nobody holds it (a session's playground "
+                          "or running work). Held models stay: the holder's work never loses its model."):
             spec, _, precision = pick.rpartition("@")
-            st.toast(f"Freed {free_model(spec, precision)} model(s).")
+            n, in_use = free_model(spec, precision)
+            st.toast(f"{pick} is in use: it stays loaded." if in_use else f"Freed {n} model(s).")
             st.rerun()
+    for q in shared_models().status().queues:
+        running = q["running"]
+        st.caption(f"{q['device'].upper()} work queue: "
+                   + (f"running {running['label']} for {running['owner'][:8]} ({running['elapsed']:.0f} s)"
+                      if running else "idle")
+                   + f", {len(q['waiting'])} waiting.")
     preloader = server_services().preloader
     if server_services().preload_error:
         st.error(f"QLORA_LAB_PRELOAD: {server_services().preload_error}", icon=":material/error:")
@@ -171,23 +188,15 @@ def models_section() -> None:
 
 
 def limits_section() -> None:
-    """Public mode and its limits (environment variables, read at each request). Per-request limits for
-    generation (issue 10, item 3) belong here too."""
+    """Public mode's input limits and the per-request limits (environment variables, read at start)."""
     public = policy.public_mode()
     st.markdown(f"**Public mode:** {'on' if public else 'off'} (QLORA_LAB_PUBLIC; on by default inside a Space).")
     lim = policy.limits()
-    st.dataframe(
-        [
-            {
-                "limit": f.name,
-                "value": str(getattr(lim, f.name)),
-                "set with": f.metadata["env"],
-                "meaning": f.metadata["help"],
-            }
-            for f in fields(policy.Limits)
-        ],
-        hide_index=True,
-    )
+    rows = [{"limit": f.name, "value": str(getattr(lim, f.name)), "set with": f.metadata["env"],
+             "meaning": f.metadata["help"]} for f in fields(policy.Limits)]
+    rows += [{"limit": r["name"], "value": str(r["value"]), "set with": r["env"], "meaning": r["help"]}
+             for r in shared_models().limits.rows()]
+    st.dataframe(rows, hide_index=True)
     if server_services().watcher.last_error:
         st.warning(f"Queue watcher: {server_services().watcher.last_error}", icon=":material/warning:")
 

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lab.environment import device_type
-from lab.inspect.load_report import HELP, run_loading_lab
+from lab.inspect.load_report import HELP
 from lab.inspect.measure import KINDS, MEMORY_LABELS
 from lab.inspect.quality import DEFAULT_PROMPTS, QualityConfig
 from lab.inspect.quality import HELP as QUALITY_HELP
@@ -34,6 +34,8 @@ from pages._ui import (
     model_registry,
     poll_task,
     progress_bar,
+    session_owner,
+    shared_models,
     start_task,
     task_running,
 )
@@ -92,8 +94,8 @@ if any(slow_on(p, device) for p in precisions) and ppl_tokens > 256:
             icon=":material/hourglass:")
 others = model_registry().loaded()
 if others:
-    st.info(f"{len(others)} model(s) loaded by other pages stay in memory and inflate RSS; free them in the sidebar for "
-            "clean figures.", icon=":material/info:")
+    st.info(f"{len(others)} model(s) loaded by other pages or people stay in memory and inflate RSS; unused ones are "
+            "freed when a load needs their room, or free them in the sidebar for clean figures.", icon=":material/info:")
 
 b1, b2, _ = st.columns([1, 1, 3])
 if b1.button("Load and measure", type="primary", icon=":material/play_arrow:", disabled=running,
@@ -109,7 +111,8 @@ if b1.button("Load and measure", type="primary", icon=":material/play_arrow:", d
             quality = QualityConfig(perplexity_tokens=int(ppl_tokens), max_new_tokens=int(max_new),
                                     prompts=tuple(p.strip() for p in prompts_text.splitlines() if p.strip()))
             st.session_state.pop(RESULTS, None)
-            start_task(TASK, run_loading_lab, spec, list(precisions), dtype, None, quality)
+            # Each precision waits its turn in the device's queue (and is admitted against free memory).
+            start_task(TASK, shared_models().loading_lab, session_owner(), spec, list(precisions), dtype, quality)
             started = True
     if started:
         st.rerun()  # redraw at once with the inputs disabled and the progress poller on
@@ -119,6 +122,8 @@ if b2.button("Cancel", icon=":material/stop:", disabled=not running, help="Stop 
 
 # --------------------------------------------------------------------------- progress (polled, UI never blocks)
 def _show_progress(t) -> None:
+    if t.queued:  # waiting its turn on the shared device; the Cancel button above takes it out of the line
+        st.info(t.last.message if t.last else "Waiting for the device…", icon=":material/hourglass_top:")
     progress_bar(t)
     if t.partial:
         st.caption("Finished so far: " + ", ".join(

@@ -3,6 +3,8 @@
 Thin page: widgets in, lab.generate.compare / lab.generate.evaluate calls in background tasks, columns and tables out.
 One base model (from the shared registry) serves every column; all columns come out of one batched
 generate (each row with its own adapter, lab.generate.mixed_lora), streamed into their columns as tokens arrive.
+The model is shared with everyone on the server, the adapters are this session's own, and the work
+waits its turn in the device's queue (lab.sharing).
 """
 
 from __future__ import annotations
@@ -15,12 +17,24 @@ from lab import policy
 from lab.data.datasets import list_datasets, save_upload
 from lab.errors import LabError
 from lab.generate.adapters import choose_adapters, discover_runs
-from lab.generate.compare import BASE_COLUMN, SamplingSettings, side_by_side
-from lab.generate.evaluate import METRICS, EvalSettings, evaluate, load_examples, to_csv, to_markdown
+from lab.generate.compare import BASE_COLUMN, SamplingSettings
+from lab.generate.evaluate import METRICS, EvalSettings, load_examples, to_csv, to_markdown
 from lab.generate.prompts import build_chat_prompt
 from lab.models.sources import resolve_source
+from lab.sharing.limits import RequestLimits
 from lab.vocab import PRECISIONS, describe
-from pages._ui import friendly_errors, get_task, model_field, model_registry, poll_task, progress_bar, start_task
+from pages._ui import (
+    friendly_errors,
+    get_task,
+    model_field,
+    poll_task,
+    progress_bar,
+    queued_notice,
+    room_notice,
+    session_owner,
+    shared_models,
+    start_task,
+)
 
 GEN_TASK = "playground_generate"
 EVAL_TASK = "playground_evaluate"
@@ -44,6 +58,10 @@ st.markdown(
 st.latex(r"h_{\text{adapter}} = W_0 x + \tfrac{\alpha}{r} B A x \qquad h_{\text{base}} = W_0 x")
 
 qp = st.query_params
+# Looked up here, on the script thread: the workers below never call Streamlit.
+shared = shared_models()  # one base model copy, one queue per device, the limits: shared by everyone
+limits = shared.limits
+owner = session_owner()  # this session's adapters and place in line are its own
 gen_task = get_task(GEN_TASK)
 eval_task = get_task(EVAL_TASK)
 busy = any(t is not None and t.running for t in (gen_task, eval_task))
@@ -66,8 +84,10 @@ runs = discover_runs()
 run_labels = {str(r.path): f"{r.name} — {r.describe()}" for r in runs}
 a1, a2 = st.columns([2, 1])
 picked = a1.multiselect("Adapters from runs/", list(run_labels), format_func=run_labels.get, disabled=busy,
-                        default=[p for p in qp.get_all("adapter") if p in run_labels],
-                        help="LoRA adapters saved by the Training page (newest first). Each becomes a column.")
+                        default=[p for p in qp.get_all("adapter") if p in run_labels][:limits.max_adapters],
+                        max_selections=limits.max_adapters,
+                        help="LoRA adapters saved by the Training page (newest first). Each becomes a column, "
+                             "seen by you only. " + RequestLimits.help("max_adapters"))
 typed = "\n".join(p for p in qp.get_all("adapter") if p not in run_labels)  # a shared link's adapters, checked below
 if not policy.public_mode() or policy.limits().hub_allow:  # public mode: runs of this server, or allow-listed Hub ids
     typed = a2.text_area("Other adapters (one per line)", value=typed, height=68, disabled=busy,
@@ -102,14 +122,6 @@ def shareable() -> None:
     st.query_params["adapter"] = [a.source for a in adapters]
 
 
-registry = model_registry()  # looked up here: the workers below never call Streamlit
-
-
-def load(report):
-    report(f"Loading {spec} at {PRECISIONS[precision].label}…")
-    return registry.get(spec, precision)
-
-
 tab_gen, tab_eval = st.tabs(["Side by side", "Evaluate on a test set"])
 
 # --------------------------------------------------------------------------- side by side
@@ -118,8 +130,9 @@ with tab_gen:
     greedy = s1.toggle("Greedy", value=True, help=SH["greedy"], disabled=busy)
     temperature = s2.slider("Temperature", 0.05, 2.0, 0.7, 0.05, help=SH["temperature"], disabled=busy or greedy)
     top_p = s3.slider("Top-p", 0.05, 1.0, 0.95, 0.05, help=SH["top_p"], disabled=busy or greedy)
-    max_new = s4.number_input("Max new tokens", 1, 1024, SamplingSettings.max_new_tokens, step=16,
-                              help=SH["max_new_tokens"], disabled=busy)
+    max_new = s4.number_input("Max new tokens", 1, limits.max_new_tokens,
+                              min(SamplingSettings.max_new_tokens, limits.max_new_tokens), step=16,
+                              help=f"{SH['max_new_tokens']} {RequestLimits.help('max_new_tokens')}", disabled=busy)
     seed = s5.number_input("Seed", 0, 2**31 - 1, 0, help=SH["seed"], disabled=busy or greedy)
     t1, t2, t3 = st.columns(3)
     use_template = t1.toggle("Chat template", value=True, help=SH["use_chat_template"], disabled=busy)
@@ -162,16 +175,15 @@ with tab_gen:
         with friendly_errors("Generation"):
             shareable()
 
-            def work(convs, infos, s, report, cancel):
-                loaded = load(report)
+            def work(who, convs, infos, s, report, cancel):
                 turn = next(iter(convs.values()))[-1]["content"]
-                report("Generating…", partial={"columns": {}, "turn": turn})
-                result = side_by_side(loaded, infos, convs, s, cancel=cancel,
-                                      on_update=lambda snap: report("Generating…", partial={"columns": snap, "turn": turn}))
+                report("Waiting for the model…", partial={"columns": {}, "turn": turn})
+                result = shared.compare(who, spec, precision, infos, convs, s, report=report, cancel=cancel,
+                                        on_update=lambda snap: report("Generating…", partial={"columns": snap, "turn": turn}))
                 return {**result.to_json(), "columns": {n: c.to_json() | {"batched": c.batched} for n, c in result.columns.items()},
                         "prompts": result.prompts, "conversations": convs, "chat": chat_mode}
 
-            start_task(GEN_TASK, work, conversations(prompt), adapters, settings.validate())
+            start_task(GEN_TASK, work, owner, conversations(prompt), adapters, settings.validate())
             st.session_state.pop(LAST, None)
             st.rerun()
 
@@ -180,7 +192,7 @@ with tab_gen:
         names = list(cols_data) or columns
         for col, name in zip(st.columns(len(names)), names, strict=True):
             c = cols_data.get(name, {})
-            with col.container(border=True):
+            with col.container(border=True, key=f"column-{name}"):
                 st.markdown(f"**{name}**" + ("" if name != BASE_COLUMN else " · no adapter"))
                 if chat_mode or data.get("chat"):
                     for m in history.get(name, []):
@@ -216,12 +228,17 @@ with tab_gen:
                         language=None, wrap_lines=True)
         if last and last.get("error"):
             st.error(last["error"], icon=":material/error:")
+        elif last and last.get("cancelled"):
+            st.info(last["cancelled"], icon=":material/cancel:")
         elif last:
             for note in last.get("notes", []):
                 st.info(note, icon=":material/info:")
             show_columns(last, running=False)
 
     def show_generating(task) -> None:
+        if task.queued:
+            queued_notice(task)
+            return
         st.button("Stop", icon=":material/stop:", on_click=task.cancel, help="Stop generating; keep what is there.")
         st.caption(task.last.message if task.last else "Starting…")
         show_columns(task.partial or {}, running=True)
@@ -230,6 +247,8 @@ with tab_gen:
         """Keep the result and extend the chat histories."""
         if task.status == "failed":
             st.session_state[LAST] = {"error": task.error}
+        elif task.status == "cancelled" and task.result is None:  # left the queue before it ran
+            st.session_state[LAST] = {"cancelled": task.error}
         else:
             data = task.result or {}
             if data.get("chat"):
@@ -239,6 +258,7 @@ with tab_gen:
             st.session_state[LAST] = data
 
     if not (gen_task is not None and gen_task.running):
+        room_notice()
         show_last()
     poll_task(GEN_TASK, show_generating, keep_generation, every=STREAM_POLL_S)
 
@@ -259,7 +279,8 @@ with tab_eval:
                                   "prompt/completion rows).")
     upload = e2.file_uploader("Test file", type=["jsonl", "json", "csv"], disabled=busy or ds_choice != "Upload a file…",
                               help="Every row of the file is a test example.")
-    limit = e3.number_input("Examples", 0, 10_000, EvalSettings.limit or 0, help=EH["limit"] + " 0 = all.", disabled=busy)
+    limit = e3.number_input("Examples", 1, limits.max_eval_examples, min(EvalSettings.limit or 1, limits.max_eval_examples),
+                            help=f"{EH['limit']} {RequestLimits.help('max_eval_examples')}", disabled=busy)
     metric = e4.selectbox("Metric", list(METRICS), help=EH["metric"], disabled=busy)
     run_eval = st.button("Evaluate", type="primary", icon=":material/fact_check:", disabled=busy,
                          help="Score the base and every adapter on the test examples.")
@@ -277,17 +298,17 @@ with tab_eval:
             examples = load_examples(dataset, int(limit) or None)
             shareable()
 
-            def eval_work(exs, infos, name, s, report, cancel):
-                loaded = load(report)
+            def eval_work(who, exs, infos, name, s, report, cancel):
                 rows: list[dict] = []
 
                 def progress(done, total, row):
                     rows.append(row)
                     report(f"Example {done} of {total}", fraction=done / total, partial=list(rows))
 
-                return evaluate(loaded, infos, exs, name, s, on_progress=progress, cancel=cancel)
+                return shared.evaluate(who, spec, precision, infos, exs, name, s, report=report, cancel=cancel,
+                                       on_progress=progress)
 
-            start_task(EVAL_TASK, eval_work, examples, adapters, label,
+            start_task(EVAL_TASK, eval_work, owner, examples, adapters, label,
                        EvalSettings(limit=int(limit) or None, metric=metric))
             st.session_state.pop(EVAL_RESULT, None)
             st.rerun()
@@ -321,6 +342,9 @@ with tab_eval:
                            icon=":material/download:", help="One line per example: each model's answer, correctness, loss.")
 
     def show_evaluating(task) -> None:
+        if task.queued and not task.partial:
+            queued_notice(task)
+            return
         st.button("Stop evaluation", icon=":material/stop:", on_click=task.cancel,
                   help="Stop; keep the scored examples.")
         progress_bar(task, "Starting…")
@@ -329,7 +353,8 @@ with tab_eval:
                                        for r in task.partial]), hide_index=True, width="stretch")
 
     def keep_evaluation(task) -> None:
-        st.session_state[EVAL_RESULT] = task.result if task.status != "failed" else task.error
+        # An evaluation cancelled while it waited has no result and needs no message.
+        st.session_state[EVAL_RESULT] = task.error if task.status == "failed" else task.result
 
     if not (eval_task is not None and eval_task.running):
         result = st.session_state.get(EVAL_RESULT)

@@ -27,7 +27,17 @@ from lab.training.config import SCHEDULERS, TrainConfig, default_config, to_cli_
 from lab.training.distributed import launch_command
 from lab.units import fmt_bytes
 from lab.vocab import LAUNCH_MODES, PRECISIONS, TARGET_PRESETS, optimizers_for
-from pages._ui import friendly_errors, is_admin, model_field, owner_token, poll, poll_task, report_activity, start_task
+from pages._ui import (
+    friendly_errors,
+    is_admin,
+    model_field,
+    owner_token,
+    poll,
+    poll_task,
+    report_activity,
+    shared_models,
+    start_task,
+)
 
 H = TrainConfig.help
 DEVICE = device_type()
@@ -348,6 +358,8 @@ start = st.button("Train" if active is None else "Queue this run", type="primary
                        "when a training is running, the run waits in the queue and starts by itself.")
 if start:
     with friendly_errors("Starting the run"):
+        if active is None and not waiting_line:  # it starts now: its predicted memory must fit what is free
+            shared_models().admit_training(cfg)
         status = Q.submit(cfg, owner=owner_token(), name=own_name.strip() or None)
         st.session_state["train_run_dir"] = str(status.run_dir)
         st.query_params["run"] = status.name

@@ -16,7 +16,8 @@ from transformers import AutoModelForCausalLM
 from lab.environment import device_type
 from lab.errors import LabError
 from lab.generate.adapters import base_mismatch, discover_runs, inspect_adapter
-from lab.generate.compare import BASE_COLUMN, SamplingSettings, adapter_bank, side_by_side
+from lab.generate.bank import LOCAL, adapter_bank
+from lab.generate.compare import BASE_COLUMN, SamplingSettings, side_by_side
 from lab.generate.prompts import build_chat_prompt
 from lab.models.loading import load_model
 from tests.fixtures_playground import make_adapter, other_base_adapter, tiny_adapters  # noqa: F401
@@ -278,16 +279,16 @@ def test_row_lora_logits_match_peft_and_leave_other_threads_on_the_base(loaded, 
 
     info = inspect_adapter(str(tiny_adapters["alpha"]))
     bank = adapter_bank(loaded)
-    bank.ensure([info])
+    name = bank.use(LOCAL, [info])["alpha"]  # the bank's peft name for it
     ids = torch.tensor([[1, 5, 9, 200, 31, 7], [1, 42, 17, 3, 99, 8]])
     with torch.inference_mode():
         base = loaded.model(input_ids=ids).logits  # adapter layers are off between generations
         with bank.adapters_enabled() as peft:
-            peft.set_adapter("alpha")
+            peft.set_adapter(name)
             adapted = peft(input_ids=ids).logits
-        assert row_lora_supported(bank.peft_model, ["alpha"])
+        assert row_lora_supported(bank.peft_model, [name])
         other: list[torch.Tensor] = []
-        with row_lora(bank.peft_model, [None, "alpha"]):
+        with row_lora(bank.peft_model, [None, name]):
             mixed = loaded.model(input_ids=ids).logits
             t = threading.Thread(target=lambda: other.append(loaded.model(input_ids=ids).logits))
             t.start()

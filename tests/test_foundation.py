@@ -101,7 +101,7 @@ def test_registry_shares_and_frees(tiny_model_dir):
     a = reg.get(str(tiny_model_dir), "fp32")
     assert reg.get(str(tiny_model_dir), "fp32") is a  # no second copy
     assert reg.loaded() == [(str(tiny_model_dir), "fp32", "compute")]
-    assert reg.release() == 1 and reg.loaded() == []
+    assert reg.free_unused() == [(str(tiny_model_dir), "fp32", "compute")] and reg.loaded() == []  # nobody held it
 
 
 def test_background_task_reports_and_fails_cleanly():

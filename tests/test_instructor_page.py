@@ -28,7 +28,7 @@ def test_the_instructor_page_opens_with_the_token_and_controls_the_room(tiny_mod
     )
     from pages._ui import model_registry
 
-    model_registry().release()
+    model_registry().free_unused()
     model_registry().get(str(tiny_model_dir), "fp32")
 
     at = AppTest.from_file(PAGE, default_timeout=60).run()
@@ -46,11 +46,15 @@ def test_the_instructor_page_opens_with_the_token_and_controls_the_room(tiny_mod
     models = next(f for f in frames if "model" in f.columns)
     assert list(models["model"]) == [str(tiny_model_dir)] and list(models["precision"]) == ["fp32"]
     limits = next(f for f in frames if "limit" in f.columns)
-    assert "QLORA_LAB_MAX_PARAMS" in list(limits["set with"])
+    assert {"QLORA_LAB_MAX_PARAMS", "QLORA_LAB_MAX_NEW_TOKENS"} <= set(limits["set with"])  # both kinds of limit
 
     unqueue = next(b for b in at.button if b.label == "Take out of the queue")
     unqueue.click().run()
     assert not queued.exists()  # the instructor may take anyone's run out of the line
+    lease = model_registry().acquire(str(tiny_model_dir), "fp32", owner="someone")  # held: Free leaves it
+    next(b for b in at.button if b.label == "Free").click().run()
+    assert len(model_registry().loaded()) == 1
+    lease.release()
     next(b for b in at.button if b.label == "Free").click().run()
     assert model_registry().loaded() == []
     assert any("No model is loaded" in c.value for c in at.caption)

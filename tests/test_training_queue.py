@@ -207,6 +207,15 @@ def test_positions_and_estimated_starts_from_recent_seconds_per_step(runs):
     assert Q.remaining_seconds(mid, [], now=mid.last_log["time"] + 3.0) == pytest.approx(6 * 2.0 - 3.0)
 
 
+def test_a_run_over_the_servers_step_limit_is_refused_before_it_queues(tiny_model_dir, runs, monkeypatch):
+    monkeypatch.setenv("QLORA_LAB_MAX_STEPS", "5")
+    with pytest.raises(LabError, match=r"Max steps 6 is over this server's limit of 5 \(QLORA_LAB_MAX_STEPS\)"):
+        Q.submit(cfg(tiny_model_dir, max_steps=6), name="too-long")
+    with pytest.raises(LabError, match="Max steps .* over this server's limit"):  # epochs count as their steps
+        Q.submit(cfg(tiny_model_dir, max_steps=-1, epochs=50.0), name="too-many-epochs")
+    assert not (runs / "too-long").exists() and not (runs / "too-many-epochs").exists()
+
+
 def test_a_bad_run_is_refused_before_it_queues(tiny_model_dir, runs, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "a"}\n')

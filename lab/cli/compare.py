@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 
 from lab.errors import LabError
-from lab.generate.adapters import choose_adapters
-from lab.generate.compare import BASE_COLUMN, SamplingSettings, side_by_side
-from lab.models.loading import load_model
+from lab.generate.adapters import AdapterInfo, choose_adapters
+from lab.generate.compare import BASE_COLUMN, SamplingSettings
 from lab.models.precision import PRECISIONS
 from lab.models.sources import resolve_source
+from lab.sharing.shared import SharedModels
 from lab.units import format_table
 
 NAME = "compare"
@@ -17,6 +17,7 @@ HELP = "generate with a base model and one or more LoRA adapters side by side (o
 ORDER = 60
 
 H = SamplingSettings.HELP
+CLI_OWNER = "cli"  # whose adapter set and model hold a CLI command's work is
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int = 64) -> None:
@@ -41,12 +42,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="LoRA adapter: a run folder, any adapter folder, or a Hub id (repeat for several)")
 
 
-def load_base_and_adapters(args: argparse.Namespace):
-    source = resolve_source(args.model)
-    choice = choose_adapters(args.adapter, source)  # check the adapters' files before loading the model
+def adapters_and_warnings(args: argparse.Namespace) -> tuple[list[AdapterInfo], list[str]]:
+    """The adapters' files checked (before any model loads), and base-mismatch warnings."""
+    choice = choose_adapters(args.adapter, resolve_source(args.model))
     if choice.errors:
         raise choice.errors[0]
-    return load_model(source, args.precision), choice.infos, choice.warnings
+    return choice.infos, choice.warnings
+
+
+def loaded_model(shared: SharedModels, args: argparse.Namespace):
+    """The model the work ran on (the CLI's SharedModels keeps it until the process ends)."""
+    return shared.registry.find(args.model, args.precision)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,8 +65,12 @@ def run(args: argparse.Namespace) -> dict:
     if not args.prompt.strip():
         raise LabError("The prompt is empty.", "Pass --prompt with a question or an instruction.")
     settings = sampling_from_args(args)
-    loaded, infos, warnings = load_base_and_adapters(args)
-    result = side_by_side(loaded, infos, [{"role": "user", "content": args.prompt}], settings)
+    infos, warnings = adapters_and_warnings(args)
+    # The page's path: limits, admission, the device queue (a line of one here), a leased model.
+    shared = SharedModels()
+    result = shared.compare(CLI_OWNER, args.model, args.precision, infos, [{"role": "user", "content": args.prompt}],
+                            settings)
+    loaded = loaded_model(shared, args)
     return {**result.to_json(), "model": loaded.source.display_name, "precision": loaded.precision,
             "adapter_info": [i.to_json() for i in infos], "warnings": warnings}
 

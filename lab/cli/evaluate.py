@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 from lab import policy
-from lab.cli.compare import add_model_arguments, load_base_and_adapters
+from lab.cli.compare import CLI_OWNER, adapters_and_warnings, add_model_arguments, loaded_model
 from lab.errors import LabError
-from lab.generate.evaluate import METRICS, EvalSettings, evaluate, load_examples, to_csv, to_markdown
+from lab.generate.evaluate import METRICS, EvalSettings, load_examples, to_csv, to_markdown
+from lab.sharing.shared import SharedModels
 from lab.units import format_table
 
 NAME = "evaluate"
@@ -36,13 +37,17 @@ def run(args: argparse.Namespace) -> dict:
     # a bad report path or dataset fails before the model loads
     reports = [(policy.output_file(p), text) for p, text in ((args.markdown, to_markdown), (args.csv, to_csv)) if p]
     examples = load_examples(args.dataset, args.limit or None)
-    loaded, infos, warnings = load_base_and_adapters(args)
+    infos, warnings = adapters_and_warnings(args)
     settings = EvalSettings(limit=args.limit or None, metric=args.metric, max_new_tokens=args.max_new_tokens)
+
     def progress(done: int, total: int, row: dict) -> None:  # stderr, so --json output stays clean
         print(f"\rexample {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
 
-    result = evaluate(loaded, infos, examples, args.dataset, settings, on_progress=progress)
+    shared = SharedModels()
+    result = shared.evaluate(CLI_OWNER, args.model, args.precision, infos, examples, args.dataset, settings,
+                             on_progress=progress)
     result.warnings[:0] = warnings  # base mismatches first, then anything evaluate() noted
+    loaded = loaded_model(shared, args)
     for path, text in reports:  # public mode: inside runs/ only
         path.write_text(text(result))
     return {**result.to_json(), "model": loaded.source.display_name, "precision": loaded.precision,

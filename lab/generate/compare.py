@@ -1,29 +1,30 @@
 """Base vs fine-tuned, side by side: one base model, several LoRA adapters, one batched generate.
 
 How it works:
-- `AdapterBank` wraps the shared base model (from the ModelRegistry) in ONE PeftModel and loads
-  every chosen adapter into it under its own name. No second copy of the base weights exists.
-- `side_by_side` puts one row per column into a single left-padded batch and generates once. Each
-  row runs its own adapter through `lab.generate.mixed_lora.row_lora`: the adapter layers stay off
-  and a hook adds each adapter row's LoRA delta in place (no per-step gather/scatter); the base row is
-  the untouched base. Adapters it cannot run (LoRA on embeddings, `modules_to_save`, ...) go through
-  peft's own mixed-adapter batches, `generate(..., adapter_names=["__base__", "a", "b"])`.
+- `AdapterBank` (lab/generate/bank.py) wraps the shared base model (from the ModelRegistry) in ONE
+  PeftModel and loads every chosen adapter into it under a name of its own; each session's set of
+  adapters is its own. No second copy of the base weights exists.
+- `side_by_side` puts one row per column into a single left-padded batch and generates once, naming
+  only the session's own adapters. Each row runs its own adapter through
+  `lab.generate.mixed_lora.row_lora`: the adapter layers stay off and a hook adds each adapter row's
+  LoRA delta in place (no per-step gather/scatter); the base row is the untouched base. Adapters it
+  cannot run (LoRA on embeddings, `modules_to_save`, ...) go through peft's own mixed-adapter batches,
+  `generate(..., adapter_names=["__base__", "a1", "a2"])`.
 - `ColumnStreamer` (a transformers BaseStreamer) splits the batch's new tokens into per-column
   text as they arrive, so all columns stream at the same time.
 - DoRA adapters cannot join a mixed batch (neither path computes DoRA per row): they run one after
   another, after the batch, and the result says so.
 
 Between generations the bank keeps the adapter layers *disabled*, so anyone else using the same
-registry model (another page, another session) gets the plain base model.
+registry model (another page, another session) gets the plain base model; and a session's
+generation never names another session's adapters.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -31,11 +32,10 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from lab.errors import LabError
-from lab.generate.adapters import AdapterInfo, check_compatible
-from lab.generate.mixed_lora import row_lora, row_lora_supported
+from lab.generate.adapters import AdapterInfo
+from lab.generate.bank import LOCAL, adapter_bank
 from lab.generate.prompts import build_chat_prompt
 
-BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 BASE_COLUMN = "base"  # what people (and the CLI's JSON) call that column
 
 
@@ -186,123 +186,6 @@ class _Cancelled(StoppingCriteria):
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
-# --------------------------------------------------------------------------- adapters on one base
-class AdapterBank:
-    """The adapters loaded into one PeftModel over a shared base model."""
-
-    def __init__(self, loaded) -> None:
-        self.loaded = loaded
-        self.peft_model = None
-        self.infos: dict[str, AdapterInfo] = {}
-        self.lock = threading.RLock()  # one generate at a time on this model
-
-    @property
-    def model(self):
-        """What to call generate on: the PeftModel once an adapter is loaded, else the base."""
-        return self.peft_model if self.peft_model is not None else self.loaded.model
-
-    def ensure(self, infos: list[AdapterInfo]) -> None:
-        """Load every adapter not loaded yet (by name; a different folder under a loaded name is reloaded)."""
-        with self.lock:
-            for info in infos:
-                have = self.infos.get(info.name)
-                if have is not None and have.path == info.path:
-                    continue
-                if have is not None:
-                    self.remove(info.name)
-                self._load(info)
-
-    def _load(self, info: AdapterInfo) -> None:
-        from peft import PeftConfig, PeftModel
-
-        check_compatible(info, self.loaded.model)  # shapes first: a foreign adapter never touches the base
-        created = False
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # peft asks transformers a deprecated question
-                if self.peft_model is None:
-                    config = PeftConfig.from_pretrained(str(info.path))
-                    config.inference_mode = True
-                    # Construct, then load weights (what PeftModel.from_pretrained does), keeping the
-                    # handle so a failure below can be undone.
-                    self.peft_model, created = PeftModel(self.loaded.model, config, adapter_name=info.name), True
-                self.peft_model.load_adapter(str(info.path), adapter_name=info.name)
-        except Exception as e:
-            self._undo(info.name, created)
-            if isinstance(e, LabError):
-                raise
-            raise LabError(f"Adapter {info.name} ({info.path}) could not be loaded: {type(e).__name__}: {e}",
-                           "Check that it was trained for this base model and that its files are complete.") from e
-        self.infos[info.name] = info
-        self.peft_model.eval()
-        self.peft_model.base_model.disable_adapter_layers()  # the shared base stays the base for everyone else
-
-    def _undo(self, name: str, created: bool) -> None:
-        if self.peft_model is None:
-            return
-        if created or not self.infos:
-            self.peft_model.unload()  # removes every LoRA layer: the base model is as loaded
-            self.peft_model = None
-            self.infos.clear()
-        elif name in self.peft_model.peft_config:
-            self.peft_model.delete_adapter(name)
-
-    def remove(self, name: str) -> None:
-        with self.lock:
-            if name not in self.infos:
-                return
-            del self.infos[name]
-            if not self.infos:
-                self.clear()
-            else:
-                self.peft_model.delete_adapter(name)
-
-    def clear(self) -> None:
-        """Take every adapter out: the registry's model is the plain base again."""
-        with self.lock:
-            if self.peft_model is not None:
-                self.peft_model.unload()
-            self.peft_model = None
-            self.infos.clear()
-
-    @contextmanager
-    def adapters_enabled(self):
-        """Adapter layers on for the duration of one generate (they are off otherwise)."""
-        with self.lock:
-            if self.peft_model is None:
-                yield self.loaded.model
-                return
-            self.peft_model.base_model.enable_adapter_layers()
-            try:
-                yield self.peft_model
-            finally:
-                self.peft_model.base_model.disable_adapter_layers()
-
-    @contextmanager
-    def mixed_batch(self, row_adapters: list[str | None]):
-        """Yields (model, extra generate kwargs, route) for one batch whose row i runs adapter
-        `row_adapters[i]` (None: the base)."""
-        with self.lock:
-            names = [n for n in row_adapters if n]
-            if self.peft_model is None or not names:
-                yield self.loaded.model, {}, "plain"
-            elif row_lora_supported(self.peft_model, names):
-                with row_lora(self.peft_model, row_adapters):  # adapter layers stay off: see mixed_lora
-                    yield self.loaded.model, {}, "row-lora"
-            else:
-                with self.adapters_enabled() as model:
-                    yield model, {"adapter_names": [n or BASE for n in row_adapters]}, "peft-mixed"
-
-
-def adapter_bank(loaded) -> AdapterBank:
-    """The AdapterBank of a loaded model (made on first use; lives and dies with the LoadedModel)."""
-    bank = getattr(loaded, "_adapter_bank", None)
-    if bank is None:
-        bank = AdapterBank(loaded)
-        loaded._adapter_bank = bank
-    return bank
-
-
 # --------------------------------------------------------------------------- side by side
 def eos_token_ids(model, tokenizer) -> set[int]:
     ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -330,11 +213,13 @@ def side_by_side(
     settings: SamplingSettings | None = None,
     on_update: Callable[[dict[str, dict]], None] | None = None,
     cancel: threading.Event | None = None,
+    owner: str = LOCAL,
 ) -> CompareResult:
     """Generate with the base and each adapter for the same settings, in one batched generate.
 
     `messages` is one conversation for every column, or a dict column -> conversation (chat mode,
     where each column keeps its own history). `on_update(snapshot)` is called as tokens arrive.
+    `owner` (a session) owns the adapter set: the model's adapters of other owners take no part.
     """
     settings = (settings or SamplingSettings()).validate()
     tokenizer = loaded.tokenizer
@@ -347,8 +232,6 @@ def side_by_side(
         _check_messages(per_column.get(n, []), n)
         prompts[n] = build_chat_prompt(tokenizer, per_column[n], settings.use_chat_template)
 
-    bank = adapter_bank(loaded)
-    bank.ensure(adapters)
     limit = context_length(loaded.model)
     lengths = {n: len(tokenizer(prompts[n], add_special_tokens=False)["input_ids"]) for n in names}
     for n, length in lengths.items():
@@ -373,16 +256,19 @@ def side_by_side(
         if on_update:
             on_update(snapshot(columns))
 
-    started = time.perf_counter()
-    with bank.mixed_batch([None if n == BASE_COLUMN else n for n in batched]) as (model, extra, route):
-        _generate(model, tokenizer, [columns[n] for n in batched], [prompts[n] for n in batched], extra,
-                  settings, update, cancel)
-    for n in dora:
-        if cancel is not None and cancel.is_set():
-            break
-        with bank.adapters_enabled() as model:
-            bank.peft_model.set_adapter(n)
-            _generate(model, tokenizer, [columns[n]], [prompts[n]], {}, settings, update, cancel)
+    bank = adapter_bank(loaded)
+    with bank.lock:  # this owner's adapter set, then its generate: no change to the model in between
+        peft_names = {BASE_COLUMN: None, **bank.use(owner, adapters)}
+        started = time.perf_counter()
+        with bank.mixed_batch([peft_names[n] for n in batched]) as (model, extra, route):
+            _generate(model, tokenizer, [columns[n] for n in batched], [prompts[n] for n in batched], extra,
+                      settings, update, cancel)
+        for n in dora:
+            if cancel is not None and cancel.is_set():
+                break
+            with bank.adapters_enabled() as model:
+                bank.activate(peft_names[n])
+                _generate(model, tokenizer, [columns[n]], [prompts[n]], {}, settings, update, cancel)
     return CompareResult(columns, prompts, settings, time.perf_counter() - started, notes, route)
 
 

@@ -22,13 +22,15 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
 from lab.errors import LabError
 from lab.generate.adapters import AdapterInfo
-from lab.generate.compare import BASE_COLUMN, SamplingSettings, adapter_bank, side_by_side
+from lab.generate.bank import LOCAL, adapter_bank
+from lab.generate.compare import BASE_COLUMN, SamplingSettings, side_by_side
 from lab.generate.prompts import build_chat_prompt
 
 METRICS = {
@@ -127,8 +129,10 @@ class EvalResult:
 
 # --------------------------------------------------------------------------- scoring
 @torch.inference_mode()
-def _answer_losses(bank, tokenizer, prompt: str, answer: str, names: list[str], dora: set[str]) -> tuple[list[float], int]:
-    """Mean token loss of `answer` after `prompt` under each model: one batched forward pass."""
+def _answer_losses(bank, tokenizer, prompt: str, answer: str, names: list[str], dora: set[str],
+                   peft_names: dict[str, str | None]) -> tuple[list[float], int]:
+    """Mean token loss of `answer` after `prompt` under each model (column name -> peft adapter
+    name in `peft_names`): one batched forward pass."""
     p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     a_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
     if not a_ids:
@@ -143,12 +147,12 @@ def _answer_losses(bank, tokenizer, prompt: str, answer: str, names: list[str], 
         losses.update(zip(group, nll.tolist(), strict=True))
 
     batched = [n for n in names if n not in dora]
-    with bank.mixed_batch([None if n == BASE_COLUMN else n for n in batched]) as (model, extra, _route):
+    with bank.mixed_batch([peft_names[n] for n in batched]) as (model, extra, _route):
         score(model, batched, **extra)
     for n in names:
         if n in dora:
             with bank.adapters_enabled() as model:
-                bank.peft_model.set_adapter(n)
+                bank.activate(peft_names[n])
                 score(model, [n])
     return [losses[n] for n in names], len(a_ids)
 
@@ -161,8 +165,14 @@ def evaluate(
     settings: EvalSettings | None = None,
     on_progress: Callable[[int, int, dict], None] | None = None,
     cancel: threading.Event | None = None,
+    owner: str = LOCAL,
+    turn: Callable[[], AbstractContextManager] | None = None,
 ) -> EvalResult:
-    """Run base and adapters over `examples`; `on_progress(done, total, row)` after each example."""
+    """Run base and adapters over `examples`; `on_progress(done, total, row)` after each example.
+
+    `owner` owns the adapter set (see lab/generate/bank.py). Each example runs inside `turn()` when
+    given (a turn in the device's queue), so other people's requests run between examples instead of
+    waiting for the whole evaluation."""
     settings = settings or EvalSettings()
     if settings.metric not in METRICS:
         raise LabError(f"Unknown metric {settings.metric!r}.", f"Choose one of: {', '.join(METRICS)}.")
@@ -173,7 +183,6 @@ def evaluate(
     names = [BASE_COLUMN, *[a.name for a in adapters]]
     dora = {a.name for a in adapters if a.use_dora}
     bank = adapter_bank(loaded)
-    bank.ensure(adapters)
     longest = max(len(tokenizer(e.answer, add_special_tokens=False)["input_ids"]) for e in examples)
     gen = SamplingSettings(max_new_tokens=settings.max_new_tokens or min(longest + 4, 128))
 
@@ -182,11 +191,16 @@ def evaluate(
         if cancel is not None and cancel.is_set():
             break
         prompt = build_chat_prompt(tokenizer, ex.messages)
-        # The prompt exactly as training renders it, sent as raw text (no second template).
-        result = side_by_side(loaded, adapters, [{"role": "user", "content": prompt}],
-                              SamplingSettings(**{**gen.__dict__, "use_chat_template": False}))
+        with turn() if turn is not None else nullcontext(), bank.lock:
+            if cancel is not None and cancel.is_set():  # cancelled while this example waited its turn
+                break
+            peft_names = {BASE_COLUMN: None, **bank.use(owner, adapters)}
+            # The prompt exactly as training renders it, sent as raw text (no second template).
+            result = side_by_side(loaded, adapters, [{"role": "user", "content": prompt}],
+                                  SamplingSettings(**{**gen.__dict__, "use_chat_template": False}), owner=owner)
+            losses, n_tok = _answer_losses(bank, tokenizer, prompt, _answer_text(tokenizer, ex.messages, ex.answer),
+                                           names, dora, peft_names)
         answers = {n: result.columns[n].text.strip() for n in names}
-        losses, n_tok = _answer_losses(bank, tokenizer, prompt, _answer_text(tokenizer, ex.messages, ex.answer), names, dora)
         row = {
             "index": i,
             "prompt": ex.messages[-1]["content"] if ex.messages else "",

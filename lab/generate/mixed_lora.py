@@ -77,7 +77,7 @@ def _plain_lora(layer, name: str) -> bool:
 def row_lora(peft_model, row_adapters: list[str | None]) -> Iterator[None]:
     """For the duration of the block, row i of every batch through `peft_model` gets adapter
     `row_adapters[i]` (None: the base). peft's adapter layers must be disabled (they are, between
-    generations, in lab.generate.compare.AdapterBank)."""
+    generations, in lab.generate.bank.AdapterBank)."""
     owner = threading.get_ident()
     handles = []
     try:

@@ -14,13 +14,14 @@ import threading
 import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 
 import psutil
 import torch
 
 from lab.environment import device_type
-from lab.errors import LabError
+from lab.errors import Cancelled, LabError
 from lab.inspect.measure import MemorySnapshot, measure_model, reset_peak
 from lab.inspect.quality import QualityConfig, greedy_answers, perplexity
 from lab.models.architecture import Architecture, read_architecture
@@ -374,10 +375,14 @@ def run_loading_lab(
     quality: QualityConfig | None = None,
     report: Report | None = None,
     cancel: threading.Event | None = None,
+    turn: Callable[[str], AbstractContextManager] | None = None,
 ) -> list[dict]:
     """Load `spec` at each precision in turn (each one freed before the next). One dict per
     precision: a LoadReport as JSON, or {'precision', 'error'} when that precision failed (the
-    others still run). A bad model spec fails the whole run with a LabError."""
+    others still run). A bad model spec fails the whole run with a LabError.
+
+    `turn(precision)`, when given, is entered around each precision's load (a turn in the device's
+    queue, lab.sharing), so other people's requests run between precisions."""
     report = report or _noop
     if not precisions:
         raise LabError("No precision chosen.", "Pick at least one of fp32, bf16, fp16, int8, nf4, nf4-dq, fp4.")
@@ -386,15 +391,17 @@ def run_loading_lab(
     results: list[dict] = []
     if not _RUN_LOCK.acquire(blocking=False):
         report("waiting for another loading-lab run to finish…", 0.0)
-        _RUN_LOCK.acquire()
+        while not _RUN_LOCK.acquire(timeout=0.2):
+            if _cancelled(cancel):
+                raise Cancelled("Cancelled while waiting for another loading-lab run: nothing ran.")
     try:
-        _run_each(source, names, dtype, device, quality, report, cancel, results)
+        _run_each(source, names, dtype, device, quality, report, cancel, results, turn or (lambda _name: nullcontext()))
     finally:
         _RUN_LOCK.release()
     return results
 
 
-def _run_each(source, names, dtype, device, quality, report, cancel, results) -> None:
+def _run_each(source, names, dtype, device, quality, report, cancel, results, turn) -> None:
     for i, name in enumerate(names):
         if _cancelled(cancel):
             break
@@ -405,7 +412,10 @@ def _run_each(source, names, dtype, device, quality, report, cancel, results) ->
         step(f"[{i + 1}/{len(names)}] {get_precision(name).label}")
         error = None
         try:
-            results.append(measure_load(source, name, dtype, device, quality, report=step, cancel=cancel).to_json())
+            with turn(name):
+                results.append(measure_load(source, name, dtype, device, quality, report=step, cancel=cancel).to_json())
+        except Cancelled:
+            break  # cancelled while waiting for its turn: the finished precisions stand
         except LabError as e:
             error = str(e)
         if error is not None:

@@ -82,10 +82,18 @@ def free_memory() -> None:
     """Hand memory back after dropping references to a model: collect unreachable objects, empty
     the CUDA cache, and ask glibc to return freed heap pages to the OS (so RSS shows what a
     released model gave back)."""
-    global _LIBC
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Ask glibc to return freed heap pages to the OS (about 10 ms). Without it, memory freed by a
+    worker thread stays in that thread's malloc arena: eight sessions' comparisons and evaluations of
+    the embedded model in one process grew RSS by 528 MB untrimmed, 217 MB when trimmed after each
+    queue turn (measured on the 2-core CPU)."""
+    global _LIBC
     if _LIBC is None:
         name = ctypes.util.find_library("c")
         try:

@@ -37,6 +37,7 @@ from pathlib import Path
 from lab import policy
 from lab.errors import LabError
 from lab.paths import runs_dir
+from lab.sharing.limits import RequestLimits
 from lab.training import owners
 from lab.training import runs as R
 from lab.training.config import TrainConfig, run_dir_for, to_cli_args
@@ -95,6 +96,8 @@ def submit(cfg: TrainConfig, owner: str | None = None, name: str | None = None) 
         cfg.model
     )  # a bad model or dataset (or, in public mode, a refused one) fails now, not in its turn
     rows = len(check_dataset(cfg.dataset, "train", "skip" if cfg.skip_bad_rows else "refuse").rows)
+    # The server's per-request limits (QLORA_LAB_MAX_STEPS, ...): a queued run is bounded work too.
+    RequestLimits.from_env().check_training(planned_steps(cfg, rows), cfg.batch_size, cfg.max_length)
     folder = policy.run_folder(policy.check_run_name(name)) if name else run_dir_for(replace(cfg, output=""), source)
     run_dir = R.make_run_dir(folder)
     if owner:
