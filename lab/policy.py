@@ -107,6 +107,11 @@ class Limits:
     def to_json(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def rows(self) -> list[dict]:
+        """One row per limit, in the shape of RequestLimits.rows() (tables, `python -m lab limits`)."""
+        return [{"name": f.name, "value": getattr(self, f.name), "default": f.default, "env": f.metadata["env"],
+                 "help": f.metadata["help"]} for f in fields(self)]
+
 
 def _count(text: str | None, default: float, name: str) -> float:
     """'4e9', '4B', '500M', '20' -> a number; the default when unset."""

@@ -385,8 +385,10 @@ def test_cli_limits_and_compare_over_a_limit(monkeypatch, capsys, tiny_model_dir
 
     monkeypatch.setenv("QLORA_LAB_MAX_NEW_TOKENS", "8")
     assert main(["limits", "--json"]) == 0
-    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["limits"]}
+    out = json.loads(capsys.readouterr().out)
+    rows = {r["name"]: r for r in out["limits"]}
     assert rows["max_new_tokens"]["value"] == 8 and rows["max_new_tokens"]["env"] == "QLORA_LAB_MAX_NEW_TOKENS"
+    assert {r["env"] for r in out["public_limits"]} >= {"QLORA_LAB_MAX_PARAMS", "QLORA_LAB_MAX_UPLOAD_MB"}
     rc = main(["compare", "--model", str(tiny_model_dir), "--prompt", "hi", "--max-new-tokens", "9"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: Max new tokens 9 is over") and len(err.strip().splitlines()) == 1

@@ -1,14 +1,17 @@
-"""`python -m lab limits`: the per-request limits in effect, and the environment variables that set them."""
+"""`python -m lab limits`: the server's limits in effect and the environment variables that set them:
+per-request sizes (lab.sharing.limits) and, for public mode, what a stranger may name or upload (lab.policy)."""
 
 from __future__ import annotations
 
 import argparse
 
+from lab import policy
 from lab.sharing.limits import RequestLimits
 from lab.units import format_table
 
 NAME = "limits"
-HELP = "show the per-request limits (new tokens, adapters, sequence length, batch, steps, queue) and their variables"
+HELP = ("show the server's limits and their variables: per request (new tokens, adapters, length, batch, steps, "
+        "queue) and public mode's (model size, uploads, configs)")
 ORDER = 90
 
 
@@ -17,10 +20,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    return {"limits": RequestLimits.from_env().rows()}
+    return {"limits": RequestLimits.from_env().rows(), "public_mode": policy.public_mode(),
+            "public_limits": policy.limits().rows()}
+
+
+def _table(rows: list[dict]) -> str:
+    return format_table([(x["name"], x["value"], x["env"], "" if x["value"] == x["default"] else f"(default {x['default']})")
+                         for x in rows], ("limit", "value", "environment variable", ""))
 
 
 def render(r: dict) -> str:
-    rows = [(x["name"], x["value"], x["env"], "" if x["value"] == x["default"] else f"(default {x['default']})")
-            for x in r["limits"]]
-    return format_table(rows, ("limit", "value", "environment variable", ""))
+    return "\n".join(["Per request (always):", _table(r["limits"]), "",
+                      f"Public mode ({'on' if r['public_mode'] else 'off'}: QLORA_LAB_PUBLIC):", _table(r["public_limits"])])
