@@ -160,6 +160,15 @@ def test_evaluation_is_recorded_in_the_run_and_its_card(trained_run, hub_base, t
     assert "## Evaluation" in text and f"| this adapter | {entry['adapter']['loss']:.3f} |" in text
 
 
+def test_a_run_record_written_by_hand_still_gets_a_card(trained_run, tmp_path):
+    """A lab_run.json with only a name and the base's spec (a script's adapter, an older run) gives a card, not a
+    KeyError: an evaluation that just finished must never be lost to its record."""
+    run = shutil.copytree(trained_run, tmp_path / "by-hand", ignore=shutil.ignore_patterns("merged", "checkpoints"))
+    (run / "lab_run.json").write_text(json.dumps({"name": "by-hand", "base_model": {"spec": "embedded"}}))
+    text = write_run_card(run).read_text()
+    assert "by-hand" in text and "'embedded'" in text and "No loss was logged." in text
+
+
 # --------------------------------------------------------------------------- where bases come from
 def test_base_origin_is_a_hub_id_or_nothing(tmp_path, embedded_dir):
     named = tmp_path / "named"

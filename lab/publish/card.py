@@ -134,7 +134,8 @@ def prompt_lines(folder: Path, messages: list[dict]) -> list[str]:
 
 def load_snippet(record: dict, origin: BaseOrigin, where: str, folder: Path, merged: bool = False) -> str:
     """Python that loads the adapter (or the merged model) and answers one prompt; it runs as written."""
-    base_id = origin.hub_id or record["base_model"]["pretrained_id"]
+    base = record.get("base_model") or {}
+    base_id = origin.hub_id or base.get("pretrained_id") or base.get("spec") or "<the base model>"
     base_comment = "" if origin.hub_id else "  # not on the Hub: the local folder it was trained from"
     if merged:
         lines = ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",
@@ -196,7 +197,8 @@ def loss_text(record: dict) -> str:
         return "No loss was logged."
     text = f"Train loss {train[0][1]:.4f} at step {train[0][0]} → {train[-1][1]:.4f} at step {train[-1][0]}"
     if evals:
-        text += f"; eval loss {evals[-1][1]:.4f} at step {evals[-1][0]} on {record['dataset'].get('eval_rows_used')} test rows"
+        rows = (record.get("dataset") or {}).get("eval_rows_used")
+        text += f"; eval loss {evals[-1][1]:.4f} at step {evals[-1][0]}" + (f" on {rows} test rows" if rows else "")
     stop = (record.get("summary") or {}).get("stop_reason")
     if record.get("status") == "stopped":
         text += f". Stopped on request ({stop})" if stop else ". Stopped on request"
@@ -282,7 +284,7 @@ def build_card(run_dir: Path, merged_dir: Path | None = None, repo_id: str | Non
     dataset_id = dataset_hub_id(record)
     bundled = data.get("name") in list_datasets() and data.get("source") == data.get("name")
     base_link = f"[{origin.hub_id}](https://huggingface.co/{origin.hub_id})" if origin.hub_id else \
-        f"`{record['base_model'].get('display_name')}` (a local model)"
+        f"`{(record.get('base_model') or {}).get('display_name') or 'the base model'}` (a local model)"
     return ModelCard.from_template(
         card_data(record, origin, merged), template_path=str(TEMPLATE), merged=merged,
         title=(f"{record.get('name', run_dir.name)} (merged)" if merged else record.get("name", run_dir.name)),
