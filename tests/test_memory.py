@@ -204,6 +204,10 @@ def test_cli_memory_json(capsys):
     verdict = gpu_verdict(sim.peak_bytes, next(g for g in GPUS if g.name.startswith("T4")))
     assert out["gpu_verdict"]["fits"] is verdict.fits and out["gpu_verdict"]["margin_bytes"] == verdict.margin_bytes
     assert out["fits"][0]["verdict"] == verdict.verdict  # the fit table says what the verdict says
+    from lab.estimate.inverse import max_fitting  # --train with --gpu keeps its `inverse` key (issue 13: keys stay)
+
+    t4 = next(g for g in GPUS if g.name.startswith("T4"))
+    assert out["inverse"]["max_batch_size"] == max_fitting(arch, settings, t4, "batch_size").value
 
 
 def test_cli_memory_inference_json(capsys):

@@ -58,9 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--loss", default="fused", choices=list(LOSSES), help=describe(LOSSES))
     training.add_argument("--gpus", type=int, default=None, help="per-GPU peak on this many GPUs (with --sharding)")
     training.add_argument("--sharding", default="ddp", choices=list(LAUNCH_MODES), help=describe(LAUNCH_MODES))
-    training.add_argument("--inverse", action="store_true",
-                          help="with --gpu: also the largest batch, sequence length and rank that fit it "
-                               "(a few simulations each: tens of seconds)")
+    training.add_argument("--no-inverse", dest="inverse", action="store_false",
+                          help="with --gpu, skip the `inverse` answer (the largest batch, sequence length and rank "
+                               "that fit the GPU: a few more simulations, seconds)")
     infer = parser.add_argument_group("generation (--infer): prefill + one decode step with the KV cache")
     infer.add_argument("--infer", action="store_true", help="simulate generation instead of / besides training")
     infer.add_argument("--prompt-tokens", type=int, default=512, help="tokens per prompt (the prefill)")
@@ -119,17 +119,15 @@ def run(args: argparse.Namespace) -> dict:
             if gpu is not None:
                 result["multi_gpu"]["smallest_gpus"] = smallest_fitting(sim, gpu, args.sharding)
         result["fits"] = fit_table(peak)
-        if args.inverse:
-            if gpu is None:
-                raise LabError("--inverse needs a GPU to solve for.", "Add --gpu NAME.")
+        if args.inverse and gpu is not None:
             from lab.estimate.inverse import max_fitting
 
             knobs = ["batch_size", "seq_len"] + ([] if args.train == "full" else ["r"])
             answers = {k: max_fitting(arch, settings, gpu, k) for k in knobs}
             result["inverse"] = {"gpu": gpu.name, **{f"max_{k}": a.value for k, a in answers.items()},
                                  "details": {k: a.to_json() for k, a in answers.items()}}
-    elif args.gpus is not None or args.inverse:
-        raise LabError("--gpus and --inverse are about training.", "Add --train full|lora|qlora.")
+    elif args.gpus is not None:
+        raise LabError("--gpus is about training.", "Add --train full|lora|qlora.")
     if gpu is not None:
         result["gpu_verdict"] = gpu_verdict(peak, gpu).to_json()
     return result
