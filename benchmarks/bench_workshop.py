@@ -155,8 +155,9 @@ class Person:
     # ---- the operations
     async def calculator(self) -> None:
         await self.goto("calculator?model=Llama-3.2-3B&precision=nf4", "Training step")
-        await self.page.locator('[data-testid="stButtonGroup"]').first.get_by_text("fp32", exact=True).click()
-        await self.page.wait_for_url(re.compile(r"precision=fp32"), timeout=300_000)
+        # another quantized base (the page's method is QLoRA): a new simulation, and the URL follows
+        await self.page.locator('[data-testid="stButtonGroup"]').first.get_by_text("int8", exact=True).click()
+        await self.page.wait_for_url(re.compile(r"precision=int8"), timeout=300_000)
         await self.idle()
 
     async def compare(self) -> None:
