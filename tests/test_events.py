@@ -125,3 +125,22 @@ def test_poll_interval_follows_the_pace_of_the_run(tmp_path, fake_training):
 def test_interval_changes_only_when_worth_a_rerun():
     assert R.interval_changed(2.0, None) and R.interval_changed(None, 2.0) and not R.interval_changed(None, None)
     assert not R.interval_changed(2.0, 2.9) and R.interval_changed(2.0, 3.0) and R.interval_changed(10.0, 2.0)
+
+
+def test_a_run_launched_a_moment_ago_is_starting_before_its_process_execs(tmp_path):
+    """Between fork and exec a new training process still has its parent's command line (a server's, a test
+    runner's): a run the queue launched moments ago reads "starting", not "failed"; an old launch is judged
+    by its command line again (a reused pid is not our run)."""
+    import json
+    import time
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # not `lab train`
+    try:
+        assert not R.pid_alive(other.pid) and R.pid_alive(other.pid, just_spawned=True)
+        (tmp_path / R.LAUNCH_FILE).write_text(json.dumps({"pid": other.pid, "launching_at": time.time()}))
+        assert R.run_status(tmp_path).status == "starting"
+        (tmp_path / R.LAUNCH_FILE).write_text(json.dumps({"pid": other.pid, "launching_at": time.time() - 3600}))
+        assert R.run_status(tmp_path).status == "failed"
+    finally:
+        other.kill()
+        other.wait()

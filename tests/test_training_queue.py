@@ -96,7 +96,7 @@ def test_the_lock_is_held_for_a_process_life_and_reports_its_holder(runs):
 def test_a_second_run_queues_then_starts_when_the_first_ends(tiny_model_dir, runs):
     first = Q.submit(cfg(tiny_model_dir, max_steps=2), owner="alice", name="first")
     second = Q.submit(cfg(tiny_model_dir, max_steps=1), owner="bob", name="second")
-    assert first.status in ("starting", "running") and second.status == "queued"
+    assert first.status in ("starting", "running") and second.status == "queued", (first.status, first.error)
     active, line = Q.queue_state()
     assert active.run_dir == runs / "first" and [q.name for q in line] == ["second"] and line[0].position == 1
     assert line[0].planned_steps == 1

@@ -31,8 +31,10 @@ LAUNCH_GRACE = 60.0  # seconds a run being launched reads as "starting" before i
 
 
 # --------------------------------------------------------------------------- processes
-def pid_alive(pid: int | None) -> bool:
-    """Is `pid` a live process that is a lab training (guards against reused pids)?"""
+def pid_alive(pid: int | None, just_spawned: bool = False) -> bool:
+    """Is `pid` a live process that is a lab training (guards against reused pids)? `just_spawned`: the
+    process was started moments ago and may not have exec'd `python -m lab train` yet (between fork and
+    exec its command line is its parent's), so any live process with that pid counts."""
     if not pid:
         return False
     try:
@@ -48,7 +50,7 @@ def pid_alive(pid: int | None) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return True  # no /proc (macOS): trust kill(0)
-    return "lab" in cmdline and "train" in cmdline
+    return just_spawned or ("lab" in cmdline and "train" in cmdline)
 
 
 # --------------------------------------------------------------------------- lock
@@ -263,7 +265,8 @@ def status_from_events(run_dir: Path, events: list[dict], pid: int | None = None
     if end is not None:
         s.status, s.error, s.hint = end["status"], end.get("error"), end.get("hint")
         return s
-    if pid_alive(pid):
+    just_spawned = not events and time.time() - launch.get("launching_at", 0) < LAUNCH_GRACE
+    if pid_alive(pid, just_spawned):
         s.status = "stopping" if (run_dir / STOP_FILE).exists() else ("running" if starts else "starting")
         return s
     if not starts and pid is None and not events:
