@@ -306,7 +306,8 @@ def poll_task(key: str, draw: Callable[[BackgroundTask], None], keep: Callable[[
         if task.running:
             draw(task)
             return False
-        del st.session_state[key]
+        if st.session_state.pop(key, None) is None:
+            return False  # an overlapping run of this page (a fragment tick and a rerun) kept it already
         keep(task)
         return True
 
