@@ -227,7 +227,7 @@ def measure_load(
 ) -> LoadReport:
     """Load `spec` at `precision`, measure, inspect, score, then release it. Returns the report."""
     report = report or _noop
-    source = (resolve_source(spec) if isinstance(spec, str) else spec).require_weights()
+    source = (resolve_source(spec, weights=True) if isinstance(spec, str) else spec).require_weights()
     device = device or device_type()
     p = get_precision(precision)
     check_supported(p.name, device)
@@ -387,7 +387,7 @@ def run_loading_lab(
     if not precisions:
         raise LabError("No precision chosen.", "Pick at least one of fp32, bf16, fp16, int8, nf4, nf4-dq, fp4.")
     names = [get_precision(p).name for p in precisions]
-    source = resolve_source(spec).require_weights()  # fails the whole run at once, not each precision
+    source = resolve_source(spec, weights=True)  # fails the whole run at once, not each precision
     results: list[dict] = []
     if not _RUN_LOCK.acquire(blocking=False):
         report("waiting for another loading-lab run to finish…", 0.0)
