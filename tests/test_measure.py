@@ -142,6 +142,7 @@ def test_measure_load_report_and_memory_handed_back(tiny_model_dir, monkeypatch)
     assert r.linear_classes == {"Linear4bit": 14, "Linear": 1}
     assert abs(r.error_pct) <= 1.0
     assert r.perplexity > 1 and r.perplexity_tokens == 62
+    assert r.perplexity_tokens_read == 64 and r.perplexity_windows == 2  # 64 read in 2 windows of 32: 31 + 31 predicted
     assert len(r.answers) == 1 and r.answers[0]["prompt"] == "Hi"
     # Memory handed back: once measure_load returns, not one of the model's tensors is alive any more
     # (RSS figures alone cannot show it: the allocator keeps freed pages as it likes).
@@ -161,8 +162,16 @@ def test_perplexity_is_the_exp_of_the_mean_nll(tiny_model_dir):
     ids = loaded.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(loaded.model.device)
     with torch.inference_mode():
         loss = loaded.model(input_ids=ids, labels=ids).loss.item()  # transformers' own shifted mean NLL
-    assert res.tokens == ids.shape[1] - 1
+    assert res.tokens == ids.shape[1] - 1 and res.read == ids.shape[1] and res.windows == 1
     assert math.isclose(res.perplexity, math.exp(loss), rel_tol=1e-4)
+
+
+def test_token_counts_are_labelled_honestly():
+    from lab.inspect.quality import describe_tokens
+
+    text = describe_tokens(510, 512, 2)
+    assert text.startswith("510 predicted tokens of the 512 read") and "2 windows" in text and "first token" in text
+    assert describe_tokens(63, 0, 0) == "63 predicted tokens"
 
 
 def test_run_loads_each_precision_in_turn(tiny_model_dir):

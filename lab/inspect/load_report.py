@@ -77,7 +77,9 @@ class LoadReport:
     linear_classes: dict[str, int] = field(default_factory=dict)
     unquantized: list[dict] = field(default_factory=list)
     perplexity: float | None = None
-    perplexity_tokens: int | None = None
+    perplexity_tokens: int | None = None  # tokens predicted
+    perplexity_tokens_read: int | None = None  # tokens read: predicted + one per window (see quality.describe_tokens)
+    perplexity_windows: int | None = None
     perplexity_seconds: float | None = None
     answers: list[dict] = field(default_factory=list)
     config_code: str = ""
@@ -312,6 +314,7 @@ def _score(result: LoadReport, loaded, estimate, quality: QualityConfig, report:
         ppl = perplexity(model, loaded.tokenizer, max_tokens=quality.perplexity_tokens, window=quality.window,
                          cancel=cancel)
         result.perplexity, result.perplexity_tokens, result.perplexity_seconds = ppl.perplexity, ppl.tokens, ppl.seconds
+        result.perplexity_tokens_read, result.perplexity_windows = ppl.read, ppl.windows
         forward = True
     if quality.prompts and quality.max_new_tokens and not _cancelled(cancel):
         result.answers = greedy_answers(model, loaded.tokenizer, quality.prompts, quality.max_new_tokens,
