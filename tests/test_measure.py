@@ -288,3 +288,25 @@ def test_embedded_model_bf16_int8_nf4_match_prediction(embedded_dir):
         assert abs(predicted - fp.total_bytes) / fp.total_bytes <= 0.01, (precision, predicted, fp.total_bytes)
         loaded = None
         free_memory()
+
+
+def test_rss_growth_is_explained_from_the_loads_own_figures(tiny_model_dir):
+    """The explanation quotes the report's own numbers, and the anon/file split adds up to the RSS growth."""
+    from lab.inspect.load_report import explain_rss
+    from lab.units import fmt_bytes
+
+    for precision in ("fp32", "int8"):
+        r = measure_load(str(tiny_model_dir), precision, quality=NO_QUALITY).to_json()
+        mem = r["memory"]
+        text = explain_rss(r)
+        assert text.startswith(f"+{fmt_bytes(mem['rss_bytes'])} for {fmt_bytes(r['measured_bytes'])} of weights")
+        if mem.get("rss_anon_bytes") is not None:  # Linux: RssAnon + RssFile (+ RssShmem) = VmRSS
+            assert abs(mem["rss_anon_bytes"] + mem["rss_file_bytes"] - mem["rss_bytes"]) <= 1 << 20
+    mapped = {"precision": "fp32", "measured_bytes": 538_000_000, "rss_at_release_bytes": 605_000_000,
+              "memory": {"rss_bytes": 66_000_000, "rss_anon_bytes": 48_000_000, "rss_file_bytes": 18_000_000}}
+    assert "memory-mapped" in explain_rss(mapped) and fmt_bytes(605_000_000) in explain_rss(mapped)
+    quantized = {"precision": "int8", "measured_bytes": 220_000_000,
+                 "memory": {"rss_bytes": 772_000_000, "rss_anon_bytes": 346_000_000, "rss_file_bytes": 426_000_000}}
+    text = explain_rss(quantized)
+    assert "memory-mapped" not in text and "quantizing read every Linear weight" in text
+    assert fmt_bytes(426_000_000) in text and "leftovers" in text
