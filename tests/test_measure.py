@@ -305,6 +305,7 @@ def test_rss_growth_is_explained_from_the_loads_own_figures(tiny_model_dir):
     mapped = {"precision": "fp32", "measured_bytes": 538_000_000, "rss_at_release_bytes": 605_000_000,
               "memory": {"rss_bytes": 66_000_000, "rss_anon_bytes": 48_000_000, "rss_file_bytes": 18_000_000}}
     assert "memory-mapped" in explain_rss(mapped) and fmt_bytes(605_000_000) in explain_rss(mapped)
+    assert "anonymous" not in explain_rss(mapped)  # the weights are not in anonymous memory yet
     quantized = {"precision": "int8", "measured_bytes": 220_000_000,
                  "memory": {"rss_bytes": 772_000_000, "rss_anon_bytes": 346_000_000, "rss_file_bytes": 426_000_000}}
     text = explain_rss(quantized)

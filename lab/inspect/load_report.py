@@ -354,7 +354,7 @@ def explain_rss(r: dict) -> str:
         later = r.get("rss_at_release_bytes")
         parts.append("the weights are memory-mapped from the safetensors file and count in RSS only once read, "
                      "at the first forward pass" + (f" ({fmt_bytes(later)} by release)" if later else ""))
-    if file is not None and anon is not None and file > 0.1 * growth:
+    elif file is not None and anon is not None and file > 0.1 * growth:
         read = "quantizing read every Linear weight at full precision" if quantized else "the load read the weights"
         parts.append(f"{fmt_bytes(file)} are checkpoint pages mapped into the process ({read} through the map)")
         if anon > 1.1 * measured:
