@@ -331,7 +331,7 @@ with tab_eval:
         m = result.metrics()
         acc = result.metric == "accuracy"
         table = pd.DataFrame([{"model": n, **d} for n, d in m.items()]).set_index("model")
-        st.dataframe(table, width="stretch")
+        st.dataframe(table, width="stretch", column_config={"accuracy": st.column_config.NumberColumn(format="percent")})
         key = "accuracy" if acc else "perplexity"
         for name, note in (st.session_state.get(EVAL_PRECISION) or {}).items():
             if note and name in result.models:
