@@ -79,7 +79,7 @@ precision = c2.selectbox("Precision", list(PRECISIONS), index=list(PRECISIONS).i
 
 source = None
 with friendly_errors("Resolving the base model"):
-    source = resolve_source(spec).require_weights()
+    source = resolve_source(spec, weights=True)  # hints name only what this page can load
 
 runs = discover_runs()
 run_labels = {str(r.path): f"{r.name} — {r.describe()}" for r in runs}

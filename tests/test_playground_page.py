@@ -180,3 +180,12 @@ def test_score_chart_axis_and_labels():
     assert short_labels(["base"]) == ["base"]
     ppl = score_bars(["base", "alpha"], [12.5, 8.0], False, "t")
     assert ppl.layout.yaxis.range[0] == 0 and ppl.layout.yaxis.range[1] >= 12.5 and list(ppl.data[0].text) == ["12.50", "8.00"]
+
+
+def test_a_model_that_cannot_be_loaded_gets_a_hint_that_fits_this_page():
+    at = open_page("no-such-model-name")
+    assert not at.exception
+    errors = [e.value for e in at.error if "no-such-model-name" in e.value]
+    assert len(errors) == 1 and "catalog" not in errors[0] and "'embedded'" in errors[0]
+    at = open_page("Llama-3.2-1B")  # a catalog config: no weights to generate from
+    assert [e.value for e in at.error if "config without weights" in e.value]
