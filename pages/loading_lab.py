@@ -197,8 +197,8 @@ if ok:
         "measured MB": st.column_config.NumberColumn(format="%.3f", help="True bytes: " + "; ".join(f"{k}: {v}" for k, v in KINDS.items())),
         "predicted MB": st.column_config.NumberColumn(format="%.3f", help="lab.estimate.weights.estimate_weights(...).weights_bytes"),
         "error %": st.column_config.NumberColumn(format="%+.4f", help="(predicted − measured) / measured; target |error| ≤ 1%"),
-        "RSS growth MB": st.column_config.NumberColumn(format="%.1f", help=MEMORY_LABELS["rss_bytes"] + " Why it differs "
-                                                       "between precisions: see below the table."),
+        "RSS growth MB": st.column_config.NumberColumn(
+            format="%.1f", help=MEMORY_LABELS["rss_bytes"] + " Why it differs between precisions: below the table."),
         "load s": st.column_config.NumberColumn(format="%.2f", help="from_pretrained wall time (quantizing happens during the load)."),
         "perplexity": st.column_config.NumberColumn(format="%.3f", help=QUALITY_HELP["perplexity_tokens"]),
     })
@@ -218,11 +218,17 @@ if ok:
             "handed back MB": _mb(r["freed"].get("rss_bytes")),
         } for r in ok])
         st.dataframe(more, hide_index=True, width="stretch", column_config={
-            "get_memory_footprint MB": st.column_config.NumberColumn(format="%.3f", help="transformers' figure: parameters + buffers only, so it misses absmax, code tables and SCB."),
+            "get_memory_footprint MB": st.column_config.NumberColumn(
+                format="%.3f", help="transformers' figure: parameters + buffers only, so it misses absmax, code tables "
+                "and SCB."),
             "RSS anon MB": st.column_config.NumberColumn(format="%.1f", help=MEMORY_LABELS["rss_anon_bytes"]),
             "RSS file MB": st.column_config.NumberColumn(format="%.1f", help=MEMORY_LABELS["rss_file_bytes"]),
-            "RSS at release MB": st.column_config.NumberColumn(format="%.1f", help="RSS growth from before the load until just before the model was freed: forward passes (perplexity, answers) touch memory-mapped weights and allocate scratch."),
-            "handed back MB": st.column_config.NumberColumn(format="%.1f", help="RSS returned to the OS when this model was freed (gc + malloc_trim), before the next load."),
+            "RSS at release MB": st.column_config.NumberColumn(
+                format="%.1f", help="RSS growth from before the load until just before the model was freed: forward "
+                "passes (perplexity, answers) touch memory-mapped weights and allocate scratch."),
+            "handed back MB": st.column_config.NumberColumn(
+                format="%.1f", help="RSS returned to the OS when this model was freed (gc + malloc_trim), before the "
+                "next load."),
         })
 
     fig = go.Figure()

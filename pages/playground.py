@@ -331,12 +331,14 @@ with tab_eval:
         m = result.metrics()
         acc = result.metric == "accuracy"
         table = pd.DataFrame([{"model": n, **d} for n, d in m.items()]).set_index("model")
-        st.dataframe(table, width="stretch", column_config={"accuracy": st.column_config.NumberColumn(format="percent")})
+        st.dataframe(table, width="stretch",
+                     column_config={"accuracy": st.column_config.NumberColumn(format="percent")})
         key = "accuracy" if acc else "perplexity"
         for name, note in (st.session_state.get(EVAL_PRECISION) or {}).items():
             if note and name in result.models:
                 st.caption(f":material/info: **{name}**: {note}")
-        fig = score_bars(list(m), [d[key] for d in m.values()], acc, f"{result.dataset}: {len(result.rows)} test examples")
+        fig = score_bars(list(m), [d[key] for d in m.values()], acc,
+                         f"{result.dataset}: {len(result.rows)} test examples")
         st.plotly_chart(fig, width="stretch", key="eval_chart")
         rows = [{"#": r["index"], "differs": r["differs"], "prompt": r["prompt"], "reference": r["reference"],
                  **{f"{n}": ("✅ " if r["correct"][n] else "❌ ") + r["answers"][n] if acc else r["answers"][n]

@@ -60,7 +60,7 @@ def test_resolve_sources(tiny_model_dir, tmp_path, monkeypatch):
 
 
 def _fake_hub_cache(root: Path, hub_id: str, model_dir: Path | None) -> Path:
-    """The Hugging Face cache layout (models--owner--name/refs/main, snapshots/<sha>/...) holding `model_dir`'s files."""
+    """The Hugging Face cache layout (models--owner--name/refs/main, snapshots/<sha>/...) with `model_dir`'s files."""
     import shutil
 
     repo = root / ("models--" + hub_id.replace("/", "--"))
@@ -83,7 +83,8 @@ def test_uncached_hub_id_offline_fails_at_once_with_hints_that_fit(monkeypatch, 
     monkeypatch.setattr("socket.create_connection", lambda *a, **k: probes.append(a))
     with pytest.raises(LabError) as loading:
         resolve_source("someone/not-cached", weights=True)
-    assert "not in this machine's Hugging Face Hub cache" in str(loading.value) and "HF_HUB_OFFLINE" in str(loading.value)
+    assert "not in this machine's Hugging Face Hub cache" in str(loading.value)
+    assert "HF_HUB_OFFLINE" in str(loading.value)
     assert "catalog" not in str(loading.value) and "'embedded'" in str(loading.value)  # a page that loads weights
     with pytest.raises(LabError) as estimating:
         resolve_source("someone/not-cached")

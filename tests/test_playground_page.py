@@ -179,7 +179,8 @@ def test_score_chart_axis_and_labels():
     assert all(len(x) <= 18 for x in bar.x) and len(set(bar.x)) == 3  # short, and still three bars
     assert short_labels(["base"]) == ["base"]
     ppl = score_bars(["base", "alpha"], [12.5, 8.0], False, "t")
-    assert ppl.layout.yaxis.range[0] == 0 and ppl.layout.yaxis.range[1] >= 12.5 and list(ppl.data[0].text) == ["12.50", "8.00"]
+    assert ppl.layout.yaxis.range[0] == 0 and ppl.layout.yaxis.range[1] >= 12.5
+    assert list(ppl.data[0].text) == ["12.50", "8.00"]
 
 
 def test_a_model_that_cannot_be_loaded_gets_a_hint_that_fits_this_page():

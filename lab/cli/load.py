@@ -54,7 +54,8 @@ def render(r: dict) -> str:
         ("RSS handed back", fmt_bytes(r["freed"].get("rss_bytes"))),
     ]
     if r["perplexity"] is not None:
-        over = describe_tokens(r["perplexity_tokens"], r.get("perplexity_tokens_read") or 0, r.get("perplexity_windows") or 0)
+        over = describe_tokens(r["perplexity_tokens"], r.get("perplexity_tokens_read") or 0,
+                               r.get("perplexity_windows") or 0)
         rows.append(("perplexity", f"{r['perplexity']:.3f} over {over} ({r['perplexity_seconds']:.1f} s)"))
     for a in r["answers"]:
         rows.append((f"Q: {a['prompt']}", a["answer"].replace("\n", " ")[:100]))

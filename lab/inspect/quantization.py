@@ -47,7 +47,8 @@ def _checkpoint_files(source: ModelSource) -> list[Path]:
         try:
             from huggingface_hub import snapshot_download
 
-            folder = Path(snapshot_download(source.hub_id or source.spec, allow_patterns=["*.safetensors", "*.json"], local_files_only=True))
+            folder = Path(snapshot_download(source.hub_id or source.spec, allow_patterns=["*.safetensors", "*.json"],
+                                            local_files_only=True))
         except Exception as e:
             raise LabError(
                 f"The checkpoint of {source.display_name!r} is not in the local Hub cache ({type(e).__name__}).",

@@ -282,7 +282,8 @@ def hub_offline() -> bool:
     """HF_HUB_OFFLINE set (read now: huggingface_hub reads it once, at import)."""
     from huggingface_hub import constants
 
-    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
+    return constants.HF_HUB_OFFLINE or flag in ("1", "true", "yes", "on")
 
 
 def hub_reachable(timeout: float = 2.0) -> bool:
