@@ -213,8 +213,8 @@ def test_a_precision_the_device_cannot_run_is_reported_and_the_run_goes_on(tiny_
     assert "Use fp32/fp16/bf16" in results[1]["error"]
 
 
-def test_bad_inputs_give_clear_errors(tmp_path, tiny_model_dir):
-    with pytest.raises(LabError, match="neither an existing folder"):
+def test_bad_inputs_give_clear_errors(tmp_path, tiny_model_dir, monkeypatch):
+    with pytest.raises(LabError, match="neither an existing model folder"):
         run_loading_lab(str(tmp_path / "nope"), ["fp32"])
     with pytest.raises(LabError, match="Unknown precision 'int3'"):
         run_loading_lab(str(tiny_model_dir), ["int3"])
@@ -225,9 +225,13 @@ def test_bad_inputs_give_clear_errors(tmp_path, tiny_model_dir):
     with pytest.raises(LabError, match=r"only 1.00 MB of RAM is free.*Try a 4-bit precision"):
         check_fits(10**9, "cpu", "A model", available=10**6)
     check_fits(10**6, "cpu", "A model", available=10**9)  # fits: no error
-    # Hub id offline: every precision reports the same clear message, the run stops there.
-    results = run_loading_lab("no-such-owner/no-such-model", ["fp32", "nf4"], quality=NO_QUALITY)
-    assert len(results) == 1 and "Hub" in results[0]["error"] and "offline" in results[0]["error"]
+    # A Hub id that is not cached, offline: the whole run fails at once, before any precision starts.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LabError, match="Hugging Face Hub cache.*Offline, use 'embedded'"):
+        run_loading_lab("no-such-owner/no-such-model", ["fp32", "nf4"], quality=NO_QUALITY)
 
 
 def test_quant_inspect_uses_bitsandbytes_tables_and_errors(tiny_model_dir):
