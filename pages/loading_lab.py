@@ -10,9 +10,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lab.environment import device_type
-from lab.inspect.load_report import HELP
+from lab.inspect.load_report import HELP, explain_rss
 from lab.inspect.measure import KINDS, MEMORY_LABELS
-from lab.inspect.quality import DEFAULT_PROMPTS, QualityConfig
+from lab.inspect.quality import DEFAULT_PROMPTS, QualityConfig, describe_tokens
 from lab.inspect.quality import HELP as QUALITY_HELP
 from lab.inspect.quantization import (
     SCHEMES,
@@ -43,6 +43,8 @@ from pages._ui import (
 TASK = "loading_lab_task"
 RESULTS = "loading_lab_results"
 ERROR = "loading_lab_error"  # a run that failed as a whole (one precision's failure is in its result)
+CANCELLED = "loading_lab_cancelled"  # the last run was cancelled: what finished, what did not run
+RUN_INPUTS = "loading_lab_inputs"  # the inputs of the last run: its errors go once the inputs change
 NF4_TASK = "loading_lab_nf4_task"
 NF4_RESULTS = "loading_lab_nf4_results"
 NF4_ERROR = "loading_lab_nf4_error"
@@ -80,6 +82,9 @@ precisions = c2.multiselect(
     "Precisions (loaded in this order)", list(PRECISIONS), default=default_precisions,
     format_func=lambda n: PRECISIONS[n].label, help=precision_help, disabled=running,
 )
+source = None
+with c1, friendly_errors("Reading the model"):  # the one message about a bad model, at once, under the field
+    source = resolve_source(spec, weights=True)
 with st.expander("Options: dtype, perplexity, prompts"):
     o1, o2, o3 = st.columns(3)
     dtype = o1.selectbox("Unquantized dtype (int8/4-bit)", list(DTYPE_CHOICES), help=HELP["dtype"], disabled=running)
@@ -97,12 +102,17 @@ if others:
     st.info(f"{len(others)} model(s) loaded by other pages or people stay in memory and inflate RSS; unused ones are "
             "freed when a load needs their room, or free them in the sidebar for clean figures.", icon=":material/info:")
 
+inputs = [spec, list(precisions), dtype, int(ppl_tokens), int(max_new), prompts_text]
+if st.session_state.get(RUN_INPUTS) not in (None, inputs):  # new inputs: the last run's errors no longer apply
+    st.session_state.pop(ERROR, None)
+    st.session_state.pop(CANCELLED, None)
+    st.session_state[RESULTS] = [r for r in st.session_state.get(RESULTS) or [] if "error" not in r]
+
 b1, b2, _ = st.columns([1, 1, 3])
-if b1.button("Load and measure", type="primary", icon=":material/play_arrow:", disabled=running,
+if b1.button("Load and measure", type="primary", icon=":material/play_arrow:", disabled=running or source is None,
              help="Load the model at each chosen precision in turn (the previous one is freed first), in the background."):
     started = False
     with friendly_errors("Loading"):
-        resolve_source(spec).require_weights()  # a bad folder/name fails here, at once, with a clear message
         if not precisions:
             st.warning("Choose at least one precision.", icon=":material/warning:")
         else:
@@ -110,7 +120,9 @@ if b1.button("Load and measure", type="primary", icon=":material/play_arrow:", d
                                     "answer_tokens": str(int(max_new))})
             quality = QualityConfig(perplexity_tokens=int(ppl_tokens), max_new_tokens=int(max_new),
                                     prompts=tuple(p.strip() for p in prompts_text.splitlines() if p.strip()))
-            st.session_state.pop(RESULTS, None)
+            for key in (RESULTS, ERROR, CANCELLED):
+                st.session_state.pop(key, None)
+            st.session_state[RUN_INPUTS] = inputs
             # Each precision waits its turn in the device's queue (and is admitted against free memory).
             start_task(TASK, shared_models().loading_lab, session_owner(), spec, list(precisions), dtype, quality)
             started = True
@@ -132,12 +144,23 @@ def _show_progress(t) -> None:
 
 def _keep_results(t) -> None:
     st.session_state[RESULTS] = t.result if t.result is not None else t.partial or []
-    st.session_state[ERROR] = t.error
+    st.session_state[ERROR] = t.error if t.status == "failed" else None
+    if t.status == "cancelled":
+        planned = (t.args[2] if len(t.args) > 2 else []) or []
+        done = [r["precision"] for r in st.session_state[RESULTS]]
+        st.session_state[CANCELLED] = {"done": done, "skipped": [p for p in planned if p not in done],
+                                       "seconds": round(t.elapsed)}
 
 
 poll_task(TASK, _show_progress, _keep_results)
 if st.session_state.get(ERROR):
     st.error(st.session_state[ERROR], icon=":material/error:")
+if st.session_state.get(CANCELLED):
+    c = st.session_state[CANCELLED]
+    st.warning(f"**Cancelled** after {c['seconds']} s. "
+               + (f"Finished: {', '.join(c['done'])} (the last one may lack perplexity or answers if it was "
+                  "cancelled while scoring). " if c["done"] else "Nothing finished. ")
+               + (f"Not run: {', '.join(c['skipped'])}." if c["skipped"] else ""), icon=":material/cancel:")
 
 
 # --------------------------------------------------------------------------- results
@@ -160,31 +183,53 @@ if ok:
         "computed from the config alone."
     )
     st.latex(r"\text{error} = \frac{\text{predicted} - \text{measured}}{\text{measured}} \times 100\%")
+    # The main table fits the page (7 columns); the other figures are one click away, not scrolled out of sight.
     table = pd.DataFrame([{
         "precision": r["precision"],
-        "Linear class": r["linear_class"],
-        "unquantized dtype": r["dtype"],
         "measured MB": _mb(r["measured_bytes"]),
         "predicted MB": _mb(r["predicted_bytes"]),
         "error %": r["error_pct"],
-        "get_memory_footprint MB": _mb(r["hf_footprint_bytes"]),
         "RSS growth MB": _mb(r["memory"].get("rss_bytes")),
-        "RSS at release MB": _mb(r.get("rss_at_release_bytes")),
-        "handed back MB": _mb(r["freed"].get("rss_bytes")),
         "load s": r["load_seconds"],
         "perplexity": r["perplexity"],
     } for r in ok])
-    st.dataframe(table, hide_index=True, column_config={
+    st.dataframe(table, hide_index=True, width="stretch", column_config={
         "measured MB": st.column_config.NumberColumn(format="%.3f", help="True bytes: " + "; ".join(f"{k}: {v}" for k, v in KINDS.items())),
         "predicted MB": st.column_config.NumberColumn(format="%.3f", help="lab.estimate.weights.estimate_weights(...).weights_bytes"),
         "error %": st.column_config.NumberColumn(format="%+.4f", help="(predicted − measured) / measured; target |error| ≤ 1%"),
-        "get_memory_footprint MB": st.column_config.NumberColumn(format="%.3f", help="transformers' figure: parameters + buffers only, so it misses absmax, code tables and SCB."),
-        "RSS growth MB": st.column_config.NumberColumn(format="%.1f", help=MEMORY_LABELS["rss_bytes"]),
-        "RSS at release MB": st.column_config.NumberColumn(format="%.1f", help="RSS growth from before the load until just before the model was freed: forward passes (perplexity, answers) touch memory-mapped weights and allocate scratch."),
-        "handed back MB": st.column_config.NumberColumn(format="%.1f", help="RSS returned to the OS when this model was freed (gc + malloc_trim), before the next load."),
+        "RSS growth MB": st.column_config.NumberColumn(
+            format="%.1f", help=MEMORY_LABELS["rss_bytes"] + " Why it differs between precisions: below the table."),
         "load s": st.column_config.NumberColumn(format="%.2f", help="from_pretrained wall time (quantizing happens during the load)."),
         "perplexity": st.column_config.NumberColumn(format="%.3f", help=QUALITY_HELP["perplexity_tokens"]),
     })
+    why = [(r["precision"], explain_rss(r)) for r in ok if explain_rss(r)]
+    if why:
+        st.markdown("**Why RSS grew as it did** (RSS counts pages, not tensors):\n"
+                    + "\n".join(f"- {p}: {text}" for p, text in why))
+    with st.expander("More figures: Linear class, get_memory_footprint(), RSS parts, memory handed back"):
+        more = pd.DataFrame([{
+            "precision": r["precision"],
+            "Linear class": r["linear_class"],
+            "unquantized dtype": r["dtype"],
+            "get_memory_footprint MB": _mb(r["hf_footprint_bytes"]),
+            "RSS anon MB": _mb(r["memory"].get("rss_anon_bytes")),
+            "RSS file MB": _mb(r["memory"].get("rss_file_bytes")),
+            "RSS at release MB": _mb(r.get("rss_at_release_bytes")),
+            "handed back MB": _mb(r["freed"].get("rss_bytes")),
+        } for r in ok])
+        st.dataframe(more, hide_index=True, width="stretch", column_config={
+            "get_memory_footprint MB": st.column_config.NumberColumn(
+                format="%.3f", help="transformers' figure: parameters + buffers only, so it misses absmax, code tables "
+                "and SCB."),
+            "RSS anon MB": st.column_config.NumberColumn(format="%.1f", help=MEMORY_LABELS["rss_anon_bytes"]),
+            "RSS file MB": st.column_config.NumberColumn(format="%.1f", help=MEMORY_LABELS["rss_file_bytes"]),
+            "RSS at release MB": st.column_config.NumberColumn(
+                format="%.1f", help="RSS growth from before the load until just before the model was freed: forward "
+                "passes (perplexity, answers) touch memory-mapped weights and allocate scratch."),
+            "handed back MB": st.column_config.NumberColumn(
+                format="%.1f", help="RSS returned to the OS when this model was freed (gc + malloc_trim), before the "
+                "next load."),
+        })
 
     fig = go.Figure()
     x = [r["precision"] for r in ok]
@@ -253,8 +298,11 @@ if ok:
         st.header("What it costs in quality")
     scored = [r for r in ok if r["perplexity"] is not None]
     if scored:
-        st.markdown(f"Perplexity on the lab's own text (`assets/eval_text.txt`), first {scored[0]['perplexity_tokens']} "
-                    "predicted tokens, the same windows at every precision:")
+        first = scored[0]
+        counted = describe_tokens(first["perplexity_tokens"], first.get("perplexity_tokens_read") or 0,
+                                  first.get("perplexity_windows") or 0)
+        st.markdown(f"Perplexity on the lab's own text (`assets/eval_text.txt`): {counted}; the same windows at "
+                    "every precision. N below counts the predicted tokens:")
         st.latex(r"\mathrm{PPL} = \exp\Big(-\frac{1}{N}\sum_{i=1}^{N} \log p(x_i \mid x_{<i})\Big)")
         fig = go.Figure(go.Bar(x=[r["precision"] for r in scored], y=[r["perplexity"] for r in scored],
                                text=[f"{r['perplexity']:.2f}" for r in scored], textposition="outside"))
@@ -289,8 +337,10 @@ def _histogram(spec: str, name: str):
     return weight_histogram(load_float_weight(spec, name), name)
 
 
+if source is None:
+    st.caption("Pick a model with weights above to look at its matrices.")
 with friendly_errors("Reading the checkpoint"):
-    names = linear_weight_names(resolve_source(spec)) if spec.strip() else []
+    names = linear_weight_names(source) if source is not None else []
     if names:
         n1, n2 = st.columns([3, 1])
         name = n1.selectbox("Weight matrix", names,  # in model order: the first layer's first Linear first
@@ -326,11 +376,13 @@ with friendly_errors("Reading the checkpoint"):
             st.rerun()
 
         def _keep_layer_errors(t) -> None:
-            st.session_state[NF4_RESULTS], st.session_state[NF4_ERROR] = t.result, t.error
+            st.session_state[NF4_RESULTS] = t.result
+            st.session_state[NF4_ERROR] = (t.args[0], t.error) if t.error else None  # the model it is about
 
         poll_task(NF4_TASK, progress_bar, _keep_layer_errors)
-        if st.session_state.get(NF4_ERROR):
-            st.error(st.session_state[NF4_ERROR], icon=":material/error:")
+        nf4_error = st.session_state.get(NF4_ERROR)
+        if nf4_error and nf4_error[0] == spec:  # another model typed since: that error no longer applies
+            st.error(nf4_error[1], icon=":material/error:")
         rows = st.session_state.get(NF4_RESULTS)
         if rows:
             df = pd.DataFrame(rows)

@@ -10,19 +10,19 @@ waits its turn in the device's queue (lab.sharing).
 from __future__ import annotations
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from lab import policy
 from lab.data.datasets import list_datasets, save_upload
 from lab.errors import LabError
-from lab.generate.adapters import choose_adapters, discover_runs
+from lab.generate.adapters import choose_adapters, discover_runs, newest_matching, precision_note
 from lab.generate.compare import BASE_COLUMN, SamplingSettings
 from lab.generate.evaluate import METRICS, EvalSettings, load_examples, to_csv, to_markdown
 from lab.generate.prompts import build_chat_prompt
 from lab.models.sources import resolve_source
 from lab.sharing.limits import RequestLimits
 from lab.vocab import PRECISIONS, describe
+from pages._charts import score_bars
 from pages._ui import (
     friendly_errors,
     get_task,
@@ -39,6 +39,7 @@ from pages._ui import (
 GEN_TASK = "playground_generate"
 EVAL_TASK = "playground_evaluate"
 EVAL_RESULT = "playground_eval_result"  # the last evaluation (EvalResult), or its error (str)
+EVAL_PRECISION = "playground_eval_precision"  # the base precision the last evaluation ran at
 CHAT = "playground_chat"  # column -> list of messages (chat mode)
 LAST = "playground_last"  # the last finished comparison (json)
 # Seconds between redraws of the streaming columns. Each redraw costs the browser 30-100 ms of CPU whatever
@@ -78,16 +79,21 @@ precision = c2.selectbox("Precision", list(PRECISIONS), index=list(PRECISIONS).i
 
 source = None
 with friendly_errors("Resolving the base model"):
-    source = resolve_source(spec).require_weights()
+    source = resolve_source(spec, weights=True)  # hints name only what this page can load
 
 runs = discover_runs()
 run_labels = {str(r.path): f"{r.name} — {r.describe()}" for r in runs}
 a1, a2 = st.columns([2, 1])
+newest = newest_matching(runs, source)
+# A shared link's adapters, else the newest run trained on this base: the adapter just trained is ready to try.
+preselect = [p for p in qp.get_all("adapter") if p in run_labels] if qp.get_all("adapter") else \
+    ([str(newest.path)] if newest is not None else [])
 picked = a1.multiselect("Adapters from runs/", list(run_labels), format_func=run_labels.get, disabled=busy,
-                        default=[p for p in qp.get_all("adapter") if p in run_labels][:limits.max_adapters],
+                        default=preselect[:limits.max_adapters],
                         max_selections=limits.max_adapters,
-                        help="LoRA adapters saved by the Training page (newest first). Each becomes a column, "
-                             "seen by you only. " + RequestLimits.help("max_adapters"))
+                        help="LoRA adapters saved by the Training page (newest first; the newest trained on this "
+                             "base is preselected). Each becomes a column, seen by you only. "
+                             + RequestLimits.help("max_adapters"))
 typed = "\n".join(p for p in qp.get_all("adapter") if p not in run_labels)  # a shared link's adapters, checked below
 if not policy.public_mode() or policy.limits().hub_allow:  # public mode: runs of this server, or allow-listed Hub ids
     typed = a2.text_area("Other adapters (one per line)", value=typed, height=68, disabled=busy,
@@ -105,6 +111,7 @@ if not runs and not typed.strip():
     st.info("No trained adapters in runs/ yet: train one on the Training page, or give an adapter folder. "
             "The base column works on its own meanwhile.", icon=":material/info:")
 columns = [BASE_COLUMN, *[a.name for a in adapters]]
+notes = {a.name: precision_note(a, precision) for a in adapters}  # e.g. trained on an NF4 base, run here on FP32
 if any(a.use_dora for a in adapters):
     st.caption(":material/info: DoRA adapters cannot join the batch: they run one after another, "
                "after the batched columns (slower, same answers).")
@@ -175,13 +182,16 @@ with tab_gen:
         with friendly_errors("Generation"):
             shareable()
 
+            column_notes = dict(notes)  # read here, on the script thread
+
             def work(who, convs, infos, s, report, cancel):
                 turn = next(iter(convs.values()))[-1]["content"]
                 report("Waiting for the model…", partial={"columns": {}, "turn": turn})
                 result = shared.compare(who, spec, precision, infos, convs, s, report=report, cancel=cancel,
                                         on_update=lambda snap: report("Generating…", partial={"columns": snap, "turn": turn}))
                 return {**result.to_json(), "columns": {n: c.to_json() | {"batched": c.batched} for n, c in result.columns.items()},
-                        "prompts": result.prompts, "conversations": convs, "chat": chat_mode}
+                        "prompts": result.prompts, "conversations": convs, "chat": chat_mode,
+                        "notes_by_column": column_notes}
 
             start_task(GEN_TASK, work, owner, conversations(prompt), adapters, settings.validate())
             st.session_state.pop(LAST, None)
@@ -194,6 +204,9 @@ with tab_gen:
             c = cols_data.get(name, {})
             with col.container(border=True, key=f"column-{name}"):
                 st.markdown(f"**{name}**" + ("" if name != BASE_COLUMN else " · no adapter"))
+                note = data["notes_by_column"].get(name) if "notes_by_column" in data else notes.get(name)
+                if note:
+                    st.caption(f":material/info: {note}")
                 if chat_mode or data.get("chat"):
                     for m in history.get(name, []):
                         st.chat_message(m["role"]).markdown(m["content"])
@@ -311,19 +324,22 @@ with tab_eval:
             start_task(EVAL_TASK, eval_work, owner, examples, adapters, label,
                        EvalSettings(limit=int(limit) or None, metric=metric))
             st.session_state.pop(EVAL_RESULT, None)
+            st.session_state[EVAL_PRECISION] = {a.name: precision_note(a, precision) for a in adapters}
             st.rerun()
 
     def show_eval(result) -> None:
         m = result.metrics()
         acc = result.metric == "accuracy"
         table = pd.DataFrame([{"model": n, **d} for n, d in m.items()]).set_index("model")
-        st.dataframe(table, width="stretch")
+        st.dataframe(table, width="stretch",
+                     column_config={"accuracy": st.column_config.NumberColumn(format="percent")})
         key = "accuracy" if acc else "perplexity"
-        fig = go.Figure(go.Bar(x=list(m), y=[d[key] for d in m.values()], text=[
-            f"{d[key]:.1%}" if acc else f"{d[key]:.2f}" for d in m.values()], textposition="auto"))
-        fig.update_layout(height=280, margin=dict(t=30, b=10), yaxis_title=key + (" (higher is better)" if acc else " (lower is better)"),
-                          yaxis_tickformat=".0%" if acc else None, title=f"{result.dataset}: {len(result.rows)} test examples")
-        st.plotly_chart(fig, width="stretch")
+        for name, note in (st.session_state.get(EVAL_PRECISION) or {}).items():
+            if note and name in result.models:
+                st.caption(f":material/info: **{name}**: {note}")
+        fig = score_bars(list(m), [d[key] for d in m.values()], acc,
+                         f"{result.dataset}: {len(result.rows)} test examples")
+        st.plotly_chart(fig, width="stretch", key="eval_chart")
         rows = [{"#": r["index"], "differs": r["differs"], "prompt": r["prompt"], "reference": r["reference"],
                  **{f"{n}": ("✅ " if r["correct"][n] else "❌ ") + r["answers"][n] if acc else r["answers"][n]
                     for n in result.models},

@@ -46,3 +46,49 @@ def test_playground_side_by_side_in_chromium(app_server, page, tiny_model_dir, t
     assert_no_exception(page)
     png = screenshot(page, "screenshot-playground.png")
     assert png.stat().st_size > 10_000
+
+
+def test_newest_run_preselected_noted_and_scored_in_chromium(app_server, page, tiny_model_dir, tiny_adapters):
+    import json
+    import shutil
+
+    from lab.paths import runs_dir
+
+    name = "tiny-banking-intents_SFT_LoRa4_NF4-a-run-name-far-too-long-for-a-chart-axis"
+    run = runs_dir() / name  # the server's runs/ (a temporary folder under tests)
+    shutil.copytree(tiny_adapters["alpha"], run)
+    (run / "lab_run.json").write_text(json.dumps({"precision": "nf4", "base_model": {
+        "spec": str(tiny_model_dir), "display_name": tiny_model_dir.name, "kind": "folder",
+        "pretrained_id": str(tiny_model_dir)}}))
+    try:
+        open_page(page, app_server, f"playground?model={tiny_model_dir}&precision=fp32", wait_for_text="Side by side")
+        picker = page.get_by_text("Adapters from runs/").locator("xpath=ancestor::div[@data-testid='stMultiSelect']")
+        expect(picker).to_contain_text(name[:20])  # the newest run on this base, preselected
+        page.get_by_role("spinbutton", name="Max new tokens").fill("4")
+        page.get_by_role("spinbutton", name="Max new tokens").press("Enter")
+        wait_idle(page)
+        page.get_by_role("button", name="Generate").click()
+        expect(page.get_by_text("Tokens/s")).to_have_count(2, timeout=60_000)
+        expect(page.get_by_text("Trained on a NF4 base; here on FP32").first).to_be_visible()
+        page.get_by_role("tab", name="Evaluate on a test set").click()
+        page.get_by_role("spinbutton", name="Examples").fill("2")
+        page.get_by_role("spinbutton", name="Examples").press("Enter")
+        wait_idle(page)
+        page.get_by_role("button", name="Evaluate").click()
+        chart = page.locator(".js-plotly-plot").last
+        expect(chart).to_be_visible(timeout=120_000)
+        wait_idle(page)
+        def texts(selector: str) -> list[str]:  # SVG text has no innerText
+            return chart.locator(selector).evaluate_all("els => els.map(e => e.textContent)")
+
+        ticks = texts(".ytick text")
+        assert ticks[0] == "0%" and ticks[-1] == "100%", ticks  # 0-100%, whatever the scores
+        labels = texts(".xtick text")
+        assert labels[0] == "base" and labels[1].endswith("…") and len(labels[1]) <= 18, labels
+        bars = texts("text.bartext")
+        assert len(bars) == 2 and all(b.endswith("%") for b in bars), bars  # every bar labelled, a zero one too
+        assert_no_exception(page)
+        chart.scroll_into_view_if_needed()
+        screenshot(page, "playground-evaluation.png")
+    finally:
+        shutil.rmtree(run, ignore_errors=True)

@@ -114,6 +114,24 @@ def test_free_text_set_uses_perplexity_and_reports_export(loaded, tiny_adapters,
 def test_bundled_banking_set_is_labelled():
     examples = load_examples("banking-intents")
     assert len(examples) == 72 and is_labelled(examples)
+    # Any first N rows (the page's "Examples" field), even when no label repeats among them.
+    for n in (1, 4, 8, 12, 20):
+        first = load_examples("banking-intents", n)
+        assert len({e.answer for e in first}) > 1 or n == 1
+        assert is_labelled(first), n
+    for name in ("infra-alpaca", "style"):  # free-text answers
+        assert not is_labelled(load_examples(name))
+
+
+def test_auto_metric_scores_a_few_banking_examples_by_exact_match(loaded):
+    examples = load_examples("banking-intents", 3)
+    assert len({e.answer for e in examples}) == 3  # three different labels, none repeated
+    r = evaluate(loaded, [], examples, "banking-intents", EvalSettings(metric="auto", max_new_tokens=2))
+    assert r.metric == "accuracy"
+    m = r.metrics()[BASE_COLUMN]
+    correct = sum(normalize(row["answers"][BASE_COLUMN]) == normalize(e.answer) for row, e in zip(r.rows, examples,
+                                                                                                strict=True))
+    assert m["correct"] == correct and m["accuracy"] == round(correct / 3, 4)
 
 
 def test_bad_datasets_are_clear(tmp_path):

@@ -44,7 +44,8 @@ def test_embedded_folder_is_a_plain_checkpoint(embedded_dir):
     assert resolve_source("embedded").path == embedded_dir
 
 
-def test_resolve_sources(tiny_model_dir, tmp_path):
+def test_resolve_sources(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("lab.models.sources.hub_reachable", lambda timeout=2.0: True)  # the Hub, as if online
     assert resolve_source(str(tiny_model_dir)).kind == "folder"
     assert resolve_source(str(tiny_model_dir / "config.json")).kind == "config"
     assert resolve_source("HuggingFaceTB/SmolLM2-135M-Instruct").kind == "hub"
@@ -56,6 +57,87 @@ def test_resolve_sources(tiny_model_dir, tmp_path):
     bad.write_text("{not json")
     with pytest.raises(LabError, match="not valid JSON"):
         resolve_source(str(bad)).load_config()
+
+
+def _fake_hub_cache(root: Path, hub_id: str, model_dir: Path | None) -> Path:
+    """The Hugging Face cache layout (models--owner--name/refs/main, snapshots/<sha>/...) with `model_dir`'s files."""
+    import shutil
+
+    repo = root / ("models--" + hub_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    if model_dir is not None:
+        for f in model_dir.iterdir():
+            shutil.copy(f, snapshot / f.name)
+    return snapshot
+
+
+def test_uncached_hub_id_offline_fails_at_once_with_hints_that_fit(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    probes = []
+    monkeypatch.setattr("socket.create_connection", lambda *a, **k: probes.append(a))
+    with pytest.raises(LabError) as loading:
+        resolve_source("someone/not-cached", weights=True)
+    assert "not in this machine's Hugging Face Hub cache" in str(loading.value)
+    assert "HF_HUB_OFFLINE" in str(loading.value)
+    assert "catalog" not in str(loading.value) and "'embedded'" in str(loading.value)  # a page that loads weights
+    with pytest.raises(LabError) as estimating:
+        resolve_source("someone/not-cached")
+    assert "catalog name" in str(estimating.value)  # the calculator can use one
+    with pytest.raises(LabError, match="neither an existing model folder nor a Hub id") as bad:
+        resolve_source("no-such-name", weights=True)
+    assert "catalog" not in str(bad.value)
+    with pytest.raises(LabError, match="config without weights") as catalog:
+        resolve_source("Llama-3.2-1B", weights=True)
+    assert str(catalog.value).count("config without weights") == 1
+    assert probes == []  # HF_HUB_OFFLINE: no network probe at all
+
+
+def test_no_network_is_detected_without_waiting_for_retries(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    from lab.models import sources
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(sources, "_probe", {})
+    probes = []
+
+    def no_network(address, timeout=None):
+        probes.append(address)
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr("socket.create_connection", no_network)
+    for _ in range(2):
+        with pytest.raises(LabError, match="cannot reach the Hugging Face Hub"):
+            resolve_source("someone/not-cached", weights=True)
+    assert len(probes) == 1 and probes[0][1] == 443  # probed once, then remembered
+
+
+def test_cached_hub_id_offline_loads_from_its_snapshot(monkeypatch, tmp_path, tiny_model_dir):
+    from huggingface_hub import constants
+
+    snapshot = _fake_hub_cache(tmp_path, "someone/tiny", tiny_model_dir)
+    _fake_hub_cache(tmp_path, "someone/config-only", None)
+    (tmp_path / "models--someone--config-only" / "snapshots" / ("0" * 40) / "config.json").write_text(
+        (tiny_model_dir / "config.json").read_text())
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source = resolve_source("someone/tiny", weights=True)
+    assert source.kind == "hub" and source.pretrained_id == str(snapshot) and source.display_name == "someone/tiny"
+    loaded = load_model("someone/tiny", "fp32")
+    assert loaded.source.display_name == "someone/tiny"
+    assert resolve_source("someone/config-only").load_config().model_type == "llama"  # a config is enough here
+    with pytest.raises(LabError, match="no weights"):
+        resolve_source("someone/config-only", weights=True)
 
 
 def test_hub_id_offline_gives_clear_error(monkeypatch):

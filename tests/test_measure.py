@@ -142,6 +142,7 @@ def test_measure_load_report_and_memory_handed_back(tiny_model_dir, monkeypatch)
     assert r.linear_classes == {"Linear4bit": 14, "Linear": 1}
     assert abs(r.error_pct) <= 1.0
     assert r.perplexity > 1 and r.perplexity_tokens == 62
+    assert r.perplexity_tokens_read == 64 and r.perplexity_windows == 2  # 64 read in 2 windows of 32: 31 + 31 predicted
     assert len(r.answers) == 1 and r.answers[0]["prompt"] == "Hi"
     # Memory handed back: once measure_load returns, not one of the model's tensors is alive any more
     # (RSS figures alone cannot show it: the allocator keeps freed pages as it likes).
@@ -161,8 +162,16 @@ def test_perplexity_is_the_exp_of_the_mean_nll(tiny_model_dir):
     ids = loaded.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(loaded.model.device)
     with torch.inference_mode():
         loss = loaded.model(input_ids=ids, labels=ids).loss.item()  # transformers' own shifted mean NLL
-    assert res.tokens == ids.shape[1] - 1
+    assert res.tokens == ids.shape[1] - 1 and res.read == ids.shape[1] and res.windows == 1
     assert math.isclose(res.perplexity, math.exp(loss), rel_tol=1e-4)
+
+
+def test_token_counts_are_labelled_honestly():
+    from lab.inspect.quality import describe_tokens
+
+    text = describe_tokens(510, 512, 2)
+    assert text.startswith("510 predicted tokens of the 512 read") and "2 windows" in text and "first token" in text
+    assert describe_tokens(63, 0, 0) == "63 predicted tokens"
 
 
 def test_run_loads_each_precision_in_turn(tiny_model_dir):
@@ -204,8 +213,8 @@ def test_a_precision_the_device_cannot_run_is_reported_and_the_run_goes_on(tiny_
     assert "Use fp32/fp16/bf16" in results[1]["error"]
 
 
-def test_bad_inputs_give_clear_errors(tmp_path, tiny_model_dir):
-    with pytest.raises(LabError, match="neither an existing folder"):
+def test_bad_inputs_give_clear_errors(tmp_path, tiny_model_dir, monkeypatch):
+    with pytest.raises(LabError, match="neither an existing model folder"):
         run_loading_lab(str(tmp_path / "nope"), ["fp32"])
     with pytest.raises(LabError, match="Unknown precision 'int3'"):
         run_loading_lab(str(tiny_model_dir), ["int3"])
@@ -216,9 +225,13 @@ def test_bad_inputs_give_clear_errors(tmp_path, tiny_model_dir):
     with pytest.raises(LabError, match=r"only 1.00 MB of RAM is free.*Try a 4-bit precision"):
         check_fits(10**9, "cpu", "A model", available=10**6)
     check_fits(10**6, "cpu", "A model", available=10**9)  # fits: no error
-    # Hub id offline: every precision reports the same clear message, the run stops there.
-    results = run_loading_lab("no-such-owner/no-such-model", ["fp32", "nf4"], quality=NO_QUALITY)
-    assert len(results) == 1 and "Hub" in results[0]["error"] and "offline" in results[0]["error"]
+    # A Hub id that is not cached, offline: the whole run fails at once, before any precision starts.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LabError, match="Hugging Face Hub cache.*Offline, use 'embedded'"):
+        run_loading_lab("no-such-owner/no-such-model", ["fp32", "nf4"], quality=NO_QUALITY)
 
 
 def test_quant_inspect_uses_bitsandbytes_tables_and_errors(tiny_model_dir):
@@ -279,3 +292,26 @@ def test_embedded_model_bf16_int8_nf4_match_prediction(embedded_dir):
         assert abs(predicted - fp.total_bytes) / fp.total_bytes <= 0.01, (precision, predicted, fp.total_bytes)
         loaded = None
         free_memory()
+
+
+def test_rss_growth_is_explained_from_the_loads_own_figures(tiny_model_dir):
+    """The explanation quotes the report's own numbers, and the anon/file split adds up to the RSS growth."""
+    from lab.inspect.load_report import explain_rss
+    from lab.units import fmt_bytes
+
+    for precision in ("fp32", "int8"):
+        r = measure_load(str(tiny_model_dir), precision, quality=NO_QUALITY).to_json()
+        mem = r["memory"]
+        text = explain_rss(r)
+        assert text.startswith(f"+{fmt_bytes(mem['rss_bytes'])} for {fmt_bytes(r['measured_bytes'])} of weights")
+        if mem.get("rss_anon_bytes") is not None:  # Linux: RssAnon + RssFile (+ RssShmem) = VmRSS
+            assert abs(mem["rss_anon_bytes"] + mem["rss_file_bytes"] - mem["rss_bytes"]) <= 1 << 20
+    mapped = {"precision": "fp32", "measured_bytes": 538_000_000, "rss_at_release_bytes": 605_000_000,
+              "memory": {"rss_bytes": 66_000_000, "rss_anon_bytes": 48_000_000, "rss_file_bytes": 18_000_000}}
+    assert "memory-mapped" in explain_rss(mapped) and fmt_bytes(605_000_000) in explain_rss(mapped)
+    assert "anonymous" not in explain_rss(mapped)  # the weights are not in anonymous memory yet
+    quantized = {"precision": "int8", "measured_bytes": 220_000_000,
+                 "memory": {"rss_bytes": 772_000_000, "rss_anon_bytes": 346_000_000, "rss_file_bytes": 426_000_000}}
+    text = explain_rss(quantized)
+    assert "memory-mapped" not in text and "quantizing read every Linear weight" in text
+    assert fmt_bytes(426_000_000) in text and "leftovers" in text

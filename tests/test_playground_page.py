@@ -5,16 +5,28 @@ while the rest of the page keeps working."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.fixtures_playground import other_base_adapter, tiny_adapters  # noqa: F401
+from tests.fixtures_playground import make_adapter, other_base_adapter, tiny_adapters  # noqa: F401
 from tests.test_compare import reference
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(ROOT / "pages" / "playground.py")
+
+
+@pytest.fixture(autouse=True)
+def empty_runs(tmp_path, monkeypatch) -> Path:
+    """A runs/ folder of this test's own: runs other tests trained must not be preselected here."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    monkeypatch.setenv("QLORA_LAB_RUNS", str(runs))
+    return runs
 
 
 def widget(items, label):
@@ -124,3 +136,57 @@ def test_evaluate_tab_scores_base_and_adapter(tiny_model_dir, tiny_adapters):
     metrics = next(f for f in frames if "accuracy" in getattr(f, "columns", []))
     assert list(metrics.index) == ["base", "alpha"]
     assert {b.label for b in at.get("download_button")} >= {"Markdown report", "CSV"}
+
+
+def _run(runs: Path, name: str, adapter: Path, base: Path, precision: str) -> Path:
+    """A training run folder as the Training page leaves it: the adapter and lab_run.json."""
+    folder = runs / name
+    shutil.copytree(adapter, folder)
+    (folder / "lab_run.json").write_text(json.dumps({"precision": precision, "base_model": {
+        "spec": str(base), "display_name": base.name, "kind": "folder", "pretrained_id": str(base)}}))
+    return folder
+
+
+def test_newest_matching_run_is_preselected_and_a_precision_change_is_noted(tiny_model_dir, tiny_adapters,
+                                                                            other_base_adapter, empty_runs):
+    older = _run(empty_runs, "older-run", tiny_adapters["beta"], tiny_model_dir, "fp32")
+    time.sleep(0.05)
+    newest = _run(empty_runs, "newest-run-with-a-rather-long-name-nf4", tiny_adapters["alpha"], tiny_model_dir, "nf4")
+    time.sleep(0.05)
+    _run(empty_runs, "zz-other-base", other_base_adapter, other_base_adapter.parent, "fp32")  # newer, other base
+    at = open_page(str(tiny_model_dir))
+    assert not at.exception
+    assert widget(at.multiselect, "Adapters from runs/").value == [str(newest)]  # not the other base's, not older
+    at = generate(at, "Hi", max_new=4)
+    notes = [c.value for c in at.caption if "Trained on a NF4 base; here on FP32" in c.value]
+    assert len(notes) == 1  # beside the adapter's column only
+    # The same adapter at the precision it was trained at: no note.
+    widget(at.selectbox, "Precision").set_value("nf4")
+    at = generate(at.run(), "Hi", max_new=4)
+    assert not any("Trained on a" in c.value for c in at.caption)
+    assert str(older) not in widget(at.multiselect, "Adapters from runs/").value
+
+
+def test_score_chart_axis_and_labels():
+    from pages._charts import score_bars, short_labels
+
+    long = "Llama-3.2-1B-banking-intents_SFT_LoRa16_NF4-20261123-235959"
+    fig = score_bars(["base", long, long + "-2"], [0.0, 0.0, 0.0], True, "banking-intents: 8 test examples")
+    bar = fig.data[0]
+    assert tuple(fig.layout.yaxis.range) == (0, 1.1) and fig.layout.yaxis.tickformat == ".0%"  # 0–100%, never −100%
+    assert list(bar.text) == ["0.0%"] * 3 and bar.textposition == "outside"  # zero scores still labelled
+    assert list(bar.customdata) == ["base", long, long + "-2"]  # the full name on hover
+    assert all(len(x) <= 18 for x in bar.x) and len(set(bar.x)) == 3  # short, and still three bars
+    assert short_labels(["base"]) == ["base"]
+    ppl = score_bars(["base", "alpha"], [12.5, 8.0], False, "t")
+    assert ppl.layout.yaxis.range[0] == 0 and ppl.layout.yaxis.range[1] >= 12.5
+    assert list(ppl.data[0].text) == ["12.50", "8.00"]
+
+
+def test_a_model_that_cannot_be_loaded_gets_a_hint_that_fits_this_page():
+    at = open_page("no-such-model-name")
+    assert not at.exception
+    errors = [e.value for e in at.error if "no-such-model-name" in e.value]
+    assert len(errors) == 1 and "catalog" not in errors[0] and "'embedded'" in errors[0]
+    at = open_page("Llama-3.2-1B")  # a catalog config: no weights to generate from
+    assert [e.value for e in at.error if "config without weights" in e.value]

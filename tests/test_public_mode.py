@@ -177,6 +177,7 @@ def hub(monkeypatch, world):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
     monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    monkeypatch.setattr("lab.models.sources.hub_reachable", lambda timeout=2.0: True)  # this stub Hub answers
     return configs, listings, calls
 
 

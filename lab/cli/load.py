@@ -7,7 +7,7 @@ import argparse
 from lab.inspect.load_report import HELP as LOAD_HELP
 from lab.inspect.load_report import measure_load
 from lab.inspect.measure import KINDS, MEMORY_LABELS
-from lab.inspect.quality import DEFAULT_PROMPTS, QualityConfig
+from lab.inspect.quality import DEFAULT_PROMPTS, QualityConfig, describe_tokens
 from lab.inspect.quality import HELP as QUALITY_HELP
 from lab.units import fmt_bytes, format_table
 from lab.vocab import DTYPE_CHOICES, PRECISIONS, describe
@@ -54,7 +54,9 @@ def render(r: dict) -> str:
         ("RSS handed back", fmt_bytes(r["freed"].get("rss_bytes"))),
     ]
     if r["perplexity"] is not None:
-        rows.append(("perplexity", f"{r['perplexity']:.3f} over {r['perplexity_tokens']} tokens ({r['perplexity_seconds']:.1f} s)"))
+        over = describe_tokens(r["perplexity_tokens"], r.get("perplexity_tokens_read") or 0,
+                               r.get("perplexity_windows") or 0)
+        rows.append(("perplexity", f"{r['perplexity']:.3f} over {over} ({r['perplexity_seconds']:.1f} s)"))
     for a in r["answers"]:
         rows.append((f"Q: {a['prompt']}", a["answer"].replace("\n", " ")[:100]))
     out = format_table(rows, ("", ""))

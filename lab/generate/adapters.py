@@ -301,3 +301,29 @@ def check_compatible(info: AdapterInfo, model) -> None:
                 f"{module_path} has {fan_in} inputs and {fan_out} outputs.",
                 "It was trained on a model of another size: pick an adapter made for this base.",
             )
+
+
+def precision_note(info: AdapterInfo, precision: str) -> str | None:
+    """A note when the adapter was trained on a base at another precision than the one it runs on here
+    (say NF4 in training, FP32 now): the base weights differ by the quantization error, so its answers can
+    differ slightly from what training saw. None when the run recorded no precision or they match."""
+    from lab.models.precision import get_precision
+
+    trained = info.run.get("precision")
+    if not trained or not precision:
+        return None
+    try:
+        was, now = get_precision(str(trained)), get_precision(precision)
+    except LabError:
+        return None
+    if was.name == now.name:
+        return None
+    return (f"Trained on a {was.label} base; here on {now.label}: the base weights differ by the quantization "
+            "error, so outputs can differ slightly from what training saw.")
+
+
+def newest_matching(runs: list[AdapterInfo], source) -> AdapterInfo | None:
+    """The newest run (runs come newest first) whose recorded base is `source`, for preselection; None if none is."""
+    if source is None:
+        return None
+    return next((r for r in runs if r.run and not base_mismatch(r, source)), None)

@@ -34,7 +34,8 @@ from lab.generate.compare import BASE_COLUMN, SamplingSettings, side_by_side
 from lab.generate.prompts import build_chat_prompt
 
 METRICS = {
-    "auto": "accuracy for labelled sets (every answer a short label), perplexity for the others",
+    "auto": "accuracy for labelled sets (every reference a short label without spaces, like banking-intents), "
+    "perplexity for the others",
     "accuracy": "exact match of the stripped greedy answer with the reference (plus loss/perplexity)",
     "perplexity": "loss and perplexity of the reference answers only (answers are still generated for the table)",
 }
@@ -80,9 +81,11 @@ def load_examples(dataset: str, limit: int | None = None) -> list[Example]:
 
 
 def is_labelled(examples: list[Example]) -> bool:
-    """Every reference a short label and labels repeat (a classification set)."""
+    """Every reference a short label: one word or identifier, no spaces (a classification set such as
+    banking-intents). Judged per reference, never by how often labels repeat: the first 8 of
+    banking-intents' 72 test rows carry 8 different labels, and they are labels all the same."""
     answers = [e.answer.strip() for e in examples]
-    return all(_LABEL.match(a) for a in answers) and len(set(answers)) <= max(2, len(answers) // 2)
+    return bool(answers) and all(_LABEL.match(a) for a in answers)
 
 
 def normalize(text: str) -> str:

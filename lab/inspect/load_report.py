@@ -77,7 +77,9 @@ class LoadReport:
     linear_classes: dict[str, int] = field(default_factory=dict)
     unquantized: list[dict] = field(default_factory=list)
     perplexity: float | None = None
-    perplexity_tokens: int | None = None
+    perplexity_tokens: int | None = None  # tokens predicted
+    perplexity_tokens_read: int | None = None  # tokens read: predicted + one per window (see quality.describe_tokens)
+    perplexity_windows: int | None = None
     perplexity_seconds: float | None = None
     answers: list[dict] = field(default_factory=list)
     config_code: str = ""
@@ -227,7 +229,7 @@ def measure_load(
 ) -> LoadReport:
     """Load `spec` at `precision`, measure, inspect, score, then release it. Returns the report."""
     report = report or _noop
-    source = (resolve_source(spec) if isinstance(spec, str) else spec).require_weights()
+    source = (resolve_source(spec, weights=True) if isinstance(spec, str) else spec).require_weights()
     device = device or device_type()
     p = get_precision(precision)
     check_supported(p.name, device)
@@ -312,6 +314,7 @@ def _score(result: LoadReport, loaded, estimate, quality: QualityConfig, report:
         ppl = perplexity(model, loaded.tokenizer, max_tokens=quality.perplexity_tokens, window=quality.window,
                          cancel=cancel)
         result.perplexity, result.perplexity_tokens, result.perplexity_seconds = ppl.perplexity, ppl.tokens, ppl.seconds
+        result.perplexity_tokens_read, result.perplexity_windows = ppl.read, ppl.windows
         forward = True
     if quality.prompts and quality.max_new_tokens and not _cancelled(cancel):
         result.answers = greedy_answers(model, loaded.tokenizer, quality.prompts, quality.max_new_tokens,
@@ -330,6 +333,36 @@ def _record_release(result: LoadReport, before: MemorySnapshot, held: MemorySnap
     result.freed = freed
     # RSS grows after the load too: forward passes touch memory-mapped weights and allocate scratch.
     result.rss_at_release_bytes = held.rss_bytes - before.rss_bytes
+
+
+def explain_rss(r: dict) -> str:
+    """Why this load's RSS grew by what it did, from its own figures (a LoadReport as JSON).
+
+    Measured on SmolLM2-135M (fp32 checkpoint, CPU): fp32 grew 66 MB for 538 MB of weights (they are
+    memory-mapped and read at the first forward pass: 605 MB at release), int8 grew 772 MB for 220 MB of
+    weights (426 MB of it file pages: quantizing read every fp32 Linear weight through the map; 346 MB
+    anonymous: the int8 weights plus the allocator's leftovers of the float copies quantized from)."""
+    from lab.units import fmt_bytes
+
+    mem, measured = r.get("memory") or {}, r["measured_bytes"]
+    growth, anon, file = mem.get("rss_bytes"), mem.get("rss_anon_bytes"), mem.get("rss_file_bytes")
+    if growth is None:
+        return ""
+    quantized = get_precision(r["precision"]).quantized
+    parts = [f"+{fmt_bytes(growth)} for {fmt_bytes(measured)} of weights"]
+    if growth < 0.5 * measured:
+        later = r.get("rss_at_release_bytes")
+        parts.append("the weights are memory-mapped from the safetensors file and count in RSS only once read, "
+                     "at the first forward pass" + (f" ({fmt_bytes(later)} by release)" if later else ""))
+    elif file is not None and anon is not None and file > 0.1 * growth:
+        read = "quantizing read every Linear weight at full precision" if quantized else "the load read the weights"
+        parts.append(f"{fmt_bytes(file)} are checkpoint pages mapped into the process ({read} through the map)")
+        if anon > 1.1 * measured:
+            parts.append(f"{fmt_bytes(anon)} anonymous memory: the weights plus the allocator's leftovers"
+                         + (" of the float copies each weight was quantized from" if quantized else ""))
+        else:
+            parts.append(f"{fmt_bytes(anon)} anonymous memory (the weights' own tensors)")
+    return "; ".join(parts) + "."
 
 
 def _after_forward_prediction(estimate, device: str) -> int | None:
@@ -387,7 +420,7 @@ def run_loading_lab(
     if not precisions:
         raise LabError("No precision chosen.", "Pick at least one of fp32, bf16, fp16, int8, nf4, nf4-dq, fp4.")
     names = [get_precision(p).name for p in precisions]
-    source = resolve_source(spec).require_weights()  # fails the whole run at once, not each precision
+    source = resolve_source(spec, weights=True)  # fails the whole run at once, not each precision
     results: list[dict] = []
     if not _RUN_LOCK.acquire(blocking=False):
         report("waiting for another loading-lab run to finish…", 0.0)

@@ -185,6 +185,9 @@ def measure_model(model: torch.nn.Module) -> Footprint:
 MEMORY_LABELS: dict[str, str] = {
     "rss_bytes": "Process RSS: resident pages of this whole process (Python, libraries, every loaded model). "
     "Memory-mapped safetensors pages count only once touched.",
+    "rss_anon_bytes": "The anonymous part of RSS (Linux RssAnon): tensors, copies, the allocator's free blocks.",
+    "rss_file_bytes": "The file-backed part of RSS (Linux RssFile): pages of files mapped into the process, "
+    "e.g. checkpoint weights read through the safetensors memory map.",
     "cuda_allocated_bytes": "torch.cuda.memory_allocated: bytes in live tensors on the GPU.",
     "cuda_max_allocated_bytes": "torch.cuda.max_memory_allocated: the peak of the above since the load started "
     "(includes temporaries such as the fp16 copy quantized from).",
@@ -210,6 +213,8 @@ def measure_storage(model) -> dict:
 @dataclass
 class MemorySnapshot:
     rss_bytes: int
+    rss_anon_bytes: int | None = None  # Linux only (/proc/self/status)
+    rss_file_bytes: int | None = None
     cuda_allocated_bytes: int | None = None
     cuda_max_allocated_bytes: int | None = None
     cuda_reserved_bytes: int | None = None
@@ -217,7 +222,7 @@ class MemorySnapshot:
 
     @classmethod
     def take(cls, device: str = "cpu") -> MemorySnapshot:
-        snap = cls(rss_bytes=psutil.Process().memory_info().rss)
+        snap = cls(rss_bytes=psutil.Process().memory_info().rss, **_rss_parts())
         if device == "cuda" and torch.cuda.is_available():
             torch.cuda.synchronize()
             free, total = torch.cuda.mem_get_info()
@@ -239,6 +244,17 @@ class MemorySnapshot:
             else:
                 out[key] = value - prev
         return out
+
+
+def _rss_parts() -> dict[str, int]:
+    """RssAnon and RssFile from /proc/self/status (Linux); {} elsewhere. They tell a model's own tensors
+    from checkpoint pages that are merely mapped and read."""
+    keys = {"RssAnon": "rss_anon_bytes", "RssFile": "rss_file_bytes"}
+    try:
+        with open("/proc/self/status") as f:
+            return {keys[k]: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in f) if k in keys}
+    except (OSError, ValueError):
+        return {}
 
 
 def reset_peak(device: str) -> None:

@@ -29,7 +29,8 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
 
 # Help texts shared by the CLI flags and the page's tooltips.
 HELP: dict[str, str] = {
-    "perplexity_tokens": "Tokens of assets/eval_text.txt to score at each precision (0 skips perplexity). "
+    "perplexity_tokens": "Tokens of assets/eval_text.txt to read at each precision (0 skips perplexity), in "
+    "windows of 256: each window's first token has no context, so N tokens read give N − 1 per window predicted. "
     "Lower perplexity = the model finds the text less surprising. bf16/fp16 on CPU are slow: keep it small there.",
     "window": "Tokens per forward pass; windows do not overlap, so every precision sees exactly the same contexts.",
     "prompts": "One prompt per line. Each precision answers the same prompts greedily (no sampling), so any "
@@ -56,9 +57,20 @@ class PerplexityResult:
     mean_nll: float
     tokens: int  # tokens predicted (each window's first token has nothing to be predicted from)
     seconds: float
+    read: int = 0  # tokens of the text read: `tokens` + one per window
+    windows: int = 0
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def describe_tokens(predicted: int, read: int, windows: int) -> str:
+    """'510 predicted of 512 read (2 windows of up to 256; a window's first token has no context, so it is not
+    predicted)': why a perplexity over N tokens counts N − windows."""
+    if not read or read == predicted:
+        return f"{predicted} predicted tokens"
+    return (f"{predicted} predicted tokens of the {read} read: {windows} window{'s' * (windows != 1)}, and a "
+            "window's first token has no context before it, so it is read but not predicted")
 
 
 def eval_text(path: Path | None = None) -> str:
@@ -73,7 +85,7 @@ def perplexity(model, tokenizer, text: str | None = None, max_tokens: int = 512,
     ids = tokenizer(text if text is not None else eval_text(), return_tensors="pt", add_special_tokens=False)["input_ids"][0]
     ids = ids[:max_tokens] if max_tokens else ids
     device = next(model.parameters()).device
-    total_nll, predicted = 0.0, 0
+    total_nll, predicted, read, windows = 0.0, 0, 0, 0
     for start in range(0, len(ids), window):
         if cancel is not None and cancel.is_set():
             break
@@ -84,8 +96,10 @@ def perplexity(model, tokenizer, text: str | None = None, max_tokens: int = 512,
         nll = torch.nn.functional.cross_entropy(logits[0, :-1], chunk[0, 1:], reduction="sum")
         total_nll += nll.item()
         predicted += chunk.shape[1] - 1
+        read += chunk.shape[1]
+        windows += 1
     mean = total_nll / max(predicted, 1)
-    return PerplexityResult(math.exp(mean), mean, predicted, time.perf_counter() - started)
+    return PerplexityResult(math.exp(mean), mean, predicted, time.perf_counter() - started, read, windows)
 
 
 def greedy_answers(model, tokenizer, prompts: Sequence[str] = DEFAULT_PROMPTS, max_new_tokens: int = 32,

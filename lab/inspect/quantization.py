@@ -41,14 +41,17 @@ def _checkpoint_files(source: ModelSource) -> list[Path]:
     if source.kind in ("embedded", "folder"):
         assert source.path is not None
         folder = source.path
+    elif source.kind == "hub" and source.path is not None:  # its snapshot in the local Hub cache (offline)
+        folder = source.path
     elif source.kind == "hub":
         try:
             from huggingface_hub import snapshot_download
 
-            folder = Path(snapshot_download(source.pretrained_id, allow_patterns=["*.safetensors", "*.json"], local_files_only=True))
+            folder = Path(snapshot_download(source.hub_id or source.spec, allow_patterns=["*.safetensors", "*.json"],
+                                            local_files_only=True))
         except Exception as e:
             raise LabError(
-                f"The checkpoint of {source.pretrained_id!r} is not in the local Hub cache ({type(e).__name__}).",
+                f"The checkpoint of {source.display_name!r} is not in the local Hub cache ({type(e).__name__}).",
                 "Load it once (with network) first, or use a local model folder.",
             ) from e
     else:

@@ -44,7 +44,7 @@ def load_model(source: ModelSource | str, precision: str = "fp32", dtype: str = 
     """Load `source` at `precision` on `device` (default: CUDA if available, else CPU)."""
     from transformers import AutoModelForCausalLM
 
-    source = (resolve_source(source) if isinstance(source, str) else source).require_weights()
+    source = (resolve_source(source, weights=True) if isinstance(source, str) else source).require_weights()
     device = device or device_type()
     p = get_precision(precision)
     tokenizer = load_tokenizer(source)

@@ -126,6 +126,9 @@ class ModelSource:
     kind: str
     path: Path | None = None
     hub_id: str | None = None
+    # Asked for by a page or command that loads weights: its hints then never suggest a catalog name
+    # (a config without weights), which such a page cannot load.
+    for_loading: bool = False
 
     @property
     def has_weights(self) -> bool:
@@ -144,9 +147,10 @@ class ModelSource:
 
     @property
     def pretrained_id(self) -> str:
-        """What to pass to `from_pretrained` / `AutoConfig.from_pretrained`."""
+        """What to pass to `from_pretrained` / `AutoConfig.from_pretrained`: a Hub id, or its snapshot
+        folder in the local Hub cache when the Hub cannot be reached (see `check_hub`)."""
         if self.kind == "hub":
-            return self.hub_id or self.spec
+            return str(self.path) if self.path is not None else (self.hub_id or self.spec)
         assert self.path is not None
         return str(self.path)
 
@@ -155,7 +159,7 @@ class ModelSource:
         if self.kind == "embedded":
             return EMBEDDED_NAME
         if self.kind == "hub":
-            return self.pretrained_id
+            return self.hub_id or self.spec
         assert self.path is not None
         return self.path.stem if self.path.is_file() else self.path.name
 
@@ -198,50 +202,151 @@ def catalog_names() -> list[str]:
     return sorted(p.stem for p in CATALOG_DIR.glob("*.json"))
 
 
-def resolve_source(spec: str) -> ModelSource:
-    """Turn what a user typed into a ModelSource, or raise a LabError that says what to do."""
+def resolve_source(spec: str, weights: bool = False) -> ModelSource:
+    """Turn what a user typed into a ModelSource, or raise a LabError that says what to do.
+
+    weights=True: the caller loads the model (loading lab, training, playground), so a config without
+    weights is refused here, and every hint names only what such a page can load. A Hub id that is
+    not in the local Hub cache while the Hub cannot be reached fails here, at once (see `check_hub`),
+    instead of after transformers' ~25 s of retries."""
+    source = _resolve(spec, weights)
+    if weights:
+        source.require_weights()
+    return check_hub(source) if source.kind == "hub" else source
+
+
+def _resolve(spec: str, weights: bool) -> ModelSource:
     spec = (spec or "").strip()
     if not spec:
-        raise LabError("No model given.", f"Use '{EMBEDDED}', a model folder, a config.json, or a Hub id.")
+        raise LabError("No model given.", f"Use '{EMBEDDED}', a model folder, "
+                       + ("or a Hub id." if weights else "a config.json, a catalog name, or a Hub id."))
     if policy.public_mode():  # no server paths: only the embedded model, the catalog, admitted Hub ids
         kind, spec = policy.check_model_spec(spec)
         if kind == "catalog":
-            return ModelSource(spec=spec, kind="catalog", path=CATALOG_DIR / f"{spec}.json")
+            return ModelSource(spec=spec, kind="catalog", path=CATALOG_DIR / f"{spec}.json", for_loading=weights)
         if kind == "hub":
-            return ModelSource(spec=spec, kind="hub", hub_id=spec)
+            return ModelSource(spec=spec, kind="hub", hub_id=spec, for_loading=weights)
     if spec.lower() == EMBEDDED:
-        return ModelSource(spec=EMBEDDED, kind="embedded", path=prepare_embedded_model(), hub_id=EMBEDDED_HUB_ID)
+        return ModelSource(spec=EMBEDDED, kind="embedded", path=prepare_embedded_model(), hub_id=EMBEDDED_HUB_ID,
+                           for_loading=weights)
 
     path = Path(spec).expanduser()
     if path.is_file():
-        return ModelSource(spec=spec, kind="config", path=path.resolve())
+        return ModelSource(spec=spec, kind="config", path=path.resolve(), for_loading=weights)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise LabError(f"Folder {path} has no config.json, so it is not a transformers model folder.")
         if any(path.glob("*.safetensors")) or any(path.glob("*.bin")):
-            return ModelSource(spec=spec, kind="folder", path=path.resolve())
-        return ModelSource(spec=spec, kind="config", path=(path / "config.json").resolve())
+            return ModelSource(spec=spec, kind="folder", path=path.resolve(), for_loading=weights)
+        return ModelSource(spec=spec, kind="config", path=(path / "config.json").resolve(), for_loading=weights)
 
     by_name = {name.lower(): name for name in catalog_names()}
     if spec.lower() in by_name:
-        return ModelSource(spec=spec, kind="catalog", path=CATALOG_DIR / f"{by_name[spec.lower()]}.json")
+        return ModelSource(spec=spec, kind="catalog", path=CATALOG_DIR / f"{by_name[spec.lower()]}.json",
+                           for_loading=weights)
 
     looks_like_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
     if not looks_like_hub_id:
+        if weights:
+            raise LabError(f"Model {spec!r} is neither an existing model folder nor a Hub id (owner/name).",
+                           f"Use '{EMBEDDED}', a folder holding config.json and weights, or a Hub id.")
         raise LabError(
             f"Model {spec!r} is neither an existing folder or file, a catalog name, nor a Hub id (owner/name).",
             f"Catalog: {', '.join(catalog_names()) or '(empty)'}.",
         )
-    return ModelSource(spec=spec, kind="hub", hub_id=spec)
+    return ModelSource(spec=spec, kind="hub", hub_id=spec, for_loading=weights)
+
+
+def offline_hint(source: ModelSource) -> str:
+    """What to use instead of the Hub, fitted to the page: a catalog name only where configs are enough."""
+    if source.for_loading:
+        return f"use '{EMBEDDED}' or a local model folder"
+    return f"use '{EMBEDDED}', a local model folder or a catalog name"
 
 
 def hub_error(source: ModelSource, error: Exception) -> LabError:
     if source.kind == "hub":
         return LabError(
             f"Could not fetch {source.hub_id!r} from the Hugging Face Hub ({type(error).__name__}).",
-            "Check the id and your network; offline, use 'embedded', a local model folder or a catalog name.",
+            f"Check the id and your network; offline, {offline_hint(source)}.",
         )
     return LabError(f"Could not read model files at {source.path}: {error}")
+
+
+# --------------------------------------------------------------------------- is a Hub id usable here?
+_PROBE_TTL_S = 30.0
+_probe: dict[str, tuple[float, bool]] = {}  # endpoint host -> (when probed, reachable)
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE set (read now: huggingface_hub reads it once, at import)."""
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
+    return constants.HF_HUB_OFFLINE or flag in ("1", "true", "yes", "on")
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Can this machine open a connection to the Hub? A TCP connect to the endpoint (DNS fails in
+    milliseconds on a machine without network), remembered for 30 s. Behind a proxy the answer is
+    yes: the proxy, not this probe, decides."""
+    if hub_offline():
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    seen = _probe.get(host)
+    if seen is not None and time.monotonic() - seen[0] < _PROBE_TTL_S:
+        return seen[1]
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        ok = True
+    except OSError:
+        ok = False
+    _probe[host] = (time.monotonic(), ok)
+    return ok
+
+
+def hub_snapshot(hub_id: str, weights: bool) -> Path | None:
+    """The folder of `hub_id` in the local Hugging Face cache, when it holds a config.json (and, when
+    `weights`, a weight file); None otherwise."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(hub_id, "config.json")
+    except Exception:  # an id the cache layout cannot hold: treat as not cached
+        return None
+    if not isinstance(found, str):
+        return None
+    folder = Path(found).parent
+    if weights and not (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))):
+        return None
+    return folder
+
+
+def check_hub(source: ModelSource) -> ModelSource:
+    """A Hub source that can be used now. Reachable Hub: as is. Hub out of reach (HF_HUB_OFFLINE, or no
+    network): its snapshot in the local Hub cache, or a LabError at once that says what to do."""
+    if hub_reachable():
+        return source
+    assert source.hub_id is not None
+    folder = hub_snapshot(source.hub_id, source.for_loading)
+    if folder is not None:
+        return ModelSource(spec=source.spec, kind="hub", path=folder, hub_id=source.hub_id,
+                           for_loading=source.for_loading)
+    why = "HF_HUB_OFFLINE is set" if hub_offline() else "this machine cannot reach the Hugging Face Hub"
+    what = "weights" if source.for_loading else "config.json"
+    raise LabError(
+        f"{source.hub_id!r} is not in this machine's Hugging Face Hub cache (no {what}) and {why}, "
+        "so it cannot be downloaded.",
+        f"Offline, {offline_hint(source)}; or download it once where there is network "
+        f"(`hf download {source.hub_id}`).",
+    )
 
 
 # --------------------------------------------------------------------------- Hub origin of a local folder

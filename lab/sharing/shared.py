@@ -122,7 +122,7 @@ class SharedModels:
         `purpose` afterwards (replacing its earlier hold for that purpose)."""
         lease = self.registry.try_acquire(spec, precision, dtype, owner, purpose)
         if lease is None:
-            source = resolve_source(spec).require_weights()
+            source = resolve_source(spec, weights=True)
             device = device_type()
             need = load_need(source, precision, dtype, device)
             self.precheck(need)  # what cannot fit even with every unused model freed is refused before queueing
@@ -254,7 +254,7 @@ class SharedModels:
         per precision after admission; unused shared models are freed first if that makes room."""
         from lab.inspect.load_report import run_loading_lab
 
-        source = resolve_source(spec)
+        source = resolve_source(spec, weights=True)
         device = device_type()
 
         def turn(precision: str):
