@@ -212,7 +212,9 @@ def sidebar() -> None:
     env = cached_environment()
     with st.sidebar:
         st.caption("Machine")
-        st.markdown(f"**{env['device'].upper()}** · {env['device_name']}")
+        name = env["device_name"]  # "CPU (Intel Xeon, 2 cores)" or a GPU's name: say the device once
+        st.markdown(f"**{name}**" if name.upper().startswith(env["device"].upper()) else
+                    f"**{env['device'].upper()}** · {name}")
         if env["gpus"]:
             g = env["gpus"][0]
             st.progress(1 - g["free_bytes"] / g["total_bytes"], text=f"GPU {fmt_bytes(g['free_bytes'])} free of {fmt_bytes(g['total_bytes'])}")

@@ -23,7 +23,7 @@ from lab.models.sources import resolve_source
 from lab.training import owners
 from lab.training import queue as Q
 from lab.training import runs as R
-from lab.training.config import SCHEDULERS, TrainConfig, default_config, to_cli_args
+from lab.training.config import SCHEDULERS, TrainConfig, default_config, page_precision, to_cli_args
 from lab.training.distributed import launch_command
 from lab.units import fmt_bytes
 from lab.vocab import LAUNCH_MODES, PRECISIONS, TARGET_PRESETS, optimizers_for
@@ -99,12 +99,13 @@ def show_run(s: R.RunStatus) -> None:
     st.markdown(f"**{icon} {s.status.upper()}** — `{s.name}` ({whose(s.run_dir)})"
                 + (f" (pid {s.pid})" if s.pid and s.active else ""))
     last = s.last_log
+    doing = f" — {s.phase}…" if s.active and s.phase and not (last and s.phase.startswith("Training")) else ""
     if s.max_steps:
         frac = min(s.step / s.max_steps, 1.0)
         eta = f", ETA {last['eta_seconds']:.0f} s" if (last and s.active and last.get("eta_seconds") is not None) else ""
-        st.progress(frac, text=f"step {s.step} / {s.max_steps}{eta}")
+        st.progress(frac, text=f"step {s.step} / {s.max_steps}{eta}{doing}")
     elif s.active:
-        st.progress(0.0, text="loading the model and tokenizing the data…")
+        st.progress(0.0, text=(s.phase + "…") if s.phase else "Starting the training process…")
     if last:
         c = st.columns(5)
         c[0].metric("Train loss", f"{last['loss']:.4f}", help="Cross-entropy on the answer tokens of the last logged batch (the prompt is masked out).")
@@ -171,7 +172,8 @@ def current_run(active: R.RunStatus | None) -> R.RunStatus | None:
         except LabError:
             return None
         return R.run_status(folder) if folder.is_dir() else None
-    return None
+    latest = [h for h in R.list_runs() if not h.queued]  # a fresh tab: the newest run of the history
+    return latest[0] if latest else None
 
 
 def live_figure(s: R.RunStatus) -> go.Figure:
@@ -251,9 +253,13 @@ with left:
             st.markdown(ds.dataset_card(choice))
 
 with right:
-    precision = st.selectbox("Precision of the base", list(PRECISIONS), index=list(PRECISIONS).index(DEFAULTS.precision),
+    precision = st.selectbox("Precision of the base", list(PRECISIONS), index=list(PRECISIONS).index(page_precision(DEVICE)),
                              format_func=lambda p: PRECISIONS[p].label, help=H("precision"), key="t_precision")
     st.caption(PRECISIONS[precision].help)
+    if DEVICE == "cpu" and PRECISIONS[precision].quantized:
+        st.caption(":material/speed: On this CPU a 4-bit base trains about 3× slower per step than FP32: bitsandbytes "
+                   "dequantizes each weight at every matmul. It is what QLoRA means (and what a GPU runs); pick FP32 "
+                   "for the quickest demo.")
     c1, c2, c3 = st.columns(3)
     r = c1.number_input("r", 1, 1024, DEFAULTS.r, help=H("r"), key="t_r")
     alpha = c2.number_input("alpha", 0.0, 4096.0, DEFAULTS.alpha, step=1.0, help=H("alpha"), key="t_alpha")
@@ -351,8 +357,14 @@ if active is not None:
     st.info(f"A training is running (`{active.name}`); a new run joins the queue behind it"
             + (f" and {len(waiting_line)} other(s)" if waiting_line else "") + ". One training at a time per device.",
             icon=":material/hourglass_top:")
-start = st.button("Train" if active is None else "Queue this run", type="primary", icon=":material/play_arrow:",
-                  disabled=not dataset,
+mine = st.session_state.get("train_run_dir")
+mine_status = R.run_status(Path(mine)) if mine else None
+busy_mine = mine_status is not None and (mine_status.active or mine_status.queued)
+if busy_mine:
+    st.caption(f":material/info: Your run `{mine_status.name}` is {mine_status.status}: Train is off until it ends "
+               "(stop or cancel it above to start another).")
+start = st.button("Train" if active is None else "Queue this run", type="primary", icon=":material/play_arrow:", key="t_train",
+                  disabled=not dataset or busy_mine,
                   help="Start `python -m lab train` with these settings as its own process (this page follows its "
                        "event log); "
                        "when a training is running, the run waits in the queue and starts by itself.")
@@ -413,14 +425,21 @@ if not history:
 else:
     infos = {s.name: R.read_run_info(s.run_dir) for s in history}
 
+    def shown(value, fmt: str = "{}") -> str:
+        """A table cell: '—' for a value the run has not got (no eval, still running), never 'None'."""
+        return "—" if value is None or value == "" else fmt.format(value)
+
     def row(s: R.RunStatus) -> dict:
         info = infos[s.name]
-        c, summ = info.get("config", {}), info.get("summary", {})
+        c, summ = info.get("config") or {}, info.get("summary") or {}
         return {"run": s.name, "status": f"{STATUS_TEXT.get(s.status, '')} {s.status}",
                 "owner": "you" if owners.owns(s.run_dir, owner_token()) else "", "steps": s.step,
-                "final loss": summ.get("final_loss") or (s.last_log or {}).get("loss"), "eval loss": summ.get("final_eval_loss"),
-                "precision": info.get("precision"), "r": c.get("r"), "dataset": (info.get("dataset") or {}).get("name"),
-                "tokens/s": summ.get("tokens_per_second"), "seconds": (info.get("durations") or {}).get("total_seconds")}
+                "final loss": shown(summ.get("final_loss") or (s.last_log or {}).get("loss"), "{:.4f}"),
+                "eval loss": shown(summ.get("final_eval_loss"), "{:.4f}"),
+                "precision": shown(info.get("precision")), "r": shown(c.get("r")),
+                "dataset": shown((info.get("dataset") or {}).get("name")),
+                "tokens/s": shown(summ.get("tokens_per_second"), "{:.0f}"),
+                "seconds": shown((info.get("durations") or {}).get("total_seconds"), "{:.0f}")}
 
     st.dataframe([row(s) for s in history], hide_index=True)
     picked = st.multiselect("Compare runs", [s.name for s in history], default=[s.name for s in history[:2]],
@@ -432,7 +451,7 @@ else:
         table = {"setting": keys}
         for s in chosen:
             c = infos[s.name].get("config", {})
-            table[s.name] = [str(c.get(k, "")) for k in keys]
+            table[s.name] = [shown(c.get(k)) for k in keys]
         st.dataframe(table, hide_index=True)
         finished = [s for s in chosen if owners.can_control(s.run_dir, owner_token(), is_admin())
                     and s.status in ("finished", "stopped") and (s.run_dir / "adapter_model.safetensors").exists()]

@@ -14,7 +14,8 @@ from lab.errors import LabError
 from lab.training import owners
 from lab.training import queue as Q
 from lab.training import runs as R
-from lab.training.config import default_config
+from lab.training.config import default_config, page_precision
+from lab.vocab import PRECISIONS
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "training.py")
 
@@ -38,16 +39,27 @@ def test_page_trains_the_tiny_model_and_shows_history(tiny_model_dir, tmp_path, 
     at.button[[b.label for b in at.button].index("Train")].click().run()
     assert not at.exception
     run_dir = Path(at.session_state["train_run_dir"])
-    precision = default_config().precision.upper()  # the page's default on this machine (FP32 on a CPU)
+    precision = page_precision().upper()  # the page's default here: a QLoRA base wherever bitsandbytes runs
+    assert PRECISIONS[page_precision()].quantized
+    assert at.button(key="t_train").disabled  # this tab's run is under way: no second click starts another
+    phases = []
     assert run_dir.parent == tmp_path
     assert run_dir.name.startswith(f"{tiny_model_dir.name}-style_SFT_LoRa16_{precision}-")
     deadline = time.time() + 180
     while time.time() < deadline and R.run_status(run_dir).status in ("queued", "starting", "running", "stopping"):
+        phases.append(R.run_status(run_dir).phase)
         time.sleep(1)
     assert R.run_status(run_dir).status == "finished", (run_dir / "process.log").read_text()
+    said = [e["message"] for e in R.read_events(run_dir) if e["type"] == "phase"]  # what the live panel showed
+    assert [m.split()[0] for m in said] == ["Loading", "Adding", "Building", "Training:", "Saving"], said
+    assert set(filter(None, phases)) <= set(said) and R.run_status(run_dir).phase is None  # none once it ended
     at.run()
     assert not at.exception
     assert any("FINISHED" in m.value for m in at.markdown), [m.value for m in at.markdown]
+    assert at.button(key="t_train").label == "Train" and not at.button(key="t_train").disabled  # ended: back
+    fresh = AppTest.from_file(PAGE, default_timeout=90).run()  # a new tab shows the newest run, not "No run yet"
+    assert any("FINISHED" in m.value and run_dir.name in m.value for m in fresh.markdown)
+    assert not any("None" in str(v) for v in fresh.dataframe[0].value.to_numpy().ravel())  # '—', never 'None'
     assert {"Train loss", "Eval loss", "Tokens/s", "Learning rate", "Peak memory"} <= {m.label for m in at.metric}
     info = json.loads((run_dir / "lab_run.json").read_text())
     assert info["status"] == "finished" and info["config"]["max_steps"] == 3

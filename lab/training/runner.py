@@ -223,6 +223,8 @@ def _train_locked(cfg: TrainConfig, source: ModelSource, targets, data: TrainDat
                 echo(f"skipping {len(data.train.problems)} malformed row(s): {ds.describe_problems(data.train.problems)}")
             echo(f"loading {source.display_name} at {precision.label} on {device}"
                  + (f" ({info['processes']} processes)" if info["processes"] > 1 else ""))
+            phase(log, f"Loading {source.display_name} at {precision.label}"
+                  + (" (quantizing every Linear layer as it loads)" if precision.quantized else ""))
             trainer = build_trainer(cfg, source, targets, data, run_dir, device, info, callback, log, echo)
             status, error = run_training(trainer, callback, info)
             save_outputs(trainer, cfg, run_dir, info, log, echo)
@@ -236,6 +238,12 @@ def _train_locked(cfg: TrainConfig, source: ModelSource, targets, data: TrainDat
     if status == "failed":
         raise LabError(f"Training failed: {error}", hint)
     return result
+
+
+def phase(log: EventLog | None, message: str) -> None:
+    """What the run is doing now, for the page's live panel while no step has been logged yet."""
+    if log:
+        log.write("phase", message=message)
 
 
 def run_record(cfg: TrainConfig, source: ModelSource, precision: str, data: TrainData, run_dir: Path,
@@ -284,6 +292,7 @@ def build_trainer(cfg: TrainConfig, source: ModelSource, targets, data: TrainDat
     info["lora"].update(target_modules=sorted(model.peft_config["default"].target_modules),
                         trainable_params=trainable, total_params=total)
     info["durations"] = {"load_seconds": round(time.time() - t0, 2)}
+    phase(log, f"Adding LoRA and tokenizing {len(data.train.rows)} training rows")
     train_ds = Dataset.from_list([ds.training_example(tokenizer, r) for r in data.train.rows])
     eval_ds = (Dataset.from_list([ds.training_example(tokenizer, r) for r in data.eval.rows[: cfg.max_eval_rows]])
                if data.eval else None)
@@ -293,6 +302,7 @@ def build_trainer(cfg: TrainConfig, source: ModelSource, targets, data: TrainDat
                   train_rows=len(train_ds), eval_rows=len(eval_ds) if eval_ds is not None else 0)
     echo(f"LoRA: {trainable:,} trainable of {total:,} parameters; {len(train_ds)} training rows")
 
+    phase(log, "Building the trainer (TRL tokenizes and packs the examples)")
     args = sft_config(cfg, run_dir, device, eval_ds is not None)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
                          callbacks=[callback], optimizers=(make_optimizer(model, cfg, args), None))
@@ -312,6 +322,7 @@ def build_trainer(cfg: TrainConfig, source: ModelSource, targets, data: TrainDat
 def run_training(trainer, callback: StopAndLogCallback, info: dict) -> tuple[str, str | None]:
     """trainer.train(); (status, error): finished, or stopped on request (a second signal interrupts the step)."""
     t1 = time.time()
+    phase(callback.log, "Training: the first step is running (the first steps are the slowest)")
     try:
         trainer.train()
         status, error = ("stopped" if callback.stop_reason else "finished"), None
@@ -324,12 +335,14 @@ def run_training(trainer, callback: StopAndLogCallback, info: dict) -> tuple[str
 def save_outputs(trainer, cfg: TrainConfig, run_dir: Path, info: dict, log: EventLog | None, echo) -> None:
     """The adapter and tokenizer into the run folder, then the optional merged export (rank 0)."""
     t2 = time.time()
+    phase(log, "Saving the adapter")
     save_adapter(trainer, run_dir)
     if log:
         log.write("saved", adapter_dir=str(run_dir))
     info["durations"]["save_seconds"] = round(time.time() - t2, 2)
     if cfg.merge and log:
         echo("merging the adapter into the base model")
+        phase(log, "Merging the adapter into the base model and exporting it")
         t3 = time.time()
         merged = merge_and_export(run_dir)
         info["merged_dir"] = str(merged)

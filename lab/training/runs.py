@@ -234,6 +234,15 @@ class RunStatus:
         return logs[-1] if logs else None
 
     @property
+    def phase(self) -> str | None:
+        """What the run is doing before and between its logged steps ("loading the base model…"), from
+        its last `phase` event; None once it has ended."""
+        if self.end is not None:
+            return None
+        phases = [e for e in self.events if e["type"] == "phase"]
+        return phases[-1]["message"] if phases else None
+
+    @property
     def end(self) -> dict | None:
         ends = [e for e in self.events if e["type"] == "end"]
         return ends[-1] if ends else None
