@@ -184,22 +184,23 @@ def is_admin() -> bool:
 HUB_CHOICE = "Hub id…"
 
 
-def model_field(label: str, default: str, key: str, help: str, weights: bool = True, disabled: bool = False) -> str:
+def model_field(label: str, default: str, key: str, help: str, weights: bool = True, disabled: bool = False,
+                bind: str | None = None) -> str:
     """A model input. Local mode: free text (a folder, a config.json, a catalog name or a Hub id), as
     always. Public mode (lab.policy): a picker of what this server allows — 'embedded', the catalog
     when no weights are needed, or a Hub id, which is checked against the parameter cap."""
     if not policy.public_mode():
-        return st.text_input(label, default, key=key, help=help, disabled=disabled)
+        return st.text_input(label, default, key=key, help=help, disabled=disabled, bind=bind)
     from lab.models.sources import EMBEDDED, catalog_names
 
     options = [EMBEDDED, *([] if weights else catalog_names()), HUB_CHOICE]
     index = options.index(default) if default in options else 0
-    choice = st.selectbox(label, options, index=index, key=key, disabled=disabled,
+    choice = st.selectbox(label, options, index=index, key=key, disabled=disabled, bind=bind,
                           help=help + " On this public server: no server paths; Hub models up to "
                           f"{fmt_count(policy.limits().max_params)} parameters or on the instructor's allow-list.")
     if choice != HUB_CHOICE:
         return choice
-    return st.text_input("Hub id", key=f"{key}_hub", placeholder="owner/name", disabled=disabled,
+    return st.text_input("Hub id", key=f"{key}_hub", placeholder="owner/name", disabled=disabled, bind=bind,
                          help="Its size is computed from its config.json before anything is downloaded.").strip()
 
 

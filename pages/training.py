@@ -221,12 +221,12 @@ poll(live_panel, every=st.session_state["train_poll_interval"])  # always: a run
 st.subheader("Configure a run")
 left, right = st.columns([3, 2])
 with left:
-    model = model_field("Base model", DEFAULTS.model, key="t_model", help=H("model"))
+    model = model_field("Base model", DEFAULTS.model, key="t_model", help=H("model"), bind="query-params")
     names = ds.list_datasets()
     hub_datasets = not policy.public_mode() or bool(policy.limits().hub_allow)  # public: allow-listed Hub datasets only
     choice = st.selectbox("Dataset", [*names, UPLOAD, *([HUB] if hub_datasets else [])],
                           index=names.index(DEFAULTS.dataset),
-                          help=H("dataset"), key="t_dataset")
+                          help=H("dataset"), key="t_dataset", bind="query-params")
     dataset = choice
     if choice == UPLOAD:
         up = st.file_uploader("JSONL or CSV (Alpaca, chat messages, or prompt/completion rows)", type=["jsonl", "json", "csv"],
@@ -237,7 +237,7 @@ with left:
                 dataset = str(ds.save_upload(up.name, up.getvalue()))  # in runs/uploads/, capped in public mode
     elif choice == HUB:
         dataset = st.text_input("Hub dataset id", "", placeholder="owner/name", help="Needs network access at training time.")
-    skip_bad = st.checkbox("Skip malformed rows", DEFAULTS.skip_bad_rows, help=H("skip_bad_rows"), key="t_skip")
+    skip_bad = st.checkbox("Skip malformed rows", DEFAULTS.skip_bad_rows, help=H("skip_bad_rows"), key="t_skip", bind="query-params")
 
     check = None
     if dataset:
@@ -254,52 +254,52 @@ with left:
 
 with right:
     precision = st.selectbox("Precision of the base", list(PRECISIONS), index=list(PRECISIONS).index(page_precision(DEVICE)),
-                             format_func=lambda p: PRECISIONS[p].label, help=H("precision"), key="t_precision")
+                             format_func=lambda p: PRECISIONS[p].label, help=H("precision"), key="t_precision", bind="query-params")
     st.caption(PRECISIONS[precision].help)
     if DEVICE == "cpu" and PRECISIONS[precision].quantized:
         st.caption(":material/speed: On this CPU a 4-bit base trains about 3× slower per step than FP32: bitsandbytes "
                    "dequantizes each weight at every matmul. It is what QLoRA means (and what a GPU runs); pick FP32 "
                    "for the quickest demo.")
     c1, c2, c3 = st.columns(3)
-    r = c1.number_input("r", 1, 1024, DEFAULTS.r, help=H("r"), key="t_r")
-    alpha = c2.number_input("alpha", 0.0, 4096.0, DEFAULTS.alpha, step=1.0, help=H("alpha"), key="t_alpha")
-    dropout = c3.number_input("dropout", 0.0, 0.9, DEFAULTS.dropout, step=0.05, help=H("dropout"), key="t_dropout")
+    r = c1.number_input("r", 1, 1024, DEFAULTS.r, help=H("r"), key="t_r", bind="query-params")
+    alpha = c2.number_input("alpha", 0.0, 4096.0, DEFAULTS.alpha, step=1.0, help=H("alpha"), key="t_alpha", bind="query-params")
+    dropout = c3.number_input("dropout", 0.0, 0.9, DEFAULTS.dropout, step=0.05, help=H("dropout"), key="t_dropout", bind="query-params")
     preset = st.selectbox("Target modules", [*TARGET_PRESETS, "custom"], format_func=lambda k: f"{k}: {TARGET_PRESETS[k].help}" if k in TARGET_PRESETS else "custom (pick modules)",
-                          help=H("targets"), key="t_targets")
+                          help=H("targets"), key="t_targets", bind="query-params")
     targets = preset
     if preset == "custom":
         available = []
         with friendly_errors("Reading the architecture"):
             available = module_names(model)
-        picked = st.multiselect("Modules", available, default=available[:2], help="The decoder's Linear layers, read from the model's config (no weights loaded).", key="t_modules")
+        picked = st.multiselect("Modules", available, default=available[:2], help="The decoder's Linear layers, read from the model's config (no weights loaded).", key="t_modules", bind="query-params")
         targets = ",".join(picked)
     c1, c2, c3 = st.columns(3)
-    use_rslora = c1.checkbox("rsLoRA", DEFAULTS.use_rslora, help=H("use_rslora"), key="t_rslora")
-    use_dora = c2.checkbox("DoRA", DEFAULTS.use_dora, help=H("use_dora"), key="t_dora")
-    loraplus = c3.number_input("LoRA+ ratio", 0.0, 64.0, DEFAULTS.loraplus_ratio, step=1.0, help=H("loraplus_ratio"), key="t_loraplus")
+    use_rslora = c1.checkbox("rsLoRA", DEFAULTS.use_rslora, help=H("use_rslora"), key="t_rslora", bind="query-params")
+    use_dora = c2.checkbox("DoRA", DEFAULTS.use_dora, help=H("use_dora"), key="t_dora", bind="query-params")
+    loraplus = c3.number_input("LoRA+ ratio", 0.0, 64.0, DEFAULTS.loraplus_ratio, step=1.0, help=H("loraplus_ratio"), key="t_loraplus", bind="query-params")
 
 with st.expander("Optimisation", expanded=True):
     c = st.columns(4)
-    lr = c[0].number_input("Learning rate", 0.0, 1.0, DEFAULTS.learning_rate, format="%.1e", step=1e-4, help=H("learning_rate"), key="t_lr")
-    max_steps = c[1].number_input("Max steps", -1, 100_000, DEFAULTS.max_steps, help=H("max_steps"), key="t_steps")
-    epochs = c[2].number_input("Epochs", 0.0, 100.0, DEFAULTS.epochs, step=0.5, help=H("epochs"), key="t_epochs")
-    seed = c[3].number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed, help=H("seed"), key="t_seed")
+    lr = c[0].number_input("Learning rate", 0.0, 1.0, DEFAULTS.learning_rate, format="%.1e", step=1e-4, help=H("learning_rate"), key="t_lr", bind="query-params")
+    max_steps = c[1].number_input("Max steps", -1, 100_000, DEFAULTS.max_steps, help=H("max_steps"), key="t_steps", bind="query-params")
+    epochs = c[2].number_input("Epochs", 0.0, 100.0, DEFAULTS.epochs, step=0.5, help=H("epochs"), key="t_epochs", bind="query-params")
+    seed = c[3].number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed, help=H("seed"), key="t_seed", bind="query-params")
     c = st.columns(4)
-    batch = c[0].number_input("Batch size", 1, 1024, DEFAULTS.batch_size, help=H("batch_size"), key="t_batch")
-    accum = c[1].number_input("Grad accumulation", 1, 1024, DEFAULTS.grad_accum, help=H("grad_accum"), key="t_accum")
-    max_length = c[2].number_input("Max length (tokens)", 8, 32_768, DEFAULTS.max_length, help=H("max_length"), key="t_maxlen")
-    gc = c[3].checkbox("Gradient checkpointing", DEFAULTS.gradient_checkpointing, help=H("gradient_checkpointing"), key="t_gc")
+    batch = c[0].number_input("Batch size", 1, 1024, DEFAULTS.batch_size, help=H("batch_size"), key="t_batch", bind="query-params")
+    accum = c[1].number_input("Grad accumulation", 1, 1024, DEFAULTS.grad_accum, help=H("grad_accum"), key="t_accum", bind="query-params")
+    max_length = c[2].number_input("Max length (tokens)", 8, 32_768, DEFAULTS.max_length, help=H("max_length"), key="t_maxlen", bind="query-params")
+    gc = c[3].checkbox("Gradient checkpointing", DEFAULTS.gradient_checkpointing, help=H("gradient_checkpointing"), key="t_gc", bind="query-params")
     c = st.columns(4)
     optimizers = optimizers_for(DEVICE)
-    optimizer = c[0].selectbox("Optimizer", optimizers, index=optimizers.index(DEFAULTS.optimizer), help=H("optimizer"), key="t_optim")
-    scheduler = c[1].selectbox("Schedule", SCHEDULERS, index=SCHEDULERS.index(DEFAULTS.scheduler), help=H("scheduler"), key="t_sched")
-    warmup = c[2].number_input("Warmup ratio", 0.0, 0.5, DEFAULTS.warmup_ratio, step=0.05, help=H("warmup_ratio"), key="t_warmup")
-    wd = c[3].number_input("Weight decay", 0.0, 1.0, DEFAULTS.weight_decay, step=0.01, help=H("weight_decay"), key="t_wd")
+    optimizer = c[0].selectbox("Optimizer", optimizers, index=optimizers.index(DEFAULTS.optimizer), help=H("optimizer"), key="t_optim", bind="query-params")
+    scheduler = c[1].selectbox("Schedule", SCHEDULERS, index=SCHEDULERS.index(DEFAULTS.scheduler), help=H("scheduler"), key="t_sched", bind="query-params")
+    warmup = c[2].number_input("Warmup ratio", 0.0, 0.5, DEFAULTS.warmup_ratio, step=0.05, help=H("warmup_ratio"), key="t_warmup", bind="query-params")
+    wd = c[3].number_input("Weight decay", 0.0, 1.0, DEFAULTS.weight_decay, step=0.01, help=H("weight_decay"), key="t_wd", bind="query-params")
     c = st.columns(4)
-    eval_steps = c[0].number_input("Eval every (steps)", 0, 100_000, DEFAULTS.eval_steps, help=H("eval_steps"), key="t_eval")
-    save_steps = c[1].number_input("Checkpoint every (steps)", 1, 100_000, DEFAULTS.save_steps, help=H("save_steps"), key="t_save")
-    logging_steps = c[2].number_input("Log every (steps)", 1, 10_000, DEFAULTS.logging_steps, help=H("logging_steps"), key="t_log")
-    merge = c[3].checkbox("Merge & export after training", DEFAULTS.merge, help=H("merge"), key="t_merge")
+    eval_steps = c[0].number_input("Eval every (steps)", 0, 100_000, DEFAULTS.eval_steps, help=H("eval_steps"), key="t_eval", bind="query-params")
+    save_steps = c[1].number_input("Checkpoint every (steps)", 1, 100_000, DEFAULTS.save_steps, help=H("save_steps"), key="t_save", bind="query-params")
+    logging_steps = c[2].number_input("Log every (steps)", 1, 10_000, DEFAULTS.logging_steps, help=H("logging_steps"), key="t_log", bind="query-params")
+    merge = c[3].checkbox("Merge & export after training", DEFAULTS.merge, help=H("merge"), key="t_merge", bind="query-params")
 
 cfg = replace(
     DEFAULTS, model=model.strip(), dataset=dataset, skip_bad_rows=skip_bad, precision=precision, r=int(r), alpha=float(alpha),
@@ -337,18 +337,18 @@ st.code(".venv/bin/python -m lab train " + " ".join(to_cli_args(cfg)), language=
 with st.expander("Launch command for several GPUs (or CPU processes)"):
     c1, c2, c3 = st.columns(3)
     n_proc = c1.number_input("Processes", 1, 64, 2, help="One per GPU. Each trains on its share of every batch: "
-                             "the effective batch is batch size x grad accumulation x processes.", key="t_nproc")
+                             "the effective batch is batch size x grad accumulation x processes.", key="t_nproc", bind="query-params")
     mode = c2.selectbox("Mode", list(LAUNCH_MODES), format_func=lambda m: LAUNCH_MODES[m].label,
-                        help=" · ".join(f"**{t.label}**: {t.help}" for t in LAUNCH_MODES.values()), key="t_mode")
+                        help=" · ".join(f"**{t.label}**: {t.help}" for t in LAUNCH_MODES.values()), key="t_mode", bind="query-params")
     target = c3.selectbox("On", ["cuda", "cpu"], format_func={"cuda": "GPUs", "cpu": "CPU processes"}.get,
                           help="GPUs: one process per GPU. CPU processes: DDP over gloo on this kind of machine.",
-                          key="t_target")
+                          key="t_target", bind="query-params")
     with friendly_errors("The launch command"):
         launch = launch_command(cfg, int(n_proc), mode, target)
         st.code(str(launch), language="bash")
         for note in launch.notes:
             st.caption(note)
-own_name = st.text_input("Run name (optional)", "", key="t_name",
+own_name = st.text_input("Run name (optional)", "", key="t_name", bind="query-params",
                          placeholder="{base}-{dataset}_SFT_LoRa{r}_{PRECISION}-<time>",
                          help="The run folder's name inside runs/: letters, digits, '.', '_' and '-'. "
                               "Empty: the lab names it.")
