@@ -29,6 +29,7 @@ from lab.units import fmt_bytes
 from lab.vocab import LAUNCH_MODES, PRECISIONS, TARGET_PRESETS, optimizers_for
 from pages._ui import (
     friendly_errors,
+    get_task,
     is_admin,
     model_field,
     owner_token,
@@ -324,13 +325,55 @@ if check is not None:
             st.caption(f"Token lengths over {stats['rows']} rows: min {stats['min']}, median {stats['median']}, "
                        f"mean {stats['mean']}, max {stats['max']}; {stats['truncated']} longer than max length {cfg.max_length} (truncated).")
 
-with st.expander("Memory estimate (the calculator's formula)", expanded=False):
-    with friendly_errors("The memory estimate"):
-        est = cfg.memory_estimate(DEVICE)
-        st.metric("Estimated peak training memory", fmt_bytes(est.total_bytes),
-                  help="weights + adapter + gradients + optimizer states + activations, from the model's config.")
-        st.table({"term": list(est.components), "bytes": [fmt_bytes(v) for v in est.components.values()],
-                  "formula": [est.formulas.get(k, "") for k in est.components]})
+MEMORY_TASK = "training_memory"
+
+
+def memory_section(cfg: TrainConfig) -> None:
+    """One step of this run simulated on fake tensors (the calculator's simulation, this device's code paths),
+    off the script thread; the formula's total beside it."""
+    from lab.estimate.explain import LABELS
+
+    signature = repr(cfg.memory_settings(DEVICE)) + cfg.model
+    done = st.session_state.get("t_memory")
+    if done is None or done[0] != signature:
+        task = get_task(MEMORY_TASK)
+        if task is None or task.name != signature:
+            if st.button("Simulate one step of this run", icon=":material/memory:", key="t_simulate",
+                         help="Runs forward, backward and the optimizer step of this exact run on fake tensors "
+                              "(shapes, no data): a second or a few."):
+                start_task(MEMORY_TASK, lambda report, cancel: cfg.simulate_memory(DEVICE)).name = signature
+                st.rerun()
+            return
+
+        def keep(task) -> None:
+            st.session_state["t_memory"] = (task.name, task.error if task.status == "failed" else task.result)
+
+        poll_task(MEMORY_TASK, lambda task: st.caption(f"Simulating… {task.elapsed:.0f} s"), keep, every=0.5)
+        return
+    sim = done[1]
+    if isinstance(sim, str):
+        st.error(sim, icon=":material/error:")
+        return
+    formula = cfg.memory_estimate(DEVICE)
+    c1, c2 = st.columns(2)
+    c1.metric("Simulated peak of one step", fmt_bytes(sim.peak_bytes),
+              help="Live bytes at the step's peak (forward, backward, optimizer), counted while the real step ran "
+                   "on fake tensors: what torch.cuda.max_memory_allocated would report"
+                   + ("." if DEVICE == "cuda" else "; on this CPU, the tensors' bytes (the process's RSS adds the "
+                      "loaded libraries on top)."))
+    c2.metric("The formula's total", fmt_bytes(formula.total_bytes),
+              help="The calculator's hand-checkable formula: every term's maximum added, as if all peaked at once.")
+    st.dataframe([{"what": LABELS.get(k, k), "at the peak": fmt_bytes(v)} for k, v in sim.by_category.items() if v],
+                 hide_index=True)
+    if DEVICE == "cuda":
+        st.caption("On a GPU add about 1 GiB outside PyTorch's allocator (CUDA context, kernels) and a few percent of "
+                   "fragmentation: the calculator's GPU verdict does.")
+    st.caption(f"Peak during {sim.peak_at}. The calculator page shows the timeline and one layer module by module.")
+
+
+with st.expander("Memory of one training step (simulated)", expanded=False):
+    with friendly_errors("The memory simulation"):
+        memory_section(cfg)
 
 # --------------------------------------------------------------------------- start (now, or in the queue)
 st.code(".venv/bin/python -m lab train " + " ".join(to_cli_args(cfg)), language="bash")

@@ -15,6 +15,7 @@ from lab.training import owners
 from lab.training import queue as Q
 from lab.training import runs as R
 from lab.training.config import default_config, page_precision
+from lab.units import fmt_bytes
 from lab.vocab import PRECISIONS
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "training.py")
@@ -74,6 +75,31 @@ def test_page_trains_the_tiny_model_and_shows_history(tiny_model_dir, tmp_path, 
     at.session_state["training_push"].wait(30)
     at.run()
     assert any("offline mode is on" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_memory_of_the_run_comes_from_the_simulation(tiny_model_dir, tmp_path, monkeypatch):
+    """The memory expander simulates this run's step on fake tensors (off the script thread): its peak is the
+    library's, labelled for people, and the formula beside it counts no CUDA context on a CPU."""
+    from lab.estimate.explain import LABELS
+
+    monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path))
+    at = AppTest.from_file(PAGE, default_timeout=90).run()
+    at.text_input(key="t_model").set_value(str(tiny_model_dir)).run()
+    at.button(key="t_simulate").click().run()
+    deadline = time.time() + 120
+    while "t_memory" not in at.session_state and time.time() < deadline:
+        time.sleep(0.5)
+        at.run()
+    assert not at.exception
+    device = at.session_state["t_memory"][1]  # a Simulation
+    cfg = default_config(model=str(tiny_model_dir), precision=page_precision())
+    sim = cfg.simulate_memory()
+    assert device.peak_bytes == sim.peak_bytes
+    peak = next(m for m in at.metric if m.label == "Simulated peak of one step")
+    assert peak.value == fmt_bytes(sim.peak_bytes)
+    shown = set(at.dataframe[0].value["what"])
+    assert shown == {LABELS.get(k, k) for k, v in sim.by_category.items() if v} and not any("_" in w for w in shown)
+    assert "cuda_context" not in default_config(model=str(tiny_model_dir)).memory_estimate("cpu").components
 
 
 def test_page_shows_the_launch_command_for_several_gpus(tmp_path, monkeypatch):

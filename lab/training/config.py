@@ -95,18 +95,39 @@ class TrainConfig:
             raise LabError(f"Unknown training option(s): {', '.join(sorted(unknown))}.", f"Known: {', '.join(FIELDS)}.")
         return cls(**data)
 
-    def memory_estimate(self, device: str | None = None):
-        """The calculator's training-memory estimate for this run (`lab.estimate.training`)."""
-        from lab.estimate.training import estimate_training
-        from lab.models.architecture import read_architecture
+    def memory_settings(self, device: str | None = None):
+        """This run as the calculator's TrainingSettings (`lab.estimate`): the same recipe, for the formula
+        and for the simulation on fake tensors."""
+        from lab.estimate.training import TrainingSettings
 
         quantized = PRECISIONS[self.precision].quantized
-        return estimate_training(
-            read_architecture(self.model), method="qlora" if quantized else "lora", precision=self.precision,
+        return TrainingSettings(
+            method="qlora" if quantized else "lora", precision=self.precision,
             dtype="compute" if (device or device_type()) == "cpu" else "auto", batch_size=self.batch_size,
             seq_len=self.max_length, grad_checkpointing=self.gradient_checkpointing, optimizer=self.optimizer, r=self.r,
             alpha=self.alpha, targets=self.targets, use_dora=self.use_dora, upcast_for_kbit=quantized,
+            dropout=self.dropout,
         )
+
+    def memory_estimate(self, device: str | None = None):
+        """The calculator's training-memory formula for this run (`lab.estimate.training`)."""
+        from lab.estimate.training import estimate_training
+        from lab.models.architecture import read_architecture
+
+        device = device or device_type()
+        est = estimate_training(read_architecture(self.model), self.memory_settings(device))
+        if device == "cpu":  # no CUDA context on a CPU: the term is a GPU's
+            est = replace(est, components={k: v for k, v in est.components.items() if k != "cuda_context"},
+                          formulas={k: v for k, v in est.formulas.items() if k != "cuda_context"})
+        return est
+
+    def simulate_memory(self, device: str | None = None):
+        """One step of this run simulated on fake tensors (`lab.estimate.simulate`), on this device's code paths."""
+        from lab.estimate.simulate import simulate
+        from lab.models.architecture import read_architecture
+
+        device = device or device_type()
+        return simulate(read_architecture(self.model), self.memory_settings(device), device)
 
     def validate(self, device: str | None = None) -> TrainConfig:
         """Check every value early, with messages that name the bad one. Returns self."""
