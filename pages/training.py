@@ -7,6 +7,7 @@ status is read from its folder (events.jsonl + whether its process is alive).
 
 from __future__ import annotations
 
+import shlex
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +24,14 @@ from lab.models.sources import resolve_source
 from lab.training import owners
 from lab.training import queue as Q
 from lab.training import runs as R
-from lab.training.config import SCHEDULERS, TrainConfig, default_config, page_precision, to_cli_args
+from lab.training.config import (
+    SCHEDULERS,
+    TrainConfig,
+    default_config,
+    page_precision,
+    repetition_warning,
+    to_cli_args,
+)
 from lab.training.distributed import launch_command
 from lab.units import fmt_bytes
 from lab.vocab import LAUNCH_MODES, PRECISIONS, TARGET_PRESETS, optimizers_for
@@ -116,6 +124,9 @@ def show_run(s: R.RunStatus) -> None:
         c[3].metric("Learning rate", f"{last['learning_rate']:.2e}" if last.get("learning_rate") is not None else "–", help="Current learning rate from the scheduler.")
         c[4].metric("Peak memory", fmt_bytes(last["peak_memory_bytes"]), help="CUDA: torch.cuda.max_memory_allocated. CPU: the process's peak resident set size (includes the loaded libraries).")
         st.plotly_chart(live_figure(s), key=f"live-{s.name}")
+        if last["loss"] < 0.01:
+            st.caption(":material/warning: Training loss near 0: the run has memorised its rows. That says nothing "
+                       "about other inputs: the eval loss on held-out rows (or the Playground) does.")
     if s.status == "failed":
         st.error(f"Failed: {s.error}" + (f" {s.hint}" if s.hint else ""), icon=":material/error:")
     elif s.status == "stopped":
@@ -311,7 +322,19 @@ cfg = replace(
     logging_steps=int(logging_steps), merge=merge,
 )
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def max_length_check(model: str, dataset: str, skip_bad: bool, max_length: int) -> str | None:
+    """lab.data.datasets.check_max_length for this form (a LabError when no row would keep an answer token)."""
+    rows = ds.check_dataset(dataset, "train", "skip" if skip_bad else "refuse").rows
+    return ds.check_max_length(tokenizer_for(model), rows, max_length)
+
+
 if check is not None:
+    with friendly_errors("Checking the max length"):
+        for warning in (max_length_check(cfg.model, cfg.dataset, cfg.skip_bad_rows, cfg.max_length),
+                        repetition_warning(cfg, len(check.rows))):
+            if warning:
+                st.warning(warning, icon=":material/warning:")
     with st.expander("Preview: the exact training text and token lengths"):
         with friendly_errors("Formatting the preview"):
             tok = tokenizer_for(cfg.model)
@@ -376,7 +399,10 @@ with st.expander("Memory of one training step (simulated)", expanded=False):
         memory_section(cfg)
 
 # --------------------------------------------------------------------------- start (now, or in the queue)
-st.code(".venv/bin/python -m lab train " + " ".join(to_cli_args(cfg)), language="bash")
+# What the page starts, as a command. On a public server an upload's place on the server is nobody's business.
+shown = replace(cfg, dataset=f"<your upload: {Path(dataset).name}>") if policy.public_mode() and choice == UPLOAD and dataset \
+    else cfg
+st.code(shlex.join([".venv/bin/python", "-m", "lab", "train", *to_cli_args(shown)]), language="bash")
 with st.expander("Launch command for several GPUs (or CPU processes)"):
     c1, c2, c3 = st.columns(3)
     n_proc = c1.number_input("Processes", 1, 64, 2, help="One per GPU. Each trains on its share of every batch: "
@@ -387,7 +413,7 @@ with st.expander("Launch command for several GPUs (or CPU processes)"):
                           help="GPUs: one process per GPU. CPU processes: DDP over gloo on this kind of machine.",
                           key="t_target", bind="query-params")
     with friendly_errors("The launch command"):
-        launch = launch_command(cfg, int(n_proc), mode, target)
+        launch = launch_command(shown, int(n_proc), mode, target)
         st.code(str(launch), language="bash")
         for note in launch.notes:
             st.caption(note)

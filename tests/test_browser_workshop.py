@@ -165,3 +165,23 @@ def test_uploads_in_a_spaces_iframe_need_xsrf_off(browser, tmp_path):
     statuses, text = accepted
     assert statuses and 403 not in statuses and all(200 <= c < 300 for c in statuses), statuses
     assert "494,032,768" in text  # the uploaded config's parameters, read by the calculator
+
+
+def test_an_uploaded_dataset_shows_no_server_path_in_public_mode(browser, tmp_path):
+    """The command box names a visitor's upload by its file name, never by where the server keeps it."""
+    from urllib.parse import quote
+
+    data = tmp_path / "my-rows.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"Say {i}.", "output": f"{i}"}) + "\n" for i in range(8)))
+    srv = server(tmp_path, {"QLORA_LAB_PUBLIC": "1"})
+    try:
+        p = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        open_page(p, srv, "", wait_for_text="QLoRA Lab")
+        open_page(p, srv, "training?t_dataset=" + quote("Upload a file…"), wait_for_text="Configure a run")
+        p.locator('input[type="file"]').set_input_files(str(data))
+        command = p.locator('[data-testid="stCode"]').filter(has_text="lab train --model").first
+        expect(command).to_contain_text("--dataset '<your upload: my-rows.jsonl>'", timeout=30_000)
+        assert str(tmp_path) not in main_text(p) and "uploads/" not in command.inner_text()
+        assert_no_exception(p)
+    finally:
+        srv.stop()

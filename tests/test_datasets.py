@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -142,3 +143,21 @@ def test_preview_counts_tokens(tokenizer):
     assert rows[0].answer.startswith("Arr, matey!") and rows[0].answer_tokens > 5
     stats = ds.length_stats(ds.token_lengths(tokenizer, check.rows), max_length=40)
     assert stats["rows"] == 60 and stats["min"] <= stats["mean"] <= stats["max"] and stats["truncated"] > 0
+
+
+def test_a_max_length_shorter_than_every_prompt_is_refused_with_what_works(embedded_dir):
+    """Truncated to max length, a row whose prompt fills it keeps no answer token: with every row so, training
+    would die deep inside torch (num_samples=0); the lab says what max length would do instead."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(embedded_dir)
+    rows = ds.check_dataset("style", "train", "refuse").rows
+    prompts = sorted(len(tok(ds.render_example(tok, r)[0], add_special_tokens=False)["input_ids"]) for r in rows)
+    with pytest.raises(LabError, match=f"Max length {prompts[0]} leaves no answer token") as e:
+        ds.check_max_length(tok, rows, prompts[0])
+    suggested = int(re.search(r"max length of (\d+)", e.value.hint).group(1))
+    assert ds.check_max_length(tok, rows, suggested) is None or "rows have a prompt" in ds.check_max_length(
+        tok, rows, suggested)
+    some = ds.check_max_length(tok, rows, prompts[-1])  # the longest prompt fills it: that row (at least) is lost
+    assert some and some.startswith(f"{sum(p >= prompts[-1] for p in prompts)} of {len(rows)} rows")
+    assert ds.check_max_length(tok, rows, prompts[-1] + 1) is None

@@ -299,3 +299,13 @@ def test_failures_are_classified_with_what_to_do(tmp_path):
     assert error == "Could not write to disk: Permission denied (/x/y)." and hint.startswith("Free disk space")
     status, error, hint = classify_failure(KeyError("lm_head"), cfg, 3, tmp_path / "empty")
     assert error == "KeyError: 'lm_head'" and hint == "No checkpoint had been saved yet."
+
+
+def test_a_run_that_repeats_its_rows_is_warned_about_memorising():
+    from lab.training.config import REPEATS_WARN, planned_steps, repetition_warning
+
+    one_row = default_config("cpu", max_steps=8, batch_size=2, grad_accum=1)
+    assert "each of its 1 training row about 16 times" in repetition_warning(one_row, 1)
+    assert repetition_warning(one_row, 60) is None  # 16 rows seen of 60: under one pass
+    epochs = default_config("cpu", max_steps=-1, epochs=REPEATS_WARN + 1.0, batch_size=4)
+    assert planned_steps(epochs, 40) == 110 and "about 11 times" in repetition_warning(epochs, 40)

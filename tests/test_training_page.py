@@ -102,6 +102,17 @@ def test_memory_of_the_run_comes_from_the_simulation(tiny_model_dir, tmp_path, m
     assert "cuda_context" not in default_config(model=str(tiny_model_dir)).memory_estimate("cpu").components
 
 
+def test_the_page_says_when_max_length_or_repetition_defeats_the_run(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path))
+    at = AppTest.from_file(PAGE, default_timeout=90).run()
+    at.text_input(key="t_model").set_value(str(tiny_model_dir))
+    at.number_input(key="t_maxlen").set_value(16).run()
+    assert any("Max length 16 leaves no answer token" in e.value for e in at.error), [e.value for e in at.error]
+    at.number_input(key="t_maxlen").set_value(256)
+    at.number_input(key="t_steps").set_value(500).run()
+    assert not at.error and any("times: it will memorise them" in w.value for w in at.warning)
+
+
 def test_page_shows_the_launch_command_for_several_gpus(tmp_path, monkeypatch):
     monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path))
     at = AppTest.from_file(PAGE, default_timeout=90).run()

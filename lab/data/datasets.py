@@ -413,6 +413,26 @@ def token_lengths(tokenizer, rows: list[dict]) -> list[int]:
     return [_count(tokenizer, "".join(render_example(tokenizer, r))) for r in rows]
 
 
+def check_max_length(tokenizer, rows: list[dict], max_length: int) -> str | None:
+    """Rows whose prompt alone fills `max_length` keep no answer token after truncation: nothing to learn
+    from them. All rows: a LabError saying what max length would do; some: a warning (None when none)."""
+    prompts = [_count(tokenizer, render_example(tokenizer, r)[0]) for r in rows]
+    if not prompts:
+        return None
+    cut = sum(p >= max_length for p in prompts)
+    if cut == len(prompts):
+        full = sorted(token_lengths(tokenizer, rows))
+        raise LabError(
+            f"Max length {max_length} leaves no answer token to learn from: every prompt is at least that long "
+            f"(the shortest is {min(prompts)} tokens with its template), and the loss is on the answer only.",
+            f"Use a max length of {full[len(full) // 2]} or more (the median row, prompt + answer) — "
+            f"{full[-1]} keeps every row whole.")
+    if cut:
+        return (f"{cut} of {len(prompts)} rows have a prompt of {max_length}+ tokens: truncated to max length, "
+                "they keep no answer token and teach nothing. Raise max length to use them.")
+    return None
+
+
 def length_stats(lengths: list[int], max_length: int | None = None) -> dict:
     if not lengths:
         return {"rows": 0}

@@ -11,6 +11,7 @@ checkpointing, paged 8-bit AdamW).
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -165,6 +166,29 @@ def default_config(device: str | None = None, **overrides) -> TrainConfig:
         cfg = replace(cfg, precision="nf4-dq", gradient_checkpointing=True, optimizer="paged_adamw_8bit",
                       learning_rate=2e-4, max_steps=-1, epochs=1.0, max_length=1024, batch_size=8)
     return replace(cfg, **overrides)
+
+
+def planned_steps(cfg: TrainConfig, rows: int) -> int:
+    """Optimizer steps the run will take: max_steps, or epochs over `rows` training rows."""
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    return max(1, math.ceil(cfg.epochs * math.ceil(rows / cfg.batch_size) / cfg.grad_accum))
+
+
+REPEATS_WARN = 10  # passes over every row beyond which a run memorises rather than learns (loss -> 0)
+
+
+def repetition_warning(cfg: TrainConfig, rows: int) -> str | None:
+    """A run that sees each training row many times memorises it: its training loss heads to 0 and says
+    nothing about other inputs. Said before it starts (the page, the CLI)."""
+    if rows <= 0:
+        return None
+    passes = planned_steps(cfg, rows) * cfg.batch_size * cfg.grad_accum / rows
+    if passes <= REPEATS_WARN:
+        return None
+    return (f"This run sees each of its {rows} training row{'s' * (rows != 1)} about {passes:.0f} times: it will "
+            "memorise them, and a training loss near 0 will mean memorised, not learned. Add rows, train fewer "
+            "steps, or watch the eval loss on held-out rows.")
 
 
 def page_precision(device: str | None = None) -> str:

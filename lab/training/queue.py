@@ -23,7 +23,6 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import math
 import os
 import statistics
 import subprocess
@@ -40,7 +39,7 @@ from lab.paths import runs_dir
 from lab.sharing.limits import RequestLimits
 from lab.training import owners
 from lab.training import runs as R
-from lab.training.config import TrainConfig, run_dir_for, to_cli_args
+from lab.training.config import TrainConfig, planned_steps, run_dir_for, to_cli_args
 from lab.training.events import EventLog
 
 log = logging.getLogger(__name__)
@@ -76,13 +75,6 @@ class QueuedRun:
 
 
 # --------------------------------------------------------------------------- submitting
-def planned_steps(cfg: TrainConfig, rows: int) -> int:
-    """Optimizer steps the run will take: max_steps, or epochs over `rows` training rows."""
-    if cfg.max_steps > 0:
-        return cfg.max_steps
-    return max(1, math.ceil(cfg.epochs * math.ceil(rows / cfg.batch_size) / cfg.grad_accum))
-
-
 def submit(cfg: TrainConfig, owner: str | None = None, name: str | None = None) -> R.RunStatus:
     """Queue a run (its folder is created now, with its owner), and start it at once if the device
     is free. `owner`: the submitting session's token (see owners); `name`: a run name, else the

@@ -39,7 +39,7 @@ from lab.models.architecture import read_architecture
 from lab.models.precision import bnb_config, get_precision, load_kwargs
 from lab.models.sources import ModelSource, hub_error, resolve_source
 from lab.training import distributed
-from lab.training.config import TrainConfig, run_dir_for, to_cli_args
+from lab.training.config import TrainConfig, repetition_warning, run_dir_for, to_cli_args
 from lab.training.events import RUN_FILE, STOP_FILE, EventLog, StopAndLogCallback, peak_memory_bytes
 from lab.training.runs import acquire_lock, release_lock
 from lab.vocab import COMPUTE
@@ -221,6 +221,9 @@ def _train_locked(cfg: TrainConfig, source: ModelSource, targets, data: TrainDat
                 write_json_atomic(run_dir / RUN_FILE, info)
             if data.train.problems:
                 echo(f"skipping {len(data.train.problems)} malformed row(s): {ds.describe_problems(data.train.problems)}")
+            repeats = repetition_warning(cfg, len(data.train.rows))
+            if repeats:
+                echo(f"warning: {repeats}")
             echo(f"loading {source.display_name} at {precision.label} on {device}"
                  + (f" ({info['processes']} processes)" if info["processes"] > 1 else ""))
             phase(log, f"Loading {source.display_name} at {precision.label}"
@@ -283,7 +286,13 @@ def build_trainer(cfg: TrainConfig, source: ModelSource, targets, data: TrainDat
     from trl import SFTTrainer
 
     datasets.disable_progress_bars()
+    from lab.models.loading import load_tokenizer
+
     precision = get_precision(cfg.precision)
+    # Before the model loads: a max length that leaves no answer token fails now, with what would work.
+    short = ds.check_max_length(load_tokenizer(source), data.train.rows, cfg.max_length)
+    if short:
+        echo(f"warning: {short}")
     t0 = time.time()
     model, tokenizer = load_base(source, precision.name, device)
     set_seed(cfg.seed)  # LoRA's A matrices are initialised here, before the Trainer seeds: same seed, same run
