@@ -51,6 +51,34 @@ def make_adapter(model_dir: str, folder: Path, r: int = 16) -> Path:
     return folder
 
 
+def matmul_table(model: str) -> list[dict]:
+    """Per weight shape of `model`: one decoding row through F.linear, two rows through F.linear, and two
+    rows as (W @ xᵀ)ᵀ (lab.generate.small_batch), in microseconds (median of 50 after warm-up)."""
+    import torch.nn.functional as F
+
+    loaded = load_model(model, "fp32")
+    shapes = sorted({tuple(m.weight.shape) for m in loaded.model.modules() if type(m) is torch.nn.Linear})
+    def us(fn) -> float:
+        for _ in range(5):
+            fn()
+        times = []
+        for _ in range(50):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return round(statistics.median(times) * 1e6, 1)
+
+    out = []
+    for o, i in shapes:
+        w = torch.randn(o, i)
+        x1, x2 = torch.randn(1, 1, i), torch.randn(2, 1, i)
+        out.append({"weight": f"{o} x {i}", "elements": o * i,
+                    "one_row_f_linear_us": us(lambda w=w, x=x1: F.linear(x, w)),
+                    "two_rows_f_linear_us": us(lambda w=w, x=x2: F.linear(x, w)),
+                    "two_rows_w_at_xT_us": us(lambda w=w, x=x2: (w @ x.reshape(2, -1).t()).t())})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="embedded")
@@ -60,7 +88,13 @@ def main() -> None:
                     help="torch threads (0 = torch's default). On a shared CPU, 1 thread gives stable figures: "
                          "with other processes on the cores, multi-threaded small matmuls stall at every barrier.")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--matmuls", action="store_true",
+                    help="only print, per weight shape, F.linear with 1 and 2 rows vs (W @ xᵀ)ᵀ with 2 rows")
     args = ap.parse_args()
+    if args.matmuls:
+        print(json.dumps({"load_average": [round(x, 2) for x in os.getloadavg()], "threads": torch.get_num_threads(),
+                          "shapes": matmul_table(args.model)}, indent=1))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
 

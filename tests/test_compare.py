@@ -298,3 +298,27 @@ def test_row_lora_logits_match_peft_and_leave_other_threads_on_the_base(loaded, 
     torch.testing.assert_close(mixed[1], adapted[1], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(adapted[1], base[1], atol=1e-3)  # the adapter really changes row 1
     assert torch.equal(other[0], base) and torch.equal(after, base)
+
+
+def test_small_batch_linear_matches_f_linear_only_in_its_thread_and_undoes_itself(loaded):
+    """(W @ xᵀ)ᵀ for decoding steps: the same logits as F.linear within float32 rounding, the same greedy tokens,
+    prefill-sized inputs untouched, other threads on F.linear, and every layer's own forward back afterwards."""
+    from lab.generate.small_batch import small_batch_linear
+
+    model = loaded.model
+    ids = torch.tensor([[1, 5, 9, 200, 31, 7], [1, 42, 17, 3, 99, 8]])
+    step = ids[:, -1:]  # one token per row: a decoding step's shape
+    with torch.inference_mode():
+        plain_step, plain_prefill = model(input_ids=step).logits, model(input_ids=ids).logits
+        other: list[torch.Tensor] = []
+        with small_batch_linear(model, min_weight=0) as swapped:  # every float Linear of the tiny model
+            fast_step, fast_prefill = model(input_ids=step).logits, model(input_ids=ids).logits
+            t = threading.Thread(target=lambda: other.append(model(input_ids=step).logits))
+            t.start()
+            t.join()
+        after = model(input_ids=step).logits
+    assert swapped > 0 and not any("forward" in vars(m) for m in model.modules())
+    torch.testing.assert_close(fast_step, plain_step, rtol=1e-5, atol=1e-5)
+    assert torch.equal(fast_prefill, plain_prefill)  # 12 rows > MAX_ROWS: F.linear as always
+    assert torch.equal(other[0], plain_step) and torch.equal(after, plain_step)
+    assert torch.equal(fast_step.argmax(-1), plain_step.argmax(-1))

@@ -35,6 +35,7 @@ from lab.errors import LabError
 from lab.generate.adapters import AdapterInfo
 from lab.generate.bank import LOCAL, adapter_bank
 from lab.generate.prompts import build_chat_prompt
+from lab.generate.small_batch import small_batch_linear
 
 BASE_COLUMN = "base"  # what people (and the CLI's JSON) call that column
 
@@ -260,7 +261,8 @@ def side_by_side(
     with bank.lock:  # this owner's adapter set, then its generate: no change to the model in between
         peft_names = {BASE_COLUMN: None, **bank.use(owner, adapters)}
         started = time.perf_counter()
-        with bank.mixed_batch([peft_names[n] for n in batched]) as (model, extra, route):
+        with bank.mixed_batch([peft_names[n] for n in batched]) as (model, extra, route), \
+                small_batch_linear(loaded.model):  # decoding steps of a few rows: the CPU's fast product
             _generate(model, tokenizer, [columns[n] for n in batched], [prompts[n] for n in batched], extra,
                       settings, update, cancel)
         for n in dora:
