@@ -144,3 +144,27 @@ def test_a_run_launched_a_moment_ago_is_starting_before_its_process_execs(tmp_pa
     finally:
         other.kill()
         other.wait()
+
+
+def test_watched_status_follows_a_run_through_its_life_and_a_folder_made_again(tmp_path, fake_training):
+    """The server-wide RunWatcher cache answers what run_status answers at every stage: queued, launched
+    (starting), running, ended; and a folder deleted and made again under the same name is a new run."""
+    import json
+    import shutil
+    import time
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / R.QUEUE_FILE).write_text("{}")
+    assert R.watched_status(run).status == "queued" == R.run_status(run).status
+    (run / R.QUEUE_FILE).unlink()
+    (run / R.LAUNCH_FILE).write_text(json.dumps({"pid": fake_training.pid, "launching_at": time.time()}))
+    assert R.watched_status(run).status == "starting" == R.run_status(run).status
+    EventLog(run).write("start", pid=fake_training.pid)
+    assert R.watched_status(run).status == "running" == R.run_status(run).status
+    EventLog(run).write("end", status="finished")
+    assert R.watched_status(run).status == "finished"
+    shutil.rmtree(run)
+    run.mkdir()
+    (run / R.QUEUE_FILE).write_text("{}")
+    assert R.watched_status(run).status == "queued"  # not the old run's "finished"

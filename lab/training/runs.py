@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -321,9 +322,39 @@ class RunWatcher:
         self.version += 1
         return True
 
-    def _liveness_now(self) -> tuple[bool, bool]:
+    def _liveness_now(self) -> tuple:
         pid = self.status.pid if self.status is not None else self.pid  # the start event's pid once there is one
-        return pid_alive(pid), (self.run_dir / STOP_FILE).exists()
+        alive = (pid_alive(pid), (self.run_dir / STOP_FILE).exists())
+        if self.reader.events:
+            return alive
+        # Before its first event a run is queued, then launched (its pid in launched.json), then starting for
+        # LAUNCH_GRACE seconds: each of those changes the status too.
+        launch = read_marker(self.run_dir, LAUNCH_FILE)
+        return (*alive, (self.run_dir / QUEUE_FILE).exists(), launch.get("pid"),
+                time.time() - launch.get("launching_at", 0) < LAUNCH_GRACE)
+
+
+_WATCHERS: dict[Path, tuple[threading.Lock, RunWatcher]] = {}
+_WATCHERS_LOCK = threading.Lock()
+
+
+def watched_status(run_dir: Path, pid: int | None = None) -> RunStatus:
+    """`run_status`, answered by this process's RunWatcher of the run: a run whose log and process did not
+    change since the last look costs a few stat() calls instead of re-reading and parsing its whole log,
+    however many pages (sessions, tabs) of this server look at it."""
+    run_dir = Path(run_dir)
+    with _WATCHERS_LOCK:
+        entry = _WATCHERS.get(run_dir)
+        if entry is not None and entry[1].reader.events and not (run_dir / EVENTS_FILE).exists():
+            entry = None  # the folder was deleted (and maybe made again under the same name): a new run
+        if entry is None:
+            entry = _WATCHERS[run_dir] = (threading.Lock(), RunWatcher(run_dir, pid))
+    lock, watcher = entry
+    with lock:  # one poll at a time per run: the reader's offset is shared
+        if watcher.pid is None and pid is not None:
+            watcher.pid = pid
+        watcher.poll()
+        return watcher.status
 
 
 def poll_interval(status: RunStatus | None, fastest: float = 2.0, slowest: float = 10.0) -> float | None:
@@ -385,7 +416,7 @@ def list_runs(root: Path | None = None) -> list[RunStatus]:
     markers = (RUN_FILE, EVENTS_FILE, QUEUE_FILE, LAUNCH_FILE)
     dirs = [d for d in root.iterdir() if d.is_dir() and not d.is_symlink() and any((d / m).exists() for m in markers)]
     dirs.sort(key=lambda d: d.stat().st_mtime, reverse=True)
-    return [run_status(d) for d in dirs]
+    return [watched_status(d) for d in dirs]
 
 
 def active_run() -> RunStatus | None:
@@ -393,7 +424,7 @@ def active_run() -> RunStatus | None:
     lock = read_lock()
     if lock is None or not lock.get("run_dir"):
         return None
-    return run_status(Path(lock["run_dir"]), pid=lock["pid"])
+    return watched_status(Path(lock["run_dir"]), pid=lock["pid"])
 
 
 # --------------------------------------------------------------------------- starting a run
