@@ -213,10 +213,12 @@ def main() -> None:
                     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
                     page = ctx.new_page()
                     rows = []
-                    page_compare(page, server, watchers, a.max_new_tokens, a.timeout)  # loads the model in the server
+                    # loads the model in the server; the page's answer length is the CLI's length too (the page may
+                    # stop at its end-of-turn token: tokens/s of answers of different lengths are not comparable)
+                    n = page_compare(page, server, watchers, a.max_new_tokens, a.timeout)["tokens"]
                     for i in range(a.rounds):
                         for kind in ("cli", "page") if i % 2 == 0 else ("page", "cli"):
-                            r = (cli_compare(a.max_new_tokens, env, a.timeout) if kind == "cli"
+                            r = (cli_compare(n, env, a.timeout) if kind == "cli"
                                  else page_compare(page, server, watchers, a.max_new_tokens, a.timeout))
                             rows.append(r)
                             extra = (f"; server {r['server_cpu_s']:.1f} CPU s, browser {r['browser_cpu_s']:.1f} CPU s"

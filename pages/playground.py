@@ -43,9 +43,10 @@ EVAL_PRECISION = "playground_eval_precision"  # the base precision the last eval
 CHAT = "playground_chat"  # column -> list of messages (chat mode)
 LAST = "playground_last"  # the last finished comparison (json)
 # Seconds between redraws of the streaming columns. Each redraw costs the browser 30-100 ms of CPU whatever
-# changed (Streamlit re-sends a fragment whole), taken from generation on a 2-core machine; at 1 s a
-# CPU-speed answer (5-10 tokens/s) still grows visibly every redraw.
-STREAM_POLL_S = 1.0
+# changed (Streamlit re-sends a fragment whole) and the server a script run that holds the GIL between the
+# generating thread's decode steps, both taken from generation on a 2-core machine. At 1 s the page streamed
+# at 0.87x the CLI's tokens/s (21.4 vs 24.6, quiet machine); at 2 s an answer still grows visibly each redraw.
+STREAM_POLL_S = 2.0
 SH = SamplingSettings.HELP
 EH = EvalSettings.HELP
 
