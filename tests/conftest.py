@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,14 @@ def tiny_model_dir(tmp_path_factory, embedded_dir) -> Path:
 
 # Browser fixtures (app_server, browser, page) for tests marked `browser`.
 from tests.browser import app_server, browser, page  # noqa: E402,F401
+
+
+def wait_for(predicate, timeout: float = 180, interval: float = 0.3):
+    """Poll `predicate` until it returns something truthy (returned), or raise TimeoutError."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError("condition not met in time")

@@ -25,6 +25,7 @@ from lab.training import runs as R
 from lab.training.config import FIELDS, TrainConfig, add_arguments, default_config, from_args, run_name, to_cli_args
 from lab.training.events import read_events, request_stop
 from lab.training.runner import merge_and_export, train
+from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = dict(max_steps=3, batch_size=2, max_length=64, eval_steps=0, save_steps=100, logging_steps=1)
@@ -37,16 +38,6 @@ def quick(tiny_model_dir, tmp_path, name="run", **kw) -> TrainConfig:
 def cli(*args, env=None, timeout=240) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lab", "train", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
-
-
-def wait_for(predicate, timeout=120, interval=0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError("condition not met in time")
 
 
 # --------------------------------------------------------------------------- config

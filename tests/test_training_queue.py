@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from lab.training import queue as Q
 from lab.training import runs as R
 from lab.training.config import default_config, to_cli_args
 from lab.training.events import EventLog, request_stop
+from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = dict(dataset="style", max_steps=2, batch_size=2, max_length=64, eval_steps=0, save_steps=100, logging_steps=1)
@@ -32,16 +32,6 @@ def runs(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("QLORA_LAB_PUBLIC", raising=False)
     monkeypatch.delenv("SPACE_ID", raising=False)
     return root
-
-
-def wait_for(predicate, timeout=180, interval=0.3):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError("condition not met in time")
 
 
 def cfg(tiny_model_dir, **kw):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.errors import LabError
+from lab.files import write_json_atomic
 from lab.models.sources import folder_hub_id, is_hub_id
 from lab.paths import RUN_FILE
 from lab.units import fmt_bytes
@@ -353,14 +354,7 @@ def write_merged_card(run_dir: Path, merged_dir: Path, repo_id: str | None = Non
 
 # --------------------------------------------------------------------------- records that refresh the card
 def _update_json(path: Path, changes: dict) -> None:
-    data = {**_read_json(path), **changes}
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, default=str))
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise LabError(f"Could not write {path}: {e.strerror or e}.", "Check disk space and permissions.") from e
+    write_json_atomic(path, {**_read_json(path), **changes})
 
 
 def record_evaluation(run_dir: Path, entry: dict) -> Path:

@@ -21,7 +21,6 @@ dispatchers (servers, pages, finishing runs) can call it at the same time.
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import statistics
@@ -35,6 +34,7 @@ from pathlib import Path
 
 from lab import policy
 from lab.errors import LabError
+from lab.files import write_json_atomic
 from lab.paths import runs_dir
 from lab.sharing.limits import RequestLimits
 from lab.training import owners
@@ -101,15 +101,9 @@ def submit(cfg: TrainConfig, owner: str | None = None, name: str | None = None) 
         "config": cfg.to_dict(),
         "args": to_cli_args(replace(cfg, output="")),
     }
-    _write_json(run_dir / R.QUEUE_FILE, entry)
+    write_json_atomic(run_dir / R.QUEUE_FILE, entry)
     dispatch()
     return R.run_status(run_dir)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def _cli_args(entry: dict) -> list[str]:
@@ -179,7 +173,7 @@ def dispatch() -> Path | None:
                     continue  # cancelled meanwhile
                 # launched.json first, then queued.json goes: a reader sees "queued" or "starting", never nothing,
                 # and the run cannot be taken again (all of this under the queue lock).
-                _write_json(q.run_dir / R.LAUNCH_FILE, {**entry, "launching_at": time.time()})
+                write_json_atomic(q.run_dir / R.LAUNCH_FILE, {**entry, "launching_at": time.time()})
                 (q.run_dir / R.QUEUE_FILE).unlink()
                 try:
                     proc = R.spawn(_cli_args(entry), q.run_dir, lock_fd)
@@ -192,7 +186,7 @@ def dispatch() -> Path | None:
                     )
                     continue
                 _children.append(proc)
-                _write_json(q.run_dir / R.LAUNCH_FILE, {**entry, "pid": proc.pid, "launching_at": time.time()})
+                write_json_atomic(q.run_dir / R.LAUNCH_FILE, {**entry, "pid": proc.pid, "launching_at": time.time()})
                 return q.run_dir
             return None
         finally:

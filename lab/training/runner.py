@@ -35,6 +35,7 @@ from lab.data import datasets as ds
 from lab.environment import LIBRARIES, compute_dtype, device_type, library_version
 from lab.errors import LabError
 from lab.estimate.lora import resolve_targets
+from lab.files import write_json_atomic
 from lab.models.architecture import read_architecture
 from lab.models.precision import bnb_config, get_precision, load_kwargs
 from lab.models.sources import ModelSource, hub_error, resolve_source
@@ -43,6 +44,8 @@ from lab.training.config import TrainConfig, repetition_warning, run_dir_for, to
 from lab.training.events import RUN_FILE, STOP_FILE, EventLog, StopAndLogCallback, peak_memory_bytes
 from lab.training.runs import acquire_lock, release_lock
 from lab.vocab import COMPUTE
+
+SAVE_HINT = "Free disk space or check permissions; checkpoints already saved are kept."
 
 
 def open_run_dir(cfg: TrainConfig, source: ModelSource) -> Path:
@@ -54,17 +57,6 @@ def open_run_dir(cfg: TrainConfig, source: ModelSource) -> Path:
         raise LabError(f"Could not create the run folder {run_dir}: {e.strerror or e}.", "Check disk space and permissions.") from e
     acquire_lock(run_dir)
     return run_dir
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write via a temporary file and rename: a failed write never leaves half a JSON file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, default=str))
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise LabError(f"Could not write {path}: {e.strerror or e}.", "Free disk space or check permissions; checkpoints already saved are kept.") from e
 
 
 # --------------------------------------------------------------------------- model + data
@@ -218,7 +210,7 @@ def _train_locked(cfg: TrainConfig, source: ModelSource, targets, data: TrainDat
             if log:
                 log.write("start", pid=os.getpid(), name=run_dir.name, config=cfg.to_dict(), command=info["command"],
                           processes=info["processes"])
-                write_json_atomic(run_dir / RUN_FILE, info)
+                write_json_atomic(run_dir / RUN_FILE, info, SAVE_HINT)
             if data.train.problems:
                 echo(f"skipping {len(data.train.problems)} malformed row(s): {ds.describe_problems(data.train.problems)}")
             repeats = repetition_warning(cfg, len(data.train.rows))
@@ -431,7 +423,7 @@ def finish_record(info: dict, result: dict, trainer, run_dir: Path, log: EventLo
                 summary={k: result[k] for k in SUMMARY_KEYS})
     info.setdefault("durations", {})["total_seconds"] = result["seconds"]
     try:
-        write_json_atomic(run_dir / RUN_FILE, info)
+        write_json_atomic(run_dir / RUN_FILE, info, SAVE_HINT)
     except LabError as e:
         result["error"] = result["error"] or e.message
     if result["status"] != "failed" and (run_dir / "adapter_config.json").is_file():
