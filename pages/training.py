@@ -21,6 +21,7 @@ from lab.environment import device_type
 from lab.errors import LabError
 from lab.generate.prompts import has_chat_template
 from lab.models.sources import resolve_source
+from lab.sharing.limits import RequestLimits
 from lab.training import owners
 from lab.training import queue as Q
 from lab.training import runs as R
@@ -50,6 +51,7 @@ from pages._ui import (
 
 H = TrainConfig.help
 DEVICE = device_type()
+LIMITS = shared_models().limits  # this server's per-request limits (QLORA_LAB_MAX_STEPS, ...) as widget maxima
 DEFAULTS = default_config(DEVICE)
 UPLOAD = "Upload a file…"
 HUB = "Hub dataset id…"
@@ -293,13 +295,19 @@ with right:
 with st.expander("Optimisation", expanded=True):
     c = st.columns(4)
     lr = c[0].number_input("Learning rate", 0.0, 1.0, DEFAULTS.learning_rate, format="%.1e", step=1e-4, help=H("learning_rate"), key="t_lr", bind="query-params")
-    max_steps = c[1].number_input("Max steps", -1, 100_000, DEFAULTS.max_steps, help=H("max_steps"), key="t_steps", bind="query-params")
+    max_steps = c[1].number_input("Max steps", -1, LIMITS.max_steps, min(DEFAULTS.max_steps, LIMITS.max_steps),
+                                  help=f"{H('max_steps')} {RequestLimits.help('max_steps')}", key="t_steps",
+                                  bind="query-params")
     epochs = c[2].number_input("Epochs", 0.0, 100.0, DEFAULTS.epochs, step=0.5, help=H("epochs"), key="t_epochs", bind="query-params")
     seed = c[3].number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed, help=H("seed"), key="t_seed", bind="query-params")
     c = st.columns(4)
-    batch = c[0].number_input("Batch size", 1, 1024, DEFAULTS.batch_size, help=H("batch_size"), key="t_batch", bind="query-params")
+    batch = c[0].number_input("Batch size", 1, LIMITS.max_batch_size, min(DEFAULTS.batch_size, LIMITS.max_batch_size),
+                              help=f"{H('batch_size')} {RequestLimits.help('max_batch_size')}", key="t_batch",
+                              bind="query-params")
     accum = c[1].number_input("Grad accumulation", 1, 1024, DEFAULTS.grad_accum, help=H("grad_accum"), key="t_accum", bind="query-params")
-    max_length = c[2].number_input("Max length (tokens)", 8, 32_768, DEFAULTS.max_length, help=H("max_length"), key="t_maxlen", bind="query-params")
+    max_length = c[2].number_input("Max length (tokens)", 8, LIMITS.max_seq_len, min(DEFAULTS.max_length, LIMITS.max_seq_len),
+                                   help=f"{H('max_length')} {RequestLimits.help('max_seq_len')}", key="t_maxlen",
+                                   bind="query-params")
     gc = c[3].checkbox("Gradient checkpointing", DEFAULTS.gradient_checkpointing, help=H("gradient_checkpointing"), key="t_gc", bind="query-params")
     c = st.columns(4)
     optimizers = optimizers_for(DEVICE)
