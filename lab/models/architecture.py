@@ -290,7 +290,9 @@ def _build(config, name: str) -> Architecture:
         if is_linear:
             leaf = mod_name.rsplit(".", 1)[-1]
             tied = mod_name in tied_targets
-            fan_in, fan_out = (module.weight.shape[0], module.nf) if is_conv1d else (module.in_features, module.out_features)
+            fan_in, fan_out = (
+                (module.weight.shape[0], module.nf) if is_conv1d else (module.in_features, module.out_features)
+            )
             gkey = (leaf, int(fan_in), int(fan_out), module.bias is not None)
             groups.setdefault(gkey, []).append(mod_name)
             group_tied[gkey] = group_tied.get(gkey, False) or tied
@@ -310,7 +312,9 @@ def _build(config, name: str) -> Architecture:
             else:
                 kind = "other"
             quantized = is_linear and pname == "weight" and should_convert_module(mod_name, list(not_converted))
-            tensors.append(TensorInfo(full, tuple(p.shape), kind, mtype, str(p.dtype).removeprefix("torch."), quantized))
+            tensors.append(
+                TensorInfo(full, tuple(p.shape), kind, mtype, str(p.dtype).removeprefix("torch."), quantized)
+            )
         persistent_names = set()
         for bname, _ in module.named_buffers(recurse=False):
             if bname not in getattr(module, "_non_persistent_buffers_set", set()):
