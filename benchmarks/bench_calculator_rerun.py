@@ -39,8 +39,11 @@ def bench_page(page: str, model: str, reruns: int) -> None:
     # a widget change is a rerun too: flip a setting back and forth
     widget = at.number_input(key="r")
     changed = [timed(lambda v=v: widget.set_value(v).run()) for v in (32, 16) * (reruns // 2)]
-    print(f"{page:20s} {model:15s} first run {first:7.0f} ms | rerun median {statistics.median(times):5.0f} ms, "
-          f"max {max(times):5.0f} ms | after a widget change median {statistics.median(changed):5.0f} ms, max {max(changed):5.0f} ms")
+    print(
+        f"{page:20s} {model:15s} first run {first:7.0f} ms | rerun median {statistics.median(times):5.0f} ms, "
+        f"max {max(times):5.0f} ms | after a widget change median {statistics.median(changed):5.0f} ms, max "
+        f"{max(changed):5.0f} ms"
+    )
 
 
 def bench_library(model: str) -> None:
@@ -52,8 +55,10 @@ def bench_library(model: str) -> None:
     w = timed(lambda: [estimate_weights(arch, p) for p in ("fp32", "bf16", "fp16", "int8", "nf4", "nf4-dq", "fp4")])
     t = timed(lambda: estimate_training(arch, s))
     lo = timed(lambda: estimate_lora(arch, 16, targets="all-linear"))
-    print(f"library {model:15s} meta build (cold) {cold:6.0f} ms, cached {warm:5.1f} ms | 7 weight estimates {w:5.1f} ms | "
-          f"training formula {t:5.2f} ms | lora {lo:5.2f} ms  (simulation times: benchmarks/bench_simulation.py)")
+    print(
+        f"library {model:15s} meta build (cold) {cold:6.0f} ms, cached {warm:5.1f} ms | 7 weight estimates {w:5.1f} "
+        f"ms | training formula {t:5.2f} ms | lora {lo:5.2f} ms  (simulation times: benchmarks/bench_simulation.py)"
+    )
 
 
 def main() -> None:

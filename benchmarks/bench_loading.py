@@ -45,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         worst = max(worst, abs(err)) if err is not None else float("inf")
         fwd_err = None
         if r["measured_after_forward_bytes"] and r["predicted_after_forward_bytes"]:
-            fwd_err = (r["predicted_after_forward_bytes"] - r["measured_after_forward_bytes"]) / r["measured_after_forward_bytes"] * 100
+            fwd_err = (
+                (r["predicted_after_forward_bytes"] - r["measured_after_forward_bytes"])
+                / r["measured_after_forward_bytes"]
+                * 100
+            )
         row = [r["precision"], r["device"], f"{r['predicted_bytes']:,}", f"{r['measured_bytes']:,}", f"{err:+.4f}%",
                f"{r['hf_footprint_bytes']:,}", f"{r['load_seconds']:.2f}",
                f"{r['measured_after_forward_bytes']:,}" if r["measured_after_forward_bytes"] else "—",

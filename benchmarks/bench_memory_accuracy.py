@@ -1,5 +1,6 @@
-"""Predicted bytes (lab.estimate.weights.estimate_weights) vs what a real load holds (lab.inspect.measure.measure_storage)
-for the embedded SmolLM2-135M-Instruct at every precision, on CPU, before and after a first forward.
+"""Predicted bytes (lab.estimate.weights.estimate_weights) vs what a real load holds
+(lab.inspect.measure.measure_storage) for the embedded SmolLM2-135M-Instruct at every precision, on CPU,
+before and after a first forward.
 
     .venv/bin/python benchmarks/bench_memory_accuracy.py [--model embedded] [--dtype bf16]
 """
@@ -45,8 +46,11 @@ def main() -> None:
                 model(torch.tensor([[1, 2, 3]]))
             after_pred, after_real = f"{est.cpu_packed_bytes:,}", f"{measure_storage(model)['total_bytes']:,}"
         diff = (est.weights_bytes - real["total_bytes"]) / real["total_bytes"]
-        print(f"{name:10s} {est.weights_bytes:>14,} {real['total_bytes']:>14,} {diff:>8.4%} {est.hf_footprint_bytes:>14,} "
-              f"{real['hf_footprint_bytes']:>14,} {after_pred:>15s} {after_real:>15s}  {load_s:.1f}")
+        print(
+            f"{name:10s} {est.weights_bytes:>14,} {real['total_bytes']:>14,} {diff:>8.4%} "
+            f"{est.hf_footprint_bytes:>14,} "
+            f"{real['hf_footprint_bytes']:>14,} {after_pred:>15s} {after_real:>15s}  {load_s:.1f}"
+        )
         del model
         gc.collect()
 

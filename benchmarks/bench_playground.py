@@ -114,7 +114,9 @@ def main() -> None:
             """The floor for any batched side by side on this machine: the base twice in one plain
             generate (no peft at all). On a CPU a 2-row decode step costs ~2 single ones."""
             with bank.adapters_enabled() as peft, peft.disable_adapter():
-                peft.generate(**ids2, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
+                peft.generate(
+                    **ids2, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id
+                )
 
         @torch.inference_mode()
         def plain(adapter: str | None) -> int:
@@ -122,18 +124,28 @@ def main() -> None:
             with bank.adapters_enabled() as peft:
                 if adapter is None:
                     with peft.disable_adapter():
-                        out = peft.generate(**ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
+                        out = peft.generate(
+                            **ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id
+                        )
                 else:
                     peft.set_adapter(adapter)
-                    out = peft.generate(**ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
+                    out = peft.generate(
+                        **ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id
+                    )
             return out.shape[1] - ids["input_ids"].shape[1]
 
         @torch.inference_mode()
         def peft_mixed() -> None:
             """The same batch through peft's `generate(adapter_names=...)` (what side by side used before)."""
             with bank.adapters_enabled() as peft:
-                peft.generate(**ids2, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id,
-                              adapter_names=["__base__", peft_name])
+                peft.generate(
+                    **ids2,
+                    max_new_tokens=n,
+                    min_new_tokens=n,
+                    do_sample=False,
+                    pad_token_id=tok.pad_token_id,
+                    adapter_names=["__base__", peft_name],
+                )
 
         def timed(fn) -> tuple[float, float]:
             t, c = time.perf_counter(), time.process_time()
@@ -200,8 +212,12 @@ def main() -> None:
     for clock in ("wall", "cpu"):
         print(f"  ratios of {clock} time:")
         for name, d in result[clock]["ratios"].items():
-            verdict = "" if d["target"] is None else f"  target {'<' if d['target'] == 1.0 else '<='} {d['target']}: " + (
-                "met" if d["met"] else "MISSED")
+            verdict = (
+                ""
+                if d["target"] is None
+                else f"  target {'<' if d['target'] == 1.0 else '<='} {d['target']}: "
+                + ("met" if d["met"] else "MISSED")
+            )
             print(f"    {name:<32} {d['numerator']:.3f} / {d['denominator']:.3f} = {d['ratio']:.3f}{verdict}")
     print(f"  greedy side by side == plain generate: {same}")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-PLAIN = r'''
+PLAIN = r"""
 import json, sys, time, torch
 from datasets import Dataset
 from peft import LoraConfig
@@ -37,16 +37,18 @@ model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
 rows = [json.loads(l) for l in open(data) if l.strip()]
 def conv(r):
     user = r["instruction"] + ("\n\n" + r["input"] if r.get("input") else "")
-    return {"prompt": [{"role": "user", "content": user}], "completion": [{"role": "assistant", "content": r["output"]}]}
+    answer = {"role": "assistant", "content": r["output"]}
+    return {"prompt": [{"role": "user", "content": user}], "completion": [answer]}
 train = Dataset.from_list([conv(r) for r in rows])
 args = SFTConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=4, learning_rate=1e-3, max_length=256,
-                 logging_steps=1, save_strategy="no", eval_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
-                 optim="adamw_torch", lr_scheduler_type="linear", seed=42, data_seed=42, disable_tqdm=True)
+                 logging_steps=1, save_strategy="no", eval_strategy="no", report_to=[],
+                 use_cpu=not torch.cuda.is_available(), optim="adamw_torch",
+                 lr_scheduler_type="linear", seed=42, data_seed=42, disable_tqdm=True)
 peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
 trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tok, peft_config=peft_config)
 trainer.train()
 print("RESULT " + json.dumps(trainer.state.log_history))
-'''
+"""
 
 
 def throughput(history: list[dict]) -> dict:
@@ -59,7 +61,9 @@ def throughput(history: list[dict]) -> dict:
 def run_lab(model: str, steps: int, out: Path) -> dict:
     cmd = [sys.executable, "-m", "lab", "train", "--model", model, "--dataset", "style", "--max-steps", str(steps),
            "--eval-steps", "0", "--save-steps", "100000", "--output", str(out), "--json"]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "QLORA_LAB_RUNS": str(out.parent)})
+    p = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "QLORA_LAB_RUNS": str(out.parent)}
+    )
     if p.returncode:
         raise SystemExit(f"lab train failed:\n{p.stderr[-2000:]}")
     r = json.loads(p.stdout)
@@ -71,7 +75,9 @@ def run_plain(model_dir: str, steps: int, out: Path) -> dict:
     script = out.parent / "plain_trl.py"
     script.write_text(PLAIN)
     data = ROOT / "assets" / "datasets" / "style" / "train.jsonl"
-    p = subprocess.run([sys.executable, str(script), model_dir, str(data), str(steps), str(out)], capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, str(script), model_dir, str(data), str(steps), str(out)], capture_output=True, text=True
+    )
     line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
     if p.returncode or line is None:
         raise SystemExit(f"plain TRL script failed:\n{p.stderr[-2000:]}")
@@ -95,8 +101,13 @@ def main() -> None:
                 out = Path(tmp) / f"{kind}-{i}"
                 r = run_lab(a.model, a.steps, out) if kind == "lab" else run_plain(model_dir, a.steps, out)
                 rows.append({"kind": kind, "round": i, **r})
-                print(f"{kind:5s} round {i}: {r['tokens_per_second']:.1f} tok/s ({r['tokens']} tokens in {r['train_runtime']:.1f} s), "
-                      f"final loss {r['final_loss']:.3f}", file=sys.stderr, flush=True)
+                print(
+                    f"{kind:5s} round {i}: {r['tokens_per_second']:.1f} tok/s ({r['tokens']} tokens in "
+                    f"{r['train_runtime']:.1f} s), "
+                    f"final loss {r['final_loss']:.3f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     lab_tps = statistics.median(r["tokens_per_second"] for r in rows if r["kind"] == "lab")
     plain_tps = statistics.median(r["tokens_per_second"] for r in rows if r["kind"] == "plain")
     result = {"model": a.model, "steps": a.steps, "rounds": a.rounds, "runs": rows, "lab_tokens_per_second": lab_tps,
@@ -104,7 +115,10 @@ def main() -> None:
     if a.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"lab   median {lab_tps:.1f} tok/s\nplain median {plain_tps:.1f} tok/s\nratio {lab_tps / plain_tps:.3f} (target >= 0.95)")
+        print(
+            f"lab   median {lab_tps:.1f} tok/s\nplain median {plain_tps:.1f} tok/s\nratio {lab_tps / plain_tps:.3f} "
+            f"(target >= 0.95)"
+        )
 
 
 if __name__ == "__main__":

@@ -81,8 +81,28 @@ class Watchers:
 
 # --------------------------------------------------------------------------- training
 def train_command(steps: int, out: Path) -> list[str]:
-    return [sys.executable, "-m", "lab", "train", "--model", "embedded", "--dataset", "style", "--max-steps", str(steps),
-            "--seed", "42", "--logging-steps", "1", "--eval-steps", "0", "--save-steps", "100000", "--output", str(out)]
+    return [
+        sys.executable,
+        "-m",
+        "lab",
+        "train",
+        "--model",
+        "embedded",
+        "--dataset",
+        "style",
+        "--max-steps",
+        str(steps),
+        "--seed",
+        "42",
+        "--logging-steps",
+        "1",
+        "--eval-steps",
+        "0",
+        "--save-steps",
+        "100000",
+        "--output",
+        str(out),
+    ]
 
 
 def throughput(run_dir: Path) -> dict:
@@ -115,7 +135,9 @@ def run_training(browser, server: AppServer, watchers: Watchers, runs: Path, ste
         for ctx, _ in contexts:
             ctx.close()
     if proc.returncode:
-        raise SystemExit(f"training {label} failed (exit {proc.returncode}): {(runs / f'{label}.log').read_text()[-2000:]}")
+        raise SystemExit(
+            f"training {label} failed (exit {proc.returncode}): {(runs / f'{label}.log').read_text()[-2000:]}"
+        )
     return {"variant": label.rsplit("-", 1)[0], **throughput(out),
             "server_cpu_s": round(after[0] - before[0], 2), "browser_cpu_s": round(after[1] - before[1], 2)}
 
@@ -128,7 +150,12 @@ def cli_compare(max_new_tokens: int, env: dict, timeout: float) -> dict:
     if p.returncode:
         raise SystemExit(f"lab compare failed:\n{p.stderr[-2000:]}")
     base = json.loads(p.stdout)["base"]
-    return {"variant": "cli", "tokens": base["tokens"], "seconds": base["seconds"], "tokens_per_s": base["tokens_per_s"]}
+    return {
+        "variant": "cli",
+        "tokens": base["tokens"],
+        "seconds": base["seconds"],
+        "tokens_per_s": base["tokens_per_s"],
+    }
 
 
 def page_compare(page, server: AppServer, watchers: Watchers, max_new_tokens: int, timeout: float) -> dict:
@@ -170,8 +197,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="training steps per run")
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of every variant")
     ap.add_argument("--tabs", type=int, default=1, help="also measure with this many Training tabs open (> 1)")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch threads in every process (OMP_NUM_THREADS; 0 = default). 1 leaves a core to the browser")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads in every process (OMP_NUM_THREADS; 0 = default). 1 leaves a core to the browser",
+    )
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--only", choices=["training", "playground"])
     ap.add_argument("--timeout", type=float, default=600, help="seconds any one step may take")
@@ -201,14 +232,25 @@ def main() -> None:
                     for i in range(a.rounds):
                         order = list(variants) if i % 2 == 0 else list(reversed(variants))
                         for v in order:
-                            r = run_training(browser, server, watchers, runs, a.steps, variants[v], f"{v}-{i}", env, a.timeout)
+                            r = run_training(
+                                browser, server, watchers, runs, a.steps, variants[v], f"{v}-{i}", env, a.timeout
+                            )
                             rows.append(r)
-                            print(f"training {v:8s} round {i}: {r['tokens_per_second']:.1f} tok/s ({r['tokens']} tokens in "
-                                  f"{r['train_runtime']:.1f} s); server {r['server_cpu_s']:.1f} CPU s, browser "
-                                  f"{r['browser_cpu_s']:.1f} CPU s", file=sys.stderr, flush=True)
-                    result["training"] = {"runs": rows, "open_vs_closed": summarise(rows, "tokens_per_second", "open", "closed")}
+                            print(
+                                f"training {v:8s} round {i}: {r['tokens_per_second']:.1f} tok/s ({r['tokens']} "
+                                f"tokens in {r['train_runtime']:.1f} s); server {r['server_cpu_s']:.1f} CPU s, browser "
+                                f"{r['browser_cpu_s']:.1f} CPU s",
+                                file=sys.stderr,
+                                flush=True,
+                            )
+                    result["training"] = {
+                        "runs": rows,
+                        "open_vs_closed": summarise(rows, "tokens_per_second", "open", "closed"),
+                    }
                     if a.tabs > 1:
-                        result["training"][f"tabs{a.tabs}_vs_closed"] = summarise(rows, "tokens_per_second", f"tabs{a.tabs}", "closed")
+                        result["training"][f"tabs{a.tabs}_vs_closed"] = summarise(
+                            rows, "tokens_per_second", f"tabs{a.tabs}", "closed"
+                        )
                 if a.only != "training":
                     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
                     page = ctx.new_page()
@@ -223,8 +265,12 @@ def main() -> None:
                             rows.append(r)
                             extra = (f"; server {r['server_cpu_s']:.1f} CPU s, browser {r['browser_cpu_s']:.1f} CPU s"
                                      if kind == "page" else "")
-                            print(f"playground {kind:4s} round {i}: {r['tokens_per_s']:.1f} tok/s ({r['tokens']} tokens in "
-                                  f"{r['seconds']:.2f} s){extra}", file=sys.stderr, flush=True)
+                            print(
+                                f"playground {kind:4s} round {i}: {r['tokens_per_s']:.1f} tok/s ({r['tokens']} "
+                                f"tokens in {r['seconds']:.2f} s){extra}",
+                                file=sys.stderr,
+                                flush=True,
+                            )
                     ctx.close()
                     result["playground"] = {"runs": rows, "page_vs_cli": summarise(rows, "tokens_per_s", "page", "cli")}
                 browser.close()

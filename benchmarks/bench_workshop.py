@@ -186,7 +186,9 @@ class Person:
         self.columns = {}
         for name in names:
             column = self.page.locator(f".st-key-column-{name}")
-            self.columns[name] = (await column.locator('[data-testid="stMarkdownContainer"]').nth(1).inner_text()).strip()
+            self.columns[name] = (
+                await column.locator('[data-testid="stMarkdownContainer"]').nth(1).inner_text()
+            ).strip()
 
     async def evaluate(self) -> None:
         await self.goto("playground?model=embedded&precision=fp32" +
@@ -241,7 +243,9 @@ async def room(args, url: str, adapter: str, sampler: RssSampler) -> dict:
         async def person(i: int, with_adapter: bool) -> Person:
             context = await browser.new_context(viewport={"width": 1400, "height": 1000})
             context.set_default_timeout(300_000)  # eight browsers on two busy cores: clicks wait for a slow page
-            return Person(i, await context.new_page(), url, adapter if with_adapter else None, args.tokens, args.examples)
+            return Person(
+                i, await context.new_page(), url, adapter if with_adapter else None, args.tokens, args.examples
+            )
 
         # 1. one person alone: the reference columns and the baseline RSS
         t0 = time.monotonic()
@@ -318,7 +322,9 @@ def main() -> int:
     ap.add_argument("--examples", type=int, default=3, help="test examples per evaluation")
     ap.add_argument("--train-steps", type=int, default=2, help="steps of the short training run")
     ap.add_argument("--train-sessions", type=int, default=1, help="how many of the N sessions start a training run")
-    ap.add_argument("--soak", type=int, default=0, metavar="OPS", help="then repeat comparisons/evaluations for OPS operations")
+    ap.add_argument(
+        "--soak", type=int, default=0, metavar="OPS", help="then repeat comparisons/evaluations for OPS operations"
+    )
     ap.add_argument("--timeout", type=float, default=1800, help="seconds before the whole benchmark gives up")
     ap.add_argument("--json", action="store_true", help="print JSON only")
     args = ap.parse_args()

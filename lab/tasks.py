@@ -62,7 +62,9 @@ class BackgroundTask:
         self._thread.start()
         return self
 
-    def _report(self, message: str, fraction: float | None = None, partial: Any = None, state: str | None = None) -> None:
+    def _report(
+        self, message: str, fraction: float | None = None, partial: Any = None, state: str | None = None
+    ) -> None:
         self._queue.put(("progress", Progress(message, fraction, partial, state)))
 
     def _work(self) -> None:

@@ -34,7 +34,9 @@ def format_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> st
     numeric = [all(_is_number(r[i]) for r in cells[1:]) and len(cells) > 1 for i in range(len(headers))]
 
     def line(row: list[str]) -> str:
-        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric, strict=True)).rstrip()
+        return "  ".join(
+            c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric, strict=True)
+        ).rstrip()
 
     head = [line(cells[0]), "  ".join("-" * w for w in widths)] if show_header else []
     return "\n".join(head + [line(r) for r in cells[1:]])

@@ -116,8 +116,12 @@ def dtype_by_torch_name(torch_name: str) -> Dtype:
 METHODS: dict[str, Term] = table(
     Term("full", "Full fine-tuning", "Every weight trains, with its gradient and optimizer states."),
     Term("lora", "LoRA", "Frozen base in 16-bit (or 32-bit), small trainable adapters."),
-    Term("qlora", "QLoRA",
-         "Frozen base quantized by bitsandbytes (NF4 in the QLoRA paper), adapters in fp32, paged 8-bit or 32-bit AdamW."),
+    Term(
+        "qlora",
+        "QLoRA",
+        "Frozen base quantized by bitsandbytes (NF4 in the QLoRA paper), adapters in fp32, paged 8-bit or 32-bit "
+        "AdamW.",
+    ),
 )
 
 

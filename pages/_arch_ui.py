@@ -56,10 +56,12 @@ def pick_architecture(default: str = "Llama-3.2-3B") -> Architecture | None:
             arch = read_architecture(choice)
     if arch is not None:
         tied = "tied" if arch.tie_word_embeddings else "untied"
-        st.caption(f"**{arch.name}** · `{arch.model_type}` ({arch.model_class}) · {fmt_count(arch.params_total)} parameters "
-                   f"({arch.params_total:,}) · {arch.num_layers} layers · hidden {arch.hidden_size} · "
-                   f"{arch.num_attention_heads} heads / {arch.num_kv_heads} KV heads · vocab {arch.vocab_size:,} · "
-                   f"{tied} embeddings · ships in {arch.config_dtype}")
+        st.caption(
+            f"**{arch.name}** · `{arch.model_type}` ({arch.model_class}) · {fmt_count(arch.params_total)} parameters "
+            f"({arch.params_total:,}) · {arch.num_layers} layers · hidden {arch.hidden_size} · "
+            f"{arch.num_attention_heads} heads / {arch.num_kv_heads} KV heads · vocab {arch.vocab_size:,} · "
+            f"{tied} embeddings · ships in {arch.config_dtype}"
+        )
     return arch
 
 
@@ -71,10 +73,14 @@ def architecture_table(arch: Architecture) -> None:
         hide_index=True,
         width="stretch",
         column_config={
-            "component": st.column_config.TextColumn("component", help="Leaf module name (what LoRA's target_modules matches)"),
+            "component": st.column_config.TextColumn(
+                "component", help="Leaf module name (what LoRA's target_modules matches)"
+            ),
             "shape": st.column_config.TextColumn("in → out", help="in_features → out_features, or the tensor shape"),
             "count": st.column_config.NumberColumn("count", help="How many such modules the model has"),
-            "quantized": st.column_config.CheckboxColumn("bnb quantizes", help="Would BitsAndBytesConfig replace it "
-                                                         "(transformers' own skip rule: lm_head and tied weights stay)"),
+            "quantized": st.column_config.CheckboxColumn(
+                "bnb quantizes",
+                help="Would BitsAndBytesConfig replace it (transformers' own skip rule: lm_head and tied weights stay)",
+            ),
         },
     )

@@ -114,7 +114,9 @@ def _holders_text(m, owner: str) -> str:
     if not m.holders:
         return "unused"
     others = len([h for h in m.holders if h != owner])
-    parts = (["yours"] if owner in m.holders else []) + ([f"{others} other session{'s' * (others != 1)}"] if others else [])
+    parts = (["yours"] if owner in m.holders else []) + (
+        [f"{others} other session{'s' * (others != 1)}"] if others else []
+    )
     return "in use: " + " + ".join(parts)
 
 
@@ -218,7 +220,10 @@ def sidebar() -> None:
                     f"**{env['device'].upper()}** · {name}")
         if env["gpus"]:
             g = env["gpus"][0]
-            st.progress(1 - g["free_bytes"] / g["total_bytes"], text=f"GPU {fmt_bytes(g['free_bytes'])} free of {fmt_bytes(g['total_bytes'])}")
+            st.progress(
+                1 - g["free_bytes"] / g["total_bytes"],
+                text=f"GPU {fmt_bytes(g['free_bytes'])} free of {fmt_bytes(g['total_bytes'])}",
+            )
         st.progress(1 - env["ram_available_bytes"] / env["ram_total_bytes"],
                     text=f"RAM {fmt_bytes(env['ram_available_bytes'])} free of {fmt_bytes(env['ram_total_bytes'])}")
         shared_sidebar()

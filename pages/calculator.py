@@ -49,9 +49,17 @@ BIG = 10**9  # widget bounds wide enough that any URL value reaches the lab, whi
 HELP = {name: f.metadata["help"] for name, f in TrainingSettings.__dataclass_fields__.items()}
 DTYPE_HELP = ("dtype of everything bitsandbytes leaves unquantized (embeddings, norms, lm_head, biases) and of the "
               "compute. auto = the config's torch_dtype, what the checkpoint ships in.")
-COLORS = {"quantized Linear weights": "#4C78A8", "quantization constants": "#E45756", "unquantized Linear weights": "#72B7B2",
-          "embeddings": "#F58518", "lm_head": "#EECA3B", "norms": "#B279A2", "biases": "#9D755D",
-          "other parameters": "#BAB0AC", "buffers (rotary tables)": "#54A24B"}
+COLORS = {
+    "quantized Linear weights": "#4C78A8",
+    "quantization constants": "#E45756",
+    "unquantized Linear weights": "#72B7B2",
+    "embeddings": "#F58518",
+    "lm_head": "#EECA3B",
+    "norms": "#B279A2",
+    "biases": "#9D755D",
+    "other parameters": "#BAB0AC",
+    "buffers (rotary tables)": "#54A24B",
+}
 CATEGORY_COLORS = {"weights": "#4C78A8", "adapters": "#F58518", "gradients": "#E45756", "optimizer": "#72B7B2",
                    "activations": "#54A24B", "temporaries": "#B279A2", "kv_cache": "#EECA3B"}
 PHASE_COLORS = {"before the step": "#888888", "forward": "#4C78A8", "backward": "#E45756", "optimizer step": "#54A24B",
@@ -85,15 +93,26 @@ w = None
 with friendly_errors("The weights estimate"):
     w = estimate_weights(arch, precision, dtype)
     m1, m2, m3, m4 = st.columns(4)
-    m1.metric("True bytes", fmt_bytes(w.weights_bytes), help="Every tensor the loaded model holds, quantization constants included.")
-    m2.metric("get_memory_footprint()", fmt_bytes(w.hf_footprint_bytes),
-              delta=fmt_bytes(w.hf_footprint_bytes - w.weights_bytes) if w.quant_constants_bytes else None,
-              delta_color="off", help="What transformers reports: parameters and buffers only. It counts a packed "
-                                      "4-bit weight as its uint8 storage and misses absmax, code tables and int8 row scales.")
+    m1.metric(
+        "True bytes",
+        fmt_bytes(w.weights_bytes),
+        help="Every tensor the loaded model holds, quantization constants included.",
+    )
+    m2.metric(
+        "get_memory_footprint()",
+        fmt_bytes(w.hf_footprint_bytes),
+        delta=fmt_bytes(w.hf_footprint_bytes - w.weights_bytes) if w.quant_constants_bytes else None,
+        delta_color="off",
+        help="What transformers reports: parameters and buffers only. It counts a packed "
+        "4-bit weight as its uint8 storage and misses absmax, code tables and int8 row scales.",
+    )
     m3.metric("Tutorial figure", fmt_bytes(w.naive_bytes), help="params × bits / 8 — assumes every parameter is "
               "quantized, ignores embeddings/lm_head/norms left in 16-bit and all constants.")
-    m4.metric("Quantized params", f"{100 * w.quantized_params / w.params_total:.1f}%",
-              help=f"{w.quantized_params:,} of {w.params_total:,} parameters sit in Linear layers bitsandbytes quantizes.")
+    m4.metric(
+        "Quantized params",
+        f"{100 * w.quantized_params / w.params_total:.1f}%",
+        help=f"{w.quantized_params:,} of {w.params_total:,} parameters sit in Linear layers bitsandbytes quantizes.",
+    )
     st.dataframe(
         [{"component": c.name, "params": f"{c.params:,}" if c.params else "", "stored as": c.storage,
           "true bytes": fmt_bytes(c.bytes), "footprint counts": fmt_bytes(c.hf_bytes), "formula": c.formula}
@@ -113,7 +132,9 @@ with friendly_errors("The weights estimate"):
             f"{fmt_bytes(w.cpu_packed_bytes)}. CUDA keeps the layout above."
         )
     elif precision == "int8":
-        st.latex(r"\text{int8 bytes} = n + 4\cdot\text{out\_features}\quad(\text{int8 weight} + \text{fp32 row scale SCB})")
+        st.latex(
+            r"\text{int8 bytes} = n + 4\cdot\text{out\_features}\quad(\text{int8 weight} + \text{fp32 row scale SCB})"
+        )
 
     rows = [estimate_weights(arch, p, dtype) for p in PRECISIONS]
     fig = go.Figure()
@@ -121,9 +142,16 @@ with friendly_errors("The weights estimate"):
         fig.add_bar(name=comp, x=[PRECISIONS[r.precision].label for r in rows],
                     y=[sum(c.bytes for c in r.components if c.name == comp) / GB for r in rows],
                     marker_color=COLORS.get(comp))
-    fig.add_scatter(name="get_memory_footprint()", x=[PRECISIONS[r.precision].label for r in rows],
-                    y=[r.hf_footprint_bytes / GB for r in rows], mode="markers", marker=dict(symbol="line-ew-open", size=28, color="black"))
-    fig.update_layout(barmode="stack", yaxis_title="GB", height=380, margin=dict(t=30, b=0), legend=dict(orientation="h", y=-0.15))
+    fig.add_scatter(
+        name="get_memory_footprint()",
+        x=[PRECISIONS[r.precision].label for r in rows],
+        y=[r.hf_footprint_bytes / GB for r in rows],
+        mode="markers",
+        marker=dict(symbol="line-ew-open", size=28, color="black"),
+    )
+    fig.update_layout(
+        barmode="stack", yaxis_title="GB", height=380, margin=dict(t=30, b=0), legend=dict(orientation="h", y=-0.15)
+    )
     st.plotly_chart(fig, width="stretch")
 
 with st.expander("Worked examples: where the tutorial figures come from (and go wrong)"):
@@ -135,8 +163,8 @@ with st.expander("Worked examples: where the tutorial figures come from (and go 
         "- **Qwen2.5-0.5B**, 494,032,768 parameters: tutorials quote '≈0.23 GB at 4-bit' (all 494M × 0.5 B). But "
         "136M of them are the (tied) embedding, which bitsandbytes never quantizes: it alone is 272 MB in bf16. "
         "The real 4-bit model is ≈0.46 GB — twice the tutorial figure.\n"
-        "- **'FP16 would use ~0.92 GB'** for Qwen2.5-0.5B is 494M × 2 B in GiB (0.92 GiB = 0.99 GB): check which unit a "
-        "figure uses. This lab uses GB = 10⁹ bytes throughout."
+        "- **'FP16 would use ~0.92 GB'** for Qwen2.5-0.5B is 494M × 2 B in GiB (0.92 GiB = 0.99 GB): check which "
+        "unit a figure uses. This lab uses GB = 10⁹ bytes throughout."
     )
 
 # ----------------------------------------------------------------------------------- settings
@@ -234,9 +262,14 @@ else:
               help="The predicted torch.cuda.max_memory_allocated() of one training step, CUDA context excluded: "
                    f"{sim.simulated_layers} of {sim.full_layers} decoder layers run on fake tensors, the middle one "
                    f"repeated to full depth. Peak: {sim.peak_at}. Simulated in {sim.seconds:.1f} s.")
-    k2.metric("Formula (the explanation)", fmt_bytes(total_formula),
-              delta=f"{fmt_bytes(abs(total_formula - sim.peak_bytes))} {'above' if total_formula > sim.peak_bytes else 'below'}",
-              delta_color="off", help="The hand formula of the terms below, without the CUDA context.")
+    k2.metric(
+        "Formula (the explanation)",
+        fmt_bytes(total_formula),
+        delta=f"{fmt_bytes(abs(total_formula - sim.peak_bytes))} "
+        f"{'above' if total_formula > sim.peak_bytes else 'below'}",
+        delta_color="off",
+        help="The hand formula of the terms below, without the CUDA context.",
+    )
     k3.metric("Trainable parameters", fmt_count(formula.trainable_params), help=f"{formula.trainable_params:,}")
     st.caption(f"Peak reached in the **{sim.peak_at}**.")
     rows = explain.formula_vs_simulation(sim, formula)
@@ -249,12 +282,16 @@ else:
         f = next((r["formula_bytes"] for r in rows if r["category"] == cat), 0)
         fig.add_bar(name=explain.LABELS[cat], x=["formula", "simulated"], y=[f / GB, sim.by_category.get(cat, 0) / GB],
                     marker_color=CATEGORY_COLORS[cat])
-    fig.update_layout(barmode="stack", yaxis_title="GB", height=340, margin=dict(t=30, b=0), legend=dict(orientation="h", y=-0.2))
+    fig.update_layout(
+        barmode="stack", yaxis_title="GB", height=340, margin=dict(t=30, b=0), legend=dict(orientation="h", y=-0.2)
+    )
     st.plotly_chart(fig, width="stretch")
     for note in (*formula.notes, *sim.notes):
         st.caption(note)
     if sim.excluded.get("paged"):
-        st.caption(f"Paged optimizer state: {fmt_bytes(sim.excluded['paged'])} in CUDA unified memory (not in the peak).")
+        st.caption(
+            f"Paged optimizer state: {fmt_bytes(sim.excluded['paged'])} in CUDA unified memory (not in the peak)."
+        )
 
 
 def timeline(s, title: str) -> None:
@@ -265,10 +302,23 @@ def timeline(s, title: str) -> None:
         fig.add_scatter(x=[p["x"] for p in pts], y=[p["bytes"] / GB for p in pts], mode="lines+markers",
                         marker=dict(size=3), line=dict(width=1), name=phase, line_color=PHASE_COLORS.get(phase))
     top = max(s.timeline, key=lambda p: p["bytes"])
-    fig.add_scatter(x=[top["x"]], y=[s.peak_bytes / GB], mode="markers+text", marker=dict(size=12, symbol="star", color="black"),
-                    text=[f"peak {fmt_bytes(s.peak_bytes)}"], textposition="top center", name="peak")
-    fig.update_layout(title=title, xaxis_title=f"operations through the step (middle layer repeated to {s.full_layers} layers)",
-                      yaxis_title="live GB", height=360, margin=dict(t=40, b=0), legend=dict(orientation="h", y=-0.25))
+    fig.add_scatter(
+        x=[top["x"]],
+        y=[s.peak_bytes / GB],
+        mode="markers+text",
+        marker=dict(size=12, symbol="star", color="black"),
+        text=[f"peak {fmt_bytes(s.peak_bytes)}"],
+        textposition="top center",
+        name="peak",
+    )
+    fig.update_layout(
+        title=title,
+        xaxis_title=f"operations through the step (middle layer repeated to {s.full_layers} layers)",
+        yaxis_title="live GB",
+        height=360,
+        margin=dict(t=40, b=0),
+        legend=dict(orientation="h", y=-0.25),
+    )
     st.plotly_chart(fig, width="stretch")
 
 
@@ -288,10 +338,16 @@ if isinstance(gen, str):
 else:
     kv = kv_cache_bytes(arch, int(prompt_tokens) + int(new_tokens), int(infer_batch), dtype)
     i1, i2 = st.columns(2)
-    i1.metric("Simulated generation peak", fmt_bytes(gen.peak_bytes), help=f"Prefill of {int(prompt_tokens):,} tokens and one "
-              f"decode step with the KV cache at {int(prompt_tokens) + int(new_tokens):,} tokens, {int(infer_batch)} "
-              f"prompt(s). Peak: {gen.peak_at}.")
-    i2.metric("KV cache (formula)", fmt_bytes(kv), help="2 (K and V) × layers × KV heads × head_dim × tokens × batch × bytes")
+    i1.metric(
+        "Simulated generation peak",
+        fmt_bytes(gen.peak_bytes),
+        help=f"Prefill of {int(prompt_tokens):,} tokens and one "
+        f"decode step with the KV cache at {int(prompt_tokens) + int(new_tokens):,} tokens, {int(infer_batch)} "
+        f"prompt(s). Peak: {gen.peak_at}.",
+    )
+    i2.metric(
+        "KV cache (formula)", fmt_bytes(kv), help="2 (K and V) × layers × KV heads × head_dim × tokens × batch × bytes"
+    )
     st.latex(rf"2 \times {arch.num_layers} \times {arch.num_kv_heads} \times {arch.head_dim} \times "
              rf"{int(prompt_tokens) + int(new_tokens):,} \times {int(infer_batch)} \times e = \text{{{fmt_bytes(kv)}}}")
     timeline(gen, "Live bytes through prefill and one decode step")
@@ -311,19 +367,22 @@ if sim is not None or gen is not None:
         table.append(row)
     st.dataframe(table, hide_index=True, width="stretch")
     st.caption(
-        f"Fits = peak + CUDA context ({fmt_bytes(CUDA_CONTEXT_BYTES)}) + allocator fragmentation ({100 * FRAGMENTATION:.1f}% "
+        f"Fits = peak + CUDA context ({fmt_bytes(CUDA_CONTEXT_BYTES)}) + allocator fragmentation "
+        f"({100 * FRAGMENTATION:.1f}% "
         "of the peak) within the card. Both allowances are the medians of published out-of-memory reports of "
         f"fine-tuning runs: context from "
         f"[{CUDA_CONTEXT_SOURCE.source}]({CUDA_CONTEXT_SOURCE.url}) ({CUDA_CONTEXT_SOURCE.run}), fragmentation from "
-        f"[{FRAGMENTATION_SOURCE.source}]({FRAGMENTATION_SOURCE.url}) ({FRAGMENTATION_SOURCE.run}); the others are listed "
-        f"in docs/published-memory.md. {UNITS_NOTE} The 'this machine' row without a GPU compares with RAM."
+        f"[{FRAGMENTATION_SOURCE.source}]({FRAGMENTATION_SOURCE.url}) ({FRAGMENTATION_SOURCE.run}); the others are "
+        f"listed in docs/published-memory.md. {UNITS_NOTE} The 'this machine' row without a GPU compares with RAM."
     )
 
 # ----------------------------------------------------------------------------------- several GPUs
 if sim is not None:
     st.header("More than one GPU")
     p1, p2, p3 = st.columns(3)
-    n_gpus = p1.number_input("GPUs", 1, 4096, 2, key="ngpus", bind="query-params", help="Data-parallel ranks, one batch each.")
+    n_gpus = p1.number_input(
+        "GPUs", 1, 4096, 2, key="ngpus", bind="query-params", help="Data-parallel ranks, one batch each."
+    )
     sharding = p2.selectbox("Sharding", list(LAUNCH_MODES), index=1, key="sharding", bind="query-params",
                             help=describe(LAUNCH_MODES, markdown=True))
     card = p3.selectbox("GPU", [g.name for g in GPUS], key="gpu", bind="query-params", help=UNITS_NOTE)
@@ -381,4 +440,7 @@ with friendly_errors("The code snippet"):
         st.code(training_code(arch, resolve_recipe(arch, settings)), language="python")
     except LabError as e:
         st.caption(f"No snippet for these settings: {e}")
-st.caption(f"This page's settings are in the URL: share it to show the same configuration. {fmt_count(arch.params_total)} parameters.")
+st.caption(
+    f"This page's settings are in the URL: share it to show the same configuration. {fmt_count(arch.params_total)} "
+    f"parameters."
+)

@@ -29,9 +29,15 @@ with st.expander("Library versions", expanded=True):
     st.markdown(" · ".join(f"**{lib}** `{v or 'not installed'}`" for lib, v in env["versions"].items()))
 
 if env["embedded_model_ready"]:
-    st.success(f"Embedded model SmolLM2-135M-Instruct is ready at `{env['embedded_model_path']}`.", icon=":material/check_circle:")
+    st.success(
+        f"Embedded model SmolLM2-135M-Instruct is ready at `{env['embedded_model_path']}`.",
+        icon=":material/check_circle:",
+    )
 else:
-    st.warning("The embedded model is not prepared yet. Run `make setup` or `python -m lab prepare`.", icon=":material/warning:")
+    st.warning(
+        "The embedded model is not prepared yet. Run `make setup` or `python -m lab prepare`.",
+        icon=":material/warning:",
+    )
 
 st.subheader("Pages")
 cols = st.columns(2)

@@ -88,10 +88,24 @@ with c1, friendly_errors("Reading the model"):  # the one message about a bad mo
 with st.expander("Options: dtype, perplexity, prompts"):
     o1, o2, o3 = st.columns(3)
     dtype = o1.selectbox("Unquantized dtype (int8/4-bit)", list(DTYPE_CHOICES), help=HELP["dtype"], disabled=running)
-    ppl_tokens = o2.number_input("Perplexity tokens", 0, 2048, _int_param("ppl", QualityConfig.perplexity_tokens, 2048), step=128,
-                                 help=QUALITY_HELP["perplexity_tokens"], disabled=running)
-    max_new = o3.number_input("Answer length (tokens)", 0, 256, _int_param("answer_tokens", QualityConfig.max_new_tokens, 256), step=8,
-                              help=QUALITY_HELP["max_new_tokens"], disabled=running)
+    ppl_tokens = o2.number_input(
+        "Perplexity tokens",
+        0,
+        2048,
+        _int_param("ppl", QualityConfig.perplexity_tokens, 2048),
+        step=128,
+        help=QUALITY_HELP["perplexity_tokens"],
+        disabled=running,
+    )
+    max_new = o3.number_input(
+        "Answer length (tokens)",
+        0,
+        256,
+        _int_param("answer_tokens", QualityConfig.max_new_tokens, 256),
+        step=8,
+        help=QUALITY_HELP["max_new_tokens"],
+        disabled=running,
+    )
     prompts_text = st.text_area("Prompts", "\n".join(DEFAULT_PROMPTS), help=QUALITY_HELP["prompts"], disabled=running)
 st.caption(f"Device: **{device}** ({HELP['device']})")
 if any(slow_on(p, device) for p in precisions) and ppl_tokens > 256:
@@ -99,8 +113,11 @@ if any(slow_on(p, device) for p in precisions) and ppl_tokens > 256:
             icon=":material/hourglass:")
 others = model_registry().loaded()
 if others:
-    st.info(f"{len(others)} model(s) loaded by other pages or people stay in memory and inflate RSS; unused ones are "
-            "freed when a load needs their room, or free them in the sidebar for clean figures.", icon=":material/info:")
+    st.info(
+        f"{len(others)} model(s) loaded by other pages or people stay in memory and inflate RSS; unused ones are "
+        "freed when a load needs their room, or free them in the sidebar for clean figures.",
+        icon=":material/info:",
+    )
 
 inputs = [spec, list(precisions), dtype, int(ppl_tokens), int(max_new), prompts_text]
 if st.session_state.get(RUN_INPUTS) not in (None, inputs):  # new inputs: the last run's errors no longer apply
@@ -109,8 +126,13 @@ if st.session_state.get(RUN_INPUTS) not in (None, inputs):  # new inputs: the la
     st.session_state[RESULTS] = [r for r in st.session_state.get(RESULTS) or [] if "error" not in r]
 
 b1, b2, _ = st.columns([1, 1, 3])
-if b1.button("Load and measure", type="primary", icon=":material/play_arrow:", disabled=running or source is None,
-             help="Load the model at each chosen precision in turn (the previous one is freed first), in the background."):
+if b1.button(
+    "Load and measure",
+    type="primary",
+    icon=":material/play_arrow:",
+    disabled=running or source is None,
+    help="Load the model at each chosen precision in turn (the previous one is freed first), in the background.",
+):
     started = False
     with friendly_errors("Loading"):
         if not precisions:
@@ -128,7 +150,12 @@ if b1.button("Load and measure", type="primary", icon=":material/play_arrow:", d
             started = True
     if started:
         st.rerun()  # redraw at once with the inputs disabled and the progress poller on
-if b2.button("Cancel", icon=":material/stop:", disabled=not running, help="Stop after the current step; the model is still freed."):
+if b2.button(
+    "Cancel",
+    icon=":material/stop:",
+    disabled=not running,
+    help="Stop after the current step; the model is still freed.",
+):
     task.cancel()
 
 
@@ -179,7 +206,8 @@ if ok:
     st.markdown(
         "**Measured** = every tensor the loaded model keeps alive — parameters, buffers and bitsandbytes' "
         "quantization state (absmax, nested absmax, code tables, offsets, int8 row scales) — each storage counted "
-        "once (a tied lm_head is the embedding). **Predicted** = the calculator (`lab.estimate.weights.estimate_weights`), "
+        "once (a tied lm_head is the embedding). **Predicted** = the calculator "
+        "(`lab.estimate.weights.estimate_weights`), "
         "computed from the config alone."
     )
     st.latex(r"\text{error} = \frac{\text{predicted} - \text{measured}}{\text{measured}} \times 100\%")
@@ -193,15 +221,29 @@ if ok:
         "load s": r["load_seconds"],
         "perplexity": r["perplexity"],
     } for r in ok])
-    st.dataframe(table, hide_index=True, width="stretch", column_config={
-        "measured MB": st.column_config.NumberColumn(format="%.3f", help="True bytes: " + "; ".join(f"{k}: {v}" for k, v in KINDS.items())),
-        "predicted MB": st.column_config.NumberColumn(format="%.3f", help="lab.estimate.weights.estimate_weights(...).weights_bytes"),
-        "error %": st.column_config.NumberColumn(format="%+.4f", help="(predicted − measured) / measured; target |error| ≤ 1%"),
-        "RSS growth MB": st.column_config.NumberColumn(
-            format="%.1f", help=MEMORY_LABELS["rss_bytes"] + " Why it differs between precisions: below the table."),
-        "load s": st.column_config.NumberColumn(format="%.2f", help="from_pretrained wall time (quantizing happens during the load)."),
-        "perplexity": st.column_config.NumberColumn(format="%.3f", help=QUALITY_HELP["perplexity_tokens"]),
-    })
+    st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "measured MB": st.column_config.NumberColumn(
+                format="%.3f", help="True bytes: " + "; ".join(f"{k}: {v}" for k, v in KINDS.items())
+            ),
+            "predicted MB": st.column_config.NumberColumn(
+                format="%.3f", help="lab.estimate.weights.estimate_weights(...).weights_bytes"
+            ),
+            "error %": st.column_config.NumberColumn(
+                format="%+.4f", help="(predicted − measured) / measured; target |error| ≤ 1%"
+            ),
+            "RSS growth MB": st.column_config.NumberColumn(
+                format="%.1f", help=MEMORY_LABELS["rss_bytes"] + " Why it differs between precisions: below the table."
+            ),
+            "load s": st.column_config.NumberColumn(
+                format="%.2f", help="from_pretrained wall time (quantizing happens during the load)."
+            ),
+            "perplexity": st.column_config.NumberColumn(format="%.3f", help=QUALITY_HELP["perplexity_tokens"]),
+        },
+    )
     why = [(r["precision"], explain_rss(r)) for r in ok if explain_rss(r)]
     if why:
         st.markdown("**Why RSS grew as it did** (RSS counts pages, not tensors):\n"
@@ -234,10 +276,17 @@ if ok:
     fig = go.Figure()
     x = [r["precision"] for r in ok]
     fig.add_bar(name="measured (true bytes)", x=x, y=[_mb(r["measured_bytes"]) for r in ok])
-    fig.add_bar(name="predicted (calculator)", x=x, y=[_mb(r["predicted_bytes"]) for r in ok],
-                text=[None if r["error_pct"] is None else f"{r['error_pct']:+.3f}%" for r in ok], textposition="outside")
+    fig.add_bar(
+        name="predicted (calculator)",
+        x=x,
+        y=[_mb(r["predicted_bytes"]) for r in ok],
+        text=[None if r["error_pct"] is None else f"{r['error_pct']:+.3f}%" for r in ok],
+        textposition="outside",
+    )
     fig.add_bar(name="get_memory_footprint()", x=x, y=[_mb(r["hf_footprint_bytes"]) for r in ok])
-    fig.update_layout(barmode="group", yaxis_title="MB", height=380, margin=dict(t=30, b=10), legend=dict(orientation="h"))
+    fig.update_layout(
+        barmode="group", yaxis_title="MB", height=380, margin=dict(t=30, b=10), legend=dict(orientation="h")
+    )
     st.plotly_chart(fig, key="bytes_chart")
 
     kinds = [k for k in KINDS if any(k in r["breakdown"] for r in ok)]
@@ -250,26 +299,43 @@ if ok:
                           title="Quantization state outside the parameters (what get_memory_footprint() misses)")
         st.plotly_chart(fig, key="breakdown_chart")
     with st.expander("Quantization constants in bytes, and what each memory figure counts"):
-        st.dataframe(pd.DataFrame([{"precision": r["precision"], **{k: r["breakdown"].get(k, 0) for k in kinds}} for r in ok]),
-                     hide_index=True)
+        st.dataframe(
+            pd.DataFrame([{"precision": r["precision"], **{k: r["breakdown"].get(k, 0) for k in kinds}} for r in ok]),
+            hide_index=True,
+        )
         for key, text in MEMORY_LABELS.items():
             st.markdown(f"- `{key}` — {text}")
         st.markdown("- On CPU the fp32/bf16 weights are memory-mapped from the safetensors file, so RSS grows by less "
                     "than the true bytes until every weight has been touched.")
-        after = [r for r in ok if r.get("measured_after_forward_bytes") and r["measured_after_forward_bytes"] != r["measured_bytes"]]
+        after = [
+            r
+            for r in ok
+            if r.get("measured_after_forward_bytes") and r["measured_after_forward_bytes"] != r["measured_bytes"]
+        ]
         if after:
             st.markdown(
-                "- After the first forward pass: " + "; ".join(
-                    f"{r['precision']} {fmt_bytes(r['measured_bytes'])} → {fmt_bytes(r['measured_after_forward_bytes'])}"
-                    + (f" (predicted {fmt_bytes(r['predicted_after_forward_bytes'])})" if r.get("predicted_after_forward_bytes") else "")
-                    for r in after)
+                "- After the first forward pass: "
+                + "; ".join(
+                    f"{r['precision']} {fmt_bytes(r['measured_bytes'])} → "
+                    f"{fmt_bytes(r['measured_after_forward_bytes'])}"
+                    + (
+                        f" (predicted {fmt_bytes(r['predicted_after_forward_bytes'])})"
+                        if r.get("predicted_after_forward_bytes")
+                        else ""
+                    )
+                    for r in after
+                )
                 + ". On AVX512-BF16 CPUs bitsandbytes repacks 4-bit layers for its CPU kernel (absmax → bf16, nested "
                 "state dropped); int8 keeps the last batch's outlier column indices (`state.idx`)."
             )
         cuda = [r for r in ok if r["memory"].get("cuda_allocated_bytes") is not None]
         if cuda:
-            st.dataframe(pd.DataFrame([{"precision": r["precision"], **{k: _mb(v) for k, v in r["memory"].items()}} for r in cuda]),
-                         hide_index=True)
+            st.dataframe(
+                pd.DataFrame(
+                    [{"precision": r["precision"], **{k: _mb(v) for k, v in r["memory"].items()}} for r in cuda]
+                ),
+                hide_index=True,
+            )
 
     st.header("What changed inside")
     st.markdown("bitsandbytes swaps each decoder `nn.Linear` for its own class; nothing else is touched: "
@@ -285,9 +351,22 @@ if ok:
             st.code(r["config_code"], language="python")
             if r["unquantized"]:
                 st.markdown("**Stayed unquantized, and why**")
-                st.dataframe(pd.DataFrame([{"class": g["class"], "count": g["count"], "params": g["params"], "dtype": g["dtype"],
-                                            "why": g["why"], "e.g.": ", ".join(g["examples"])} for g in r["unquantized"]]),
-                             hide_index=True)
+                st.dataframe(
+                    pd.DataFrame(
+                        [
+                            {
+                                "class": g["class"],
+                                "count": g["count"],
+                                "params": g["params"],
+                                "dtype": g["dtype"],
+                                "why": g["why"],
+                                "e.g.": ", ".join(g["examples"]),
+                            }
+                            for g in r["unquantized"]
+                        ]
+                    ),
+                    hide_index=True,
+                )
             else:
                 st.caption("Nothing is quantized at this precision: every weight is stored in "
                            f"{r['dtype']}.")
@@ -343,22 +422,32 @@ with friendly_errors("Reading the checkpoint"):
     names = linear_weight_names(source) if source is not None else []
     if names:
         n1, n2 = st.columns([3, 1])
-        name = n1.selectbox("Weight matrix", names,  # in model order: the first layer's first Linear first
-                            help="Any Linear weight bitsandbytes would quantize (embeddings and lm_head stay unquantized).")
-        raw = n2.toggle("Raw values", help="Show raw weight values instead of block-normalized ones; the levels are then "
-                        "scaled by the median block absmax, so they only approximate where each block's levels fall.")
+        name = n1.selectbox(
+            "Weight matrix",
+            names,  # in model order: the first layer's first Linear first
+            help="Any Linear weight bitsandbytes would quantize (embeddings and lm_head stay unquantized).",
+        )
+        raw = n2.toggle(
+            "Raw values",
+            help="Show raw weight values instead of block-normalized ones; the levels are then "
+            "scaled by the median block absmax, so they only approximate where each block's levels fall.",
+        )
         hist = _histogram(spec, name)
         edges, counts = (hist.raw_edges, hist.raw_counts) if raw else (hist.edges, hist.counts)
         scale = hist.median_absmax if raw else 1.0
         centers = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
-        fig = go.Figure(go.Bar(x=centers, y=counts, name="weights", marker_color="#9aa5b1", width=(edges[1] - edges[0])))
+        fig = go.Figure(
+            go.Bar(x=centers, y=counts, name="weights", marker_color="#9aa5b1", width=(edges[1] - edges[0]))
+        )
         top = max(counts) if counts else 1
         for qt, color, dash in (("nf4", "#d62728", "solid"), ("fp4", "#1f77b4", "dash")):
             xs, ys = [], []
             for v in hist.levels[qt]:
                 xs += [v * scale, v * scale, None]
                 ys += [0, top, None]
-            fig.add_scatter(x=xs, y=ys, mode="lines", name=f"{qt.upper()} levels", line=dict(color=color, dash=dash, width=1.5))
+            fig.add_scatter(
+                x=xs, y=ys, mode="lines", name=f"{qt.upper()} levels", line=dict(color=color, dash=dash, width=1.5)
+            )
         fig.update_layout(height=380, margin=dict(t=30, b=10), bargap=0, legend=dict(orientation="h"),
                           xaxis_title="raw weight value" if raw else "value / block absmax",
                           title=f"{name} {tuple(hist.shape)}")
@@ -366,11 +455,21 @@ with friendly_errors("Reading the checkpoint"):
         share = pd.DataFrame({"NF4 level": hist.levels["nf4"], "NF4 share": hist.level_share["nf4"],
                               "FP4 level": hist.levels["fp4"], "FP4 share": hist.level_share["fp4"]})
         with st.expander("How often each level is used in this matrix"):
-            st.caption("NF4 uses its 16 levels far more evenly than FP4 on bell-shaped weights — that is the point of NF4.")
-            st.dataframe(share, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.4f") for c in share.columns})
+            st.caption(
+                "NF4 uses its 16 levels far more evenly than FP4 on bell-shaped weights — that is the point of NF4."
+            )
+            st.dataframe(
+                share,
+                hide_index=True,
+                column_config={c: st.column_config.NumberColumn(format="%.4f") for c in share.columns},
+            )
 
-        if st.button("Quantization error of every layer", icon=":material/analytics:", disabled=task_running(NF4_TASK),
-                     help="Quantize and dequantize every Linear weight with bitsandbytes (" + "; ".join(SCHEMES.values()) + ")"):
+        if st.button(
+            "Quantization error of every layer",
+            icon=":material/analytics:",
+            disabled=task_running(NF4_TASK),
+            help="Quantize and dequantize every Linear weight with bitsandbytes (" + "; ".join(SCHEMES.values()) + ")",
+        ):
             st.session_state.pop(NF4_RESULTS, None)
             start_task(NF4_TASK, layer_errors, spec)
             st.rerun()
@@ -394,10 +493,18 @@ with friendly_errors("Reading the checkpoint"):
             fig = go.Figure()
             for s in SCHEMES:
                 fig.add_scatter(x=by_layer["layer"], y=by_layer[s] * 100, mode="lines+markers", name=s)
-            fig.update_layout(height=340, margin=dict(t=30, b=10), xaxis_title="decoder layer",
-                              xaxis=dict(dtick=max(1, len(by_layer) // 15)),
-                              yaxis_title="relative error % (mean over the layer's Linears)", legend=dict(orientation="h"))
+            fig.update_layout(
+                height=340,
+                margin=dict(t=30, b=10),
+                xaxis_title="decoder layer",
+                xaxis=dict(dtick=max(1, len(by_layer) // 15)),
+                yaxis_title="relative error % (mean over the layer's Linears)",
+                legend=dict(orientation="h"),
+            )
             st.plotly_chart(fig, key="layer_err_chart")
             with st.expander("Every weight matrix"):
-                st.dataframe(df[["name", "numel", *SCHEMES]], hide_index=True,
-                             column_config={s: st.column_config.NumberColumn(format="%.5f", help=SCHEMES[s]) for s in SCHEMES})
+                st.dataframe(
+                    df[["name", "numel", *SCHEMES]],
+                    hide_index=True,
+                    column_config={s: st.column_config.NumberColumn(format="%.5f", help=SCHEMES[s]) for s in SCHEMES},
+                )

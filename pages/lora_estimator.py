@@ -62,14 +62,29 @@ st.session_state["_alpha_for_r"] = r
 alpha = r2.number_input("lora_alpha", 0.5, 8192.0, step=1.0, key="alpha", bind="query-params",
                         help="Scale numerator: the update is multiplied by alpha/r (or alpha/√r with rsLoRA). Rule of "
                              "thumb: 2·r — it follows r until you set another value.")
-use_rslora = r3.checkbox("rsLoRA", False, key="rslora", bind="query-params",
-                         help="Rank-stabilized LoRA: scale by alpha/√r instead of alpha/r, so higher ranks keep learning. Same count.")
-use_dora = r4.checkbox("DoRA", False, key="dora", bind="query-params",
-                       help="Weight-decomposed LoRA: adds a trainable magnitude vector (out_features) per adapted layer.")
+use_rslora = r3.checkbox(
+    "rsLoRA",
+    False,
+    key="rslora",
+    bind="query-params",
+    help="Rank-stabilized LoRA: scale by alpha/√r instead of alpha/r, so higher ranks keep learning. Same count.",
+)
+use_dora = r4.checkbox(
+    "DoRA",
+    False,
+    key="dora",
+    bind="query-params",
+    help="Weight-decomposed LoRA: adds a trainable magnitude vector (out_features) per adapted layer.",
+)
 bias = r5.selectbox("bias", list(BIAS_CHOICES), key="bias", bind="query-params",
                     help=" · ".join(f"**{k}**: {v}" for k, v in BIAS_CHOICES.items()))
-lora_bias = st.checkbox("lora_bias (a bias on lora_B)", False, key="lora_bias", disabled=use_dora,
-                        help="peft's lora_bias=True: adds a trainable bias of out_features to each lora_B (not with DoRA).")
+lora_bias = st.checkbox(
+    "lora_bias (a bias on lora_B)",
+    False,
+    key="lora_bias",
+    disabled=use_dora,
+    help="peft's lora_bias=True: adds a trainable bias of out_features to each lora_B (not with DoRA).",
+)
 
 est = None
 with friendly_errors("The LoRA estimate"):
@@ -80,15 +95,23 @@ if est is None:
 narrow = [row for row in est.rows if int(r) > min(row.in_features, row.out_features)]
 if narrow:
     width = min(min(row.in_features, row.out_features) for row in narrow)
-    st.warning(f"r={int(r):,} is above the width of {', '.join(row.name for row in narrow)} (min(in, out) = {width:,}): "
-               "peft still creates matrices of that size, but the update B·A cannot have a rank above the layer's "
-               "width, so the extra parameters add nothing. The calculator refuses such a rank for training.",
-               icon=":material/warning:")
+    st.warning(
+        f"r={int(r):,} is above the width of {', '.join(row.name for row in narrow)} (min(in, out) = {width:,}): "
+        "peft still creates matrices of that size, but the update B·A cannot have a rank above the layer's "
+        "width, so the extra parameters add nothing. The calculator refuses such a rank for training.",
+        icon=":material/warning:",
+    )
 
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Trainable parameters", fmt_count(est.trainable_params), help=f"{est.trainable_params:,} exactly")
-m2.metric("% of the model", f"{est.trainable_percent:.3f}%", help="trainable / (base parameters + new LoRA parameters), as peft prints it")
-m3.metric("Adapter file, fp32", fmt_bytes(est.adapter_bytes_fp32), help="adapter_model.safetensors: 4 bytes per parameter")
+m2.metric(
+    "% of the model",
+    f"{est.trainable_percent:.3f}%",
+    help="trainable / (base parameters + new LoRA parameters), as peft prints it",
+)
+m3.metric(
+    "Adapter file, fp32", fmt_bytes(est.adapter_bytes_fp32), help="adapter_model.safetensors: 4 bytes per parameter"
+)
 m4.metric("Adapter file, bf16", fmt_bytes(est.adapter_bytes_bf16), help="Saved in bf16: 2 bytes per parameter")
 
 rows = [
@@ -110,12 +133,17 @@ fig.add_bar(name="B (out × r)", x=[x.name for x in est.rows], y=[x.b_params * x
 if use_dora or lora_bias or bias != "none":
     fig.add_bar(name="magnitude / biases", x=[x.name for x in est.rows],
                 y=[(x.magnitude_params + x.lora_bias_params + x.unfrozen_bias_params) * x.count for x in est.rows])
-fig.update_layout(barmode="stack", yaxis_title="parameters", height=340, margin=dict(t=30, b=0), legend=dict(orientation="h", y=-0.2))
+fig.update_layout(
+    barmode="stack", yaxis_title="parameters", height=340, margin=dict(t=30, b=0), legend=dict(orientation="h", y=-0.2)
+)
 st.plotly_chart(fig, width="stretch")
 
 st.subheader("The formula")
 scale = r"\frac{\alpha}{\sqrt{r}}" if use_rslora else r"\frac{\alpha}{r}"
-st.latex(rf"h = W x + {scale}\, B A x, \qquad A \in \mathbb{{R}}^{{r \times \text{{in}}}},\; B \in \mathbb{{R}}^{{\text{{out}} \times r}}")
+st.latex(
+    rf"h = W x + {scale}\, B A x, \qquad A \in \mathbb{{R}}^{{r \times \text{{in}}}},\; B \in "
+    rf"\mathbb{{R}}^{{\text{{out}} \times r}}"
+)
 st.latex(r"\#\text{params} = \sum_{\text{targets}} \text{layers} \times \big(r\cdot\text{in} + \text{out}\cdot r"
          + (r" + \text{out}_{\text{DoRA}}" if use_dora else "") + r"\big)")
 st.caption(f"scale = {est.scale:.4g} (alpha={est.alpha:g}, r={est.r}{', rsLoRA' if use_rslora else ''}). "

@@ -157,8 +157,13 @@ with tab_gen:
         prompt = st.text_area("Prompt", value=qp.get("prompt", "What is a LoRA adapter? Answer in two sentences."),
                               help="The user message every column answers (in chat mode: the next turn).")
         b1, b2, b3 = st.columns([1, 1, 4])
-        go_clicked = b1.form_submit_button("Generate", type="primary", icon=":material/play_arrow:", disabled=busy,
-                                           help="Run the base and every adapter on this prompt, in one batched generate.")
+        go_clicked = b1.form_submit_button(
+            "Generate",
+            type="primary",
+            icon=":material/play_arrow:",
+            disabled=busy,
+            help="Run the base and every adapter on this prompt, in one batched generate.",
+        )
         clear_clicked = b2.form_submit_button("Clear chat", icon=":material/delete:", disabled=busy or not history,
                                               help="Forget every column's conversation.")
     if clear_clicked:
@@ -188,11 +193,25 @@ with tab_gen:
             def work(who, convs, infos, s, report, cancel):
                 turn = next(iter(convs.values()))[-1]["content"]
                 report("Waiting for the model…", partial={"columns": {}, "turn": turn})
-                result = shared.compare(who, spec, precision, infos, convs, s, report=report, cancel=cancel,
-                                        on_update=lambda snap: report("Generating…", partial={"columns": snap, "turn": turn}))
-                return {**result.to_json(), "columns": {n: c.to_json() | {"batched": c.batched} for n, c in result.columns.items()},
-                        "prompts": result.prompts, "conversations": convs, "chat": chat_mode,
-                        "notes_by_column": column_notes}
+                result = shared.compare(
+                    who,
+                    spec,
+                    precision,
+                    infos,
+                    convs,
+                    s,
+                    report=report,
+                    cancel=cancel,
+                    on_update=lambda snap: report("Generating…", partial={"columns": snap, "turn": turn}),
+                )
+                return {
+                    **result.to_json(),
+                    "columns": {n: c.to_json() | {"batched": c.batched} for n, c in result.columns.items()},
+                    "prompts": result.prompts,
+                    "conversations": convs,
+                    "chat": chat_mode,
+                    "notes_by_column": column_notes,
+                }
 
             start_task(GEN_TASK, work, owner, conversations(prompt), adapters, settings.validate())
             st.session_state.pop(LAST, None)
@@ -223,7 +242,9 @@ with tab_gen:
                     else:
                         box.markdown("_waiting…_" if running else "_(no text: the model ended its turn at once)_")
                 m1, m2, m3 = st.columns(3)
-                m1.metric("Tokens", c.get("tokens", 0), help="New tokens this column generated (its end-of-turn included).")
+                m1.metric(
+                    "Tokens", c.get("tokens", 0), help="New tokens this column generated (its end-of-turn included)."
+                )
                 m2.metric("Seconds", f"{c.get('seconds', 0.0):.2f}",
                           help="Wall time from the start of the batched generate until this column finished.")
                 m3.metric("Tokens/s", f"{c.get('tokens_per_s', 0.0):.1f}", help="Tokens ÷ seconds for this column.")
@@ -291,10 +312,20 @@ with tab_eval:
                              index=bundled.index("banking-intents") if "banking-intents" in bundled else 0,
                              help="A bundled dataset's test split, or your own JSONL/CSV file (Alpaca, messages or "
                                   "prompt/completion rows).")
-    upload = e2.file_uploader("Test file", type=["jsonl", "json", "csv"], disabled=busy or ds_choice != "Upload a file…",
-                              help="Every row of the file is a test example.")
-    limit = e3.number_input("Examples", 1, limits.max_eval_examples, min(EvalSettings.limit or 1, limits.max_eval_examples),
-                            help=f"{EH['limit']} {RequestLimits.help('max_eval_examples')}", disabled=busy)
+    upload = e2.file_uploader(
+        "Test file",
+        type=["jsonl", "json", "csv"],
+        disabled=busy or ds_choice != "Upload a file…",
+        help="Every row of the file is a test example.",
+    )
+    limit = e3.number_input(
+        "Examples",
+        1,
+        limits.max_eval_examples,
+        min(EvalSettings.limit or 1, limits.max_eval_examples),
+        help=f"{EH['limit']} {RequestLimits.help('max_eval_examples')}",
+        disabled=busy,
+    )
     metric = e4.selectbox("Metric", list(METRICS), help=EH["metric"], disabled=busy)
     run_eval = st.button("Evaluate", type="primary", icon=":material/fact_check:", disabled=busy,
                          help="Score the base and every adapter on the test examples.")
@@ -355,8 +386,14 @@ with tab_eval:
         d1, d2 = st.columns(2)
         d1.download_button("Markdown report", to_markdown(result), file_name="evaluation.md", mime="text/markdown",
                            icon=":material/download:", help="Metrics and every example as a Markdown document.")
-        d2.download_button("CSV", to_csv(result), file_name="evaluation.csv", mime="text/csv",
-                           icon=":material/download:", help="One line per example: each model's answer, correctness, loss.")
+        d2.download_button(
+            "CSV",
+            to_csv(result),
+            file_name="evaluation.csv",
+            mime="text/csv",
+            icon=":material/download:",
+            help="One line per example: each model's answer, correctness, loss.",
+        )
 
     def show_evaluating(task) -> None:
         if task.queued and not task.partial:

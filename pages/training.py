@@ -92,7 +92,12 @@ def loss_figure(statuses: list[R.RunStatus], eval_too: bool = True) -> go.Figure
     for s in statuses:
         logs, evals = s.logs, s.evals
         label = s.name if len(statuses) > 1 else "train"
-        fig.add_scatter(x=[e["step"] for e in logs], y=[e["loss"] for e in logs], mode="lines+markers", name=f"{label} loss" if len(statuses) > 1 else "train loss")
+        fig.add_scatter(
+            x=[e["step"] for e in logs],
+            y=[e["loss"] for e in logs],
+            mode="lines+markers",
+            name=f"{label} loss" if len(statuses) > 1 else "train loss",
+        )
         if eval_too and evals:
             fig.add_scatter(x=[e["step"] for e in evals], y=[e["eval_loss"] for e in evals], mode="lines+markers",
                             name=f"{label} eval" if len(statuses) > 1 else "eval loss", line={"dash": "dash"})
@@ -113,18 +118,43 @@ def show_run(s: R.RunStatus) -> None:
     doing = f" — {s.phase}…" if s.active and s.phase and not (last and s.phase.startswith("Training")) else ""
     if s.max_steps:
         frac = min(s.step / s.max_steps, 1.0)
-        eta = f", ETA {last['eta_seconds']:.0f} s" if (last and s.active and last.get("eta_seconds") is not None) else ""
+        eta = (
+            f", ETA {last['eta_seconds']:.0f} s" if (last and s.active and last.get("eta_seconds") is not None) else ""
+        )
         st.progress(frac, text=f"step {s.step} / {s.max_steps}{eta}{doing}")
     elif s.active:
         st.progress(0.0, text=(s.phase + "…") if s.phase else "Starting the training process…")
     if last:
         c = st.columns(5)
-        c[0].metric("Train loss", f"{last['loss']:.4f}", help="Cross-entropy on the answer tokens of the last logged batch (the prompt is masked out).")
+        c[0].metric(
+            "Train loss",
+            f"{last['loss']:.4f}",
+            help="Cross-entropy on the answer tokens of the last logged batch (the prompt is masked out).",
+        )
         ev = s.evals
-        c[1].metric("Eval loss", f"{ev[-1]['eval_loss']:.4f}" if ev else "–", help="Loss on (up to max eval rows of) the test split, every eval steps.")
-        c[2].metric("Tokens/s", f"{last['tokens_per_second']:.0f}", help="Non-padding tokens processed per second since training began (TRL's num_tokens / elapsed).")
-        c[3].metric("Learning rate", f"{last['learning_rate']:.2e}" if last.get("learning_rate") is not None else "–", help="Current learning rate from the scheduler.")
-        c[4].metric("Peak memory", fmt_bytes(last["peak_memory_bytes"]), help="CUDA: torch.cuda.max_memory_allocated. CPU: the process's peak resident set size (includes the loaded libraries).")
+        c[1].metric(
+            "Eval loss",
+            f"{ev[-1]['eval_loss']:.4f}" if ev else "–",
+            help="Loss on (up to max eval rows of) the test split, every eval steps.",
+        )
+        c[2].metric(
+            "Tokens/s",
+            f"{last['tokens_per_second']:.0f}",
+            help="Non-padding tokens processed per second since training began (TRL's num_tokens / elapsed).",
+        )
+        c[3].metric(
+            "Learning rate",
+            f"{last['learning_rate']:.2e}" if last.get("learning_rate") is not None else "–",
+            help="Current learning rate from the scheduler.",
+        )
+        c[4].metric(
+            "Peak memory",
+            fmt_bytes(last["peak_memory_bytes"]),
+            help=(
+                "CUDA: torch.cuda.max_memory_allocated. CPU: the process's peak resident set size (includes the "
+                "loaded libraries)."
+            ),
+        )
         st.plotly_chart(live_figure(s), key=f"live-{s.name}")
         if last["loss"] < 0.01:
             st.caption(":material/warning: Training loss near 0: the run has memorised its rows. That says nothing "
@@ -136,8 +166,16 @@ def show_run(s: R.RunStatus) -> None:
     elif s.status == "finished":
         st.success(f"Finished: adapter saved in `{s.run_dir}`.", icon=":material/check_circle:")
     if s.active and owners.can_control(s.run_dir, owner_token(), is_admin()):
-        if st.button("Stop", icon=":material/stop:", key=f"stop-{s.name}", disabled=s.status == "stopping",
-                     help="Ask the training process to finish its current step, save the adapter and exit (writes a STOP file the run watches)."):
+        if st.button(
+            "Stop",
+            icon=":material/stop:",
+            key=f"stop-{s.name}",
+            disabled=s.status == "stopping",
+            help=(
+                "Ask the training process to finish its current step, save the adapter and exit (writes a STOP "
+                "file the run watches)."
+            ),
+        ):
             with friendly_errors("Stopping"):
                 owners.stop_run(s.run_dir, owner_token(), is_admin())
                 st.toast("Stop requested: the run finishes its step, saves and exits.")
@@ -243,15 +281,25 @@ with left:
                           help=H("dataset"), key="t_dataset", bind="query-params")
     dataset = choice
     if choice == UPLOAD:
-        up = st.file_uploader("JSONL or CSV (Alpaca, chat messages, or prompt/completion rows)", type=["jsonl", "json", "csv"],
-                              help="Alpaca: instruction, input (optional), output. Chat: messages [{role, content}…]. Or prompt + completion.")
+        up = st.file_uploader(
+            "JSONL or CSV (Alpaca, chat messages, or prompt/completion rows)",
+            type=["jsonl", "json", "csv"],
+            help=(
+                "Alpaca: instruction, input (optional), output. Chat: messages [{role, content}…]. Or prompt + "
+                "completion."
+            ),
+        )
         dataset = ""
         if up is not None:
             with friendly_errors("Keeping the upload"):
                 dataset = str(ds.save_upload(up.name, up.getvalue()))  # in runs/uploads/, capped in public mode
     elif choice == HUB:
-        dataset = st.text_input("Hub dataset id", "", placeholder="owner/name", help="Needs network access at training time.")
-    skip_bad = st.checkbox("Skip malformed rows", DEFAULTS.skip_bad_rows, help=H("skip_bad_rows"), key="t_skip", bind="query-params")
+        dataset = st.text_input(
+            "Hub dataset id", "", placeholder="owner/name", help="Needs network access at training time."
+        )
+    skip_bad = st.checkbox(
+        "Skip malformed rows", DEFAULTS.skip_bad_rows, help=H("skip_bad_rows"), key="t_skip", bind="query-params"
+    )
 
     check = None
     if dataset:
@@ -261,14 +309,24 @@ with left:
             st.caption(f"Train split: {check.summary()}."
                        + (f" Test split: {test_rows} rows." if test_rows is not None else ""))
             if check.problems:
-                st.warning(f"{len(check.problems)} malformed row(s) will be skipped: {ds.describe_problems(check.problems)}", icon=":material/warning:")
+                st.warning(
+                    f"{len(check.problems)} malformed row(s) will be skipped: {ds.describe_problems(check.problems)}",
+                    icon=":material/warning:",
+                )
     if choice in names:
         with st.expander("Dataset card"):
             st.markdown(ds.dataset_card(choice))
 
 with right:
-    precision = st.selectbox("Precision of the base", list(PRECISIONS), index=list(PRECISIONS).index(page_precision(DEVICE)),
-                             format_func=lambda p: PRECISIONS[p].label, help=H("precision"), key="t_precision", bind="query-params")
+    precision = st.selectbox(
+        "Precision of the base",
+        list(PRECISIONS),
+        index=list(PRECISIONS).index(page_precision(DEVICE)),
+        format_func=lambda p: PRECISIONS[p].label,
+        help=H("precision"),
+        key="t_precision",
+        bind="query-params",
+    )
     st.caption(PRECISIONS[precision].help)
     if DEVICE == "cpu" and PRECISIONS[precision].quantized:
         st.caption(":material/speed: On this CPU a 4-bit base trains about 3× slower per step than FP32: bitsandbytes "
@@ -276,58 +334,184 @@ with right:
                    "for the quickest demo.")
     c1, c2, c3 = st.columns(3)
     r = c1.number_input("r", 1, 1024, DEFAULTS.r, help=H("r"), key="t_r", bind="query-params")
-    alpha = c2.number_input("alpha", 0.0, 4096.0, DEFAULTS.alpha, step=1.0, help=H("alpha"), key="t_alpha", bind="query-params")
-    dropout = c3.number_input("dropout", 0.0, 0.9, DEFAULTS.dropout, step=0.05, help=H("dropout"), key="t_dropout", bind="query-params")
-    preset = st.selectbox("Target modules", [*TARGET_PRESETS, "custom"], format_func=lambda k: f"{k}: {TARGET_PRESETS[k].help}" if k in TARGET_PRESETS else "custom (pick modules)",
-                          help=H("targets"), key="t_targets", bind="query-params")
+    alpha = c2.number_input(
+        "alpha", 0.0, 4096.0, DEFAULTS.alpha, step=1.0, help=H("alpha"), key="t_alpha", bind="query-params"
+    )
+    dropout = c3.number_input(
+        "dropout", 0.0, 0.9, DEFAULTS.dropout, step=0.05, help=H("dropout"), key="t_dropout", bind="query-params"
+    )
+    preset = st.selectbox(
+        "Target modules",
+        [*TARGET_PRESETS, "custom"],
+        format_func=lambda k: f"{k}: {TARGET_PRESETS[k].help}" if k in TARGET_PRESETS else "custom (pick modules)",
+        help=H("targets"),
+        key="t_targets",
+        bind="query-params",
+    )
     targets = preset
     if preset == "custom":
         available = []
         with friendly_errors("Reading the architecture"):
             available = module_names(model)
-        picked = st.multiselect("Modules", available, default=available[:2], help="The decoder's Linear layers, read from the model's config (no weights loaded).", key="t_modules", bind="query-params")
+        picked = st.multiselect(
+            "Modules",
+            available,
+            default=available[:2],
+            help="The decoder's Linear layers, read from the model's config (no weights loaded).",
+            key="t_modules",
+            bind="query-params",
+        )
         targets = ",".join(picked)
     c1, c2, c3 = st.columns(3)
     use_rslora = c1.checkbox("rsLoRA", DEFAULTS.use_rslora, help=H("use_rslora"), key="t_rslora", bind="query-params")
     use_dora = c2.checkbox("DoRA", DEFAULTS.use_dora, help=H("use_dora"), key="t_dora", bind="query-params")
-    loraplus = c3.number_input("LoRA+ ratio", 0.0, 64.0, DEFAULTS.loraplus_ratio, step=1.0, help=H("loraplus_ratio"), key="t_loraplus", bind="query-params")
+    loraplus = c3.number_input(
+        "LoRA+ ratio",
+        0.0,
+        64.0,
+        DEFAULTS.loraplus_ratio,
+        step=1.0,
+        help=H("loraplus_ratio"),
+        key="t_loraplus",
+        bind="query-params",
+    )
 
 with st.expander("Optimisation", expanded=True):
     c = st.columns(4)
-    lr = c[0].number_input("Learning rate", 0.0, 1.0, DEFAULTS.learning_rate, format="%.1e", step=1e-4, help=H("learning_rate"), key="t_lr", bind="query-params")
+    lr = c[0].number_input(
+        "Learning rate",
+        0.0,
+        1.0,
+        DEFAULTS.learning_rate,
+        format="%.1e",
+        step=1e-4,
+        help=H("learning_rate"),
+        key="t_lr",
+        bind="query-params",
+    )
     max_steps = c[1].number_input("Max steps", -1, LIMITS.max_steps, min(DEFAULTS.max_steps, LIMITS.max_steps),
                                   help=f"{H('max_steps')} {RequestLimits.help('max_steps')}", key="t_steps",
                                   bind="query-params")
-    epochs = c[2].number_input("Epochs", 0.0, 100.0, DEFAULTS.epochs, step=0.5, help=H("epochs"), key="t_epochs", bind="query-params")
+    epochs = c[2].number_input(
+        "Epochs", 0.0, 100.0, DEFAULTS.epochs, step=0.5, help=H("epochs"), key="t_epochs", bind="query-params"
+    )
     seed = c[3].number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed, help=H("seed"), key="t_seed", bind="query-params")
     c = st.columns(4)
     batch = c[0].number_input("Batch size", 1, LIMITS.max_batch_size, min(DEFAULTS.batch_size, LIMITS.max_batch_size),
                               help=f"{H('batch_size')} {RequestLimits.help('max_batch_size')}", key="t_batch",
                               bind="query-params")
-    accum = c[1].number_input("Grad accumulation", 1, 1024, DEFAULTS.grad_accum, help=H("grad_accum"), key="t_accum", bind="query-params")
-    max_length = c[2].number_input("Max length (tokens)", 8, LIMITS.max_seq_len, min(DEFAULTS.max_length, LIMITS.max_seq_len),
-                                   help=f"{H('max_length')} {RequestLimits.help('max_seq_len')}", key="t_maxlen",
-                                   bind="query-params")
-    gc = c[3].checkbox("Gradient checkpointing", DEFAULTS.gradient_checkpointing, help=H("gradient_checkpointing"), key="t_gc", bind="query-params")
+    accum = c[1].number_input(
+        "Grad accumulation", 1, 1024, DEFAULTS.grad_accum, help=H("grad_accum"), key="t_accum", bind="query-params"
+    )
+    max_length = c[2].number_input(
+        "Max length (tokens)",
+        8,
+        LIMITS.max_seq_len,
+        min(DEFAULTS.max_length, LIMITS.max_seq_len),
+        help=f"{H('max_length')} {RequestLimits.help('max_seq_len')}",
+        key="t_maxlen",
+        bind="query-params",
+    )
+    gc = c[3].checkbox(
+        "Gradient checkpointing",
+        DEFAULTS.gradient_checkpointing,
+        help=H("gradient_checkpointing"),
+        key="t_gc",
+        bind="query-params",
+    )
     c = st.columns(4)
     optimizers = optimizers_for(DEVICE)
-    optimizer = c[0].selectbox("Optimizer", optimizers, index=optimizers.index(DEFAULTS.optimizer), help=H("optimizer"), key="t_optim", bind="query-params")
-    scheduler = c[1].selectbox("Schedule", SCHEDULERS, index=SCHEDULERS.index(DEFAULTS.scheduler), help=H("scheduler"), key="t_sched", bind="query-params")
-    warmup = c[2].number_input("Warmup ratio", 0.0, 0.5, DEFAULTS.warmup_ratio, step=0.05, help=H("warmup_ratio"), key="t_warmup", bind="query-params")
-    wd = c[3].number_input("Weight decay", 0.0, 1.0, DEFAULTS.weight_decay, step=0.01, help=H("weight_decay"), key="t_wd", bind="query-params")
+    optimizer = c[0].selectbox(
+        "Optimizer",
+        optimizers,
+        index=optimizers.index(DEFAULTS.optimizer),
+        help=H("optimizer"),
+        key="t_optim",
+        bind="query-params",
+    )
+    scheduler = c[1].selectbox(
+        "Schedule",
+        SCHEDULERS,
+        index=SCHEDULERS.index(DEFAULTS.scheduler),
+        help=H("scheduler"),
+        key="t_sched",
+        bind="query-params",
+    )
+    warmup = c[2].number_input(
+        "Warmup ratio",
+        0.0,
+        0.5,
+        DEFAULTS.warmup_ratio,
+        step=0.05,
+        help=H("warmup_ratio"),
+        key="t_warmup",
+        bind="query-params",
+    )
+    wd = c[3].number_input(
+        "Weight decay",
+        0.0,
+        1.0,
+        DEFAULTS.weight_decay,
+        step=0.01,
+        help=H("weight_decay"),
+        key="t_wd",
+        bind="query-params",
+    )
     c = st.columns(4)
-    eval_steps = c[0].number_input("Eval every (steps)", 0, 100_000, DEFAULTS.eval_steps, help=H("eval_steps"), key="t_eval", bind="query-params")
-    save_steps = c[1].number_input("Checkpoint every (steps)", 1, 100_000, DEFAULTS.save_steps, help=H("save_steps"), key="t_save", bind="query-params")
-    logging_steps = c[2].number_input("Log every (steps)", 1, 10_000, DEFAULTS.logging_steps, help=H("logging_steps"), key="t_log", bind="query-params")
-    merge = c[3].checkbox("Merge & export after training", DEFAULTS.merge, help=H("merge"), key="t_merge", bind="query-params")
+    eval_steps = c[0].number_input(
+        "Eval every (steps)", 0, 100_000, DEFAULTS.eval_steps, help=H("eval_steps"), key="t_eval", bind="query-params"
+    )
+    save_steps = c[1].number_input(
+        "Checkpoint every (steps)",
+        1,
+        100_000,
+        DEFAULTS.save_steps,
+        help=H("save_steps"),
+        key="t_save",
+        bind="query-params",
+    )
+    logging_steps = c[2].number_input(
+        "Log every (steps)",
+        1,
+        10_000,
+        DEFAULTS.logging_steps,
+        help=H("logging_steps"),
+        key="t_log",
+        bind="query-params",
+    )
+    merge = c[3].checkbox(
+        "Merge & export after training", DEFAULTS.merge, help=H("merge"), key="t_merge", bind="query-params"
+    )
 
 cfg = replace(
-    DEFAULTS, model=model.strip(), dataset=dataset, skip_bad_rows=skip_bad, precision=precision, r=int(r), alpha=float(alpha),
-    dropout=float(dropout), targets=targets, use_rslora=use_rslora, use_dora=use_dora, loraplus_ratio=float(loraplus),
-    learning_rate=float(lr), max_steps=int(max_steps), epochs=float(epochs), seed=int(seed), batch_size=int(batch),
-    grad_accum=int(accum), max_length=int(max_length), gradient_checkpointing=gc, optimizer=optimizer, scheduler=scheduler,
-    warmup_ratio=float(warmup), weight_decay=float(wd), eval_steps=int(eval_steps), save_steps=int(save_steps),
-    logging_steps=int(logging_steps), merge=merge,
+    DEFAULTS,
+    model=model.strip(),
+    dataset=dataset,
+    skip_bad_rows=skip_bad,
+    precision=precision,
+    r=int(r),
+    alpha=float(alpha),
+    dropout=float(dropout),
+    targets=targets,
+    use_rslora=use_rslora,
+    use_dora=use_dora,
+    loraplus_ratio=float(loraplus),
+    learning_rate=float(lr),
+    max_steps=int(max_steps),
+    epochs=float(epochs),
+    seed=int(seed),
+    batch_size=int(batch),
+    grad_accum=int(accum),
+    max_length=int(max_length),
+    gradient_checkpointing=gc,
+    optimizer=optimizer,
+    scheduler=scheduler,
+    warmup_ratio=float(warmup),
+    weight_decay=float(wd),
+    eval_steps=int(eval_steps),
+    save_steps=int(save_steps),
+    logging_steps=int(logging_steps),
+    merge=merge,
 )
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -353,8 +537,11 @@ if check is not None:
                             "(the loss is computed on the answer only)")
                 st.code(p.prompt + p.answer, language=None)
             stats = ds.length_stats(ds.token_lengths(tok, check.rows), cfg.max_length)
-            st.caption(f"Token lengths over {stats['rows']} rows: min {stats['min']}, median {stats['median']}, "
-                       f"mean {stats['mean']}, max {stats['max']}; {stats['truncated']} longer than max length {cfg.max_length} (truncated).")
+            st.caption(
+                f"Token lengths over {stats['rows']} rows: min {stats['min']}, median {stats['median']}, "
+                f"mean {stats['mean']}, max {stats['max']}; {stats['truncated']} longer than max length "
+                f"{cfg.max_length} (truncated)."
+            )
 
 MEMORY_TASK = "training_memory"
 
@@ -408,15 +595,32 @@ with st.expander("Memory of one training step (simulated)", expanded=False):
 
 # --------------------------------------------------------------------------- start (now, or in the queue)
 # What the page starts, as a command. On a public server an upload's place on the server is nobody's business.
-shown = replace(cfg, dataset=f"<your upload: {Path(dataset).name}>") if policy.public_mode() and choice == UPLOAD and dataset \
+shown = (
+    replace(cfg, dataset=f"<your upload: {Path(dataset).name}>")
+    if policy.public_mode() and choice == UPLOAD and dataset
     else cfg
+)
 st.code(shlex.join([".venv/bin/python", "-m", "lab", "train", *to_cli_args(shown)]), language="bash")
 with st.expander("Launch command for several GPUs (or CPU processes)"):
     c1, c2, c3 = st.columns(3)
-    n_proc = c1.number_input("Processes", 1, 64, 2, help="One per GPU. Each trains on its share of every batch: "
-                             "the effective batch is batch size x grad accumulation x processes.", key="t_nproc", bind="query-params")
-    mode = c2.selectbox("Mode", list(LAUNCH_MODES), format_func=lambda m: LAUNCH_MODES[m].label,
-                        help=" · ".join(f"**{t.label}**: {t.help}" for t in LAUNCH_MODES.values()), key="t_mode", bind="query-params")
+    n_proc = c1.number_input(
+        "Processes",
+        1,
+        64,
+        2,
+        help="One per GPU. Each trains on its share of every batch: "
+        "the effective batch is batch size x grad accumulation x processes.",
+        key="t_nproc",
+        bind="query-params",
+    )
+    mode = c2.selectbox(
+        "Mode",
+        list(LAUNCH_MODES),
+        format_func=lambda m: LAUNCH_MODES[m].label,
+        help=" · ".join(f"**{t.label}**: {t.help}" for t in LAUNCH_MODES.values()),
+        key="t_mode",
+        bind="query-params",
+    )
     target = c3.selectbox("On", ["cuda", "cpu"], format_func={"cuda": "GPUs", "cpu": "CPU processes"}.get,
                           help="GPUs: one process per GPU. CPU processes: DDP over gloo on this kind of machine.",
                           key="t_target", bind="query-params")
@@ -440,11 +644,15 @@ busy_mine = mine_status is not None and (mine_status.active or mine_status.queue
 if busy_mine:
     st.caption(f":material/info: Your run `{mine_status.name}` is {mine_status.status}: Train is off until it ends "
                "(stop or cancel it above to start another).")
-start = st.button("Train" if active is None else "Queue this run", type="primary", icon=":material/play_arrow:", key="t_train",
-                  disabled=not dataset or busy_mine,
-                  help="Start `python -m lab train` with these settings as its own process (this page follows its "
-                       "event log); "
-                       "when a training is running, the run waits in the queue and starts by itself.")
+start = st.button(
+    "Train" if active is None else "Queue this run",
+    type="primary",
+    icon=":material/play_arrow:",
+    key="t_train",
+    disabled=not dataset or busy_mine,
+    help="Start `python -m lab train` with these settings as its own process (this page follows its "
+    "event log); when a training is running, the run waits in the queue and starts by itself.",
+)
 if start:
     with friendly_errors("Starting the run"):
         if active is None and not waiting_line:  # it starts now: its predicted memory must fit what is free
@@ -467,7 +675,9 @@ def push_section(finished: list[R.RunStatus]) -> None:
 
     with st.expander("Push to the Hub"):
         c1, c2 = st.columns([2, 3])
-        name = c1.selectbox("Run", [s.name for s in finished], key="t_push_run", help="A finished or stopped run of the comparison.")
+        name = c1.selectbox(
+            "Run", [s.name for s in finished], key="t_push_run", help="A finished or stopped run of the comparison."
+        )
         repo = c2.text_input("Repo (owner/name)", placeholder="alice/smollm2-style-lora", key="t_push_repo",
                              help="Created if needed. The token comes from HF_TOKEN or `hf auth login`"
                                   + (", or the field below." if not policy.public_mode() else "."))
@@ -533,8 +743,14 @@ else:
         finished = [s for s in chosen if owners.can_control(s.run_dir, owner_token(), is_admin())
                     and s.status in ("finished", "stopped") and (s.run_dir / "adapter_model.safetensors").exists()]
         if finished:
-            target = st.selectbox("Merge & export", [s.name for s in finished],
-                                  help="Reload the base at 16/32-bit, merge this run's adapter into it and save a standalone model in <run>/merged.")
+            target = st.selectbox(
+                "Merge & export",
+                [s.name for s in finished],
+                help=(
+                    "Reload the base at 16/32-bit, merge this run's adapter into it and save a standalone model "
+                    "in <run>/merged."
+                ),
+            )
             if st.button("Merge and save", icon=":material/merge:", help=H("merge")):
                 with friendly_errors("Merging"), st.spinner("Merging the adapter into the base model…"):
                     from lab.training.runner import merge_and_export

@@ -35,8 +35,14 @@ def original(tmp_path_factory, base) -> Path:
     return make_adapter(base, tmp_path_factory.mktemp("original") / "adapter", seed=7)
 
 
-def fabricate(original: Path, folder: Path, base_name: str, weights: str = "safetensors", extra_config: dict | None = None,
-              extra_files: tuple[str, ...] = ()) -> Path:
+def fabricate(
+    original: Path,
+    folder: Path,
+    base_name: str,
+    weights: str = "safetensors",
+    extra_config: dict | None = None,
+    extra_files: tuple[str, ...] = (),
+) -> Path:
     folder.mkdir(parents=True)
     config = json.loads((original / "adapter_config.json").read_text())
     config.update({"base_model_name_or_path": base_name, **(extra_config or {})})
@@ -102,14 +108,28 @@ def test_foreign_base_is_flagged_by_the_playground_check_and_the_evaluate_cli(to
 
     foreign = shutil.copytree(tool_folders["llamafactory"], tmp_path / "llama-8b-lora")
     config = json.loads((foreign / "adapter_config.json").read_text())
-    (foreign / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "meta-llama/Llama-3.1-8B"}))
+    (foreign / "adapter_config.json").write_text(
+        json.dumps({**config, "base_model_name_or_path": "meta-llama/Llama-3.1-8B"})
+    )
     warning = base_mismatch(inspect_adapter(str(foreign)), load_model(str(base)).source)
     assert warning and "meta-llama/Llama-3.1-8B" in warning and "tiny-hub-base" in warning
 
     data = tmp_path / "test.jsonl"
     data.write_text(json.dumps({"instruction": "Name a colour.", "output": "blue"}) + "\n")
-    rc = main(["evaluate", "--model", str(base), "--adapter", str(foreign), "--dataset", str(data), "--max-new-tokens", "2",
-               "--json"])
+    rc = main(
+        [
+            "evaluate",
+            "--model",
+            str(base),
+            "--adapter",
+            str(foreign),
+            "--dataset",
+            str(data),
+            "--max-new-tokens",
+            "2",
+            "--json",
+        ]
+    )
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert any("meta-llama/Llama-3.1-8B" in w for w in out["warnings"])

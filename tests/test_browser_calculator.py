@@ -14,7 +14,9 @@ pytestmark = pytest.mark.browser
 
 
 def metric(page, label: str):
-    return page.locator('[data-testid="stMetric"]').filter(has_text=label).locator('[data-testid="stMetricValue"]').first
+    return (
+        page.locator('[data-testid="stMetric"]').filter(has_text=label).locator('[data-testid="stMetricValue"]').first
+    )
 
 
 def test_calculator_from_a_shared_link(app_server, page):
@@ -36,7 +38,9 @@ def test_calculator_from_a_shared_link(app_server, page):
 
 
 def test_calculator_upload_and_bad_upload(app_server, page, tmp_path):
-    open_page(page, app_server, "calculator?model=Upload+a+config.json%E2%80%A6", wait_for_text="Upload a model's config.json")
+    open_page(
+        page, app_server, "calculator?model=Upload+a+config.json%E2%80%A6", wait_for_text="Upload a model's config.json"
+    )
     good = tmp_path / "config.json"
     good.write_bytes(resolve_source("Qwen2.5-0.5B").path.read_bytes())
     page.locator('input[type="file"]').set_input_files(str(good))

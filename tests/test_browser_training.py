@@ -26,7 +26,9 @@ def test_short_run_from_the_page(app_server, page, tiny_model_dir):
     set_field(page, "Batch size", "2")
     set_field(page, "Max length (tokens)", "64")
     set_field(page, "Eval every (steps)", "2")
-    expect(page.locator('[data-testid="stCode"]').filter(has_text="lab train --model").first).to_contain_text("--max-steps 4", timeout=30_000)
+    expect(page.locator('[data-testid="stCode"]').filter(has_text="lab train --model").first).to_contain_text(
+        "--max-steps 4", timeout=30_000
+    )
     # a refresh keeps what was typed (the form lives in the URL)
     page.reload(wait_until="domcontentloaded")
     wait_idle(page)

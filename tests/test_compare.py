@@ -42,7 +42,9 @@ def reference(model_dir, messages, adapter=None, n=N):
     tok = AutoTokenizer.from_pretrained(model_dir)
     ids = tok(build_chat_prompt(tok, messages), return_tensors="pt", add_special_tokens=False).to(model.device)
     with torch.inference_mode():
-        out = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+        out = model.generate(
+            **ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id
+        )
     return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
@@ -262,7 +264,9 @@ def test_dora_next_to_plain_lora_keeps_the_row_wise_batch(loaded, tiny_adapters)
 
 
 def test_lora_on_embeddings_falls_back_to_peft_mixed_batches(loaded, tiny_model_dir, tiny_adapters, tmp_path):
-    emb = make_adapter(tiny_model_dir, tmp_path / "emb", seed=9, std=2.0, targets=("embed_tokens", "q_proj", "down_proj"))
+    emb = make_adapter(
+        tiny_model_dir, tmp_path / "emb", seed=9, std=2.0, targets=("embed_tokens", "q_proj", "down_proj")
+    )
     infos = [inspect_adapter(str(tiny_adapters["alpha"])), inspect_adapter(str(emb))]
     r = side_by_side(loaded, infos, PROMPT, SamplingSettings(max_new_tokens=N))
     assert r.route == "peft-mixed"

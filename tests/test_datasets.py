@@ -57,7 +57,10 @@ def test_style_answers_share_an_unmistakable_style():
 
 def test_detect_format_for_each_form():
     assert ds.detect_format([{"instruction": "a", "output": "b"}]) == "alpaca"
-    assert ds.detect_format([{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}]) == "messages"
+    assert (
+        ds.detect_format([{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}])
+        == "messages"
+    )
     assert ds.detect_format([{"prompt": "a", "completion": "b"}]) == "prompt_completion"
     with pytest.raises(LabError, match=r"line 1 has fields: 'question', 'answer'.*'instruction' and 'output'"):
         ds.detect_format([{"question": "a", "answer": "b"}])
@@ -77,7 +80,12 @@ def test_malformed_rows_are_refused_or_skipped_with_line_numbers(tmp_path):
     with pytest.raises(LabError) as e:
         ds.load_rows(str(f))
     msg = str(e.value)
-    assert "3 malformed" in msg and "line 2: not valid JSON" in msg and "line 3: missing 'output'" in msg and "line 6" in msg
+    assert (
+        "3 malformed" in msg
+        and "line 2: not valid JSON" in msg
+        and "line 3: missing 'output'" in msg
+        and "line 6" in msg
+    )
     check = ds.check_dataset(str(f), on_bad="skip")
     assert [r["instruction"] for r in check.rows] == ["a", "e"]
     assert check.lines == [1, 5] and [p.line for p in check.problems] == [2, 3, 6]
@@ -97,7 +105,9 @@ def test_empty_and_missing_datasets_are_clear_errors(tmp_path):
 
 
 def test_csv_and_folder_with_splits(tmp_path):
-    (tmp_path / "train.csv").write_text('instruction,input,output\nSay hi,,hi\n"Add, please",1 2,3\nbroken,row,with,extra\n')
+    (tmp_path / "train.csv").write_text(
+        'instruction,input,output\nSay hi,,hi\n"Add, please",1 2,3\nbroken,row,with,extra\n'
+    )
     (tmp_path / "test.csv").write_text("prompt,completion\nQ,A\n")
     check = ds.check_dataset(str(tmp_path), on_bad="skip")
     assert check.format == "alpaca" and [r["output"] for r in check.rows] == ["hi", "3"]
@@ -120,7 +130,9 @@ def test_prompt_and_answer_for_each_form():
 def test_training_text_is_chat_template_or_alpaca_fallback(tokenizer):
     row = {"instruction": "What is 2+2?", "output": "4"}
     prompt, answer = ds.render_example(tokenizer, row)
-    assert prompt == tokenizer.apply_chat_template([{"role": "user", "content": "What is 2+2?"}], tokenize=False, add_generation_prompt=True)
+    assert prompt == tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2+2?"}], tokenize=False, add_generation_prompt=True
+    )
     assert answer.startswith("4") and tokenizer.eos_token in answer
     ex = ds.training_example(tokenizer, row)
     assert ex["completion"] == [{"role": "assistant", "content": "4"}]

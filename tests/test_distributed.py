@@ -90,9 +90,28 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tiny_model_dir,
 def test_accelerate_cpu_flag_starting_one_process_is_refused(tiny_model_dir, tmp_path):
     """`accelerate launch --cpu --num_processes 2` starts ONE process; training it would halve the batch silently."""
     env = {**os.environ, "QLORA_LAB_RUNS": str(tmp_path / "runs")}
-    p = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "-m", "lab",
-                        "train", "--model", str(tiny_model_dir), "--max-steps", "1"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--cpu",
+            "--num_processes",
+            "2",
+            "-m",
+            "lab",
+            "train",
+            "--model",
+            str(tiny_model_dir),
+            "--max-steps",
+            "1",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode != 0
     line = [x for x in p.stderr.splitlines() if x.startswith("error: ")]
     assert line and "started one process, not 2" in line[0] and "--multi_gpu --num_processes 2" in line[0]

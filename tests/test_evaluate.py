@@ -71,7 +71,9 @@ def test_accuracy_and_answers_match_plain_generate(loaded, tiny_model_dir, tiny_
     assert m["alpha"]["correct"] == 3 and m["alpha"]["accuracy"] == 0.5
     expected_base = sum(normalize(a) == normalize(e.answer) for a, e in zip(base_ref, examples, strict=True))
     assert m[BASE_COLUMN]["correct"] == expected_base
-    assert [row["differs"] for row in r.rows] == [normalize(a) != normalize(b) for a, b in zip(base_ref, alpha_ref, strict=True)]
+    assert [row["differs"] for row in r.rows] == [
+        normalize(a) != normalize(b) for a, b in zip(base_ref, alpha_ref, strict=True)
+    ]
 
 
 def test_loss_equals_an_independent_computation(loaded, tiny_model_dir, tiny_adapters, labelled_dir):

@@ -219,7 +219,15 @@ def test_background_task_reports_and_fails_cleanly():
 def test_cli_info_json(capsys):
     assert main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    for key in ("device", "torch", "transformers", "peft", "bitsandbytes", "embedded_model_ready", "embedded_model_path"):
+    for key in (
+        "device",
+        "torch",
+        "transformers",
+        "peft",
+        "bitsandbytes",
+        "embedded_model_ready",
+        "embedded_model_path",
+    ):
         assert key in info
     assert info["embedded_model_ready"] is True and info["device"] == device_type()
     assert info["torch"] == torch.__version__
@@ -232,7 +240,9 @@ def test_cli_prepare_json_says_where_the_embedded_model_is(capsys, embedded_dir)
 
 
 def test_cli_bad_input_exits_2():
-    proc = subprocess.run([sys.executable, "-m", "lab", "info", "--no-such-flag"], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lab", "info", "--no-such-flag"], capture_output=True, text=True, cwd=ROOT
+    )
     assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr
 
 

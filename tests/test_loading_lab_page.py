@@ -17,7 +17,9 @@ def _page() -> AppTest:
     return at
 
 
-def _run_to_completion(at: AppTest, model: str, precisions: list[str], ppl_tokens: int = 64, max_new: int = 4) -> AppTest:
+def _run_to_completion(
+    at: AppTest, model: str, precisions: list[str], ppl_tokens: int = 64, max_new: int = 4
+) -> AppTest:
     at.text_input[0].set_value(model)
     at.multiselect[0].set_value(precisions)
     at.number_input[0].set_value(ppl_tokens)
@@ -71,7 +73,11 @@ def test_loading_two_precisions_shows_measured_vs_predicted(tiny_model_dir):
     trees = [c.value for c in at.code if "LlamaForCausalLM(" in c.value]
     assert len(trees) == 2 and "Linear4bit(" in trees[1] and "Linear4bit(" not in trees[0]
     assert any("load_in_4bit=True" in c.value for c in at.code)
-    assert any("only replaces nn.Linear" in " ".join(map(str, d.value.get("why", []))) for d in at.dataframe if "why" in d.value)
+    assert any(
+        "only replaces nn.Linear" in " ".join(map(str, d.value.get("why", [])))
+        for d in at.dataframe
+        if "why" in d.value
+    )
     assert at.query_params["precisions"] == "fp32,nf4-dq"
 
 
@@ -141,6 +147,11 @@ def test_nf4_up_close_layer_errors(tiny_model_dir):
     at.run()
     assert not at.exception
     labels = [m.label for m in at.metric]
-    assert labels == ["int8 mean relative error", "fp4 mean relative error", "nf4 mean relative error", "nf4-dq mean relative error"]
+    assert labels == [
+        "int8 mean relative error",
+        "fp4 mean relative error",
+        "nf4 mean relative error",
+        "nf4-dq mean relative error",
+    ]
     values = {m.label.split()[0]: float(m.value.rstrip("%")) for m in at.metric}
     assert 0 < values["int8"] < values["nf4"] < values["fp4"]

@@ -66,7 +66,10 @@ def test_counts_equal_peft(kind, case):
 def test_fused_and_biased_architectures_are_read_from_the_model():
     phi3 = architecture_from_config(tiny_config("phi3"), "phi3")
     assert {"qkv_proj", "gate_up_proj"} <= set(phi3.linear_names)
-    assert preset_targets(phi3, "attention") == ["o_proj", "qkv_proj"] or set(preset_targets(phi3, "attention")) == {"o_proj", "qkv_proj"}
+    assert preset_targets(phi3, "attention") == ["o_proj", "qkv_proj"] or set(preset_targets(phi3, "attention")) == {
+        "o_proj",
+        "qkv_proj",
+    }
     qwen = architecture_from_config(tiny_config("qwen2"), "qwen2")
     biased = {g.name for g in qwen.linears if g.bias}
     assert biased == {"q_proj", "k_proj", "v_proj"}
@@ -92,7 +95,9 @@ def test_seed_example_equals_peft_on_the_meta_model():
     config = resolve_source("Llama-3.2-3B").load_config()
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-        peft_model = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+        peft_model = get_peft_model(
+            model, LoraConfig(r=32, lora_alpha=64, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+        )
     trainable, total = peft_model.get_nb_trainable_parameters()
     assert trainable == estimate_lora(arch, 32, 64, "q_proj,k_proj,v_proj,o_proj").trainable_params
     assert total == arch.params_total + trainable
@@ -129,7 +134,10 @@ def test_cli_lora_json_and_errors(capsys, tmp_path):
 
     from lab.cli import main
 
-    assert main(["lora", "--model", "Llama-3.2-3B", "--r", "32", "--targets", "q_proj,k_proj,v_proj,o_proj", "--json"]) == 0
+    assert (
+        main(["lora", "--model", "Llama-3.2-3B", "--r", "32", "--targets", "q_proj,k_proj,v_proj,o_proj", "--json"])
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["trainable_params"] == 18_350_080 and out["adapter_bytes_fp32"] == 73_400_320
     assert [m["name"] for m in out["modules"]] == ["q_proj", "k_proj", "v_proj", "o_proj"]

@@ -136,7 +136,11 @@ def test_measure_load_report_and_memory_handed_back(tiny_model_dir, monkeypatch)
         return loaded
 
     monkeypatch.setattr(load_report, "load_model", load_and_watch)
-    r = measure_load(str(tiny_model_dir), "nf4", quality=QualityConfig(perplexity_tokens=64, window=32, prompts=("Hi",), max_new_tokens=4))
+    r = measure_load(
+        str(tiny_model_dir),
+        "nf4",
+        quality=QualityConfig(perplexity_tokens=64, window=32, prompts=("Hi",), max_new_tokens=4),
+    )
     assert r.linear_class == "Linear4bit" and r.device == device_type()
     assert r.dtype == str(compute_dtype(r.device)).removeprefix("torch.")  # what stays unquantized: the compute dtype
     assert r.linear_classes == {"Linear4bit": 14, "Linear": 1}
@@ -152,7 +156,10 @@ def test_measure_load_report_and_memory_handed_back(tiny_model_dir, monkeypatch)
     assert "lm_head" in whys["Linear"] and "only replaces nn.Linear" in whys["LlamaRMSNorm"]
     assert "Linear4bit(in_features=64" in r.tree
     if r.predicted_after_forward_bytes:
-        assert abs(r.predicted_after_forward_bytes - r.measured_after_forward_bytes) / r.measured_after_forward_bytes <= 0.01
+        assert (
+            abs(r.predicted_after_forward_bytes - r.measured_after_forward_bytes) / r.measured_after_forward_bytes
+            <= 0.01
+        )
 
 
 def test_perplexity_is_the_exp_of_the_mean_nll(tiny_model_dir):
@@ -192,7 +199,9 @@ def test_cancel_stops_before_the_next_precision(tiny_model_dir):
         if partial:  # the first precision is done: the user presses Cancel
             cancel.set()
 
-    results = run_loading_lab(str(tiny_model_dir), ["fp32", "int8", "nf4"], quality=NO_QUALITY, report=report, cancel=cancel)
+    results = run_loading_lab(
+        str(tiny_model_dir), ["fp32", "int8", "nf4"], quality=NO_QUALITY, report=report, cancel=cancel
+    )
     assert [r["precision"] for r in results] == ["fp32"]
 
 
@@ -264,7 +273,16 @@ def test_cli_load_json_has_the_issue_keys(tiny_model_dir):
                           "--perplexity-tokens", "32", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    for key in ("measured_bytes", "hf_footprint_bytes", "predicted_bytes", "load_seconds", "device", "dtype", "linear_class", "perplexity"):
+    for key in (
+        "measured_bytes",
+        "hf_footprint_bytes",
+        "predicted_bytes",
+        "load_seconds",
+        "device",
+        "dtype",
+        "linear_class",
+        "perplexity",
+    ):
         assert data[key] is not None, key
     assert data["linear_class"] == "Linear4bit"
     assert data["dtype"] == str(compute_dtype(data["device"])).removeprefix("torch.")

@@ -118,7 +118,9 @@ def test_uploaded_config_and_bad_upload(page):
     assert "3,821,079,552" in " ".join(c.value for c in at.caption)
     at.file_uploader(key="config_upload").set_value(("config.json", b"{broken", "application/json")).run()
     assert not at.exception
-    assert [e.value for e in at.error] == ["config.json is not valid JSON (line 1, column 2: Expecting property name enclosed in double quotes)."]
+    assert [e.value for e in at.error] == [
+        "config.json is not valid JSON (line 1, column 2: Expecting property name enclosed in double quotes)."
+    ]
     bad_type = json.dumps({"model_type": "vit"}).encode()
     at.file_uploader(key="config_upload").set_value(("vit.json", bad_type, "application/json")).run()
     assert not at.exception and "no causal-LM class" in at.error[0].value

@@ -79,7 +79,10 @@ def test_side_by_side_columns_match_plain_generate(tiny_model_dir, tiny_adapters
     assert not at.exception
     msgs = [{"role": "user", "content": prompt}]
     shown = texts(at)
-    base, alpha = reference(tiny_model_dir, msgs, n=12).strip(), reference(tiny_model_dir, msgs, tiny_adapters["alpha"], n=12).strip()
+    base, alpha = (
+        reference(tiny_model_dir, msgs, n=12).strip(),
+        reference(tiny_model_dir, msgs, tiny_adapters["alpha"], n=12).strip(),
+    )
     assert base != alpha
     assert base in shown and alpha in shown
     assert {"**base** · no adapter", "**alpha**"} <= {m.value for m in at.markdown}

@@ -231,7 +231,9 @@ def test_three_sessions_at_once_see_only_their_own_adapters(tiny_model_dir, tiny
         lambda: shared.compare("s2", spec, "fp32", [beta], PROMPT, s),
         lambda: shared.compare("s3", spec, "fp32", [], PROMPT, s),
     )
-    base, a, b = (reference(tiny_model_dir, PROMPT, x, n=N) for x in (None, tiny_adapters["alpha"], tiny_adapters["beta"]))
+    base, a, b = (
+        reference(tiny_model_dir, PROMPT, x, n=N) for x in (None, tiny_adapters["alpha"], tiny_adapters["beta"])
+    )
     assert len({base, a, b}) == 3  # each adapter really changes the output
     assert [list(r.columns) for r in results] == [[BASE_COLUMN, "mine"], [BASE_COLUMN, "mine"], [BASE_COLUMN]]
     assert [r.columns[BASE_COLUMN].text for r in results] == [base] * 3  # nobody's adapters leak into a base column
@@ -358,7 +360,9 @@ def test_a_load_that_cannot_fit_frees_unused_models_or_names_a_smaller_precision
 def test_limits_come_from_the_environment_and_name_their_variable():
     limits = RequestLimits.from_env({"QLORA_LAB_MAX_NEW_TOKENS": "32", "QLORA_LAB_MEMORY_HEADROOM": "1.5"})
     assert limits.max_new_tokens == 32 and limits.headroom == 1.5 and limits.max_queue == RequestLimits().max_queue
-    with pytest.raises(LabError, match=r"Max new tokens 64 is over this server's limit of 32 \(QLORA_LAB_MAX_NEW_TOKENS\)"):
+    with pytest.raises(
+        LabError, match=r"Max new tokens 64 is over this server's limit of 32 \(QLORA_LAB_MAX_NEW_TOKENS\)"
+    ):
         limits.check_generation(64)
     with pytest.raises(LabError, match="QLORA_LAB_MAX_STEPS='lots' is not a number"):
         RequestLimits.from_env({"QLORA_LAB_MAX_STEPS": "lots"})
@@ -406,7 +410,11 @@ def test_the_loading_lab_takes_a_turn_per_precision_and_is_admitted_first(tiny_m
     assert {t["owner"] for t in turns} == {"s1"} and all(t["state"] == "done" for t in turns)
     tight = SharedModels(RequestLimits(), free_bytes=lambda _: 1_000_000)
     (refused,) = tight.loading_lab("s1", str(tiny_model_dir), ["fp32"], quality=quick)
-    assert refused["precision"] == "fp32" and "missing" in refused["error"] and "1.00 MB of RAM is free" in refused["error"]
+    assert (
+        refused["precision"] == "fp32"
+        and "missing" in refused["error"]
+        and "1.00 MB of RAM is free" in refused["error"]
+    )
 
 
 def test_a_training_run_is_held_to_the_limits_and_the_free_memory(tiny_model_dir):
@@ -424,7 +432,9 @@ def test_a_training_run_is_held_to_the_limits_and_the_free_memory(tiny_model_dir
     short = replace(cfg, max_length=64).memory_estimate("cpu").total_bytes
     assert short < full
     free["bytes"] = int((full + short) / 2 * shared.limits.headroom)
-    with pytest.raises(NotAdmitted, match=r"Training on .* missing\. What would fit now: max length (64|128|256) ") as e:
+    with pytest.raises(
+        NotAdmitted, match=r"Training on .* missing\. What would fit now: max length (64|128|256) "
+    ) as e:
         shared.admit_training(cfg, "cpu")
     length = int(str(e.value).split("max length ")[-1].split()[0])
     shared.admit_training(replace(cfg, max_length=length), "cpu")  # the suggestion is admitted

@@ -32,7 +32,9 @@ QUICK = dict(max_steps=3, batch_size=2, max_length=64, eval_steps=0, save_steps=
 
 
 def quick(tiny_model_dir, tmp_path, name="run", **kw) -> TrainConfig:
-    return default_config("cpu", **{"model": str(tiny_model_dir), "dataset": "style", "output": str(tmp_path / name), **QUICK, **kw})
+    return default_config(
+        "cpu", **{"model": str(tiny_model_dir), "dataset": "style", "output": str(tmp_path / name), **QUICK, **kw}
+    )
 
 
 def cli(*args, env=None, timeout=240) -> subprocess.CompletedProcess:
@@ -45,7 +47,9 @@ def test_every_option_has_help_and_cli_flags_round_trip():
     assert all(len(f.metadata["help"]) > 20 for f in FIELDS.values())
     parser = argparse.ArgumentParser()
     add_arguments(parser, default_config("cpu"))
-    cfg = replace(default_config("cpu"), r=8, use_dora=True, targets="q_proj,v_proj", learning_rate=5e-4, precision="nf4")
+    cfg = replace(
+        default_config("cpu"), r=8, use_dora=True, targets="q_proj,v_proj", learning_rate=5e-4, precision="nf4"
+    )
     assert from_args(parser.parse_args(to_cli_args(cfg))) == cfg
     assert parser.parse_args(["--lr", "0.01"]).learning_rate == 0.01
 
@@ -68,7 +72,10 @@ def test_device_aware_defaults_and_validation():
 def test_run_name_follows_the_convention():
     cfg = replace(default_config("cpu"), r=8, precision="nf4")
     when = time.mktime((2026, 1, 2, 3, 4, 5, 0, 0, -1))
-    assert run_name(cfg, "SmolLM2-135M-Instruct", "style", when) == "SmolLM2-135M-Instruct-style_SFT_LoRa8_NF4-20260102-030405"
+    assert (
+        run_name(cfg, "SmolLM2-135M-Instruct", "style", when)
+        == "SmolLM2-135M-Instruct-style_SFT_LoRa8_NF4-20260102-030405"
+    )
 
 
 # --------------------------------------------------------------------------- the CLI, end to end
@@ -78,8 +85,15 @@ def test_cli_trains_and_leaves_an_adapter_plain_peft_loads(tiny_model_dir, tmp_p
             "--batch-size", "2", "--max-length", "64", "--eval-steps", "2", "--save-steps", "2", "--r", "4", "--json")
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
-    assert {"adapter_dir", "steps", "losses", "final_loss", "seconds", "tokens_per_second", "peak_memory_bytes"} <= set(r)
-    assert r["adapter_dir"] == str(out) and r["steps"] == 4 and len(r["losses"]) == 4 and r["final_loss"] == r["losses"][-1]
+    assert {"adapter_dir", "steps", "losses", "final_loss", "seconds", "tokens_per_second", "peak_memory_bytes"} <= set(
+        r
+    )
+    assert (
+        r["adapter_dir"] == str(out)
+        and r["steps"] == 4
+        and len(r["losses"]) == 4
+        and r["final_loss"] == r["losses"][-1]
+    )
     assert r["tokens_per_second"] > 0 and r["peak_memory_bytes"] > 0 and len(r["eval_losses"]) == 2
     for f in ("adapter_config.json", "adapter_model.safetensors", "lab_run.json", "events.jsonl", "tokenizer.json"):
         assert (out / f).is_file(), f
@@ -90,7 +104,13 @@ def test_cli_trains_and_leaves_an_adapter_plain_peft_loads(tiny_model_dir, tmp_p
     assert info["dataset"]["train_rows"] == 60 and info["versions"]["trl"] and info["durations"]["train_seconds"] > 0
     assert len([h for h in info["log_history"] if "loss" in h]) == 4
     types = [e["type"] for e in read_events(out)]
-    assert types[0] == "start" and types[-1] == "end" and types.count("log") == 4 and "checkpoint" in types and "eval" in types
+    assert (
+        types[0] == "start"
+        and types[-1] == "end"
+        and types.count("log") == 4
+        and "checkpoint" in types
+        and "eval" in types
+    )
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -110,10 +130,23 @@ def test_cli_trains_and_leaves_an_adapter_plain_peft_loads(tiny_model_dir, tmp_p
 
 def test_malformed_rows_refused_or_skipped_from_the_cli(tiny_model_dir, tmp_path):
     data = tmp_path / "bad.jsonl"
-    data.write_text('{"instruction": "a", "output": "b"}\n{oops\n{"instruction": "c"}\n{"instruction": "d", "output": "e"}\n')
-    p = cli("--model", str(tiny_model_dir), "--dataset", str(data), "--output", str(tmp_path / "refused"), "--max-steps", "1")
+    data.write_text(
+        '{"instruction": "a", "output": "b"}\n{oops\n{"instruction": "c"}\n{"instruction": "d", "output": "e"}\n'
+    )
+    p = cli(
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(data),
+        "--output",
+        str(tmp_path / "refused"),
+        "--max-steps",
+        "1",
+    )
     assert p.returncode == 2
-    assert "line 2: not valid JSON" in p.stderr and "line 3: missing 'output'" in p.stderr and "Traceback" not in p.stderr
+    assert (
+        "line 2: not valid JSON" in p.stderr and "line 3: missing 'output'" in p.stderr and "Traceback" not in p.stderr
+    )
     assert not (tmp_path / "refused").exists()
     cfg = quick(tiny_model_dir, tmp_path, "skipped", dataset=str(data), skip_bad_rows=True, max_steps=1)
     r = train(cfg)
@@ -204,9 +237,16 @@ def test_out_of_memory_mid_run_keeps_the_last_checkpoint(tiny_model_dir, tmp_pat
     cfg = quick(tiny_model_dir, tmp_path, "oom", max_steps=5, save_steps=1)
     with pytest.raises(LabError, match="Out of memory at step 2") as e:
         train(cfg)
-    assert "smaller batch size" in str(e.value) and "gradient checkpointing" in str(e.value) and "checkpoint-2" in str(e.value)
+    assert (
+        "smaller batch size" in str(e.value)
+        and "gradient checkpointing" in str(e.value)
+        and "checkpoint-2" in str(e.value)
+    )
     s = R.run_status(tmp_path / "oom")
-    assert s.status == "failed" and (tmp_path / "oom" / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    assert (
+        s.status == "failed"
+        and (tmp_path / "oom" / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    )
     assert json.loads((tmp_path / "oom" / "lab_run.json").read_text())["status"] == "failed"
 
 
@@ -228,8 +268,19 @@ def test_disk_write_failure_is_a_clear_failed_status(tiny_model_dir, tmp_path, m
 
 # --------------------------------------------------------------------------- QLoRA options, merge
 def test_qlora_nf4_with_dora_rslora_loraplus(tiny_model_dir, tmp_path):
-    r = train(quick(tiny_model_dir, tmp_path, "qlora", precision="nf4", use_dora=True, use_rslora=True, loraplus_ratio=4.0,
-                    targets="q_proj,v_proj", max_steps=2))
+    r = train(
+        quick(
+            tiny_model_dir,
+            tmp_path,
+            "qlora",
+            precision="nf4",
+            use_dora=True,
+            use_rslora=True,
+            loraplus_ratio=4.0,
+            targets="q_proj,v_proj",
+            max_steps=2,
+        )
+    )
     assert r["status"] == "finished" and all(x == x for x in r["losses"])  # finite, not NaN
     ac = json.loads((tmp_path / "qlora" / "adapter_config.json").read_text())
     assert ac["use_dora"] and ac["use_rslora"] and sorted(ac["target_modules"]) == ["q_proj", "v_proj"]
@@ -252,7 +303,9 @@ def test_merge_and_export_matches_the_adapter(tiny_model_dir, tmp_path):
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
         merged = AutoModelForCausalLM.from_pretrained(merged_dir)(ids).logits
-        adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(tmp_path / "m"))(ids).logits
+        adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(tmp_path / "m"))(
+            ids
+        ).logits
     assert torch.allclose(merged, adapted, atol=1e-4)
     assert (merged_dir / "tokenizer.json").is_file()
 

@@ -156,7 +156,9 @@ def test_queued_requests_run_in_order_and_cancel_leaves_the_line(tiny_model_dir)
     click(bob, "Cancel")
     finish(bob)
     assert any("Cancelled while waiting in the queue" in x.value for x in bob.info)
-    assert [w["owner"] for w in shared.queue().status().waiting] == [at.session_state["lab_owner"] for at in (alice, carol)]
+    assert [w["owner"] for w in shared.queue().status().waiting] == [
+        at.session_state["lab_owner"] for at in (alice, carol)
+    ]
     gate.set()
     t.join(10)
     for at in (alice, carol):

@@ -26,7 +26,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int 
     parser.add_argument("--temperature", type=float, default=d.temperature, help=H["temperature"])
     parser.add_argument("--top-p", type=float, default=d.top_p, help=H["top_p"])
     parser.add_argument("--seed", type=int, default=d.seed, help=H["seed"])
-    parser.add_argument("--no-chat-template", action="store_true", help="send the prompt as raw text (no chat template)")
+    parser.add_argument(
+        "--no-chat-template", action="store_true", help="send the prompt as raw text (no chat template)"
+    )
 
 
 def sampling_from_args(args: argparse.Namespace) -> SamplingSettings:
@@ -36,8 +38,12 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingSettings:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="embedded", help="base model: 'embedded', a model folder, or a Hub id")
-    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
-                        help="precision to load the base at (" + "; ".join(f"{p.name}: {p.help}" for p in PRECISIONS.values()) + ")")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=list(PRECISIONS),
+        help="precision to load the base at (" + "; ".join(f"{p.name}: {p.help}" for p in PRECISIONS.values()) + ")",
+    )
     parser.add_argument("--adapter", action="append", default=[], metavar="DIR",
                         help="LoRA adapter: a run folder, any adapter folder, or a Hub id (repeat for several)")
 

@@ -22,7 +22,11 @@ H = EvalSettings.HELP
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--dataset", required=True, help="a bundled dataset name (e.g. banking-intents) or a JSONL/CSV file with a test split")
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        help="a bundled dataset name (e.g. banking-intents) or a JSONL/CSV file with a test split",
+    )
     d = EvalSettings()
     parser.add_argument("--limit", type=int, default=d.limit, help=H["limit"] + " 0 = all.")
     parser.add_argument("--metric", default=d.metric, choices=list(METRICS), help=H["metric"])

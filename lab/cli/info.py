@@ -25,8 +25,15 @@ def render(r: dict) -> str:
         ("device", f"{r['device']} — {r['device_name']}"),
         ("compute dtype", r["compute_dtype"]),
         ("RAM", f"{fmt_bytes(r['ram_available_bytes'])} free of {fmt_bytes(r['ram_total_bytes'])}"),
-        *[(f"GPU {i}", f"{g['name']}: {fmt_bytes(g['free_bytes'])} free of {fmt_bytes(g['total_bytes'])}") for i, g in enumerate(r["gpus"])],
+        *[
+            (f"GPU {i}", f"{g['name']}: {fmt_bytes(g['free_bytes'])} free of {fmt_bytes(g['total_bytes'])}")
+            for i, g in enumerate(r["gpus"])
+        ],
         *[(lib, v or "not installed") for lib, v in r["versions"].items()],
-        ("embedded model", ("ready at " if r["embedded_model_ready"] else "not prepared (run `python -m lab prepare`), would live at ") + r["embedded_model_path"]),
+        (
+            "embedded model",
+            ("ready at " if r["embedded_model_ready"] else "not prepared (run `python -m lab prepare`), would live at ")
+            + r["embedded_model_path"],
+        ),
     ]
     return format_table(rows, ("", ""))

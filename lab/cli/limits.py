@@ -25,10 +25,22 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _table(rows: list[dict]) -> str:
-    return format_table([(x["name"], x["value"], x["env"], "" if x["value"] == x["default"] else f"(default {x['default']})")
-                         for x in rows], ("limit", "value", "environment variable", ""))
+    return format_table(
+        [
+            (x["name"], x["value"], x["env"], "" if x["value"] == x["default"] else f"(default {x['default']})")
+            for x in rows
+        ],
+        ("limit", "value", "environment variable", ""),
+    )
 
 
 def render(r: dict) -> str:
-    return "\n".join(["Per request (always):", _table(r["limits"]), "",
-                      f"Public mode ({'on' if r['public_mode'] else 'off'}: QLORA_LAB_PUBLIC):", _table(r["public_limits"])])
+    return "\n".join(
+        [
+            "Per request (always):",
+            _table(r["limits"]),
+            "",
+            f"Public mode ({'on' if r['public_mode'] else 'off'}: QLORA_LAB_PUBLIC):",
+            _table(r["public_limits"]),
+        ]
+    )

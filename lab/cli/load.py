@@ -28,11 +28,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=QUALITY_HELP["perplexity_tokens"])
     parser.add_argument("--answers", action="store_true",
                         help=f"also generate greedy answers to the {len(DEFAULT_PROMPTS)} built-in prompts")
-    parser.add_argument("--tree", action="store_true", help="include the architecture tree (print(model)) in the output")
+    parser.add_argument(
+        "--tree", action="store_true", help="include the architecture tree (print(model)) in the output"
+    )
 
 
 def run(args: argparse.Namespace) -> dict:
-    quality = QualityConfig(perplexity_tokens=max(args.perplexity_tokens, 0), prompts=DEFAULT_PROMPTS if args.answers else ())
+    quality = QualityConfig(
+        perplexity_tokens=max(args.perplexity_tokens, 0), prompts=DEFAULT_PROMPTS if args.answers else ()
+    )
     result = measure_load(args.model, args.precision, args.dtype, args.device, quality).to_json()
     if not args.tree:
         result.pop("tree")
@@ -46,11 +50,24 @@ def render(r: dict) -> str:
         ("Linear class", r["linear_class"] + "  " + ", ".join(f"{k}×{v}" for k, v in r["linear_classes"].items())),
         ("load time", f"{r['load_seconds']:.2f} s"),
         ("measured (true bytes)", f"{r['measured_bytes']:,} B  ({fmt_bytes(r['measured_bytes'])})"),
-        ("predicted (calculator)", "—" if r["predicted_bytes"] is None else f"{r['predicted_bytes']:,} B  ({fmt_bytes(r['predicted_bytes'])})  error {err}"),
+        (
+            "predicted (calculator)",
+            "—"
+            if r["predicted_bytes"] is None
+            else f"{r['predicted_bytes']:,} B  ({fmt_bytes(r['predicted_bytes'])})  error {err}",
+        ),
         ("get_memory_footprint()", f"{r['hf_footprint_bytes']:,} B  ({fmt_bytes(r['hf_footprint_bytes'])})"),
         *[(f"  {kind}", f"{n:,} B") for kind, n in r["breakdown"].items()],
-        *[(label_key.replace("_bytes", "").replace("_", " ") + " growth" if "max" not in label_key else "cuda peak allocated",
-           fmt_bytes(v)) for label_key, v in r["memory"].items() if v is not None],
+        *[
+            (
+                label_key.replace("_bytes", "").replace("_", " ") + " growth"
+                if "max" not in label_key
+                else "cuda peak allocated",
+                fmt_bytes(v),
+            )
+            for label_key, v in r["memory"].items()
+            if v is not None
+        ],
         ("RSS handed back", fmt_bytes(r["freed"].get("rss_bytes"))),
     ]
     if r["perplexity"] is not None:

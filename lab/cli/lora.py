@@ -14,14 +14,31 @@ ORDER = 11
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="embedded", help="'embedded', a catalog name, a config.json, a model folder or a Hub id")
+    parser.add_argument(
+        "--model", default="embedded", help="'embedded', a catalog name, a config.json, a model folder or a Hub id"
+    )
     parser.add_argument("--r", type=int, required=True, help="LoRA rank: inner dimension of A (r × in) and B (out × r)")
-    parser.add_argument("--alpha", type=float, default=None, help="lora_alpha; the update is scaled by alpha/r (default alpha = 2·r)")
-    parser.add_argument("--targets", default="q_proj,v_proj", help="comma-separated Linear names (see the table), or all-linear")
-    parser.add_argument("--dora", action="store_true", help="DoRA: adds a magnitude vector (out_features) per adapted layer")
-    parser.add_argument("--rslora", action="store_true", help="rank-stabilized LoRA: scale alpha/√r instead of alpha/r (same count)")
-    parser.add_argument("--bias", default="none", choices=list(BIAS_CHOICES), help="; ".join(f"{k}: {v}" for k, v in BIAS_CHOICES.items()))
-    parser.add_argument("--lora-bias", action="store_true", help="peft's lora_bias=True: a trainable bias on each lora_B (out_features)")
+    parser.add_argument(
+        "--alpha", type=float, default=None, help="lora_alpha; the update is scaled by alpha/r (default alpha = 2·r)"
+    )
+    parser.add_argument(
+        "--targets", default="q_proj,v_proj", help="comma-separated Linear names (see the table), or all-linear"
+    )
+    parser.add_argument(
+        "--dora", action="store_true", help="DoRA: adds a magnitude vector (out_features) per adapted layer"
+    )
+    parser.add_argument(
+        "--rslora", action="store_true", help="rank-stabilized LoRA: scale alpha/√r instead of alpha/r (same count)"
+    )
+    parser.add_argument(
+        "--bias",
+        default="none",
+        choices=list(BIAS_CHOICES),
+        help="; ".join(f"{k}: {v}" for k, v in BIAS_CHOICES.items()),
+    )
+    parser.add_argument(
+        "--lora-bias", action="store_true", help="peft's lora_bias=True: a trainable bias on each lora_B (out_features)"
+    )
 
 
 def run(args: argparse.Namespace) -> dict:

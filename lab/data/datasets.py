@@ -84,7 +84,9 @@ def dataset_file(name_or_path: str, split: str = "train") -> Path | None:
         for ext in (".jsonl", ".json", ".csv"):
             if (p / f"{split}{ext}").is_file():
                 return p / f"{split}{ext}"
-        raise LabError(f"{p} has no {split}.jsonl or {split}.csv.", "Put the rows in train.jsonl (and test.jsonl) there.")
+        raise LabError(
+            f"{p} has no {split}.jsonl or {split}.csv.", "Put the rows in train.jsonl (and test.jsonl) there."
+        )
     if p.is_file():
         if split != "train":
             raise LabError(f"{p} is a single file: it has only a train split.",
@@ -181,8 +183,13 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict | str]]:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise LabError(f"{path} is not valid JSON: {e}.", "Fix the file or save it as JSONL (one object per line).") from e
-        return [(i + 1, r if isinstance(r, dict) else f"item is a {type(r).__name__}, not an object") for i, r in enumerate(data)]
+            raise LabError(
+                f"{path} is not valid JSON: {e}.", "Fix the file or save it as JSONL (one object per line)."
+            ) from e
+        return [
+            (i + 1, r if isinstance(r, dict) else f"item is a {type(r).__name__}, not an object")
+            for i, r in enumerate(data)
+        ]
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -224,8 +231,10 @@ def _read_hub(hub_id: str, split: str) -> list[tuple[int, dict | str]]:
 
         ds = load_dataset(hub_id, split=split)
     except Exception as e:  # offline, unknown id, no such split: all the same to the user
-        raise LabError(f"Could not load the Hub dataset {hub_id!r} (split {split!r}): {type(e).__name__}: {str(e)[:200]}",
-                       "The Hub needs network access; offline, use a bundled dataset or a local .jsonl/.csv file.") from e
+        raise LabError(
+            f"Could not load the Hub dataset {hub_id!r} (split {split!r}): {type(e).__name__}: {str(e)[:200]}",
+            "The Hub needs network access; offline, use a bundled dataset or a local .jsonl/.csv file.",
+        ) from e
     return [(i + 1, dict(r)) for i, r in enumerate(ds)]
 
 
@@ -239,7 +248,9 @@ def read_records(name_or_path: str, split: str = "train") -> list[tuple[int, dic
         return _read_csv(path)
     if path.suffix in (".jsonl", ".json"):
         return _read_jsonl(path)
-    raise LabError(f"Unsupported dataset file type {path.suffix!r} ({path}).", "Use .jsonl (one JSON object per line) or .csv.")
+    raise LabError(
+        f"Unsupported dataset file type {path.suffix!r} ({path}).", "Use .jsonl (one JSON object per line) or .csv."
+    )
 
 
 # --------------------------------------------------------------------------- formats
@@ -269,7 +280,8 @@ def row_problem(row: dict, fmt: str) -> str | None:
     """Why `row` is not a valid row of form `fmt`, or None when it is."""
     missing = [k for k in FORMAT_FIELDS[fmt] if row.get(k) in (None, "")]
     if missing:
-        return f"missing {', '.join(repr(k) for k in missing)} for {FORMAT_LABELS[fmt]} form (has: {', '.join(map(repr, row)) or 'nothing'})"
+        has = ", ".join(map(repr, row)) or "nothing"
+        return f"missing {', '.join(repr(k) for k in missing)} for {FORMAT_LABELS[fmt]} form (has: {has})"
     if fmt == "alpaca":
         for k in ("instruction", "input", "output"):
             if row.get(k) is not None and not isinstance(row[k], str):
@@ -303,12 +315,18 @@ def check_rows(records: list[tuple[int, dict | str]], source: str = "rows", spli
     if on_bad not in ("refuse", "skip"):
         raise LabError(f"Unknown on_bad={on_bad!r}.", "Choose 'refuse' or 'skip'.")
     if not records:
-        raise LabError(f"{source} ({split}) is empty: it has no rows.", "Add at least one example (JSONL: one JSON object per line).")
+        raise LabError(
+            f"{source} ({split}) is empty: it has no rows.",
+            "Add at least one example (JSONL: one JSON object per line).",
+        )
     parsed = [(n, r) for n, r in records if isinstance(r, dict)]
     fmt = detect_format([r for _, r in parsed], [n for n, _ in parsed]) if parsed else None
     if fmt is None:
-        raise LabError(f"{source} ({split}): no line is a JSON object ({describe_problems([RowProblem(n, r) for n, r in records])}).",
-                       "Each line must be one JSON object, e.g. {\"instruction\": ..., \"output\": ...}.")
+        raise LabError(
+            f"{source} ({split}): no line is a JSON object "
+            f"({describe_problems([RowProblem(n, r) for n, r in records])}).",
+            'Each line must be one JSON object, e.g. {"instruction": ..., "output": ...}.',
+        )
     rows, lines, problems = [], [], []
     for n, r in records:
         why = r if isinstance(r, str) else row_problem(r, fmt)

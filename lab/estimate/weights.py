@@ -101,7 +101,32 @@ def estimate_weights(
 def _estimate_weights(arch: Architecture, precision: str, dtype: str, skip_modules: list[str] | None) -> WeightEstimate:
     p = get_precision(precision)
     unquantized = resolve_dtype(dtype, config_dtype=arch.config_dtype) if p.quantized else DTYPES[p.name]
-    dt, eb = unquantized.torch_name, unquantized.bytes
+    eb = unquantized.bytes
+    tally = _tally(arch, p, eb, _quantized_predicate(arch, p, skip_modules))
+    components = _components(p, tally, unquantized.name, eb)
+    weights_bytes = sum(c.bytes for c in components)
+    unq_bytes = weights_bytes - tally.q_data - tally.q_const
+    return WeightEstimate(
+        model=arch.name,
+        precision=p.name,
+        dtype=unquantized.torch_name,
+        params_total=arch.params_total,
+        quantized_params=tally.q_params,
+        unquantized_params=arch.params_total - tally.q_params,
+        weights_bytes=weights_bytes,
+        hf_footprint_bytes=sum(c.hf_bytes for c in components),
+        quant_constants_bytes=tally.q_const,
+        buffers_bytes=tally.buffers_bytes,
+        packed_params=arch.params_total - tally.q_params + (tally.q_data if p.four_bit else tally.q_params),
+        # ...and Linear4bit.forward casts the biases of quantized layers to the compute dtype (fp32 on CPU)
+        cpu_packed_bytes=(unq_bytes + tally.q_cpu + tally.q_bias * (4 - eb)) if p.four_bit else None,
+        components=tuple(components),
+    )
+
+
+def _quantized_predicate(arch: Architecture, p, skip_modules: list[str] | None):
+    """Which tensors bitsandbytes quantizes: Linear weights outside the skip list (transformers' default list
+    unless `skip_modules` replaces it)."""
     quantized_paths = None
     if p.quantized and skip_modules is not None:
         from transformers.quantizers.quantizers_utils import should_convert_module
@@ -117,75 +142,78 @@ def _estimate_weights(arch: Architecture, precision: str, dtype: str, skip_modul
             return t.path.removesuffix(".weight") in quantized_paths
         return t.quantized
 
+    return is_quantized
+
+
+_BUCKETS = {"linear_weight": "unquantized Linear weights", "linear_bias": "biases", "embedding": "embeddings",
+            "norm": "norms", "other": "other parameters"}
+_BUCKET_ORDER = ["unquantized Linear weights", "biases", "embeddings", "lm_head", "norms", "other parameters"]
+
+
+@dataclass
+class _Tally:
+    """Parameters and bytes counted tensor by tensor (q_*: the quantized Linear weights)."""
+
+    q_params: int = 0  # parameters stored quantized
+    q_data: int = 0  # their packed bytes (1 per int8 parameter, 2 4-bit parameters per byte)
+    q_const: int = 0  # quantization constants (absmax, SCB, code tables)
+    q_cpu: int = 0  # 4-bit bytes as bitsandbytes' CPU kernels repack them
+    q_bias: int = 0  # biases of quantized layers (cast to the compute dtype in forward)
+    buffers_bytes: int = 0
+    buckets: dict[str, list[int]] | None = None  # kind -> [params, bytes] of what stays unquantized
+
+
+def _tally(arch: Architecture, p, eb: int, is_quantized) -> _Tally:
     out_features = {path: g.out_features for g in arch.linears for path in g.paths}
-    q_params = q_data = q_const = q_hf = q_cpu = q_bias = 0
     weight_paths = {t.path.removesuffix(".weight") for t in arch.tensors if is_quantized(t)}
-    buckets: dict[str, list[int]] = {}  # kind -> [params, bytes]
-    buffers_bytes = 0
+    s = _Tally(buckets={})
     for t in arch.tensors:
         if t.kind == "buffer":
-            buffers_bytes += t.numel * _itemsize(t.dtype)
-            continue
-        if is_quantized(t):
+            s.buffers_bytes += t.numel * _itemsize(t.dtype)
+        elif is_quantized(t):
             n = t.numel
             total = quantized_linear_bytes(n, out_features[t.path.removesuffix(".weight")], p.name)
             data = n if p.name == "int8" else (n + 1) // 2
-            q_params += n
-            q_data += data
-            q_const += total - data
-            q_hf += data
+            s.q_params += n
+            s.q_data += data
+            s.q_const += total - data
             if p.four_bit:
-                q_cpu += quantized_linear_bytes(n, 0, p.name, cpu_packed=True)
-            continue
-        if t.kind == "linear_bias" and t.path.removesuffix(".bias") in weight_paths:
-            q_bias += t.numel
-        kind = {"linear_weight": "unquantized Linear weights", "linear_bias": "biases", "embedding": "embeddings",
-                "norm": "norms", "other": "other parameters"}[t.kind]
-        if t.kind == "linear_weight" and t.path.removesuffix(".weight") == arch.output_path:
-            kind = "lm_head"
-        b = buckets.setdefault(kind, [0, 0])
-        b[0] += t.numel
-        b[1] += t.numel * eb
+                s.q_cpu += quantized_linear_bytes(n, 0, p.name, cpu_packed=True)
+        else:
+            if t.kind == "linear_bias" and t.path.removesuffix(".bias") in weight_paths:
+                s.q_bias += t.numel
+            is_head = t.kind == "linear_weight" and t.path.removesuffix(".weight") == arch.output_path
+            b = s.buckets.setdefault("lm_head" if is_head else _BUCKETS[t.kind], [0, 0])
+            b[0] += t.numel
+            b[1] += t.numel * eb
+    return s
 
+
+_CONSTANTS_FORMULA = {
+    "int8": "4 B × out_features (fp32 SCB per row)",
+    "nf4": "4 B × ⌈n/64⌉ (fp32 absmax) + 64 B code table per layer",
+    "fp4": "4 B × ⌈n/64⌉ (fp32 absmax) + 64 B code table per layer",
+    "nf4-dq": "1 B × ⌈n/64⌉ (uint8 absmax) + 4 B × ⌈n/64/256⌉ + 1,092 B tables/offset per layer",
+}
+
+
+def _components(p, s: _Tally, unquantized_name: str, eb: int) -> list[WeightComponent]:
     components: list[WeightComponent] = []
     if p.quantized:
         storage = "int8" if p.name == "int8" else f"{p.name.removesuffix('-dq')} (2 per byte)"
-        components.append(WeightComponent("quantized Linear weights", q_params, storage, q_data, q_hf,
+        # hf footprint counts the packed data only (get_memory_footprint leaves the constants out)
+        components.append(WeightComponent("quantized Linear weights", s.q_params, storage, s.q_data, s.q_data,
                                           "n bytes" if p.name == "int8" else "⌈n/2⌉ bytes"))
-        const_formula = {
-            "int8": "4 B × out_features (fp32 SCB per row)",
-            "nf4": "4 B × ⌈n/64⌉ (fp32 absmax) + 64 B code table per layer",
-            "fp4": "4 B × ⌈n/64⌉ (fp32 absmax) + 64 B code table per layer",
-            "nf4-dq": "1 B × ⌈n/64⌉ (uint8 absmax) + 4 B × ⌈n/64/256⌉ + 1,092 B tables/offset per layer",
-        }[p.name]
-        components.append(WeightComponent("quantization constants", 0, "fp32/uint8", q_const, 0, const_formula))
-    order = ["unquantized Linear weights", "biases", "embeddings", "lm_head", "norms", "other parameters"]
-    for kind in order:
-        if kind in buckets:
-            n, nbytes = buckets[kind]
-            components.append(WeightComponent(kind, n, unquantized.name, nbytes, nbytes, f"n × {eb} B"))
-    if buffers_bytes:
-        components.append(WeightComponent("buffers (rotary tables)", 0, "fp32", buffers_bytes, buffers_bytes,
+        components.append(WeightComponent("quantization constants", 0, "fp32/uint8", s.q_const, 0,
+                                          _CONSTANTS_FORMULA[p.name]))
+    for kind in _BUCKET_ORDER:
+        if kind in s.buckets:
+            n, nbytes = s.buckets[kind]
+            components.append(WeightComponent(kind, n, unquantized_name, nbytes, nbytes, f"n × {eb} B"))
+    if s.buffers_bytes:
+        components.append(WeightComponent("buffers (rotary tables)", 0, "fp32", s.buffers_bytes, s.buffers_bytes,
                                           "non-trainable tensors, kept in fp32"))
-    weights_bytes = sum(c.bytes for c in components)
-    hf_bytes = sum(c.hf_bytes for c in components)
-    unq_bytes = weights_bytes - q_data - q_const
-    return WeightEstimate(
-        model=arch.name,
-        precision=p.name,
-        dtype=dt,
-        params_total=arch.params_total,
-        quantized_params=q_params,
-        unquantized_params=arch.params_total - q_params,
-        weights_bytes=weights_bytes,
-        hf_footprint_bytes=hf_bytes,
-        quant_constants_bytes=q_const,
-        buffers_bytes=buffers_bytes,
-        packed_params=arch.params_total - q_params + (q_data if p.four_bit else q_params),
-        # ...and Linear4bit.forward casts the biases of quantized layers to the compute dtype (fp32 on CPU)
-        cpu_packed_bytes=(unq_bytes + q_cpu + q_bias * (4 - eb)) if p.four_bit else None,
-        components=tuple(components),
-    )
+    return components
 
 
 def _itemsize(torch_name: str) -> int:

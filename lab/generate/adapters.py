@@ -153,7 +153,9 @@ def inspect_adapter(source: str, name: str | None = None) -> AdapterInfo:
     if path.is_dir():
         kind = "run" if _inside(path, runs_dir()) else "folder"
     elif path.exists():
-        raise LabError(f"Adapter {source!r} is a file, not a folder.", "Give the folder that holds adapter_config.json.")
+        raise LabError(
+            f"Adapter {source!r} is a file, not a folder.", "Give the folder that holds adapter_config.json."
+        )
     elif source.count("/") == 1 and not source.startswith((".", "/", "~")):
         path, kind = _download(source), "hub"
     else:
@@ -161,13 +163,17 @@ def inspect_adapter(source: str, name: str | None = None) -> AdapterInfo:
 
     path = adapter_folder(path)
     if not (path / CONFIG_FILE).is_file():
-        raise LabError(f"{path} has no {CONFIG_FILE} (nor a checkpoint-N/ folder with one), so it is not a peft adapter folder.",
-                       "Point at the folder a training run saved (it holds adapter_config.json).")
+        raise LabError(
+            f"{path} has no {CONFIG_FILE} (nor a checkpoint-N/ folder with one), so it is not a peft adapter folder.",
+            "Point at the folder a training run saved (it holds adapter_config.json).",
+        )
     config = _read_json(path / CONFIG_FILE, "Adapter config")
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type != "LORA":
-        raise LabError(f"Adapter {path.name} is a {peft_type or 'unknown'} adapter; the playground compares LoRA adapters.",
-                       "Pick a LoRA adapter (peft_type LORA in adapter_config.json).")
+        raise LabError(
+            f"Adapter {path.name} is a {peft_type or 'unknown'} adapter; the playground compares LoRA adapters.",
+            "Pick a LoRA adapter (peft_type LORA in adapter_config.json).",
+        )
     if not any((path / f).is_file() for f in WEIGHT_FILES):
         raise LabError(f"Adapter {path} has a config but no weights ({' or '.join(WEIGHT_FILES)}).",
                        "The run may still be saving, or the copy is incomplete.")
@@ -274,7 +280,9 @@ def choose_adapters(sources: list[str], base=None) -> AdapterChoice:
 def check_compatible(info: AdapterInfo, model) -> None:
     """Raise a LabError when the adapter's LoRA matrices do not fit the base model's layers."""
     for key, shape in adapter_shapes(info).items():
-        m = re.match(r"(?:base_model\.model\.)?(.+)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.[^.]+)?\.weight$", key)
+        m = re.match(
+            r"(?:base_model\.model\.)?(.+)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.[^.]+)?\.weight$", key
+        )
         if m is None:
             m2 = re.match(r"(?:base_model\.model\.)?(.+)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)$", key)
             if m2 is None:

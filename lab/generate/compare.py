@@ -62,9 +62,15 @@ class SamplingSettings:
     HELP = {
         "max_new_tokens": "Most tokens each column may generate. Columns stop earlier at the end-of-turn token.",
         "temperature": "0 = greedy: always the most likely token (repeatable). Higher = more random sampling.",
-        "top_p": "Nucleus sampling: sample only among the most likely tokens whose probabilities add up to top_p. 1 = all.",
+        "top_p": (
+            "Nucleus sampling: sample only among the most likely tokens whose probabilities add up to top_p. 1 = "
+            "all."
+        ),
         "seed": "Random seed for sampling: the same seed and settings give the same sampled answers.",
-        "use_chat_template": "Wrap the prompt in the model's chat template, as instruct models and chat fine-tunes expect.",
+        "use_chat_template": (
+            "Wrap the prompt in the model's chat template, as instruct models and chat fine-tunes "
+            "expect."
+        ),
         "greedy": "Greedy decoding (temperature 0): deterministic, and equal to plain transformers/peft output.",
     }
 
@@ -238,7 +244,8 @@ def side_by_side(
     for n, length in lengths.items():
         if limit and length + settings.max_new_tokens > limit:
             raise LabError(
-                f"The prompt{'' if n == BASE_COLUMN else f' for {n}'} is {length} tokens; with {settings.max_new_tokens} "
+                f"The prompt{'' if n == BASE_COLUMN else f' for {n}'} is {length} tokens; with "
+                f"{settings.max_new_tokens} "
                 f"new tokens that exceeds the model's context of {limit} tokens.",
                 "Shorten the prompt (or clear the chat), or lower max new tokens.",
             )

@@ -56,7 +56,10 @@ class EvalSettings:
     HELP = {
         "limit": "Evaluate only the first N test examples (the whole split when empty). CPU time grows linearly.",
         "metric": "; ".join(f"{k}: {v}" for k, v in METRICS.items()),
-        "max_new_tokens": "Tokens each model may generate per answer. Default: enough for the longest reference answer.",
+        "max_new_tokens": (
+            "Tokens each model may generate per answer. Default: enough for the longest reference "
+            "answer."
+        ),
     }
 
 
@@ -284,8 +287,15 @@ def to_csv(r: EvalResult) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     acc = r.metric == "accuracy"
-    w.writerow(["index", "differs", "prompt", "reference",
-                *[f"{n}_{k}" for n in r.models for k in (("answer", "correct", "loss") if acc else ("answer", "loss"))]])
+    w.writerow(
+        [
+            "index",
+            "differs",
+            "prompt",
+            "reference",
+            *[f"{n}_{k}" for n in r.models for k in (("answer", "correct", "loss") if acc else ("answer", "loss"))],
+        ]
+    )
     for row in r.rows:
         cells = []
         for n in r.models:

@@ -137,7 +137,10 @@ def check_supported(precision: str, device: str) -> None:
     """bitsandbytes runs int8/4-bit on CUDA and (0.50+) on CPU; nothing else here."""
     p = get_precision(precision)
     if p.quantized and device not in ("cpu", "cuda"):
-        raise LabError(f"bitsandbytes cannot run {p.label} on device {device!r}.", "Use fp32/fp16/bf16 there, or a CUDA GPU or the CPU.")
+        raise LabError(
+            f"bitsandbytes cannot run {p.label} on device {device!r}.",
+            "Use fp32/fp16/bf16 there, or a CUDA GPU or the CPU.",
+        )
 
 
 # --------------------------------------------------------------------------- looking inside
@@ -185,7 +188,17 @@ def unquantized_modules(model: torch.nn.Module) -> list[dict]:
             why += " (it is also tied to lm_head)." if name in tied else "."
         else:
             why = "Not a Linear layer (e.g. a norm's scale vector): bitsandbytes only replaces nn.Linear layers."
-        g = groups.setdefault((cls, why), {"class": cls, "why": why, "count": 0, "params": 0, "dtype": str(params[0].dtype).removeprefix("torch."), "examples": []})
+        g = groups.setdefault(
+            (cls, why),
+            {
+                "class": cls,
+                "why": why,
+                "count": 0,
+                "params": 0,
+                "dtype": str(params[0].dtype).removeprefix("torch."),
+                "examples": [],
+            },
+        )
         g["count"] += 1
         g["params"] += sum(p.numel() for p in params)
         if len(g["examples"]) < 3:
@@ -234,7 +247,9 @@ def measure_load(
     p = get_precision(precision)
     check_supported(p.name, device)
     arch, estimate = _architecture_and_prediction(source, p.name, dtype, device)
-    check_fits(load_peak_bytes(source, p.name, estimate, dtype, device), device, f"Loading {source.display_name} at {p.label}")
+    check_fits(
+        load_peak_bytes(source, p.name, estimate, dtype, device), device, f"Loading {source.display_name} at {p.label}"
+    )
     _import_what_a_load_touches(p.quantized)
     free_memory()
     reset_peak(device)
@@ -390,12 +405,17 @@ def _load(source: ModelSource, precision: str, dtype: str | None, device: str):
     except RuntimeError as e:
         text = str(e)
         if p.quantized:
-            raise LabError(f"bitsandbytes could not load {p.label} on {device}: {text.splitlines()[0] if text else type(e).__name__}",
-                           "Try fp32 (or bf16/fp16), or a CUDA GPU.") from e
+            raise LabError(
+                f"bitsandbytes could not load {p.label} on {device}: "
+                f"{text.splitlines()[0] if text else type(e).__name__}",
+                "Try fp32 (or bf16/fp16), or a CUDA GPU.",
+            ) from e
         raise
     except (ImportError, ValueError) as e:
         if p.quantized:
-            raise LabError(f"bitsandbytes cannot run {p.label} on {device}: {e}", "Try fp32 (or bf16/fp16), or a CUDA GPU.") from e
+            raise LabError(
+                f"bitsandbytes cannot run {p.label} on {device}: {e}", "Try fp32 (or bf16/fp16), or a CUDA GPU."
+            ) from e
         raise
 
 

@@ -191,7 +191,10 @@ MEMORY_LABELS: dict[str, str] = {
     "cuda_allocated_bytes": "torch.cuda.memory_allocated: bytes in live tensors on the GPU.",
     "cuda_max_allocated_bytes": "torch.cuda.max_memory_allocated: the peak of the above since the load started "
     "(includes temporaries such as the fp16 copy quantized from).",
-    "cuda_reserved_bytes": "torch.cuda.memory_reserved: what PyTorch's caching allocator holds (allocated + cached free blocks).",
+    "cuda_reserved_bytes": (
+        "torch.cuda.memory_reserved: what PyTorch's caching allocator holds (allocated + cached free "
+        "blocks)."
+    ),
     "cuda_used_bytes": "Device used memory from torch.cuda.mem_get_info (total - free): every process, "
     "the CUDA context and the allocator's cache included.",
 }

@@ -82,7 +82,9 @@ def perplexity(model, tokenizer, text: str | None = None, max_tokens: int = 512,
                cancel=None) -> PerplexityResult:
     """Perplexity of `model` on the first `max_tokens` tokens of `text` (default: the shipped text)."""
     started = time.perf_counter()
-    ids = tokenizer(text if text is not None else eval_text(), return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+    ids = tokenizer(text if text is not None else eval_text(), return_tensors="pt", add_special_tokens=False)[
+        "input_ids"
+    ][0]
     ids = ids[:max_tokens] if max_tokens else ids
     device = next(model.parameters()).device
     total_nll, predicted, read, windows = 0.0, 0, 0, 0
@@ -111,5 +113,7 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str] = DEFAULT_PROMPTS, m
             break
         if report is not None:
             report(f"answering prompt {i + 1}/{len(prompts)}")
-        answers.append({"prompt": prompt, "answer": generate_text(model, tokenizer, prompt, max_new_tokens=max_new_tokens).strip()})
+        answers.append(
+            {"prompt": prompt, "answer": generate_text(model, tokenizer, prompt, max_new_tokens=max_new_tokens).strip()}
+        )
     return answers

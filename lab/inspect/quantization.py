@@ -24,8 +24,14 @@ BLOCKSIZE = 64  # bitsandbytes' 4-bit default, what transformers' BitsAndBytesCo
 SCHEMES: dict[str, str] = {
     "int8": "LLM.int8(): int8_vectorwise_quant — each row scaled by its absmax / 127 (computed from an fp16 copy).",
     "fp4": "FP4: quantize_4bit(quant_type='fp4') — blocks of 64, scaled by the block absmax, 16 float-like levels.",
-    "nf4": "NF4: quantize_4bit(quant_type='nf4') — blocks of 64, scaled by the block absmax, 16 normal-quantile levels.",
-    "nf4-dq": "NF4 with double quantization: the same, with absmax itself quantized to 8 bits (compress_statistics=True).",
+    "nf4": (
+        "NF4: quantize_4bit(quant_type='nf4') — blocks of 64, scaled by the block absmax, 16 normal-quantile "
+        "levels."
+    ),
+    "nf4-dq": (
+        "NF4 with double quantization: the same, with absmax itself quantized to 8 bits "
+        "(compress_statistics=True)."
+    ),
 }
 
 
@@ -58,7 +64,9 @@ def _checkpoint_files(source: ModelSource) -> list[Path]:
         raise LabError(f"{source.display_name} has no weights to inspect.", "Pick 'embedded' or a model folder.")
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise LabError(f"No .safetensors files in {folder}.", "Save the model with save_pretrained(safe_serialization=True).")
+        raise LabError(
+            f"No .safetensors files in {folder}.", "Save the model with save_pretrained(safe_serialization=True)."
+        )
     return files
 
 
@@ -99,7 +107,10 @@ def load_float_weight(source: ModelSource | str, name: str) -> torch.Tensor:
     source = resolve_source(source) if isinstance(source, str) else source
     index = _weight_index(source)
     if name not in index:
-        raise LabError(f"No weight named {name!r} in {source.display_name}.", f"Try e.g. {next(iter(linear_weight_names(source)), '?')}.")
+        raise LabError(
+            f"No weight named {name!r} in {source.display_name}.",
+            f"Try e.g. {next(iter(linear_weight_names(source)), '?')}.",
+        )
     with safe_open(str(index[name][0]), "pt") as f:
         return f.get_tensor(name).float()
 
@@ -125,7 +136,9 @@ def roundtrip(weight: torch.Tensor, scheme: str, blocksize: int = BLOCKSIZE) -> 
         cb, scb, _ = F.int8_vectorwise_quant(w.half())  # what Int8Params._quantize does
         return F.int8_vectorwise_dequant(cb, scb).float()
     if scheme in ("nf4", "fp4", "nf4-dq"):
-        q, state = F.quantize_4bit(w, blocksize=blocksize, quant_type=scheme[:3], compress_statistics=scheme == "nf4-dq")
+        q, state = F.quantize_4bit(
+            w, blocksize=blocksize, quant_type=scheme[:3], compress_statistics=scheme == "nf4-dq"
+        )
         return F.dequantize_4bit(q, state).float()
     raise LabError(f"Unknown quantization scheme {scheme!r}.", f"Choose one of: {', '.join(SCHEMES)}.")
 
@@ -165,7 +178,12 @@ def layer_errors(
         if cancel is not None and cancel.is_set():
             break
         m = re.search(r"layers?\.(\d+)\.(.+)\.weight$", name)
-        row: dict = {"name": name, "layer": int(m.group(1)) if m else -1, "module": m.group(2) if m else name, "numel": w.numel()}
+        row: dict = {
+            "name": name,
+            "layer": int(m.group(1)) if m else -1,
+            "module": m.group(2) if m else name,
+            "numel": w.numel(),
+        }
         for scheme in schemes:
             err = quantization_error(w, scheme)
             row[scheme] = err.relative
@@ -194,7 +212,9 @@ class WeightHistogram:
         return asdict(self)
 
 
-def weight_histogram(weight: torch.Tensor, name: str = "", bins: int = 121, blocksize: int = BLOCKSIZE) -> WeightHistogram:
+def weight_histogram(
+    weight: torch.Tensor, name: str = "", bins: int = 121, blocksize: int = BLOCKSIZE
+) -> WeightHistogram:
     """Histogram of one matrix as the 4-bit quantizer sees it: each value divided by the absmax of
     its block of `blocksize`, so the 16 NF4/FP4 levels sit at their true positions."""
     import bitsandbytes.functional as F

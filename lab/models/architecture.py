@@ -263,85 +263,112 @@ def _meta_model(config):
 
 
 def _build(config, name: str) -> Architecture:
-    from torch import nn
-    from transformers.pytorch_utils import Conv1D
     from transformers.quantizers.base import get_keys_to_not_convert
-    from transformers.quantizers.quantizers_utils import should_convert_module
 
     # read the config's dtype first: building with dtype=float32 overwrites config.dtype
     dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
     model = _meta_model(config)
     not_converted = tuple(sorted(get_keys_to_not_convert(model)))
     tied_pairs = tuple(sorted((getattr(model, "all_tied_weights_keys", None) or {}).items()))
-    tied_targets = {k.removesuffix(".weight") for k, _ in tied_pairs}
-
-    tensors: list[TensorInfo] = []
-    seen: set[int] = set()
-    groups: dict[tuple, list[str]] = {}
-    group_tied: dict[tuple, bool] = {}
-    group_quant: dict[tuple, bool] = {}
-    for mod_name, module in model.named_modules():
-        mtype = type(module).__name__
-        # what transformers' bnb quantizer converts: plain nn.Linear, and GPT-2 style Conv1D (weight in × out)
-        is_conv1d = isinstance(module, Conv1D)
-        is_linear = type(module) is nn.Linear or is_conv1d
-        is_norm = "norm" in mtype.lower()
-        is_embedding = isinstance(module, nn.Embedding)
-        if is_linear:
-            leaf = mod_name.rsplit(".", 1)[-1]
-            tied = mod_name in tied_targets
-            fan_in, fan_out = (module.weight.shape[0], module.nf) if is_conv1d else (module.in_features, module.out_features)
-            gkey = (leaf, int(fan_in), int(fan_out), module.bias is not None)
-            groups.setdefault(gkey, []).append(mod_name)
-            group_tied[gkey] = group_tied.get(gkey, False) or tied
-            quant = should_convert_module(mod_name, list(not_converted))
-            group_quant[gkey] = group_quant.get(gkey, True) and quant
-        for pname, p in module.named_parameters(recurse=False):
-            full = f"{mod_name}.{pname}" if mod_name else pname
-            if id(p) in seen:  # a tied weight: counted once, as num_parameters() does
-                continue
-            seen.add(id(p))
-            if is_linear:
-                kind = "linear_weight" if pname == "weight" else "linear_bias"
-            elif is_embedding:
-                kind = "embedding"
-            elif is_norm:
-                kind = "norm"
-            else:
-                kind = "other"
-            quantized = is_linear and pname == "weight" and should_convert_module(mod_name, list(not_converted))
-            tensors.append(TensorInfo(full, tuple(p.shape), kind, mtype, str(p.dtype).removeprefix("torch."), quantized))
-        persistent_names = set()
-        for bname, _ in module.named_buffers(recurse=False):
-            if bname not in getattr(module, "_non_persistent_buffers_set", set()):
-                persistent_names.add(bname)
-        for bname, b in module.named_buffers(recurse=False):
-            full = f"{mod_name}.{bname}" if mod_name else bname
-            tensors.append(
-                TensorInfo(full, tuple(b.shape), "buffer", mtype, str(b.dtype).removeprefix("torch."),
-                           persistent=bname in persistent_names)
-            )
-
-    linears = [
-        LinearGroup(leaf, i, o, bias, len(paths), tuple(paths), group_quant[key], group_tied[key])
-        for key, paths in groups.items()
-        for (leaf, i, o, bias) in [key]
-    ]
-    # lm_head (the output embedding) last, decoder groups in model order
-    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    out_names = {n for n, m in model.named_modules() if out_emb is not None and m is out_emb}
-    linears.sort(key=lambda g: g.paths[0] in out_names)
-
-    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = int(getattr(cfg, "num_attention_heads", 0) or 0)
-    hidden = int(getattr(cfg, "hidden_size", 0) or 0)
-    head_dim = getattr(cfg, "head_dim", None) or (hidden // heads if heads else 0)
+    linears = _linear_groups(model, {k.removesuffix(".weight") for k, _ in tied_pairs}, not_converted)
     arch = Architecture(
         name=name,
         model_type=config.model_type,
         model_class=type(model).__name__,
         config_dtype=str(dtype).removeprefix("torch."),
         params_total=int(model.num_parameters()),
+        **_shape_fields(config),
+        tie_word_embeddings=bool(tied_pairs),
+        tied_pairs=tied_pairs,
+        linears=tuple(linears),
+        tensors=tuple(_tensors(model, not_converted)),
+        not_converted=not_converted,
+        config=config.to_dict(),
+    )
+    del model
+    return arch
+
+
+def _linear_kind(module) -> tuple[bool, bool]:
+    """(is a Linear, is GPT-2's Conv1D): what transformers' bnb quantizer converts (Conv1D's weight is in × out)."""
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    is_conv1d = isinstance(module, Conv1D)
+    return type(module) is nn.Linear or is_conv1d, is_conv1d
+
+
+def _linear_groups(model, tied_targets: set[str], not_converted: tuple[str, ...]) -> list[LinearGroup]:
+    """Linear layers grouped by (leaf name, fan in, fan out, bias): decoder groups in model order, lm_head last."""
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    groups: dict[tuple, list[str]] = {}
+    group_tied: dict[tuple, bool] = {}
+    group_quant: dict[tuple, bool] = {}
+    for mod_name, module in model.named_modules():
+        is_linear, is_conv1d = _linear_kind(module)
+        if not is_linear:
+            continue
+        fan_in, fan_out = (
+            (module.weight.shape[0], module.nf) if is_conv1d else (module.in_features, module.out_features)
+        )
+        key = (mod_name.rsplit(".", 1)[-1], int(fan_in), int(fan_out), module.bias is not None)
+        groups.setdefault(key, []).append(mod_name)
+        group_tied[key] = group_tied.get(key, False) or mod_name in tied_targets
+        group_quant[key] = group_quant.get(key, True) and should_convert_module(mod_name, list(not_converted))
+    linears = [
+        LinearGroup(leaf, i, o, bias, len(paths), tuple(paths), group_quant[key], group_tied[key])
+        for key, paths in groups.items()
+        for (leaf, i, o, bias) in [key]
+    ]
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    out_names = {n for n, m in model.named_modules() if out_emb is not None and m is out_emb}
+    linears.sort(key=lambda g: g.paths[0] in out_names)
+    return linears
+
+
+def _tensors(model, not_converted: tuple[str, ...]) -> list[TensorInfo]:
+    """Every parameter (a tied weight once, as num_parameters() counts it) and buffer, with its kind."""
+    from torch import nn
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    tensors: list[TensorInfo] = []
+    seen: set[int] = set()
+    for mod_name, module in model.named_modules():
+        mtype = type(module).__name__
+        is_linear, _ = _linear_kind(module)
+        for pname, p in module.named_parameters(recurse=False):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            if is_linear:
+                kind = "linear_weight" if pname == "weight" else "linear_bias"
+            elif isinstance(module, nn.Embedding):
+                kind = "embedding"
+            else:
+                kind = "norm" if "norm" in mtype.lower() else "other"
+            quantized = is_linear and pname == "weight" and should_convert_module(mod_name, list(not_converted))
+            full = f"{mod_name}.{pname}" if mod_name else pname
+            tensors.append(TensorInfo(full, tuple(p.shape), kind, mtype, _dtype_name(p), quantized))
+        non_persistent = getattr(module, "_non_persistent_buffers_set", set())
+        for bname, b in module.named_buffers(recurse=False):
+            full = f"{mod_name}.{bname}" if mod_name else bname
+            tensors.append(TensorInfo(full, tuple(b.shape), "buffer", mtype, _dtype_name(b),
+                                      persistent=bname not in non_persistent))
+    return tensors
+
+
+def _dtype_name(t) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def _shape_fields(config) -> dict:
+    """The text model's sizes (a multimodal config keeps them in its text config)."""
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = int(getattr(cfg, "num_attention_heads", 0) or 0)
+    hidden = int(getattr(cfg, "hidden_size", 0) or 0)
+    head_dim = getattr(cfg, "head_dim", None) or (hidden // heads if heads else 0)
+    return dict(
         num_layers=int(getattr(cfg, "num_hidden_layers", 0) or 0),
         hidden_size=hidden,
         num_attention_heads=heads,
@@ -350,15 +377,7 @@ def _build(config, name: str) -> Architecture:
         intermediate_size=getattr(cfg, "intermediate_size", None),
         vocab_size=int(getattr(cfg, "vocab_size", 0) or 0),
         max_position_embeddings=getattr(cfg, "max_position_embeddings", None),
-        tie_word_embeddings=bool(tied_pairs),
-        tied_pairs=tied_pairs,
-        linears=tuple(linears),
-        tensors=tuple(tensors),
-        not_converted=not_converted,
-        config=config.to_dict(),
     )
-    del model
-    return arch
 
 
 def clear_cache() -> None:

@@ -238,7 +238,9 @@ class ModelRegistry:
 
 
 def _matches(key: Key, spec: str | None, precision: str | None, dtype: str | None) -> bool:
-    return all(want is None or have == want for have, want in zip(key, (spec and spec.strip(), precision, dtype), strict=True))
+    return all(
+        want is None or have == want for have, want in zip(key, (spec and spec.strip(), precision, dtype), strict=True)
+    )
 
 
 def _true_bytes(loaded: LoadedModel) -> int | None:

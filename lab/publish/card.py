@@ -165,20 +165,39 @@ def settings_rows(record: dict) -> list[tuple[str, str]]:
     trainable, total = lora.get("trainable_params"), lora.get("total_params")
     share = f" of {total:,} ({100 * trainable / total:.2f}%)" if trainable and total else ""
     steps = (record.get("summary") or {}).get("steps")
-    extras = [name for name, on in (("rsLoRA", c.get("use_rslora")), ("DoRA", c.get("use_dora")),
-                                     (f"LoRA+ ratio {c.get('loraplus_ratio')}", (c.get("loraplus_ratio") or 0) > 0)) if on]
+    extras = [
+        name
+        for name, on in (
+            ("rsLoRA", c.get("use_rslora")),
+            ("DoRA", c.get("use_dora")),
+            (f"LoRA+ ratio {c.get('loraplus_ratio')}", (c.get("loraplus_ratio") or 0) > 0),
+        )
+        if on
+    ]
     return [
         ("base precision", str(record.get("precision_label") or record.get("precision"))),
-        ("LoRA", f"r={c.get('r')}, alpha={c.get('alpha')}, dropout={c.get('dropout')}" + "".join(f", {e}" for e in extras)),
+        (
+            "LoRA",
+            f"r={c.get('r')}, alpha={c.get('alpha')}, dropout={c.get('dropout')}" + "".join(f", {e}" for e in extras),
+        ),
         ("target modules", ", ".join(lora.get("target_modules") or [str(c.get("targets"))])),
         ("trainable parameters", f"{trainable:,}{share}" if trainable else "–"),
-        ("dataset", f"{data.get('name')} ({data.get('format')}, {data.get('train_rows')} training rows, "
-                    f"{data.get('test_rows')} test rows)"),
+        (
+            "dataset",
+            f"{data.get('name')} ({data.get('format')}, {data.get('train_rows')} training rows, "
+            f"{data.get('test_rows')} test rows)",
+        ),
         ("steps", f"{steps if steps is not None else '–'} (max steps {c.get('max_steps')}, epochs {c.get('epochs')})"),
-        ("batch", f"{c.get('batch_size')} per process x {c.get('grad_accum')} accumulation x {processes} process(es) = "
-                  f"{(c.get('batch_size') or 0) * (c.get('grad_accum') or 0) * processes} rows per step"),
-        ("optimizer", f"{c.get('optimizer')}, learning rate {c.get('learning_rate')}, {c.get('scheduler')} schedule, "
-                      f"warmup ratio {c.get('warmup_ratio')}, weight decay {c.get('weight_decay')}"),
+        (
+            "batch",
+            f"{c.get('batch_size')} per process x {c.get('grad_accum')} accumulation x {processes} process(es) = "
+            f"{(c.get('batch_size') or 0) * (c.get('grad_accum') or 0) * processes} rows per step",
+        ),
+        (
+            "optimizer",
+            f"{c.get('optimizer')}, learning rate {c.get('learning_rate')}, {c.get('scheduler')} schedule, "
+            f"warmup ratio {c.get('warmup_ratio')}, weight decay {c.get('weight_decay')}",
+        ),
         ("max length", f"{c.get('max_length')} tokens"),
         ("gradient checkpointing", "on" if c.get("gradient_checkpointing") else "off"),
         ("seed", str(c.get("seed"))),
@@ -232,10 +251,14 @@ def _measured(record: dict) -> dict:
     if processes > 1:
         note += f", rank 0 of {processes} processes"
     tps = s.get("tokens_per_second")
-    return {"device_text": f"{'a CPU' if cpu else 'a CUDA GPU'}" + (f" ({processes} processes)" if processes > 1 else ""),
-            "peak_memory": fmt_bytes(s.get("peak_memory_bytes")) if s.get("peak_memory_bytes") else "–",
-            "peak_note": note, "train_time": _seconds(d.get("train_seconds")), "total_time": _seconds(d.get("total_seconds")),
-            "speed_text": f", {tps:.0f} tokens/s" if tps else ""}
+    return {
+        "device_text": f"{'a CPU' if cpu else 'a CUDA GPU'}" + (f" ({processes} processes)" if processes > 1 else ""),
+        "peak_memory": fmt_bytes(s.get("peak_memory_bytes")) if s.get("peak_memory_bytes") else "–",
+        "peak_note": note,
+        "train_time": _seconds(d.get("train_seconds")),
+        "total_time": _seconds(d.get("total_seconds")),
+        "speed_text": f", {tps:.0f} tokens/s" if tps else "",
+    }
 
 
 # --------------------------------------------------------------------------- the cards
@@ -252,9 +275,14 @@ def card_data(record: dict, origin: BaseOrigin, merged: bool = False):
 
     method = "qlora" if record.get("bnb_config") else "lora"
     dataset = dataset_hub_id(record)
-    return ModelCardData(base_model=origin.hub_id, library_name="transformers" if merged else "peft",
-                         pipeline_tag="text-generation", license=origin.license, datasets=[dataset] if dataset else None,
-                         tags=[method, "trl", "sft", *(["merged"] if merged else [])])
+    return ModelCardData(
+        base_model=origin.hub_id,
+        library_name="transformers" if merged else "peft",
+        pipeline_tag="text-generation",
+        license=origin.license,
+        datasets=[dataset] if dataset else None,
+        tags=[method, "trl", "sft", *(["merged"] if merged else [])],
+    )
 
 
 def reproduce_command(record: dict) -> str:
@@ -310,7 +338,9 @@ def _save_card(card, path: Path) -> Path:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise LabError(f"Could not write the model card {path}: {e.strerror or e}.", "Free disk space or check permissions.") from e
+        raise LabError(
+            f"Could not write the model card {path}: {e.strerror or e}.", "Free disk space or check permissions."
+        ) from e
     return path
 
 

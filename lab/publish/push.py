@@ -35,12 +35,17 @@ def check_repo_id(repo_id: str) -> str:
 
     repo_id = (repo_id or "").strip()
     if repo_id.count("/") != 1:
-        raise LabError(f"Repo name {repo_id!r} is not owner/name.", "Give your user or organisation and a name, e.g. alice/smollm2-style-lora.")
+        raise LabError(
+            f"Repo name {repo_id!r} is not owner/name.",
+            "Give your user or organisation and a name, e.g. alice/smollm2-style-lora.",
+        )
     try:
         validate_repo_id(repo_id)
     except HFValidationError as e:
-        raise LabError(f"Repo name {repo_id!r} is not valid on the Hub: {str(e).split('.')[0]}.",
-                       "Use letters, digits, '-', '_' and '.', at most 96 characters, e.g. alice/smollm2-style-lora.") from None
+        raise LabError(
+            f"Repo name {repo_id!r} is not valid on the Hub: {str(e).split('.')[0]}.",
+            "Use letters, digits, '-', '_' and '.', at most 96 characters, e.g. alice/smollm2-style-lora.",
+        ) from None
     return repo_id
 
 
@@ -87,7 +92,9 @@ def hub_token(given: str | None = None) -> str:
 def _is_network_error(e: BaseException) -> bool:
     # huggingface_hub 2.x talks httpx2, whose connection failures are TransportErrors (huggingface_hub itself
     # catches that class); older stacks raised ConnectionError / TimeoutError.
-    return isinstance(e, (ConnectionError, TimeoutError)) or any(c.__name__ == "TransportError" for c in type(e).__mro__)
+    return isinstance(e, (ConnectionError, TimeoutError)) or any(
+        c.__name__ == "TransportError" for c in type(e).__mro__
+    )
 
 
 def hub_failure(e: BaseException, repo_id: str) -> LabError:
@@ -96,7 +103,10 @@ def hub_failure(e: BaseException, repo_id: str) -> LabError:
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     if isinstance(e, OfflineModeIsEnabled):
-        return LabError("Cannot push: offline mode is on (HF_HUB_OFFLINE=1).", "Unset HF_HUB_OFFLINE on a machine with network access.")
+        return LabError(
+            "Cannot push: offline mode is on (HF_HUB_OFFLINE=1).",
+            "Unset HF_HUB_OFFLINE on a machine with network access.",
+        )
     if isinstance(e, HfHubHTTPError) and e.response is not None:
         code = e.response.status_code
         if code == 401:
@@ -138,8 +148,12 @@ def push_run(run: str | Path, repo_id: str, private: bool = False, merged: bool 
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True)
-        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), ignore_patterns=IGNORE_PATTERNS,
-                                   commit_message=f"Upload {'merged model' if merged else 'adapter'} {run_dir.name} (QLoRA Lab)")
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            ignore_patterns=IGNORE_PATTERNS,
+            commit_message=f"Upload {'merged model' if merged else 'adapter'} {run_dir.name} (QLoRA Lab)",
+        )
     except Exception as e:  # network, HTTP, auth: all become one message
         card(None)  # not pushed: the card goes back to naming where it really is
         raise hub_failure(e, repo_id) from e

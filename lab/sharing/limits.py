@@ -33,12 +33,21 @@ class RequestLimits:
     max_eval_examples: int = _f(200, "Most test examples one evaluation may score.", "QLORA_LAB_MAX_EVAL_EXAMPLES")
     max_queue: int = _f(64, "Most requests waiting in one device's queue; later ones are refused with the room's "
                         "wait, so nobody waits behind an endless line.", "QLORA_LAB_MAX_QUEUE", 1)
-    hold_minutes: float = _f(30.0, "A session keeps the model it last used loaded (its hold) between requests; after this "
-                             "many idle minutes the hold ends even if the tab stays open, so unused models can be "
-                             "freed for others.", "QLORA_LAB_HOLD_MINUTES", 0.0)
-    headroom: float = _f(1.2, "Admission multiplies every memory prediction by this before holding it against the free "
-                         "memory (allocator slack, temporaries the prediction leaves out).", "QLORA_LAB_MEMORY_HEADROOM",
-                         1.0)
+    hold_minutes: float = _f(
+        30.0,
+        "A session keeps the model it last used loaded (its hold) between requests; after this "
+        "many idle minutes the hold ends even if the tab stays open, so unused models can be "
+        "freed for others.",
+        "QLORA_LAB_HOLD_MINUTES",
+        0.0,
+    )
+    headroom: float = _f(
+        1.2,
+        "Admission multiplies every memory prediction by this before holding it against the free "
+        "memory (allocator slack, temporaries the prediction leaves out).",
+        "QLORA_LAB_MEMORY_HEADROOM",
+        1.0,
+    )
 
     # ------------------------------------------------------------------ reading
     @classmethod

@@ -96,7 +96,9 @@ class WorkTimes:
         return statistics.median(self._seconds) if self._seconds else None
 
     def to_json(self) -> dict:
-        return {k: {"seconds_per_unit": round(statistics.median(v), 4), "samples": len(v)} for k, v in self._rates.items()}
+        return {
+            k: {"seconds_per_unit": round(statistics.median(v), 4), "samples": len(v)} for k, v in self._rates.items()
+        }
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,9 @@ class SharedModels:
             device = device_type()
             need = load_need(source, precision, dtype, device)
             self.precheck(need)  # what cannot fit even with every unused model freed is refused before queueing
-            with self.turn("load", owner, _gigabytes(need), f"loading {source.display_name} at {precision}", report, cancel):
+            with self.turn(
+                "load", owner, _gigabytes(need), f"loading {source.display_name} at {precision}", report, cancel
+            ):
                 if self.registry.find(spec, precision, dtype) is None:  # still nobody's: load it here
                     self.admit(need)
                     if report is not None:
@@ -231,7 +233,9 @@ class SharedModels:
             new = settings.max_new_tokens or min(longest + 4, 128)
             probe = [{"role": "user", "content": max((m["content"] for e in examples for m in e.messages), key=len,
                                                      default=" ")}]
-            need = self._generation_need(loaded, adapters, probe, SamplingSettings(max_new_tokens=new), full_logits=True)
+            need = self._generation_need(
+                loaded, adapters, probe, SamplingSettings(max_new_tokens=new), full_logits=True
+            )
             self.precheck(need.need)
             columns = 1 + len(adapters)
 
@@ -259,8 +263,15 @@ class SharedModels:
 
         def turn(precision: str):
             need = load_need(source, precision, dtype, device)
-            return self.turn("loading lab", owner, _gigabytes(need), f"loading lab: {source.display_name} at {precision}",
-                             report, cancel, need)
+            return self.turn(
+                "loading lab",
+                owner,
+                _gigabytes(need),
+                f"loading lab: {source.display_name} at {precision}",
+                report,
+                cancel,
+                need,
+            )
 
         return run_loading_lab(spec, precisions, dtype, device, quality, report, cancel, turn)
 

@@ -36,33 +36,81 @@ def _f(default, help: str, **meta):
 @dataclass
 class TrainConfig:
     # ---- what to train
-    model: str = _f("embedded", "Base model: 'embedded' (SmolLM2-135M-Instruct, offline), a local model folder, or a Hub id when online.")
-    dataset: str = _f("style", "Bundled dataset name (infra-alpaca, banking-intents, style), a .jsonl/.csv file or folder "
-                               "(Alpaca, chat messages or prompt/completion rows), or a Hub dataset id when online.")
-    skip_bad_rows: bool = _f(False, "Skip malformed dataset rows (they are listed with their line numbers) instead of refusing the dataset.")
-    precision: str = _f("fp32", "Precision the frozen base model is loaded at. nf4/nf4-dq/fp4 = QLoRA (4-bit base, "
-                                "bitsandbytes); int8 = LLM.int8(); bf16/fp16/fp32 = plain LoRA. On CPU, 4-bit works but "
-                                "is ~3x slower per step than fp32 (weights are dequantized on every matmul).",
-                        choices=tuple(PRECISIONS))
+    model: str = _f(
+        "embedded",
+        "Base model: 'embedded' (SmolLM2-135M-Instruct, offline), a local model folder, or a Hub id when online.",
+    )
+    dataset: str = _f(
+        "style",
+        "Bundled dataset name (infra-alpaca, banking-intents, style), a .jsonl/.csv file or folder "
+        "(Alpaca, chat messages or prompt/completion rows), or a Hub dataset id when online.",
+    )
+    skip_bad_rows: bool = _f(
+        False, "Skip malformed dataset rows (they are listed with their line numbers) instead of refusing the dataset."
+    )
+    precision: str = _f(
+        "fp32",
+        "Precision the frozen base model is loaded at. nf4/nf4-dq/fp4 = QLoRA (4-bit base, "
+        "bitsandbytes); int8 = LLM.int8(); bf16/fp16/fp32 = plain LoRA. On CPU, 4-bit works but "
+        "is ~3x slower per step than fp32 (weights are dequantized on every matmul).",
+        choices=tuple(PRECISIONS),
+    )
     # ---- LoRA (peft.LoraConfig)
-    r: int = _f(16, "LoRA rank: the inner dimension of the A (r x in) and B (out x r) matrices. More rank = more trainable parameters and capacity.", min=1, max=1024)
-    alpha: float = _f(32.0, "lora_alpha: the update B·A is scaled by alpha/r (alpha/sqrt(r) with rsLoRA). alpha = 2r is a common choice.", min=0.0)
-    dropout: float = _f(0.05, "lora_dropout: dropout on the LoRA branch's input during training; 0 disables it.", min=0.0, max=0.9)
-    targets: str = _f("all-linear", f"Target modules: a preset ({', '.join(TARGET_PRESETS)}; resolved against the model's "
-                                    "own Linear layers) or comma-separated module names from the architecture (e.g. q_proj,v_proj).")
-    use_rslora: bool = _f(False, "rsLoRA: scale by alpha/sqrt(r) instead of alpha/r, which keeps high ranks learning (peft use_rslora).")
-    use_dora: bool = _f(False, "DoRA: split each weight into magnitude and direction and train both (peft use_dora). Slower per step.")
-    loraplus_ratio: float = _f(0.0, "LoRA+: learning rate of B = ratio x learning rate of A (peft create_loraplus_optimizer). "
-                                    "0 = off; the LoRA+ paper suggests 16.", min=0.0)
+    r: int = _f(
+        16,
+        "LoRA rank: the inner dimension of the A (r x in) and B (out x r) matrices. More rank = more trainable "
+        "parameters and capacity.",
+        min=1,
+        max=1024,
+    )
+    alpha: float = _f(
+        32.0,
+        "lora_alpha: the update B·A is scaled by alpha/r (alpha/sqrt(r) with rsLoRA). alpha = 2r is a common choice.",
+        min=0.0,
+    )
+    dropout: float = _f(
+        0.05, "lora_dropout: dropout on the LoRA branch's input during training; 0 disables it.", min=0.0, max=0.9
+    )
+    targets: str = _f(
+        "all-linear",
+        f"Target modules: a preset ({', '.join(TARGET_PRESETS)}; resolved against the model's "
+        "own Linear layers) or comma-separated module names from the architecture (e.g. q_proj,v_proj).",
+    )
+    use_rslora: bool = _f(
+        False, "rsLoRA: scale by alpha/sqrt(r) instead of alpha/r, which keeps high ranks learning (peft use_rslora)."
+    )
+    use_dora: bool = _f(
+        False, "DoRA: split each weight into magnitude and direction and train both (peft use_dora). Slower per step."
+    )
+    loraplus_ratio: float = _f(
+        0.0,
+        "LoRA+: learning rate of B = ratio x learning rate of A (peft create_loraplus_optimizer). "
+        "0 = off; the LoRA+ paper suggests 16.",
+        min=0.0,
+    )
     # ---- optimisation (trl.SFTConfig / transformers.TrainingArguments)
-    learning_rate: float = _f(1e-3, "Peak learning rate of the LoRA weights. LoRA tolerates far higher rates than full fine-tuning (1e-4 to 1e-3).", min=0.0, aliases=("--lr",))
+    learning_rate: float = _f(
+        1e-3,
+        "Peak learning rate of the LoRA weights. LoRA tolerates far higher rates than full fine-tuning (1e-4 to 1e-3).",
+        min=0.0,
+        aliases=("--lr",),
+    )
     epochs: float = _f(1.0, "Passes over the training split. Ignored when max steps is set (> 0).", min=0.0)
-    max_steps: int = _f(20, "Optimizer steps to run; > 0 overrides epochs. The CPU demo uses 20 (the style is learned by then).", min=-1)
-    batch_size: int = _f(4, "Examples per forward/backward pass (per device). Lower it if you run out of memory.", min=1)
-    grad_accum: int = _f(1, "Gradient accumulation: passes per optimizer step. Effective batch = batch size x this (x devices).", min=1)
+    max_steps: int = _f(
+        20, "Optimizer steps to run; > 0 overrides epochs. The CPU demo uses 20 (the style is learned by then).", min=-1
+    )
+    batch_size: int = _f(
+        4, "Examples per forward/backward pass (per device). Lower it if you run out of memory.", min=1
+    )
+    grad_accum: int = _f(
+        1, "Gradient accumulation: passes per optimizer step. Effective batch = batch size x this (x devices).", min=1
+    )
     max_length: int = _f(256, "Longer training texts are truncated to this many tokens. Memory grows with it.", min=8)
-    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass instead of storing them: much less "
-                                             "activation memory, ~30% slower. Worth it on a GPU near its limit; off on CPU.")
+    gradient_checkpointing: bool = _f(
+        False,
+        "Recompute activations in the backward pass instead of storing them: much less "
+        "activation memory, ~30% slower. Worth it on a GPU near its limit; off on CPU.",
+    )
     optimizer: str = _f("adamw_torch", "Optimizer (transformers' optim name). paged_adamw_8bit (bitsandbytes, QLoRA's "
                                        "choice) keeps 8-bit states and pages them to CPU RAM on spikes; bitsandbytes' "
                                        "8-bit and paged optimizers need CUDA and are offered only there.",
@@ -70,14 +118,26 @@ class TrainConfig:
     scheduler: str = _f("linear", "Learning-rate schedule after warmup.", choices=SCHEDULERS)
     warmup_ratio: float = _f(0.0, "Fraction of the steps spent ramping the learning rate up from 0.", min=0.0, max=0.5)
     weight_decay: float = _f(0.0, "AdamW weight decay on the LoRA weights.", min=0.0)
-    seed: int = _f(42, "Random seed for LoRA initialisation, dropout and data order: same seed + same settings = same run.")
+    seed: int = _f(
+        42, "Random seed for LoRA initialisation, dropout and data order: same seed + same settings = same run."
+    )
     # ---- logging, evaluation, checkpoints
-    logging_steps: int = _f(1, "Log loss, learning rate and throughput every this many steps (each log is one point on the curve).", min=1)
+    logging_steps: int = _f(
+        1, "Log loss, learning rate and throughput every this many steps (each log is one point on the curve).", min=1
+    )
     eval_steps: int = _f(10, "Compute the eval loss on the test split every this many steps; 0 = never.", min=0)
     max_eval_rows: int = _f(32, "Use at most this many test rows for the eval loss (it costs forward passes).", min=1)
-    save_steps: int = _f(10, "Save a checkpoint (adapter + optimizer) every this many steps; a crash or out-of-memory keeps the last one.", min=1)
+    save_steps: int = _f(
+        10,
+        "Save a checkpoint (adapter + optimizer) every this many steps; a crash or out-of-memory keeps the last one.",
+        min=1,
+    )
     save_total_limit: int = _f(2, "Keep only this many checkpoints on disk.", min=1)
-    merge: bool = _f(False, "After training, reload the base at 16/32-bit, merge the adapter into it and save a standalone model in merged/.")
+    merge: bool = _f(
+        False,
+        "After training, reload the base at 16/32-bit, merge the adapter into it and save a standalone model in "
+        "merged/.",
+    )
     # ---- where
     output: str = _f("", "Run folder. Empty = runs/<name>, named {base}-{dataset}_SFT_LoRa{r}_{PRECISION}-<timestamp>.")
 
@@ -145,10 +205,14 @@ class TrainConfig:
             raise LabError(f"optimizer={self.optimizer} needs a CUDA GPU (this machine: {device}).",
                            "Use adamw_torch on CPU.")
         if slow_on(self.precision, device):
-            raise LabError(f"precision={self.precision} trains ~20x slower than fp32 on this CPU (no fast half-precision matmul).",
-                           "Use fp32 on CPU, or nf4 to see QLoRA's 4-bit base at work.")
+            raise LabError(
+                f"precision={self.precision} trains ~20x slower than fp32 on this CPU (no fast half-precision matmul).",
+                "Use fp32 on CPU, or nf4 to see QLoRA's 4-bit base at work.",
+            )
         if self.max_steps <= 0 and self.epochs <= 0:
-            raise LabError("Both epochs and max_steps are 0: the run would do nothing.", "Set max_steps > 0 or epochs > 0.")
+            raise LabError(
+                "Both epochs and max_steps are 0: the run would do nothing.", "Set max_steps > 0 or epochs > 0."
+            )
         if not self.targets.strip(" ,"):
             raise LabError(f"targets={self.targets!r} names no module.",
                            f"Use a preset ({', '.join(TARGET_PRESETS)}) or module names, e.g. q_proj,v_proj.")
@@ -233,8 +297,14 @@ def add_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig | None 
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         else:
             typ = {"int": int, "float": float, "str": str}.get(str(f.type), str)
-            parser.add_argument(*flags, type=typ, default=default, help=help_text,
-                                choices=f.metadata.get("choices"), metavar=f.name.upper() if "choices" not in f.metadata else None)
+            parser.add_argument(
+                *flags,
+                type=typ,
+                default=default,
+                help=help_text,
+                choices=f.metadata.get("choices"),
+                metavar=f.name.upper() if "choices" not in f.metadata else None,
+            )
 
 
 def from_args(args: argparse.Namespace) -> TrainConfig:

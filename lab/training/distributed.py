@@ -71,7 +71,8 @@ def check_launch() -> None:
     raise LabError(
         f"`accelerate launch --cpu --num_processes {n}` started one process, not {n}: accelerate's --cpu launcher "
         "runs several processes only through mpirun.",
-        f"For {n} processes on this machine use `accelerate launch --multi_gpu --num_processes {n} --main_process_port 0 "
+        f"For {n} processes on this machine use `accelerate launch --multi_gpu --num_processes {n} "
+        f"--main_process_port 0 "
         f"-m lab train ...` (without GPUs each process trains on the CPU; DDP syncs over gloo), or "
         f"`torchrun --standalone --nproc_per_node {n} -m lab train ...`.",
     )
@@ -172,7 +173,9 @@ def launch_command(cfg, processes: int, mode: str = "ddp", device: str = "cuda")
 
     mode = lookup(LAUNCH_MODES, mode, "launch mode").name
     if not isinstance(processes, int) or processes < 1:
-        raise LabError(f"processes={processes!r}: a launch needs at least 1 process.", "Give the number of GPUs to use.")
+        raise LabError(
+            f"processes={processes!r}: a launch needs at least 1 process.", "Give the number of GPUs to use."
+        )
     if mode == "fsdp" and device != "cuda":
         raise LabError("FSDP + QLoRA shards the base across CUDA GPUs; it does not run on a CPU.",
                        "Use the ddp mode for several CPU processes.")
@@ -183,8 +186,10 @@ def launch_command(cfg, processes: int, mode: str = "ddp", device: str = "cuda")
             raise LabError("precision=int8 with FSDP: peft lists 8-bit bitsandbytes + FSDP as not working.",
                            "Use nf4 or nf4-dq (QLoRA), or bf16.")
         if OPTIMIZERS[cfg.optimizer].state_bits == 8:
-            notes.append(f"optimizer {cfg.optimizer} -> adamw_torch: peft reports that 8-bit (paged) AdamW fails to save "
-                         "FSDP + QLoRA checkpoints.")
+            notes.append(
+                f"optimizer {cfg.optimizer} -> adamw_torch: peft reports that 8-bit (paged) AdamW fails to save "
+                "FSDP + QLoRA checkpoints."
+            )
             cfg = replace(cfg, optimizer="adamw_torch")
         if cfg.merge:
             notes.append("--merge dropped: peft cannot merge under FSDP; merge afterwards with Merge & export.")

@@ -190,8 +190,10 @@ class StopAndLogCallback(TrainerCallback):
                 peak_memory_bytes=peak_memory_bytes(),
             )
             if self.echo and self.log is not None:
-                self.echo(f"step {step}/{state.max_steps}  loss {logs['loss']:.4f}  lr {logs.get('learning_rate', 0):.2e}  "
-                          f"{self.tokens_per_second:.0f} tok/s  {elapsed:.0f}s")
+                self.echo(
+                    f"step {step}/{state.max_steps}  loss {logs['loss']:.4f}  lr {logs.get('learning_rate', 0):.2e}  "
+                    f"{self.tokens_per_second:.0f} tok/s  {elapsed:.0f}s"
+                )
         if "eval_loss" in logs:
             self.eval_losses.append((step, float(logs["eval_loss"])))
             self._write("eval", step=step, eval_loss=float(logs["eval_loss"]), elapsed=round(elapsed, 2))

@@ -54,7 +54,9 @@ def open_run_dir(cfg: TrainConfig, source: ModelSource) -> Path:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise LabError(f"Could not create the run folder {run_dir}: {e.strerror or e}.", "Check disk space and permissions.") from e
+        raise LabError(
+            f"Could not create the run folder {run_dir}: {e.strerror or e}.", "Check disk space and permissions."
+        ) from e
     acquire_lock(run_dir)
     return run_dir
 
@@ -146,16 +148,33 @@ def sft_config(cfg: TrainConfig, run_dir: Path, device: str, has_eval: bool):
     half = device == "cuda" and cfg.precision != "fp32"
     return SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
-        learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
-        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, max_length=cfg.max_length,
-        activation_checkpointing=cfg.gradient_checkpointing, optim=cfg.optimizer, lr_scheduler_type=cfg.scheduler,
-        warmup_steps=warmup_steps(cfg.warmup_ratio), weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed,
-        logging_steps=cfg.logging_steps, logging_first_step=True,
-        eval_strategy="steps" if has_eval else "no", eval_steps=cfg.eval_steps if has_eval else None,
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
-        bf16=half and dtype == torch.bfloat16, fp16=half and dtype == torch.float16, use_cpu=device == "cpu",
-        report_to=[], disable_tqdm=True, dataloader_num_workers=0,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        max_length=cfg.max_length,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        optim=cfg.optimizer,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=warmup_steps(cfg.warmup_ratio),
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=cfg.eval_steps if has_eval else None,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        bf16=half and dtype == torch.bfloat16,
+        fp16=half and dtype == torch.float16,
+        use_cpu=device == "cpu",
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
         # Every LoRA weight takes part in every forward: DDP's search for unused ones is wasted work.
         ddp_find_unused_parameters=False,
     )
@@ -212,7 +231,9 @@ def _train_locked(cfg: TrainConfig, source: ModelSource, targets, data: TrainDat
                           processes=info["processes"])
                 write_json_atomic(run_dir / RUN_FILE, info, SAVE_HINT)
             if data.train.problems:
-                echo(f"skipping {len(data.train.problems)} malformed row(s): {ds.describe_problems(data.train.problems)}")
+                echo(
+                    f"skipping {len(data.train.problems)} malformed row(s): {ds.describe_problems(data.train.problems)}"
+                )
             repeats = repetition_warning(cfg, len(data.train.rows))
             if repeats:
                 echo(f"warning: {repeats}")
@@ -305,8 +326,15 @@ def build_trainer(cfg: TrainConfig, source: ModelSource, targets, data: TrainDat
 
     phase(log, "Building the trainer (TRL tokenizes and packs the examples)")
     args = sft_config(cfg, run_dir, device, eval_ds is not None)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-                         callbacks=[callback], optimizers=(make_optimizer(model, cfg, args), None))
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        callbacks=[callback],
+        optimizers=(make_optimizer(model, cfg, args), None),
+    )
     # The Trainer prints every log dict to stdout; the event log and our one-line progress replace it
     # (stdout stays clean for --json).
     trainer.remove_callback(PrinterCallback)
@@ -358,7 +386,9 @@ def save_adapter(trainer, run_dir: Path) -> None:
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(run_dir))
     if distributed.is_main_process():
-        (run_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle of the Trainer's arguments: lab_run.json has them
+        (run_dir / "training_args.bin").unlink(
+            missing_ok=True
+        )  # a pickle of the Trainer's arguments: lab_run.json has them
 
 
 @contextmanager
@@ -391,8 +421,11 @@ def classify_failure(exc: BaseException, cfg: TrainConfig, step: int, run_dir: P
     if isinstance(exc, LabError):
         return "failed", exc.message, exc.hint
     if isinstance(exc, OSError):
-        return ("failed", f"Could not write to disk: {exc.strerror or exc} ({getattr(exc, 'filename', '') or run_dir}).",
-                "Free disk space or check permissions. " + _last_checkpoint_note(run_dir))
+        return (
+            "failed",
+            f"Could not write to disk: {exc.strerror or exc} ({getattr(exc, 'filename', '') or run_dir}).",
+            "Free disk space or check permissions. " + _last_checkpoint_note(run_dir),
+        )
     # a library error we did not anticipate: record it, never lose the run folder
     return "failed", f"{type(exc).__name__}: {exc}", _last_checkpoint_note(run_dir)
 
@@ -412,7 +445,15 @@ def run_result(trainer, callback: StopAndLogCallback, info: dict, run_dir: Path,
     }
 
 
-SUMMARY_KEYS = ("steps", "final_loss", "final_eval_loss", "tokens", "tokens_per_second", "peak_memory_bytes", "stop_reason")
+SUMMARY_KEYS = (
+    "steps",
+    "final_loss",
+    "final_eval_loss",
+    "tokens",
+    "tokens_per_second",
+    "peak_memory_bytes",
+    "stop_reason",
+)
 
 
 def finish_record(info: dict, result: dict, trainer, run_dir: Path, log: EventLog, echo) -> None:
@@ -477,7 +518,9 @@ def merge_and_export(run_dir: Path, out_dir: Path | None = None) -> Path:
     dtype = compute_dtype(device)
     out_dir = Path(out_dir) if out_dir else run_dir / "merged"
     try:
-        base = AutoModelForCausalLM.from_pretrained(source.pretrained_id, dtype=dtype, device_map="cpu" if device == "cpu" else {"": 0})
+        base = AutoModelForCausalLM.from_pretrained(
+            source.pretrained_id, dtype=dtype, device_map="cpu" if device == "cpu" else {"": 0}
+        )
     except OSError as e:
         raise hub_error(source, e) from e
     merged = PeftModel.from_pretrained(base, str(run_dir)).merge_and_unload()
@@ -490,7 +533,10 @@ def merge_and_export(run_dir: Path, out_dir: Path | None = None) -> Path:
         os.replace(tmp, out_dir)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise LabError(f"Could not write the merged model to {out_dir}: {e.strerror or e}.", "Free disk space; the adapter itself is saved.") from e
+        raise LabError(
+            f"Could not write the merged model to {out_dir}: {e.strerror or e}.",
+            "Free disk space; the adapter itself is saved.",
+        ) from e
     from lab.publish.card import write_merged_card
 
     write_merged_card(run_dir, out_dir)  # its own card: a standalone model, loaded without peft

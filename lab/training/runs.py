@@ -448,9 +448,13 @@ def make_run_dir(run_dir: Path) -> Path:
     try:
         run_dir.mkdir(parents=True, exist_ok=False)
     except FileExistsError:
-        raise LabError(f"Run folder {run_dir} already exists.", "Pick another name (names carry a timestamp).") from None
+        raise LabError(
+            f"Run folder {run_dir} already exists.", "Pick another name (names carry a timestamp)."
+        ) from None
     except OSError as e:
-        raise LabError(f"Could not create the run folder {run_dir}: {e.strerror or e}.", "Check disk space and permissions.") from e
+        raise LabError(
+            f"Could not create the run folder {run_dir}: {e.strerror or e}.", "Check disk space and permissions."
+        ) from e
     return run_dir
 
 
