@@ -1,13 +1,14 @@
 """Memory by simulation, measured three ways (print both sides of every comparison):
 
 1. against published GPU measurements (benchmarks/published_memory.py, docs/published-memory.md): the
-   published figure, the lab's, and the error — nothing tuned per row;
+   published figure, the lab's, and the error — nothing tuned per row; a published max_memory_reserved is
+   held against the simulated peak × (1 + lab.estimate.gpus.FRAGMENTATION), the raw peak shown beside it;
 2. against the same step on real tensors on this CPU (the embedded model at full depth), tracked the
    same way: simulated bytes, measured bytes, error;
 3. time per simulation for 7B, 8B and 70B catalog models: the first call in a process (imports and
    kernels warm up), a new setting after that, and the same setting again (the cache).
 
-    .venv/bin/python benchmarks/bench_simulation.py [--skip-published] [--skip-cpu] [--skip-timing]
+    .venv/bin/python benchmarks/bench_simulation.py [--skip-published] [--skip-cpu] [--skip-timing] [--rows TEXT]
 
 Timings on a shared CPU are noisy: rerun on a quiet machine before quoting them.
 """
@@ -26,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks.published_memory import ROWS, Published  # noqa: E402
-from lab.estimate.gpus import Gpu, gpu_verdict  # noqa: E402
+from lab.estimate.gpus import FRAGMENTATION, Gpu, gpu_verdict  # noqa: E402
 from lab.estimate.inverse import max_fitting  # noqa: E402
 from lab.estimate.simulate import InferenceSettings, simulate, simulate_generation  # noqa: E402
 from lab.estimate.training import TrainingSettings  # noqa: E402
@@ -50,6 +51,11 @@ def lab_figure(row: Published, settings: dict) -> tuple[str, str, str]:
         return f"{row.published / GiB:.2f} GiB", f"{peak / GiB:.2f} GiB", f"{100 * (peak - row.published) / row.published:+.1f}%"
     if row.kind == "training":
         peak = simulate(arch, TrainingSettings(**settings)).peak_bytes
+        if row.measure == "reserved":  # max_memory_reserved: the peak plus the verdict's fragmentation allowance
+            reserved = peak * (1 + FRAGMENTATION)
+            return (f"{row.published / GiB:.2f} GiB reserved",
+                    f"{reserved / GiB:.2f} GiB reserved (peak {peak / GiB:.2f})",
+                    f"{100 * (reserved - row.published) / row.published:+.1f}%")
         return f"{row.published / GiB:.1f} G", f"{peak / GiB:.2f} GiB", f"{100 * (peak - row.published) / row.published:+.1f}%"
     gpu = Gpu(f"{row.gpu_bytes / GiB:.0f} GiB card", row.gpu_bytes)
     if row.kind == "fits":
@@ -63,12 +69,14 @@ def lab_figure(row: Published, settings: dict) -> tuple[str, str, str]:
     return published, f"{answer:,} tokens", f"{100 * (answer - row.published) / row.published:+.0f}%"
 
 
-def published_table() -> None:
+def published_table(only: str = "") -> None:
     """Each row twice where the published run's stack differs from the lab's: as the lab's Training page
     would run it (the lab's answer), and with the published run's own loss (the simulation's fidelity)."""
     print("| source | run | settings | published | lab: Training page's stack | error | lab: the run's own stack | error |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for row in ROWS:
+        if only and only.lower() not in f"{row.source[0]} {row.what}".lower():
+            continue
         t = time.perf_counter()
         published, lab, error = lab_figure(row, row.settings)
         own, own_error = ("", "")
@@ -137,12 +145,13 @@ def main() -> None:
     ap.add_argument("--skip-published", action="store_true")
     ap.add_argument("--skip-cpu", action="store_true")
     ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--rows", default="", help="only the published rows whose source or label contains this text")
     args = ap.parse_args()
     if not args.skip_timing:
         timing()
     if not args.skip_published:
         print()
-        published_table()
+        published_table(args.rows)
     if not args.skip_cpu:
         cpu_truth()
 

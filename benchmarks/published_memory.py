@@ -27,12 +27,23 @@ GPT_NEOX_20B = {"model_type": "gpt_neox", "hidden_size": 6144, "intermediate_siz
                 "num_attention_heads": 64, "vocab_size": 50432, "max_position_embeddings": 2048, "rotary_pct": 0.25,
                 "use_parallel_residual": True, "tie_word_embeddings": False, "torch_dtype": "float16"}
 
+# meta-llama/Llama-3.2-3B config.json (tied embeddings, llama3 rope scaling)
+LLAMA_32_3B = {"model_type": "llama", "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 28,
+               "num_attention_heads": 24, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256,
+               "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+               "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                "original_max_position_embeddings": 8192},
+               "hidden_act": "silu", "tie_word_embeddings": True, "bos_token_id": 128000, "eos_token_id": 128001,
+               "torch_dtype": "bfloat16"}
+
 TRANSFORMERS_DOC = ("huggingface/transformers docs/source/en/llm_tutorial_optimization.md",
                     "https://github.com/huggingface/transformers/blob/main/docs/source/en/llm_tutorial_optimization.md")
 QWEN_README = ("QwenLM/Qwen README.md, 'Profiling of Memory and Speed'",
                "https://github.com/QwenLM/Qwen/blob/main/README.md")
 UNSLOTH_README = ("unslothai/unsloth README.md, Llama 3.1 (8B) context-length table ('Hugging Face + FA2')",
                   "https://github.com/unslothai/unsloth/blob/main/README.md")
+PEFT_METAMATHQA = ("huggingface/peft method_comparison/MetaMathQA (run.py, utils.py, results/*.json)",
+                   "https://github.com/huggingface/peft/tree/main/method_comparison/MetaMathQA")
 HF_QLORA_BLOG = ("huggingface/blog 4bit-transformers-bitsandbytes.md (and its fine-tuning Colab notebook)",
                  "https://huggingface.co/blog/4bit-transformers-bitsandbytes")
 
@@ -49,6 +60,7 @@ class Published:
     settings: dict  # TrainingSettings / InferenceSettings fields
     published: float  # bytes, or a token count (max_seq_len); fits: 1.0
     unit: str = "GiB"
+    measure: str = "allocated"  # training peaks: allocated (max_memory_allocated) or reserved (max_memory_reserved)
     gpu_bytes: int | None = None  # fits / max_seq_len: the card's memory
     stack: str = ""  # how the published run differs from the lab's stack, if it does
     notes: str = ""
@@ -75,6 +87,43 @@ ROWS: list[Published] = [
                       "log-probabilities in chunks); flash-attn 2 (the lab: SDPA's flash kernel)",
                 extra={"loss": "logits"})
       for n, gb in ((256, 20.1), (512, 20.4), (1024, 21.5), (2048, 23.8), (4096, 29.7), (8192, 36.6))],
+    # ---- training: peft's own MetaMathQA benchmark, Llama-3.2-3B bf16 on an L40S (transformers 5.13.1, peft
+    # 0.19.2.dev0, torch 2.13). train_info.accelerator_memory_max = torch.cuda.max_memory_reserved() at the end of
+    # the run minus the reserve after init (utils.py log_results), in bytes: a reserved figure, compared with the
+    # lab's peak × (1 + the GPU verdict's fragmentation allowance). Plain loop: bf16 weights, use_amp=false (no
+    # autocast), peft's fp32 adapters, lora_dropout 0, no checkpointing, torch AdamW, batch 4, transformers' loss on
+    # the full logits; max_seq_length 768 truncates every row (data.py): the longest batch is taken as 4 × 768.
+    *[Published(PEFT_METAMATHQA, f"Llama-3.2-3B {label}, batch 4 × 768 (longest), no checkpointing",
+                LLAMA_32_3B, "training",
+                {"method": "lora", "precision": "bf16", "batch_size": 4, "seq_len": 768, "grad_checkpointing": False,
+                 "optimizer": "adamw_torch", "attn": "sdpa", "adapter_dtype": "fp32", "dropout": 0.0, **lora},
+                float(peak), unit="B", measure="reserved",
+                stack="a plain PyTorch loop: transformers' loss on the full logits, no autocast (bf16 weights, fp32 "
+                      "adapters: peft casts each adapted layer's input to fp32)",
+                notes=f"results/lora--llama-3.2-3B-{name}.json, train_info.accelerator_memory_max",
+                extra={"loss": "logits", "autocast": False})
+      for name, label, lora, peak in (
+          ("rank32", "LoRA r=32 on q_proj, v_proj",
+           {"r": 32, "alpha": 64, "targets": ("q_proj", "v_proj")}, 22_292_725_760),
+          ("rank64", "LoRA r=64 on q_proj, v_proj",
+           {"r": 64, "alpha": 128, "targets": ("q_proj", "v_proj")}, 22_552_772_608),
+          ("rank64-rslora", "rsLoRA r=64 on q_proj, v_proj",
+           {"r": 64, "alpha": 64, "targets": ("q_proj", "v_proj")}, 22_561_161_216),
+          ("rank32-dora", "DoRA r=32 on q_proj, v_proj",
+           {"r": 32, "alpha": 64, "targets": ("q_proj", "v_proj"), "use_dora": True}, 24_532_484_096),
+          ("rank10-target-mlp", "LoRA r=10 on gate_proj, up_proj, down_proj",
+           {"r": 10, "alpha": 20, "targets": ("gate_proj", "up_proj", "down_proj")}, 24_698_159_104),
+      )],
+    Published(PEFT_METAMATHQA, "Llama-3.2-3B full fine-tuning, batch 4 × 768 (longest), no checkpointing",
+              LLAMA_32_3B, "training",
+              {"method": "full", "precision": "bf16", "batch_size": 4, "seq_len": 768, "grad_checkpointing": False,
+               "optimizer": "adamw_torch", "attn": "sdpa"},
+              38_868_615_168.0, unit="B", measure="reserved",
+              stack="a plain PyTorch loop: transformers' loss on the full logits, no autocast, bf16 weights, "
+                    "gradients and AdamW states",
+              notes="results/full-finetuning--llama-3.2-3B-lr_0.00001.json, train_info.accelerator_memory_max "
+                    "(the same data and longest batch as the LoRA rows: a check of that assumption)",
+              extra={"loss": "logits", "autocast": False}),
     # ---- fit results
     Published(HF_QLORA_BLOG, "GPT-NeoX-20B QLoRA on a free Colab T4 (it ran)", GPT_NEOX_20B, "fits",
               {"method": "qlora", "precision": "nf4-dq", "dtype": "fp16", "batch_size": 1, "seq_len": 256,

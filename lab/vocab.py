@@ -217,6 +217,17 @@ KBIT_UPCAST: dict[str, Term] = table(
          "Freeze the base without the fp32 cast, as frameworks that skip prepare_model_for_kbit_training do."),
 )
 
+# --------------------------------------------------------------------------- mixed precision (autocast)
+AUTOCAST: dict[str, Term] = table(
+    Term("on", "autocast",
+         "The Trainer's bf16/fp16 flags, as the Training page runs: the forward runs under torch.autocast in the "
+         "compute dtype, so fp32 adapters compute in bf16/fp16 and keep half-width inputs for the backward."),
+    Term("off", "no autocast",
+         "A plain loop on a bf16/fp16-loaded model without torch.autocast (e.g. peft's MetaMathQA benchmark, "
+         "use_amp=false): peft's fp32 adapters cast each adapted layer's input to fp32 and keep that copy for "
+         "the backward."),
+)
+
 # --------------------------------------------------------------------------- how the loss is computed
 LOSSES: dict[str, Term] = table(
     Term("fused", "TRL (chunked)",

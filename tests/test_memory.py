@@ -223,6 +223,38 @@ def test_cli_memory_inference_json(capsys):
     assert out["inference"]["peak_bytes"] == sim.peak_bytes and out["gpu_verdict"]["peak_bytes"] == sim.peak_bytes
 
 
+def test_cli_memory_plain_loop_switches(capsys):
+    """--autocast off and --dropout reach the simulation (peft's MetaMathQA runs: no AMP, lora_dropout 0)."""
+    import json
+
+    from lab.cli import main
+    from lab.estimate.simulate import simulate
+
+    argv = ["memory", "--model", "SmolLM2-135M", "--train", "lora", "--precision", "bf16", "--seq-len", "64",
+            "--optimizer", "adamw_torch", "--targets", "q_proj,v_proj", "--adapter-dtype", "fp32", "--loss", "logits",
+            "--autocast", "off", "--dropout", "0", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)["training"]
+    assert (out["settings"]["autocast"], out["settings"]["dropout"]) == (False, 0.0)
+    settings = TrainingSettings(method="lora", precision="bf16", seq_len=64, grad_checkpointing=False,
+                                optimizer="adamw_torch", targets="q_proj,v_proj", adapter_dtype="fp32", loss="logits",
+                                autocast=False, dropout=0.0)
+    assert out["peak_bytes"] == simulate(read_architecture("SmolLM2-135M"), settings).peak_bytes
+
+
+def test_published_peft_rows_are_what_the_results_say():
+    """peft's MetaMathQA rows: reserved figures (max_memory_reserved), simulated without autocast, on the full
+    logits, and Llama-3.2-3B's parameter count as the results files report it (num_total_params)."""
+    from benchmarks.published_memory import LLAMA_32_3B, ROWS
+    from lab.models.architecture import architecture_from_config
+    from lab.models.sources import config_from_dict
+
+    rows = [r for r in ROWS if "MetaMathQA" in r.source[0]]
+    assert len(rows) == 6 and all(r.measure == "reserved" and r.kind == "training" for r in rows)
+    assert all(r.extra == {"loss": "logits", "autocast": False} and r.settings["seq_len"] == 768 for r in rows)
+    assert architecture_from_config(config_from_dict(dict(LLAMA_32_3B)), "llama").params_total == 3_212_749_824
+
+
 @pytest.mark.parametrize(("argv", "needle"), [
     (["--model", "no/such/thing.json"], "neither an existing folder"),
     (["--model", "Llama-3.2-1B", "--train", "lora", "--r", "0"], "r=0"),
@@ -233,6 +265,7 @@ def test_cli_memory_inference_json(capsys):
     (["--model", "Llama-3.2-1B", "--train", "lora", "--r", "5000"], "width"),
     (["--model", "Llama-3.2-1B", "--train", "lora", "--batch-size", "0"], "batch size"),
     (["--model", "Llama-3.2-1B", "--train", "lora", "--gpus", "0"], "--gpus"),
+    (["--model", "Llama-3.2-1B", "--train", "lora", "--dropout", "1.5"], "lora_dropout"),
     (["--model", "Gemma-2-2B", "--train", "lora", "--attn", "sdpa"], "eager"),
     (["--model", "Llama-3.2-1B", "--infer", "--prompt-tokens", "0"], "prompt tokens"),
 ])

@@ -57,6 +57,7 @@ def recipe(method="lora", precision="bf16", gc=False, optimizer="adamw_torch", a
     ("mistral", recipe("lora", "bf16", use_dora=True, optimizer="sgd")),
     ("gemma2", recipe("lora", "bf16", attn="eager")),
     ("llama", recipe("lora", "bf16", loss="logits")),
+    ("llama", replace(recipe("lora", "bf16", loss="logits", dropout=0.0), autocast=None)),  # a plain bf16 loop
 ])
 def test_composed_peak_equals_simulating_every_layer(model_type, rec):
     cfg = config(model_type)
@@ -115,6 +116,27 @@ def test_embedded_model_generation_matches_within_3_percent(embedded_dir):
     rec = InferenceRecipe("fp32", F32, 1, 64, 16, device="cpu")
     result = compare(simulate_inference(cfg, rec), measure_real_inference(str(embedded_dir), rec))
     assert abs(result["error_pct"]) <= 3.0, result
+
+
+def test_autocast_off_keeps_fp32_copies_of_the_adapted_inputs():
+    """A plain loop on a bf16 model (peft's MetaMathQA benchmark: use_amp=false): peft's fp32 adapters cast
+    each adapted layer's input to fp32 and keep it for the backward; under autocast they compute in bf16."""
+    arch = architecture_from_config(config("llama"), "tiny llama")
+    base = TrainingSettings(method="lora", precision="bf16", batch_size=2, seq_len=128, grad_checkpointing=False,
+                            optimizer="adamw_torch", r=8, targets=("q_proj", "v_proj"), adapter_dtype="fp32",
+                            dropout=0.0, loss="logits")
+    on, off = resolve_recipe(arch, base), resolve_recipe(arch, replace(base, autocast=False))
+    assert (on.autocast, off.autocast, off.dropout) == (BF16, None, 0.0)
+    sim_on, sim_off = simulate(arch, base), simulate(arch, replace(base, autocast=False))
+    # at least one fp32 copy (2 B more than bf16 per value) of the input of q_proj and of v_proj in every layer
+    extra = 7 * 2 * (2 * 128) * 128 * 2
+    assert sim_off.by_category["activations"] - sim_on.by_category["activations"] >= extra
+    assert sim_off.peak_bytes > sim_on.peak_bytes
+    for bad in (-0.1, 1.0, True, "0.1"):
+        with pytest.raises(LabError, match="lora_dropout"):
+            resolve_recipe(arch, replace(base, dropout=bad))
+    with pytest.raises(LabError, match="autocast"):
+        resolve_recipe(arch, replace(base, autocast="off"))
 
 
 # --------------------------------------------------------------------------- the recipe is the Training page's

@@ -16,6 +16,7 @@ from lab.units import fmt_bytes, fmt_count, format_table
 from lab.vocab import (
     ADAPTER_DTYPES,
     ATTENTION,
+    AUTOCAST,
     DTYPE_CHOICES,
     KBIT_UPCAST,
     LAUNCH_MODES,
@@ -56,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--adapter-dtype", default="auto", choices=list(ADAPTER_DTYPES), help=describe(ADAPTER_DTYPES))
     training.add_argument("--kbit-upcast", default="on", choices=list(KBIT_UPCAST), help=describe(KBIT_UPCAST))
     training.add_argument("--loss", default="fused", choices=list(LOSSES), help=describe(LOSSES))
+    training.add_argument("--autocast", default="on", choices=list(AUTOCAST), help=describe(AUTOCAST))
+    training.add_argument("--dropout", type=float, default=DEFAULT.dropout, help=HELP_OF["dropout"])
     training.add_argument("--gpus", type=int, default=None, help="per-GPU peak on this many GPUs (with --sharding)")
     training.add_argument("--sharding", default="ddp", choices=list(LAUNCH_MODES), help=describe(LAUNCH_MODES))
     training.add_argument("--no-inverse", dest="inverse", action="store_false",
@@ -74,7 +77,8 @@ def training_settings(args: argparse.Namespace) -> TrainingSettings:
         method=args.train, precision=args.precision, dtype=args.dtype, batch_size=args.batch_size,
         seq_len=args.seq_len, grad_checkpointing=args.grad_checkpointing, optimizer=args.optimizer, r=args.r,
         alpha=args.alpha, targets=args.targets, use_dora=args.dora, upcast_for_kbit=args.kbit_upcast == "on",
-        attn=args.attn, adapter_dtype=args.adapter_dtype, loss=args.loss,
+        attn=args.attn, adapter_dtype=args.adapter_dtype, loss=args.loss, dropout=args.dropout,
+        autocast=args.autocast == "on",
     )
 
 

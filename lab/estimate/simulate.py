@@ -537,7 +537,13 @@ def resolve_recipe(arch, settings, device: str = "cuda") -> Recipe:
                            "Use --train qlora for a quantized base.")
         dtype = DTYPES[precision.name]
     half = dtype.name != "fp32" if precision.quantized else precision.name != "fp32"
-    autocast = dtype.torch_dtype if half else None  # the Trainer's bf16/fp16 flags (lab.training.runner.sft_config)
+    if not isinstance(s.autocast, bool):
+        raise LabError(f"autocast must be True or False, got {s.autocast!r}.", "Use --autocast on or off.")
+    if isinstance(s.dropout, bool) or not isinstance(s.dropout, (int, float)) or not 0 <= s.dropout < 1:
+        raise LabError(f"lora_dropout must be a probability in [0, 1), got {s.dropout!r}.",
+                       "Use 0 for none (peft's default), 0.05 or 0.1 as most recipes.")
+    # the Trainer's bf16/fp16 flags (lab.training.runner.sft_config); off: a plain loop on the 16-bit model
+    autocast = dtype.torch_dtype if half and s.autocast else None
     adapter = lookup(ADAPTER_DTYPES, s.adapter_dtype, "adapter dtype").name
     if adapter == AUTO:
         adapter = "bf16" if precision.quantized else "fp32"

@@ -45,7 +45,10 @@ class TrainingSettings:
                                 "GPU: sdpa where the model supports it.")
     adapter_dtype: str = _f("auto", "dtype of the trainable adapters (lab.vocab.ADAPTER_DTYPES; auto = as the "
                                     "Training page does).")
-    dropout: float = _f(0.05, "lora_dropout, as the Training page's default: a dropout mask per adapted layer input.")
+    dropout: float = _f(0.05, "lora_dropout, as the Training page's default: a dropout mask per adapted layer input "
+                              "(0: none, peft uses an identity).")
+    autocast: bool = _f(True, "torch.autocast around the forward in the compute dtype for a 16-bit run (lab.vocab."
+                              "AUTOCAST: on, as the Training page's bf16/fp16 flags; off for a plain loop).")
     loss: str = _f("fused", "How the loss is computed (lab.vocab.LOSSES): fused = TRL's chunked log-probabilities, "
                             "as the Training page runs; logits = transformers' Trainer on the full logits.")
 
