@@ -32,7 +32,9 @@ $(DEV_STAMP): requirements-dev.txt $(STAMP)
 run: setup
 	$(PY) -m streamlit run app.py --server.port $(PORT)
 
+# ruff first (a second, lines within 120 characters included), then the suite
 test: setup-dev
+	$(PY) -m ruff check lab pages tests app.py benchmarks tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup-dev

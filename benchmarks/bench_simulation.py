@@ -48,7 +48,11 @@ def lab_figure(row: Published, settings: dict) -> tuple[str, str, str]:
     arch = architecture(row.model)
     if row.kind == "inference":
         peak = simulate_generation(arch, InferenceSettings(**settings)).peak_bytes
-        return f"{row.published / GiB:.2f} GiB", f"{peak / GiB:.2f} GiB", f"{100 * (peak - row.published) / row.published:+.1f}%"
+        return (
+            f"{row.published / GiB:.2f} GiB",
+            f"{peak / GiB:.2f} GiB",
+            f"{100 * (peak - row.published) / row.published:+.1f}%",
+        )
     if row.kind == "training":
         peak = simulate(arch, TrainingSettings(**settings)).peak_bytes
         if row.measure == "reserved":  # max_memory_reserved: the peak plus the verdict's fragmentation allowance
@@ -56,7 +60,11 @@ def lab_figure(row: Published, settings: dict) -> tuple[str, str, str]:
             return (f"{row.published / GiB:.2f} GiB reserved",
                     f"{reserved / GiB:.2f} GiB reserved (peak {peak / GiB:.2f})",
                     f"{100 * (reserved - row.published) / row.published:+.1f}%")
-        return f"{row.published / GiB:.1f} G", f"{peak / GiB:.2f} GiB", f"{100 * (peak - row.published) / row.published:+.1f}%"
+        return (
+            f"{row.published / GiB:.1f} G",
+            f"{peak / GiB:.2f} GiB",
+            f"{100 * (peak - row.published) / row.published:+.1f}%",
+        )
     gpu = Gpu(f"{row.gpu_bytes / GiB:.0f} GiB card", row.gpu_bytes)
     if row.kind == "fits":
         v = gpu_verdict(simulate(arch, TrainingSettings(**settings)).peak_bytes, gpu)
@@ -72,7 +80,10 @@ def lab_figure(row: Published, settings: dict) -> tuple[str, str, str]:
 def published_table(only: str = "") -> None:
     """Each row twice where the published run's stack differs from the lab's: as the lab's Training page
     would run it (the lab's answer), and with the published run's own loss (the simulation's fidelity)."""
-    print("| source | run | settings | published | lab: Training page's stack | error | lab: the run's own stack | error |")
+    print(
+        "| source | run | settings | published | lab: Training page's stack | error | lab: the run's own stack | "
+        "error |"
+    )
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for row in ROWS:
         if only and only.lower() not in f"{row.source[0]} {row.what}".lower():

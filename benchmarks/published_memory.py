@@ -69,75 +69,194 @@ class Published:
 
 ROWS: list[Published] = [
     # ---- inference: transformers' own tutorial, torch.cuda.max_memory_allocated() after pipeline(max_new_tokens=60)
-    Published(TRANSFORMERS_DOC, "octocoder 15.5B, bf16, short prompt + 60 tokens", STARCODER, "inference",
-              {"precision": "bf16", "batch_size": 1, "prompt_tokens": 20, "new_tokens": 60}, 29.0260648727417 * GiB,
-              notes="prompt ≈ 20 tokens ('Question: Please write a function in Python that transforms bytes to Giga bytes.')"),
-    Published(TRANSFORMERS_DOC, "octocoder 15.5B, load_in_8bit (rest fp16)", STARCODER, "inference",
-              {"precision": "int8", "dtype": "fp16", "batch_size": 1, "prompt_tokens": 20, "new_tokens": 60},
-              15.219234466552734 * GiB),
-    Published(TRANSFORMERS_DOC, "octocoder 15.5B, load_in_4bit (fp4, rest fp16)", STARCODER, "inference",
-              {"precision": "fp4", "dtype": "fp16", "batch_size": 1, "prompt_tokens": 20, "new_tokens": 60},
-              9.543574333190918 * GiB),
+    Published(
+        TRANSFORMERS_DOC,
+        "octocoder 15.5B, bf16, short prompt + 60 tokens",
+        STARCODER,
+        "inference",
+        {"precision": "bf16", "batch_size": 1, "prompt_tokens": 20, "new_tokens": 60},
+        29.0260648727417 * GiB,
+        notes="prompt ≈ 20 tokens ('Question: Please write a function in Python that transforms bytes to Giga bytes.')",
+    ),
+    Published(
+        TRANSFORMERS_DOC,
+        "octocoder 15.5B, load_in_8bit (rest fp16)",
+        STARCODER,
+        "inference",
+        {"precision": "int8", "dtype": "fp16", "batch_size": 1, "prompt_tokens": 20, "new_tokens": 60},
+        15.219234466552734 * GiB,
+    ),
+    Published(
+        TRANSFORMERS_DOC,
+        "octocoder 15.5B, load_in_4bit (fp4, rest fp16)",
+        STARCODER,
+        "inference",
+        {"precision": "fp4", "dtype": "fp16", "batch_size": 1, "prompt_tokens": 20, "new_tokens": 60},
+        9.543574333190918 * GiB,
+    ),
     # ---- training: Qwen-7B LoRA, batch 1, A100, flash attention 2, gradient checkpointing, bf16
-    *[Published(QWEN_README, f"Qwen-7B LoRA bf16, r=64, seq {n}", QWEN_7B, "training",
-                {"method": "lora", "precision": "bf16", "batch_size": 1, "seq_len": n, "grad_checkpointing": True,
-                 "optimizer": "adamw_torch", "r": 64, "alpha": 16, "targets": "all-linear", "attn": "sdpa"},
-                gb * GiB, unit="G (as reported)",
-                stack="remote-code Qwen with transformers 4.32: full fp32 logits for the loss (the lab's TRL computes "
-                      "log-probabilities in chunks); flash-attn 2 (the lab: SDPA's flash kernel)",
-                extra={"loss": "logits"})
-      for n, gb in ((256, 20.1), (512, 20.4), (1024, 21.5), (2048, 23.8), (4096, 29.7), (8192, 36.6))],
+    *[
+        Published(
+            QWEN_README,
+            f"Qwen-7B LoRA bf16, r=64, seq {n}",
+            QWEN_7B,
+            "training",
+            {
+                "method": "lora",
+                "precision": "bf16",
+                "batch_size": 1,
+                "seq_len": n,
+                "grad_checkpointing": True,
+                "optimizer": "adamw_torch",
+                "r": 64,
+                "alpha": 16,
+                "targets": "all-linear",
+                "attn": "sdpa",
+            },
+            gb * GiB,
+            unit="G (as reported)",
+            stack="remote-code Qwen with transformers 4.32: full fp32 logits for the loss (the lab's TRL computes "
+            "log-probabilities in chunks); flash-attn 2 (the lab: SDPA's flash kernel)",
+            extra={"loss": "logits"},
+        )
+        for n, gb in ((256, 20.1), (512, 20.4), (1024, 21.5), (2048, 23.8), (4096, 29.7), (8192, 36.6))
+    ],
     # ---- training: peft's own MetaMathQA benchmark, Llama-3.2-3B bf16 on an L40S (transformers 5.13.1, peft
     # 0.19.2.dev0, torch 2.13). train_info.accelerator_memory_max = torch.cuda.max_memory_reserved() at the end of
     # the run minus the reserve after init (utils.py log_results), in bytes: a reserved figure, compared with the
     # lab's peak × (1 + the GPU verdict's fragmentation allowance). Plain loop: bf16 weights, use_amp=false (no
     # autocast), peft's fp32 adapters, lora_dropout 0, no checkpointing, torch AdamW, batch 4, transformers' loss on
     # the full logits; max_seq_length 768 truncates every row (data.py): the longest batch is taken as 4 × 768.
-    *[Published(PEFT_METAMATHQA, f"Llama-3.2-3B {label}, batch 4 × 768 (longest), no checkpointing",
-                LLAMA_32_3B, "training",
-                {"method": "lora", "precision": "bf16", "batch_size": 4, "seq_len": 768, "grad_checkpointing": False,
-                 "optimizer": "adamw_torch", "attn": "sdpa", "adapter_dtype": "fp32", "dropout": 0.0, **lora},
-                float(peak), unit="B", measure="reserved",
-                stack="a plain PyTorch loop: transformers' loss on the full logits, no autocast (bf16 weights, fp32 "
-                      "adapters: peft casts each adapted layer's input to fp32)",
-                notes=f"results/lora--llama-3.2-3B-{name}.json, train_info.accelerator_memory_max",
-                extra={"loss": "logits", "autocast": False})
-      for name, label, lora, peak in (
-          ("rank32", "LoRA r=32 on q_proj, v_proj",
-           {"r": 32, "alpha": 64, "targets": ("q_proj", "v_proj")}, 22_292_725_760),
-          ("rank64", "LoRA r=64 on q_proj, v_proj",
-           {"r": 64, "alpha": 128, "targets": ("q_proj", "v_proj")}, 22_552_772_608),
-          ("rank64-rslora", "rsLoRA r=64 on q_proj, v_proj",
-           {"r": 64, "alpha": 64, "targets": ("q_proj", "v_proj")}, 22_561_161_216),
-          ("rank32-dora", "DoRA r=32 on q_proj, v_proj",
-           {"r": 32, "alpha": 64, "targets": ("q_proj", "v_proj"), "use_dora": True}, 24_532_484_096),
-          ("rank10-target-mlp", "LoRA r=10 on gate_proj, up_proj, down_proj",
-           {"r": 10, "alpha": 20, "targets": ("gate_proj", "up_proj", "down_proj")}, 24_698_159_104),
-      )],
-    Published(PEFT_METAMATHQA, "Llama-3.2-3B full fine-tuning, batch 4 × 768 (longest), no checkpointing",
-              LLAMA_32_3B, "training",
-              {"method": "full", "precision": "bf16", "batch_size": 4, "seq_len": 768, "grad_checkpointing": False,
-               "optimizer": "adamw_torch", "attn": "sdpa"},
-              38_868_615_168.0, unit="B", measure="reserved",
-              stack="a plain PyTorch loop: transformers' loss on the full logits, no autocast, bf16 weights, "
-                    "gradients and AdamW states",
-              notes="results/full-finetuning--llama-3.2-3B-lr_0.00001.json, train_info.accelerator_memory_max "
-                    "(the same data and longest batch as the LoRA rows: a check of that assumption)",
-              extra={"loss": "logits", "autocast": False}),
+    *[
+        Published(
+            PEFT_METAMATHQA,
+            f"Llama-3.2-3B {label}, batch 4 × 768 (longest), no checkpointing",
+            LLAMA_32_3B,
+            "training",
+            {
+                "method": "lora",
+                "precision": "bf16",
+                "batch_size": 4,
+                "seq_len": 768,
+                "grad_checkpointing": False,
+                "optimizer": "adamw_torch",
+                "attn": "sdpa",
+                "adapter_dtype": "fp32",
+                "dropout": 0.0,
+                **lora,
+            },
+            float(peak),
+            unit="B",
+            measure="reserved",
+            stack="a plain PyTorch loop: transformers' loss on the full logits, no autocast (bf16 weights, fp32 "
+            "adapters: peft casts each adapted layer's input to fp32)",
+            notes=f"results/lora--llama-3.2-3B-{name}.json, train_info.accelerator_memory_max",
+            extra={"loss": "logits", "autocast": False},
+        )
+        for name, label, lora, peak in (
+            (
+                "rank32",
+                "LoRA r=32 on q_proj, v_proj",
+                {"r": 32, "alpha": 64, "targets": ("q_proj", "v_proj")},
+                22_292_725_760,
+            ),
+            (
+                "rank64",
+                "LoRA r=64 on q_proj, v_proj",
+                {"r": 64, "alpha": 128, "targets": ("q_proj", "v_proj")},
+                22_552_772_608,
+            ),
+            (
+                "rank64-rslora",
+                "rsLoRA r=64 on q_proj, v_proj",
+                {"r": 64, "alpha": 64, "targets": ("q_proj", "v_proj")},
+                22_561_161_216,
+            ),
+            (
+                "rank32-dora",
+                "DoRA r=32 on q_proj, v_proj",
+                {"r": 32, "alpha": 64, "targets": ("q_proj", "v_proj"), "use_dora": True},
+                24_532_484_096,
+            ),
+            (
+                "rank10-target-mlp",
+                "LoRA r=10 on gate_proj, up_proj, down_proj",
+                {"r": 10, "alpha": 20, "targets": ("gate_proj", "up_proj", "down_proj")},
+                24_698_159_104,
+            ),
+        )
+    ],
+    Published(
+        PEFT_METAMATHQA,
+        "Llama-3.2-3B full fine-tuning, batch 4 × 768 (longest), no checkpointing",
+        LLAMA_32_3B,
+        "training",
+        {
+            "method": "full",
+            "precision": "bf16",
+            "batch_size": 4,
+            "seq_len": 768,
+            "grad_checkpointing": False,
+            "optimizer": "adamw_torch",
+            "attn": "sdpa",
+        },
+        38_868_615_168.0,
+        unit="B",
+        measure="reserved",
+        stack="a plain PyTorch loop: transformers' loss on the full logits, no autocast, bf16 weights, "
+        "gradients and AdamW states",
+        notes="results/full-finetuning--llama-3.2-3B-lr_0.00001.json, train_info.accelerator_memory_max "
+        "(the same data and longest batch as the LoRA rows: a check of that assumption)",
+        extra={"loss": "logits", "autocast": False},
+    ),
     # ---- fit results
-    Published(HF_QLORA_BLOG, "GPT-NeoX-20B QLoRA on a free Colab T4 (it ran)", GPT_NEOX_20B, "fits",
-              {"method": "qlora", "precision": "nf4-dq", "dtype": "fp16", "batch_size": 1, "seq_len": 256,
-               "grad_checkpointing": True, "optimizer": "paged_adamw_8bit", "r": 8, "alpha": 32,
-               "targets": "query_key_value", "adapter_dtype": "fp32"}, 1.0, unit="fits",
-              gpu_bytes=15_360 * 2**20,
-              notes="notebook settings: r=8 on query_key_value, batch 1, fp16, paged_adamw_8bit, checkpointing; "
-                    "english_quotes rows are short: 256 tokens is an upper bound"),
-    *[Published(UNSLOTH_README, f"Llama-3.1-8B QLoRA r=32, longest sequence on {gb} GB", "Llama-3.1-8B", "max_seq_len",
-                {"method": "qlora", "precision": "nf4", "batch_size": 1, "grad_checkpointing": True,
-                 "optimizer": "adamw_8bit", "r": 32, "targets": "all-linear", "adapter_dtype": "fp32"},
-                float(tokens), unit="tokens", gpu_bytes=gb * GiB,
-                stack="transformers of mid-2024: full fp32 logits (128,256 × seq × 4 B, several copies) for the loss; "
-                      "the lab's TRL 1.16 never builds them",
-                extra={"loss": "logits"})
-      for gb, tokens in ((8, 0), (12, 932), (16, 2551), (24, 5789), (40, 12264), (48, 15502), (80, 28454))],
+    Published(
+        HF_QLORA_BLOG,
+        "GPT-NeoX-20B QLoRA on a free Colab T4 (it ran)",
+        GPT_NEOX_20B,
+        "fits",
+        {
+            "method": "qlora",
+            "precision": "nf4-dq",
+            "dtype": "fp16",
+            "batch_size": 1,
+            "seq_len": 256,
+            "grad_checkpointing": True,
+            "optimizer": "paged_adamw_8bit",
+            "r": 8,
+            "alpha": 32,
+            "targets": "query_key_value",
+            "adapter_dtype": "fp32",
+        },
+        1.0,
+        unit="fits",
+        gpu_bytes=15_360 * 2**20,
+        notes="notebook settings: r=8 on query_key_value, batch 1, fp16, paged_adamw_8bit, checkpointing; "
+        "english_quotes rows are short: 256 tokens is an upper bound",
+    ),
+    *[
+        Published(
+            UNSLOTH_README,
+            f"Llama-3.1-8B QLoRA r=32, longest sequence on {gb} GB",
+            "Llama-3.1-8B",
+            "max_seq_len",
+            {
+                "method": "qlora",
+                "precision": "nf4",
+                "batch_size": 1,
+                "grad_checkpointing": True,
+                "optimizer": "adamw_8bit",
+                "r": 32,
+                "targets": "all-linear",
+                "adapter_dtype": "fp32",
+            },
+            float(tokens),
+            unit="tokens",
+            gpu_bytes=gb * GiB,
+            stack="transformers of mid-2024: full fp32 logits (128,256 × seq × 4 B, several copies) for the loss; "
+            "the lab's TRL 1.16 never builds them",
+            extra={"loss": "logits"},
+        )
+        for gb, tokens in ((8, 0), (12, 932), (16, 2551), (24, 5789), (40, 12264), (48, 15502), (80, 28454))
+    ],
 ]

@@ -132,7 +132,15 @@ def test_training_terms_behave():
     arch = read_architecture("Llama-3.2-1B")
     base = TrainingSettings(method="qlora", batch_size=2, seq_len=1024, r=16)
     q = estimate_training(arch, base)
-    assert set(q.components) >= {"weights", "adapter", "gradients", "optimizer", "activations", "logits", "cuda_context"}
+    assert set(q.components) >= {
+        "weights",
+        "adapter",
+        "gradients",
+        "optimizer",
+        "activations",
+        "logits",
+        "cuda_context",
+    }
     assert all(k in q.formulas for k in q.components)
     assert q.total_bytes == sum(q.components.values())
     lora = estimate_training(arch, replace(base, method="lora"))

@@ -36,7 +36,9 @@ DEFAULT = TrainingSettings()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="embedded", help="'embedded', a catalog name, a config.json, a model folder or a Hub id")
+    parser.add_argument(
+        "--model", default="embedded", help="'embedded', a catalog name, a config.json, a model folder or a Hub id"
+    )
     parser.add_argument("--precision", default=None, choices=list(PRECISIONS),
                         help=describe(PRECISIONS) + " (default: nf4-dq; for --train lora/full the --dtype)")
     parser.add_argument("--dtype", default="auto", choices=list(DTYPE_CHOICES),
@@ -52,9 +54,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--dora", action="store_true", help=HELP_OF["use_dora"])
     training.add_argument("--grad-checkpointing", action="store_true", help=HELP_OF["grad_checkpointing"])
     training.add_argument("--optimizer", default=DEFAULT.optimizer, choices=list(OPTIMIZERS), help=describe(OPTIMIZERS))
-    training.add_argument("--attn", default=None, choices=list(ATTENTION),
-                          help=describe(ATTENTION) + " (default: sdpa where the model supports it, as transformers picks)")
-    training.add_argument("--adapter-dtype", default="auto", choices=list(ADAPTER_DTYPES), help=describe(ADAPTER_DTYPES))
+    training.add_argument(
+        "--attn",
+        default=None,
+        choices=list(ATTENTION),
+        help=describe(ATTENTION) + " (default: sdpa where the model supports it, as transformers picks)",
+    )
+    training.add_argument(
+        "--adapter-dtype", default="auto", choices=list(ADAPTER_DTYPES), help=describe(ADAPTER_DTYPES)
+    )
     training.add_argument("--kbit-upcast", default="on", choices=list(KBIT_UPCAST), help=describe(KBIT_UPCAST))
     training.add_argument("--loss", default="fused", choices=list(LOSSES), help=describe(LOSSES))
     training.add_argument("--autocast", default="on", choices=list(AUTOCAST), help=describe(AUTOCAST))
@@ -68,7 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     infer.add_argument("--infer", action="store_true", help="simulate generation instead of / besides training")
     infer.add_argument("--prompt-tokens", type=int, default=512, help="tokens per prompt (the prefill)")
     infer.add_argument("--new-tokens", type=int, default=256, help="tokens generated per prompt")
-    parser.add_argument("--context", type=int, default=None, help="also report the KV cache for inference at this many tokens")
+    parser.add_argument(
+        "--context", type=int, default=None, help="also report the KV cache for inference at this many tokens"
+    )
     parser.add_argument("--gpu", default=None, help=f"the verdict for this GPU ({', '.join(g.name for g in GPUS)})")
 
 
@@ -140,11 +150,15 @@ def run(args: argparse.Namespace) -> dict:
 def render(r: dict) -> str:
     head = (f"{r['model']} ({r['model_type']}): {r['params_total']:,} parameters, "
             f"{r['quantized_params']:,} quantized at {r['precision']}, the rest in {r['dtype']}")
-    rows = [(c["name"], fmt_count(c["params"]) if c["params"] else "", c["storage"], fmt_bytes(c["bytes"]), c["formula"])
-            for c in r["components"]]
+    rows = [
+        (c["name"], fmt_count(c["params"]) if c["params"] else "", c["storage"], fmt_bytes(c["bytes"]), c["formula"])
+        for c in r["components"]
+    ]
     out = [head, "", format_table(rows, ("component", "params", "stored as", "bytes", "formula")), ""]
-    out.append(f"true bytes: {fmt_bytes(r['weights_bytes'])}   get_memory_footprint(): {fmt_bytes(r['hf_footprint_bytes'])}"
-               f"   naive params×bits: {fmt_bytes(r['naive_bytes'])}")
+    out.append(
+        f"true bytes: {fmt_bytes(r['weights_bytes'])}   get_memory_footprint(): {fmt_bytes(r['hf_footprint_bytes'])}"
+        f"   naive params×bits: {fmt_bytes(r['naive_bytes'])}"
+    )
     if "kv_cache_bytes" in r:
         out.append(f"KV cache: {fmt_bytes(r['kv_cache_bytes'])}")
     for kind in ("inference", "training"):

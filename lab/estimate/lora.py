@@ -80,7 +80,11 @@ class LoraEstimate:
     @property
     def added_params(self) -> int:
         """New tensors peft creates (unfrozen existing biases are not new)."""
-        return self.trainable_params - self.other_trainable_params - sum(r.unfrozen_bias_params * r.count for r in self.rows)
+        return (
+            self.trainable_params
+            - self.other_trainable_params
+            - sum(r.unfrozen_bias_params * r.count for r in self.rows)
+        )
 
     @property
     def adapter_params(self) -> int:
@@ -204,7 +208,16 @@ def estimate_lora(
     lora_bias: bool = False,
 ) -> LoraEstimate:
     """Trainable parameters LoRA adds to `arch`, per targeted Linear name."""
-    key = ("lora", r, alpha, targets if isinstance(targets, str) else tuple(targets or ()), use_dora, use_rslora, bias, lora_bias)
+    key = (
+        "lora",
+        r,
+        alpha,
+        targets if isinstance(targets, str) else tuple(targets or ()),
+        use_dora,
+        use_rslora,
+        bias,
+        lora_bias,
+    )
     def compute() -> LoraEstimate:
         return _estimate_lora(arch, r, alpha, targets, use_dora, use_rslora, bias, lora_bias)
 

@@ -79,9 +79,15 @@ def prepare_for_training(model, recipe: Recipe):
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.grad_checkpointing)
         else:
             model.requires_grad_(False)
-        lora = LoraConfig(r=recipe.r, lora_alpha=recipe.alpha, lora_dropout=recipe.dropout,
-                          target_modules=recipe.targets if isinstance(recipe.targets, str) else list(recipe.targets), use_dora=recipe.use_dora, bias="none",
-                          task_type="CAUSAL_LM")
+        lora = LoraConfig(
+            r=recipe.r,
+            lora_alpha=recipe.alpha,
+            lora_dropout=recipe.dropout,
+            target_modules=recipe.targets if isinstance(recipe.targets, str) else list(recipe.targets),
+            use_dora=recipe.use_dora,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
         model = get_peft_model(model, lora)
         for name, p in model.named_parameters():
             if p.requires_grad and "lora_magnitude_vector" not in name and p.dtype != recipe.adapter_dtype:
