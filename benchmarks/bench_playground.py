@@ -91,12 +91,12 @@ def main() -> None:
     ap.add_argument("--matmuls", action="store_true",
                     help="only print, per weight shape, F.linear with 1 and 2 rows vs (W @ xᵀ)ᵀ with 2 rows")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.matmuls:
         print(json.dumps({"load_average": [round(x, 2) for x in os.getloadavg()], "threads": torch.get_num_threads(),
                           "shapes": matmul_table(args.model)}, indent=1))
         return
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     loaded = load_model(args.model, "fp32")
