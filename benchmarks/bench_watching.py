@@ -3,7 +3,8 @@ run vs with no browser, and the Playground's streamed tokens/s vs the CLI's.
 
 Training: the same short run (embedded model, `style`, fixed seed, --steps steps) as its own
 `python -m lab train` process, once with no browser, once with headless Chromium on the Training page
-following the run (it re-attaches through the run lock), and with --tabs N > 1 once more with N tabs.
+(open and idle before the run starts, as for someone who pressed Train; it then follows the run), and with
+--tabs N > 1 once more with N tabs. The server has shown the Training page once before any variant.
 Throughput = TRL's num_tokens / train_runtime from the run's lab_run.json (as benchmarks/bench_training.py).
 Variants alternate over --rounds rounds, so a noisy neighbour hurts all alike. Target: open / closed >= 0.9.
 
@@ -64,19 +65,25 @@ class Watchers:
     def __init__(self, server: AppServer) -> None:
         self.server_pid = server.proc.pid
 
-    def sample(self) -> tuple[float, float]:
-        """(server, browser) CPU seconds so far. Sample before closing tabs: a closed tab's process takes its
-        CPU time with it."""
-        ours = psutil.Process().children(recursive=True)
-        browser = 0.0
-        for p in ours:
+    def sample(self) -> tuple[float, dict[int, float]]:
+        """Server CPU seconds so far, and each Chromium process's. Sample before closing tabs: a closed tab's
+        process takes its CPU time with it."""
+        browser = {}
+        for p in psutil.Process().children(recursive=True):
             try:
                 if "chrom" in p.name():
                     t = p.cpu_times()
-                    browser += t.user + t.system
+                    browser[p.pid] = t.user + t.system
             except psutil.NoSuchProcess:
                 pass
         return cpu_seconds([self.server_pid]), browser
+
+    @staticmethod
+    def used(before: tuple[float, dict[int, float]], after: tuple[float, dict[int, float]]) -> tuple[float, float]:
+        """(server, browser) CPU seconds between two samples; a browser process that ended in between (a tab
+        closed after the previous variant) counts nothing rather than its whole past as negative."""
+        browser = sum(cpu - before[1].get(pid, 0.0) for pid, cpu in after[1].items())
+        return round(after[0] - before[0], 2), round(browser, 2)
 
 
 # --------------------------------------------------------------------------- training
@@ -112,19 +119,34 @@ def throughput(run_dir: Path) -> dict:
     return {"tokens": tokens, "train_runtime": round(runtime, 2), "tokens_per_second": round(tokens / runtime, 1)}
 
 
+def warm_up(browser, server: AppServer, timeout: float) -> None:
+    """Open the Training page once before measuring: a room's server has run it before (its first run imports
+    and reads what every later one finds cached), so a variant's figure is the watching, not that start-up."""
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = ctx.new_page()
+    page.goto(f"{server.url}/training", wait_until="domcontentloaded")
+    page.get_by_text("Configure a run").first.wait_for(timeout=timeout * 1000)
+    wait_idle(page, timeout * 1000)
+    ctx.close()
+
+
 def run_training(browser, server: AppServer, watchers: Watchers, runs: Path, steps: int, tabs: int, label: str,
                  env: dict, timeout: float) -> dict:
     out = runs / label
+    contexts = []
+    # the tabs are open first, as for someone who configured the run on the page and pressed Train: what is
+    # measured is following the run, not loading Streamlit's front end (a few CPU seconds per fresh tab)
+    for _ in range(tabs):  # each tab its own browser context: its own Streamlit session, as separate people
+        ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = ctx.new_page()
+        page.goto(f"{server.url}/training", wait_until="domcontentloaded")
+        page.get_by_text("Configure a run").first.wait_for(timeout=timeout * 1000)
+        wait_idle(page, timeout * 1000)
+        contexts.append((ctx, page))
     before = watchers.sample()
     proc = subprocess.Popen(train_command(steps, out), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=(runs / f"{label}.log").open("w"))
-    contexts = []
     try:
-        for _ in range(tabs):  # each tab its own browser context: its own Streamlit session, as separate people
-            ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
-            page = ctx.new_page()
-            page.goto(f"{server.url}/training", wait_until="domcontentloaded")
-            contexts.append((ctx, page))
         for _, page in contexts:  # the page follows the run (not "No run yet")
             page.get_by_text(out.name).first.wait_for(timeout=timeout * 1000)
         proc.wait(timeout)
@@ -138,8 +160,9 @@ def run_training(browser, server: AppServer, watchers: Watchers, runs: Path, ste
         raise SystemExit(
             f"training {label} failed (exit {proc.returncode}): {(runs / f'{label}.log').read_text()[-2000:]}"
         )
-    return {"variant": label.rsplit("-", 1)[0], **throughput(out),
-            "server_cpu_s": round(after[0] - before[0], 2), "browser_cpu_s": round(after[1] - before[1], 2)}
+    server_cpu, browser_cpu = Watchers.used(before, after)
+    return {"variant": label.rsplit("-", 1)[0], **throughput(out), "server_cpu_s": server_cpu,
+            "browser_cpu_s": browser_cpu}
 
 
 # --------------------------------------------------------------------------- playground
@@ -182,7 +205,7 @@ def page_compare(page, server: AppServer, watchers: Watchers, max_new_tokens: in
             m.locator('[data-testid="stMetricValue"]').inner_text().strip()
     return {"variant": "page", "tokens": int(values["Tokens"]), "seconds": float(values["Seconds"]),
             "tokens_per_s": float(values["Tokens/s"]),
-            "server_cpu_s": round(after[0] - before[0], 2), "browser_cpu_s": round(after[1] - before[1], 2)}
+            **dict(zip(("server_cpu_s", "browser_cpu_s"), Watchers.used(before, after), strict=True))}
 
 
 # --------------------------------------------------------------------------- report
@@ -227,6 +250,7 @@ def main() -> None:
                 browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 watchers = Watchers(server)
                 if a.only != "playground":
+                    warm_up(browser, server, a.timeout)
                     variants = {"closed": 0, "open": 1, **({f"tabs{a.tabs}": a.tabs} if a.tabs > 1 else {})}
                     rows = []
                     for i in range(a.rounds):

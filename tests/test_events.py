@@ -117,6 +117,11 @@ def test_poll_interval_follows_the_pace_of_the_run(tmp_path, fake_training):
     w.poll()
     assert R.poll_interval(w.status) == 9.5  # 38 s / 4 logs
     assert R.poll_interval(w.status, slowest=5.0) == 5.0
+    for step in range(5, 40):  # quick steps (0.1 s each): no faster than one look per 5 s
+        log.write("log", step=step, loss=1.0, elapsed=38.0 + 0.1 * (step - 4))
+    w.poll()
+    assert R.poll_interval(w.status) == 5.0
+    assert R.poll_interval(w.status, stepping=2.0) == 2.0
     log.write("end", status="finished")
     w.poll()
     assert R.poll_interval(w.status) is None  # ended: nothing left to watch

@@ -357,13 +357,16 @@ def watched_status(run_dir: Path, pid: int | None = None) -> RunStatus:
         return watcher.status
 
 
-def poll_interval(status: RunStatus | None, fastest: float = 2.0, slowest: float = 10.0) -> float | None:
+def poll_interval(status: RunStatus | None, fastest: float = 2.0, slowest: float = 10.0,
+                  stepping: float = 5.0) -> float | None:
     """Seconds between two looks at a run by a page that follows it.
 
-    Every look costs the browser a redraw of the live panel (30-100 ms of CPU on a 2-core machine,
-    whatever changed), which a training on the same cores pays for. So a page looks about as often as
-    the run logs: every `fastest` seconds while the model loads and whenever steps are quick, up to every
-    `slowest` seconds for slow CPU steps; `slowest` too when no run is followed (to notice one started
+    Every look that finds a new step costs the browser a redraw of the live panel and its loss chart (about
+    150 ms of CPU on a 2-core machine), which a training on the same cores pays for, more than its share:
+    a two-thread training step waits for its slower thread. So a page looks every `fastest` seconds while
+    the model loads (the phases change), then about as often as the run logs but at most every `stepping`
+    seconds (`benchmarks/bench_watching.py`: every 2 s cost a 16-step CPU run 14-25% of its throughput), up
+    to every `slowest` seconds for slow steps; `slowest` too when no run is followed (to notice one started
     elsewhere); never for a run that has ended.
     """
     if status is None:
@@ -374,7 +377,7 @@ def poll_interval(status: RunStatus | None, fastest: float = 2.0, slowest: float
     if not logs or not logs[-1].get("elapsed"):
         return fastest
     per_log = logs[-1]["elapsed"] / len(logs)
-    return round(min(max(per_log, fastest), slowest), 1)
+    return round(min(max(per_log, stepping, fastest), slowest), 1)
 
 
 def interval_changed(current: float | None, wanted: float | None, factor: float = 1.5) -> bool:
