@@ -164,7 +164,7 @@ def show_run(s: R.RunStatus) -> None:
     elif s.status == "stopped":
         st.info("Stopped on request after finishing its step; the adapter was saved.", icon=":material/stop_circle:")
     elif s.status == "finished":
-        st.success(f"Finished: adapter saved in `{s.run_dir}`.", icon=":material/check_circle:")
+        st.success(f"Finished: adapter saved in `{R.shown_path(s.run_dir)}`.", icon=":material/check_circle:")
     if s.active and owners.can_control(s.run_dir, owner_token(), is_admin()):
         if st.button(
             "Stop",
@@ -756,7 +756,7 @@ else:
                     from lab.training.runner import merge_and_export
 
                     out = merge_and_export(policy.run_folder(target))
-                    st.success(f"Merged model saved in `{out}`.")
+                    st.success(f"Merged model saved in `{R.shown_path(out)}`.")
             push_section(finished)
     deletable = [s for s in history if not s.active and owners.can_control(s.run_dir, owner_token(), is_admin())]
     if deletable:

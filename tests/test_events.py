@@ -173,3 +173,11 @@ def test_watched_status_follows_a_run_through_its_life_and_a_folder_made_again(t
     run.mkdir()
     (run / R.QUEUE_FILE).write_text("{}")
     assert R.watched_status(run).status == "queued"  # not the old run's "finished"
+
+
+def test_pages_show_run_folders_under_runs_not_server_paths(tmp_path, monkeypatch):
+    monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path / "runs"))
+    inside = tmp_path / "runs" / "my-run"
+    assert R.shown_path(inside) == "runs/my-run"
+    assert R.shown_path(inside / "merged") == "runs/my-run/merged"
+    assert R.shown_path(tmp_path / "elsewhere") == str(tmp_path / "elsewhere")  # a local --output folder

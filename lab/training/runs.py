@@ -387,6 +387,16 @@ def interval_changed(current: float | None, wanted: float | None, factor: float 
     return max(current, wanted) / min(current, wanted) >= factor
 
 
+def shown_path(path: Path) -> str:
+    """A run folder (or a file in it) as a page shows it: `runs/<name>/...` inside the runs folder, so a
+    public server names no path of its own; the full path only for a folder elsewhere (a local CLI run
+    with --output)."""
+    try:
+        return f"runs/{Path(path).resolve().relative_to(runs_dir().resolve()).as_posix()}"
+    except ValueError:
+        return str(path)
+
+
 def process_log_tail(run_dir: Path, chars: int = 400) -> str:
     try:
         text = (Path(run_dir) / PROCESS_LOG).read_text(errors="replace").strip()
