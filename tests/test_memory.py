@@ -156,6 +156,20 @@ def test_training_terms_behave():
     assert longer == sorted(longer) and longer[2] == q.total_bytes
 
 
+def test_formula_counts_adapters_in_the_dtype_the_simulation_trains_them_in():
+    """The formula beside the simulated peak explains it: same adapter dtype (bf16 on a quantized base as TRL
+    casts them, fp32 otherwise, or what --adapter-dtype forces), so the two differ only where they should."""
+    from lab.estimate.simulate import resolve_recipe
+
+    arch = read_architecture("Llama-3.2-1B")
+    cases = (("qlora", "auto", 2), ("lora", "auto", 4), ("qlora", "fp32", 4), ("lora", "bf16", 2))
+    for method, forced, nbytes in cases:
+        s = TrainingSettings(method=method, batch_size=1, seq_len=256, r=8, adapter_dtype=forced)
+        est = estimate_training(arch, s)
+        assert est.components["adapter"] == est.trainable_params * nbytes == est.components["gradients"]
+        assert resolve_recipe(arch, s).adapter_dtype == {2: torch.bfloat16, 4: torch.float32}[nbytes]
+
+
 def test_allowances_come_from_the_published_oom_reports():
     # ludwig-ai/ludwig#3583, a Colab T4: "14.75 GiB total capacity; 13.37 GiB already allocated;
     # 80.81 MiB free; 13.79 GiB reserved in total by PyTorch"

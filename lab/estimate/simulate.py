@@ -514,8 +514,9 @@ def resolve_recipe(arch, settings, device: str = "cuda") -> Recipe:
     """The concrete recipe a TrainingSettings means for this architecture, checked: a bad value raises a
     LabError that names it."""
     from lab.estimate.lora import resolve_targets
+    from lab.estimate.training import adapter_dtype
     from lab.models.precision import get_precision, resolve_dtype
-    from lab.vocab import ADAPTER_DTYPES, AUTO, DTYPES, LOSSES, METHODS, OPTIMIZERS, lookup
+    from lab.vocab import DTYPES, LOSSES, METHODS, OPTIMIZERS, lookup
 
     s = settings
     method = lookup(METHODS, s.method, "training method").name
@@ -544,9 +545,7 @@ def resolve_recipe(arch, settings, device: str = "cuda") -> Recipe:
                        "Use 0 for none (peft's default), 0.05 or 0.1 as most recipes.")
     # the Trainer's bf16/fp16 flags (lab.training.runner.sft_config); off: a plain loop on the 16-bit model
     autocast = dtype.torch_dtype if half and s.autocast else None
-    adapter = lookup(ADAPTER_DTYPES, s.adapter_dtype, "adapter dtype").name
-    if adapter == AUTO:
-        adapter = "bf16" if precision.quantized else "fp32"
+    adapter = adapter_dtype(s, precision.quantized)
     targets: str | tuple[str, ...] = "all-linear"
     if method != "full":
         if isinstance(s.r, bool) or not isinstance(s.r, int) or s.r <= 0:

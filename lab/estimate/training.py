@@ -13,7 +13,7 @@ from lab.estimate.lora import LoraEstimate, estimate_lora
 from lab.estimate.weights import WeightEstimate, estimate_weights
 from lab.models.architecture import Architecture
 from lab.models.precision import get_precision, resolve_dtype
-from lab.vocab import DTYPES, METHODS, OPTIMIZERS, lookup
+from lab.vocab import ADAPTER_DTYPES, AUTO, DTYPES, METHODS, OPTIMIZERS, lookup
 
 
 def _f(default, help: str):
@@ -100,6 +100,15 @@ def activation_bytes_per_token_layer(arch: Architecture, act_bytes: int) -> int:
     return act_bytes * (4 * h + 2 * q_dim + 2 * kv_dim + 4 * i)
 
 
+def adapter_dtype(s: TrainingSettings, quantized_base: bool) -> str:
+    """The dtype the adapters train in (lab.vocab.ADAPTER_DTYPES): 'auto' is what the Training page's run does,
+    bf16 on a quantized base (TRL's SFTTrainer casts them) and fp32 otherwise (peft's autocast_adapter_dtype)."""
+    name = lookup(ADAPTER_DTYPES, s.adapter_dtype, "adapter dtype").name
+    if name == AUTO:
+        return "bf16" if quantized_base else "fp32"
+    return name
+
+
 def estimate_training(arch: Architecture, settings: TrainingSettings | None = None, **overrides) -> TrainingEstimate:
     """Peak training memory, term by term. Keyword overrides update `settings`."""
     s = replace(settings or TrainingSettings(), **overrides)
@@ -139,11 +148,12 @@ def estimate_training(arch: Architecture, settings: TrainingSettings | None = No
     else:
         lora = estimate_lora(arch, s.r, s.alpha, s.targets, use_dora=s.use_dora)
         trainable = lora.trainable_params
-        pbytes = 4  # peft autocasts adapters to fp32 (autocast_adapter_dtype=True)
+        adapter = adapter_dtype(s, get_precision(precision).quantized)
+        pbytes = DTYPES[adapter].bytes
         comps["adapter"] = trainable * pbytes
-        formulas["adapter"] = f"{trainable:,} LoRA params × 4 B (peft keeps adapters in fp32)"
+        formulas["adapter"] = f"{trainable:,} LoRA params × {pbytes} B (adapters in {adapter})"
         comps["gradients"] = trainable * pbytes
-        formulas["gradients"] = f"{trainable:,} × 4 B (only adapters get gradients)"
+        formulas["gradients"] = f"{trainable:,} × {pbytes} B (only adapters get gradients)"
     comps["optimizer"] = optimizer_state_bytes(s.optimizer, trainable_shapes(arch, lora), pbytes)
     per = comps["optimizer"] / trainable if trainable else 0
     formulas["optimizer"] = f"{trainable:,} × {per:.3g} B ({s.optimizer})"
