@@ -119,30 +119,29 @@ def throughput(run_dir: Path) -> dict:
     return {"tokens": tokens, "train_runtime": round(runtime, 2), "tokens_per_second": round(tokens / runtime, 1)}
 
 
-def warm_up(browser, server: AppServer, timeout: float) -> None:
-    """Open the Training page once before measuring: a room's server has run it before (its first run imports
-    and reads what every later one finds cached), so a variant's figure is the watching, not that start-up."""
+def open_training_tab(browser, server: AppServer, timeout: float):
+    """A new browser context (its own Streamlit session, as a separate person) on the Training page, loaded and
+    idle. Returns (context, page)."""
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = ctx.new_page()
     page.goto(f"{server.url}/training", wait_until="domcontentloaded")
     page.get_by_text("Configure a run").first.wait_for(timeout=timeout * 1000)
     wait_idle(page, timeout * 1000)
-    ctx.close()
+    return ctx, page
+
+
+def warm_up(browser, server: AppServer, timeout: float) -> None:
+    """Open the Training page once before measuring: a room's server has run it before (its first run imports
+    and reads what every later one finds cached), so a variant's figure is the watching, not that start-up."""
+    open_training_tab(browser, server, timeout)[0].close()
 
 
 def run_training(browser, server: AppServer, watchers: Watchers, runs: Path, steps: int, tabs: int, label: str,
                  env: dict, timeout: float) -> dict:
     out = runs / label
-    contexts = []
     # the tabs are open first, as for someone who configured the run on the page and pressed Train: what is
     # measured is following the run, not loading Streamlit's front end (a few CPU seconds per fresh tab)
-    for _ in range(tabs):  # each tab its own browser context: its own Streamlit session, as separate people
-        ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
-        page = ctx.new_page()
-        page.goto(f"{server.url}/training", wait_until="domcontentloaded")
-        page.get_by_text("Configure a run").first.wait_for(timeout=timeout * 1000)
-        wait_idle(page, timeout * 1000)
-        contexts.append((ctx, page))
+    contexts = [open_training_tab(browser, server, timeout) for _ in range(tabs)]
     before = watchers.sample()
     proc = subprocess.Popen(train_command(steps, out), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=(runs / f"{label}.log").open("w"))

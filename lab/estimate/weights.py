@@ -19,7 +19,7 @@ Verified against bitsandbytes 0.50 on this machine (see tests/test_memory.py):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from lab.models.architecture import Architecture
 from lab.models.precision import get_precision, resolve_dtype
@@ -160,13 +160,13 @@ class _Tally:
     q_cpu: int = 0  # 4-bit bytes as bitsandbytes' CPU kernels repack them
     q_bias: int = 0  # biases of quantized layers (cast to the compute dtype in forward)
     buffers_bytes: int = 0
-    buckets: dict[str, list[int]] | None = None  # kind -> [params, bytes] of what stays unquantized
+    buckets: dict[str, list[int]] = field(default_factory=dict)  # kind -> [params, bytes], unquantized
 
 
 def _tally(arch: Architecture, p, eb: int, is_quantized) -> _Tally:
     out_features = {path: g.out_features for g in arch.linears for path in g.paths}
     weight_paths = {t.path.removesuffix(".weight") for t in arch.tensors if is_quantized(t)}
-    s = _Tally(buckets={})
+    s = _Tally()
     for t in arch.tensors:
         if t.kind == "buffer":
             s.buffers_bytes += t.numel * _itemsize(t.dtype)

@@ -377,7 +377,7 @@ def poll_interval(status: RunStatus | None, fastest: float = 2.0, slowest: float
     if not logs or not logs[-1].get("elapsed"):
         return fastest
     per_log = logs[-1]["elapsed"] / len(logs)
-    return round(min(max(per_log, stepping, fastest), slowest), 1)
+    return round(min(max(per_log, stepping), slowest), 1)
 
 
 def interval_changed(current: float | None, wanted: float | None, factor: float = 1.5) -> bool:
