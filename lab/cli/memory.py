@@ -11,7 +11,7 @@ from lab.estimate.gpus import GPUS, fit_table, get_gpu, gpu_verdict
 from lab.estimate.inference import kv_cache_bytes
 from lab.estimate.training import TrainingSettings, estimate_training
 from lab.estimate.weights import estimate_weights
-from lab.models.architecture import read_architecture
+from lab.models.reader import read_architecture
 from lab.units import fmt_bytes, fmt_count, format_table
 from lab.vocab import (
     ADAPTER_DTYPES,

@@ -565,7 +565,7 @@ def resolve_recipe(arch, settings, device: str = "cuda") -> Recipe:
 
 def transformers_config(arch):
     """The transformers config an Architecture was read from."""
-    from lab.models.sources import config_from_dict
+    from lab.models.architecture import config_from_dict
 
     return config_from_dict(arch.config, arch.name)
 

@@ -23,10 +23,11 @@ import torch
 from lab.environment import device_type
 from lab.errors import Cancelled, LabError
 from lab.inspect.quality import QualityConfig, greedy_answers, perplexity
-from lab.models.architecture import Architecture, read_architecture
+from lab.models.architecture import Architecture
 from lab.models.loading import free_memory, load_model
 from lab.models.measure import MemorySnapshot, measure_model, reset_peak
 from lab.models.precision import bnb_config_code, get_precision, resolve_dtype
+from lab.models.reader import read_architecture
 from lab.models.sources import ModelSource, resolve_source
 from lab.vocab import COMPUTE, dtype_by_torch_name
 

@@ -74,7 +74,7 @@ def folder_origin(folder: Path) -> BaseOrigin:
 
 def base_origin(base: dict) -> BaseOrigin:
     """The origin of a run's base, from lab_run.json's `base_model` record ({spec, kind, pretrained_id, ...})."""
-    from lab.models.sources import EMBEDDED_HUB_ID, EMBEDDED_LICENSE
+    from lab.models.catalog import EMBEDDED_HUB_ID, EMBEDDED_LICENSE
 
     kind, path = base.get("kind"), base.get("pretrained_id")
     if kind == "hub" and is_hub_id(path):

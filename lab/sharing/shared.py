@@ -277,7 +277,7 @@ class SharedModels:
 
     def _generation_need(self, loaded: LoadedModel, adapters: list[AdapterInfo], messages, settings: SamplingSettings,
                          full_logits: bool = False) -> _GenerationNeed:
-        from lab.models.architecture import read_architecture
+        from lab.models.reader import read_architecture
 
         names = [BASE_COLUMN, *[a.name for a in adapters]]
         per_column = messages if isinstance(messages, dict) else {n: messages for n in names}

@@ -173,7 +173,7 @@ class TrainConfig:
     def memory_estimate(self, device: str | None = None):
         """The calculator's training-memory formula for this run (`lab.estimate.training`)."""
         from lab.estimate.training import estimate_training
-        from lab.models.architecture import read_architecture
+        from lab.models.reader import read_architecture
 
         device = device or device_type()
         est = estimate_training(read_architecture(self.model), self.memory_settings(device))
@@ -185,7 +185,7 @@ class TrainConfig:
     def simulate_memory(self, device: str | None = None):
         """One step of this run simulated on fake tensors (`lab.estimate.simulate`), on this device's code paths."""
         from lab.estimate.simulate import simulate
-        from lab.models.architecture import read_architecture
+        from lab.models.reader import read_architecture
 
         device = device or device_type()
         return simulate(read_architecture(self.model), self.memory_settings(device), device)

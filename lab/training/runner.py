@@ -36,8 +36,8 @@ from lab.environment import LIBRARIES, compute_dtype, device_type, library_versi
 from lab.errors import LabError
 from lab.estimate.lora import resolve_targets
 from lab.files import write_json_atomic
-from lab.models.architecture import read_architecture
 from lab.models.precision import bnb_config, get_precision, load_kwargs
+from lab.models.reader import read_architecture
 from lab.models.sources import ModelSource, hub_error, resolve_source
 from lab.training import distributed
 from lab.training.config import TrainConfig, repetition_warning, run_dir_for, to_cli_args
