@@ -230,6 +230,19 @@ def architecture_from_config(config, name: str) -> Architecture:
     return arch
 
 
+def warm_imports(model_type: object) -> None:
+    """Import transformers' config and causal-LM classes for `model_type` now (its own code, picked from its
+    own tables by name), so that a time budget on building a model counts the building, not a first import
+    that takes seconds on a loaded machine. Unknown types are left to the build to report."""
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        MODEL_FOR_CAUSAL_LM_MAPPING[CONFIG_MAPPING[model_type]]
+    except Exception:  # not a str, unknown, or no causal-LM class: the build says so, in words
+        pass
+
+
 def _meta_model(config):
     import torch
     from transformers import AutoModelForCausalLM

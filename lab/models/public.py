@@ -15,7 +15,7 @@ from pathlib import Path
 from lab import policy
 from lab.errors import LabError
 from lab.models import hub
-from lab.models.architecture import architecture_from_config, config_from_dict
+from lab.models.architecture import architecture_from_config, config_from_dict, warm_imports
 from lab.models.catalog import EMBEDDED, catalog_names
 from lab.tasks import bounded, within
 from lab.units import fmt_bytes, fmt_count
@@ -140,6 +140,7 @@ def architecture_within_limits(data: dict, name: str, lim: policy.Limits | None 
     time budget (a worker thread; the caller gets an answer even if transformers is slow)."""
     lim = lim or policy.limits()
     policy.check_config_structure(data, name, lim)
+    warm_imports(data.get("model_type"))  # the budget below is for building, not a cold import
     label = Path(name).stem if name.endswith(".json") else name
     return bounded(
         lambda: architecture_from_config(config_from_dict(data, name), label), lim.config_seconds, f"Reading {name}"
