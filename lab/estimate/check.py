@@ -40,8 +40,10 @@ def load_real(model_dir: str, precision: str, dtype: torch.dtype, attn: str):
     """The model as `lab.models.precision.load_kwargs` loads it on the CPU (a real bitsandbytes load)."""
     from transformers import AutoModelForCausalLM
 
+    from lab.models.construct import install
     from lab.models.precision import load_kwargs
 
+    install()  # as the server loads (issue 20)
     kwargs = load_kwargs(precision, DTYPE_NAMES[dtype], "cpu")
     return AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attn, **kwargs)
 

@@ -105,8 +105,10 @@ def truncated_config(config, layers: int):
 def meta_model(config, dtype: torch.dtype, attn: str):
     from transformers import AutoModelForCausalLM
 
+    from lab.models.construct import constructing
+
     try:
-        with torch.device("meta"):
+        with constructing(), torch.device("meta"):  # bf16 for this thread only (issue 20)
             return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
     except (ValueError, ImportError) as e:
         detail = " ".join(str(e).split())

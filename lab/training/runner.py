@@ -37,6 +37,7 @@ from lab.errors import LabError
 from lab.estimate.lora import resolve_targets
 from lab.files import write_json_atomic
 from lab.models.architecture import read_architecture
+from lab.models.construct import install
 from lab.models.precision import bnb_config, get_precision, load_kwargs
 from lab.models.sources import ModelSource, hub_error, resolve_source
 from lab.training import distributed
@@ -72,6 +73,7 @@ def load_base(source: ModelSource, precision: str, device: str):
     source.require_weights()
     tokenizer = load_tokenizer(source)
     kwargs = base_load_kwargs(precision, device)
+    install()  # other threads keep their dtypes while this builds (issue 20)
     try:
         model = AutoModelForCausalLM.from_pretrained(source.pretrained_id, **kwargs)
     except torch.OutOfMemoryError as e:
@@ -517,6 +519,7 @@ def merge_and_export(run_dir: Path, out_dir: Path | None = None) -> Path:
     device = device_type()
     dtype = compute_dtype(device)
     out_dir = Path(out_dir) if out_dir else run_dir / "merged"
+    install()  # the server may be generating in other threads (issue 20)
     try:
         base = AutoModelForCausalLM.from_pretrained(
             source.pretrained_id, dtype=dtype, device_map="cpu" if device == "cpu" else {"": 0}
