@@ -143,6 +143,19 @@ class RssSampler:
 
 
 # --------------------------------------------------------------------------- one person
+EVERYONE: list[Person] = []  # every person made, so a run that gives up can still say where each one was
+
+
+def where_everyone_was() -> list[str]:
+    """For a run that gave up: each person's errors so far, and the operation each one was still in."""
+    lines = [e for p in EVERYONE for e in p.errors]
+    for p in EVERYONE:
+        if p.current is not None:
+            op, t0 = p.current
+            lines.append(f"session {p.index} was in {op} ({time.perf_counter() - t0:.0f} s)")
+    return lines
+
+
 class Person:
     def __init__(self, index: int, page, url: str, adapter_path: str | None, tokens: int, examples: int,
                  log: ServerLog) -> None:
@@ -152,6 +165,8 @@ class Person:
         self.errors: list[str] = []
         self.columns: dict[str, str] | None = None
         self.queue_ahead_max = 0
+        self.current: tuple[str, float] | None = None  # the operation under way and when it began
+        EVERYONE.append(self)
 
     async def idle(self, timeout: float = 300_000) -> None:
         await self.page.wait_for_function(IDLE, timeout=timeout)
@@ -181,16 +196,19 @@ class Person:
 
     async def timed(self, op: str, coro) -> None:
         t0 = time.perf_counter()
+        self.current = (op, t0)
         try:
             await coro
         except Failed as e:  # already says what failed; shown errors are not counted twice
             self.errors.append(f"session {self.index} {op}: {e}")
-            return
         except Exception as e:  # a timeout or a missing element: counted, the mix goes on
             self.errors.append(f"session {self.index} {op}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            await self.shown_errors(op)
         else:
             self.times.setdefault(op, []).append(time.perf_counter() - t0)
-        await self.shown_errors(op)
+            await self.shown_errors(op)
+        finally:
+            self.current = None
 
     async def watch_queue(self, done: asyncio.Event) -> None:
         """Note the longest line this person was told about ("3 requests ahead of you")."""
@@ -405,7 +423,7 @@ def main() -> int:
             result = asyncio.run(asyncio.wait_for(room(args, server.url, adapter, sampler, log), args.timeout))
         except TimeoutError:
             result = {"sessions": args.sessions, "errors": 1,
-                      "error_messages": [f"gave up after {args.timeout} s", *log.read()]}
+                      "error_messages": [f"gave up after {args.timeout} s", *log.read(), *where_everyone_was()]}
         finally:
             if sampler is not None:
                 sampler.stop()
