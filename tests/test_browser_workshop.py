@@ -74,7 +74,6 @@ def tiny_as_embedded(tmp_path, tiny_model_dir) -> str:
     return str(cache)
 
 
-@pytest.mark.training
 @pytest.fixture(scope="module")
 def public_server(tmp_path_factory, tiny_model_dir):
     """One public-mode server for this module's public-mode tests; its runs/ is `server.root / "runs"`."""
