@@ -27,7 +27,7 @@ from lab.inspect.quality import QualityConfig, greedy_answers, perplexity
 from lab.models.architecture import Architecture
 from lab.models.loading import free_memory, load_model
 from lab.models.measure import MemorySnapshot, measure_model, reset_peak
-from lab.models.precision import bnb_config_code, get_precision, resolve_dtype
+from lab.models.precision import bnb_config_code, cpu_repacks_4bit, get_precision, resolve_dtype
 from lab.models.reader import read_architecture
 from lab.models.sources import ModelSource, resolve_source
 from lab.units import fmt_bytes
@@ -381,14 +381,11 @@ def explain_rss(r: dict) -> str:
 
 
 def _after_forward_prediction(estimate, device: str) -> int | None:
-    """On an AVX512-BF16 CPU, 4-bit layers are repacked on the first forward (see lab/models/measure.py)."""
+    """On a CPU, 4-bit layers change at the first forward (repacked on AVX512-BF16, biases cast to fp32)."""
     if estimate is None:
         return None
     if device == "cpu" and estimate.cpu_packed_bytes is not None:
-        import bitsandbytes.functional as F
-
-        if F.has_avx512bf16():
-            return estimate.cpu_packed_bytes
+        return estimate.after_cpu_forward_bytes(cpu_repacks_4bit())
     return estimate.weights_bytes
 
 
