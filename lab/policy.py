@@ -308,9 +308,10 @@ def admit_hub_model(hub_id: str) -> int | None:
 
 
 # --------------------------------------------------------------------------- model, adapter, dataset fields
-def check_model_spec(spec: str) -> tuple[str, str]:
+def check_model_spec(spec: str, weights: bool = False) -> tuple[str, str]:
     """Public mode's model field: ('embedded'|'catalog'|'hub', normalised spec). Paths never get here
-    as paths: a Hub-id-shaped 'runs/x' is a Hub id, and the file system is not consulted."""
+    as paths: a Hub-id-shaped 'runs/x' is a Hub id, and the file system is not consulted. weights=True
+    (a page that loads the model): the hint names no catalog config, which such a page cannot load."""
     from lab.models.sources import EMBEDDED, catalog_names
 
     spec = (spec or "").strip()
@@ -322,6 +323,7 @@ def check_model_spec(spec: str) -> tuple[str, str]:
     if looks_like_path(spec) or not is_hub_id(spec):
         raise LabError(
             f"Model {spec!r} is not allowed here. {NO_PATHS}",
+            f"Pick '{EMBEDDED}' or a Hub id (owner/name)." if weights else
             f"Pick '{EMBEDDED}', a catalog name (e.g. {', '.join(catalog_names()[:3])}), or a Hub id (owner/name).",
         )
     admit_hub_model(spec)

@@ -155,3 +155,20 @@ def test_nf4_up_close_layer_errors(tiny_model_dir):
     ]
     values = {m.label.split()[0]: float(m.value.rstrip("%")) for m in at.metric}
     assert 0 < values["int8"] < values["nf4"] < values["fp4"]
+
+
+def test_public_mode_suggests_only_what_it_can_load(monkeypatch, tmp_path):
+    """Issue 20 bug 8: a refused path must not suggest a catalog name, nor the catalog name's error a model
+    folder: public mode loads neither."""
+    monkeypatch.setenv("QLORA_LAB_PUBLIC", "1")
+    monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("QLORA_LAB_HUB_ALLOW", raising=False)
+    at = _page()
+    at.selectbox(key="ll_model").set_value("Hub id…").run()
+    at.text_input(key="ll_model_hub").set_value(str(tmp_path / "models" / "mine")).run()
+    (refused,) = [e.value for e in at.error]
+    assert "not allowed here" in refused and "catalog" not in refused and "Gemma" not in refused
+    at.text_input(key="ll_model_hub").set_value("Gemma-2-2B").run()  # what the old hint suggested
+    (error,) = [e.value for e in at.error]
+    assert "config without weights" in error and "folder" not in error and "'embedded'" in error
+    assert at.button[0].disabled and TASK not in at.session_state
