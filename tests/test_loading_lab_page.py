@@ -51,7 +51,7 @@ def test_loading_two_precisions_shows_measured_vs_predicted(tiny_model_dir):
     at = _run_to_completion(_page(), str(tiny_model_dir), ["fp32", "nf4-dq"])
     assert not at.exception and not at.error
     results = at.session_state["loading_lab_results"]
-    assert [r["precision"] for r in results] == ["fp32", "nf4-dq"]
+    assert [r.precision for r in results] == ["fp32", "nf4-dq"]  # typed LoadReports, not dicts
     headers = [h.value for h in at.header]
     assert headers[:3] == ["Measured vs predicted", "What changed inside", "What it costs in quality"]
     table = at.dataframe[0].value
@@ -65,7 +65,7 @@ def test_loading_two_precisions_shows_measured_vs_predicted(tiny_model_dir):
     assert (table["perplexity"] > 1).all()
     why = next(m.value for m in at.markdown if m.value.startswith("**Why RSS grew as it did**"))
     for r in results:  # next to the numbers, each precision's own figures
-        assert f"- {r['precision']}: +" in why
+        assert f"- {r.precision}: +" in why
     # 64 tokens read in windows of 256 = one window: 63 predicted, and the page says so.
     assert any("63 predicted tokens of the 64 read" in m.value for m in at.markdown)
     assert len(_charts(at)) >= 4  # bytes, breakdown, perplexity, NF4 histogram
@@ -129,7 +129,7 @@ def test_a_cancelled_run_is_marked_cancelled(tiny_model_dir):
     at.run()
     assert not at.exception
     warning = next(w.value for w in at.warning if "Cancelled" in w.value)
-    done = [r["precision"] for r in at.session_state["loading_lab_results"]]
+    done = [r.precision for r in at.session_state["loading_lab_results"]]
     assert len(done) < 3 and "Not run: " + ", ".join(p for p in ["fp32", "int8", "nf4"] if p not in done) in warning
     at.text_input[0].set_value("embedded").run()
     assert not any("Cancelled" in w.value for w in at.warning)  # new inputs: the old run's notes go
