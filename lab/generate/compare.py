@@ -135,6 +135,50 @@ class CompareResult:
                 "prompt_text": self.prompts.get(BASE_COLUMN)}
 
 
+@dataclass
+class Comparison:
+    """One comparison as the playground shows it, typed: streaming (columns so far), finished (with the
+    conversations that chat mode keeps), failed or cancelled. `inputs` are what it answered (model,
+    precision, adapters): an error about other inputs is not shown once they change."""
+
+    columns: dict[str, Column] = field(default_factory=dict)
+    turn: str = ""  # the user message being answered
+    prompts: dict[str, str] = field(default_factory=dict)  # the exact text each column's model saw
+    notes: list[str] = field(default_factory=list)  # about the whole comparison (DoRA ran alone)
+    column_notes: dict[str, str | None] = field(default_factory=dict)  # beside one column
+    conversations: dict[str, list[dict]] = field(default_factory=dict)
+    chat: bool = False
+    in_history: bool = False  # chat mode: the answers are in the chat history already
+    error: str | None = None
+    cancelled: str | None = None
+    inputs: tuple = ()
+
+    @classmethod
+    def streaming(cls, snap: dict[str, dict], turn: str) -> Comparison:
+        """From side_by_side's on_update snapshot (plain dicts, safe to hand across threads)."""
+        return cls({n: Column(n, d["text"], d["tokens"], d["seconds"], d["done"], d["batched"])
+                    for n, d in snap.items()}, turn)
+
+    @classmethod
+    def finished(cls, result: CompareResult, conversations: dict[str, list[dict]], chat: bool,
+                 column_notes: dict[str, str | None], inputs: tuple) -> Comparison:
+        turn = next(iter(conversations.values()))[-1]["content"] if conversations else ""
+        return cls(result.columns, turn, result.prompts, result.notes, column_notes, conversations, chat,
+                   inputs=inputs)
+
+    def answers_in_history(self, history: dict[str, list[dict]]) -> Comparison:
+        """Chat mode: each column's conversation, its answer appended, into `history`."""
+        for n, conv in self.conversations.items():
+            history[n] = [*conv, {"role": "assistant", "content": self.columns[n].text}]
+        self.in_history = True
+        return self
+
+    def figures(self, name: str) -> str:
+        """'12 tokens · 81.23 s · 0.15 tokens/s': one line that a narrow column wraps instead of cutting."""
+        c = self.columns.get(name) or Column(name)
+        return f"**{c.tokens}** tokens · **{c.seconds:.2f} s** · **{c.tokens_per_s:.1f}** tokens/s"
+
+
 def snapshot(columns: dict[str, Column]) -> dict[str, dict]:
     """A copy of the columns' state that a UI thread can read while generation goes on."""
     return {n: {**c.to_json(), "done": c.done, "batched": c.batched} for n, c in columns.items()}
