@@ -278,22 +278,7 @@ def side_by_side(
     if len(set(names)) != len(names):
         raise LabError(f"Two columns share a name: {names}.", "Give each adapter a different name.")
     per_column = messages if isinstance(messages, dict) else {n: messages for n in names}
-    prompts = {}
-    for n in names:
-        _check_messages(per_column.get(n, []), n)
-        prompts[n] = build_chat_prompt(tokenizer, per_column[n], settings.use_chat_template)
-
-    limit = context_length(loaded.model)
-    lengths = {n: len(tokenizer(prompts[n], add_special_tokens=False)["input_ids"]) for n in names}
-    for n, length in lengths.items():
-        if limit and length + settings.max_new_tokens > limit:
-            raise LabError(
-                f"The prompt{'' if n == BASE_COLUMN else f' for {n}'} is {length} tokens; with "
-                f"{settings.max_new_tokens} "
-                f"new tokens that exceeds the model's context of {limit} tokens.",
-                "Shorten the prompt (or clear the chat), or lower max new tokens.",
-            )
-
+    prompts = _column_prompts(loaded, names, per_column, settings)
     columns = {n: Column(n) for n in names}
     dora = [a.name for a in adapters if a.use_dora]
     batched = [n for n in names if n not in dora]
@@ -323,6 +308,26 @@ def side_by_side(
                 bank.activate(peft_names[n])
                 _generate(model, tokenizer, [columns[n]], [prompts[n]], {}, settings, update, cancel)
     return CompareResult(columns, prompts, settings, time.perf_counter() - started, notes, route)
+
+
+def _column_prompts(loaded, names: list[str], per_column: dict[str, list[dict]],
+                    settings: SamplingSettings) -> dict[str, str]:
+    """Each column's prompt text, checked: messages well formed, prompt + new tokens within the context."""
+    tokenizer, prompts = loaded.tokenizer, {}
+    for n in names:
+        _check_messages(per_column.get(n, []), n)
+        prompts[n] = build_chat_prompt(tokenizer, per_column[n], settings.use_chat_template)
+    limit = context_length(loaded.model)
+    for n in names:
+        length = len(tokenizer(prompts[n], add_special_tokens=False)["input_ids"])
+        if limit and length + settings.max_new_tokens > limit:
+            raise LabError(
+                f"The prompt{'' if n == BASE_COLUMN else f' for {n}'} is {length} tokens; with "
+                f"{settings.max_new_tokens} "
+                f"new tokens that exceeds the model's context of {limit} tokens.",
+                "Shorten the prompt (or clear the chat), or lower max new tokens.",
+            )
+    return prompts
 
 
 @torch.inference_mode()

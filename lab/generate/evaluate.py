@@ -208,18 +208,8 @@ def evaluate(
                                   SamplingSettings(**{**gen.__dict__, "use_chat_template": False}), owner=owner)
             losses, n_tok = _answer_losses(bank, tokenizer, prompt, _answer_text(tokenizer, ex.messages, ex.answer),
                                            names, dora, peft_names)
-        answers = {n: result.columns[n].text.strip() for n in names}
-        row = {
-            "index": i,
-            "prompt": ex.messages[-1]["content"] if ex.messages else "",
-            "reference": ex.answer,
-            "answers": answers,
-            "loss": {n: round(v, 4) for n, v in zip(names, losses, strict=True)},
-            "answer_tokens": n_tok,
-            "differs": len({normalize(a) for a in answers.values()}) > 1,
-        }
-        if metric == "accuracy":
-            row["correct"] = {n: normalize(a) == normalize(ex.answer) for n, a in answers.items()}
+        row = _row(i, ex, {n: result.columns[n].text.strip() for n in names}, dict(zip(names, losses, strict=True)),
+                   n_tok, metric)
         rows.append(row)
         if on_progress:
             on_progress(i + 1, len(examples), row)
@@ -227,6 +217,22 @@ def evaluate(
     if len(rows) == len(examples):  # a complete evaluation (not cancelled) goes on the runs' cards
         result.warnings += record_in_runs(result, adapters, loaded)
     return result
+
+
+def _row(i: int, ex: Example, answers: dict[str, str], losses: dict[str, float], n_tok: int, metric: str) -> dict:
+    """One example's row of an EvalResult: every model's answer and loss, and whether each is right."""
+    row = {
+        "index": i,
+        "prompt": ex.messages[-1]["content"] if ex.messages else "",
+        "reference": ex.answer,
+        "answers": answers,
+        "loss": {n: round(v, 4) for n, v in losses.items()},
+        "answer_tokens": n_tok,
+        "differs": len({normalize(a) for a in answers.values()}) > 1,
+    }
+    if metric == "accuracy":
+        row["correct"] = {n: normalize(a) == normalize(ex.answer) for n, a in answers.items()}
+    return row
 
 
 def record_in_runs(result: EvalResult, adapters: list[AdapterInfo], loaded) -> list[str]:
