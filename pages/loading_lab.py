@@ -10,9 +10,9 @@ import streamlit as st
 
 from lab.environment import device_type
 from lab.inspect.load_report import HELP, LoadFailure, LoadReport, mb, read_results
-from lab.inspect.measure import KINDS, MEMORY_LABELS
 from lab.inspect.quality import DEFAULT_PROMPTS, QualityConfig, describe_tokens
 from lab.inspect.quality import HELP as QUALITY_HELP
+from lab.models.measure import KINDS, MEMORY_LABELS
 from lab.models.precision import get_precision, slow_on
 from lab.models.sources import resolve_source
 from lab.units import fmt_bytes

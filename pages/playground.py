@@ -13,11 +13,11 @@ import streamlit as st
 
 from lab import policy
 from lab.data.datasets import list_datasets, save_upload
+from lab.data.prompts import build_chat_prompt
 from lab.errors import LabError
 from lab.generate.adapters import choose_adapters, discover_runs, newest_matching, precision_note
 from lab.generate.compare import BASE_COLUMN, Comparison, SamplingSettings
 from lab.generate.evaluate import METRICS, EvalProgress, EvalSettings, load_examples
-from lab.generate.prompts import build_chat_prompt
 from lab.models.sources import resolve_source
 from lab.sharing.limits import RequestLimits
 from lab.vocab import PRECISIONS, describe
