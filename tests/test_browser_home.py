@@ -50,19 +50,17 @@ new MutationObserver(() => {
 def test_a_fresh_public_server_paints_at_once_and_names_no_server_path(browser):
     """Issue 20 papercut 12: the first visit to a fresh server showed a blank page while app.py imported torch and
     friends (seconds); Home showed the server's cache path in public mode."""
-    server = AppServer(free_port(), env={"QLORA_LAB_PUBLIC": "1"})
+    server = start_server({"QLORA_LAB_PUBLIC": "1"})  # its own: this must be the server's very first visit
     try:
-        server.wait_healthy()
-        page = browser.new_page()
+        page = new_page(browser)
         page.add_init_script(SEEN_TEXTS)
-        open_page(page, server, "", wait_for_text="This machine", timeout=180_000)
+        open_page(page, server, "", wait_for_text="This machine")
         seen = page.evaluate("window.__seen")
         assert any("Starting QLoRA Lab" in t for t in seen)  # painted before the heavy imports
-        main = page.locator('[data-testid="stMain"]')
-        expect(main.get_by_text("Starting QLoRA Lab")).to_have_count(0)  # and gone once they are done
-        expect(main.get_by_text("is ready.").first).to_be_visible(timeout=30_000)
-        assert "/" not in main.get_by_text("is ready.").first.inner_text()  # no server path in public mode
+        expect(main(page).get_by_text("Starting QLoRA Lab")).to_have_count(0)  # and gone once they are done
+        expect(main(page).get_by_text("is ready.").first).to_be_visible()
+        assert "/" not in main(page).get_by_text("is ready.").first.inner_text()  # no server path in public mode
         assert_no_exception(page)
-        page.close()
+        page.context.close()
     finally:
         server.stop()
