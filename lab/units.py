@@ -26,6 +26,13 @@ def fmt_count(n: int | float) -> str:
     return f"{n:,.0f}"
 
 
+def format_duration(seconds: float | None) -> str:
+    """'~45 s' below 90 s, '~3 min' above ('unknown' for None): how long something takes or will take."""
+    if seconds is None:
+        return "unknown"
+    return f"~{seconds / 60:.0f} min" if seconds >= 90 else f"~{seconds:.0f} s"
+
+
 def format_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
     """A plain-text table with aligned columns (numbers right-aligned)."""
     show_header = any(headers)

@@ -122,6 +122,7 @@ def run(args: argparse.Namespace) -> dict:
         formula = estimate_training(arch, settings)
         explained = formula.to_json()
         result["training"] = {**explained, **sim.to_json(), "formula_total_bytes": formula.total_bytes,
+                              "formula_allocated_bytes": formula.allocated_bytes,
                               "notes": [*explained["notes"], *sim.notes]}
         peak = sim.peak_bytes
         if args.gpus is not None:
@@ -134,10 +135,9 @@ def run(args: argparse.Namespace) -> dict:
                 result["multi_gpu"]["smallest_gpus"] = smallest_fitting(sim, gpu, args.sharding)
         result["fits"] = fit_table(peak)
         if args.inverse and gpu is not None:
-            from lab.estimate.inverse import max_fitting
+            from lab.estimate.inverse import knobs_for, max_fitting
 
-            knobs = ["batch_size", "seq_len"] + ([] if args.train == "full" else ["r"])
-            answers = {k: max_fitting(arch, settings, gpu, k) for k in knobs}
+            answers = {k: max_fitting(arch, settings, gpu, k) for k in knobs_for(settings.method)}
             result["inverse"] = {"gpu": gpu.name, **{f"max_{k}": a.value for k, a in answers.items()},
                                  "details": {k: a.to_json() for k, a in answers.items()}}
     elif args.gpus is not None:
@@ -169,10 +169,10 @@ def render(r: dict) -> str:
         out += ["", f"on {m['gpus']} GPUs ({m['sharding']}): {fmt_bytes(m['per_gpu_peak_bytes'])} per GPU"]
         out += [f"  {k}: {fmt_bytes(v)}" for k, v in m["terms"].items()]
         if "smallest_gpus" in m:
+            from lab.estimate.parallel import why_none_fit  # torch-heavy (simulate), as in run()
+
             n = m["smallest_gpus"]
-            why = ("DDP keeps the whole model on every GPU" if m["sharding"] == "ddp" else
-                   "what each GPU's step needs besides the sharded state does not fit")
-            out.append(f"  fewest GPUs that fit: {n if n else f'none ({why})'}")
+            out.append(f"  fewest GPUs that fit: {n if n else 'none (' + why_none_fit(m['sharding']) + ')'}")
     out += ["", format_table([(f["gpu"], f"{f['used_percent']:.0f}%", f["verdict"]) for f in r["fits"]],
                              ("GPU", "used", "verdict"))]
     if "gpu_verdict" in r:
@@ -192,7 +192,7 @@ def _render_simulation(kind: str, s: dict) -> list[str]:
     out.append(format_table([(k, fmt_bytes(v)) for k, v in sorted(s["by_category"].items(), key=lambda kv: -kv[1])],
                             ("at the peak", "bytes")))
     if kind == "training":
-        out.append(f"formula (explanation): {fmt_bytes(s['formula_total_bytes'] - s['components']['cuda_context'])} "
+        out.append(f"formula (explanation): {fmt_bytes(s['formula_allocated_bytes'])} "
                    f"without the CUDA context; terms: "
                    + ", ".join(f"{k} {fmt_bytes(v)}" for k, v in s["components"].items() if k != "cuda_context"))
     out += list(s.get("notes", []))

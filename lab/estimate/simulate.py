@@ -632,10 +632,18 @@ def is_cached(arch, settings, device: str = "cuda") -> bool:
         return key in _CACHE
 
 
-def simulate_page(arch, settings, inference: InferenceSettings, report=None, cancel=None) -> dict:
-    """Both simulations a page shows; each part is a Simulation or the one-line reason it cannot be.
-    (`report`/`cancel` are lab.tasks.BackgroundTask's hooks.)"""
-    out: dict = {}
+@dataclass(frozen=True)
+class PageSimulations:
+    """Both simulations a page shows: each a Simulation, the one-line reason it cannot be, or None when
+    the page asked for other settings before it ran."""
+
+    training: Simulation | str | None = None
+    inference: Simulation | str | None = None
+
+
+def simulate_page(arch, settings, inference: InferenceSettings, report=None, cancel=None) -> PageSimulations:
+    """Both simulations a page shows. (`report`/`cancel` are lab.tasks.BackgroundTask's hooks.)"""
+    out: dict[str, Simulation | str] = {}
     for part, run in (("training", lambda: simulate(arch, settings)),
                       ("inference", lambda: simulate_generation(arch, inference))):
         if cancel is not None and cancel.is_set():  # the page asked for other settings meanwhile
@@ -646,4 +654,4 @@ def simulate_page(arch, settings, inference: InferenceSettings, report=None, can
             out[part] = run()
         except LabError as e:
             out[part] = str(e)
-    return out
+    return PageSimulations(**out)

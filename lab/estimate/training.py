@@ -67,6 +67,12 @@ class TrainingEstimate:
     def total_bytes(self) -> int:
         return sum(self.components.values())
 
+    @property
+    def allocated_bytes(self) -> int:
+        """The formula's peak as torch.cuda.max_memory_allocated would count it: every term but the CUDA
+        context (memory outside PyTorch's allocator). What the simulated peak is compared with."""
+        return self.total_bytes - self.components.get("cuda_context", 0)
+
     def to_json(self) -> dict:
         return {
             "settings": asdict(self.settings),
@@ -98,6 +104,22 @@ def activation_bytes_per_token_layer(arch: Architecture, act_bytes: int) -> int:
     kv_dim = arch.num_kv_heads * arch.head_dim
     i = arch.intermediate_size or 4 * h
     return act_bytes * (4 * h + 2 * q_dim + 2 * kv_dim + 4 * i)
+
+
+def method_for(precision: str, method: str) -> str:
+    """The method that trains on a base stored at `precision`: QLoRA needs a quantized base, LoRA and full
+    fine-tuning an unquantized one. `method` is kept when it already fits; otherwise QLoRA ⇄ LoRA."""
+    quantized = get_precision(precision).quantized
+    if quantized:
+        return "qlora"
+    return "lora" if method == "qlora" else method
+
+
+def precision_for(method: str, precision: str) -> str:
+    """The base precision `method` trains on: `precision` when it fits, else QLoRA's nf4-dq or LoRA's bf16."""
+    if get_precision(precision).quantized == (method == "qlora"):
+        return precision
+    return "nf4-dq" if method == "qlora" else "bf16"
 
 
 def adapter_dtype(s: TrainingSettings, quantized_base: bool) -> str:
@@ -136,7 +158,7 @@ def estimate_training(arch: Architecture, settings: TrainingSettings | None = No
 
     formulas: dict[str, str] = {}
     comps: dict[str, int] = {"weights": weights.weights_bytes}
-    formulas["weights"] = f"base model at {weights.precision} (see the weights table): {weights.weights_bytes:,} B"
+    formulas["weights"] = weights_formula(arch, s, weights)
     lora = None
     if s.method == "full":
         trainable = arch.params_total
@@ -177,6 +199,17 @@ def estimate_training(arch: Architecture, settings: TrainingSettings | None = No
     formulas["cuda_context"] = ("memory outside PyTorch's allocator (CUDA context, kernels, workspaces): the median of "
                                 "published out-of-memory reports (lab.estimate.gpus.OOM_REPORTS); 0 on a CPU")
     return TrainingEstimate(s, comps, formulas, trainable, weights, lora, tuple(notes))
+
+
+def weights_formula(arch: Architecture, s: TrainingSettings, weights: WeightEstimate) -> str:
+    """How the Weights term is counted; with QLoRA's fp32 upcast it says why it is more than the weights table
+    (which stores what stays unquantized in the chosen dtype, as loading does before training starts)."""
+    if not (weights.quantized_params and s.upcast_for_kbit and s.method == "qlora"):
+        return f"base model at {weights.precision} (as in the weights table): {weights.weights_bytes:,} B"
+    loaded = estimate_weights(arch, weights.precision, s.dtype)
+    return (f"base model at {weights.precision} as loaded ({loaded.weights_bytes:,} B, the weights table) + "
+            f"{weights.weights_bytes - loaded.weights_bytes:,} B for the fp32 copy of embeddings, norms and lm_head "
+            f"that prepare_model_for_kbit_training makes = {weights.weights_bytes:,} B")
 
 
 def trainable_shapes(arch: Architecture, lora: LoraEstimate | None) -> list[tuple[int, ...]]:
