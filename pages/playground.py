@@ -34,6 +34,7 @@ from pages._ui import (
     session_owner,
     shared_models,
     start_task,
+    upload_limit_mb,
 )
 
 GEN_TASK = "playground_generate"
@@ -314,7 +315,7 @@ with tab_eval:
                                   "prompt/completion rows).")
     upload = e2.file_uploader(
         "Test file",
-        type=["jsonl", "json", "csv"],
+        type=["jsonl", "json", "csv"], max_upload_size=upload_limit_mb(),
         disabled=busy or ds_choice != "Upload a file…",
         help="Every row of the file is a test example.",
     )

@@ -47,6 +47,7 @@ from pages._ui import (
     report_activity,
     shared_models,
     start_task,
+    upload_limit_mb,
 )
 
 H = TrainConfig.help
@@ -283,7 +284,7 @@ with left:
     if choice == UPLOAD:
         up = st.file_uploader(
             "JSONL or CSV (Alpaca, chat messages, or prompt/completion rows)",
-            type=["jsonl", "json", "csv"],
+            type=["jsonl", "json", "csv"], max_upload_size=upload_limit_mb(),
             help=(
                 "Alpaca: instruction, input (optional), output. Chat: messages [{role, content}…]. Or prompt + "
                 "completion."
