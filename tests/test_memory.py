@@ -297,3 +297,42 @@ def test_cli_memory_bad_input_exits_2(capsys, argv, needle):
     assert main(["memory", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and needle in err and "\n" not in err
+
+
+def test_the_formula_peak_without_the_cuda_context_is_computed_once():
+    """The formula's total as max_memory_allocated counts it (no CUDA context): one property that the page's
+    table, the CLI and the explanation share."""
+    from lab.estimate import explain
+    from lab.estimate.simulate import simulate
+
+    arch = read_architecture("SmolLM2-135M")
+    settings = TrainingSettings(seq_len=128)
+    formula = estimate_training(arch, settings)
+    assert formula.allocated_bytes == formula.total_bytes - formula.components["cuda_context"]
+    rows = explain.formula_vs_simulation(simulate(arch, settings), formula)
+    assert rows[-1].category == "total" and rows[-1].formula_bytes == formula.allocated_bytes
+    assert sum(r.formula_bytes for r in rows[:-1]) == formula.allocated_bytes
+
+
+def test_the_qlora_weights_term_says_why_it_exceeds_the_weights_table():
+    """Issue 20 papercut 2: the Weights term (fp32 upcast of embeddings, norms, lm_head) read 3.03 GB beside a
+    weights table of 2.24 GB with no word why, where the figure is."""
+    arch = read_architecture("Llama-3.2-3B")
+    formula = estimate_training(arch, TrainingSettings(method="qlora", precision="nf4-dq"))
+    table = estimate_weights(arch, "nf4-dq", "auto").weights_bytes
+    text = formula.formulas["weights"]
+    assert f"{table:,} B, the weights table" in text and "fp32 copy of embeddings, norms and lm_head" in text
+    assert f"{formula.weights.weights_bytes - table:,} B" in text
+
+
+def test_method_and_precision_rules():
+    from lab.estimate.inverse import knobs_for
+    from lab.estimate.parallel import why_none_fit
+    from lab.estimate.training import method_for, precision_for
+
+    assert [method_for(p, "qlora") for p in ("bf16", "fp32", "nf4")] == ["lora", "lora", "qlora"]
+    assert method_for("bf16", "full") == "full" and method_for("int8", "full") == "qlora"
+    assert precision_for("qlora", "bf16") == "nf4-dq" and precision_for("lora", "nf4") == "bf16"
+    assert precision_for("full", "fp32") == "fp32" and precision_for("qlora", "fp4") == "fp4"
+    assert knobs_for("full") == ["batch_size", "seq_len"] and knobs_for("lora")[-1] == "r"
+    assert why_none_fit("ddp").startswith("DDP keeps the whole model on every GPU")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from lab.errors import LabError
 from lab.estimate.lora import estimate_lora
 from lab.estimate.simulate import simulate
 from lab.estimate.training import TrainingSettings
@@ -129,6 +130,42 @@ def test_calculator_answers_first_one_headline_each_detail_in_tabs():
     assert f"Training holds {fmt_bytes(upcast.weights_bytes)} of weights" in captions
     assert f"(+{fmt_bytes(upcast.weights_bytes - table.weights_bytes)})" in captions
     assert "The hand formula" in captions  # the second figure explained beside the headline, not a rival
+
+
+def test_a_hub_id_being_checked_shows_checking_never_the_previous_error(monkeypatch):
+    """Issue 20 bug 1 (the page's part): while a new Hub id is checked (seconds against the Hub), the page showed
+    the previous input's error greyed out. Now the check runs off the script thread and the page says
+    'Checking …' where the answer will be."""
+    import threading
+
+    import pages._arch_ui as arch_ui
+
+    release = threading.Event()
+
+    def hub(spec):
+        if spec == "someone/missing":
+            raise LabError("someone/missing was not found on the Hub.")
+        assert release.wait(60)  # the Hub taking its time
+        return read_architecture("SmolLM2-135M")
+
+    monkeypatch.setattr(arch_ui, "read_architecture", hub)
+
+    def finished(at):
+        if "arch_check" in at.session_state:  # still running when the page last looked
+            task = at.session_state["arch_check"]
+            assert task.wait(60).status in ("done", "failed")
+            at.session_state[arch_ui.CHECKED] = (task.name, task.result if task.status == "done" else task.error)
+        return at.run()  # AppTest runs the page's poller only with the page: store what it would have
+
+    at = run_page(LORA, model=arch_ui.OTHER, source="someone/missing")
+    at = finished(at)
+    assert [e.value for e in at.error] == ["someone/missing was not found on the Hub."]
+    at.text_input(key="source").set_value("someone/slow").run()
+    assert not at.exception and not at.error  # the previous input's error is gone at once
+    assert [i.value for i in at.info] == ["Checking someone/slow…"]
+    release.set()
+    at = finished(at)
+    assert not at.error and "SmolLM2-135M" in " ".join(c.value for c in at.caption)
 
 
 @pytest.mark.parametrize("page", [CALC, LORA])
