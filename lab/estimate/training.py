@@ -140,22 +140,8 @@ def estimate_training(arch: Architecture, settings: TrainingSettings | None = No
             raise LabError(f"The {label} must be a positive integer, got {v!r}.")
     compute = resolve_dtype(s.dtype, config_dtype=arch.config_dtype)
     cb = compute.bytes
-    notes: list[str] = []
-    if s.method == "qlora":
-        precision = s.precision or "nf4-dq"
-        if not get_precision(precision).quantized:
-            raise LabError(f"QLoRA needs a quantized precision, got {precision!r}.", "Use nf4, nf4-dq, fp4 or int8.")
-        unq = "fp32" if s.upcast_for_kbit else compute.name
-        weights = estimate_weights(arch, precision, unq)
-        if s.upcast_for_kbit:
-            notes.append("prepare_model_for_kbit_training casts embeddings, norms and lm_head to fp32.")
-    else:
-        precision = s.precision or compute.name
-        if get_precision(precision).quantized:
-            raise LabError(f"{s.method} trains an unquantized base; precision {precision!r} is quantized.",
-                           "Use method 'qlora' for a quantized base.")
-        weights = estimate_weights(arch, precision)
-
+    weights, notes = _base_weights(arch, s, compute.name)
+    precision = weights.precision
     formulas: dict[str, str] = {}
     comps: dict[str, int] = {"weights": weights.weights_bytes}
     formulas["weights"] = weights_formula(arch, s, weights)
@@ -199,6 +185,22 @@ def estimate_training(arch: Architecture, settings: TrainingSettings | None = No
     formulas["cuda_context"] = ("memory outside PyTorch's allocator (CUDA context, kernels, workspaces): the median of "
                                 "published out-of-memory reports (lab.estimate.gpus.OOM_REPORTS); 0 on a CPU")
     return TrainingEstimate(s, comps, formulas, trainable, weights, lora, tuple(notes))
+
+
+def _base_weights(arch: Architecture, s: TrainingSettings, compute: str) -> tuple[WeightEstimate, list[str]]:
+    """The frozen (or, fully fine-tuned, trained) base as the step holds it, and what to note about it."""
+    if s.method == "qlora":
+        precision = s.precision or "nf4-dq"
+        if not get_precision(precision).quantized:
+            raise LabError(f"QLoRA needs a quantized precision, got {precision!r}.", "Use nf4, nf4-dq, fp4 or int8.")
+        weights = estimate_weights(arch, precision, "fp32" if s.upcast_for_kbit else compute)
+        return weights, (["prepare_model_for_kbit_training casts embeddings, norms and lm_head to fp32."]
+                         if s.upcast_for_kbit else [])
+    precision = s.precision or compute
+    if get_precision(precision).quantized:
+        raise LabError(f"{s.method} trains an unquantized base; precision {precision!r} is quantized.",
+                       "Use method 'qlora' for a quantized base.")
+    return estimate_weights(arch, precision), []
 
 
 def weights_formula(arch: Architecture, s: TrainingSettings, weights: WeightEstimate) -> str:
