@@ -21,7 +21,7 @@ from lab.estimate.gpus import (
     this_machine,
 )
 from lab.estimate.inference import kv_cache_bytes
-from lab.estimate.inverse import INVERSE_KNOBS, solve_all
+from lab.estimate.inverse import INVERSE_KNOBS, INVERSE_LABELS, solve_all
 from lab.estimate.parallel import per_gpu_peak, smallest_fitting
 from lab.estimate.simulate import InferenceSettings, is_cached, resolve_recipe, simulate_page
 from lab.estimate.snippet import training_code
@@ -47,6 +47,7 @@ from pages._ui import cached_environment, friendly_errors, get_task, poll_task, 
 GB = 1e9
 BIG = 10**9  # widget bounds wide enough that any URL value reaches the lab, which says what is wrong with it
 HELP = {name: f.metadata["help"] for name, f in TrainingSettings.__dataclass_fields__.items()}
+DEFAULT = TrainingSettings()  # the GPU recipe's defaults (lab.recipe.GPU), never retyped here
 DTYPE_HELP = ("dtype of everything bitsandbytes leaves unquantized (embeddings, norms, lm_head, biases) and of the "
               "compute. auto = the config's torch_dtype, what the checkpoint ships in.")
 COLORS = {
@@ -172,14 +173,16 @@ st.header("Training step and generation — simulated")
 t1, t2, t3, t4 = st.columns(4)
 method = t1.radio("Method", list(METHODS), index=2, key="method", bind="query-params", horizontal=True,
                   help=describe(METHODS, markdown=True) + " · The base is loaded at the precision chosen above.")
-batch_size = t2.number_input("Batch size", 1, BIG, 1, key="batch", bind="query-params", help=HELP["batch_size"])
-seq_len = t3.number_input("Sequence length", 1, BIG, 1024, step=256, key="seq", bind="query-params",
-                          help=HELP["seq_len"] + " Checked against the model's max_position_embeddings.")
-optimizer = t4.selectbox("Optimizer", list(OPTIMIZERS), index=list(OPTIMIZERS).index("paged_adamw_8bit"), key="optim",
+batch_size = t2.number_input("Batch size", 1, BIG, DEFAULT.batch_size, key="batch", bind="query-params",
+                             help=HELP["batch_size"])
+max_length = t3.number_input("Sequence length", 1, BIG, DEFAULT.max_length, step=256, key="seq", bind="query-params",
+                             help=HELP["max_length"] + " Checked against the model's max_position_embeddings.")
+optimizer = t4.selectbox("Optimizer", list(OPTIMIZERS), index=list(OPTIMIZERS).index(DEFAULT.optimizer), key="optim",
                          bind="query-params", help=describe(OPTIMIZERS, markdown=True))
 u1, u2, u3 = st.columns([1, 1, 2])
-gc = u1.checkbox("Gradient checkpointing", True, key="gc", bind="query-params", help=HELP["grad_checkpointing"])
-r = u2.number_input("LoRA rank r", 1, BIG, 16, key="r", bind="query-params", disabled=method == "full",
+gc = u1.checkbox("Gradient checkpointing", DEFAULT.gradient_checkpointing, key="gc", bind="query-params",
+                 help=HELP["gradient_checkpointing"])
+r = u2.number_input("LoRA rank r", 1, BIG, DEFAULT.r, key="r", bind="query-params", disabled=method == "full",
                     help=HELP["r"] + " Checked against the width of the targeted layers.")
 preset = u3.segmented_control("LoRA targets", list(TARGET_PRESETS), default="all-linear", key="targets",
                               bind="query-params", required=True, disabled=method == "full",
@@ -203,7 +206,8 @@ with st.expander("Attention, adapter dtype, fp32 upcast, DoRA, generation"):
                                  help=InferenceSettings.__dataclass_fields__["new_tokens"].metadata["help"])
 
 settings = TrainingSettings(method=method, precision=precision, dtype=dtype, batch_size=int(batch_size),
-                            seq_len=int(seq_len), grad_checkpointing=gc, optimizer=optimizer, r=int(r), targets=preset,
+                            max_length=int(max_length), gradient_checkpointing=gc, optimizer=optimizer, r=int(r),
+                            targets=preset,
                             use_dora=dora, upcast_for_kbit=upcast == "on", attn=None if attn == "default" else attn,
                             adapter_dtype=adapter_dtype, loss=loss)
 infer_settings = InferenceSettings(precision, dtype, int(infer_batch), int(prompt_tokens), int(new_tokens),
@@ -423,7 +427,8 @@ if sim is not None:
             cols = st.columns(len(knobs))
             for col, k in zip(cols, knobs, strict=True):
                 a = kept[1][k]
-                col.metric(f"max {k.replace('_', ' ')}", f"{a.value:,}" if a.value else "none fits",
+                label = INVERSE_LABELS.get(k, f"max {k.replace('_', ' ')}")
+                col.metric(label, f"{a.value:,}" if a.value else "none fits",
                            help=INVERSE_KNOBS[k] + f" Simulated at {', '.join(str(x) for x, _ in a.points)}; "
                            + ("confirmed by a simulation." if a.checked else "not confirmed."))
     elif task_running(INVERSE_TASK):
