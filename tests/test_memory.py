@@ -20,9 +20,9 @@ from lab.estimate.gpus import (
 from lab.estimate.inference import kv_cache_bytes
 from lab.estimate.training import TrainingSettings, estimate_training
 from lab.estimate.weights import estimate_weights
-from lab.inspect.measure import measure_storage
 from lab.models.architecture import read_architecture
 from lab.models.loading import load_model
+from lab.models.measure import measure_storage
 from tests.conftest import build_tiny_model
 
 QUANTIZED = ["int8", "nf4", "nf4-dq", "fp4"]
