@@ -20,11 +20,11 @@ from lab.vocab import (
     KBIT_UPCAST,
     LOSSES,
     METHODS,
-    OPTIMIZERS,
     PRECISIONS,
     TARGET_PRESETS,
     describe,
 )
+from pages._fields import field_input, metadata
 
 BIG = 10**9  # widget bounds wide enough that any URL value reaches the lab, which says what is wrong with it
 DEFAULT = TrainingSettings()
@@ -104,24 +104,26 @@ def training_inputs(precision: str, dtype: str) -> CalcInputs:
         _switch_note("Method", method, st.session_state[_FIX], f"a {precision} base trains with "
                      f"{METHODS[st.session_state[_FIX]].label}.")
         st.rerun()
-    batch = t2.number_input("Batch size", 1, BIG, DEFAULT.batch_size, key="batch", bind="query-params",
-                            help=HELP["batch_size"])
-    seq = t3.number_input("Sequence length", 1, BIG, DEFAULT.seq_len, step=256, key="seq", bind="query-params",
-                          help=HELP["seq_len"] + " Checked against the model's max_position_embeddings.")
-    optimizers = list(OPTIMIZERS)
-    optimizer = t4.selectbox("Optimizer", optimizers, index=optimizers.index(DEFAULT.optimizer), key="optim",
-                             bind="query-params", help=describe(OPTIMIZERS, markdown=True))
+    # labels, defaults (the GPU recipe, lab.recipe.GPU), bounds and help from the fields: nothing retyped here
+    batch = field_input(t2, TrainingSettings, "batch_size", key="batch", value=DEFAULT.batch_size, bind="query-params")
+    seq = field_input(t3, TrainingSettings, "max_length", key="seq", value=DEFAULT.max_length, bind="query-params",
+                      extra_help="Checked against the model's max_position_embeddings.")
+    optimizer = field_input(t4, TrainingSettings, "optimizer", key="optim", value=DEFAULT.optimizer,
+                            bind="query-params")
     u1, u2, u3 = st.columns([1, 1, 2])
-    gc = u1.checkbox("Gradient checkpointing", DEFAULT.grad_checkpointing, key="gc", bind="query-params",
-                     help=HELP["grad_checkpointing"])
-    r = u2.number_input("LoRA rank r", 1, BIG, DEFAULT.r, key="r", bind="query-params", disabled=method == "full",
+    gc = field_input(u1, TrainingSettings, "gradient_checkpointing", key="gc", value=DEFAULT.gradient_checkpointing,
+                     bind="query-params")
+    # The rank keeps a wide bound on purpose: the calculator asks "what if" past a run's bound (lab.recipe), and a
+    # URL's r reaches the lab, which refuses one above the targeted layers' width with the reason.
+    r = u2.number_input(metadata(TrainingSettings, "r")["label"], 1, BIG, DEFAULT.r, key="r", bind="query-params",
+                        disabled=method == "full",
                         help=HELP["r"] + " Checked against the width of the targeted layers.")
     preset = u3.segmented_control("LoRA targets", list(TARGET_PRESETS), default=DEFAULT.targets, key="targets",
                                   bind="query-params", required=True, disabled=method == "full",
                                   help=describe(TARGET_PRESETS, markdown=True))
     more, infer = _more_inputs(precision, dtype)
     training = TrainingSettings(method=method, precision=precision, dtype=dtype, batch_size=int(batch),
-                                seq_len=int(seq), grad_checkpointing=gc, optimizer=optimizer, r=int(r),
+                                max_length=int(seq), gradient_checkpointing=gc, optimizer=optimizer, r=int(r),
                                 targets=preset, **more)
     return CalcInputs(training, infer, _switched(precision, method))
 

@@ -24,12 +24,11 @@ from lab.models.registry import ModelRegistry
 from lab.serve.admin import admin_enabled
 from lab.serve.preload import Preloader
 from lab.serve.sessions import SessionBoard
-from lab.sharing.queue import fmt_seconds
 from lab.sharing.shared import SharedModels
 from lab.tasks import BackgroundTask
 from lab.training import owners
 from lab.training.queue import QueueWatcher
-from lab.units import fmt_bytes, fmt_count
+from lab.units import fmt_bytes, fmt_count, fmt_seconds
 
 log = logging.getLogger("qlora_lab.ui")
 

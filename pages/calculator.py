@@ -23,13 +23,13 @@ from lab.estimate.gpus import (
     verdicts,
 )
 from lab.estimate.inference import kv_cache_bytes
-from lab.estimate.inverse import INVERSE_KNOBS, knobs_for, solve_all
+from lab.estimate.inverse import INVERSE_KNOBS, INVERSE_LABELS, knobs_for, solve_all
 from lab.estimate.parallel import per_gpu_peak, smallest_fitting, why_none_fit
 from lab.estimate.simulate import PageSimulations, Simulation, is_cached, resolve_recipe, simulate_page
 from lab.estimate.snippet import training_code
 from lab.estimate.training import TrainingEstimate, estimate_training
 from lab.estimate.weights import WeightEstimate, estimate_weights
-from lab.units import fmt_bytes, fmt_count, format_duration
+from lab.units import fmt_bytes, fmt_count, fmt_seconds
 from lab.vocab import LAUNCH_MODES, PRECISIONS, describe
 from pages import _calc_charts as charts
 from pages._arch_ui import architecture_table, pick_architecture
@@ -110,7 +110,7 @@ def answers(w: WeightEstimate | None) -> tuple[Simulation | None, Simulation | N
         a2.metric("Simulated training peak", fmt_bytes(sim.peak_bytes),
                   help="The predicted torch.cuda.max_memory_allocated() of one training step, CUDA context excluded: "
                        f"{sim.simulated_layers} of {sim.full_layers} decoder layers run on fake tensors, the middle "
-                       f"one repeated to full depth. Simulated in {format_duration(sim.seconds)}.")
+                       f"one repeated to full depth. Simulated in {fmt_seconds(sim.seconds)}.")
         a2.caption(f"Peak in the **{sim.peak_at}**. {explain.formula_gap(sim, formula)}")
         if w is not None and formula.weights.weights_bytes != w.weights_bytes:
             a1.caption(f"Training holds {fmt_bytes(formula.weights.weights_bytes)} of weights: "
@@ -268,7 +268,7 @@ def inverse_tab() -> None:
             return
         for col, k in zip(st.columns(len(knobs)), knobs, strict=True):
             a = kept[1][k]
-            col.metric(f"max {k.replace('_', ' ')}", f"{a.value:,}" if a.value else "none fits",
+            col.metric(INVERSE_LABELS.get(k, f"max {k.replace('_', ' ')}"), f"{a.value:,}" if a.value else "none fits",
                        help=INVERSE_KNOBS[k] + f" Simulated at {', '.join(str(x) for x, _ in a.points)}; "
                        + ("confirmed by a simulation." if a.checked else "not confirmed."))
     elif task_running(INVERSE_TASK):

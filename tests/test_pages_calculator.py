@@ -65,7 +65,7 @@ def test_calculator_settings_come_from_the_url():
     assert at.number_input(key="batch").value == 2
     arch = read_architecture("Qwen2.5-0.5B")
     assert metrics(at)["True bytes"] == fmt_bytes(estimate_weights(arch, "bf16").weights_bytes)
-    sim = simulate(arch, TrainingSettings(method="full", precision="bf16", batch_size=2, seq_len=256))
+    sim = simulate(arch, TrainingSettings(method="full", precision="bf16", batch_size=2, max_length=256))
     assert metrics(at)["Simulated training peak"] == fmt_bytes(sim.peak_bytes)
     code = at.code[0].value
     assert 'model_id = "Qwen/Qwen2.5-0.5B"' in code and "get_peft_model" not in code  # full: no LoRA
@@ -270,5 +270,5 @@ def test_calculator_inverse_runs_in_the_background():
     from lab.estimate.inverse import max_fitting
 
     arch = read_architecture("SmolLM2-135M")
-    settings = TrainingSettings(method="lora", precision="bf16", seq_len=256, targets="all-linear")
-    assert shown["max seq len"] == f"{max_fitting(arch, settings, get_gpu('T4'), 'seq_len').value:,}"
+    settings = TrainingSettings(method="lora", precision="bf16", max_length=256, targets="all-linear")
+    assert shown["max seq len"] == f"{max_fitting(arch, settings, get_gpu('T4'), 'max_length').value:,}"

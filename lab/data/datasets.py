@@ -7,7 +7,7 @@ Forms (detected from the fields, like TRL's dataset formats):
 - prompt_completion  {"prompt", "completion"}  (strings, or lists of chat messages)
 
 Every row becomes (prompt messages, reference answer) through `prompt_and_answer`. The prompt is
-rendered by the lab's one prompt builder (`lab.generate.prompts.build_chat_prompt`: the tokenizer's
+rendered by the lab's one prompt builder (`lab.data.prompts.build_chat_prompt`: the tokenizer's
 chat template when it has one, the Alpaca template otherwise), the same the playground and the
 evaluation use. So the Playground's before/after accuracy sees exactly the prompt the adapter was
 trained on.
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab import policy
+from lab.data.prompts import alpaca_prompt, build_chat_prompt, has_chat_template
 from lab.errors import LabError
-from lab.generate.prompts import alpaca_prompt, build_chat_prompt, has_chat_template
 from lab.paths import ASSETS_DIR, uploads_dir
 
 DATASETS_DIR = ASSETS_DIR / "datasets"

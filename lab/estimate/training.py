@@ -13,6 +13,7 @@ from lab.estimate.lora import LoraEstimate, estimate_lora
 from lab.estimate.weights import WeightEstimate, estimate_weights
 from lab.models.architecture import Architecture
 from lab.models.precision import get_precision, resolve_dtype
+from lab.recipe import setting
 from lab.vocab import ADAPTER_DTYPES, AUTO, DTYPES, METHODS, OPTIMIZERS, lookup
 
 
@@ -23,30 +24,30 @@ def _f(default, help: str):
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    """What decides training memory. Defaults: QLoRA as the lab's Training page runs it on a GPU."""
+    """What decides training memory. Defaults: QLoRA as the lab's Training page runs it on a GPU (lab.recipe.GPU)."""
 
     method: str = _f("qlora", "full, lora or qlora (lab.vocab.METHODS).")
     precision: str | None = _f(None, "Precision of the base weights (lab.vocab.PRECISIONS). Default: nf4-dq for "
                                      "QLoRA, the dtype for LoRA and full fine-tuning.")
     dtype: str = _f("auto", "dtype of everything bitsandbytes leaves unquantized and of the compute "
                             "(lab.vocab.DTYPE_CHOICES; auto = the checkpoint's torch_dtype).")
-    batch_size: int = _f(1, "Sequences per step on each GPU.")
-    seq_len: int = _f(512, "Tokens per sequence.")
-    grad_checkpointing: bool = _f(True, "Recompute each layer's activations in the backward instead of keeping them.")
-    optimizer: str = _f("paged_adamw_8bit", "transformers' optim name (lab.vocab.OPTIMIZERS).")
-    r: int = _f(16, "LoRA rank.")
-    alpha: float | None = _f(None, "lora_alpha (default 2·r); does not change memory.")
-    targets: tuple[str, ...] | str = _f("all-linear", "LoRA target modules: a preset (lab.vocab.TARGET_PRESETS) or "
-                                                      "Linear leaf names.")
-    use_dora: bool = _f(False, "DoRA: a trainable magnitude per output feature, and a weight norm in every forward.")
+    # the settings a run has too: one name, default, bound and help with TrainConfig (lab.recipe), at the GPU recipe
+    batch_size: int = setting("batch_size", gpu=True)
+    max_length: int = setting("max_length", gpu=True)
+    gradient_checkpointing: bool = setting("gradient_checkpointing", gpu=True)
+    optimizer: str = setting("optimizer", gpu=True)
+    r: int = setting("r", gpu=True)
+    # alpha does not change memory; None (2·r) keeps the code snippet's lora_alpha following the rank asked about
+    alpha: float | None = setting("alpha", None)
+    targets: tuple[str, ...] | str = setting("targets", gpu=True)
+    use_dora: bool = setting("use_dora", gpu=True)
     upcast_for_kbit: bool = _f(True, "prepare_model_for_kbit_training's fp32 cast of the non-quantized weights "
                                      "(lab.vocab.KBIT_UPCAST: on, as the Training page does).")
     attn: str | None = _f(None, "Attention implementation (lab.vocab.ATTENTION); None = what transformers picks on a "
                                 "GPU: sdpa where the model supports it.")
     adapter_dtype: str = _f("auto", "dtype of the trainable adapters (lab.vocab.ADAPTER_DTYPES; auto = as the "
                                     "Training page does).")
-    dropout: float = _f(0.05, "lora_dropout, as the Training page's default: a dropout mask per adapted layer input "
-                              "(0: none, peft uses an identity).")
+    dropout: float = setting("dropout", gpu=True)
     autocast: bool = _f(True, "torch.autocast around the forward in the compute dtype for a 16-bit run (lab.vocab."
                               "AUTOCAST: on, as the Training page's bf16/fp16 flags; off for a plain loop).")
     loss: str = _f("fused", "How the loss is computed (lab.vocab.LOSSES): fused = TRL's chunked log-probabilities, "
@@ -135,7 +136,7 @@ def estimate_training(arch: Architecture, settings: TrainingSettings | None = No
     """Peak training memory, term by term. Keyword overrides update `settings`."""
     s = replace(settings or TrainingSettings(), **overrides)
     lookup(METHODS, s.method, "training method")
-    for label, v in (("batch size", s.batch_size), ("sequence length", s.seq_len)):
+    for label, v in (("batch size", s.batch_size), ("sequence length", s.max_length)):
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise LabError(f"The {label} must be a positive integer, got {v!r}.")
     compute = resolve_dtype(s.dtype, config_dtype=arch.config_dtype)
@@ -166,10 +167,10 @@ def estimate_training(arch: Architecture, settings: TrainingSettings | None = No
     per = comps["optimizer"] / trainable if trainable else 0
     formulas["optimizer"] = f"{trainable:,} × {per:.3g} B ({s.optimizer})"
 
-    tokens = s.batch_size * s.seq_len
+    tokens = s.batch_size * s.max_length
     per_layer = activation_bytes_per_token_layer(arch, cb)
     L = arch.num_layers
-    if s.grad_checkpointing:
+    if s.gradient_checkpointing:
         layers_part = tokens * (L * arch.hidden_size * cb + per_layer)
         formulas["activations"] = (f"b·s × (L·h·{cb} B checkpoints + one layer recomputed: {per_layer:,} B) "
                                    f"= {tokens:,} × ({L}·{arch.hidden_size}·{cb} + {per_layer:,})")

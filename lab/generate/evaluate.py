@@ -9,7 +9,7 @@ answer under each model. Metrics per model:
 - every set: the reference answer's mean token loss and perplexity exp(loss), the tokens counted
   being exactly those training learns (the answer and its end-of-turn).
 
-Prompts are rendered by the one prompt builder training uses (`lab.generate.prompts.build_chat_prompt`),
+Prompts are rendered by the one prompt builder training uses (`lab.data.prompts.build_chat_prompt`),
 so the adapter is asked the way it was taught.
 """
 
@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lab.data.prompts import build_chat_prompt
 from lab.errors import LabError
 from lab.generate.adapters import AdapterInfo
 from lab.generate.bank import LOCAL, adapter_bank
 from lab.generate.compare import BASE_COLUMN, SamplingSettings, side_by_side
-from lab.generate.prompts import build_chat_prompt
 
 METRICS = {
     "auto": "accuracy for labelled sets (every reference a short label without spaces, like banking-intents), "

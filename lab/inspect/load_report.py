@@ -2,7 +2,7 @@
 
 One code path for the page (`run_loading_lab`, several precisions in turn, in a worker thread),
 the CLI (`python -m lab load`) and the benchmark. Each load is measured right after
-`from_pretrained` (before any forward pass, see lab/inspect/measure.py), then inspected and scored, then
+`from_pretrained` (before any forward pass, see lab/models/measure.py), then inspected and scored, then
 released — so the next precision starts from a clean slate and no restart is ever needed.
 """
 
@@ -22,10 +22,10 @@ import torch
 
 from lab.environment import device_type
 from lab.errors import Cancelled, LabError
-from lab.inspect.measure import MemorySnapshot, measure_model, reset_peak
 from lab.inspect.quality import QualityConfig, greedy_answers, perplexity
 from lab.models.architecture import Architecture, read_architecture
 from lab.models.loading import free_memory, load_model
+from lab.models.measure import MemorySnapshot, measure_model, reset_peak
 from lab.models.precision import bnb_config_code, get_precision, resolve_dtype
 from lab.models.sources import ModelSource, resolve_source
 from lab.vocab import COMPUTE, dtype_by_torch_name
@@ -65,7 +65,7 @@ class LoadReport:
     hf_footprint_bytes: int  # model.get_memory_footprint()
     predicted_bytes: int | None  # the calculator's estimate (lab.estimate.weights.estimate_weights)
     error_pct: float | None  # (predicted - measured) / measured * 100
-    breakdown: dict[str, int]  # measured bytes by kind (see lab.inspect.measure.KINDS)
+    breakdown: dict[str, int]  # measured bytes by kind (see lab.models.measure.KINDS)
     by_dtype: dict[str, int]
     shared_bytes: int  # reached twice (tied weights, aliases), counted once
     n_tensors: int
@@ -381,7 +381,7 @@ def explain_rss(r: dict) -> str:
 
 
 def _after_forward_prediction(estimate, device: str) -> int | None:
-    """On an AVX512-BF16 CPU, 4-bit layers are repacked on the first forward (see lab/inspect/measure.py)."""
+    """On an AVX512-BF16 CPU, 4-bit layers are repacked on the first forward (see lab/models/measure.py)."""
     if estimate is None:
         return None
     if device == "cpu" and estimate.cpu_packed_bytes is not None:

@@ -25,12 +25,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
+from lab.data.prompts import build_chat_prompt
 from lab.environment import compute_dtype, device_type
 from lab.errors import LabError
 from lab.generate.adapters import AdapterInfo
 from lab.generate.bank import BankStatus, adapter_bank, identity
 from lab.generate.compare import BASE_COLUMN, CompareResult, SamplingSettings, side_by_side
-from lab.generate.prompts import build_chat_prompt
 from lab.inspect.load_report import available_bytes
 from lab.models.loading import LoadedModel, trim_heap
 from lab.models.precision import get_precision
