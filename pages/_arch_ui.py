@@ -7,8 +7,10 @@ import streamlit as st
 
 from lab import policy
 from lab.errors import LabError
-from lab.models.architecture import Architecture, read_architecture, read_architecture_json
-from lab.models.sources import EMBEDDED, catalog_names, is_hub_id
+from lab.models.architecture import Architecture
+from lab.models.catalog import EMBEDDED, catalog_names
+from lab.models.reader import read_architecture, read_architecture_json
+from lab.models.sources import is_hub_id
 from lab.units import fmt_count
 from pages._ui import friendly_errors, get_task, poll_task, start_task, upload_limit_mb
 

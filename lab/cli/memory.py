@@ -9,9 +9,12 @@ from dataclasses import fields
 from lab.errors import LabError
 from lab.estimate.gpus import GPUS, fit_table, get_gpu, gpu_verdict
 from lab.estimate.inference import kv_cache_bytes
+from lab.estimate.inverse import knobs_for, max_fitting
+from lab.estimate.parallel import per_gpu_peak, smallest_fitting, why_none_fit
+from lab.estimate.simulate import InferenceSettings, resolve_recipe, simulate, simulate_generation
 from lab.estimate.training import TrainingSettings, estimate_training
 from lab.estimate.weights import estimate_weights
-from lab.models.architecture import read_architecture
+from lab.models.reader import read_architecture
 from lab.recipe import add_argument as add_setting
 from lab.units import fmt_bytes, fmt_count, format_table
 from lab.vocab import (
@@ -100,7 +103,6 @@ def training_settings(args: argparse.Namespace) -> TrainingSettings:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from lab.estimate.simulate import InferenceSettings, resolve_recipe, simulate, simulate_generation
 
     if args.gpus is not None and args.gpus < 1:
         raise LabError(f"--gpus must be at least 1, got {args.gpus}.")
@@ -133,7 +135,6 @@ def run(args: argparse.Namespace) -> dict:
                               "notes": [*explained["notes"], *sim.notes]}
         peak = sim.peak_bytes
         if args.gpus is not None:
-            from lab.estimate.parallel import per_gpu_peak, smallest_fitting
 
             multi = per_gpu_peak(sim, args.gpus, args.sharding)
             result["multi_gpu"] = multi.to_json()
@@ -142,8 +143,6 @@ def run(args: argparse.Namespace) -> dict:
                 result["multi_gpu"]["smallest_gpus"] = smallest_fitting(sim, gpu, args.sharding)
         result["fits"] = fit_table(peak)
         if args.inverse and gpu is not None:
-            from lab.estimate.inverse import knobs_for, max_fitting
-
             answers = {k: max_fitting(arch, settings, gpu, k) for k in knobs_for(settings.method)}
             # the JSON keys stay as they were (issue 13): max_length's answer is max_seq_len
             maxima = {INVERSE_KEYS.get(k, f"max_{k}"): a.value for k, a in answers.items()}
@@ -178,8 +177,6 @@ def render(r: dict) -> str:
         out += ["", f"on {m['gpus']} GPUs ({m['sharding']}): {fmt_bytes(m['per_gpu_peak_bytes'])} per GPU"]
         out += [f"  {k}: {fmt_bytes(v)}" for k, v in m["terms"].items()]
         if "smallest_gpus" in m:
-            from lab.estimate.parallel import why_none_fit  # torch-heavy (simulate), as in run()
-
             n = m["smallest_gpus"]
             out.append(f"  fewest GPUs that fit: {n if n else 'none (' + why_none_fit(m['sharding']) + ')'}")
     out += ["", format_table([(f["gpu"], f"{f['used_percent']:.0f}%", f["verdict"]) for f in r["fits"]],
