@@ -32,6 +32,7 @@ from pages._ui import (
     session_owner,
     shared_models,
     start_task,
+    upload_limit_mb,
 )
 
 GEN_TASK = "playground_generate"
@@ -291,8 +292,8 @@ with tab_eval:
                              index=bundled.index("banking-intents") if "banking-intents" in bundled else 0,
                              help="A bundled dataset's test split, or your own JSONL/CSV file (Alpaca, messages or "
                                   "prompt/completion rows).")
-    upload = e2.file_uploader("Test file", type=["jsonl", "json", "csv"], disabled=busy or ds_choice != UPLOAD,
-                              help="Every row of the file is a test example.")
+    upload = e2.file_uploader("Test file", type=["jsonl", "json", "csv"], max_upload_size=upload_limit_mb(),
+                              disabled=busy or ds_choice != UPLOAD, help="Every row of the file is a test example.")
     limit = e3.number_input("Examples", 1, limits.max_eval_examples, min(EvalSettings.limit or 1,
                             limits.max_eval_examples), help=f"{EH['limit']} {RequestLimits.help('max_eval_examples')}",
                             disabled=busy)
