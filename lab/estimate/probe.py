@@ -28,11 +28,19 @@ def _mean_seconds(fn, budget: float = 0.5, least: int = 1) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def _matmul_flops(dtype: torch.dtype, rows: int, n: int = 1024, budget: float = 0.6) -> float:
-    """FLOP/s of (rows × n) @ (n × n): a CPU's matmul rate depends on the rows (the tokens of a step: a
-    thin matmul of 32 rows runs at half the rate of a square one here), so the probe uses the step's."""
-    a, b = torch.randn(rows, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    return 2 * rows * n * n / _mean_seconds(lambda: torch.mm(a, b), budget)
+def _matmul_flops(dtype: torch.dtype, rows: int, n: int = 1024, budget: float = 0.6, weights_mib: int = 64) -> float:
+    """FLOP/s of (rows × n) @ (n × n), cycling through `weights_mib` of weights as a model's step does (one
+    cached matrix would flatter the rate). A CPU's matmul rate depends on the rows (the tokens of a step: 32
+    rows run at half the rate of 256 here; one row, decoding, streams the weights at a fraction of the
+    bandwidth an elementwise op reaches), so the probe uses the step's."""
+    count = max(1, weights_mib * 2**20 // (n * n * torch.finfo(dtype).bits // 8))
+    a, bs = torch.randn(rows, n, dtype=dtype), [torch.randn(n, n, dtype=dtype) for _ in range(count)]
+
+    def run():
+        for b in bs:
+            torch.mm(a, b)
+
+    return 2 * rows * n * n * count / _mean_seconds(run, budget)
 
 
 def _bandwidth(mib: int = 128) -> float:
@@ -60,7 +68,7 @@ def probe_cpu(rows: int = 256) -> Hardware:
     """This CPU's figures, measured now (a few seconds), for matmuls of `rows` rows (a step's tokens)."""
     with torch.no_grad():
         fp32 = _matmul_flops(torch.float32, rows)
-        half = _matmul_flops(torch.bfloat16, rows, n=512, budget=0.3)
+        half = _matmul_flops(torch.bfloat16, rows, n=512, budget=0.3, weights_mib=8)
         bw = _bandwidth()
     return Hardware(f"this CPU ({torch.get_num_threads()} threads)", half, fp32, bw, 0.0,
                     "measured by lab.estimate.probe", overlapped=False, measured=True, op_seconds=_op_seconds())

@@ -25,7 +25,7 @@ NO_LAYER = -1
 class Work:
     """Identical ops of the step, `count` times (scaled to the model's full depth)."""
 
-    phase: str  # forward | recompute | backward | optimizer; generation: prefill | decode
+    phase: str  # forward | backward (checkpointing's recomputation included) | optimizer; generation: prefill | decode
     kind: str  # matmul | attention | dequant | other
     flops: int
     bytes: int
