@@ -62,7 +62,7 @@ def predict(row: Row) -> float:
     from lab.estimate.simulate import simulate
     from lab.estimate.speed import step_time
     from lab.estimate.training import TrainingSettings
-    from lab.models.architecture import read_architecture
+    from lab.models.reader import read_architecture
 
     arch = read_architecture(row.model)
     sim = simulate(arch, TrainingSettings(**row.settings))

@@ -41,6 +41,7 @@ from lab.vocab import (
     TARGET_PRESETS,
     describe,
 )
+from pages import _speed
 from pages._arch_ui import architecture_table, pick_architecture
 from pages._ui import cached_environment, friendly_errors, get_task, poll_task, start_task, task_running
 
@@ -400,6 +401,14 @@ if sim is not None:
                   help=why if not fewest else "The smallest N whose per-GPU peak passes the verdict above.")
         st.caption(f"{card}: {v.verdict}. " + " · ".join(f"{k} {'+' if val >= 0 else '−'}{fmt_bytes(abs(val))}"
                                                           for k, val in multi.terms.items()))
+
+# ----------------------------------------------------------------------------------- time and cost
+if sim is not None:
+    st.header("How long, and what it costs")
+    run_steps = st.number_input("Planned optimizer steps", 1, 10**7, 1000, key="run_steps", bind="query-params")
+    with friendly_errors("The time figures"):
+        _speed.speed_table(sim, int(n_gpus), sharding, int(run_steps))
+        _speed.savings(arch, settings, card)
 
 # ----------------------------------------------------------------------------------- inverse
 if sim is not None:

@@ -18,7 +18,7 @@ from lab.estimate.prices import PRICES, run_costs
 from lab.estimate.simulate import InferenceRecipe, simulate, simulate_inference, simulate_training
 from lab.estimate.speed import generation_time, step_time
 from lab.estimate.training import TrainingSettings
-from lab.models.architecture import read_architecture
+from lab.models.reader import read_architecture
 from lab.models.sources import resolve_source
 from tests.test_simulate import F32, config, recipe
 

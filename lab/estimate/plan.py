@@ -109,3 +109,53 @@ def saving_options(arch, settings, gpu: str) -> list[SavingOption]:
         rows.append(SavingOption(name, what, sim.peak_bytes, base.peak_bytes - sim.peak_bytes, tps,
                                  base_tps / tps - 1 if tps else 0.0))
     return rows
+
+
+def predict_run(config: dict, device: str = "cpu", steps: int | None = None) -> dict:
+    """The time model's tokens/s and step time for a Training-page run (`TrainConfig.to_dict()`) on `device`:
+    a GPU of the table by its name, or this CPU (probed now, a few seconds). With `steps`, the run's seconds."""
+    from lab.estimate.gpus import get_gpu
+    from lab.estimate.hardware import get_hardware
+    from lab.estimate.simulate import simulate
+    from lab.estimate.training import TrainingSettings
+    from lab.models.reader import read_architecture
+
+    c = config
+    settings = TrainingSettings(
+        method="qlora" if c.get("precision") in ("nf4", "nf4-dq", "fp4", "int8") else "lora",
+        precision=c.get("precision"), batch_size=int(c.get("batch_size", 1)), seq_len=int(c.get("max_length", 256)),
+        grad_checkpointing=bool(c.get("gradient_checkpointing", False)), optimizer=c.get("optimizer", "adamw_torch"),
+        r=int(c.get("r", 16)), alpha=c.get("alpha"), targets=c.get("targets", "all-linear"),
+        use_dora=bool(c.get("use_dora", False)), dropout=float(c.get("dropout", 0.05)))
+    device_kind = "cpu" if device == "cpu" else "cuda"
+    sim = simulate(read_architecture(c.get("model", "embedded")), settings, device_kind)
+    if device_kind == "cpu":
+        from lab.estimate.probe import probe_cpu
+
+        hw = probe_cpu(rows=settings.batch_size * settings.seq_len)
+    else:
+        hw = get_hardware(get_gpu(_gpu_name(device)).name)
+    t = step_time(sim, hw)
+    out = {"device": hw.name, "tokens_per_second": t.tokens_per_second, "step_seconds": t.step_seconds}
+    if steps:
+        out["run_seconds"] = steps * t.step_seconds
+    return out
+
+
+def _gpu_name(device: str) -> str:
+    """A table GPU name for `device`: a name given as is, or this machine's CUDA device ("cuda") by its model
+    (an "NVIDIA A100-SXM4-80GB" is the "A100 80 GB" row)."""
+    if device not in ("cuda", "mps"):
+        return device
+    import torch
+
+    from lab.estimate.hardware import SPECS
+
+    if not torch.cuda.is_available():
+        raise LabError(f"No CUDA device here to time a {device} run on.")
+    found = torch.cuda.get_device_name(0)
+    for h in SPECS:
+        model, size = h.name.split()[0], h.name.split()[1]
+        if model in found and (size in found or model not in ("A100",)):
+            return h.name
+    raise LabError(f"No speed figures for {found!r}.")
