@@ -17,6 +17,7 @@ from lab.units import fmt_bytes
 from pages._ui import get_task, poll_task, start_task, task_running
 
 SAVING_TASK = "calc_savings"
+MAX_PREDICTED = 5
 HOW = ("Predicted from the simulated step: every op's FLOPs and bytes through a roofline of the GPU's datasheet "
        "peaks with efficiencies from published measurements (lab.estimate.speed; checked against published "
        "throughputs in docs/published-speed.md). A planning figure, not a benchmark.")
@@ -88,7 +89,11 @@ def predicted_run(name: str, config: dict, device: str | None, steps: int | None
         return kept[name]
     key = f"predict:{name}"
     task = get_task(key)
+    started = st.session_state.setdefault("predicted_started", [])
+    if task is None and len(started) >= MAX_PREDICTED and name not in started:
+        return None  # the newest runs only: each prediction probes this machine for a few seconds
     if task is None:
+        started.append(name)
         start_task(key, predict_run, config, device or this_device(), steps)
     elif task.status in ("done", "failed"):
         kept[name] = task.result if task.status == "done" else None

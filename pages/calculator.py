@@ -402,14 +402,6 @@ if sim is not None:
         st.caption(f"{card}: {v.verdict}. " + " · ".join(f"{k} {'+' if val >= 0 else '−'}{fmt_bytes(abs(val))}"
                                                           for k, val in multi.terms.items()))
 
-# ----------------------------------------------------------------------------------- time and cost
-if sim is not None:
-    st.header("How long, and what it costs")
-    run_steps = st.number_input("Planned optimizer steps", 1, 10**7, 1000, key="run_steps", bind="query-params")
-    with friendly_errors("The time figures"):
-        _speed.speed_table(sim, int(n_gpus), sharding, int(run_steps))
-        _speed.savings(arch, settings, card)
-
 # ----------------------------------------------------------------------------------- inverse
 if sim is not None:
     st.header("The inverse question: what is the most that fits?")
@@ -441,6 +433,14 @@ if sim is not None:
                    help="Runs several simulations in the background (tens of seconds for large models)."):
         start_task(INVERSE_TASK, solve_all, arch, settings, get_gpu(inv_gpu), knobs).name = inverse_key
         st.rerun()
+
+# ----------------------------------------------------------------------------------- time and cost
+if sim is not None:
+    st.header("How long, and what it costs")
+    run_steps = st.number_input("Planned optimizer steps", 1, 10**7, 1000, key="run_steps", bind="query-params")
+    with friendly_errors("The time figures"):
+        _speed.speed_table(sim, int(n_gpus), sharding, int(run_steps))
+        _speed.savings(arch, settings, card)
 
 # ----------------------------------------------------------------------------------- code
 st.header("Copy as code")

@@ -91,15 +91,19 @@ def _options(settings) -> list[tuple[str, str, object]]:
     return out
 
 
-def saving_options(arch, settings, gpu: str) -> list[SavingOption]:
+def saving_options(arch, settings, gpu: str, report=None, cancel=None) -> list[SavingOption]:
     """Each memory-saving option simulated on its own against `settings`, timed on `gpu`. An option the
-    model or settings refuse gets a row with its reason in `note`."""
+    model or settings refuse gets a row with its reason in `note`. (`report`/`cancel`: lab.tasks' hooks.)"""
     from lab.estimate.simulate import simulate
 
     base = simulate(arch, settings)
     base_tps = step_time(base, gpu).tokens_per_second
     rows = [SavingOption("as chosen", "", base.peak_bytes, 0, base_tps, 0.0)]
     for name, what, changed in _options(settings):
+        if cancel is not None and cancel.is_set():
+            break
+        if report:
+            report(f"simulating {name}")
         try:
             sim = simulate(arch, changed)
         except LabError as e:
@@ -111,7 +115,7 @@ def saving_options(arch, settings, gpu: str) -> list[SavingOption]:
     return rows
 
 
-def predict_run(config: dict, device: str = "cpu", steps: int | None = None) -> dict:
+def predict_run(config: dict, device: str = "cpu", steps: int | None = None, report=None, cancel=None) -> dict:
     """The time model's tokens/s and step time for a Training-page run (`TrainConfig.to_dict()`) on `device`:
     a GPU of the table by its name, or this CPU (probed now, a few seconds). With `steps`, the run's seconds."""
     from lab.estimate.gpus import get_gpu
