@@ -32,13 +32,14 @@ from lab.estimate.weights import WeightEstimate, estimate_weights
 from lab.units import fmt_bytes, fmt_count, fmt_seconds
 from lab.vocab import LAUNCH_MODES, PRECISIONS, describe
 from pages import _calc_charts as charts
+from pages import _speed
 from pages._arch_ui import architecture_table, pick_architecture
 from pages._calc_inputs import training_inputs, weights_inputs
 from pages._ui import cached_environment, friendly_errors, get_task, poll_task, start_task, task_running
 
 SIM_TASK, INVERSE_TASK = "calc_sim", "calc_inverse"
-TABS = ["Does it fit?", "Weights", "Training step", "Generation", "More than one GPU", "Most that fits", "Code",
-        "Architecture"]
+TABS = ["Does it fit?", "Weights", "Training step", "Generation", "More than one GPU", "Most that fits",
+        "Time & cost", "Code", "Architecture"]
 
 st.title("Precision & memory calculator")
 st.markdown(
@@ -228,7 +229,8 @@ def fit_tab(sim: Simulation | None, gen: Simulation | None) -> None:
         f"docs/published-memory.md. {UNITS_NOTE} The 'this machine' row without a GPU compares with RAM.")
 
 
-def multi_gpu_tab(sim: Simulation) -> None:
+def multi_gpu_tab(sim: Simulation) -> tuple[int, str, str]:
+    """The per-GPU peak on N GPUs; returns (GPUs, sharding, card), which the time tab prices too."""
     p1, p2, p3 = st.columns(3)
     n_gpus = p1.number_input("GPUs", 1, 4096, 2, key="ngpus", bind="query-params",
                              help="Data-parallel ranks, one batch each.")
@@ -247,6 +249,15 @@ def multi_gpu_tab(sim: Simulation) -> None:
                                                                  "verdict above.")
         st.caption(f"{card}: {v.verdict}. " + " · ".join(f"{k} {'+' if val >= 0 else '−'}{fmt_bytes(abs(val))}"
                                                           for k, val in multi.terms.items()))
+    return int(n_gpus), sharding, card
+
+
+def time_tab(sim: Simulation, n_gpus: int, sharding: str, card: str) -> None:
+    st.markdown(f"**How long, and what it costs** on {n_gpus} GPU(s), {sharding} (set in *More than one GPU*).")
+    run_steps = st.number_input("Planned optimizer steps", 1, 10**7, 1000, key="run_steps", bind="query-params")
+    with friendly_errors("The time figures"):
+        _speed.speed_table(sim, n_gpus, sharding, int(run_steps))
+        _speed.savings(arch, settings, card)
 
 
 def inverse_tab() -> None:
@@ -294,7 +305,7 @@ weights = None
 with friendly_errors("The weights estimate"):
     weights = estimate_weights(arch, precision, dtype)
 top = st.container()  # the answers, drawn last: the Weights tab needs no simulation and shows meanwhile
-fit, w_tab, t_tab, g_tab, multi_tab, inv_tab, c_tab, a_tab = st.tabs(TABS)
+fit, w_tab, t_tab, g_tab, multi_tab, inv_tab, time_t, c_tab, a_tab = st.tabs(TABS)
 with w_tab:
     if weights is not None:
         weights_tab(weights)
@@ -314,7 +325,10 @@ with g_tab:
         generation_tab(gen)
 with multi_tab:
     if sim is not None:
-        multi_gpu_tab(sim)
+        parallel = multi_gpu_tab(sim)
+with time_t:
+    if sim is not None:
+        time_tab(sim, *parallel)
 with inv_tab:
     if sim is not None:
         st.markdown("**What is the most that fits?** The largest batch, sequence length and (LoRA) rank on one GPU.")

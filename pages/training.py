@@ -35,6 +35,7 @@ from lab.training.config import (
 from lab.training.distributed import launch_command
 from lab.units import fmt_bytes, fmt_seconds
 from lab.vocab import LAUNCH_MODES, PRECISIONS, TARGET_PRESETS, optimizers_for
+from pages import _speed
 from pages._fields import field_input
 from pages._ui import (
     friendly_errors,
@@ -195,6 +196,10 @@ def show_queue(line: list[Q.QueuedRun], mine: str | None) -> None:
     """The queue behind the running run: where this session's run stands, and everyone's places."""
     for q in line:
         if str(q.run_dir) == mine:
+            p = _speed.predicted_run(q.name, q.config, None, q.planned_steps)
+            if p and "run_seconds" in p:
+                st.caption(f"The time model predicts {p['tokens_per_second']:,.0f} tokens/s here: "
+                           f"{_speed.duration(p['run_seconds'])} of training.")
             st.info(f"Your run `{q.name}` is queued: {_ordinal(q.position)} in line, starts {_eta(q.starts_in)}. "
                     "One training at a time per device; it starts by itself when the runs ahead of it end.",
                     icon=":material/schedule:")
@@ -590,7 +595,8 @@ else:
                 "eval loss": shown(summ.get("final_eval_loss"), "{:.4f}"),
                 "precision": shown(info.get("precision")), "r": shown(c.get("r")),
                 "dataset": shown((info.get("dataset") or {}).get("name")),
-                "tokens/s": shown(summ.get("tokens_per_second"), "{:.0f}"),
+                "tokens/s (predicted)": _speed.tokens_cell(summ.get("tokens_per_second"),
+                                                           _speed.predicted_run(s.name, c, info.get("device"))),
                 "seconds": shown((info.get("durations") or {}).get("total_seconds"), "{:.0f}")}
 
     st.dataframe([row(s) for s in history], hide_index=True)

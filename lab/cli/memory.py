@@ -89,6 +89,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--context", type=int, default=None, help="also report the KV cache for inference at this many tokens"
     )
     parser.add_argument("--gpu", default=None, help=f"the verdict for this GPU ({', '.join(g.name for g in GPUS)})")
+    timing = parser.add_argument_group("time and cost (with --gpu): the simulated step through a roofline")
+    timing.add_argument("--steps", type=int, default=None, help="a planned run of this many optimizer steps")
+    timing.add_argument("--dataset", default=None, help="a planned run over this bundled dataset (its real tokens)")
+    timing.add_argument("--epochs", type=float, default=1.0, help="epochs over --dataset")
 
 
 def training_settings(args: argparse.Namespace) -> TrainingSettings:
@@ -108,6 +112,9 @@ def run(args: argparse.Namespace) -> dict:
         raise LabError(f"--gpus must be at least 1, got {args.gpus}.")
     arch = read_architecture(args.model)
     gpu = get_gpu(args.gpu) if args.gpu else None
+    if (args.steps is not None or args.dataset) and (gpu is None or not args.train):
+        raise LabError("A planned run (--steps / --dataset) is timed on a GPU for a training step.",
+                       "Add --train METHOD and --gpu NAME.")
     settings = training_settings(args) if args.train else None
     precision = args.precision or "nf4-dq"
     if settings is not None:
@@ -152,7 +159,28 @@ def run(args: argparse.Namespace) -> dict:
         raise LabError("--gpus is about training.", "Add --train full|lora|qlora.")
     if gpu is not None:
         result["gpu_verdict"] = gpu_verdict(peak, gpu).to_json()
+        result.update(_speed(args, gpu, result))
     return result
+
+
+def _speed(args: argparse.Namespace, gpu, result: dict) -> dict:
+    """`speed` (and `cost` for a planned run) of the simulated training step, or generation's speed."""
+    from lab.estimate.plan import speed_report
+    from lab.estimate.simulate import simulate, simulate_generation
+    from lab.estimate.speed import generation_time
+
+    arch = read_architecture(args.model)
+    if args.train:
+        return speed_report(simulate(arch, training_settings(args)), gpu.name, args.gpus or 1, args.sharding,
+                            args.steps, args.dataset, args.epochs)
+    if args.infer:
+        from lab.estimate.simulate import InferenceSettings
+
+        g = simulate_generation(arch, InferenceSettings(result["inference"]["recipe"]["precision"], args.dtype,
+                                                        args.batch_size, args.prompt_tokens, args.new_tokens,
+                                                        args.attn))
+        return {"speed": {"generation": generation_time(g, gpu.name).to_json()}}
+    return {}
 
 
 def render(r: dict) -> str:
@@ -186,10 +214,25 @@ def render(r: dict) -> str:
         out.append(f"{v['gpu']}: peak {fmt_bytes(v['peak_bytes'])} + CUDA context {fmt_bytes(v['context_bytes'])} + "
                    f"fragmentation {fmt_bytes(v['fragmentation_bytes'])} = {fmt_bytes(v['needed_bytes'])} of "
                    f"{fmt_bytes(v['memory_bytes'])}: {v['verdict']} (margin {fmt_bytes(v['margin_bytes'])})")
+    if "speed" in r:
+        out += ["", _render_speed(r)]
     if "inverse" in r:
         out += ["", "on " + r["inverse"]["gpu"] + ": " + ", ".join(
             f"{k} ≤ {v:,}" for k, v in r["inverse"].items() if k.startswith("max_"))]
     return "\n".join(out)
+
+
+def _render_speed(r: dict) -> str:
+    s = r["speed"]
+    if "generation" in s:
+        g = s["generation"]
+        return f"{g['device']}: generation ≈ {g['tokens_per_second']:,.0f} tokens/s (predicted)"
+    line = (f"{s['device']}: ≈ {s['tokens_per_second']:,.0f} tokens/s per GPU, {s['step_seconds']:.3g} s per step "
+            f"(predicted from the simulated step's FLOPs and bytes)")
+    if "run_seconds" in s:
+        line += f"; the run: {s['run_seconds'] / 3600:.2f} h"
+        line += "".join(f"\n  {c['offer']}: ${c['usd']:,.2f}" for c in r.get("cost", []))
+    return line
 
 
 def _render_simulation(kind: str, s: dict) -> list[str]:

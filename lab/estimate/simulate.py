@@ -41,6 +41,7 @@ from lab.estimate.recipe import (
 )
 from lab.estimate.tracker import CUDA_BLOCK, NO_LAYER, OVERRIDES, LiveBytes
 from lab.estimate.training import adapter_dtype
+from lab.estimate.work import OpCounter
 from lab.models.architecture import config_from_dict
 from lab.models.construct import constructing
 from lab.models.precision import get_precision, resolve_dtype
@@ -86,9 +87,11 @@ class Simulation:
     # (all layers), and of one decoder layer: what multi-GPU sharding divides
     totals: dict[str, int] = field(default_factory=dict)
     one_layer: dict[str, int] = field(default_factory=dict)
+    work: tuple = ()  # lab.estimate.work.Work rows of the full-depth step: what lab.estimate.speed times
 
     def to_json(self, timeline: bool = False) -> dict:
         d = asdict(self)
+        d.pop("work")
         d["recipe"] = d.pop("settings")  # the resolved recipe (TrainingSettings stay under "settings")
         if not timeline:
             d.pop("timeline")
@@ -253,6 +256,7 @@ def _layer_table(tracker: LiveBytes) -> list[dict]:
 def run_training(model, mode, recipe: Recipe, profile_layer: int | None = comp.MIDDLE, fake: bool = True) -> LiveBytes:
     """The steady-state training step (optimizer state already there) under the tracker."""
     tracker = LiveBytes(round_to=CUDA_BLOCK if recipe.device == "cuda" else 1, fake=fake)
+    tracker.ops = OpCounter()
     optimizer = make_optimizer(model, recipe)  # outside fake mode: bitsandbytes builds its quantile maps from data
     with mode:
         register_model(model, tracker, recipe)
@@ -312,7 +316,16 @@ def _result(kind: str, tracker: LiveBytes, full: int, layers: int, recipe, t0: f
     totals, one_layer = _role_totals(tracker, full, layers)
     return Simulation(kind, composed.peak_bytes, composed.by_category, composed.peak_at, composed.timeline,
                       composed.excluded, _layer_table(tracker), layers, full, round(time.perf_counter() - t0, 3),
-                      _settings_json(recipe), tuple(notes), totals, one_layer)
+                      _settings_json(recipe), tuple(notes), totals, one_layer, _work(tracker, full, layers, totals))
+
+
+def _work(tracker: LiveBytes, full: int, layers: int, totals: dict[str, int]) -> tuple:
+    """The step's op rows at full depth (the optimizer's scaled by the model's trainable bytes)."""
+    scaled = layers == comp.SIMULATED_LAYERS and full > layers
+    middle = comp.MIDDLE if scaled else min(comp.MIDDLE, layers - 1)
+    simulated = sum(s.nbytes for s in tracker.storages if s.role == "gradients")
+    scale = totals.get("gradients", 0) / simulated if simulated else 1.0
+    return tracker.ops.scaled(full, layers if scaled else full, middle, scale)
 
 
 ROLES = ("weights", "adapters", "gradients", "optimizer", "paged", "kv_cache")
@@ -366,6 +379,7 @@ def run_inference(model, mode, recipe: InferenceRecipe, fake: bool = True) -> Li
     from transformers import DynamicCache
 
     tracker = LiveBytes(round_to=CUDA_BLOCK if recipe.device == "cuda" else 1, fake=fake)
+    tracker.ops = OpCounter()
     b, n, m = recipe.batch_size, recipe.prompt_tokens, recipe.new_tokens
     with mode:
         register_model(model, tracker, _weights_only(recipe))
@@ -390,6 +404,8 @@ def run_inference(model, mode, recipe: InferenceRecipe, fake: bool = True) -> Li
 
 
 def _forward(model, tracker: LiveBytes, input_ids, cache, step: str) -> None:
+    if tracker.ops is not None:
+        tracker.ops.stage = step
     with layer_markers(model, tracker, step, comp.MIDDLE if step == "prefill" else None):
         tracker.segment(("pre", step))
         tracker.phase, tracker.owner = "forward", NO_LAYER

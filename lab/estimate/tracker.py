@@ -59,6 +59,7 @@ class LiveBytes(TorchDispatchMode):
         self.peak = 0
         self._index: dict[int, int] = {}  # id(storage object) -> storage index, while it is alive
         self._refs: dict[int, weakref.ref] = {}
+        self.ops = None  # a lab.estimate.work.OpCounter, when the step's FLOPs and bytes are wanted too
         self.segment(("setup",))
 
     # ------------------------------------------------------------------ bookkeeping
@@ -115,6 +116,8 @@ class LiveBytes(TorchDispatchMode):
         override = OVERRIDES.get(func) if self.fake else None
         out = override(self, func, args, kwargs) if override else func(*args, **kwargs)
         self._record(args, kwargs, out)
+        if self.ops is not None:
+            self.ops.record(func, args, kwargs, out, self.phase, self.owner)
         return out
 
     def _record(self, args, kwargs, out) -> None:

@@ -1,0 +1,124 @@
+"""This machine as a check of the time model: probe its matmul throughput, memory bandwidth and per-op
+overhead in a few seconds, predict a step with those figures (no efficiencies: the probe measured what
+PyTorch reaches here), and time the same step for real.
+
+The probe and the real step should run back to back: on a shared machine both slow down together.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from lab.estimate.hardware import Hardware
+
+
+def _mean_seconds(fn, budget: float = 0.5, least: int = 1) -> float:
+    """Mean seconds of `fn` over repeated runs filling `budget` seconds (at least `least` runs), after one
+    warm-up. A mean, not the fastest run: on a shared machine the probe and the step it predicts must both
+    see the average share of the CPU they get, not the probe a lucky quiet moment."""
+    fn()
+    n, t0 = 0, time.perf_counter()
+    while n < least or time.perf_counter() - t0 < budget:
+        fn()
+        n += 1
+    return (time.perf_counter() - t0) / n
+
+
+def _matmul_flops(dtype: torch.dtype, rows: int, n: int = 1024, budget: float = 0.6, weights_mib: int = 64) -> float:
+    """FLOP/s of (rows × n) @ (n × n), cycling through `weights_mib` of weights as a model's step does (one
+    cached matrix would flatter the rate). A CPU's matmul rate depends on the rows (the tokens of a step: 32
+    rows run at half the rate of 256 here; one row, decoding, streams the weights at a fraction of the
+    bandwidth an elementwise op reaches), so the probe uses the step's."""
+    count = max(1, weights_mib * 2**20 // (n * n * torch.finfo(dtype).bits // 8))
+    a, bs = torch.randn(rows, n, dtype=dtype), [torch.randn(n, n, dtype=dtype) for _ in range(count)]
+
+    def run():
+        for b in bs:
+            torch.mm(a, b)
+
+    return 2 * rows * n * n * count / _mean_seconds(run, budget)
+
+
+def _bandwidth(mib: int = 128) -> float:
+    """Bytes/s of an out-of-place add (reads two, writes one): what elementwise ops of a step do."""
+    n = mib * 2**20 // 4
+    x, y = torch.empty(n), torch.empty(n)
+    out = torch.empty(n)
+    return 3 * n * 4 / _mean_seconds(lambda: torch.add(x, y, out=out))
+
+
+def _op_seconds(ops: int = 400) -> float:
+    """Per-op overhead: tiny autograd-recorded ops forward and backward (dispatch, autograd bookkeeping)."""
+    x = torch.ones(8, requires_grad=True)
+
+    def run():
+        y = x
+        for _ in range(ops // 2):
+            y = y * 1.0
+        y.sum().backward()
+
+    return _mean_seconds(run, 0.3) / ops
+
+
+def probe_cpu(rows: int = 256) -> Hardware:
+    """This CPU's figures, measured now (a few seconds), for matmuls of `rows` rows (a step's tokens)."""
+    with torch.no_grad():
+        fp32 = _matmul_flops(torch.float32, rows)
+        half = _matmul_flops(torch.bfloat16, rows, n=512, budget=0.3, weights_mib=8)
+        bw = _bandwidth()
+    return Hardware(f"this CPU ({torch.get_num_threads()} threads)", half, fp32, bw, 0.0,
+                    "measured by lab.estimate.probe", overlapped=False, measured=True, op_seconds=_op_seconds())
+
+
+@dataclass(frozen=True)
+class Timed:
+    tokens_per_second: float
+    seconds_per_step: float
+    steps: int
+
+
+def time_training(model_dir: str, recipe, steps: int = 3) -> Timed:
+    """Tokens/s of real training steps of `model_dir` on this CPU, as the simulation runs them (the
+    recipe's preparation, loss, clipping and optimizer): the mean of `steps` steps after one warm-up."""
+    from lab.estimate.check import load_real
+    from lab.estimate.recipe import _loss as recipe_loss
+    from lab.estimate.recipe import autocast, make_optimizer, prepare_for_training
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = prepare_for_training(load_real(model_dir, recipe.precision, recipe.dtype, recipe.attn), recipe)
+        optimizer = make_optimizer(model, recipe)
+        params = [p for p in model.parameters() if p.requires_grad]
+        ids = torch.randint(0, model.config.vocab_size, (recipe.batch_size, recipe.seq_len))
+
+        def step():
+            with autocast(recipe):
+                loss = recipe_loss(model, ids, recipe)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        mean = _mean_seconds(step, 0.0, steps)
+    return Timed(recipe.batch_size * recipe.seq_len / mean, mean, steps)
+
+
+def time_generation(model_dir: str, recipe, repeats: int = 2) -> Timed:  # mean of `repeats` after a warm-up
+    """Generated tokens/s of `model.generate` (greedy, `new_tokens` after a `prompt_tokens` prompt)."""
+    from lab.estimate.check import load_real
+
+    model = load_real(model_dir, recipe.precision, recipe.dtype, recipe.attn).eval()
+    ids = torch.randint(0, model.config.vocab_size, (recipe.batch_size, recipe.prompt_tokens))
+    n = recipe.new_tokens
+
+    def run():
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                       do_sample=False, pad_token_id=0)
+
+    with torch.no_grad():
+        mean = _mean_seconds(run, 0.0, repeats)
+    return Timed(recipe.batch_size * n / mean, mean, repeats)

@@ -1,0 +1,182 @@
+"""Time by simulation: op counts of the simulated step, the roofline per GPU, the CLI's speed and cost, the
+memory-saving options, and this CPU as a check (probe, prediction and real steps back to back)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from lab.errors import LabError
+from lab.estimate import probe
+from lab.estimate.hardware import SPECS, get_hardware
+from lab.estimate.plan import saving_options, speed_report
+from lab.estimate.prices import PRICES, run_costs
+from lab.estimate.simulate import InferenceRecipe, simulate, simulate_inference, simulate_training
+from lab.estimate.speed import generation_time, step_time
+from lab.estimate.training import TrainingSettings
+from lab.models.reader import read_architecture
+from lab.models.sources import resolve_source
+from tests.test_simulate import F32, config, recipe
+
+
+def _matmul_flops(sim) -> float:
+    return sum(w.flops * w.count for w in sim.work if w.kind == "matmul")
+
+
+def test_matmul_flops_match_the_textbook_count():
+    """Full fine-tuning, no checkpointing: forward 2·N·T and backward 4·N·T FLOPs in the decoder's linears
+    and the head (N = their parameters, T = tokens), i.e. the usual 6·N·T, within what attention adds."""
+    cfg = config(num_hidden_layers=7, vocab_size=256)
+    sim = simulate_training(cfg, recipe("full", "bf16", batch=2, seq=64, loss="logits"))
+    h, i, layers, kv = 128, 512, 7, 64
+    per_layer = h * h * 2 + h * kv * 2 + 3 * h * i
+    n = layers * per_layer + 256 * h
+    assert _matmul_flops(sim) == pytest.approx(6 * n * 2 * 64, rel=0.02)
+
+
+def test_checkpointing_recomputes_the_forward_and_4bit_dequantizes():
+    cfg = config()
+    plain = simulate_training(cfg, recipe("lora", "bf16", batch=2, seq=64))
+    gc = simulate_training(cfg, recipe("lora", "bf16", gc=True, batch=2, seq=64))
+    # the backward runs each layer's forward again: about a third more matmul FLOPs for LoRA (2 + 2 + 2 vs 2 + 2)
+    assert _matmul_flops(gc) > 1.3 * _matmul_flops(plain)
+    assert step_time(gc, "A100 80").step_seconds > step_time(plain, "A100 80").step_seconds
+    q = simulate_training(cfg, recipe("qlora", "nf4", batch=2, seq=64))
+    assert any(w.kind == "dequant" for w in q.work)
+
+
+def test_eager_attention_costs_more_than_sdpa_at_long_sequences():
+    cfg = config()
+    sdpa = simulate_training(cfg, recipe("lora", "bf16", attn="sdpa", batch=1, seq=1024))
+    eager = simulate_training(cfg, recipe("lora", "bf16", attn="eager", batch=1, seq=1024))
+    assert sum(w.bytes * w.count for w in eager.work) > 1.5 * sum(w.bytes * w.count for w in sdpa.work)
+    assert step_time(eager, "A100 80").step_seconds > step_time(sdpa, "A100 80").step_seconds
+
+
+def test_a_faster_gpu_is_faster_and_more_gpus_add_communication():
+    sim = simulate_training(config(), recipe("lora", "bf16", batch=4, seq=256))
+    t4, h100 = step_time(sim, "T4"), step_time(sim, "H100")
+    assert h100.tokens_per_second > t4.tokens_per_second > 0
+    assert sum(t4.by_phase.values()) == pytest.approx(t4.step_seconds)
+    full = simulate_training(config(), recipe("full", "bf16", batch=4, seq=256))
+    one, four = step_time(full, "A10G"), step_time(full, "A10G", gpus=4, sharding="fsdp")
+    assert four.step_seconds >= one.step_seconds and four.gpus == 4
+
+
+def test_every_gpu_has_speed_figures_and_a_price_names_its_source():
+    from lab.estimate.gpus import GPUS
+
+    assert {g.name for g in GPUS} == {h.name for h in SPECS}
+    assert all(get_hardware(g.name).half_flops > 0 for g in GPUS)
+    assert all(p.source and p.usd_per_hour > 0 for p in PRICES)
+    cost = run_costs("T4 16 GB", 3600, gpus=2)
+    assert cost and all(c["gpu_hours"] == 2 and c["usd"] == 2 * c["usd_per_hour"] for c in cost)
+
+
+def test_speed_report_times_a_planned_run():
+    sim = simulate_training(config(), recipe("lora", "bf16", batch=4, seq=128))
+    r = speed_report(sim, "L4", steps=100)
+    assert r["speed"]["run_seconds"] == pytest.approx(100 * r["speed"]["step_seconds"])
+    assert r["cost"] and r["cost"][0]["usd"] > 0
+    with pytest.raises(LabError, match="steps"):
+        speed_report(sim, "L4", steps=0)
+
+
+def test_saving_options_show_memory_saved_and_time_cost_side_by_side(tiny_model_dir):
+    arch = read_architecture(str(tiny_model_dir))
+    rows = saving_options(arch, TrainingSettings(method="lora", batch_size=4, seq_len=128, grad_checkpointing=False),
+                           "A10G")
+    names = [r.option for r in rows]
+    assert names[0] == "as chosen" and "gradient checkpointing" in names and "smaller batch" in names
+    gc = rows[names.index("gradient checkpointing")]
+    assert gc.saved_bytes > 0 and gc.time_cost > 0  # recomputing the forward costs time
+
+
+# --------------------------------------------------------------------------- CLI
+def _cli(capsys, *argv) -> dict:
+    from lab.cli import main
+
+    assert main(["memory", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_cli_json_has_speed_and_cost(capsys):
+    r = _cli(capsys, "--model", "SmolLM2-135M", "--train", "qlora", "--gpu", "T4", "--no-inverse",
+             "--batch-size", "2", "--seq-len", "128", "--steps", "50")
+    s = r["speed"]
+    assert s["tokens_per_second"] > 0 and s["step_seconds"] > 0
+    assert s["tokens_per_second"] == pytest.approx(2 * 128 / s["step_seconds"])
+    assert s["run_seconds"] == pytest.approx(50 * s["step_seconds"])
+    assert {c["offer"] for c in r["cost"]} >= {"HF Spaces 'Nvidia T4 - small'"}
+
+
+def test_cli_json_times_a_dataset_and_several_gpus(capsys):
+    r = _cli(capsys, "--model", "SmolLM2-135M", "--train", "lora", "--gpu", "A10G", "--no-inverse",
+             "--gpus", "2", "--batch-size", "2", "--seq-len", "128", "--dataset", "banking-intents", "--epochs", "2")
+    s = r["speed"]
+    assert s["gpus"] == 2 and s["dataset_tokens"] > 0
+    assert s["run_seconds"] == pytest.approx(2 * s["dataset_tokens"] / (2 * s["tokens_per_second"]))
+    assert s["run_steps"] == math.ceil(s["dataset_rows"] * 2 / 4)
+
+
+def test_cli_refuses_a_planned_run_without_a_gpu(capsys):
+    from lab.cli import main
+
+    assert main(["memory", "--model", "SmolLM2-135M", "--train", "lora", "--steps", "10"]) != 0
+    assert "--gpu" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- this CPU as a check
+CHECKS = {
+    "LoRA fp32": recipe("lora", "fp32", device="cpu", batch=1, seq=32, dropout=0.0),
+    "QLoRA nf4": recipe("qlora", "nf4", device="cpu", batch=1, seq=32, dropout=0.0),
+    "LoRA fp32 + checkpointing": recipe("lora", "fp32", gc=True, device="cpu", batch=1, seq=32, dropout=0.0),
+}
+
+
+@pytest.fixture
+def one_thread():
+    """One thread: on a shared machine two threads of a small step spend their time waiting for each other
+    (a measured step took 20x the prediction with two threads while other processes ran). A machine loaded
+    far beyond its cores makes any timing a lottery (the probe and the steps see different shares of the
+    CPU from one second to the next): the check is skipped there, saying so."""
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > 2 * cores:
+        pytest.skip(f"machine overloaded (load {load:.0f} on {cores} cores): tokens/s here would be noise")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize("name", list(CHECKS))
+def test_predicted_training_tokens_per_second_here_within_25_percent(embedded_dir, one_thread, name):
+    rec = CHECKS[name]
+    sim = simulate_training(resolve_source(str(embedded_dir)).load_config(), rec)
+    hw = probe.probe_cpu(rows=rec.batch_size * rec.seq_len)  # back to back with the real steps: same load
+    predicted = step_time(sim, hw).tokens_per_second
+    measured = probe.time_training(str(embedded_dir), rec, steps=2).tokens_per_second
+    print(f"{name}: predicted {predicted:.2f} tokens/s, measured {measured:.2f}")
+    assert predicted == pytest.approx(measured, rel=0.25)
+
+
+@pytest.mark.embedded
+def test_predicted_generation_tokens_per_second_here_within_25_percent(embedded_dir, one_thread):
+    rec = InferenceRecipe("fp32", F32, 1, 32, 16, device="cpu")
+    sim = simulate_inference(resolve_source(str(embedded_dir)).load_config(), rec)
+    hw = probe.probe_cpu(rows=1)  # decoding: one row per matmul
+    predicted = generation_time(sim, hw).tokens_per_second
+    measured = probe.time_generation(str(embedded_dir), rec).tokens_per_second
+    print(f"generation: predicted {predicted:.2f} tokens/s, measured {measured:.2f}")
+    assert predicted == pytest.approx(measured, rel=0.25)
+
+
+def test_simulate_for_an_architecture_carries_work():
+    arch = read_architecture("SmolLM2-135M")
+    sim = simulate(arch, TrainingSettings(method="lora", batch_size=1, seq_len=32))
+    assert sim.work and "work" not in sim.to_json()
