@@ -247,9 +247,11 @@ def _meta_model(config):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from lab.models.construct import constructing  # here: it imports torch, which this module leaves to builds
+
     config = copy.deepcopy(config)  # from_config may write into it (dtype, attn implementation)
     try:
-        with torch.device("meta"):
+        with constructing(), torch.device("meta"):
             return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     except ValueError as e:
         if "Unrecognized configuration class" in str(e):

@@ -75,7 +75,10 @@ def prepare_embedded_model(force: bool = False) -> Path:
 
     gguf = embedded_gguf_file()
     started = time.perf_counter()
+    from lab.models.construct import install  # here: it imports torch, which this module leaves to loads
+
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    install()  # a server may be working in other threads (issue 20)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     _strip_gguf_marker(model)
 
