@@ -1,10 +1,22 @@
 """QLoRA Lab entry point: routes to the pages and draws the shared sidebar. Nothing else."""
 
+import sys
+from pathlib import Path
+
 import streamlit as st
 
-from pages._ui import PAGES, menu, report_activity, server_services, sidebar
+# A local favicon: a material icon here makes the browser fetch it from a font CDN (nothing shows offline).
+st.set_page_config(page_title="QLoRA Lab", page_icon=str(Path(__file__).parent / "assets" / "favicon.png"),
+                   layout="wide")
+# The pages' helpers import torch, transformers, peft and bitsandbytes: on a fresh server the first visit
+# waits seconds for them (a blank page before). Paint a line first; later visits find them imported.
+starting = st.empty()
+if "pages._ui" not in sys.modules:
+    starting.info("Starting QLoRA Lab: loading PyTorch, transformers and bitsandbytes (only after a server start)…",
+                  icon=":material/hourglass_top:")
+from pages._ui import PAGES, menu, report_activity, server_services, sidebar  # noqa: E402  (heavy: after the paint)
 
-st.set_page_config(page_title="QLoRA Lab", page_icon=":material/science:", layout="wide")
+starting.empty()
 server_services()  # once per server: the training-queue watcher, preloading, the board of sessions
 HOME = PAGES[0]
 page = st.navigation([st.Page(p.path, title=p.title, icon=p.icon, default=p is HOME) for p in menu()])

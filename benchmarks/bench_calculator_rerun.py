@@ -52,7 +52,7 @@ def bench_library(model: str) -> None:
     cold = timed(lambda: read_architecture(model))
     warm = timed(lambda: read_architecture(model))
     arch = read_architecture(model)
-    s = TrainingSettings(method="qlora", batch_size=4, seq_len=1024)
+    s = TrainingSettings(method="qlora", batch_size=4, max_length=1024)
     w = timed(lambda: [estimate_weights(arch, p) for p in ("fp32", "bf16", "fp16", "int8", "nf4", "nf4-dq", "fp4")])
     t = timed(lambda: estimate_training(arch, s))
     lo = timed(lambda: estimate_lora(arch, 16, targets="all-linear"))

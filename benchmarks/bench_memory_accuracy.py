@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lab.estimate.weights import estimate_weights  # noqa: E402
 from lab.models.loading import load_model  # noqa: E402
 from lab.models.measure import measure_storage  # noqa: E402
-from lab.models.precision import PRECISIONS  # noqa: E402
+from lab.models.precision import PRECISIONS, cpu_repacks_4bit  # noqa: E402
 from lab.models.reader import read_architecture  # noqa: E402
 
 
@@ -44,7 +44,8 @@ def main() -> None:
             model.eval()
             with torch.no_grad():
                 model(torch.tensor([[1, 2, 3]]))
-            after_pred, after_real = f"{est.cpu_packed_bytes:,}", f"{measure_storage(model)['total_bytes']:,}"
+            after = est.after_cpu_forward_bytes(cpu_repacks_4bit())
+            after_pred, after_real = f"{after:,}", f"{measure_storage(model)['total_bytes']:,}"
         diff = (est.weights_bytes - real["total_bytes"]) / real["total_bytes"]
         print(
             f"{name:10s} {est.weights_bytes:>14,} {real['total_bytes']:>14,} {diff:>8.4%} "

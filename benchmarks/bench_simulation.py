@@ -70,7 +70,7 @@ def lab_figure(row: Published, settings: dict) -> tuple[str, str, str]:
         v = gpu_verdict(simulate(arch, TrainingSettings(**settings)).peak_bytes, gpu)
         right = "right" if v.fits else "WRONG"
         return "ran", f"{v.verdict} (peak {v.peak_bytes / GiB:.2f} GiB, margin {v.margin_bytes / GiB:+.2f} GiB)", right
-    answer = max_fitting(arch, TrainingSettings(**settings), gpu, "seq_len").value
+    answer = max_fitting(arch, TrainingSettings(**settings), gpu, "max_length").value
     published = "out of memory" if row.published == 0 else f"{int(row.published):,} tokens"
     if row.published == 0:
         return published, f"{answer:,} tokens", "right" if answer == 0 else "differs"
@@ -136,7 +136,7 @@ def cpu_truth() -> None:
 def timing() -> None:
     print("\n| model | first simulation in this process (s) | a new setting (s) | same setting again (s) |")
     print("| --- | ---: | ---: | ---: |")
-    base = TrainingSettings(method="qlora", batch_size=1, seq_len=1024, grad_checkpointing=True)
+    base = TrainingSettings(method="qlora", batch_size=1, max_length=1024, gradient_checkpointing=True)
     for name in ("Llama-2-7B", "Llama-3.1-8B", "Llama-3.1-70B"):
         arch = read_architecture(name)
         t = time.perf_counter()

@@ -26,6 +26,30 @@ def fmt_count(n: int | float) -> str:
     return f"{n:,.0f}"
 
 
+def fmt_seconds(seconds: float | None, unknown: str = "at a time not known yet") -> str:
+    """'about 20 s', 'about 3 min': durations and waits are estimates, so they are rounded like one (the one
+    place the lab words a duration: queues, ETAs, the instructor's tables, the CLI)."""
+    if seconds is None:
+        return unknown
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s"
+    return f"about {round(seconds / 60)} min"
+
+
+def fmt_limit(name: str, value) -> str:
+    """A server limit for people: bytes as MB/GB, big counts with their suffix, a list or 'none' (not '()'),
+    seconds with their unit. `name` is the limit's field name (max_upload_bytes, max_params, config_seconds…)."""
+    if isinstance(value, (tuple, list)):
+        return ", ".join(map(str, value)) or "none"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if name.endswith("_bytes"):
+        return fmt_bytes(value)
+    if name.endswith("_seconds"):
+        return f"{value:g} s"
+    return fmt_count(value) if value >= 1e6 else f"{value:,}"
+
+
 def format_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
     """A plain-text table with aligned columns (numbers right-aligned)."""
     show_header = any(headers)

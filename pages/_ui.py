@@ -7,6 +7,7 @@ Pages import this module; `lab/` never does (it has no Streamlit in it).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import traceback
@@ -24,12 +25,11 @@ from lab.models.sources import embedded_status
 from lab.serve.admin import admin_enabled
 from lab.serve.preload import Preloader
 from lab.serve.sessions import SessionBoard
-from lab.sharing.queue import fmt_seconds
 from lab.sharing.shared import SharedModels
 from lab.tasks import BackgroundTask
 from lab.training import owners
 from lab.training.queue import QueueWatcher
-from lab.units import fmt_bytes, fmt_count
+from lab.units import fmt_bytes, fmt_count, fmt_seconds
 
 log = logging.getLogger("qlora_lab.ui")
 
@@ -205,6 +205,16 @@ def model_field(label: str, default: str, key: str, help: str, weights: bool = T
         return choice
     return st.text_input("Hub id", key=f"{key}_hub", placeholder="owner/name", disabled=disabled, bind=bind,
                          help="Its size is computed from its config.json before anything is downloaded.").strip()
+
+
+def upload_limit_mb(max_bytes: int | None = None) -> int | None:
+    """What an upload box states and lets through, in Streamlit's whole MB (st.file_uploader's max_upload_size):
+    on a public server its cap (QLORA_LAB_MAX_UPLOAD_MB, or `max_bytes`), whatever server.maxUploadSize says
+    (`streamlit run app.py` leaves Streamlit's 200 MB); None locally (Streamlit's own setting)."""
+    if not policy.public_mode():
+        return None
+    cap = policy.limits().max_upload_bytes if max_bytes is None else max_bytes
+    return max(1, math.ceil(cap / 1e6))
 
 
 @st.cache_data(ttl=30, show_spinner=False)

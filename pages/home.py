@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from lab import policy
 from lab.units import fmt_bytes
 from lab.vocab import COMPUTE, DTYPE_CHOICES
 from pages._ui import PAGES, cached_environment
@@ -29,10 +30,9 @@ with st.expander("Library versions", expanded=True):
     st.markdown(" · ".join(f"**{lib}** `{v or 'not installed'}`" for lib, v in env["versions"].items()))
 
 if env["embedded_model_ready"]:
-    st.success(
-        f"Embedded model SmolLM2-135M-Instruct is ready at `{env['embedded_model_path']}`.",
-        icon=":material/check_circle:",
-    )
+    # Public mode names no server path (the server's folders are nobody's business in the room).
+    where = "" if policy.public_mode() else f" at `{env['embedded_model_path']}`"
+    st.success(f"Embedded model SmolLM2-135M-Instruct is ready{where}.", icon=":material/check_circle:")
 else:
     st.warning(
         "The embedded model is not prepared yet. Run `make setup` or `python -m lab prepare`.",

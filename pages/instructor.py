@@ -8,14 +8,13 @@ Routed only when QLORA_LAB_ADMIN_TOKEN is set, and opened only for a session tha
 from __future__ import annotations
 
 import time
-from dataclasses import fields
 
 import streamlit as st
 
 from lab import policy
 from lab.serve.admin import check_admin_token, weak_token
 from lab.training import queue as Q
-from lab.units import fmt_bytes
+from lab.units import fmt_bytes, fmt_limit, fmt_seconds
 from pages._ui import friendly_errors, is_admin, server_services, session_alive, shared_models
 
 st.title("Instructor")
@@ -39,10 +38,6 @@ if weak_token():
     st.warning(
         "QLORA_LAB_ADMIN_TOKEN is short enough to guess: use 16 or more random characters.", icon=":material/warning:"
     )
-
-
-def _eta(seconds: float | None) -> str:
-    return "unknown" if seconds is None else f"~{seconds / 60:.0f} min" if seconds >= 90 else f"~{seconds:.0f} s"
 
 
 # --------------------------------------------------------------------------- the one place that reads the shared models
@@ -104,7 +99,7 @@ def training_section() -> None:
         remaining = Q.remaining_seconds(active, Q.timed_runs())
         st.markdown(
             f"**Running:** `{active.name}` — {active.status}, step {active.step} / {active.max_steps or '?'}, "
-            f"ends in {_eta(remaining)}"
+            f"ends in {fmt_seconds(remaining, 'unknown')}"
         )
         if st.button(
             "Stop the running run",
@@ -124,8 +119,8 @@ def training_section() -> None:
                     "#": q.position,
                     "run": q.name,
                     "steps": q.planned_steps or "?",
-                    "starts in": _eta(q.starts_in),
-                    "takes": _eta(q.predicted_seconds),
+                    "starts in": fmt_seconds(q.starts_in, "unknown"),
+                    "takes": fmt_seconds(q.predicted_seconds, "unknown"),
                 }
                 for q in line
             ],
@@ -191,10 +186,8 @@ def limits_section() -> None:
     public = policy.public_mode()
     st.markdown(f"**Public mode:** {'on' if public else 'off'} (QLORA_LAB_PUBLIC; on by default inside a Space).")
     lim = policy.limits()
-    rows = [{"limit": f.name, "value": str(getattr(lim, f.name)), "set with": f.metadata["env"],
-             "meaning": f.metadata["help"]} for f in fields(policy.Limits)]
-    rows += [{"limit": r["name"], "value": str(r["value"]), "set with": r["env"], "meaning": r["help"]}
-             for r in shared_models().limits.rows()]
+    rows = [{"limit": r["name"], "value": fmt_limit(r["name"], r["value"]), "set with": r["env"], "meaning": r["help"]}
+            for r in [*lim.rows(), *shared_models().limits.rows()]]
     st.dataframe(rows, hide_index=True)
     if server_services().watcher.last_error:
         st.warning(f"Queue watcher: {server_services().watcher.last_error}", icon=":material/warning:")

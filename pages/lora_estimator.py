@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from lab.estimate.lora import BIAS_CHOICES, estimate_lora, packed_param_count, preset_targets
+from lab.estimate.lora import BIAS_CHOICES, estimate_lora, fused_qkv, packed_param_count, preset_targets
 from lab.units import fmt_bytes, fmt_count
 from lab.vocab import TARGET_PRESETS, describe
 from pages._arch_ui import pick_architecture
@@ -45,7 +45,7 @@ modules = c2.multiselect(
          "full name ends with it. lm_head is allowed but no preset takes it. Choose the 'custom' preset to edit.",
 )
 
-fused = [m for m in modules if "qkv" in m.lower() or m in ("query_key_value", "c_attn", "Wqkv")]
+fused = fused_qkv(modules)
 if fused:
     st.info(f"On {arch.name}, q, k and v live in one fused layer (`{'`, `'.join(fused)}`): LoRA adapts the whole fused "
             "projection — q, k and v together — so 'q, v' costs what 'q, k, v' would.", icon=":material/info:")
@@ -54,12 +54,13 @@ r1, r2, r3, r4, r5 = st.columns(5)
 r = r1.number_input("Rank r", 1, 10**9, 16, key="r", bind="query-params",
                     help="Inner dimension of the adapter: A is r × in, B is out × r. Parameters grow linearly with r. "
                          "It cannot exceed the width of the targeted layers.")
-# alpha follows the 2·r rule of thumb until someone sets it to something else
+# alpha follows the 2·r rule of thumb until someone sets it to something else. No upper bound: any 2·r is a
+# valid alpha (a bound below it made the widget reset alpha to its minimum, and alpha stopped following r).
 previous_r = st.session_state.get("_alpha_for_r")
 if "alpha" not in st.session_state or (previous_r is not None and st.session_state["alpha"] == 2.0 * previous_r):
     st.session_state["alpha"] = float(2 * r)
 st.session_state["_alpha_for_r"] = r
-alpha = r2.number_input("lora_alpha", 0.5, 8192.0, step=1.0, key="alpha", bind="query-params",
+alpha = r2.number_input("lora_alpha", 0.5, None, step=1.0, key="alpha", bind="query-params",
                         help="Scale numerator: the update is multiplied by alpha/r (or alpha/√r with rsLoRA). Rule of "
                              "thumb: 2·r — it follows r until you set another value.")
 use_rslora = r3.checkbox(

@@ -9,7 +9,6 @@ waits its turn in the device's queue (lab.sharing).
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from lab import policy
@@ -17,31 +16,33 @@ from lab.data.datasets import list_datasets, save_upload
 from lab.data.prompts import build_chat_prompt
 from lab.errors import LabError
 from lab.generate.adapters import choose_adapters, discover_runs, newest_matching, precision_note
-from lab.generate.compare import BASE_COLUMN, SamplingSettings
-from lab.generate.evaluate import METRICS, EvalSettings, load_examples, to_csv, to_markdown
+from lab.generate.compare import BASE_COLUMN, Comparison, SamplingSettings
+from lab.generate.evaluate import METRICS, EvalProgress, EvalSettings, load_examples
 from lab.models.sources import resolve_source
 from lab.sharing.limits import RequestLimits
 from lab.vocab import PRECISIONS, describe
-from pages._charts import score_bars
+from pages._eval_views import show_evaluating, show_evaluation
 from pages._ui import (
     friendly_errors,
     get_task,
     model_field,
     poll_task,
-    progress_bar,
     queued_notice,
     room_notice,
     session_owner,
     shared_models,
     start_task,
+    upload_limit_mb,
 )
 
 GEN_TASK = "playground_generate"
 EVAL_TASK = "playground_evaluate"
 EVAL_RESULT = "playground_eval_result"  # the last evaluation (EvalResult), or its error (str)
 EVAL_PRECISION = "playground_eval_precision"  # the base precision the last evaluation ran at
+EVAL_INPUTS = "playground_eval_inputs"  # the inputs the last evaluation answered
 CHAT = "playground_chat"  # column -> list of messages (chat mode)
-LAST = "playground_last"  # the last finished comparison (json)
+LAST = "playground_last"  # the last finished comparison, or its error (a Comparison)
+GEN_INPUTS = "playground_gen_inputs"  # the inputs the running generation answers
 # Seconds between redraws of the streaming columns. Each redraw costs the browser 30-100 ms of CPU whatever
 # changed (Streamlit re-sends a fragment whole) and the server a script run that holds the GIL between the
 # generating thread's decode steps, both taken from generation on a 2-core machine. At 1 s the page streamed
@@ -49,6 +50,7 @@ LAST = "playground_last"  # the last finished comparison (json)
 STREAM_POLL_S = 2.0
 SH = SamplingSettings.HELP
 EH = EvalSettings.HELP
+UPLOAD = "Upload a file…"  # the dataset choice that opens the file box
 
 st.title("Playground")
 st.markdown(
@@ -83,19 +85,21 @@ with friendly_errors("Resolving the base model"):
     source = resolve_source(spec, weights=True)  # hints name only what this page can load
 
 runs = discover_runs()
-run_labels = {str(r.path): f"{r.name} — {r.describe()}" for r in runs}
-a1, a2 = st.columns([2, 1])
+run_names = {str(r.path): r.name for r in runs}  # chips show the run's name; what it is, below the picker
+a1, a2 = st.columns([3, 1])
 newest = newest_matching(runs, source)
-# A shared link's adapters, else the newest run trained on this base: the adapter just trained is ready to try.
-preselect = [p for p in qp.get_all("adapter") if p in run_labels] if qp.get_all("adapter") else \
+# A shared link's adapters, else the newest finished run trained on this base: the adapter just trained is ready.
+preselect = [p for p in qp.get_all("adapter") if p in run_names] if qp.get_all("adapter") else \
     ([str(newest.path)] if newest is not None else [])
-picked = a1.multiselect("Adapters from runs/", list(run_labels), format_func=run_labels.get, disabled=busy,
-                        default=preselect[:limits.max_adapters],
-                        max_selections=limits.max_adapters,
-                        help="LoRA adapters saved by the Training page (newest first; the newest trained on this "
-                             "base is preselected). Each becomes a column, seen by you only. "
+picked = a1.multiselect("Adapters from runs/", list(run_names), format_func=run_names.get, disabled=busy,
+                        default=preselect[:limits.max_adapters], max_selections=limits.max_adapters,
+                        help="LoRA adapters saved by the Training page (newest first; the newest finished run "
+                             "trained on this base is preselected). Each becomes a column, seen by you only. "
                              + RequestLimits.help("max_adapters"))
-typed = "\n".join(p for p in qp.get_all("adapter") if p not in run_labels)  # a shared link's adapters, checked below
+for r in runs:
+    if str(r.path) in picked:
+        a1.caption(f"**{r.name}**: {r.describe()}")
+typed = "\n".join(p for p in qp.get_all("adapter") if p not in run_names)  # a shared link's adapters, checked below
 if not policy.public_mode() or policy.limits().hub_allow:  # public mode: runs of this server, or allow-listed Hub ids
     typed = a2.text_area("Other adapters (one per line)", value=typed, height=68, disabled=busy,
                          help="Any folder holding adapter_config.json and adapter_model.safetensors, or a Hub id when "
@@ -113,6 +117,8 @@ if not runs and not typed.strip():
             "The base column works on its own meanwhile.", icon=":material/info:")
 columns = [BASE_COLUMN, *[a.name for a in adapters]]
 notes = {a.name: precision_note(a, precision) for a in adapters}  # e.g. trained on an NF4 base, run here on FP32
+# What a result or an error answers: once these change, an error about the old ones is no longer shown.
+inputs = (spec, precision, tuple(a.source for a in adapters))
 if any(a.use_dora for a in adapters):
     st.caption(":material/info: DoRA adapters cannot join the batch: they run one after another, "
                "after the batched columns (slower, same answers).")
@@ -157,13 +163,9 @@ with tab_gen:
         prompt = st.text_area("Prompt", value=qp.get("prompt", "What is a LoRA adapter? Answer in two sentences."),
                               help="The user message every column answers (in chat mode: the next turn).")
         b1, b2, b3 = st.columns([1, 1, 4])
-        go_clicked = b1.form_submit_button(
-            "Generate",
-            type="primary",
-            icon=":material/play_arrow:",
-            disabled=busy,
-            help="Run the base and every adapter on this prompt, in one batched generate.",
-        )
+        go_clicked = b1.form_submit_button("Generate", type="primary", icon=":material/play_arrow:", disabled=busy,
+                                           help="Run the base and every adapter on this prompt, in one batched "
+                                                "generate.")
         clear_clicked = b2.form_submit_button("Clear chat", icon=":material/delete:", disabled=busy or not history,
                                               help="Forget every column's conversation.")
     if clear_clicked:
@@ -181,92 +183,73 @@ with tab_gen:
                 raise LabError("The prompt is empty.", "Type a question or an instruction first.")
             if source is None:
                 raise LabError("Pick a base model that can be loaded first.")
-        except LabError as e:  # shown by the view below, like a failed generation (and kept across reruns)
-            st.session_state[LAST] = {"error": str(e)}
+        except LabError as e:  # shown by the view below, like a failed generation, while its inputs stand
+            st.session_state[LAST] = Comparison(error=str(e), inputs=inputs)
             go_clicked = False
     if go_clicked:
         with friendly_errors("Generation"):
             shareable()
-
-            column_notes = dict(notes)  # read here, on the script thread
+            column_notes, asked, chat = dict(notes), inputs, chat_mode  # read here, on the script thread
 
             def work(who, convs, infos, s, report, cancel):
                 turn = next(iter(convs.values()))[-1]["content"]
-                report("Waiting for the model…", partial={"columns": {}, "turn": turn})
-                result = shared.compare(
-                    who,
-                    spec,
-                    precision,
-                    infos,
-                    convs,
-                    s,
-                    report=report,
-                    cancel=cancel,
-                    on_update=lambda snap: report("Generating…", partial={"columns": snap, "turn": turn}),
-                )
-                return {
-                    **result.to_json(),
-                    "columns": {n: c.to_json() | {"batched": c.batched} for n, c in result.columns.items()},
-                    "prompts": result.prompts,
-                    "conversations": convs,
-                    "chat": chat_mode,
-                    "notes_by_column": column_notes,
-                }
+                report("Waiting for the model…", partial=Comparison(turn=turn))
+                result = shared.compare(who, spec, precision, infos, convs, s, report=report, cancel=cancel,
+                                        on_update=lambda snap: report("Generating…",
+                                                                      partial=Comparison.streaming(snap, turn)))
+                return Comparison.finished(result, convs, chat, column_notes, asked)
 
             start_task(GEN_TASK, work, owner, conversations(prompt), adapters, settings.validate())
+            st.session_state[GEN_INPUTS] = inputs
             st.session_state.pop(LAST, None)
             st.rerun()
 
-    def show_columns(data: dict, running: bool) -> None:
-        cols_data = data.get("columns", {})
-        names = list(cols_data) or columns
+    def show_columns(data: Comparison, running: bool) -> None:
+        names = list(data.columns) or columns
         for col, name in zip(st.columns(len(names)), names, strict=True):
-            c = cols_data.get(name, {})
+            c = data.columns.get(name)
             with col.container(border=True, key=f"column-{name}"):
                 st.markdown(f"**{name}**" + ("" if name != BASE_COLUMN else " · no adapter"))
-                note = data["notes_by_column"].get(name) if "notes_by_column" in data else notes.get(name)
+                note = data.column_notes.get(name) if data.column_notes else notes.get(name)
                 if note:
                     st.caption(f":material/info: {note}")
-                if chat_mode or data.get("chat"):
+                if chat_mode or data.chat:
                     for m in history.get(name, []):
                         st.chat_message(m["role"]).markdown(m["content"])
                     if running:
-                        st.chat_message("user").markdown(data.get("turn", ""))
-                if not data.get("in_history"):
-                    text = c.get("text", "")
+                        st.chat_message("user").markdown(data.turn)
+                if not data.in_history:
                     box = st.chat_message("assistant") if chat_mode else st.container()
-                    if text.strip():
-                        box.markdown(text + (" ▌" if running and not c.get("done") else ""))
-                    elif c.get("tokens"):
-                        box.markdown(f"_(only whitespace so far: {c['tokens']} tokens)_")
+                    if c is not None and c.text.strip():
+                        box.markdown(c.text + (" ▌" if running and not c.done else ""))
+                    elif c is not None and c.tokens:
+                        box.markdown(f"_(only whitespace so far: {c.tokens} tokens)_")
                     else:
                         box.markdown("_waiting…_" if running else "_(no text: the model ended its turn at once)_")
-                m1, m2, m3 = st.columns(3)
-                m1.metric(
-                    "Tokens", c.get("tokens", 0), help="New tokens this column generated (its end-of-turn included)."
-                )
-                m2.metric("Seconds", f"{c.get('seconds', 0.0):.2f}",
-                          help="Wall time from the start of the batched generate until this column finished.")
-                m3.metric("Tokens/s", f"{c.get('tokens_per_s', 0.0):.1f}", help="Tokens ÷ seconds for this column.")
-                if c and c.get("batched") is False:
+                st.caption(data.figures(name), help="New tokens this column generated (its end-of-turn included); "
+                           "wall time from the start of the batched generate until this column finished; "
+                           "tokens ÷ seconds.")
+                if c is not None and not c.batched:
                     st.caption("DoRA: generated on its own, after the batch.")
-                if show_raw and data.get("prompts", {}).get(name):
-                    st.code(data["prompts"][name], language=None, wrap_lines=True)
+                if show_raw and data.prompts.get(name):
+                    st.code(data.prompts[name], language=None, wrap_lines=True)
 
     def show_last() -> None:
-        last = st.session_state.get(LAST)
-        if show_raw and source is not None and not (last and last.get("columns")):
+        last: Comparison | None = st.session_state.get(LAST)
+        if show_raw and source is not None and not (last and last.columns):
             with friendly_errors("Showing the prompt"):
                 tok = cached_tokenizer(source.pretrained_id)
                 st.caption("The text the base column will see:")
                 st.code(build_chat_prompt(tok, conversations(prompt or " ")[BASE_COLUMN], use_template),
                         language=None, wrap_lines=True)
-        if last and last.get("error"):
-            st.error(last["error"], icon=":material/error:")
-        elif last and last.get("cancelled"):
-            st.info(last["cancelled"], icon=":material/cancel:")
-        elif last:
-            for note in last.get("notes", []):
+        if last is None or (last.error and last.inputs != inputs):  # its cause was fixed since: no message
+            return
+        if last.error:
+            st.error(last.error, icon=":material/error:")
+        elif last.cancelled:
+            st.info(last.cancelled, icon=":material/cancel:")
+        else:
+            for note in last.notes:
                 st.info(note, icon=":material/info:")
             show_columns(last, running=False)
 
@@ -276,21 +259,18 @@ with tab_gen:
             return
         st.button("Stop", icon=":material/stop:", on_click=task.cancel, help="Stop generating; keep what is there.")
         st.caption(task.last.message if task.last else "Starting…")
-        show_columns(task.partial or {}, running=True)
+        show_columns(task.partial or Comparison(), running=True)
 
     def keep_generation(task) -> None:
         """Keep the result and extend the chat histories."""
+        asked = st.session_state.get(GEN_INPUTS, inputs)
         if task.status == "failed":
-            st.session_state[LAST] = {"error": task.error}
+            st.session_state[LAST] = Comparison(error=task.error, inputs=asked)
         elif task.status == "cancelled" and task.result is None:  # left the queue before it ran
-            st.session_state[LAST] = {"cancelled": task.error}
+            st.session_state[LAST] = Comparison(cancelled=task.error, inputs=asked)
         else:
-            data = task.result or {}
-            if data.get("chat"):
-                for n, conv in data["conversations"].items():
-                    history[n] = [*conv, {"role": "assistant", "content": data["columns"][n]["text"]}]
-                data = {**data, "in_history": True}
-            st.session_state[LAST] = data
+            data: Comparison = task.result
+            st.session_state[LAST] = data.answers_in_history(history) if data.chat else data
 
     if not (gen_task is not None and gen_task.running):
         room_notice()
@@ -308,24 +288,15 @@ with tab_eval:
              r"\text{PPL} = \exp\Big(-\frac{1}{T}\sum_{t=1}^{T} \log p(y_t \mid \text{prompt}, y_{<t})\Big)")
     bundled = list_datasets()
     e1, e2, e3, e4 = st.columns([2, 2, 1, 1])
-    ds_choice = e1.selectbox("Dataset", [*bundled, "Upload a file…"], disabled=busy,
+    ds_choice = e1.selectbox("Dataset", [*bundled, UPLOAD], disabled=busy,
                              index=bundled.index("banking-intents") if "banking-intents" in bundled else 0,
                              help="A bundled dataset's test split, or your own JSONL/CSV file (Alpaca, messages or "
                                   "prompt/completion rows).")
-    upload = e2.file_uploader(
-        "Test file",
-        type=["jsonl", "json", "csv"],
-        disabled=busy or ds_choice != "Upload a file…",
-        help="Every row of the file is a test example.",
-    )
-    limit = e3.number_input(
-        "Examples",
-        1,
-        limits.max_eval_examples,
-        min(EvalSettings.limit or 1, limits.max_eval_examples),
-        help=f"{EH['limit']} {RequestLimits.help('max_eval_examples')}",
-        disabled=busy,
-    )
+    upload = e2.file_uploader("Test file", type=["jsonl", "json", "csv"], max_upload_size=upload_limit_mb(),
+                              disabled=busy or ds_choice != UPLOAD, help="Every row of the file is a test example.")
+    limit = e3.number_input("Examples", 1, limits.max_eval_examples, min(EvalSettings.limit or 1,
+                            limits.max_eval_examples), help=f"{EH['limit']} {RequestLimits.help('max_eval_examples')}",
+                            disabled=busy)
     metric = e4.selectbox("Metric", list(METRICS), help=EH["metric"], disabled=busy)
     run_eval = st.button("Evaluate", type="primary", icon=":material/fact_check:", disabled=busy,
                          help="Score the base and every adapter on the test examples.")
@@ -334,7 +305,7 @@ with tab_eval:
         with friendly_errors("Evaluation"):
             if source is None:
                 raise LabError("Pick a base model that can be loaded first.")
-            if ds_choice == "Upload a file…":
+            if ds_choice == UPLOAD:
                 if upload is None:
                     raise LabError("No file uploaded.", "Upload a JSONL or CSV test file, or pick a bundled dataset.")
                 dataset, label = str(save_upload(upload.name, upload.getvalue())), upload.name  # used whole
@@ -344,67 +315,16 @@ with tab_eval:
             shareable()
 
             def eval_work(who, exs, infos, name, s, report, cancel):
-                rows: list[dict] = []
-
-                def progress(done, total, row):
-                    rows.append(row)
-                    report(f"Example {done} of {total}", fraction=done / total, partial=list(rows))
-
-                return shared.evaluate(who, spec, precision, infos, exs, name, s, report=report, cancel=cancel,
-                                       on_progress=progress)
+                progress = EvalProgress(report, len(exs))  # "Example k of N" on every line, queue turns too
+                return shared.evaluate(who, spec, precision, infos, exs, name, s, report=progress.message,
+                                       cancel=cancel, on_progress=progress.scored)
 
             start_task(EVAL_TASK, eval_work, owner, examples, adapters, label,
                        EvalSettings(limit=int(limit) or None, metric=metric))
             st.session_state.pop(EVAL_RESULT, None)
             st.session_state[EVAL_PRECISION] = {a.name: precision_note(a, precision) for a in adapters}
+            st.session_state[EVAL_INPUTS] = inputs
             st.rerun()
-
-    def show_eval(result) -> None:
-        m = result.metrics()
-        acc = result.metric == "accuracy"
-        table = pd.DataFrame([{"model": n, **d} for n, d in m.items()]).set_index("model")
-        st.dataframe(table, width="stretch",
-                     column_config={"accuracy": st.column_config.NumberColumn(format="percent")})
-        key = "accuracy" if acc else "perplexity"
-        for name, note in (st.session_state.get(EVAL_PRECISION) or {}).items():
-            if note and name in result.models:
-                st.caption(f":material/info: **{name}**: {note}")
-        fig = score_bars(list(m), [d[key] for d in m.values()], acc,
-                         f"{result.dataset}: {len(result.rows)} test examples")
-        st.plotly_chart(fig, width="stretch", key="eval_chart")
-        rows = [{"#": r["index"], "differs": r["differs"], "prompt": r["prompt"], "reference": r["reference"],
-                 **{f"{n}": ("✅ " if r["correct"][n] else "❌ ") + r["answers"][n] if acc else r["answers"][n]
-                    for n in result.models},
-                 **{f"loss {n}": r["loss"][n] for n in result.models}} for r in result.rows]
-        df = pd.DataFrame(rows)
-        st.caption(f"{int(df['differs'].sum()) if len(df) else 0} of {len(df)} examples got different answers "
-                   "from the models (highlighted).")
-        if len(df):
-            styled = df.style.apply(lambda row: ["background-color: rgba(255, 196, 0, 0.25)" if row["differs"] else ""
-                                                 for _ in row], axis=1)
-            st.dataframe(styled, width="stretch", hide_index=True)
-        d1, d2 = st.columns(2)
-        d1.download_button("Markdown report", to_markdown(result), file_name="evaluation.md", mime="text/markdown",
-                           icon=":material/download:", help="Metrics and every example as a Markdown document.")
-        d2.download_button(
-            "CSV",
-            to_csv(result),
-            file_name="evaluation.csv",
-            mime="text/csv",
-            icon=":material/download:",
-            help="One line per example: each model's answer, correctness, loss.",
-        )
-
-    def show_evaluating(task) -> None:
-        if task.queued and not task.partial:
-            queued_notice(task)
-            return
-        st.button("Stop evaluation", icon=":material/stop:", on_click=task.cancel,
-                  help="Stop; keep the scored examples.")
-        progress_bar(task, "Starting…")
-        if task.partial:
-            st.dataframe(pd.DataFrame([{"#": r["index"], "reference": r["reference"], **r["answers"]}
-                                       for r in task.partial]), hide_index=True, width="stretch")
 
     def keep_evaluation(task) -> None:
         # An evaluation cancelled while it waited has no result and needs no message.
@@ -412,8 +332,8 @@ with tab_eval:
 
     if not (eval_task is not None and eval_task.running):
         result = st.session_state.get(EVAL_RESULT)
-        if isinstance(result, str):
+        if isinstance(result, str) and st.session_state.get(EVAL_INPUTS) == inputs:  # its cause still stands
             st.error(result, icon=":material/error:")
-        elif result is not None and result.rows:
-            show_eval(result)
+        elif result is not None and not isinstance(result, str) and result.rows:
+            show_evaluation(result, st.session_state.get(EVAL_PRECISION) or {})
     poll_task(EVAL_TASK, show_evaluating, keep_evaluation)

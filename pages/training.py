@@ -26,7 +26,6 @@ from lab.training import owners
 from lab.training import queue as Q
 from lab.training import runs as R
 from lab.training.config import (
-    SCHEDULERS,
     TrainConfig,
     default_config,
     page_precision,
@@ -34,8 +33,9 @@ from lab.training.config import (
     to_cli_args,
 )
 from lab.training.distributed import launch_command
-from lab.units import fmt_bytes
+from lab.units import fmt_bytes, fmt_seconds
 from lab.vocab import LAUNCH_MODES, PRECISIONS, TARGET_PRESETS, optimizers_for
+from pages._fields import field_input
 from pages._ui import (
     friendly_errors,
     get_task,
@@ -47,6 +47,7 @@ from pages._ui import (
     report_activity,
     shared_models,
     start_task,
+    upload_limit_mb,
 )
 
 H = TrainConfig.help
@@ -182,9 +183,8 @@ def show_run(s: R.RunStatus) -> None:
 
 
 def _eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "at a time not known yet (no finished run to time steps by)"
-    return f"in about {seconds / 60:.0f} min" if seconds >= 90 else f"in about {seconds:.0f} s"
+    return "at a time not known yet (no finished run to time steps by)" if seconds is None else \
+        f"in {fmt_seconds(seconds)}"
 
 
 def _ordinal(n: int) -> str:
@@ -283,7 +283,7 @@ with left:
     if choice == UPLOAD:
         up = st.file_uploader(
             "JSONL or CSV (Alpaca, chat messages, or prompt/completion rows)",
-            type=["jsonl", "json", "csv"],
+            type=["jsonl", "json", "csv"], max_upload_size=upload_limit_mb(),
             help=(
                 "Alpaca: instruction, input (optional), output. Chat: messages [{role, content}…]. Or prompt + "
                 "completion."
@@ -318,28 +318,22 @@ with left:
             st.markdown(ds.dataset_card(choice))
 
 with right:
-    precision = st.selectbox(
-        "Precision of the base",
-        list(PRECISIONS),
-        index=list(PRECISIONS).index(page_precision(DEVICE)),
-        format_func=lambda p: PRECISIONS[p].label,
-        help=H("precision"),
-        key="t_precision",
-        bind="query-params",
-    )
-    st.caption(PRECISIONS[precision].help)
-    if DEVICE == "cpu" and PRECISIONS[precision].quantized:
+    v = {"model": model.strip(), "dataset": dataset, "skip_bad_rows": skip_bad}  # the run's settings, by field name
+
+    def put(where, name: str, key: str, value=None, **kw) -> None:
+        """A widget generated from the TrainConfig field (lab.recipe bounds, help), its value kept under the name."""
+        value = getattr(DEFAULTS, name) if value is None else value
+        v[name] = field_input(where, TrainConfig, name, key, value, bind="query-params", **kw)
+
+    put(None, "precision", "t_precision", page_precision(DEVICE), format_func=lambda p: PRECISIONS[p].label)
+    st.caption(PRECISIONS[v["precision"]].help)
+    if DEVICE == "cpu" and PRECISIONS[v["precision"]].quantized:
         st.caption(":material/speed: On this CPU a 4-bit base trains about 3× slower per step than FP32: bitsandbytes "
                    "dequantizes each weight at every matmul. It is what QLoRA means (and what a GPU runs); pick FP32 "
                    "for the quickest demo.")
-    c1, c2, c3 = st.columns(3)
-    r = c1.number_input("r", 1, 1024, DEFAULTS.r, help=H("r"), key="t_r", bind="query-params")
-    alpha = c2.number_input(
-        "alpha", 0.0, 4096.0, DEFAULTS.alpha, step=1.0, help=H("alpha"), key="t_alpha", bind="query-params"
-    )
-    dropout = c3.number_input(
-        "dropout", 0.0, 0.9, DEFAULTS.dropout, step=0.05, help=H("dropout"), key="t_dropout", bind="query-params"
-    )
+    c = st.columns(3)
+    for col, (name, key) in zip(c, (("r", "t_r"), ("alpha", "t_alpha"), ("dropout", "t_dropout")), strict=True):
+        put(col, name, key, label=name)
     preset = st.selectbox(
         "Target modules",
         [*TARGET_PRESETS, "custom"],
@@ -348,171 +342,42 @@ with right:
         key="t_targets",
         bind="query-params",
     )
-    targets = preset
+    v["targets"] = preset
     if preset == "custom":
         available = []
         with friendly_errors("Reading the architecture"):
             available = module_names(model)
-        picked = st.multiselect(
-            "Modules",
-            available,
-            default=available[:2],
-            help="The decoder's Linear layers, read from the model's config (no weights loaded).",
-            key="t_modules",
-            bind="query-params",
-        )
-        targets = ",".join(picked)
-    c1, c2, c3 = st.columns(3)
-    use_rslora = c1.checkbox("rsLoRA", DEFAULTS.use_rslora, help=H("use_rslora"), key="t_rslora", bind="query-params")
-    use_dora = c2.checkbox("DoRA", DEFAULTS.use_dora, help=H("use_dora"), key="t_dora", bind="query-params")
-    loraplus = c3.number_input(
-        "LoRA+ ratio",
-        0.0,
-        64.0,
-        DEFAULTS.loraplus_ratio,
-        step=1.0,
-        help=H("loraplus_ratio"),
-        key="t_loraplus",
-        bind="query-params",
-    )
+        picked = st.multiselect("Modules", available, default=available[:2], key="t_modules", bind="query-params",
+                                help="The decoder's Linear layers, read from the model's config (no weights loaded).")
+        v["targets"] = ",".join(picked)
+    c = st.columns(3)
+    put(c[0], "use_rslora", "t_rslora")
+    put(c[1], "use_dora", "t_dora")
+    put(c[2], "loraplus_ratio", "t_loraplus")
 
 with st.expander("Optimisation", expanded=True):
     c = st.columns(4)
-    lr = c[0].number_input(
-        "Learning rate",
-        0.0,
-        1.0,
-        DEFAULTS.learning_rate,
-        format="%.1e",
-        step=1e-4,
-        help=H("learning_rate"),
-        key="t_lr",
-        bind="query-params",
-    )
-    max_steps = c[1].number_input("Max steps", -1, LIMITS.max_steps, min(DEFAULTS.max_steps, LIMITS.max_steps),
-                                  help=f"{H('max_steps')} {RequestLimits.help('max_steps')}", key="t_steps",
-                                  bind="query-params")
-    epochs = c[2].number_input(
-        "Epochs", 0.0, 100.0, DEFAULTS.epochs, step=0.5, help=H("epochs"), key="t_epochs", bind="query-params"
-    )
-    seed = c[3].number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed, help=H("seed"), key="t_seed", bind="query-params")
+    put(c[0], "learning_rate", "t_lr")
+    put(c[1], "max_steps", "t_steps", most=LIMITS.max_steps, extra_help=RequestLimits.help("max_steps"))
+    put(c[2], "epochs", "t_epochs")
+    put(c[3], "seed", "t_seed")
     c = st.columns(4)
-    batch = c[0].number_input("Batch size", 1, LIMITS.max_batch_size, min(DEFAULTS.batch_size, LIMITS.max_batch_size),
-                              help=f"{H('batch_size')} {RequestLimits.help('max_batch_size')}", key="t_batch",
-                              bind="query-params")
-    accum = c[1].number_input(
-        "Grad accumulation", 1, 1024, DEFAULTS.grad_accum, help=H("grad_accum"), key="t_accum", bind="query-params"
-    )
-    max_length = c[2].number_input(
-        "Max length (tokens)",
-        8,
-        LIMITS.max_seq_len,
-        min(DEFAULTS.max_length, LIMITS.max_seq_len),
-        help=f"{H('max_length')} {RequestLimits.help('max_seq_len')}",
-        key="t_maxlen",
-        bind="query-params",
-    )
-    gc = c[3].checkbox(
-        "Gradient checkpointing",
-        DEFAULTS.gradient_checkpointing,
-        help=H("gradient_checkpointing"),
-        key="t_gc",
-        bind="query-params",
-    )
+    put(c[0], "batch_size", "t_batch", most=LIMITS.max_batch_size, extra_help=RequestLimits.help("max_batch_size"))
+    put(c[1], "grad_accum", "t_accum")
+    put(c[2], "max_length", "t_maxlen", most=LIMITS.max_seq_len, extra_help=RequestLimits.help("max_seq_len"))
+    put(c[3], "gradient_checkpointing", "t_gc")
     c = st.columns(4)
-    optimizers = optimizers_for(DEVICE)
-    optimizer = c[0].selectbox(
-        "Optimizer",
-        optimizers,
-        index=optimizers.index(DEFAULTS.optimizer),
-        help=H("optimizer"),
-        key="t_optim",
-        bind="query-params",
-    )
-    scheduler = c[1].selectbox(
-        "Schedule",
-        SCHEDULERS,
-        index=SCHEDULERS.index(DEFAULTS.scheduler),
-        help=H("scheduler"),
-        key="t_sched",
-        bind="query-params",
-    )
-    warmup = c[2].number_input(
-        "Warmup ratio",
-        0.0,
-        0.5,
-        DEFAULTS.warmup_ratio,
-        step=0.05,
-        help=H("warmup_ratio"),
-        key="t_warmup",
-        bind="query-params",
-    )
-    wd = c[3].number_input(
-        "Weight decay",
-        0.0,
-        1.0,
-        DEFAULTS.weight_decay,
-        step=0.01,
-        help=H("weight_decay"),
-        key="t_wd",
-        bind="query-params",
-    )
+    put(c[0], "optimizer", "t_optim", options=optimizers_for(DEVICE))
+    put(c[1], "scheduler", "t_sched")
+    put(c[2], "warmup_ratio", "t_warmup")
+    put(c[3], "weight_decay", "t_wd")
     c = st.columns(4)
-    eval_steps = c[0].number_input(
-        "Eval every (steps)", 0, 100_000, DEFAULTS.eval_steps, help=H("eval_steps"), key="t_eval", bind="query-params"
-    )
-    save_steps = c[1].number_input(
-        "Checkpoint every (steps)",
-        1,
-        100_000,
-        DEFAULTS.save_steps,
-        help=H("save_steps"),
-        key="t_save",
-        bind="query-params",
-    )
-    logging_steps = c[2].number_input(
-        "Log every (steps)",
-        1,
-        10_000,
-        DEFAULTS.logging_steps,
-        help=H("logging_steps"),
-        key="t_log",
-        bind="query-params",
-    )
-    merge = c[3].checkbox(
-        "Merge & export after training", DEFAULTS.merge, help=H("merge"), key="t_merge", bind="query-params"
-    )
+    put(c[0], "eval_steps", "t_eval")
+    put(c[1], "save_steps", "t_save")
+    put(c[2], "logging_steps", "t_log")
+    put(c[3], "merge", "t_merge")
 
-cfg = replace(
-    DEFAULTS,
-    model=model.strip(),
-    dataset=dataset,
-    skip_bad_rows=skip_bad,
-    precision=precision,
-    r=int(r),
-    alpha=float(alpha),
-    dropout=float(dropout),
-    targets=targets,
-    use_rslora=use_rslora,
-    use_dora=use_dora,
-    loraplus_ratio=float(loraplus),
-    learning_rate=float(lr),
-    max_steps=int(max_steps),
-    epochs=float(epochs),
-    seed=int(seed),
-    batch_size=int(batch),
-    grad_accum=int(accum),
-    max_length=int(max_length),
-    gradient_checkpointing=gc,
-    optimizer=optimizer,
-    scheduler=scheduler,
-    warmup_ratio=float(warmup),
-    weight_decay=float(wd),
-    eval_steps=int(eval_steps),
-    save_steps=int(save_steps),
-    logging_steps=int(logging_steps),
-    merge=merge,
-)
+cfg = replace(DEFAULTS, **v)  # every widget's value by its field name: nothing copied by hand
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def max_length_check(model: str, dataset: str, skip_bad: bool, max_length: int) -> str | None:

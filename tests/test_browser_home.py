@@ -15,6 +15,8 @@ def test_home_renders_in_chromium(app_server, page):
     expect(main(page).get_by_text("transformers").first).to_be_visible()
     expect(page.locator('[data-testid="stSidebar"]').get_by_text("RAM").first).to_be_visible()
     assert_no_exception(page)
+    icon = page.locator("link[rel='shortcut icon']").get_attribute("href") or ""
+    assert icon and "gstatic" not in icon and "fonts." not in icon, icon  # served by the app: works offline
     png = screenshot(page, "screenshot-home.png")
     assert png.stat().st_size > 10_000
 
@@ -29,6 +31,35 @@ def test_deep_link_as_first_request_still_routes_through_app(browser):
         sidebar = page.locator('[data-testid="stSidebar"]')
         expect(sidebar.get_by_text("RAM").first).to_be_visible()  # app.py's sidebar ran
         expect(sidebar.get_by_text("ui", exact=True)).to_have_count(0)  # no legacy auto-menu of files
+        assert_no_exception(page)
+        page.context.close()
+    finally:
+        server.stop()
+
+
+# Records, from before the page's own scripts run, every text that ever appeared in the app's main block.
+SEEN_TEXTS = """
+window.__seen = [];
+new MutationObserver(() => {
+  const main = document.querySelector('[data-testid="stMain"]');
+  if (main && main.innerText) window.__seen.push(main.innerText);
+}).observe(document, {subtree: true, childList: true, characterData: true});
+"""
+
+
+def test_a_fresh_public_server_paints_at_once_and_names_no_server_path(browser):
+    """Issue 20 papercut 12: the first visit to a fresh server showed a blank page while app.py imported torch and
+    friends (seconds); Home showed the server's cache path in public mode."""
+    server = start_server({"QLORA_LAB_PUBLIC": "1"})  # its own: this must be the server's very first visit
+    try:
+        page = new_page(browser)
+        page.add_init_script(SEEN_TEXTS)
+        open_page(page, server, "", wait_for_text="This machine")
+        seen = page.evaluate("window.__seen")
+        assert any("Starting QLoRA Lab" in t for t in seen)  # painted before the heavy imports
+        expect(main(page).get_by_text("Starting QLoRA Lab")).to_have_count(0)  # and gone once they are done
+        expect(main(page).get_by_text("is ready.").first).to_be_visible()
+        assert "/" not in main(page).get_by_text("is ready.").first.inner_text()  # no server path in public mode
         assert_no_exception(page)
         page.context.close()
     finally:

@@ -157,3 +157,30 @@ def test_cli_evaluate_json(tiny_model_dir, tiny_adapters, labelled_dir, capsys, 
     assert set(r["metrics"]) == {"base", "alpha"} and md.read_text().startswith("# Evaluation")
     rc = main(["evaluate", "--model", str(tiny_model_dir), "--dataset", str(tmp_path / "nope.jsonl")])
     assert rc == 2 and "not found" in capsys.readouterr().err
+
+
+def test_progress_says_which_example_of_how_many_on_every_line():
+    """Issue 20 papercut 7: the queue's own messages ('Running: one example × 2 columns') hid "k of N"."""
+    from lab.generate.evaluate import EvalProgress
+
+    seen = []
+    progress = EvalProgress(lambda message, fraction=None, partial=None, state=None: seen.append((message, fraction)),
+                            total=3)
+    progress.message("Running: one example × 2 columns", state="running")
+    progress.scored(1, 3, {"index": 0})
+    progress.message("Running: one example × 2 columns", state="running")
+    assert [m for m, _ in seen] == ["Example 1 of 3 · Running: one example × 2 columns", "Example 1 of 3 scored",
+                                    "Example 2 of 3 · Running: one example × 2 columns"]
+    assert [f for _, f in seen] == [0.0, 1 / 3, 1 / 3] and progress.rows == [{"index": 0}]
+
+
+def test_the_examples_show_what_sets_them_apart():
+    """The shared instruction goes; each customer query stays. Prompts with nothing in common stay whole."""
+    from lab.generate.evaluate import EvalSettings, shown_prompts
+
+    rows = [{"prompt": "Classify it.\nLabels: a, b\n\nWhere is my card?"},
+            {"prompt": "Classify it.\nLabels: a, b\n\nHi"}]
+    assert shown_prompts(rows) == ["Where is my card?", "Hi"]
+    plain = [{"prompt": "Tell me about cats."}, {"prompt": "Intro\n\nTell me about dogs."}]
+    assert shown_prompts(plain) == ["Tell me about cats.", "Intro\n\nTell me about dogs."]
+    assert EvalSettings().limit == 16  # a first look takes a minute or two on a CPU, not all 72 examples

@@ -51,7 +51,7 @@ def test_loading_two_precisions_shows_measured_vs_predicted(tiny_model_dir):
     at = _run_to_completion(_page(), str(tiny_model_dir), ["fp32", "nf4-dq"])
     assert not at.exception and not at.error
     results = at.session_state["loading_lab_results"]
-    assert [r["precision"] for r in results] == ["fp32", "nf4-dq"]
+    assert [r.precision for r in results] == ["fp32", "nf4-dq"]  # typed LoadReports, not dicts
     headers = [h.value for h in at.header]
     assert headers[:3] == ["Measured vs predicted", "What changed inside", "What it costs in quality"]
     table = at.dataframe[0].value
@@ -65,7 +65,7 @@ def test_loading_two_precisions_shows_measured_vs_predicted(tiny_model_dir):
     assert (table["perplexity"] > 1).all()
     why = next(m.value for m in at.markdown if m.value.startswith("**Why RSS grew as it did**"))
     for r in results:  # next to the numbers, each precision's own figures
-        assert f"- {r['precision']}: +" in why
+        assert f"- {r.precision}: +" in why
     # 64 tokens read in windows of 256 = one window: 63 predicted, and the page says so.
     assert any("63 predicted tokens of the 64 read" in m.value for m in at.markdown)
     assert len(_charts(at)) >= 4  # bytes, breakdown, perplexity, NF4 histogram
@@ -129,7 +129,7 @@ def test_a_cancelled_run_is_marked_cancelled(tiny_model_dir):
     at.run()
     assert not at.exception
     warning = next(w.value for w in at.warning if "Cancelled" in w.value)
-    done = [r["precision"] for r in at.session_state["loading_lab_results"]]
+    done = [r.precision for r in at.session_state["loading_lab_results"]]
     assert len(done) < 3 and "Not run: " + ", ".join(p for p in ["fp32", "int8", "nf4"] if p not in done) in warning
     at.text_input[0].set_value("embedded").run()
     assert not any("Cancelled" in w.value for w in at.warning)  # new inputs: the old run's notes go
@@ -155,3 +155,20 @@ def test_nf4_up_close_layer_errors(tiny_model_dir):
     ]
     values = {m.label.split()[0]: float(m.value.rstrip("%")) for m in at.metric}
     assert 0 < values["int8"] < values["nf4"] < values["fp4"]
+
+
+def test_public_mode_suggests_only_what_it_can_load(monkeypatch, tmp_path):
+    """Issue 20 bug 8: a refused path must not suggest a catalog name, nor the catalog name's error a model
+    folder: public mode loads neither."""
+    monkeypatch.setenv("QLORA_LAB_PUBLIC", "1")
+    monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("QLORA_LAB_HUB_ALLOW", raising=False)
+    at = _page()
+    at.selectbox(key="ll_model").set_value("Hub id…").run()
+    at.text_input(key="ll_model_hub").set_value(str(tmp_path / "models" / "mine")).run()
+    (refused,) = [e.value for e in at.error]
+    assert "not allowed here" in refused and "catalog" not in refused and "Gemma" not in refused
+    at.text_input(key="ll_model_hub").set_value("Gemma-2-2B").run()  # what the old hint suggested
+    (error,) = [e.value for e in at.error]
+    assert "config without weights" in error and "folder" not in error and "'embedded'" in error
+    assert at.button[0].disabled and TASK not in at.session_state

@@ -150,3 +150,13 @@ def test_cli_lora_json_and_errors(capsys, tmp_path):
         assert err.startswith("error: ") and needle in err and "\n" not in err
     assert main(["lora", "--model", "Phi-3-mini", "--r", "8", "--targets", "q_proj"]) == 2
     assert "qkv_proj" in capsys.readouterr().err  # the message lists the names the model has
+
+
+def test_fused_qkv_names_are_one_rule():
+    """One rule for 'q, k and v live in one Linear' (the LoRA page and the 'qv' preset used two lists that had
+    drifted: only the page knew MPT's Wqkv)."""
+    from lab.estimate.lora import fused_qkv
+
+    names = ["q_proj", "o_proj", "qkv_proj", "query_key_value", "c_attn", "Wqkv", "c_proj", "dense"]
+    assert fused_qkv(names) == ["qkv_proj", "query_key_value", "c_attn", "Wqkv"]
+    assert preset_targets(read_architecture("Phi-3-mini"), "qv") == ["qkv_proj"]

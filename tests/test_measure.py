@@ -333,3 +333,16 @@ def test_rss_growth_is_explained_from_the_loads_own_figures(tiny_model_dir):
     text = explain_rss(quantized)
     assert "memory-mapped" not in text and "quantizing read every Linear weight" in text
     assert fmt_bytes(426_000_000) in text and "leftovers" in text
+
+
+def test_progress_moves_within_the_first_precision(tiny_model_dir):
+    """Issue 20 papercut 10: the bar no longer sits at 0% until the first precision is over."""
+    from lab.inspect.quality import QualityConfig
+
+    seen = []
+    run_loading_lab(str(tiny_model_dir), ["fp32", "int8"], quality=QualityConfig(perplexity_tokens=32, max_new_tokens=2,
+                                                                                 prompts=("Hi", "Bye")),
+                    report=lambda m, f=None, partial=None: seen.append((f, len(partial or []))))
+    first = [f for f, done in seen if done == 0 and f is not None]
+    assert max(first) >= 0.25 and first == sorted(first)  # it moves through the load and the scoring, forwards
+    assert all(f <= 0.5 for f in first)  # and stays within the first precision's half

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from lab.errors import LabError
 from lab.estimate.lora import estimate_lora
 from lab.estimate.simulate import simulate
 from lab.estimate.training import TrainingSettings
@@ -65,7 +66,7 @@ def test_calculator_settings_come_from_the_url():
     assert at.number_input(key="batch").value == 2
     arch = read_architecture("Qwen2.5-0.5B")
     assert metrics(at)["True bytes"] == fmt_bytes(estimate_weights(arch, "bf16").weights_bytes)
-    sim = simulate(arch, TrainingSettings(method="full", precision="bf16", batch_size=2, seq_len=256))
+    sim = simulate(arch, TrainingSettings(method="full", precision="bf16", batch_size=2, max_length=256))
     assert metrics(at)["Simulated training peak"] == fmt_bytes(sim.peak_bytes)
     code = at.code[0].value
     assert 'model_id = "Qwen/Qwen2.5-0.5B"' in code and "get_peft_model" not in code  # full: no LoRA
@@ -90,10 +91,82 @@ def test_calculator_bad_settings_say_why_and_show_no_stale_figures():
     assert not at.exception
     assert any("2,048" in e.value for e in at.error)
     assert "Simulated training peak" not in metrics(at)
-    at = settle(run_page(CALC, model="SmolLM2-135M", method="qlora", precision="bf16"))
-    assert any("'bf16' is not quantized" in e.value for e in at.error)  # no silent fallback to nf4-dq
     at = settle(run_page(CALC, model="SmolLM2-135M", r="100000"))  # kept from the URL, refused with the reason
     assert at.number_input(key="r").value == 100000 and any("width" in e.value for e in at.error)
+
+
+def test_calculator_switches_the_method_to_fit_the_precision_and_says_so():
+    """Issue 20 papercut 4: QLoRA with a 16-bit base was a red error quoting a CLI flag that hid the multi-GPU and
+    inverse sections. The method follows the precision (and the precision a method picked), with a note."""
+    at = settle(run_page(CALC, model="SmolLM2-135M", method="qlora", precision="bf16", seq="256"))
+    assert not at.exception and not at.error
+    assert at.radio(key="method").value == "lora"  # the URL's precision kept, the method switched
+    assert [i.value for i in at.info] == ["Method switched from qlora to lora: a bf16 base trains with LoRA."]
+    shown = metrics(at)
+    assert "Simulated training peak" in shown and "Per-GPU peak on 2 × T4 16 GB" in shown
+    assert any(b.label.startswith("Solve for") for b in at.button)
+    at.radio(key="method").set_value("qlora").run()  # a method picked: the precision follows
+    settle(at)
+    assert at.segmented_control(key="precision").value == "nf4-dq" and not at.error
+    assert any("Precision switched from bf16 to nf4-dq" in i.value for i in at.info)
+    at.segmented_control(key="precision").set_value("fp32").run()  # a precision picked: the method follows
+    settle(at)
+    assert at.radio(key="method").value == "lora" and not at.error
+    assert any("Method switched from qlora to lora" in i.value for i in at.info)
+
+
+def test_calculator_answers_first_one_headline_each_detail_in_tabs():
+    """Issue 20 papercuts 2 and 3: the answers (weights, simulated peaks, smallest GPU) come first, one figure per
+    question; the detail sits in tabs; the QLoRA weights' fp32 upcast is explained beside the weights figure."""
+    at = settle(run_page(CALC, model="Llama-3.2-3B", seq="256"))
+    assert not at.exception and not at.error
+    labels = [m.label for m in at.metric]
+    assert labels[:4] == ["Weights at nf4-dq", "Simulated training peak", "Simulated generation peak",
+                          "Smallest GPU for training"]
+    assert "Formula (the explanation)" not in labels  # the formula is the explanation, in the Training step tab
+    assert [t.label for t in at.tabs][:4] == ["Does it fit?", "Weights", "Training step", "Generation"]
+    arch = read_architecture("Llama-3.2-3B")
+    table, upcast = estimate_weights(arch, "nf4-dq", "auto"), estimate_weights(arch, "nf4-dq", "fp32")
+    captions = " ".join(c.value for c in at.caption)
+    assert f"Training holds {fmt_bytes(upcast.weights_bytes)} of weights" in captions
+    assert f"(+{fmt_bytes(upcast.weights_bytes - table.weights_bytes)})" in captions
+    assert "The hand formula" in captions  # the second figure explained beside the headline, not a rival
+
+
+def test_a_hub_id_being_checked_shows_checking_never_the_previous_error(monkeypatch):
+    """Issue 20 bug 1 (the page's part): while a new Hub id is checked (seconds against the Hub), the page showed
+    the previous input's error greyed out. Now the check runs off the script thread and the page says
+    'Checking …' where the answer will be."""
+    import threading
+
+    import pages._arch_ui as arch_ui
+
+    release = threading.Event()
+
+    def hub(spec):
+        if spec == "someone/missing":
+            raise LabError("someone/missing was not found on the Hub.")
+        assert release.wait(60)  # the Hub taking its time
+        return read_architecture("SmolLM2-135M")
+
+    monkeypatch.setattr(arch_ui, "read_architecture", hub)
+
+    def finished(at):
+        if "arch_check" in at.session_state:  # still running when the page last looked
+            task = at.session_state["arch_check"]
+            assert task.wait(60).status in ("done", "failed")
+            at.session_state[arch_ui.CHECKED] = (task.name, task.result if task.status == "done" else task.error)
+        return at.run()  # AppTest runs the page's poller only with the page: store what it would have
+
+    at = run_page(LORA, model=arch_ui.OTHER, source="someone/missing")
+    at = finished(at)
+    assert [e.value for e in at.error] == ["someone/missing was not found on the Hub."]
+    at.text_input(key="source").set_value("someone/slow").run()
+    assert not at.exception and not at.error  # the previous input's error is gone at once
+    assert [i.value for i in at.info] == ["Checking someone/slow…"]
+    release.set()
+    at = finished(at)
+    assert not at.error and "SmolLM2-135M" in " ".join(c.value for c in at.caption)
 
 
 @pytest.mark.parametrize("page", [CALC, LORA])
@@ -151,6 +224,17 @@ def test_lora_page_alpha_follows_r_until_set():
     assert any("width" in w.value for w in at.warning)
 
 
+def test_lora_page_alpha_keeps_following_r_after_a_large_r():
+    """Issue 20 bug 2: r = 5000 made alpha 10000, above the widget's bound: alpha collapsed to 0.5 and stopped
+    following r while the URL said alpha=10000.0."""
+    at = run_page(LORA, model="SmolLM2-135M")
+    at.number_input(key="r").set_value(5000).run()
+    assert at.number_input(key="alpha").value == 10000.0
+    at.number_input(key="r").set_value(16).run()
+    assert not at.exception and at.number_input(key="alpha").value == 32.0
+    assert at.query_params["alpha"] in ("32.0", ["32.0"])
+
+
 def test_lora_page_presets_dora_and_fused_modules():
     at = run_page(LORA, model="Phi-3-mini", preset="all-linear", r="8", dora="true")
     assert not at.exception and not at.error
@@ -187,5 +271,5 @@ def test_calculator_inverse_runs_in_the_background():
     from lab.estimate.inverse import max_fitting
 
     arch = read_architecture("SmolLM2-135M")
-    settings = TrainingSettings(method="lora", precision="bf16", seq_len=256, targets="all-linear")
-    assert shown["max seq len"] == f"{max_fitting(arch, settings, get_gpu('T4'), 'seq_len').value:,}"
+    settings = TrainingSettings(method="lora", precision="bf16", max_length=256, targets="all-linear")
+    assert shown["max seq len"] == f"{max_fitting(arch, settings, get_gpu('T4'), 'max_length').value:,}"

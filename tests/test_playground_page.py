@@ -86,7 +86,8 @@ def test_side_by_side_columns_match_plain_generate(tiny_model_dir, tiny_adapters
     assert base != alpha
     assert base in shown and alpha in shown
     assert {"**base** · no adapter", "**alpha**"} <= {m.value for m in at.markdown}
-    assert sum(m.label == "Tokens/s" for m in at.metric) == 2
+    figures = [c.value for c in at.caption if "tokens/s" in c.value]
+    assert len(figures) == 2 and all(" tokens · **" in f and " s** · **" in f for f in figures)
     widget(at.toggle, "Show raw text").set_value(True)
     at.run()
     raw = [c.value for c in at.code]
@@ -121,7 +122,7 @@ def test_bad_input_gets_a_clear_message(tiny_model_dir, other_base_adapter):
     # The page still works afterwards: the base alone generates.
     widget(at.text_area, "Other adapters (one per line)").set_value("")
     at = generate(at.run(), "Hi", max_new=4)
-    assert not at.exception and any(m.label == "Tokens" for m in at.metric)
+    assert not at.exception and any("tokens/s" in c.value for c in at.caption)
 
 
 def test_evaluate_tab_scores_base_and_adapter(tiny_model_dir, tiny_adapters):
@@ -138,15 +139,22 @@ def test_evaluate_tab_scores_base_and_adapter(tiny_model_dir, tiny_adapters):
     frames = [df.value for df in at.dataframe]
     metrics = next(f for f in frames if "accuracy" in getattr(f, "columns", []))
     assert list(metrics.index) == ["base", "alpha"]
+    examples = next(f for f in frames if "reference" in getattr(f, "columns", []))
+    from lab.generate.evaluate import load_examples
+
+    queries = [e.messages[-1]["content"].split("\n\n")[-1] for e in load_examples("banking-intents", 2)]
+    assert list(examples["prompt"]) == queries  # the customer's query, not the instruction every example shares
+    assert all(a[:2] in ("✓ ", "✗ ") for a in [*examples["base"], *examples["alpha"]])  # text marks, no emoji
     assert {b.label for b in at.get("download_button")} >= {"Markdown report", "CSV"}
 
 
-def _run(runs: Path, name: str, adapter: Path, base: Path, precision: str) -> Path:
-    """A training run folder as the Training page leaves it: the adapter and lab_run.json."""
+def _run(runs: Path, name: str, adapter: Path, base: Path, precision: str, status: str | None = None) -> Path:
+    """A training run folder as the Training page leaves it: the adapter and lab_run.json (with how it ended)."""
     folder = runs / name
     shutil.copytree(adapter, folder)
     (folder / "lab_run.json").write_text(json.dumps({"precision": precision, "base_model": {
-        "spec": str(base), "display_name": base.name, "kind": "folder", "pretrained_id": str(base)}}))
+        "spec": str(base), "display_name": base.name, "kind": "folder", "pretrained_id": str(base)},
+        **({"status": status} if status else {})}))
     return folder
 
 
@@ -193,3 +201,42 @@ def test_a_model_that_cannot_be_loaded_gets_a_hint_that_fits_this_page():
     assert len(errors) == 1 and "catalog" not in errors[0] and "'embedded'" in errors[0]
     at = open_page("Llama-3.2-1B")  # a catalog config: no weights to generate from
     assert [e.value for e in at.error if "config without weights" in e.value]
+
+
+def test_the_newest_finished_run_is_preselected_over_a_newer_stopped_one(tiny_model_dir, tiny_adapters, empty_runs):
+    """Issue 20 papercut 6: a run stopped after 2 steps is not what the page offers first."""
+    finished = _run(empty_runs, "finished-run", tiny_adapters["beta"], tiny_model_dir, "fp32", "finished")
+    time.sleep(0.05)
+    _run(empty_runs, "stopped-run", tiny_adapters["alpha"], tiny_model_dir, "fp32", "stopped")
+    at = open_page(str(tiny_model_dir))
+    assert widget(at.multiselect, "Adapters from runs/").value == [str(finished)]
+    assert any(c.value.startswith("**finished-run**: ") for c in at.caption)  # what it is, beside the short chip
+    assert sorted(widget(at.multiselect, "Adapters from runs/").options) == ["finished-run", "stopped-run"]  # short
+
+
+def test_an_error_goes_once_its_cause_is_fixed():
+    """Issue 20 bug 3: "Pick a base model that can be loaded first" stayed after the base was fixed."""
+    at = open_page("no-such-model-name")
+    widget(at.button, "Generate").click()
+    at.run()
+    assert any("Pick a base model that can be loaded first" in e.value for e in at.error)
+    widget(at.toggle, "Show raw text").set_value(True)
+    at.run()  # any rerun with the same inputs keeps the message
+    assert any("Pick a base model that can be loaded first" in e.value for e in at.error)
+    widget(at.text_input, "Base model").set_value("embedded")
+    at.run()
+    assert not at.exception and not at.error  # the cause is gone, and so is the message
+
+
+def test_each_columns_figures_are_shown_whole(tiny_model_dir, tiny_adapters):
+    """Issue 20 bug 6: the "Seconds" figure was cut to "81.…": three st.metric values side by side in a column
+    (a metric's value is one line that ends in an ellipsis). Now one caption a narrow column wraps."""
+    at = open_page(str(tiny_model_dir))
+    widget(at.text_area, "Other adapters (one per line)").set_value(str(tiny_adapters["alpha"]))
+    at = generate(at.run(), "Hi", max_new=4)
+    assert not [m for m in at.metric if m.label in ("Tokens", "Seconds", "Tokens/s")]
+    last = at.session_state["playground_last"]
+    for name in ("base", "alpha"):
+        c = last.columns[name]
+        line = next(cap.value for cap in at.caption if cap.value == last.figures(name))
+        assert f"**{c.seconds:.2f} s**" in line and f"**{c.tokens}** tokens" in line

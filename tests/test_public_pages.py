@@ -72,3 +72,23 @@ def test_a_hub_id_field_refuses_a_path_shaped_entry(public):
         not (public / "runs").exists()
         or [p.name for p in (public / "runs").iterdir() if not p.name.startswith(".")] == []
     )
+
+
+def test_upload_boxes_state_the_public_cap_not_streamlits_200_mb(public, monkeypatch):
+    """Issue 20 bug 7: under `streamlit run app.py` in public mode (no --server.maxUploadSize), the upload boxes
+    said 200MB while the lab refuses more than its cap: each box now states (and its browser side enforces) the cap."""
+    monkeypatch.setenv("QLORA_LAB_MAX_UPLOAD_MB", "20")
+    monkeypatch.setenv("QLORA_LAB_MAX_CONFIG_KB", "2000")
+    at = page("calculator", model="Upload a config.json…")
+    assert not at.exception and at.file_uploader(key="config_upload").proto.max_upload_size_mb == 2
+    at = page("training", t_dataset="Upload a file…")
+    boxes = [u.proto.max_upload_size_mb for u in at.get("file_uploader")]
+    assert not at.exception and boxes == [20]
+    at = page("playground")
+    assert not at.exception and [u.proto.max_upload_size_mb for u in at.get("file_uploader")] == [20]
+
+
+def test_upload_boxes_keep_streamlits_setting_locally(monkeypatch):
+    monkeypatch.delenv("QLORA_LAB_PUBLIC", raising=False)
+    at = page("calculator", model="Upload a config.json…")
+    assert at.file_uploader(key="config_upload").proto.max_upload_size_mb == 200  # Streamlit's server.maxUploadSize

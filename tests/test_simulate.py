@@ -125,7 +125,7 @@ def test_autocast_off_keeps_fp32_copies_of_the_adapted_inputs():
     """A plain loop on a bf16 model (peft's MetaMathQA benchmark: use_amp=false): peft's fp32 adapters cast
     each adapted layer's input to fp32 and keep it for the backward; under autocast they compute in bf16."""
     arch = architecture_from_config(config("llama"), "tiny llama")
-    base = TrainingSettings(method="lora", precision="bf16", batch_size=2, seq_len=128, grad_checkpointing=False,
+    base = TrainingSettings(method="lora", precision="bf16", batch_size=2, max_length=128, gradient_checkpointing=False,
                             optimizer="adamw_torch", r=8, targets=("q_proj", "v_proj"), adapter_dtype="fp32",
                             dropout=0.0, loss="logits")
     on, off = resolve_recipe(arch, base), resolve_recipe(arch, replace(base, autocast=False))
@@ -181,28 +181,28 @@ def test_fake_model_has_the_truncated_depth_and_tied_weights():
 # --------------------------------------------------------------------------- what the step shows
 def test_timeline_marks_the_peak_and_paged_state_is_set_apart():
     arch = read_architecture("SmolLM2-135M")
-    sim = simulate(arch, TrainingSettings(optimizer="paged_adamw_8bit", seq_len=256, r=128))  # B: 1536 × 128 ≥ 1e5
+    sim = simulate(arch, TrainingSettings(optimizer="paged_adamw_8bit", max_length=256, r=128))  # B: 1536 × 128 ≥ 1e5
     assert max(p["bytes"] for p in sim.timeline) == sim.peak_bytes
     assert {p["phase"] for p in sim.timeline} >= {"forward", "backward", "optimizer step"}
     assert sum(sim.by_category.values()) == sim.peak_bytes
-    unpaged = simulate(arch, TrainingSettings(optimizer="adamw_8bit", seq_len=256, r=128))
+    unpaged = simulate(arch, TrainingSettings(optimizer="adamw_8bit", max_length=256, r=128))
     assert sim.excluded["paged"] > 0 and not unpaged.excluded.get("paged")
     assert unpaged.totals["optimizer"] == sim.totals["optimizer"] + sim.excluded["paged"]
 
 
 def test_eager_attention_grows_with_the_square_of_the_sequence():
     arch = read_architecture("SmolLM2-135M")
-    base = TrainingSettings(grad_checkpointing=False, attn="eager", seq_len=512)
-    grow = [simulate(arch, replace(base, seq_len=n)).peak_bytes for n in (512, 1024, 2048)]
+    base = TrainingSettings(gradient_checkpointing=False, attn="eager", max_length=512)
+    grow = [simulate(arch, replace(base, max_length=n)).peak_bytes for n in (512, 1024, 2048)]
     assert grow[2] - grow[1] > 2.5 * (grow[1] - grow[0])  # a linear term alone would give 2×
-    sdpa = [simulate(arch, replace(base, attn="sdpa", seq_len=n)).peak_bytes for n in (512, 1024, 2048)]
+    sdpa = [simulate(arch, replace(base, attn="sdpa", max_length=n)).peak_bytes for n in (512, 1024, 2048)]
     assert sdpa[2] < grow[2]
 
 
 def test_layer_table_names_the_modules_of_one_layer():
     from lab.estimate.explain import module_rows
 
-    sim = simulate(read_architecture("SmolLM2-135M"), TrainingSettings(grad_checkpointing=False, seq_len=128))
+    sim = simulate(read_architecture("SmolLM2-135M"), TrainingSettings(gradient_checkpointing=False, max_length=128))
     names = {r["module"] for r in module_rows(sim)}
     assert {"self_attn.q_proj", "mlp.down_proj", "input_layernorm"} <= names
     assert any(r["kept_for_backward_bytes"] > 0 for r in module_rows(sim))
@@ -210,7 +210,7 @@ def test_layer_table_names_the_modules_of_one_layer():
 
 # --------------------------------------------------------------------------- bad settings
 @pytest.mark.parametrize(("overrides", "needle"), [
-    ({"seq_len": 100_000}, "max_position_embeddings"),
+    ({"max_length": 100_000}, "max_position_embeddings"),
     ({"r": 100_000}, "width"),
     ({"batch_size": 0}, "batch size"),
     ({"precision": "bf16"}, "'bf16'"),
@@ -235,7 +235,7 @@ def test_absurd_configs_answer_or_refuse():
     with pytest.raises(LabError, match="100,000"):
         architecture_from_config(config(num_hidden_layers=100_000), "deep")
     wide = architecture_from_config(config(hidden_size=10**6, intermediate_size=4 * 10**6, num_hidden_layers=2), "wide")
-    sim = simulate(wide, TrainingSettings(seq_len=16))
+    sim = simulate(wide, TrainingSettings(max_length=16))
     assert sim.peak_bytes > 10**12  # an estimate (terabytes), not a hang
 
 
@@ -250,7 +250,7 @@ def test_multi_gpu_peaks():
     from lab.estimate.parallel import per_gpu_peak, smallest_fitting
 
     sim = simulate(read_architecture("SmolLM2-360M"), TrainingSettings(method="full", optimizer="adamw_torch",
-                                                                       precision="bf16", seq_len=256))
+                                                                       precision="bf16", max_length=256))
     fsdp = [per_gpu_peak(sim, n, "fsdp").per_gpu_peak_bytes for n in (1, 2, 4, 8)]
     assert fsdp[0] == sim.peak_bytes and fsdp == sorted(fsdp, reverse=True)
     ddp = per_gpu_peak(sim, 4, "ddp")
@@ -262,12 +262,12 @@ def test_multi_gpu_peaks():
     assert smallest_fitting(sim, Gpu("tiny", 10**9), "ddp") is None
 
 
-@pytest.mark.parametrize("knob", ["seq_len"])  # the quadratic one; the page test solves the batch size
+@pytest.mark.parametrize("knob", ["max_length"])  # the quadratic one; the page test solves the batch size
 def test_inverse_answer_fits_and_one_more_does_not(knob):
     from lab.estimate.inverse import max_fitting
 
     arch = read_architecture("SmolLM2-135M")
-    settings = TrainingSettings(seq_len=512, grad_checkpointing=False)
+    settings = TrainingSettings(max_length=512, gradient_checkpointing=False)
     gpu = Gpu("a 5 GB card", 5 * 10**9)
     answer = max_fitting(arch, settings, gpu, knob)
     assert answer.value >= 1 and answer.checked

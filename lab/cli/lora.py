@@ -6,6 +6,7 @@ import argparse
 
 from lab.estimate.lora import BIAS_CHOICES, estimate_lora
 from lab.models.reader import read_architecture
+from lab.recipe import SETTINGS
 from lab.units import fmt_bytes, format_table
 
 NAME = "lora"
@@ -24,12 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--targets", default="q_proj,v_proj", help="comma-separated Linear names (see the table), or all-linear"
     )
+    # named as a run names them (lab.recipe, TrainConfig); the short spellings stay as hidden aliases
+    parser.add_argument("--use-dora", action="store_true", help=SETTINGS["use_dora"].help)
+    parser.add_argument("--dora", dest="use_dora", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
-        "--dora", action="store_true", help="DoRA: adds a magnitude vector (out_features) per adapted layer"
+        "--use-rslora", action="store_true", help="rank-stabilized LoRA: scale alpha/√r instead of alpha/r (same count)"
     )
-    parser.add_argument(
-        "--rslora", action="store_true", help="rank-stabilized LoRA: scale alpha/√r instead of alpha/r (same count)"
-    )
+    parser.add_argument("--rslora", dest="use_rslora", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--bias",
         default="none",
@@ -43,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     arch = read_architecture(args.model)
-    est = estimate_lora(arch, args.r, args.alpha, args.targets, use_dora=args.dora, use_rslora=args.rslora,
+    est = estimate_lora(arch, args.r, args.alpha, args.targets, use_dora=args.use_dora, use_rslora=args.use_rslora,
                         bias=args.bias, lora_bias=args.lora_bias)
     return {"model": arch.name, **est.to_json()}
 

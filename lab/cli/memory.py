@@ -9,12 +9,13 @@ from dataclasses import fields
 from lab.errors import LabError
 from lab.estimate.gpus import GPUS, fit_table, get_gpu, gpu_verdict
 from lab.estimate.inference import kv_cache_bytes
-from lab.estimate.inverse import max_fitting
-from lab.estimate.parallel import per_gpu_peak, smallest_fitting
+from lab.estimate.inverse import knobs_for, max_fitting
+from lab.estimate.parallel import per_gpu_peak, smallest_fitting, why_none_fit
 from lab.estimate.simulate import InferenceSettings, resolve_recipe, simulate, simulate_generation
 from lab.estimate.training import TrainingSettings, estimate_training
 from lab.estimate.weights import estimate_weights
 from lab.models.reader import read_architecture
+from lab.recipe import add_argument as add_setting
 from lab.units import fmt_bytes, fmt_count, format_table
 from lab.vocab import (
     ADAPTER_DTYPES,
@@ -34,8 +35,10 @@ NAME = "memory"
 HELP = ("weights at a precision (true bytes vs get_memory_footprint) and, simulated, the peak of a training step "
         "(--train) or of generation (--infer), with the GPU verdict")
 ORDER = 10
-HELP_OF = {f.name: f.metadata.get("help", "") for f in fields(TrainingSettings)}
+FIELDS = {f.name: f for f in fields(TrainingSettings)}
+HELP_OF = {name: f.metadata.get("help", "") for name, f in FIELDS.items()}
 DEFAULT = TrainingSettings()
+INVERSE_KEYS = {"max_length": "max_seq_len"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,13 +52,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              + describe(DTYPE_CHOICES))
     training = parser.add_argument_group("training (--train): one simulated step, as the Training page runs it")
     training.add_argument("--train", choices=list(METHODS), help=describe(METHODS))
-    training.add_argument("--batch-size", type=int, default=1, help="sequences (--train) or prompts (--infer) per step")
-    training.add_argument("--seq-len", type=int, default=DEFAULT.seq_len, help=HELP_OF["seq_len"])
-    training.add_argument("--r", type=int, default=DEFAULT.r, help=HELP_OF["r"])
+    # the settings a run has too, named, bounded and explained once (lab.recipe), at the GPU recipe's defaults
+    add_setting(training, "batch_size", FIELDS["batch_size"].metadata, int, DEFAULT.batch_size,
+                " --infer: prompts at once.")
+    add_setting(training, "max_length", FIELDS["max_length"].metadata, int, DEFAULT.max_length)
+    add_setting(training, "r", FIELDS["r"].metadata, int, DEFAULT.r)
     training.add_argument("--alpha", type=float, default=None, help=HELP_OF["alpha"])
-    training.add_argument("--targets", default=DEFAULT.targets, help=HELP_OF["targets"])
-    training.add_argument("--dora", action="store_true", help=HELP_OF["use_dora"])
-    training.add_argument("--grad-checkpointing", action="store_true", help=HELP_OF["grad_checkpointing"])
+    add_setting(training, "targets", FIELDS["targets"].metadata, str, DEFAULT.targets)
+    add_setting(training, "use_dora", FIELDS["use_dora"].metadata, bool, DEFAULT.use_dora)
+    add_setting(training, "gradient_checkpointing", FIELDS["gradient_checkpointing"].metadata, bool,
+                DEFAULT.gradient_checkpointing)
     training.add_argument("--optimizer", default=DEFAULT.optimizer, choices=list(OPTIMIZERS), help=describe(OPTIMIZERS))
     training.add_argument(
         "--attn",
@@ -69,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--kbit-upcast", default="on", choices=list(KBIT_UPCAST), help=describe(KBIT_UPCAST))
     training.add_argument("--loss", default="fused", choices=list(LOSSES), help=describe(LOSSES))
     training.add_argument("--autocast", default="on", choices=list(AUTOCAST), help=describe(AUTOCAST))
-    training.add_argument("--dropout", type=float, default=DEFAULT.dropout, help=HELP_OF["dropout"])
+    add_setting(training, "dropout", FIELDS["dropout"].metadata, float, DEFAULT.dropout)
     training.add_argument("--gpus", type=int, default=None, help="per-GPU peak on this many GPUs (with --sharding)")
     training.add_argument("--sharding", default="ddp", choices=list(LAUNCH_MODES), help=describe(LAUNCH_MODES))
     training.add_argument("--no-inverse", dest="inverse", action="store_false",
@@ -88,8 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def training_settings(args: argparse.Namespace) -> TrainingSettings:
     return TrainingSettings(
         method=args.train, precision=args.precision, dtype=args.dtype, batch_size=args.batch_size,
-        seq_len=args.seq_len, grad_checkpointing=args.grad_checkpointing, optimizer=args.optimizer, r=args.r,
-        alpha=args.alpha, targets=args.targets, use_dora=args.dora, upcast_for_kbit=args.kbit_upcast == "on",
+        max_length=args.max_length, gradient_checkpointing=args.gradient_checkpointing, optimizer=args.optimizer,
+        r=args.r,
+        alpha=args.alpha, targets=args.targets, use_dora=args.use_dora, upcast_for_kbit=args.kbit_upcast == "on",
         attn=args.attn, adapter_dtype=args.adapter_dtype, loss=args.loss, dropout=args.dropout,
         autocast=args.autocast == "on",
     )
@@ -124,6 +131,7 @@ def run(args: argparse.Namespace) -> dict:
         formula = estimate_training(arch, settings)
         explained = formula.to_json()
         result["training"] = {**explained, **sim.to_json(), "formula_total_bytes": formula.total_bytes,
+                              "formula_allocated_bytes": formula.allocated_bytes,
                               "notes": [*explained["notes"], *sim.notes]}
         peak = sim.peak_bytes
         if args.gpus is not None:
@@ -135,10 +143,10 @@ def run(args: argparse.Namespace) -> dict:
                 result["multi_gpu"]["smallest_gpus"] = smallest_fitting(sim, gpu, args.sharding)
         result["fits"] = fit_table(peak)
         if args.inverse and gpu is not None:
-
-            knobs = ["batch_size", "seq_len"] + ([] if args.train == "full" else ["r"])
-            answers = {k: max_fitting(arch, settings, gpu, k) for k in knobs}
-            result["inverse"] = {"gpu": gpu.name, **{f"max_{k}": a.value for k, a in answers.items()},
+            answers = {k: max_fitting(arch, settings, gpu, k) for k in knobs_for(settings.method)}
+            # the JSON keys stay as they were (issue 13): max_length's answer is max_seq_len
+            maxima = {INVERSE_KEYS.get(k, f"max_{k}"): a.value for k, a in answers.items()}
+            result["inverse"] = {"gpu": gpu.name, **maxima,
                                  "details": {k: a.to_json() for k, a in answers.items()}}
     elif args.gpus is not None:
         raise LabError("--gpus is about training.", "Add --train full|lora|qlora.")
@@ -170,9 +178,7 @@ def render(r: dict) -> str:
         out += [f"  {k}: {fmt_bytes(v)}" for k, v in m["terms"].items()]
         if "smallest_gpus" in m:
             n = m["smallest_gpus"]
-            why = ("DDP keeps the whole model on every GPU" if m["sharding"] == "ddp" else
-                   "what each GPU's step needs besides the sharded state does not fit")
-            out.append(f"  fewest GPUs that fit: {n if n else f'none ({why})'}")
+            out.append(f"  fewest GPUs that fit: {n if n else 'none (' + why_none_fit(m['sharding']) + ')'}")
     out += ["", format_table([(f["gpu"], f"{f['used_percent']:.0f}%", f["verdict"]) for f in r["fits"]],
                              ("GPU", "used", "verdict"))]
     if "gpu_verdict" in r:
@@ -192,7 +198,7 @@ def _render_simulation(kind: str, s: dict) -> list[str]:
     out.append(format_table([(k, fmt_bytes(v)) for k, v in sorted(s["by_category"].items(), key=lambda kv: -kv[1])],
                             ("at the peak", "bytes")))
     if kind == "training":
-        out.append(f"formula (explanation): {fmt_bytes(s['formula_total_bytes'] - s['components']['cuda_context'])} "
+        out.append(f"formula (explanation): {fmt_bytes(s['formula_allocated_bytes'])} "
                    f"without the CUDA context; terms: "
                    + ", ".join(f"{k} {fmt_bytes(v)}" for k, v in s["components"].items() if k != "cuda_context"))
     out += list(s.get("notes", []))

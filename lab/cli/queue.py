@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lab.training import queue as Q
-from lab.units import format_table
+from lab.units import fmt_seconds, format_table
 
 NAME = "queue"
 HELP = "show the running training and the queued runs (position, estimated start); --stop RUN stops or unqueues one"
@@ -37,19 +37,16 @@ def run(args: argparse.Namespace) -> dict:
     return {"running": running, "queued": [q.to_json() for q in line], "stopped": stopped}
 
 
-def _eta(seconds: float | None) -> str:
-    return "unknown" if seconds is None else f"~{seconds / 60:.0f} min" if seconds >= 90 else f"~{seconds:.0f} s"
-
-
 def render(r: dict) -> str:
     out = [f"--stop: {r['stopped']}"] if r["stopped"] else []
     a = r["running"]
     out.append(
         f"running: {a['name']} ({a['status']}, step {a['step']}/{a['max_steps']}, "
-        f"ends in {_eta(a['remaining_seconds'])})"
+        f"ends in {fmt_seconds(a['remaining_seconds'], 'unknown')})"
         if a
         else "running: nothing"
     )
-    rows = [(q["position"], q["name"], q["planned_steps"] or "?", _eta(q["starts_in"])) for q in r["queued"]]
+    rows = [(q["position"], q["name"], q["planned_steps"] or "?", fmt_seconds(q["starts_in"], "unknown"))
+            for q in r["queued"]]
     out.append(format_table(rows, ("#", "queued run", "steps", "starts in")) if rows else "queue: empty")
     return "\n".join(out)

@@ -22,6 +22,7 @@ import statistics
 from dataclasses import dataclass
 
 from lab.errors import LabError
+from lab.units import fmt_bytes
 
 GiB = 2**30
 MiB = 2**20
@@ -124,6 +125,12 @@ class GpuVerdict:
         return "fits" if self.fits else "does not fit"
 
     @property
+    def summary(self) -> str:
+        """'fits (2.10 GB left)' or 'does not fit (1.30 GB missing)': one cell of a fit table."""
+        room = fmt_bytes(abs(self.margin_bytes))
+        return f"fits ({room} left)" if self.fits else f"does not fit ({room} missing)"
+
+    @property
     def used_percent(self) -> float:
         return 100.0 * self.needed_bytes / self.capacity_bytes
 
@@ -149,8 +156,19 @@ def budget_for_peak(gpu: Gpu) -> int:
     return int((gpu.memory_bytes - CUDA_CONTEXT_BYTES) / (1 + FRAGMENTATION))
 
 
+def verdicts(peak_bytes: int, gpus=GPUS) -> list[GpuVerdict]:
+    """The verdict on each GPU, in order (the calculator's fit table, the CLI's)."""
+    return [gpu_verdict(peak_bytes, g) for g in gpus]
+
+
 def fit_table(peak_bytes: int, gpus=GPUS) -> list[dict]:
-    return [gpu_verdict(peak_bytes, g).to_json() for g in gpus]
+    return [v.to_json() for v in verdicts(peak_bytes, gpus)]
+
+
+def smallest_gpu(peak_bytes: int, gpus=GPUS) -> GpuVerdict | None:
+    """The verdict on the smallest listed GPU this peak fits (None: not even the largest)."""
+    fitting = [v for v in verdicts(peak_bytes, gpus) if v.fits]
+    return min(fitting, key=lambda v: v.capacity_bytes) if fitting else None
 
 
 def this_machine(env: dict | None = None) -> Gpu:

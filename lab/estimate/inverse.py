@@ -24,11 +24,19 @@ from lab.models.architecture import Architecture
 
 INVERSE_KNOBS = {
     "batch_size": "The largest per-device batch size that fits.",
-    "seq_len": "The longest sequence (tokens) that fits, up to the model's context.",
+    "max_length": "The longest sequence (tokens) that fits, up to the model's context.",
     "r": "The largest LoRA rank that fits, up to the targeted layers' width (LoRA/QLoRA only).",
 }
-SAMPLES = {"batch_size": (1, 2, 4), "seq_len": (256, 2048, 8192), "r": (8, 64)}
-DEGREE = {"batch_size": 1, "seq_len": 2, "r": 1}
+INVERSE_LABELS = {"max_length": "max seq len"}  # "max max length" would read as a typo
+
+
+def knobs_for(method: str) -> list[str]:
+    """The knobs the inverse question can solve for this method: full fine-tuning has no LoRA rank."""
+    return [k for k in INVERSE_KNOBS if not (k == "r" and method == "full")]
+
+
+SAMPLES = {"batch_size": (1, 2, 4), "max_length": (256, 2048, 8192), "r": (8, 64)}
+DEGREE = {"batch_size": 1, "max_length": 2, "r": 1}
 MAX_BATCH = 1 << 16
 MAX_CHECKS = 6
 
@@ -50,7 +58,7 @@ class InverseAnswer:
 
 def upper_bound(arch: Architecture, settings: TrainingSettings, knob: str) -> int:
 
-    if knob == "seq_len":
+    if knob == "max_length":
         return int(arch.max_position_embeddings or 1 << 20)
     if knob == "r":
         names = resolve_targets(arch, settings.targets)
@@ -62,8 +70,8 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
     """The largest value of `knob` whose simulated step fits `gpu`, other settings as given."""
     if knob not in INVERSE_KNOBS:
         raise LabError(f"Cannot solve for {knob!r}.", f"Choose one of: {', '.join(INVERSE_KNOBS)}.")
-    if knob == "r" and settings.method == "full":
-        raise LabError("Full fine-tuning has no LoRA rank to solve for.", "Pick batch_size or seq_len.")
+    if knob not in knobs_for(settings.method):
+        raise LabError("Full fine-tuning has no LoRA rank to solve for.", "Pick batch_size or max_length.")
     upper = upper_bound(arch, settings, knob)
     budget = budget_for_peak(gpu)
 

@@ -24,6 +24,10 @@ BIAS_CHOICES = {
     "lora_only": "Only the existing biases of the targeted layers become trainable.",
 }
 
+# Leaf names of a fused q/k/v projection besides any name containing "qkv" (Phi-3's qkv_proj): GPT-NeoX/Falcon,
+# GPT-2, MPT/DBRX. LoRA on one of them adapts q, k and v together.
+FUSED_QKV_NAMES = ("query_key_value", "c_attn", "Wqkv")
+
 _ATTENTION_HINTS = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "query", "key", "value", "dense",
                     "c_attn", "c_proj", "out_proj", "wq", "wk", "wv", "wo", "Wqkv", "query_key_value")
 
@@ -172,8 +176,13 @@ def preset_targets(arch: Architecture, preset: str) -> list[str]:
         attn = [n for n in names if any(n == h or n.endswith(h) for h in _ATTENTION_HINTS)
                 and not n.startswith(("gate", "up", "down", "fc"))]
         return attn or names
-    fused = [n for n in names if "qkv" in n.lower() or n in ("query_key_value", "c_attn")]
+    fused = fused_qkv(names)
     return [n for n in ("q_proj", "v_proj") if n in names] or fused or names[:1]  # Phi-3: q and v live in qkv_proj
+
+
+def fused_qkv(names) -> list[str]:
+    """The names among `names` that are a fused q/k/v projection (one Linear holding q, k and v)."""
+    return [n for n in names if "qkv" in n.lower() or n in FUSED_QKV_NAMES]
 
 
 def _matches(path: str, target: str) -> bool:

@@ -62,6 +62,14 @@ def per_gpu_peak(sim: Simulation, gpus: int, sharding: str) -> ParallelPeak:
     return ParallelPeak(sharding, gpus, sum(terms.values()), terms)
 
 
+def why_none_fit(sharding: str) -> str:
+    """Why no number of GPUs fits (what `smallest_fitting` returning None means for this launch mode)."""
+    if lookup(LAUNCH_MODES, sharding, "multi-GPU mode").name == "ddp":
+        return "DDP keeps the whole model on every GPU: more GPUs do not lower the per-GPU peak."
+    return ("What each GPU's step needs besides the sharded model state (activations, gathered layers) does not "
+            "fit, however many GPUs share the state.")
+
+
 def smallest_fitting(sim: Simulation, gpu: Gpu, sharding: str) -> int | None:
     """The fewest GPUs of this kind whose per-GPU peak fits (same verdict as one GPU); None if none does
     (DDP never shrinks the model state: if one GPU does not fit, no number does)."""

@@ -45,10 +45,10 @@ class Recipe:
     autocast: torch.dtype | None  # mixed-precision compute dtype (None: no autocast)
     adapter_dtype: torch.dtype  # trainable LoRA weights
     kbit_upcast: bool  # prepare_model_for_kbit_training's fp32 cast of non-quantized weights
-    grad_checkpointing: bool
+    gradient_checkpointing: bool
     optimizer: str  # a transformers `optim` name
     batch_size: int
-    seq_len: int
+    max_length: int
     r: int = 16
     alpha: float = 32.0
     dropout: float = 0.05
@@ -76,7 +76,7 @@ def prepare_for_training(model, recipe: Recipe):
         model.requires_grad_(True)
     else:
         if recipe.quantized and recipe.kbit_upcast:
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.grad_checkpointing)
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.gradient_checkpointing)
         else:
             model.requires_grad_(False)
         lora = LoraConfig(
@@ -92,7 +92,7 @@ def prepare_for_training(model, recipe: Recipe):
         for name, p in model.named_parameters():
             if p.requires_grad and "lora_magnitude_vector" not in name and p.dtype != recipe.adapter_dtype:
                 p.data = p.data.to(recipe.adapter_dtype)
-    if recipe.grad_checkpointing:
+    if recipe.gradient_checkpointing:
         model.activation_checkpointing_enable() if hasattr(model, "activation_checkpointing_enable") else \
             model.gradient_checkpointing_enable()
         if recipe.method != "full":

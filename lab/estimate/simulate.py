@@ -44,6 +44,7 @@ from lab.estimate.training import adapter_dtype
 from lab.models.architecture import config_from_dict
 from lab.models.construct import constructing
 from lab.models.precision import get_precision, resolve_dtype
+from lab.recipe import SETTINGS
 from lab.vocab import ATTENTION, DTYPES, LOSSES, METHODS, OPTIMIZERS, lookup
 
 CATEGORIES = ("weights", "adapters", "gradients", "optimizer", "activations", "temporaries", "kv_cache")
@@ -255,7 +256,7 @@ def run_training(model, mode, recipe: Recipe, profile_layer: int | None = comp.M
     optimizer = make_optimizer(model, recipe)  # outside fake mode: bitsandbytes builds its quantile maps from data
     with mode:
         register_model(model, tracker, recipe)
-        input_ids = torch.zeros((recipe.batch_size, recipe.seq_len), dtype=torch.long)
+        input_ids = torch.zeros((recipe.batch_size, recipe.max_length), dtype=torch.long)
         tracker.register(input_ids, "inputs")
         with device_paths(recipe.device), trl_device_paths(recipe.device if fake else "cpu"), \
                 transformers_mask_paths():
@@ -291,7 +292,7 @@ def _prepared_model(config, recipe: Recipe, layers: int):
     """The fake model for `recipe`, reused when only the batch, the sequence or the optimizer changed:
     building and preparing it is a third of a simulation, and a step leaves it as it found it (no
     gradients, the optimizer is made anew). Called under _LOCK."""
-    shape = replace(recipe, batch_size=1, seq_len=1, optimizer="sgd")
+    shape = replace(recipe, batch_size=1, max_length=1, optimizer="sgd")
     key = (config.to_json_string(use_diff=False), shape, layers)
     if key in _MODELS:
         _MODELS.move_to_end(key)
@@ -521,8 +522,8 @@ def resolve_recipe(arch, settings, device: str = "cuda") -> Recipe:
     s = settings
     method = lookup(METHODS, s.method, "training method").name
     _check_positive("batch size", s.batch_size)
-    _check_positive("sequence length", s.seq_len)
-    _check_context(arch, s.seq_len, "The sequence length")
+    _check_positive("sequence length", s.max_length)
+    _check_context(arch, s.max_length, "The sequence length")
     optimizer = lookup(OPTIMIZERS, s.optimizer, "optimizer").name
     attn = resolve_attention(arch, s.attn)
     dtype = resolve_dtype(s.dtype, config_dtype=arch.config_dtype)
@@ -540,8 +541,9 @@ def resolve_recipe(arch, settings, device: str = "cuda") -> Recipe:
     half = dtype.name != "fp32" if precision.quantized else precision.name != "fp32"
     if not isinstance(s.autocast, bool):
         raise LabError(f"autocast must be True or False, got {s.autocast!r}.", "Use --autocast on or off.")
-    if isinstance(s.dropout, bool) or not isinstance(s.dropout, (int, float)) or not 0 <= s.dropout < 1:
-        raise LabError(f"lora_dropout must be a probability in [0, 1), got {s.dropout!r}.",
+    top = SETTINGS["dropout"].max  # the one bound a run's dropout has (lab.recipe)
+    if isinstance(s.dropout, bool) or not isinstance(s.dropout, (int, float)) or not 0 <= s.dropout <= top:
+        raise LabError(f"lora_dropout must be between 0 and {top}, got {s.dropout!r}.",
                        "Use 0 for none (peft's default), 0.05 or 0.1 as most recipes.")
     # the Trainer's bf16/fp16 flags (lab.training.runner.sft_config); off: a plain loop on the 16-bit model
     autocast = dtype.torch_dtype if half and s.autocast else None
@@ -558,7 +560,7 @@ def resolve_recipe(arch, settings, device: str = "cuda") -> Recipe:
         is_preset = isinstance(s.targets, str) and s.targets.strip() == "all-linear"
         targets = "all-linear" if is_preset else tuple(names)
     return Recipe(method, precision.name, dtype.torch_dtype, autocast, DTYPES[adapter].torch_dtype,
-                  bool(s.upcast_for_kbit), bool(s.grad_checkpointing), optimizer, s.batch_size, s.seq_len,
+                  bool(s.upcast_for_kbit), bool(s.gradient_checkpointing), optimizer, s.batch_size, s.max_length,
                   r=s.r, alpha=float(s.alpha or 2 * s.r), dropout=float(s.dropout), targets=targets,
                   use_dora=bool(s.use_dora), attn=attn, device=device, loss=lookup(LOSSES, s.loss, "loss").name)
 
@@ -629,10 +631,18 @@ def is_cached(arch, settings, device: str = "cuda") -> bool:
         return key in _CACHE
 
 
-def simulate_page(arch, settings, inference: InferenceSettings, report=None, cancel=None) -> dict:
-    """Both simulations a page shows; each part is a Simulation or the one-line reason it cannot be.
-    (`report`/`cancel` are lab.tasks.BackgroundTask's hooks.)"""
-    out: dict = {}
+@dataclass(frozen=True)
+class PageSimulations:
+    """Both simulations a page shows: each a Simulation, the one-line reason it cannot be, or None when
+    the page asked for other settings before it ran."""
+
+    training: Simulation | str | None = None
+    inference: Simulation | str | None = None
+
+
+def simulate_page(arch, settings, inference: InferenceSettings, report=None, cancel=None) -> PageSimulations:
+    """Both simulations a page shows. (`report`/`cancel` are lab.tasks.BackgroundTask's hooks.)"""
+    out: dict[str, Simulation | str] = {}
     for part, run in (("training", lambda: simulate(arch, settings)),
                       ("inference", lambda: simulate_generation(arch, inference))):
         if cancel is not None and cancel.is_set():  # the page asked for other settings meanwhile
@@ -643,4 +653,4 @@ def simulate_page(arch, settings, inference: InferenceSettings, report=None, can
             out[part] = run()
         except LabError as e:
             out[part] = str(e)
-    return out
+    return PageSimulations(**out)

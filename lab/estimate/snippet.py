@@ -33,7 +33,7 @@ def training_code(arch: Architecture, recipe: Recipe) -> str:
                   f'dtype=torch.{dtype}, attn_implementation="{recipe.attn}", device_map={{"": 0}})']
         if recipe.kbit_upcast:
             lines.append(f"model = prepare_model_for_kbit_training(model, use_gradient_checkpointing="
-                         f"{recipe.grad_checkpointing})")
+                         f"{recipe.gradient_checkpointing})")
     else:
         lines.append(f'model = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch.{dtype}, '
                      f'attn_implementation="{recipe.attn}", device_map={{"": 0}})')
@@ -43,8 +43,8 @@ def training_code(arch: Architecture, recipe: Recipe) -> str:
                              use_dora=recipe.use_dora)
         lines += ["", f"model = get_peft_model(model, {lora.lora_config_code(recipe.dropout, all_linear)})"]
     half = {"bfloat16": "bf16=True", "float16": "fp16=True"}.get(TORCH_NAMES.get(str(recipe.autocast), ""), "")
-    args = [f"per_device_train_batch_size={recipe.batch_size}", f"max_length={recipe.seq_len}",
-            f"gradient_checkpointing={recipe.grad_checkpointing}", f'optim="{recipe.optimizer}"', half,
+    args = [f"per_device_train_batch_size={recipe.batch_size}", f"max_length={recipe.max_length}",
+            f"gradient_checkpointing={recipe.gradient_checkpointing}", f'optim="{recipe.optimizer}"', half,
             'output_dir="runs/calculator"']
     lines += ["", "tokenizer = AutoTokenizer.from_pretrained(model_id)",
               f"args = SFTConfig({', '.join(a for a in args if a)})",

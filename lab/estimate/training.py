@@ -13,6 +13,7 @@ from lab.estimate.lora import LoraEstimate, estimate_lora
 from lab.estimate.weights import WeightEstimate, estimate_weights
 from lab.models.architecture import Architecture
 from lab.models.precision import get_precision, resolve_dtype
+from lab.recipe import setting
 from lab.vocab import ADAPTER_DTYPES, AUTO, DTYPES, METHODS, OPTIMIZERS, lookup
 
 
@@ -23,30 +24,30 @@ def _f(default, help: str):
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    """What decides training memory. Defaults: QLoRA as the lab's Training page runs it on a GPU."""
+    """What decides training memory. Defaults: QLoRA as the lab's Training page runs it on a GPU (lab.recipe.GPU)."""
 
     method: str = _f("qlora", "full, lora or qlora (lab.vocab.METHODS).")
     precision: str | None = _f(None, "Precision of the base weights (lab.vocab.PRECISIONS). Default: nf4-dq for "
                                      "QLoRA, the dtype for LoRA and full fine-tuning.")
     dtype: str = _f("auto", "dtype of everything bitsandbytes leaves unquantized and of the compute "
                             "(lab.vocab.DTYPE_CHOICES; auto = the checkpoint's torch_dtype).")
-    batch_size: int = _f(1, "Sequences per step on each GPU.")
-    seq_len: int = _f(512, "Tokens per sequence.")
-    grad_checkpointing: bool = _f(True, "Recompute each layer's activations in the backward instead of keeping them.")
-    optimizer: str = _f("paged_adamw_8bit", "transformers' optim name (lab.vocab.OPTIMIZERS).")
-    r: int = _f(16, "LoRA rank.")
-    alpha: float | None = _f(None, "lora_alpha (default 2·r); does not change memory.")
-    targets: tuple[str, ...] | str = _f("all-linear", "LoRA target modules: a preset (lab.vocab.TARGET_PRESETS) or "
-                                                      "Linear leaf names.")
-    use_dora: bool = _f(False, "DoRA: a trainable magnitude per output feature, and a weight norm in every forward.")
+    # the settings a run has too: one name, default, bound and help with TrainConfig (lab.recipe), at the GPU recipe
+    batch_size: int = setting("batch_size", gpu=True)
+    max_length: int = setting("max_length", gpu=True)
+    gradient_checkpointing: bool = setting("gradient_checkpointing", gpu=True)
+    optimizer: str = setting("optimizer", gpu=True)
+    r: int = setting("r", gpu=True)
+    # alpha does not change memory; None (2·r) keeps the code snippet's lora_alpha following the rank asked about
+    alpha: float | None = setting("alpha", None)
+    targets: tuple[str, ...] | str = setting("targets", gpu=True)
+    use_dora: bool = setting("use_dora", gpu=True)
     upcast_for_kbit: bool = _f(True, "prepare_model_for_kbit_training's fp32 cast of the non-quantized weights "
                                      "(lab.vocab.KBIT_UPCAST: on, as the Training page does).")
     attn: str | None = _f(None, "Attention implementation (lab.vocab.ATTENTION); None = what transformers picks on a "
                                 "GPU: sdpa where the model supports it.")
     adapter_dtype: str = _f("auto", "dtype of the trainable adapters (lab.vocab.ADAPTER_DTYPES; auto = as the "
                                     "Training page does).")
-    dropout: float = _f(0.05, "lora_dropout, as the Training page's default: a dropout mask per adapted layer input "
-                              "(0: none, peft uses an identity).")
+    dropout: float = setting("dropout", gpu=True)
     autocast: bool = _f(True, "torch.autocast around the forward in the compute dtype for a 16-bit run (lab.vocab."
                               "AUTOCAST: on, as the Training page's bf16/fp16 flags; off for a plain loop).")
     loss: str = _f("fused", "How the loss is computed (lab.vocab.LOSSES): fused = TRL's chunked log-probabilities, "
@@ -66,6 +67,12 @@ class TrainingEstimate:
     @property
     def total_bytes(self) -> int:
         return sum(self.components.values())
+
+    @property
+    def allocated_bytes(self) -> int:
+        """The formula's peak as torch.cuda.max_memory_allocated would count it: every term but the CUDA
+        context (memory outside PyTorch's allocator). What the simulated peak is compared with."""
+        return self.total_bytes - self.components.get("cuda_context", 0)
 
     def to_json(self) -> dict:
         return {
@@ -100,6 +107,22 @@ def activation_bytes_per_token_layer(arch: Architecture, act_bytes: int) -> int:
     return act_bytes * (4 * h + 2 * q_dim + 2 * kv_dim + 4 * i)
 
 
+def method_for(precision: str, method: str) -> str:
+    """The method that trains on a base stored at `precision`: QLoRA needs a quantized base, LoRA and full
+    fine-tuning an unquantized one. `method` is kept when it already fits; otherwise QLoRA ⇄ LoRA."""
+    quantized = get_precision(precision).quantized
+    if quantized:
+        return "qlora"
+    return "lora" if method == "qlora" else method
+
+
+def precision_for(method: str, precision: str) -> str:
+    """The base precision `method` trains on: `precision` when it fits, else QLoRA's nf4-dq or LoRA's bf16."""
+    if get_precision(precision).quantized == (method == "qlora"):
+        return precision
+    return "nf4-dq" if method == "qlora" else "bf16"
+
+
 def adapter_dtype(s: TrainingSettings, quantized_base: bool) -> str:
     """The dtype the adapters train in (lab.vocab.ADAPTER_DTYPES): 'auto' is what the Training page's run does,
     bf16 on a quantized base (TRL's SFTTrainer casts them) and fp32 otherwise (peft's autocast_adapter_dtype)."""
@@ -113,30 +136,16 @@ def estimate_training(arch: Architecture, settings: TrainingSettings | None = No
     """Peak training memory, term by term. Keyword overrides update `settings`."""
     s = replace(settings or TrainingSettings(), **overrides)
     lookup(METHODS, s.method, "training method")
-    for label, v in (("batch size", s.batch_size), ("sequence length", s.seq_len)):
+    for label, v in (("batch size", s.batch_size), ("sequence length", s.max_length)):
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise LabError(f"The {label} must be a positive integer, got {v!r}.")
     compute = resolve_dtype(s.dtype, config_dtype=arch.config_dtype)
     cb = compute.bytes
-    notes: list[str] = []
-    if s.method == "qlora":
-        precision = s.precision or "nf4-dq"
-        if not get_precision(precision).quantized:
-            raise LabError(f"QLoRA needs a quantized precision, got {precision!r}.", "Use nf4, nf4-dq, fp4 or int8.")
-        unq = "fp32" if s.upcast_for_kbit else compute.name
-        weights = estimate_weights(arch, precision, unq)
-        if s.upcast_for_kbit:
-            notes.append("prepare_model_for_kbit_training casts embeddings, norms and lm_head to fp32.")
-    else:
-        precision = s.precision or compute.name
-        if get_precision(precision).quantized:
-            raise LabError(f"{s.method} trains an unquantized base; precision {precision!r} is quantized.",
-                           "Use method 'qlora' for a quantized base.")
-        weights = estimate_weights(arch, precision)
-
+    weights, notes = _base_weights(arch, s, compute.name)
+    precision = weights.precision
     formulas: dict[str, str] = {}
     comps: dict[str, int] = {"weights": weights.weights_bytes}
-    formulas["weights"] = f"base model at {weights.precision} (see the weights table): {weights.weights_bytes:,} B"
+    formulas["weights"] = weights_formula(arch, s, weights)
     lora = None
     if s.method == "full":
         trainable = arch.params_total
@@ -158,10 +167,10 @@ def estimate_training(arch: Architecture, settings: TrainingSettings | None = No
     per = comps["optimizer"] / trainable if trainable else 0
     formulas["optimizer"] = f"{trainable:,} × {per:.3g} B ({s.optimizer})"
 
-    tokens = s.batch_size * s.seq_len
+    tokens = s.batch_size * s.max_length
     per_layer = activation_bytes_per_token_layer(arch, cb)
     L = arch.num_layers
-    if s.grad_checkpointing:
+    if s.gradient_checkpointing:
         layers_part = tokens * (L * arch.hidden_size * cb + per_layer)
         formulas["activations"] = (f"b·s × (L·h·{cb} B checkpoints + one layer recomputed: {per_layer:,} B) "
                                    f"= {tokens:,} × ({L}·{arch.hidden_size}·{cb} + {per_layer:,})")
@@ -177,6 +186,33 @@ def estimate_training(arch: Architecture, settings: TrainingSettings | None = No
     formulas["cuda_context"] = ("memory outside PyTorch's allocator (CUDA context, kernels, workspaces): the median of "
                                 "published out-of-memory reports (lab.estimate.gpus.OOM_REPORTS); 0 on a CPU")
     return TrainingEstimate(s, comps, formulas, trainable, weights, lora, tuple(notes))
+
+
+def _base_weights(arch: Architecture, s: TrainingSettings, compute: str) -> tuple[WeightEstimate, list[str]]:
+    """The frozen (or, fully fine-tuned, trained) base as the step holds it, and what to note about it."""
+    if s.method == "qlora":
+        precision = s.precision or "nf4-dq"
+        if not get_precision(precision).quantized:
+            raise LabError(f"QLoRA needs a quantized precision, got {precision!r}.", "Use nf4, nf4-dq, fp4 or int8.")
+        weights = estimate_weights(arch, precision, "fp32" if s.upcast_for_kbit else compute)
+        return weights, (["prepare_model_for_kbit_training casts embeddings, norms and lm_head to fp32."]
+                         if s.upcast_for_kbit else [])
+    precision = s.precision or compute
+    if get_precision(precision).quantized:
+        raise LabError(f"{s.method} trains an unquantized base; precision {precision!r} is quantized.",
+                       "Use method 'qlora' for a quantized base.")
+    return estimate_weights(arch, precision), []
+
+
+def weights_formula(arch: Architecture, s: TrainingSettings, weights: WeightEstimate) -> str:
+    """How the Weights term is counted; with QLoRA's fp32 upcast it says why it is more than the weights table
+    (which stores what stays unquantized in the chosen dtype, as loading does before training starts)."""
+    if not (weights.quantized_params and s.upcast_for_kbit and s.method == "qlora"):
+        return f"base model at {weights.precision} (as in the weights table): {weights.weights_bytes:,} B"
+    loaded = estimate_weights(arch, weights.precision, s.dtype)
+    return (f"base model at {weights.precision} as loaded ({loaded.weights_bytes:,} B, the weights table) + "
+            f"{weights.weights_bytes - loaded.weights_bytes:,} B for the fp32 copy of embeddings, norms and lm_head "
+            f"that prepare_model_for_kbit_training makes = {weights.weights_bytes:,} B")
 
 
 def trainable_shapes(arch: Architecture, lora: LoraEstimate | None) -> list[tuple[int, ...]]:

@@ -11,7 +11,9 @@ Verified against bitsandbytes 0.50 on this machine (see tests/test_memory.py):
 - CPU only: on a CPU with AVX512-BF16, the first inference forward (no grad, eval mode) of a
   Linear4bit repacks its weight for the fused CPU kernel: nested absmax are dequantized and kept
   as **bf16** (2 bytes per block), `state2` is dropped. That is why a 4-bit model on CPU shows a
-  bfloat16 absmax after generating. CUDA never does this. `cpu_packed_bytes` models that state.
+  bfloat16 absmax after generating. CUDA never does this. `cpu_packed_bytes` models that state. A CPU
+  without AVX512-BF16 keeps the loaded layout; there the forward only casts quantized layers' biases to the
+  fp32 compute dtype (`cpu_forward_bytes`).
 - `model.get_memory_footprint()` sums parameters and buffers only: it counts a packed 4-bit
   weight as ⌈n/2⌉ uint8 and misses absmax, code tables, SCB — `hf_footprint_bytes` reproduces it.
 """
@@ -71,6 +73,14 @@ class WeightEstimate:
     packed_params: int  # sum(p.numel()) on the loaded model (4-bit counts half)
     cpu_packed_bytes: int | None  # 4-bit on an AVX512-BF16 CPU after the first inference forward (fp32 compute)
     components: tuple[WeightComponent, ...]
+    # 4-bit on a CPU without AVX512-BF16 after the first forward: no repack, only the biases cast to fp32
+    cpu_forward_bytes: int | None = None
+
+    def after_cpu_forward_bytes(self, repacks: bool) -> int | None:
+        """Bytes of a 4-bit model on a CPU after its first inference forward; `repacks`: the CPU has
+        AVX512-BF16, so bitsandbytes repacks the layers for its fused kernel (`lab.models.precision.cpu_repacks_4bit`).
+        None for other precisions (nothing changes)."""
+        return self.cpu_packed_bytes if repacks else self.cpu_forward_bytes
 
     @property
     def naive_bytes(self) -> int:
@@ -121,6 +131,7 @@ def _estimate_weights(arch: Architecture, precision: str, dtype: str, skip_modul
         # ...and Linear4bit.forward casts the biases of quantized layers to the compute dtype (fp32 on CPU)
         cpu_packed_bytes=(unq_bytes + tally.q_cpu + tally.q_bias * (4 - eb)) if p.four_bit else None,
         components=tuple(components),
+        cpu_forward_bytes=(weights_bytes + tally.q_bias * (4 - eb)) if p.four_bit else None,
     )
 
 

@@ -77,7 +77,14 @@ class AdapterInfo:
             bits.append(f"data {self.dataset}")
         if self.run.get("precision"):
             bits.append(f"trained at {self.run['precision']}")
+        if self.status in ("stopped", "failed"):
+            bits.append(self.status)
         return ", ".join(bits)
+
+    @property
+    def status(self) -> str | None:
+        """How its training run ended (finished | stopped | failed), None while running or for a plain folder."""
+        return self.run.get("status")
 
     def to_json(self) -> dict:
         return {"name": self.name, "path": str(self.path), "source": self.source, "kind": self.kind,
@@ -331,7 +338,9 @@ def precision_note(info: AdapterInfo, precision: str) -> str | None:
 
 
 def newest_matching(runs: list[AdapterInfo], source) -> AdapterInfo | None:
-    """The newest run (runs come newest first) whose recorded base is `source`, for preselection; None if none is."""
+    """The run to preselect: the newest finished run (runs come newest first) whose recorded base is `source`;
+    the newest one stopped early or still saving only when none finished. None when no run matches."""
     if source is None:
         return None
-    return next((r for r in runs if r.run and not base_mismatch(r, source)), None)
+    matching = [r for r in runs if r.run and not base_mismatch(r, source)]
+    return next((r for r in matching if r.status == "finished"), matching[0] if matching else None)

@@ -135,6 +135,50 @@ class CompareResult:
                 "prompt_text": self.prompts.get(BASE_COLUMN)}
 
 
+@dataclass
+class Comparison:
+    """One comparison as the playground shows it, typed: streaming (columns so far), finished (with the
+    conversations that chat mode keeps), failed or cancelled. `inputs` are what it answered (model,
+    precision, adapters): an error about other inputs is not shown once they change."""
+
+    columns: dict[str, Column] = field(default_factory=dict)
+    turn: str = ""  # the user message being answered
+    prompts: dict[str, str] = field(default_factory=dict)  # the exact text each column's model saw
+    notes: list[str] = field(default_factory=list)  # about the whole comparison (DoRA ran alone)
+    column_notes: dict[str, str | None] = field(default_factory=dict)  # beside one column
+    conversations: dict[str, list[dict]] = field(default_factory=dict)
+    chat: bool = False
+    in_history: bool = False  # chat mode: the answers are in the chat history already
+    error: str | None = None
+    cancelled: str | None = None
+    inputs: tuple = ()
+
+    @classmethod
+    def streaming(cls, snap: dict[str, dict], turn: str) -> Comparison:
+        """From side_by_side's on_update snapshot (plain dicts, safe to hand across threads)."""
+        return cls({n: Column(n, d["text"], d["tokens"], d["seconds"], d["done"], d["batched"])
+                    for n, d in snap.items()}, turn)
+
+    @classmethod
+    def finished(cls, result: CompareResult, conversations: dict[str, list[dict]], chat: bool,
+                 column_notes: dict[str, str | None], inputs: tuple) -> Comparison:
+        turn = next(iter(conversations.values()))[-1]["content"] if conversations else ""
+        return cls(result.columns, turn, result.prompts, result.notes, column_notes, conversations, chat,
+                   inputs=inputs)
+
+    def answers_in_history(self, history: dict[str, list[dict]]) -> Comparison:
+        """Chat mode: each column's conversation, its answer appended, into `history`."""
+        for n, conv in self.conversations.items():
+            history[n] = [*conv, {"role": "assistant", "content": self.columns[n].text}]
+        self.in_history = True
+        return self
+
+    def figures(self, name: str) -> str:
+        """'12 tokens · 81.23 s · 0.15 tokens/s': one line that a narrow column wraps instead of cutting."""
+        c = self.columns.get(name) or Column(name)
+        return f"**{c.tokens}** tokens · **{c.seconds:.2f} s** · **{c.tokens_per_s:.1f}** tokens/s"
+
+
 def snapshot(columns: dict[str, Column]) -> dict[str, dict]:
     """A copy of the columns' state that a UI thread can read while generation goes on."""
     return {n: {**c.to_json(), "done": c.done, "batched": c.batched} for n, c in columns.items()}
@@ -234,22 +278,7 @@ def side_by_side(
     if len(set(names)) != len(names):
         raise LabError(f"Two columns share a name: {names}.", "Give each adapter a different name.")
     per_column = messages if isinstance(messages, dict) else {n: messages for n in names}
-    prompts = {}
-    for n in names:
-        _check_messages(per_column.get(n, []), n)
-        prompts[n] = build_chat_prompt(tokenizer, per_column[n], settings.use_chat_template)
-
-    limit = context_length(loaded.model)
-    lengths = {n: len(tokenizer(prompts[n], add_special_tokens=False)["input_ids"]) for n in names}
-    for n, length in lengths.items():
-        if limit and length + settings.max_new_tokens > limit:
-            raise LabError(
-                f"The prompt{'' if n == BASE_COLUMN else f' for {n}'} is {length} tokens; with "
-                f"{settings.max_new_tokens} "
-                f"new tokens that exceeds the model's context of {limit} tokens.",
-                "Shorten the prompt (or clear the chat), or lower max new tokens.",
-            )
-
+    prompts = _column_prompts(loaded, names, per_column, settings)
     columns = {n: Column(n) for n in names}
     dora = [a.name for a in adapters if a.use_dora]
     batched = [n for n in names if n not in dora]
@@ -279,6 +308,26 @@ def side_by_side(
                 bank.activate(peft_names[n])
                 _generate(model, tokenizer, [columns[n]], [prompts[n]], {}, settings, update, cancel)
     return CompareResult(columns, prompts, settings, time.perf_counter() - started, notes, route)
+
+
+def _column_prompts(loaded, names: list[str], per_column: dict[str, list[dict]],
+                    settings: SamplingSettings) -> dict[str, str]:
+    """Each column's prompt text, checked: messages well formed, prompt + new tokens within the context."""
+    tokenizer, prompts = loaded.tokenizer, {}
+    for n in names:
+        _check_messages(per_column.get(n, []), n)
+        prompts[n] = build_chat_prompt(tokenizer, per_column[n], settings.use_chat_template)
+    limit = context_length(loaded.model)
+    for n in names:
+        length = len(tokenizer(prompts[n], add_special_tokens=False)["input_ids"])
+        if limit and length + settings.max_new_tokens > limit:
+            raise LabError(
+                f"The prompt{'' if n == BASE_COLUMN else f' for {n}'} is {length} tokens; with "
+                f"{settings.max_new_tokens} "
+                f"new tokens that exceeds the model's context of {limit} tokens.",
+                "Shorten the prompt (or clear the chat), or lower max new tokens.",
+            )
+    return prompts
 
 
 @torch.inference_mode()

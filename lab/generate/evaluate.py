@@ -48,15 +48,17 @@ _LABEL = re.compile(r"^[\w\-./:]{1,64}$")
 class EvalSettings:
     """How an evaluation runs."""
 
-    # 72 examples = the whole banking test split; larger sets are cut to keep CPU runs short.
-    limit: int | None = 72
+    # A first look that takes a minute or two on a CPU (the whole banking test split, 72 examples, takes
+    # several); None / 0 evaluates the whole split.
+    limit: int | None = 16
     # auto | accuracy | perplexity (see METRICS).
     metric: str = "auto"
     # New tokens per answer; None = enough for the longest reference (+4), at most 128.
     max_new_tokens: int | None = None
 
     HELP = {
-        "limit": "Evaluate only the first N test examples (the whole split when empty). CPU time grows linearly.",
+        "limit": "Evaluate only the first N test examples (the whole split when empty or 0; banking-intents has 72). "
+        "CPU time grows linearly.",
         "metric": "; ".join(f"{k}: {v}" for k, v in METRICS.items()),
         "max_new_tokens": (
             "Tokens each model may generate per answer. Default: enough for the longest reference "
@@ -205,18 +207,8 @@ def evaluate(
                                   SamplingSettings(**{**gen.__dict__, "use_chat_template": False}), owner=owner)
             losses, n_tok = _answer_losses(bank, tokenizer, prompt, _answer_text(tokenizer, ex.messages, ex.answer),
                                            names, dora, peft_names)
-        answers = {n: result.columns[n].text.strip() for n in names}
-        row = {
-            "index": i,
-            "prompt": ex.messages[-1]["content"] if ex.messages else "",
-            "reference": ex.answer,
-            "answers": answers,
-            "loss": {n: round(v, 4) for n, v in zip(names, losses, strict=True)},
-            "answer_tokens": n_tok,
-            "differs": len({normalize(a) for a in answers.values()}) > 1,
-        }
-        if metric == "accuracy":
-            row["correct"] = {n: normalize(a) == normalize(ex.answer) for n, a in answers.items()}
+        row = _row(i, ex, {n: result.columns[n].text.strip() for n in names}, dict(zip(names, losses, strict=True)),
+                   n_tok, metric)
         rows.append(row)
         if on_progress:
             on_progress(i + 1, len(examples), row)
@@ -224,6 +216,22 @@ def evaluate(
     if len(rows) == len(examples):  # a complete evaluation (not cancelled) goes on the runs' cards
         result.warnings += record_in_runs(result, adapters, loaded)
     return result
+
+
+def _row(i: int, ex: Example, answers: dict[str, str], losses: dict[str, float], n_tok: int, metric: str) -> dict:
+    """One example's row of an EvalResult: every model's answer and loss, and whether each is right."""
+    row = {
+        "index": i,
+        "prompt": ex.messages[-1]["content"] if ex.messages else "",
+        "reference": ex.answer,
+        "answers": answers,
+        "loss": {n: round(v, 4) for n, v in losses.items()},
+        "answer_tokens": n_tok,
+        "differs": len({normalize(a) for a in answers.values()}) > 1,
+    }
+    if metric == "accuracy":
+        row["correct"] = {n: normalize(a) == normalize(ex.answer) for n, a in answers.items()}
+    return row
 
 
 def record_in_runs(result: EvalResult, adapters: list[AdapterInfo], loaded) -> list[str]:
@@ -243,6 +251,46 @@ def record_in_runs(result: EvalResult, adapters: list[AdapterInfo], loaded) -> l
         except (LabError, OSError) as e:
             notes.append(f"Could not record the evaluation in {a.run_dir}: {e}")
     return notes
+
+
+# --------------------------------------------------------------------------- following and showing one
+class EvalProgress:
+    """An evaluation's progress line for a page: every message (the queue's turns included) says which
+    example of how many it is about, and carries the rows scored so far."""
+
+    def __init__(self, report: Callable[..., None], total: int) -> None:
+        self.report, self.total, self.rows = report, total, []
+
+    def message(self, text: str, fraction: float | None = None, partial=None, state: str | None = None) -> None:
+        k = min(len(self.rows) + 1, self.total)
+        self.report(f"Example {k} of {self.total} · {text}", len(self.rows) / self.total, list(self.rows), state)
+
+    def scored(self, done: int, total: int, row: dict) -> None:
+        self.rows.append(row)
+        self.report(f"Example {done} of {total} scored", done / total, list(self.rows))
+
+
+def shown_prompts(rows: list[dict]) -> list[str]:
+    """What tells the examples apart: when every prompt starts with the same paragraphs (one shared
+    instruction, then the customer's query), only what follows them; else the whole prompt."""
+    split = [r["prompt"].split("\n\n") for r in rows]
+    if not split or any(len(parts) < 2 for parts in split) or len({"\n\n".join(p[:-1]) for p in split}) > 1:
+        return [r["prompt"] for r in rows]
+    return [parts[-1] for parts in split]
+
+
+MARKS = {True: "✓", False: "✗"}  # text marks: emoji (✅/❌) show as boxes where no emoji font is installed
+
+
+def example_rows(r: EvalResult) -> list[dict]:
+    """The page's table of examples: the query, the reference, each model's answer (marked right or wrong
+    when scored by accuracy) and its loss."""
+    acc = r.metric == "accuracy"
+    return [{"#": row["index"], "differs": row["differs"], "prompt": prompt, "reference": row["reference"],
+             **{n: f"{MARKS[bool(row['correct'][n])]} {row['answers'][n]}" if acc else row["answers"][n]
+                for n in r.models},
+             **{f"loss {n}": row["loss"][n] for n in r.models}}
+            for row, prompt in zip(r.rows, shown_prompts(r.rows), strict=True)]
 
 
 # --------------------------------------------------------------------------- reports
@@ -266,7 +314,7 @@ def to_markdown(r: EvalResult) -> str:
     lines += ["", "## Examples", "", "Rows where the models' answers differ are marked **≠**.", ""]
     head = ["#", "≠", "prompt", "reference", *r.models]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in r.rows:
+    for row, prompt in zip(r.rows, shown_prompts(r.rows), strict=True):
         answers = []
         for n in r.models:
             a = _cell(row["answers"][n], 60).replace("|", "\\|")
@@ -274,7 +322,7 @@ def to_markdown(r: EvalResult) -> str:
                 a = ("✅ " if row["correct"][n] else "❌ ") + a
             answers.append(a)
         lines.append("| " + " | ".join([str(row["index"]), "**≠**" if row["differs"] else "",
-                                         _cell(row["prompt"], 60).replace("|", "\\|"),
+                                         _cell(prompt, 60).replace("|", "\\|"),
                                          _cell(row["reference"], 40).replace("|", "\\|"), *answers]) + " |")
     return "\n".join(lines) + "\n"
 

@@ -15,7 +15,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import psutil
 import torch
@@ -27,7 +27,7 @@ from lab.inspect.quality import QualityConfig, greedy_answers, perplexity
 from lab.models.architecture import Architecture
 from lab.models.loading import free_memory, load_model
 from lab.models.measure import MemorySnapshot, measure_model, reset_peak
-from lab.models.precision import bnb_config_code, get_precision, resolve_dtype
+from lab.models.precision import bnb_config_code, cpu_repacks_4bit, get_precision, resolve_dtype
 from lab.models.reader import read_architecture
 from lab.models.sources import ModelSource, resolve_source
 from lab.units import fmt_bytes
@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 # One loading-lab run at a time per process: two concurrent loads would blur each other's RSS figures.
 _RUN_LOCK = threading.Lock()
+
+# Where a precision's progress stands once it is loaded, and once its answers start (perplexity lies between).
+LOADED, ANSWERS = 0.35, 0.7
 
 _QUANTIZED_CLASSES = ("Linear8bitLt", "Linear4bit", "LinearNF4", "LinearFP4")
 
@@ -90,6 +93,54 @@ class LoadReport:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> LoadReport:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+    def explain_rss(self) -> str:
+        return explain_rss(self.to_json())
+
+    def summary_row(self) -> dict:
+        """The loading lab's main table: what fits a page (sizes in MB)."""
+        return {"precision": self.precision, "measured MB": mb(self.measured_bytes), "predicted MB":
+                mb(self.predicted_bytes), "error %": self.error_pct, "RSS growth MB": mb(self.memory.get("rss_bytes")),
+                "load s": self.load_seconds, "perplexity": self.perplexity}
+
+    def detail_row(self) -> dict:
+        """The figures one click away: classes, transformers' footprint, RSS parts, memory handed back (MB)."""
+        mem = self.memory
+        return {"precision": self.precision, "Linear class": self.linear_class, "unquantized dtype": self.dtype,
+                "get_memory_footprint MB": mb(self.hf_footprint_bytes), "RSS anon MB": mb(mem.get("rss_anon_bytes")),
+                "RSS file MB": mb(mem.get("rss_file_bytes")), "RSS at release MB": mb(self.rss_at_release_bytes),
+                "handed back MB": mb(self.freed.get("rss_bytes"))}
+
+    def after_forward_text(self) -> str | None:
+        """'nf4 1.2 MB → 1.1 MB (predicted 1.1 MB)' when the first forward pass changed the bytes, else None."""
+        after = self.measured_after_forward_bytes
+        if not after or after == self.measured_bytes:
+            return None
+        predicted = self.predicted_after_forward_bytes
+        return (f"{self.precision} {fmt_bytes(self.measured_bytes)} → {fmt_bytes(after)}"
+                + (f" (predicted {fmt_bytes(predicted)})" if predicted else ""))
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """One precision that could not be loaded (the others still ran)."""
+
+    precision: str
+    error: str
+
+
+def read_results(rows: list[dict]) -> list[LoadReport | LoadFailure]:
+    """run_loading_lab's JSON rows as typed values, for pages: a report, or the failure of one precision."""
+    return [LoadFailure(r["precision"], r["error"]) if "error" in r else LoadReport.from_json(r) for r in rows]
+
+
+def mb(n: float | None) -> float | None:
+    """Bytes in MB (10^6), None kept: the loading lab's tables."""
+    return None if n is None else n / 1e6
 
 
 # --------------------------------------------------------------------------- prediction and fit
@@ -255,12 +306,13 @@ def measure_load(
     free_memory()
     reset_peak(device)
     before = MemorySnapshot.take(device)
-    report(f"loading {source.display_name} at {p.label} on {device}…")
+    # Fractions of this precision's work (load, then scoring), so the bar moves within the first precision too.
+    report(f"loading {source.display_name} at {p.label} on {device}…", 0.05)
     loaded = None
     try:
         loaded = _load(source, p.name, dtype, device)
         memory = MemorySnapshot.take(device).minus(before)
-        report(f"measuring {p.label}…")
+        report(f"measuring {p.label}…", LOADED)
         result = _inspect(loaded, arch, estimate, memory)
         _score(result, loaded, estimate, quality or QualityConfig(), report, cancel)
     finally:
@@ -326,7 +378,7 @@ def _score(result: LoadReport, loaded, estimate, quality: QualityConfig, report:
     model, label = loaded.model, get_precision(loaded.precision).label
     forward = False
     if quality.perplexity_tokens and not _cancelled(cancel):
-        report(f"perplexity at {label}…")
+        report(f"perplexity at {label}…", LOADED + 0.05)
         ppl = perplexity(model, loaded.tokenizer, max_tokens=quality.perplexity_tokens, window=quality.window,
                          cancel=cancel)
         result.perplexity, result.perplexity_tokens, result.perplexity_seconds = ppl.perplexity, ppl.tokens, ppl.seconds
@@ -334,7 +386,8 @@ def _score(result: LoadReport, loaded, estimate, quality: QualityConfig, report:
         forward = True
     if quality.prompts and quality.max_new_tokens and not _cancelled(cancel):
         result.answers = greedy_answers(model, loaded.tokenizer, quality.prompts, quality.max_new_tokens,
-                                        report=lambda m: report(f"{label}: {m}"), cancel=cancel)
+                                        report=lambda m, f=0.0: report(f"{label}: {m}", ANSWERS + (1 - ANSWERS) * f),
+                                        cancel=cancel)
         forward = True
     if forward:
         result.measured_after_forward_bytes = measure_model(model).total_bytes
@@ -381,14 +434,11 @@ def explain_rss(r: dict) -> str:
 
 
 def _after_forward_prediction(estimate, device: str) -> int | None:
-    """On an AVX512-BF16 CPU, 4-bit layers are repacked on the first forward (see lab/models/measure.py)."""
+    """On a CPU, 4-bit layers change at the first forward (repacked on AVX512-BF16, biases cast to fp32)."""
     if estimate is None:
         return None
     if device == "cpu" and estimate.cpu_packed_bytes is not None:
-        import bitsandbytes.functional as F
-
-        if F.has_avx512bf16():
-            return estimate.cpu_packed_bytes
+        return estimate.after_cpu_forward_bytes(cpu_repacks_4bit())
     return estimate.weights_bytes
 
 
@@ -459,8 +509,11 @@ def _run_each(source, names, dtype, device, quality, report, cancel, results, tu
         if _cancelled(cancel):
             break
 
-        def step(message: str, fraction: float | None = None, partial=None, _i=i) -> None:
-            report(message, (_i + (fraction or 0.0)) / len(names), partial=list(results))
+        last = [0.0]  # a step without a fraction keeps the bar where it was, not back at this precision's start
+
+        def step(message: str, fraction: float | None = None, partial=None, _i=i, _last=last) -> None:
+            _last[0] = _last[0] if fraction is None else fraction
+            report(message, (_i + _last[0]) / len(names), partial=list(results))
 
         step(f"[{i + 1}/{len(names)}] {get_precision(name).label}")
         error = None

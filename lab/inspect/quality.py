@@ -112,7 +112,7 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str] = DEFAULT_PROMPTS, m
         if cancel is not None and cancel.is_set():
             break
         if report is not None:
-            report(f"answering prompt {i + 1}/{len(prompts)}")
+            report(f"answering prompt {i + 1}/{len(prompts)}", i / len(prompts))  # the share already answered
         answers.append(
             {"prompt": prompt, "answer": generate_text(model, tokenizer, prompt, max_new_tokens=max_new_tokens).strip()}
         )

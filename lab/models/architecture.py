@@ -19,6 +19,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from lab import policy
 from lab.errors import LabError
 
 
@@ -202,17 +203,18 @@ def config_from_dict(data, where: str = "config.json"):
 
 # Reading builds every layer of the model (on the meta device: no memory, but a few milliseconds per
 # module), so the depth is bounded. The deepest published decoders have about 130 layers (Llama-3.1-405B:
-# 126); past this bound a config.json is a typo or an attack, and is refused at once.
-MAX_LAYERS = 1024
+# 126); past the bound a config.json is a typo or an attack, and is refused at once. The bound is the server's
+# limit (policy.Limits.max_layers, QLORA_LAB_MAX_LAYERS, 1,024 unless raised): one number, raised in one place.
 
 
 def check_depth(config, name: str) -> None:
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     layers = getattr(text, "num_hidden_layers", 0) or 0
-    if isinstance(layers, int) and layers > MAX_LAYERS:
+    most = policy.limits().max_layers
+    if isinstance(layers, int) and layers > most:
         raise LabError(f"{name} has num_hidden_layers={layers:,}: far beyond any published model (the deepest have "
                        f"about 130), so the lab does not build it.",
-                       f"Check the config; the lab reads models of up to {MAX_LAYERS:,} layers.")
+                       f"Check the config; the lab reads models of up to {most:,} layers (QLORA_LAB_MAX_LAYERS).")
 
 
 def architecture_from_config(config, name: str) -> Architecture:

@@ -33,6 +33,14 @@ def resolve_dtype(choice: str | None, *, config_dtype: str | None = None, device
     return DTYPES[choice]
 
 
+def cpu_repacks_4bit() -> bool:
+    """Whether bitsandbytes repacks 4-bit layers for its fused CPU kernel at the first inference forward
+    (an AVX512-BF16 CPU); elsewhere the loaded layout stays (see lab/estimate/weights.py)."""
+    import bitsandbytes.functional as F  # bitsandbytes' import is heavy: only when a CPU forward is predicted
+
+    return bool(F.has_avx512bf16())
+
+
 def slow_on(precision: str, device: str | None = None) -> bool:
     """bf16/fp16 on a CPU: most CPUs have no fast half-precision matmul (~20x slower than fp32)."""
     return get_precision(precision).name in ("bf16", "fp16") and (device or device_type()) == "cpu"

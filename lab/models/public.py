@@ -21,9 +21,10 @@ from lab.tasks import bounded, within
 from lab.units import fmt_bytes, fmt_count
 
 
-def check_model_spec(spec: str) -> tuple[str, str]:
+def check_model_spec(spec: str, weights: bool = False) -> tuple[str, str]:
     """Public mode's model field: ('embedded'|'catalog'|'hub', normalised spec). Paths never get here
-    as paths: a Hub-id-shaped 'runs/x' is a Hub id, and the file system is not consulted."""
+    as paths: a Hub-id-shaped 'runs/x' is a Hub id, and the file system is not consulted. weights=True
+    (a page that loads the model): the hint names no catalog config, which such a page cannot load."""
     spec = (spec or "").strip()
     if spec.lower() == EMBEDDED:
         return "embedded", EMBEDDED
@@ -33,6 +34,7 @@ def check_model_spec(spec: str) -> tuple[str, str]:
     if policy.looks_like_path(spec) or not policy.is_hub_id(spec):
         raise LabError(
             f"Model {spec!r} is not allowed here. {policy.NO_PATHS}",
+            f"Pick '{EMBEDDED}' or a Hub id (owner/name)." if weights else
             f"Pick '{EMBEDDED}', a catalog name (e.g. {', '.join(catalog_names()[:3])}), or a Hub id (owner/name).",
         )
     admit_hub_model(spec)

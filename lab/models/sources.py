@@ -148,7 +148,9 @@ class ModelSource:
             raise LabError(
                 f"{self.display_name} is a config without weights: the calculator and the LoRA estimator can read "
                 "it, but it cannot be loaded, trained or generated from.",
-                "Pick 'embedded', a model folder with weights, or a Hub id.",
+                # public mode has no model folders to offer: name only what it can load
+                f"Pick '{EMBEDDED}' or a Hub id." if policy.public_mode() else
+                f"Pick '{EMBEDDED}', a model folder with weights, or a Hub id.",
             )
         return self
 
@@ -203,7 +205,7 @@ def _resolve(spec: str, weights: bool) -> ModelSource:
         raise LabError("No model given.", f"Use '{EMBEDDED}', a model folder, "
                        + ("or a Hub id." if weights else "a config.json, a catalog name, or a Hub id."))
     if policy.public_mode():  # no server paths: only the embedded model, the catalog, admitted Hub ids
-        kind, spec = check_model_spec(spec)
+        kind, spec = check_model_spec(spec, weights)
         if kind == "catalog":
             return ModelSource(spec=spec, kind="catalog", path=CATALOG_DIR / f"{spec}.json", for_loading=weights)
         if kind == "hub":
@@ -240,7 +242,10 @@ def _resolve(spec: str, weights: bool) -> ModelSource:
 
 
 def offline_hint(source: ModelSource) -> str:
-    """What to use instead of the Hub, fitted to the page: a catalog name only where configs are enough."""
+    """What to use instead of the Hub, fitted to the page: a catalog name only where configs are enough,
+    a local folder only where the server's files may be named (not in public mode)."""
+    if policy.public_mode():
+        return f"use '{EMBEDDED}'" if source.for_loading else f"use '{EMBEDDED}' or a catalog name"
     if source.for_loading:
         return f"use '{EMBEDDED}' or a local model folder"
     return f"use '{EMBEDDED}', a local model folder or a catalog name"

@@ -28,17 +28,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from lab.errors import Cancelled, LabError
+from lab.units import fmt_seconds
 
 # How often a waiting request re-reads its place, and re-reports an unchanged one (seconds).
 POLL_SECONDS = 0.2
 REPORT_EVERY = 2.0
-
-
-def fmt_seconds(seconds: float) -> str:
-    """'about 20 s', 'about 3 min': waits are estimates, so they are rounded like one."""
-    if seconds < 90:
-        return f"about {max(1, round(seconds))} s"
-    return f"about {round(seconds / 60)} min"
 
 
 @dataclass(eq=False)  # a ticket is itself: found in the line by identity

@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from lab import policy
+from lab import policy, recipe
 from lab.data.datasets import dataset_name
 from lab.environment import device_type
 from lab.errors import LabError
@@ -27,6 +27,7 @@ from lab.models.precision import slow_on
 from lab.models.reader import read_architecture
 from lab.models.sources import ModelSource
 from lab.paths import runs_dir
+from lab.recipe import setting
 from lab.vocab import OPTIMIZERS, PRECISIONS, TARGET_PRESETS
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -51,97 +52,81 @@ class TrainConfig:
         "(Alpaca, chat messages or prompt/completion rows), or a Hub dataset id when online.",
     )
     skip_bad_rows: bool = _f(
-        False, "Skip malformed dataset rows (they are listed with their line numbers) instead of refusing the dataset."
+        False, "Skip malformed dataset rows (they are listed with their line numbers) instead of refusing the dataset.",
+        label="Skip malformed rows",
     )
     precision: str = _f(
         "fp32",
         "Precision the frozen base model is loaded at. nf4/nf4-dq/fp4 = QLoRA (4-bit base, "
         "bitsandbytes); int8 = LLM.int8(); bf16/fp16/fp32 = plain LoRA. On CPU, 4-bit works but "
         "is ~3x slower per step than fp32 (weights are dequantized on every matmul).",
-        choices=tuple(PRECISIONS),
+        label="Precision of the base", choices=tuple(PRECISIONS),
     )
     # ---- LoRA (peft.LoraConfig)
-    r: int = _f(
-        16,
-        "LoRA rank: the inner dimension of the A (r x in) and B (out x r) matrices. More rank = more trainable "
-        "parameters and capacity.",
-        min=1,
-        max=1024,
-    )
-    alpha: float = _f(
-        32.0,
-        "lora_alpha: the update B·A is scaled by alpha/r (alpha/sqrt(r) with rsLoRA). alpha = 2r is a common choice.",
-        min=0.0,
-    )
-    dropout: float = _f(
-        0.05, "lora_dropout: dropout on the LoRA branch's input during training; 0 disables it.", min=0.0, max=0.9
-    )
-    targets: str = _f(
-        "all-linear",
-        f"Target modules: a preset ({', '.join(TARGET_PRESETS)}; resolved against the model's "
-        "own Linear layers) or comma-separated module names from the architecture (e.g. q_proj,v_proj).",
-    )
+    r: int = setting("r")
+    alpha: float = setting("alpha")
+    dropout: float = setting("dropout")
+    targets: str = setting("targets")
     use_rslora: bool = _f(
-        False, "rsLoRA: scale by alpha/sqrt(r) instead of alpha/r, which keeps high ranks learning (peft use_rslora)."
+        False, "rsLoRA: scale by alpha/sqrt(r) instead of alpha/r, which keeps high ranks learning (peft use_rslora).",
+        label="rsLoRA",
     )
-    use_dora: bool = _f(
-        False, "DoRA: split each weight into magnitude and direction and train both (peft use_dora). Slower per step."
-    )
+    use_dora: bool = setting("use_dora")
     loraplus_ratio: float = _f(
         0.0,
         "LoRA+: learning rate of B = ratio x learning rate of A (peft create_loraplus_optimizer). "
         "0 = off; the LoRA+ paper suggests 16.",
-        min=0.0,
+        label="LoRA+ ratio", min=0.0, max=64.0, step=1.0,
     )
     # ---- optimisation (trl.SFTConfig / transformers.TrainingArguments)
     learning_rate: float = _f(
         1e-3,
         "Peak learning rate of the LoRA weights. LoRA tolerates far higher rates than full fine-tuning (1e-4 to 1e-3).",
-        min=0.0,
+        label="Learning rate", min=0.0, max=1.0, step=1e-4, format="%.1e",
         aliases=("--lr",),
     )
-    epochs: float = _f(1.0, "Passes over the training split. Ignored when max steps is set (> 0).", min=0.0)
+    epochs: float = _f(1.0, "Passes over the training split. Ignored when max steps is set (> 0).",
+                        label="Epochs", min=0.0, max=100.0, step=0.5)
     max_steps: int = _f(
-        20, "Optimizer steps to run; > 0 overrides epochs. The CPU demo uses 20 (the style is learned by then).", min=-1
+        20, "Optimizer steps to run; > 0 overrides epochs. The CPU demo uses 20 (the style is learned by then).",
+        label="Max steps", min=-1,
     )
-    batch_size: int = _f(
-        4, "Examples per forward/backward pass (per device). Lower it if you run out of memory.", min=1
-    )
+    batch_size: int = setting("batch_size")
     grad_accum: int = _f(
-        1, "Gradient accumulation: passes per optimizer step. Effective batch = batch size x this (x devices).", min=1
+        1, "Gradient accumulation: passes per optimizer step. Effective batch = batch size x this (x devices).",
+        label="Grad accumulation", min=1, max=1024,
     )
-    max_length: int = _f(256, "Longer training texts are truncated to this many tokens. Memory grows with it.", min=8)
-    gradient_checkpointing: bool = _f(
-        False,
-        "Recompute activations in the backward pass instead of storing them: much less "
-        "activation memory, ~30% slower. Worth it on a GPU near its limit; off on CPU.",
-    )
-    optimizer: str = _f("adamw_torch", "Optimizer (transformers' optim name). paged_adamw_8bit (bitsandbytes, QLoRA's "
-                                       "choice) keeps 8-bit states and pages them to CPU RAM on spikes; bitsandbytes' "
-                                       "8-bit and paged optimizers need CUDA and are offered only there.",
-                        choices=tuple(OPTIMIZERS))
-    scheduler: str = _f("linear", "Learning-rate schedule after warmup.", choices=SCHEDULERS)
-    warmup_ratio: float = _f(0.0, "Fraction of the steps spent ramping the learning rate up from 0.", min=0.0, max=0.5)
-    weight_decay: float = _f(0.0, "AdamW weight decay on the LoRA weights.", min=0.0)
+    max_length: int = setting("max_length")
+    gradient_checkpointing: bool = setting("gradient_checkpointing")
+    optimizer: str = setting("optimizer")
+    scheduler: str = _f("linear", "Learning-rate schedule after warmup.", label="Schedule", choices=SCHEDULERS)
+    warmup_ratio: float = _f(0.0, "Fraction of the steps spent ramping the learning rate up from 0.",
+                              label="Warmup ratio", min=0.0, max=0.5, step=0.05)
+    weight_decay: float = _f(0.0, "AdamW weight decay on the LoRA weights.",
+                              label="Weight decay", min=0.0, max=1.0, step=0.01)
     seed: int = _f(
-        42, "Random seed for LoRA initialisation, dropout and data order: same seed + same settings = same run."
+        42, "Random seed for LoRA initialisation, dropout and data order: same seed + same settings = same run.",
+        label="Seed", min=0, max=2**31 - 1,
     )
     # ---- logging, evaluation, checkpoints
     logging_steps: int = _f(
-        1, "Log loss, learning rate and throughput every this many steps (each log is one point on the curve).", min=1
+        1, "Log loss, learning rate and throughput every this many steps (each log is one point on the curve).",
+        label="Log every (steps)", min=1, max=10_000,
     )
-    eval_steps: int = _f(10, "Compute the eval loss on the test split every this many steps; 0 = never.", min=0)
+    eval_steps: int = _f(10, "Compute the eval loss on the test split every this many steps; 0 = never.",
+                        label="Eval every (steps)", min=0, max=100_000)
     max_eval_rows: int = _f(32, "Use at most this many test rows for the eval loss (it costs forward passes).", min=1)
     save_steps: int = _f(
         10,
         "Save a checkpoint (adapter + optimizer) every this many steps; a crash or out-of-memory keeps the last one.",
-        min=1,
+        label="Checkpoint every (steps)", min=1, max=100_000,
     )
     save_total_limit: int = _f(2, "Keep only this many checkpoints on disk.", min=1)
     merge: bool = _f(
         False,
         "After training, reload the base at 16/32-bit, merge the adapter into it and save a standalone model in "
         "merged/.",
+        label="Merge & export after training",
     )
     # ---- where
     output: str = _f("", "Run folder. Empty = runs/<name>, named {base}-{dataset}_SFT_LoRa{r}_{PRECISION}-<timestamp>.")
@@ -169,7 +154,8 @@ class TrainConfig:
         return TrainingSettings(
             method="qlora" if quantized else "lora", precision=self.precision,
             dtype="compute" if (device or device_type()) == "cpu" else "auto", batch_size=self.batch_size,
-            seq_len=self.max_length, grad_checkpointing=self.gradient_checkpointing, optimizer=self.optimizer, r=self.r,
+            max_length=self.max_length, gradient_checkpointing=self.gradient_checkpointing, optimizer=self.optimizer,
+            r=self.r,
             alpha=self.alpha, targets=self.targets, use_dora=self.use_dora, upcast_for_kbit=quantized,
             dropout=self.dropout,
         )
@@ -194,13 +180,7 @@ class TrainConfig:
         """Check every value early, with messages that name the bad one. Returns self."""
         device = device or device_type()
         for f in fields(self):
-            v, meta = getattr(self, f.name), f.metadata
-            if "choices" in meta and v not in meta["choices"]:
-                raise LabError(f"{f.name}={v!r} is not one of {', '.join(meta['choices'])}.", meta["help"])
-            if "min" in meta and v < meta["min"]:
-                raise LabError(f"{f.name}={v} is below its minimum {meta['min']}.", meta["help"])
-            if "max" in meta and v > meta["max"]:
-                raise LabError(f"{f.name}={v} is above its maximum {meta['max']}.", meta["help"])
+            recipe.check(f.name, getattr(self, f.name), f.metadata)
         if OPTIMIZERS[self.optimizer].cuda_only and device != "cuda":
             raise LabError(f"optimizer={self.optimizer} needs a CUDA GPU (this machine: {device}).",
                            "Use adamw_torch on CPU.")
@@ -226,9 +206,8 @@ def default_config(device: str | None = None, **overrides) -> TrainConfig:
     """Defaults for this device: the CPU demo, or QLoRA on a CUDA GPU."""
     device = device or device_type()
     cfg = TrainConfig()
-    if device == "cuda":
-        cfg = replace(cfg, precision="nf4-dq", gradient_checkpointing=True, optimizer="paged_adamw_8bit",
-                      learning_rate=2e-4, max_steps=-1, epochs=1.0, max_length=1024, batch_size=8)
+    if device == "cuda":  # the GPU recipe (lab.recipe.GPU), one sequence per pass, accumulated to 8 per step
+        cfg = replace(cfg, **recipe.GPU, learning_rate=2e-4, max_steps=-1, epochs=1.0, grad_accum=8)
     return replace(cfg, **overrides)
 
 
@@ -288,21 +267,9 @@ def add_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig | None 
     """One --flag per field, with the field's help; booleans are --flag / --no-flag."""
     defaults = defaults or default_config()
     for f in fields(TrainConfig):
-        flags = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
         default = getattr(defaults, f.name)
-        help_text = f.metadata["help"] + f" (default: {default})"
-        if f.type in ("bool", bool):
-            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        else:
-            typ = {"int": int, "float": float, "str": str}.get(str(f.type), str)
-            parser.add_argument(
-                *flags,
-                type=typ,
-                default=default,
-                help=help_text,
-                choices=f.metadata.get("choices"),
-                metavar=f.name.upper() if "choices" not in f.metadata else None,
-            )
+        typ = {"bool": bool, "int": int, "float": float, "str": str}.get(str(f.type), str)
+        recipe.add_argument(parser, f.name, f.metadata, typ, default, f" (default: {default})")
 
 
 def from_args(args: argparse.Namespace) -> TrainConfig:
