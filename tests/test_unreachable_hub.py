@@ -99,3 +99,22 @@ def test_a_missing_hub_model_is_named_in_plain_words(monkeypatch):
                          (GatedRepoError("x", response=Response()), "gated")):
         text = hub.fetch_failure(error)
         assert words in text and not CLASS_NAME.search(text)
+
+
+def test_a_hub_id_in_the_hub_cache_is_admitted_offline_from_its_cached_config(requests, monkeypatch, tmp_path):
+    """Out of reach but cached: public mode sizes it from the cached config.json and starts no request."""
+    from lab.models.catalog import CATALOG_DIR
+
+    monkeypatch.setenv("QLORA_LAB_PUBLIC", "1")
+    monkeypatch.delenv("QLORA_LAB_HUB_ALLOW", raising=False)
+    snapshot = tmp_path / "hub" / "models--someone--small" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    (snapshot / "config.json").write_text((CATALOG_DIR / "SmolLM2-135M.json").read_text())
+    source = resolve_source("someone/small")
+    assert source.kind == "hub" and source.pretrained_id == str(snapshot)
+    monkeypatch.setenv("QLORA_LAB_MAX_PARAMS", "100M")  # the cap still applies to a cached config
+    with pytest.raises(LabError, match="above this server's cap of 100.00M"):
+        resolve_source("someone/small")
+    assert requests == []

@@ -91,6 +91,9 @@ def _hub_weight_bytes(hub_id: str) -> int | None:
     whose files are huge is caught here."""
     from huggingface_hub import HfApi
 
+    if not hub.hub_reachable():  # admitted from the Hub cache's config.json: no listing to wait for
+        return None
+
     def listing():
         return HfApi().model_info(hub_id, files_metadata=True, timeout=HUB_SECONDS)
 
