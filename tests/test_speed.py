@@ -88,8 +88,8 @@ def test_speed_report_times_a_planned_run():
 
 def test_saving_options_show_memory_saved_and_time_cost_side_by_side(tiny_model_dir):
     arch = read_architecture(str(tiny_model_dir))
-    rows = saving_options(arch, TrainingSettings(method="lora", batch_size=4, seq_len=128, grad_checkpointing=False),
-                           "A10G")
+    settings = TrainingSettings(method="lora", batch_size=4, max_length=128, gradient_checkpointing=False)
+    rows = saving_options(arch, settings, "A10G")
     names = [r.option for r in rows]
     assert names[0] == "as chosen" and "gradient checkpointing" in names and "smaller batch" in names
     gc = rows[names.index("gradient checkpointing")]
@@ -158,7 +158,7 @@ def one_thread():
 def test_predicted_training_tokens_per_second_here_within_25_percent(embedded_dir, one_thread, name):
     rec = CHECKS[name]
     sim = simulate_training(resolve_source(str(embedded_dir)).load_config(), rec)
-    hw = probe.probe_cpu(rows=rec.batch_size * rec.seq_len)  # back to back with the real steps: same load
+    hw = probe.probe_cpu(rows=rec.batch_size * rec.max_length)  # back to back with the real steps: same load
     predicted = step_time(sim, hw).tokens_per_second
     measured = probe.time_training(str(embedded_dir), rec, steps=2).tokens_per_second
     print(f"{name}: predicted {predicted:.2f} tokens/s, measured {measured:.2f}")
@@ -178,5 +178,5 @@ def test_predicted_generation_tokens_per_second_here_within_25_percent(embedded_
 
 def test_simulate_for_an_architecture_carries_work():
     arch = read_architecture("SmolLM2-135M")
-    sim = simulate(arch, TrainingSettings(method="lora", batch_size=1, seq_len=32))
+    sim = simulate(arch, TrainingSettings(method="lora", batch_size=1, max_length=32))
     assert sim.work and "work" not in sim.to_json()

@@ -45,7 +45,7 @@ def speed_report(sim, gpu: str, gpus: int = 1, sharding: str = "ddp", steps: int
     elif dataset is not None:
         if not isinstance(epochs, (int, float)) or isinstance(epochs, bool) or epochs <= 0:
             raise LabError(f"--epochs must be positive, got {epochs!r}.")
-        rows, tokens = dataset_tokens(dataset, int(s["seq_len"]))
+        rows, tokens = dataset_tokens(dataset, int(s["max_length"]))
         run_tokens = tokens * epochs
         batch = int(s["batch_size"]) * gpus
         speed.update(dataset=dataset, dataset_rows=rows, dataset_tokens=tokens, epochs=epochs,
@@ -77,8 +77,8 @@ class SavingOption:
 def _options(settings) -> list[tuple[str, str, object]]:
     s = settings
     out = []
-    if not s.grad_checkpointing:
-        out.append(("gradient checkpointing", "grad_checkpointing on", replace(s, grad_checkpointing=True)))
+    if not s.gradient_checkpointing:
+        out.append(("gradient checkpointing", "gradient_checkpointing on", replace(s, gradient_checkpointing=True)))
     if s.method == "lora":
         out.append(("4-bit base (QLoRA)", "qlora nf4-dq", replace(s, method="qlora", precision="nf4-dq")))
     if s.method == "full":
@@ -127,8 +127,9 @@ def predict_run(config: dict, device: str = "cpu", steps: int | None = None, rep
     c = config
     settings = TrainingSettings(
         method="qlora" if c.get("precision") in ("nf4", "nf4-dq", "fp4", "int8") else "lora",
-        precision=c.get("precision"), batch_size=int(c.get("batch_size", 1)), seq_len=int(c.get("max_length", 256)),
-        grad_checkpointing=bool(c.get("gradient_checkpointing", False)), optimizer=c.get("optimizer", "adamw_torch"),
+        precision=c.get("precision"), batch_size=int(c.get("batch_size", 1)), max_length=int(c.get("max_length", 256)),
+        gradient_checkpointing=bool(c.get("gradient_checkpointing", False)),
+        optimizer=c.get("optimizer", "adamw_torch"),
         r=int(c.get("r", 16)), alpha=c.get("alpha"), targets=c.get("targets", "all-linear"),
         use_dora=bool(c.get("use_dora", False)), dropout=float(c.get("dropout", 0.05)))
     device_kind = "cpu" if device == "cpu" else "cuda"
@@ -136,7 +137,7 @@ def predict_run(config: dict, device: str = "cpu", steps: int | None = None, rep
     if device_kind == "cpu":
         from lab.estimate.probe import probe_cpu
 
-        hw = probe_cpu(rows=settings.batch_size * settings.seq_len)
+        hw = probe_cpu(rows=settings.batch_size * settings.max_length)
     else:
         hw = get_hardware(get_gpu(_gpu_name(device)).name)
     t = step_time(sim, hw)

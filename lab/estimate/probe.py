@@ -93,7 +93,7 @@ def time_training(model_dir: str, recipe, steps: int = 3) -> Timed:
         model = prepare_for_training(load_real(model_dir, recipe.precision, recipe.dtype, recipe.attn), recipe)
         optimizer = make_optimizer(model, recipe)
         params = [p for p in model.parameters() if p.requires_grad]
-        ids = torch.randint(0, model.config.vocab_size, (recipe.batch_size, recipe.seq_len))
+        ids = torch.randint(0, model.config.vocab_size, (recipe.batch_size, recipe.max_length))
 
         def step():
             with autocast(recipe):
@@ -104,7 +104,7 @@ def time_training(model_dir: str, recipe, steps: int = 3) -> Timed:
             optimizer.zero_grad(set_to_none=True)
 
         mean = _mean_seconds(step, 0.0, steps)
-    return Timed(recipe.batch_size * recipe.seq_len / mean, mean, steps)
+    return Timed(recipe.batch_size * recipe.max_length / mean, mean, steps)
 
 
 def time_generation(model_dir: str, recipe, repeats: int = 2) -> Timed:  # mean of `repeats` after a warm-up

@@ -116,7 +116,7 @@ def step_time(sim, hw: Hardware | str, gpus: int = 1, sharding: str = "ddp") -> 
 def _tokens(sim) -> int:
     s = sim.settings
     if sim.kind == "training":
-        return int(s["batch_size"]) * int(s["seq_len"])
+        return int(s["batch_size"]) * int(s["max_length"])
     return int(s["batch_size"]) * int(s["prompt_tokens"])
 
 
