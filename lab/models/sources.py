@@ -190,12 +190,30 @@ def config_from_dict(data, where: str = "config.json"):
             f"Model type {model_type!r} in {where} is not one transformers can build.",
             "Check the 'model_type' field, or upgrade transformers.",
         )
+    cls = CONFIG_MAPPING[model_type]
     try:
-        return CONFIG_MAPPING[model_type].from_dict(data)
+        # as transformers reads a config.json: `{"__float__": "Infinity"}` is the float it wrote (mamba2's
+        # time_step_limit)
+        config = cls.from_dict(cls._decode_special_floats(data))
     except Exception as e:  # config classes validate in many ways (strict dataclasses, asserts, ...)
         cause = e.__cause__ or e.__context__ or e
         detail = " ".join(str(cause).split())
         raise LabError(f"transformers cannot build a {model_type!r} config from {where}: {detail}") from None
+    _fill_derived_sizes(config)
+    return config
+
+
+def _fill_derived_sizes(config) -> None:
+    """Sizes a config may leave to None that every published checkpoint of the family derives the same way
+    (transformers' own defaults for ministral, hunyuan_v1_dense and nemotron omit them and then cannot build):
+    head_dim = hidden_size / heads, num_key_value_heads = num_attention_heads (no grouping)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    own = vars(text)  # not getattr: per-layer configs (gemma4) refuse global reads of per-layer fields
+    heads, hidden = own.get("num_attention_heads"), own.get("hidden_size")
+    if "head_dim" in own and own["head_dim"] is None and isinstance(heads, int) and heads and isinstance(hidden, int):
+        text.head_dim = hidden // heads
+    if "num_key_value_heads" in own and own["num_key_value_heads"] is None and isinstance(heads, int):
+        text.num_key_value_heads = heads
 
 
 def catalog_names() -> list[str]:
