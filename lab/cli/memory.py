@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> dict:
         formula = estimate_training(arch, settings)
         explained = formula.to_json()
         result["training"] = {**explained, **sim.to_json(), "formula_total_bytes": formula.total_bytes,
-                              "notes": [*explained["notes"], *sim.notes]}
+                              "notes": [*explained["notes"], *sim.notes, *_target_notes(arch, settings)]}
         peak = sim.peak_bytes
         if args.gpus is not None:
             from lab.estimate.parallel import per_gpu_peak, smallest_fitting
@@ -145,6 +145,14 @@ def run(args: argparse.Namespace) -> dict:
     if gpu is not None:
         result["gpu_verdict"] = gpu_verdict(peak, gpu).to_json()
     return result
+
+
+def _target_notes(arch, settings: TrainingSettings) -> list[str]:
+    if settings.method == "full":
+        return []
+    from lab.estimate.lora import target_notes
+
+    return target_notes(arch, settings.targets, settings.r)
 
 
 def render(r: dict) -> str:

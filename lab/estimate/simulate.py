@@ -187,7 +187,26 @@ def transformers_mask_paths():
         return original(padding_mask, q_length, kv_length, q_offset, kv_offset, local_attention_size)
 
     with for_this_thread(mu, "_ignore_causal_mask_sdpa", ignore), \
-            for_this_thread(mu, "find_packed_sequence_indices", lambda position_ids: None):
+            for_this_thread(mu, "find_packed_sequence_indices", lambda position_ids: None), experts_paths():
+        yield
+
+
+@contextmanager
+def experts_paths():
+    """Fused experts multiply with torch's grouped_mm, whose kernel takes bf16 only; experts in another
+    dtype (fp32 after prepare_model_for_kbit_training's upcast) go through transformers' own fallback
+    (same output size). Decide that from the dtype, as the fake weights have no data pointer to check."""
+    try:
+        from transformers.integrations import moe
+    except ImportError:
+        yield
+        return
+    original = moe._can_use_grouped_mm
+
+    def can_use(input, weight, offs):
+        return weight.dtype == torch.bfloat16 and input.device.type != "meta" and original(input, weight, offs)
+
+    with for_this_thread(moe, "_can_use_grouped_mm", can_use):
         yield
 
 
@@ -395,18 +414,14 @@ def _forward(model, tracker: LiveBytes, input_ids, cache, step: str) -> None:
 
 
 def _filled_cache(model, batch: int, length: int):
-    """A DynamicCache holding `length` tokens per layer, as generation leaves it."""
+    """The cache holding `length` tokens, as generation leaves it: filled by the model's own prefill, so
+    its own cache layers allocate what they keep (MLA's compressed keys, a sliding window, the fixed-size
+    states of linear attention and state-space layers, per-layer head sizes)."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    text = model.config.get_text_config()
-    heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    dtype = next(p.dtype for p in model.parameters() if p.dtype.is_floating_point)
-    for j in range(len(decoder_layers(model))):
-        k = torch.empty((batch, heads, length, head_dim), dtype=dtype)
-        v = torch.empty((batch, heads, length, head_dim), dtype=dtype)
-        cache.update(k, v, j)
+    model(input_ids=torch.zeros((batch, length), dtype=torch.long), past_key_values=cache, use_cache=True,
+          logits_to_keep=1)
     return cache
 
 
@@ -513,7 +528,6 @@ def _check_context(arch, tokens: int, what: str) -> None:
 def resolve_recipe(arch, settings, device: str = "cuda") -> Recipe:
     """The concrete recipe a TrainingSettings means for this architecture, checked: a bad value raises a
     LabError that names it."""
-    from lab.estimate.lora import resolve_targets
     from lab.estimate.training import adapter_dtype
     from lab.models.precision import get_precision, resolve_dtype
     from lab.vocab import DTYPES, LOSSES, METHODS, OPTIMIZERS, lookup
@@ -547,20 +561,37 @@ def resolve_recipe(arch, settings, device: str = "cuda") -> Recipe:
     autocast = dtype.torch_dtype if half and s.autocast else None
     adapter = adapter_dtype(s, precision.quantized)
     targets: str | tuple[str, ...] = "all-linear"
+    parameters: tuple[str, ...] = ()
     if method != "full":
         if isinstance(s.r, bool) or not isinstance(s.r, int) or s.r <= 0:
             raise LabError(f"LoRA rank r={s.r!r} is not a positive integer.", "Use r ≥ 1 (typical: 8, 16, 32, 64).")
-        names = resolve_targets(arch, s.targets)
-        widest = min((min(g.in_features, g.out_features) for g in arch.linears if g.name in names), default=0)
-        if widest and s.r > widest:
-            raise LabError(f"LoRA rank r={s.r} is above the width of the targeted layers (min(in, out) = {widest}): "
-                           "an update of that rank cannot exist.", f"Use r ≤ {widest}.")
-        is_preset = isinstance(s.targets, str) and s.targets.strip() == "all-linear"
-        targets = "all-linear" if is_preset else tuple(names)
+        targets, parameters = peft_targets(arch, s.targets, s.r)
     return Recipe(method, precision.name, dtype.torch_dtype, autocast, DTYPES[adapter].torch_dtype,
                   bool(s.upcast_for_kbit), bool(s.grad_checkpointing), optimizer, s.batch_size, s.seq_len,
-                  r=s.r, alpha=float(s.alpha or 2 * s.r), dropout=float(s.dropout), targets=targets,
-                  use_dora=bool(s.use_dora), attn=attn, device=device, loss=lookup(LOSSES, s.loss, "loss").name)
+                  r=s.r, alpha=float(s.alpha or 2 * s.r), dropout=0.0 if parameters else float(s.dropout),
+                  targets=targets, use_dora=bool(s.use_dora), attn=attn, device=device,
+                  loss=lookup(LOSSES, s.loss, "loss").name, parameters=parameters)
+
+
+def peft_targets(arch, targets, r: int) -> tuple[str | tuple[str, ...], tuple[str, ...]]:
+    """(target_modules, target_parameters) for peft: 'all-linear' as peft spells it where that means the same
+    modules, else the resolved Linear names; the fused expert parameters apart. An explicitly named layer
+    narrower than r is refused (broad presets leave such layers out, lab.estimate.lora.left_out)."""
+    from lab.estimate.experts import expert_names
+    from lab.estimate.lora import left_out, resolve_targets
+
+    names = resolve_targets(arch, targets, r)
+    experts = set(expert_names(arch))
+    modules = tuple(n for n in names if n not in experts)
+    parameters = tuple(n for n in names if n in experts)
+    widest = min((min(g.in_features, g.out_features) for g in arch.linears if g.name in modules), default=0)
+    if widest and r > widest:
+        raise LabError(f"LoRA rank r={r} is above the width of the targeted layers (min(in, out) = {widest}): "
+                       "an update of that rank cannot exist.", f"Use r ≤ {widest}.")
+    is_preset = isinstance(targets, str) and targets.strip() == "all-linear"
+    if is_preset and not parameters and not left_out(arch, "all-linear", r):
+        return "all-linear", ()
+    return modules, parameters
 
 
 def transformers_config(arch):

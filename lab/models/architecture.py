@@ -157,13 +157,14 @@ class Architecture:
         ]
         by_kind: dict[str, list[TensorInfo]] = {}
         for t in self.tensors:
-            if t.kind in ("embedding", "norm", "other"):
+            if t.kind in ("embedding", "norm", "other", "expert"):
                 by_kind.setdefault(t.kind, []).append(t)
         for kind, ts in by_kind.items():
             types = sorted({t.module_type for t in ts})
             rows.append(
                 {
-                    "component": {"embedding": "embeddings", "norm": "norms", "other": "other"}[kind],
+                    "component": {"embedding": "embeddings", "norm": "norms", "other": "other",
+                                  "expert": "experts (fused)"}[kind],
                     "type": ", ".join(types),
                     "shape": " + ".join(sorted({"×".join(map(str, t.shape)) for t in ts})),
                     "bias": False,
@@ -345,6 +346,8 @@ def _tensors(model, not_converted: tuple[str, ...]) -> list[TensorInfo]:
                 kind = "linear_weight" if pname == "weight" else "linear_bias"
             elif isinstance(module, nn.Embedding):
                 kind = "embedding"
+            elif p.dim() == 3 and not isinstance(module, nn.modules.conv._ConvNd):
+                kind = "expert"  # a fused mixture-of-experts projection (experts × in × out): lab.estimate.experts
             else:
                 kind = "norm" if "norm" in mtype.lower() else "other"
             quantized = is_linear and pname == "weight" and should_convert_module(mod_name, list(not_converted))
