@@ -95,11 +95,21 @@ def truncated_config(config, layers: int):
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     text.num_hidden_layers = layers
     for name in ("layer_types",):
-        value = getattr(text, name, None)
+        value = vars(text).get(name)
         if isinstance(value, (list, tuple)) and len(value) > layers:
-            setattr(text, name, list(value)[:layers])
+            setattr(text, name, _keep_kinds(list(value), layers))
     cfg.use_cache = False
     return cfg
+
+
+def _keep_kinds(kinds: list, layers: int) -> list:
+    """The first `layers` layer kinds, the last ones swapped for kinds the model has further down (a hybrid
+    whose first layers are all linear attention still gets its full-attention layer, and its KV cache)."""
+    head = kinds[:layers]
+    missing = [k for k in dict.fromkeys(kinds) if k not in head]
+    for i, kind in enumerate(missing[: max(0, layers - 1)]):
+        head[layers - 1 - i] = kind
+    return head
 
 
 def meta_model(config, dtype: torch.dtype, attn: str):
@@ -385,7 +395,7 @@ def run_inference(model, mode, recipe: InferenceRecipe, fake: bool = True) -> Li
             with tracker:
                 cache = DynamicCache(config=model.config)
                 _mark_cache(tracker, cache)
-                _forward(model, tracker, torch.zeros((b, n), dtype=torch.long), cache, "prefill")
+                _forward(model, tracker, torch.zeros((b, n), dtype=torch.long), cache, "prefill", 0)
                 del cache
             # the cache as the last decode step finds it, filled without tracking (filling it here would
             # add copies that generation never makes), then counted
@@ -396,21 +406,33 @@ def run_inference(model, mode, recipe: InferenceRecipe, fake: bool = True) -> Li
                     if isinstance(value, torch.Tensor):
                         tracker.register(value, "kv_cache", j)
             with tracker:
-                _forward(model, tracker, torch.zeros((b, 1), dtype=torch.long), cache, "decode")
+                _forward(model, tracker, torch.zeros((b, 1), dtype=torch.long), cache, "decode", n + m - 1)
                 del cache
     return tracker
 
 
-def _forward(model, tracker: LiveBytes, input_ids, cache, step: str) -> None:
+def _forward(model, tracker: LiveBytes, input_ids, cache, step: str, past: int) -> None:
     with layer_markers(model, tracker, step, comp.MIDDLE if step == "prefill" else None):
         tracker.segment(("pre", step))
         tracker.phase, tracker.owner = "forward", NO_LAYER
-        out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1,
+                    **_positions(model, input_ids, past))
         _mark_cache(tracker, cache)
         scores = out.logits[:, -1, :].to(copy=True, dtype=torch.float32)
         _ = scores.argmax(dim=-1)
         del out, scores
     tracker.phase = "setup"
+
+
+def _positions(model, input_ids, past: int) -> dict:
+    """position_ids as `generate` passes them: a truncated hybrid (the first layers of Zamba2 or Bamba are
+    all state-space) has no attention layer to count the cache's length from."""
+    import inspect
+
+    if "position_ids" not in inspect.signature(model.forward).parameters:
+        return {}
+    b, n = input_ids.shape
+    return {"position_ids": torch.arange(past, past + n, dtype=torch.long).unsqueeze(0).expand(b, n)}
 
 
 def _filled_cache(model, batch: int, length: int):
@@ -420,8 +442,8 @@ def _filled_cache(model, batch: int, length: int):
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    model(input_ids=torch.zeros((batch, length), dtype=torch.long), past_key_values=cache, use_cache=True,
-          logits_to_keep=1)
+    ids = torch.zeros((batch, length), dtype=torch.long)
+    model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1, **_positions(model, ids, 0))
     return cache
 
 
@@ -483,11 +505,25 @@ def _friendly_errors(config):
     expert) cannot run on fake tensors: say so in one line instead of a traceback."""
     from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
 
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    own = vars(text)
+    experts = next((own[k] for k in ("n_routed_experts", "num_local_experts", "num_experts") if own.get(k)), None)
+    if experts and "num_experts_per_tok" in own and own["num_experts_per_tok"] is None:
+        raise LabError(f"{config.model_type!r} config has {experts} experts but num_experts_per_tok=None: its router "
+                       "cannot pick experts, so transformers cannot run it.",
+                       "Set num_experts_per_tok in config.json (DeepSeek-V2 uses 6).")
     try:
         yield
     except (DynamicOutputShapeException, DataDependentOutputException) as e:
         raise LabError(f"{config.model_type!r} cannot be simulated: its step depends on the data ({e.func}), "
                        "as mixture-of-experts routing does.", "The weights estimate still applies.") from None
+    except (RuntimeError, ValueError, TypeError, AttributeError, KeyError, IndexError, NotImplementedError) as e:
+        # the model's own code (or peft's, TRL's) fails on this config in this step: one line, not a traceback
+        detail = " ".join(str(e).split())[:200]
+        raise LabError(f"{config.model_type!r} cannot be simulated with these settings: the model's code stops "
+                       f"with {type(e).__name__}: {detail}",
+                       "The weights estimate still applies; try --loss full or --attn eager, or report the "
+                       "model type.") from None
 
 
 # --------------------------------------------------------------------------- settings -> recipe

@@ -370,7 +370,8 @@ def _shape_fields(config) -> dict:
     cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
     heads = int(getattr(cfg, "num_attention_heads", 0) or 0)
     hidden = int(getattr(cfg, "hidden_size", 0) or 0)
-    head_dim = getattr(cfg, "head_dim", None) or (hidden // heads if heads else 0)
+    # vars(), not getattr: per-layer configs (gemma4_text) refuse a global read of a per-layer head_dim
+    head_dim = vars(cfg).get("head_dim") or (hidden // heads if heads else 0)
     return dict(
         num_layers=int(getattr(cfg, "num_hidden_layers", 0) or 0),
         hidden_size=hidden,
