@@ -618,7 +618,8 @@ def peft_targets(arch, targets, r: int) -> tuple[str | tuple[str, ...], tuple[st
 
     names = resolve_targets(arch, targets, r)
     experts = set(expert_names(arch))
-    modules = tuple(n for n in names if n not in experts)
+    # a name may be both (DeepSeek-V3: the dense layers' down_proj Linear and the experts' down_proj tensor)
+    modules = tuple(n for n in names if n not in experts or n in arch.linear_names)
     parameters = tuple(n for n in names if n in experts)
     widest = min((min(g.in_features, g.out_features) for g in arch.linears if g.name in modules), default=0)
     if widest and r > widest:
