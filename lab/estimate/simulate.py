@@ -30,7 +30,6 @@ from lab.estimate.fake_quant import attach_quant_state, device_paths, quantize_m
 from lab.estimate.patch import for_this_thread
 from lab.estimate.recipe import (
     Recipe,
-    decoder_layers,
     initialize_optimizer_state,
     layer_markers,
     make_optimizer,
