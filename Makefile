@@ -32,13 +32,15 @@ $(DEV_STAMP): requirements-dev.txt $(STAMP)
 run: setup
 	$(PY) -m streamlit run app.py --server.port $(PORT)
 
-# ruff first (a second, lines within 120 characters included), then the suite
+# ruff (lines within 120 characters included), then the layers (.importlinter), a second each; then the suite
 test: setup-dev
 	$(PY) -m ruff check lab pages tests app.py benchmarks tools
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup-dev
 	$(PY) -m ruff check lab pages tests app.py benchmarks tools
+	$(VENV)/bin/lint-imports
 
 bench: setup
 	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

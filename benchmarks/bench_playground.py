@@ -25,10 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lab.data.prompts import build_chat_prompt  # noqa: E402
 from lab.generate.adapters import inspect_adapter  # noqa: E402
 from lab.generate.bank import adapter_bank  # noqa: E402
 from lab.generate.compare import BASE_COLUMN, SamplingSettings, side_by_side  # noqa: E402
-from lab.generate.prompts import build_chat_prompt  # noqa: E402
 from lab.models.loading import load_model  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Explain in two sentences what a LoRA adapter is."}]

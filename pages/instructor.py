@@ -14,7 +14,6 @@ import streamlit as st
 
 from lab import policy
 from lab.serve.admin import check_admin_token, weak_token
-from lab.training import owners
 from lab.training import queue as Q
 from lab.units import fmt_bytes
 from pages._ui import friendly_errors, is_admin, server_services, session_alive, shared_models
@@ -115,7 +114,7 @@ def training_section() -> None:
             "the next queued run starts.",
         ):
             with friendly_errors("Stopping"):
-                owners.stop_run(active.run_dir, None, admin=True)
+                Q.stop_run(active.run_dir, None, admin=True)
                 st.toast(f"Stop requested for {active.name}.")
                 st.rerun()
     if line:
@@ -138,7 +137,7 @@ def training_section() -> None:
         )
         if c2.button("Take out of the queue", icon=":material/playlist_remove:"):
             with friendly_errors("Unqueueing"):
-                owners.stop_run(policy.run_folder(target), None, admin=True)
+                Q.stop_run(policy.run_folder(target), None, admin=True)
                 st.toast(f"{target} left the queue.")
                 st.rerun()
     else:

@@ -11,7 +11,6 @@ import streamlit as st
 
 from lab.environment import device_type
 from lab.inspect.load_report import HELP, explain_rss
-from lab.inspect.measure import KINDS, MEMORY_LABELS
 from lab.inspect.quality import DEFAULT_PROMPTS, QualityConfig, describe_tokens
 from lab.inspect.quality import HELP as QUALITY_HELP
 from lab.inspect.quantization import (
@@ -23,6 +22,7 @@ from lab.inspect.quantization import (
     summarize_errors,
     weight_histogram,
 )
+from lab.models.measure import KINDS, MEMORY_LABELS
 from lab.models.precision import get_precision, slow_on
 from lab.models.sources import resolve_source
 from lab.units import fmt_bytes

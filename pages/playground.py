@@ -14,11 +14,11 @@ import streamlit as st
 
 from lab import policy
 from lab.data.datasets import list_datasets, save_upload
+from lab.data.prompts import build_chat_prompt
 from lab.errors import LabError
 from lab.generate.adapters import choose_adapters, discover_runs, newest_matching, precision_note
 from lab.generate.compare import BASE_COLUMN, SamplingSettings
 from lab.generate.evaluate import METRICS, EvalSettings, load_examples, to_csv, to_markdown
-from lab.generate.prompts import build_chat_prompt
 from lab.models.sources import resolve_source
 from lab.sharing.limits import RequestLimits
 from lab.vocab import PRECISIONS, describe

@@ -17,9 +17,9 @@ import streamlit as st
 
 from lab import policy
 from lab.data import datasets as ds
+from lab.data.prompts import has_chat_template
 from lab.environment import device_type
 from lab.errors import LabError
-from lab.generate.prompts import has_chat_template
 from lab.models.sources import resolve_source
 from lab.sharing.limits import RequestLimits
 from lab.training import owners
@@ -81,7 +81,7 @@ def tokenizer_for(spec: str):
 
 @st.cache_data(show_spinner=False)
 def module_names(spec: str) -> list[str]:
-    from lab.models.architecture import read_architecture
+    from lab.models.reader import read_architecture
 
     return read_architecture(spec).decoder_linear_names
 
@@ -177,7 +177,7 @@ def show_run(s: R.RunStatus) -> None:
             ),
         ):
             with friendly_errors("Stopping"):
-                owners.stop_run(s.run_dir, owner_token(), is_admin())
+                Q.stop_run(s.run_dir, owner_token(), is_admin())
                 st.toast("Stop requested: the run finishes its step, saves and exits.")
 
 
@@ -201,7 +201,7 @@ def show_queue(line: list[Q.QueuedRun], mine: str | None) -> None:
             if st.button("Cancel my queued run", icon=":material/playlist_remove:", key=f"cancel-{q.name}",
                          help="Take it out of the queue (nothing has run yet, so its folder is removed)."):
                 with friendly_errors("Cancelling"):
-                    owners.stop_run(q.run_dir, owner_token(), is_admin())
+                    Q.stop_run(q.run_dir, owner_token(), is_admin())
                     st.session_state.pop("train_run_dir", None)
                     st.rerun(scope="app")
     if line:
@@ -767,7 +767,7 @@ else:
         if d2.button("Delete", icon=":material/delete:",
                      help="Remove this run's folder for good (a queued run leaves the queue)."):
             with friendly_errors("Deleting"):
-                owners.delete_run(policy.run_folder(doomed), owner_token(), is_admin())
+                Q.delete_run(policy.run_folder(doomed), owner_token(), is_admin())
                 if Path(st.session_state.get("train_run_dir", "")).name == doomed:
                     del st.session_state["train_run_dir"]
                 st.toast(f"Deleted {doomed}.")

@@ -11,7 +11,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from lab.models.sources import CATALOG_DIR
+from lab.models.catalog import CATALOG_DIR
 from lab.serve.launch import streamlit_args
 from tests.browser import AppServer, assert_no_exception, free_port, open_page, requires_chromium, wait_idle
 
@@ -58,7 +58,8 @@ def tiny_as_embedded(tmp_path, tiny_model_dir) -> str:
     (no folders), and the tiny model keeps each run to seconds."""
     import shutil
 
-    from lab.models.sources import _READY_MARKER, EMBEDDED_NAME
+    from lab.models.catalog import EMBEDDED_NAME
+    from lab.models.sources import _READY_MARKER
 
     cache = tmp_path / "cache"
     shutil.copytree(tiny_model_dir, cache / "models" / EMBEDDED_NAME)

@@ -13,12 +13,12 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from lab.data.prompts import build_chat_prompt
 from lab.environment import device_type
 from lab.errors import LabError
 from lab.generate.adapters import base_mismatch, discover_runs, inspect_adapter
 from lab.generate.bank import LOCAL, adapter_bank
 from lab.generate.compare import BASE_COLUMN, SamplingSettings, side_by_side
-from lab.generate.prompts import build_chat_prompt
 from lab.models.loading import load_model
 from tests.fixtures_playground import make_adapter, other_base_adapter, tiny_adapters  # noqa: F401
 
@@ -169,7 +169,7 @@ def test_a_tokenizer_without_chat_template_is_prompted_as_training_prompts(loade
     """One prompt builder: the playground frames a template-less tokenizer's prompt in the Alpaca template,
     exactly as training formats its data (not as plain text)."""
     from lab.data.datasets import render_example
-    from lab.generate.prompts import ALPACA_HEADER
+    from lab.data.prompts import ALPACA_HEADER
 
     loaded.tokenizer.chat_template = None  # this test's own copy (the fixture loads afresh)
     training_prompt, _ = render_example(loaded.tokenizer, {"instruction": PROMPT[0]["content"], "output": "red"})

@@ -8,8 +8,8 @@ import re
 import pytest
 
 from lab.data import datasets as ds
+from lab.data.prompts import ALPACA_HEADER
 from lab.errors import LabError
-from lab.generate.prompts import ALPACA_HEADER
 
 
 @pytest.fixture(scope="module")

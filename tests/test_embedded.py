@@ -2,7 +2,7 @@
 
 import pytest
 
-from lab.generate.prompts import generate_text
+from lab.data.prompts import generate_text
 from lab.models.loading import load_model
 
 pytestmark = pytest.mark.embedded

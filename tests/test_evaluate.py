@@ -27,7 +27,7 @@ N = 8
 
 
 def plain_answers(model_dir, prompts, adapter=None, n=N):
-    from lab.generate.prompts import build_chat_prompt
+    from lab.data.prompts import build_chat_prompt
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).to(device_type()).eval()  # the device evaluate uses

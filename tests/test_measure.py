@@ -20,7 +20,6 @@ import torch
 from lab.environment import compute_dtype, device_type
 from lab.errors import LabError
 from lab.inspect.load_report import check_fits, check_supported, measure_load, run_loading_lab
-from lab.inspect.measure import MemorySnapshot, measure_model
 from lab.inspect.quality import QualityConfig, perplexity
 from lab.inspect.quantization import (
     layer_errors,
@@ -31,6 +30,7 @@ from lab.inspect.quantization import (
     weight_histogram,
 )
 from lab.models.loading import free_memory, load_model
+from lab.models.measure import MemorySnapshot, measure_model
 from lab.models.precision import PRECISIONS
 
 ROOT = Path(__file__).resolve().parent.parent

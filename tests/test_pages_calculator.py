@@ -13,8 +13,9 @@ from lab.estimate.lora import estimate_lora
 from lab.estimate.simulate import simulate
 from lab.estimate.training import TrainingSettings
 from lab.estimate.weights import estimate_weights
-from lab.models.architecture import read_architecture
-from lab.models.sources import catalog_names, resolve_source
+from lab.models.catalog import catalog_names
+from lab.models.reader import read_architecture
+from lab.models.sources import resolve_source
 from lab.units import fmt_bytes, fmt_count
 from pages._arch_ui import UPLOAD
 

@@ -25,8 +25,9 @@ from lab.estimate.simulate import (
 )
 from lab.estimate.training import TrainingSettings
 from lab.estimate.weights import estimate_weights
-from lab.models.architecture import architecture_from_config, read_architecture
-from lab.models.sources import config_from_dict, resolve_source
+from lab.models.architecture import architecture_from_config, config_from_dict
+from lab.models.reader import read_architecture
+from lab.models.sources import resolve_source
 from tests.conftest import build_tiny_model
 
 F32, BF16 = torch.float32, torch.bfloat16

@@ -159,9 +159,9 @@ def test_a_second_run_queues_and_another_sessions_run_has_no_stop(tiny_model_dir
         at.button[[b.label for b in at.button].index("Cancel my queued run")].click().run()
         assert not mine.exists() and R.run_status(theirs).status == "running"
         with pytest.raises(LabError, match="belongs to another session"):
-            owners.stop_run(theirs, at.session_state["lab_owner_token"])
+            Q.stop_run(theirs, at.session_state["lab_owner_token"])
     finally:
-        owners.stop_run(theirs, "another-session")
+        Q.stop_run(theirs, "another-session")
         deadline = time.time() + 120
         while R.run_status(theirs).active and time.time() < deadline:
             time.sleep(0.5)

@@ -235,21 +235,21 @@ def test_only_the_owner_or_the_instructor_controls_a_run_in_public_mode(runs, mo
     owners.record_owner(done, "alice-token")
 
     monkeypatch.setenv("QLORA_LAB_PUBLIC", "1")
-    for act in (owners.stop_run, owners.delete_run):
+    for act in (Q.stop_run, Q.delete_run):
         with pytest.raises(LabError, match="belongs to another session"):
             act(d, "bob-token")
         with pytest.raises(LabError, match="belongs to another session"):
             act(done, None)
     assert d.is_dir() and done.is_dir()
     assert owners.owns(d, "alice-token") and not owners.owns(d, "bob-token")
-    assert owners.stop_run(d, "alice-token") == "cancelled" and not d.exists()  # a queued run leaves the line
-    owners.delete_run(done, "bob-token", admin=True)  # the instructor may
+    assert Q.stop_run(d, "alice-token") == "cancelled" and not d.exists()  # a queued run leaves the line
+    Q.delete_run(done, "bob-token", admin=True)  # the instructor may
     assert not done.exists()
     with pytest.raises(LabError, match="contains '..'"):
-        owners.delete_run(Path("../outside"), "alice-token", admin=True)
+        Q.delete_run(Path("../outside"), "alice-token", admin=True)
 
     monkeypatch.setenv("QLORA_LAB_PUBLIC", "0")  # local mode: the single user controls every run
     e = queued_by_hand(runs, "cli-run", at_ns=2)
     assert owners.can_control(e, None)
-    owners.delete_run(e, None)
+    Q.delete_run(e, None)
     assert not e.exists()

@@ -6,9 +6,9 @@ import argparse
 
 from lab.inspect.load_report import HELP as LOAD_HELP
 from lab.inspect.load_report import measure_load
-from lab.inspect.measure import KINDS, MEMORY_LABELS
 from lab.inspect.quality import DEFAULT_PROMPTS, QualityConfig, describe_tokens
 from lab.inspect.quality import HELP as QUALITY_HELP
+from lab.models.measure import KINDS, MEMORY_LABELS
 from lab.units import fmt_bytes, format_table
 from lab.vocab import DTYPE_CHOICES, PRECISIONS, describe
 

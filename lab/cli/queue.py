@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from lab.training import owners
 from lab.training import queue as Q
 from lab.units import format_table
 
@@ -21,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     stopped = (
-        owners.stop_run(args.stop, None, admin=True) if args.stop else None
+        Q.stop_run(args.stop, None, admin=True) if args.stop else None
     )  # a shell on the server is the operator
     if not args.stop:
         Q.dispatch()  # an idle device with a queue (the last run died unannounced) starts the next run now

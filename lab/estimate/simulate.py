@@ -26,7 +26,9 @@ import torch
 
 from lab.errors import LabError
 from lab.estimate import compose as comp
+from lab.estimate.experts import expert_names
 from lab.estimate.fake_quant import attach_quant_state, device_paths, quantize_meta_model
+from lab.estimate.lora import left_out, resolve_targets
 from lab.estimate.patch import for_this_thread
 from lab.estimate.recipe import (
     Recipe,
@@ -38,6 +40,10 @@ from lab.estimate.recipe import (
     train_step,
 )
 from lab.estimate.tracker import CUDA_BLOCK, NO_LAYER, OVERRIDES, LiveBytes
+from lab.estimate.training import adapter_dtype
+from lab.models.architecture import config_from_dict
+from lab.models.precision import get_precision, resolve_dtype
+from lab.vocab import ATTENTION, DTYPES, LOSSES, METHODS, OPTIMIZERS, lookup
 
 CATEGORIES = ("weights", "adapters", "gradients", "optimizer", "activations", "temporaries", "kv_cache")
 CATEGORY_HELP = {
@@ -531,8 +537,6 @@ def resolve_attention(arch, attn: str | None) -> str:
     where the model supports it, eager otherwise: Gemma-2's softcapping has no SDPA path)."""
     from transformers import AutoModelForCausalLM
 
-    from lab.vocab import ATTENTION, lookup
-
     config = transformers_config(arch)
     try:
         cls = AutoModelForCausalLM._model_mapping[type(config)]
@@ -563,9 +567,6 @@ def _check_context(arch, tokens: int, what: str) -> None:
 def resolve_recipe(arch, settings, device: str = "cuda") -> Recipe:
     """The concrete recipe a TrainingSettings means for this architecture, checked: a bad value raises a
     LabError that names it."""
-    from lab.estimate.training import adapter_dtype
-    from lab.models.precision import get_precision, resolve_dtype
-    from lab.vocab import DTYPES, LOSSES, METHODS, OPTIMIZERS, lookup
 
     s = settings
     method = lookup(METHODS, s.method, "training method").name
@@ -612,9 +613,6 @@ def peft_targets(arch, targets, r: int) -> tuple[str | tuple[str, ...], tuple[st
     """(target_modules, target_parameters) for peft: 'all-linear' as peft spells it where that means the same
     modules, else the resolved Linear names; the fused expert parameters apart. An explicitly named layer
     narrower than r is refused (broad presets leave such layers out, lab.estimate.lora.left_out)."""
-    from lab.estimate.experts import expert_names
-    from lab.estimate.lora import left_out, resolve_targets
-
     names = resolve_targets(arch, targets, r)
     experts = set(expert_names(arch))
     # a name may be both (DeepSeek-V3: the dense layers' down_proj Linear and the experts' down_proj tensor)
@@ -632,7 +630,6 @@ def peft_targets(arch, targets, r: int) -> tuple[str | tuple[str, ...], tuple[st
 
 def transformers_config(arch):
     """The transformers config an Architecture was read from."""
-    from lab.models.sources import config_from_dict
 
     return config_from_dict(arch.config, arch.name)
 
@@ -659,8 +656,6 @@ class InferenceSettings:
 
 
 def resolve_inference(arch, settings: InferenceSettings, device: str = "cuda") -> InferenceRecipe:
-    from lab.models.precision import get_precision, resolve_dtype
-    from lab.vocab import DTYPES
 
     s = settings
     for label, value in (("batch size", s.batch_size), ("number of prompt tokens", s.prompt_tokens),

@@ -31,10 +31,10 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from lab.data.prompts import build_chat_prompt
 from lab.errors import LabError
 from lab.generate.adapters import AdapterInfo
 from lab.generate.bank import LOCAL, adapter_bank
-from lab.generate.prompts import build_chat_prompt
 from lab.generate.small_batch import small_batch_linear
 
 BASE_COLUMN = "base"  # what people (and the CLI's JSON) call that column

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from lab.generate.prompts import generate_text
+from lab.data.prompts import generate_text
 from lab.paths import ASSETS_DIR
 
 EVAL_TEXT_PATH = ASSETS_DIR / "eval_text.txt"

@@ -1,6 +1,7 @@
 """Read a model's architecture without its weights.
 
-`read_architecture(source)` builds the model on PyTorch's meta device (shapes and dtypes, no
+`architecture_from_config(config)` (reached from a spec or an upload through `lab.models.reader`)
+builds the model on PyTorch's meta device (shapes and dtypes, no
 memory, no download) and reads every module the model really has: Linear layers grouped by
 their leaf name (`q_proj`, fused `qkv_proj`, ...), embeddings, lm_head, tied weights, norms and
 buffers. Nothing is tabulated by hand per architecture: a fused qkv (Phi-3), q/k/v biases
@@ -14,15 +15,11 @@ a `BitsAndBytesConfig`), so the memory estimate and a real quantized load agree.
 from __future__ import annotations
 
 import copy
-import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from lab import policy
 from lab.errors import LabError
-from lab.models.sources import ModelSource, config_from_dict, resolve_source
 
 
 @dataclass(frozen=True)
@@ -183,29 +180,43 @@ _CACHE_SIZE = 32
 _LOCK = threading.Lock()
 
 
-def read_architecture(source: str | ModelSource, name: str | None = None) -> Architecture:
-    """The architecture of `source` (anything `resolve_source` accepts), cached per config."""
-    if isinstance(source, str):
-        source = resolve_source(source)
-    config = source.load_config()
-    return architecture_from_config(config, name or source.display_name)
+def config_from_dict(data, where: str = "config.json"):
+    """A transformers config from the parsed JSON of a config.json, or a LabError naming the problem."""
+    from transformers import CONFIG_MAPPING
 
-
-def read_architecture_json(text: str | bytes, name: str = "uploaded config") -> Architecture:
-    """The architecture of a config.json given as text (an upload on a page). In public mode the
-    upload is bounded in size, declared structure and time before transformers builds it."""
-    if policy.public_mode():
-        return policy.architecture_within_limits(policy.read_config_bytes(text, name), name)
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError:
-            raise LabError(f"{name} is not a UTF-8 text file, so it cannot be a config.json.") from None
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise LabError(f"{where} is not a transformers config: it has no 'model_type'.")
+    data = dict(data)
+    model_type = data.pop("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise LabError(
+            f"Model type {model_type!r} in {where} is not one transformers can build.",
+            "Check the 'model_type' field, or upgrade transformers.",
+        )
+    cls = CONFIG_MAPPING[model_type]
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise LabError(f"{name} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}).") from None
-    return architecture_from_config(config_from_dict(data, name), Path(name).stem or name)
+        # as transformers reads a config.json: `{"__float__": "Infinity"}` is the float it wrote (mamba2's
+        # time_step_limit)
+        config = cls.from_dict(cls._decode_special_floats(data))
+    except Exception as e:  # config classes validate in many ways (strict dataclasses, asserts, ...)
+        cause = e.__cause__ or e.__context__ or e
+        detail = " ".join(str(cause).split())
+        raise LabError(f"transformers cannot build a {model_type!r} config from {where}: {detail}") from None
+    _fill_derived_sizes(config)
+    return config
+
+
+def _fill_derived_sizes(config) -> None:
+    """Sizes a config may leave to None that every published checkpoint of the family derives the same way
+    (transformers' own defaults for ministral, hunyuan_v1_dense and nemotron omit them and then cannot build):
+    head_dim = hidden_size / heads, num_key_value_heads = num_attention_heads (no grouping)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    own = vars(text)  # not getattr: per-layer configs (gemma4) refuse global reads of per-layer fields
+    heads, hidden = own.get("num_attention_heads"), own.get("hidden_size")
+    if "head_dim" in own and own["head_dim"] is None and isinstance(heads, int) and heads and isinstance(hidden, int):
+        text.head_dim = hidden // heads
+    if "num_key_value_heads" in own and own["num_key_value_heads"] is None and isinstance(heads, int):
+        text.num_key_value_heads = heads
 
 
 # Reading builds every layer of the model (on the meta device: no memory, but a few milliseconds per

@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from lab.models.loading import LoadedModel, free_memory, load_model
+from lab.models.measure import measure_model
 from lab.vocab import COMPUTE
 
 Key = tuple[str, str, str]  # (spec, precision, dtype)
@@ -37,7 +38,7 @@ class ModelStatus:
     model: str  # display name ('' while loading)
     device: str
     state: str  # loading | ready
-    bytes: int | None  # true bytes of the weights (lab.inspect.measure), counted once after the load
+    bytes: int | None  # true bytes of the weights (lab.models.measure), counted once after the load
     leases: int  # open leases (one session may hold several: a page's hold plus running work)
     holders: tuple[str, ...]  # owners holding a lease (session ids, 'cli', ...), each once
     loaded_seconds: float | None  # how long ago it finished loading
@@ -244,7 +245,6 @@ def _matches(key: Key, spec: str | None, precision: str | None, dtype: str | Non
 
 
 def _true_bytes(loaded: LoadedModel) -> int | None:
-    from lab.inspect.measure import measure_model
 
     try:
         return measure_model(loaded.model).total_bytes

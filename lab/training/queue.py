@@ -23,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,14 +34,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lab import policy
+from lab.data.datasets import check_dataset
+from lab.environment import device_type
 from lab.errors import LabError
 from lab.files import write_json_atomic
+from lab.models.sources import resolve_source
 from lab.paths import runs_dir
 from lab.sharing.limits import RequestLimits
 from lab.training import owners
 from lab.training import runs as R
 from lab.training.config import TrainConfig, planned_steps, run_dir_for, to_cli_args
-from lab.training.events import EventLog
+from lab.training.events import EventLog, request_stop
 
 log = logging.getLogger(__name__)
 DISPATCH_LOCK = ".queue.lock"
@@ -79,9 +83,6 @@ def submit(cfg: TrainConfig, owner: str | None = None, name: str | None = None) 
     """Queue a run (its folder is created now, with its owner), and start it at once if the device
     is free. `owner`: the submitting session's token (see owners); `name`: a run name, else the
     lab's {base}-{dataset}_SFT_LoRa{r}_{PRECISION}-<timestamp>."""
-    from lab.data.datasets import check_dataset
-    from lab.environment import device_type
-    from lab.models.sources import resolve_source
 
     cfg.validate(device_type())
     source = resolve_source(
@@ -216,13 +217,50 @@ def reap() -> None:
 def cancel(run_dir: Path) -> bool:
     """Take a queued run out of the line (its folder is removed: nothing ran). False when it has
     already started (stop it instead)."""
-    import shutil
-
     with _dispatch_lock():
         if not (run_dir / R.QUEUE_FILE).is_file():
             return False
         shutil.rmtree(run_dir)
     return True
+
+
+# --------------------------------------------------------------------------- stop and delete (owners decide who may)
+def _check(run_dir: Path, token: str | None, admin: bool, verb: str) -> Path:
+    run_dir = policy.run_folder(run_dir)  # a run of runs/, whatever the caller passed
+    if not owners.can_control(run_dir, token, admin):
+        raise LabError(
+            f"Run {run_dir.name} belongs to another session: only the person who started it (or the "
+            f"instructor) can {verb} it.",
+            "Queue your own run instead; everyone sees every run's history.",
+        )
+    return run_dir
+
+
+def stop_run(run_dir: Path, token: str | None, admin: bool = False) -> str:
+    """Stop a running run (it finishes its step and saves), or take a queued one out of the line.
+    Returns what happened: 'stopping' or 'cancelled'."""
+    run_dir = _check(run_dir, token, admin, "stop")
+    status = R.run_status(run_dir)
+    if status.queued and cancel(run_dir):
+        return "cancelled"
+    if not R.run_status(run_dir).active:
+        raise LabError(f"Run {run_dir.name} is not running ({status.status}).")
+    request_stop(run_dir, "Stop pressed" if not admin else "Stopped by the instructor")
+    return "stopping"
+
+
+def delete_run(run_dir: Path, token: str | None, admin: bool = False) -> None:
+    """Remove a finished, stopped or failed run's folder (a queued one is cancelled)."""
+    run_dir = _check(run_dir, token, admin, "delete")
+    markers = (R.RUN_FILE, R.EVENTS_FILE, R.QUEUE_FILE, R.LAUNCH_FILE)
+    if run_dir == policy.run_folder(".") or not any((run_dir / m).exists() for m in markers):
+        raise LabError(f"{run_dir.name} is not a run folder.", "Pick a run from the history.")
+    status = R.run_status(run_dir)
+    if status.queued and cancel(run_dir):
+        return
+    if status.active:
+        raise LabError(f"Run {run_dir.name} is {status.status}: stop it before deleting it.")
+    shutil.rmtree(run_dir)
 
 
 # --------------------------------------------------------------------------- estimates
