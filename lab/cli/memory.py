@@ -108,6 +108,10 @@ def run(args: argparse.Namespace) -> dict:
     w = estimate_weights(arch, precision, args.dtype)
     result = {"model": arch.name, "model_type": arch.model_type, **w.to_json(), "fits": fit_table(w.weights_bytes)}
     result.pop("buffers_bytes", None)
+    from lab.estimate.experts import active_params
+
+    if active_params(arch) is not None:  # a mixture of experts: what one token runs through (top-k of the experts)
+        result["params_active"] = active_params(arch)
     peak = w.weights_bytes
     if args.context is not None:
         if args.context <= 0:
@@ -158,6 +162,8 @@ def _target_notes(arch, settings: TrainingSettings) -> list[str]:
 def render(r: dict) -> str:
     head = (f"{r['model']} ({r['model_type']}): {r['params_total']:,} parameters, "
             f"{r['quantized_params']:,} quantized at {r['precision']}, the rest in {r['dtype']}")
+    if "params_active" in r:
+        head += f"; {r['params_active']:,} active per token (top-k routing)"
     rows = [
         (c["name"], fmt_count(c["params"]) if c["params"] else "", c["storage"], fmt_bytes(c["bytes"]), c["formula"])
         for c in r["components"]
