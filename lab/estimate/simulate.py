@@ -405,7 +405,8 @@ def run_inference(model, mode, recipe: InferenceRecipe, fake: bool = True) -> Li
             # the cache as the last decode step finds it, filled without tracking (filling it here would
             # add copies that generation never makes), then counted
             tracker.segment(("cache", "decode"))
-            cache = _filled_cache(model, b, n + m - 1)
+            with LiveBytes(round_to=1, fake=fake):  # a scratch tracker: its overrides (int8's outlier split), no count
+                cache = _filled_cache(model, b, n + m - 1)
             for j, layer in enumerate(cache.layers):
                 for value in vars(layer).values():
                     if isinstance(value, torch.Tensor):
