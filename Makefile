@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 PORT ?= 8501
 
-.PHONY: setup setup-deps setup-dev run test lint bench screenshots clean-cache
+.PHONY: setup setup-deps setup-dev run test test-fast lint bench screenshots clean-cache
 
 # Idempotent: does real work only when a requirements file changed; seconds otherwise.
 setup: $(STAMP)
@@ -37,6 +37,14 @@ test: setup-dev
 	$(PY) -m ruff check lab pages tests app.py benchmarks tools
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The edit loop: ruff and the layers, then every test but real browsers, training processes and the embedded model
+# (pytest markers, pyproject.toml). `make test` still runs them all before a push.
+FAST_MARKERS := not browser and not training and not embedded
+test-fast: setup-dev
+	$(PY) -m ruff check lab pages tests app.py benchmarks tools
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
 
 lint: setup-dev
 	$(PY) -m ruff check lab pages tests app.py benchmarks tools

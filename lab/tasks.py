@@ -136,11 +136,10 @@ class BackgroundTask:
 _BOUNDED = threading.BoundedSemaphore(2)
 
 
-def bounded(fn: Callable[[], T], seconds: float, what: str) -> T:
-    """fn() in a worker thread, waiting at most `seconds`. At most two run at once, so a stream of
-    slow requests cannot pile up threads; the others are told the server is busy."""
-    if not _BOUNDED.acquire(timeout=seconds):
-        raise LabError(f"{what}: the server is busy reading other configs.", "Try again in a few seconds.")
+def within(fn: Callable[[], T], seconds: float, late: LabError) -> T:
+    """fn() in a daemon thread; its result, or `late` raised once `seconds` have passed. The caller is
+    answered on time; work it gave up on finishes (or fails) in the background and holds nothing of
+    the lab's, so a check for an input already replaced never delays the next one."""
     box: dict = {}
 
     def work():
@@ -148,14 +147,28 @@ def bounded(fn: Callable[[], T], seconds: float, what: str) -> T:
             box["value"] = fn()
         except BaseException as e:  # handed to the caller's thread
             box["error"] = e
-        finally:
-            _BOUNDED.release()
 
-    t = threading.Thread(target=work, name="lab-bounded", daemon=True)
+    t = threading.Thread(target=work, name="lab-within", daemon=True)
     t.start()
     t.join(seconds)
     if t.is_alive():
-        raise LabError(f"{what} took longer than {seconds:.0f} s: refused.", "Check the config's sizes.")
+        raise late
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+def bounded(fn: Callable[[], T], seconds: float, what: str) -> T:
+    """fn() in a worker thread, waiting at most `seconds`. At most two run at once, so a stream of
+    slow requests cannot pile up threads; the others are told the server is busy."""
+    if not _BOUNDED.acquire(timeout=seconds):
+        raise LabError(f"{what}: the server is busy reading other configs.", "Try again in a few seconds.")
+
+    def guarded() -> T:
+        try:
+            return fn()
+        finally:
+            _BOUNDED.release()
+
+    return within(guarded, seconds, LabError(f"{what} took longer than {seconds:.0f} s: refused.",
+                                             "Check the config's sizes."))

@@ -83,6 +83,7 @@ def test_fused_biased_and_tied_come_from_the_model():
     assert lm_head.tied and not lm_head.quantized
 
 
+@pytest.mark.embedded
 def test_embedded_reads_like_the_loaded_model(embedded_dir):
     from transformers import AutoModelForCausalLM
 

@@ -192,13 +192,13 @@ def test_background_task_reports_and_fails_cleanly():
             report(f"step {i}", (i + 1) / n, partial=i)
         return n * 2
 
-    t = BackgroundTask("ok", work, (3,)).start().wait(5)
+    t = BackgroundTask("ok", work, (3,)).start().wait(120)
     assert t.status == "done" and t.result == 6 and t.partial == 2 and len(t.progress) == 3
 
     def boom(report, cancel):
         raise LabError("bad rank 0", "use r >= 1")
 
-    t = BackgroundTask("bad", boom).start().wait(5)
+    t = BackgroundTask("bad", boom).start().wait(120)
     assert t.status == "failed" and t.error == "bad rank 0 use r >= 1"
 
     started = threading.Event()
@@ -210,10 +210,10 @@ def test_background_task_reports_and_fails_cleanly():
         return "stopped"
 
     t = BackgroundTask("slow", slow).start()
-    started.wait(5)
+    started.wait(120)
     assert t.poll().running
     t.cancel()
-    assert t.wait(5).status == "cancelled"
+    assert t.wait(120).status == "cancelled"
 
 
 def test_cli_info_json(capsys):

@@ -74,6 +74,7 @@ def test_biased_untied_qwen2_matches(tiny_qwen_dir, precision):
 
 
 @pytest.mark.parametrize("precision", ["nf4-dq"])  # all precisions: benchmarks/bench_memory_accuracy.py
+@pytest.mark.embedded
 def test_embedded_model_within_one_percent(embedded_dir, precision):
     """The real SmolLM2-135M-Instruct at bf16 storage: predicted bytes within 1% (in fact exact)."""
     arch = read_architecture("embedded")

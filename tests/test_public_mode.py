@@ -172,7 +172,7 @@ def hub(monkeypatch, world):
         return str(configs[repo_id])
 
     class Api:
-        def model_info(self, repo_id, files_metadata=False):
+        def model_info(self, repo_id, files_metadata=False, **kw):
             calls.append(f"listing {repo_id}")
             sib = [type("S", (), {"rfilename": f, "size": n})() for f, n in listings.get(repo_id, [])]
             return type("Info", (), {"siblings": sib})()

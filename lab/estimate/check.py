@@ -25,6 +25,7 @@ from lab.estimate.simulate import (
     run_inference,
     run_training,
 )
+from lab.models.construct import install
 from lab.models.precision import load_kwargs
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -41,6 +42,7 @@ def load_real(model_dir: str, precision: str, dtype: torch.dtype, attn: str):
     """The model as `lab.models.precision.load_kwargs` loads it on the CPU (a real bitsandbytes load)."""
     from transformers import AutoModelForCausalLM
 
+    install()  # as the server loads (issue 20)
     kwargs = load_kwargs(precision, DTYPE_NAMES[dtype], "cpu")
     return AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attn, **kwargs)
 

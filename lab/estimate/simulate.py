@@ -42,6 +42,7 @@ from lab.estimate.recipe import (
 from lab.estimate.tracker import CUDA_BLOCK, NO_LAYER, OVERRIDES, LiveBytes
 from lab.estimate.training import adapter_dtype
 from lab.models.architecture import config_from_dict
+from lab.models.construct import constructing
 from lab.models.precision import get_precision, resolve_dtype
 from lab.vocab import ATTENTION, DTYPES, LOSSES, METHODS, OPTIMIZERS, lookup
 
@@ -121,7 +122,7 @@ def meta_model(config, dtype: torch.dtype, attn: str):
     from transformers import AutoModelForCausalLM
 
     try:
-        with torch.device("meta"):
+        with constructing(), torch.device("meta"):  # bf16 for this thread only (issue 20)
             return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
     except (ValueError, ImportError) as e:
         detail = " ".join(str(e).split())

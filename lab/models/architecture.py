@@ -249,13 +249,28 @@ def architecture_from_config(config, name: str) -> Architecture:
     return arch
 
 
+def warm_imports(model_type: object) -> None:
+    """Import transformers' config and causal-LM classes for `model_type` now (its own code, picked from its
+    own tables by name), so that a time budget on building a model counts the building, not a first import
+    that takes seconds on a loaded machine. Unknown types are left to the build to report."""
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        MODEL_FOR_CAUSAL_LM_MAPPING[CONFIG_MAPPING[model_type]]
+    except Exception:  # not a str, unknown, or no causal-LM class: the build says so, in words
+        pass
+
+
 def _meta_model(config):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from lab.models.construct import constructing  # here: it imports torch, which this module leaves to builds
+
     config = copy.deepcopy(config)  # from_config may write into it (dtype, attn implementation)
     try:
-        with torch.device("meta"):
+        with constructing(), torch.device("meta"):
             return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     except ValueError as e:
         if "Unrecognized configuration class" in str(e):

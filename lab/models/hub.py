@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 _PROBE_TTL_S = 30.0
-_probe: dict[str, tuple[float, bool]] = {}  # endpoint host -> (when probed, reachable)
+_probe: dict[str, tuple[float, bool]] = {}  # endpoint host:port -> (when probed, reachable)
 
 
 def hub_offline() -> bool:
@@ -33,17 +33,24 @@ def hub_reachable(timeout: float = 2.0) -> bool:
 
     from huggingface_hub import constants
 
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    seen = _probe.get(host)
+    url = urlparse(constants.ENDPOINT)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (80 if url.scheme == "http" else 443)  # HF_ENDPOINT may name another port (a mirror)
+    seen = _probe.get(f"{host}:{port}")
     if seen is not None and time.monotonic() - seen[0] < _PROBE_TTL_S:
         return seen[1]
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        socket.create_connection((host, port), timeout=timeout).close()
         ok = True
     except OSError:
         ok = False
-    _probe[host] = (time.monotonic(), ok)
+    _probe[f"{host}:{port}"] = (time.monotonic(), ok)
     return ok
+
+
+def unreachable_reason() -> str:
+    """Why the Hub is out of reach, in words (for messages): HF_HUB_OFFLINE, or no connection."""
+    return "HF_HUB_OFFLINE is set" if hub_offline() else "this machine cannot reach the Hugging Face Hub"
 
 
 def hub_snapshot(hub_id: str, weights: bool) -> Path | None:
@@ -61,3 +68,20 @@ def hub_snapshot(hub_id: str, weights: bool) -> Path | None:
     if weights and not (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))):
         return None
     return folder
+
+
+def fetch_failure(error: BaseException) -> str:
+    """What went wrong with a Hub request, in words a person can act on (never an exception's class name)."""
+    from huggingface_hub import errors
+
+    if isinstance(error, errors.GatedRepoError):
+        return "the model is gated, and this server has not been granted access to it"
+    if isinstance(error, errors.RepositoryNotFoundError):
+        return "there is no such model on the Hub (or it is private)"
+    if isinstance(error, errors.RevisionNotFoundError):
+        return "the Hub has no such revision of it"
+    if isinstance(error, errors.LocalEntryNotFoundError | errors.OfflineModeIsEnabled):
+        return "the Hub could not be reached and this machine's Hub cache has no copy"
+    if isinstance(error, errors.RemoteEntryNotFoundError):
+        return "its repository lacks a file the lab needs (config.json or the weights)"
+    return "the Hub did not answer as expected"

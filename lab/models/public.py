@@ -14,9 +14,10 @@ from pathlib import Path
 
 from lab import policy
 from lab.errors import LabError
-from lab.models.architecture import architecture_from_config, config_from_dict
+from lab.models import hub
+from lab.models.architecture import architecture_from_config, config_from_dict, warm_imports
 from lab.models.catalog import EMBEDDED, catalog_names
-from lab.tasks import bounded
+from lab.tasks import bounded, within
 from lab.units import fmt_bytes, fmt_count
 
 
@@ -38,18 +39,42 @@ def check_model_spec(spec: str) -> tuple[str, str]:
     return "hub", spec
 
 
-def _fetch_hub_config(hub_id: str, max_bytes: int) -> dict:
+# The Hub's answer about a model's size, or a refusal, within 5 s: at most the 2 s reachability probe
+# (remembered for 30 s), then this long for config.json and the file listing. huggingface_hub retries a
+# failing request for ~25 s (1+2+4+8+8 s); nobody waits for that.
+HUB_SECONDS = 3.0
+
+
+def _fetch_hub_config(hub_id: str) -> Path:
     """The config.json of a Hub model: one small file. This is the network boundary (tests stub it)."""
     from huggingface_hub import hf_hub_download
 
     try:
-        path = Path(hf_hub_download(hub_id, "config.json"))
+        return Path(hf_hub_download(hub_id, "config.json", etag_timeout=HUB_SECONDS))
     except Exception as e:  # offline, unknown, gated, no config.json
         raise LabError(
-            f"Could not fetch the config.json of {hub_id!r} from the Hub ({type(e).__name__}), so its size "
-            "cannot be checked before downloading.",
-            "Check the id and the network; or pick 'embedded' or a catalog name.",
+            f"Could not fetch the config.json of {hub_id!r} from the Hugging Face Hub ({hub.fetch_failure(e)}), "
+            "so its size cannot be checked before downloading.",
+            f"Check the id and the network; or pick '{EMBEDDED}' or a catalog name.",
         ) from e
+
+
+def _hub_config(hub_id: str, max_bytes: int) -> dict:
+    """A Hub model's config.json, parsed: from the Hub within HUB_SECONDS, or from this machine's Hub cache
+    when the Hub is out of reach; a LabError at once when it is neither."""
+    if not hub.hub_reachable():
+        folder = hub.hub_snapshot(hub_id, weights=False)
+        if folder is None:
+            raise LabError(
+                f"{hub_id!r} cannot be checked: {hub.unreachable_reason()}, and this machine's Hub cache has no "
+                "copy of it, so its size is unknown.",
+                f"Pick '{EMBEDDED}' or a catalog name (e.g. {', '.join(catalog_names()[:3])}).",
+            )
+        path = folder / "config.json"
+    else:
+        late = LabError(f"The Hugging Face Hub did not answer within {HUB_SECONDS:.0f} s about {hub_id!r}, so its "
+                        "size cannot be checked.", f"Try again in a moment, or pick '{EMBEDDED}' or a catalog name.")
+        path = within(lambda: _fetch_hub_config(hub_id), HUB_SECONDS, late)
     size = path.stat().st_size
     if size > max_bytes:
         raise LabError(
@@ -60,12 +85,15 @@ def _fetch_hub_config(hub_id: str, max_bytes: int) -> dict:
 
 def _hub_weight_bytes(hub_id: str) -> int | None:
     """Bytes of the weight files `from_pretrained` would download (safetensors, else .bin), from the
-    Hub's file listing; None when the listing is unavailable. A repo whose config is small but whose
-    files are huge is caught here."""
+    Hub's file listing; None when the listing is unavailable (or late). A repo whose config is small but
+    whose files are huge is caught here."""
     from huggingface_hub import HfApi
 
+    def listing():
+        return HfApi().model_info(hub_id, files_metadata=True, timeout=HUB_SECONDS)
+
     try:
-        info = HfApi().model_info(hub_id, files_metadata=True)
+        info = within(listing, HUB_SECONDS, LabError("late"))
     except Exception:
         return None
     files = [(s.rfilename, s.size or 0) for s in (info.siblings or [])]
@@ -80,7 +108,7 @@ def _admitted(hub_id: str, max_params: int, allow: tuple[str, ...]) -> int | Non
     if policy.allow_listed(hub_id, allow):
         return None
     lim = policy.limits()
-    data = _fetch_hub_config(hub_id, lim.max_config_bytes)
+    data = _hub_config(hub_id, lim.max_config_bytes)
     arch = architecture_within_limits(data, hub_id, lim)
     params = arch.params_total
     if params > max_params:
@@ -112,6 +140,7 @@ def architecture_within_limits(data: dict, name: str, lim: policy.Limits | None 
     time budget (a worker thread; the caller gets an answer even if transformers is slow)."""
     lim = lim or policy.limits()
     policy.check_config_structure(data, name, lim)
+    warm_imports(data.get("model_type"))  # the budget below is for building, not a cold import
     label = Path(name).stem if name.endswith(".json") else name
     return bounded(
         lambda: architecture_from_config(config_from_dict(data, name), label), lim.config_seconds, f"Reading {name}"

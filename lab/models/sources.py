@@ -75,7 +75,10 @@ def prepare_embedded_model(force: bool = False) -> Path:
 
     gguf = embedded_gguf_file()
     started = time.perf_counter()
+    from lab.models.construct import install  # here: it imports torch, which this module leaves to loads
+
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    install()  # a server may be working in other threads (issue 20)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     _strip_gguf_marker(model)
 
@@ -246,7 +249,7 @@ def offline_hint(source: ModelSource) -> str:
 def hub_error(source: ModelSource, error: Exception) -> LabError:
     if source.kind == "hub":
         return LabError(
-            f"Could not fetch {source.hub_id!r} from the Hugging Face Hub ({type(error).__name__}).",
+            f"Could not fetch {source.hub_id!r} from the Hugging Face Hub: {hub.fetch_failure(error)}.",
             f"Check the id and your network; offline, {offline_hint(source)}.",
         )
     return LabError(f"Could not read model files at {source.path}: {error}")
@@ -262,7 +265,7 @@ def check_hub(source: ModelSource) -> ModelSource:
     if folder is not None:
         return ModelSource(spec=source.spec, kind="hub", path=folder, hub_id=source.hub_id,
                            for_loading=source.for_loading)
-    why = "HF_HUB_OFFLINE is set" if hub.hub_offline() else "this machine cannot reach the Hugging Face Hub"
+    why = hub.unreachable_reason()
     what = "weights" if source.for_loading else "config.json"
     raise LabError(
         f"{source.hub_id!r} is not in this machine's Hugging Face Hub cache (no {what}) and {why}, "

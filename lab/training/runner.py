@@ -36,6 +36,7 @@ from lab.environment import LIBRARIES, compute_dtype, device_type, library_versi
 from lab.errors import LabError
 from lab.estimate.lora import resolve_targets
 from lab.files import write_json_atomic
+from lab.models.construct import install
 from lab.models.loading import free_memory, load_tokenizer, out_of_memory
 from lab.models.precision import bnb_config, get_precision, load_kwargs
 from lab.models.reader import read_architecture
@@ -72,6 +73,7 @@ def load_base(source: ModelSource, precision: str, device: str):
     source.require_weights()
     tokenizer = load_tokenizer(source)
     kwargs = base_load_kwargs(precision, device)
+    install()  # other threads keep their dtypes while this builds (issue 20)
     try:
         model = AutoModelForCausalLM.from_pretrained(source.pretrained_id, **kwargs)
     except torch.OutOfMemoryError as e:
@@ -534,6 +536,7 @@ def merge_and_export(run_dir: Path, out_dir: Path | None = None) -> Path:
     device = device_type()
     dtype = compute_dtype(device)
     out_dir = Path(out_dir) if out_dir else run_dir / "merged"
+    install()  # the server may be generating in other threads (issue 20)
     try:
         base = AutoModelForCausalLM.from_pretrained(
             source.pretrained_id, dtype=dtype, device_map="cpu" if device == "cpu" else {"": 0}
