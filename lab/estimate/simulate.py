@@ -620,6 +620,11 @@ def peft_targets(arch, targets, r: int) -> tuple[str | tuple[str, ...], tuple[st
     # a name may be both (DeepSeek-V3: the dense layers' down_proj Linear and the experts' down_proj tensor)
     modules = tuple(n for n in names if n not in experts or n in arch.linear_names)
     parameters = tuple(n for n in names if n in experts)
+    if not modules and not parameters:  # a broad preset left every layer out: all are narrower than r
+        w = max((min(g.in_features, g.out_features) for g in arch.linears if g.name in arch.decoder_linear_names),
+                default=0)
+        raise LabError(f"LoRA rank r={r} is above the width of every targeted layer (the widest has min(in, out) = "
+                       f"{w}): an update of that rank cannot exist.", f"Use r ≤ {w}.")
     widest = min((min(g.in_features, g.out_features) for g in arch.linears if g.name in modules), default=0)
     if widest and r > widest:
         raise LabError(f"LoRA rank r={r} is above the width of the targeted layers (min(in, out) = {widest}): "
