@@ -167,9 +167,14 @@ def optimizers_for(device: str) -> list[str]:
 # calculator, the estimator and training mean the same modules for every architecture.
 TARGET_PRESETS: dict[str, Term] = table(
     Term("all-linear", "all linear",
-         "Every Linear layer of the decoder except lm_head, like peft's target_modules='all-linear' (QLoRA paper)."),
+         "Every Linear layer of the decoder except lm_head, like peft's target_modules='all-linear' (QLoRA paper), "
+         "and on a mixture-of-experts model the fused experts too. Layers narrower than r (a router gate "
+         "Linear(hidden, 1)) and modules peft refuses (Mamba's out_proj) are left out, with a note."),
     Term("attention", "attention",
          "Every attention projection the model has: q, k, v, o — or a fused qkv_proj (Phi-3)."),
+    Term("attention-experts", "attention + experts",
+         "The attention projections and, on a mixture-of-experts model, every expert's projections (the fused 3-D "
+         "expert parameters, through peft's target_parameters; lora_dropout is then 0). Dense models: attention."),
     Term("qv", "q, v",
          "The original LoRA paper's choice: query and value projections only (a fused qkv_proj where q and v "
          "live in one layer, as in Phi-3: the whole fused layer is adapted)."),

@@ -122,6 +122,10 @@ def run(args: argparse.Namespace) -> dict:
     w = estimate_weights(arch, precision, args.dtype)
     result = {"model": arch.name, "model_type": arch.model_type, **w.to_json(), "fits": fit_table(w.weights_bytes)}
     result.pop("buffers_bytes", None)
+    from lab.estimate.experts import active_params
+
+    if active_params(arch) is not None:  # a mixture of experts: what one token runs through (top-k of the experts)
+        result["params_active"] = active_params(arch)
     peak = w.weights_bytes
     if args.context is not None:
         if args.context <= 0:
@@ -139,7 +143,7 @@ def run(args: argparse.Namespace) -> dict:
         explained = formula.to_json()
         result["training"] = {**explained, **sim.to_json(), "formula_total_bytes": formula.total_bytes,
                               "formula_allocated_bytes": formula.allocated_bytes,
-                              "notes": [*explained["notes"], *sim.notes]}
+                              "notes": [*explained["notes"], *sim.notes, *_target_notes(arch, settings)]}
         peak = sim.peak_bytes
         if args.gpus is not None:
 
@@ -183,9 +187,19 @@ def _speed(args: argparse.Namespace, gpu, result: dict) -> dict:
     return {}
 
 
+def _target_notes(arch, settings: TrainingSettings) -> list[str]:
+    if settings.method == "full":
+        return []
+    from lab.estimate.lora import target_notes
+
+    return target_notes(arch, settings.targets, settings.r)
+
+
 def render(r: dict) -> str:
     head = (f"{r['model']} ({r['model_type']}): {r['params_total']:,} parameters, "
             f"{r['quantized_params']:,} quantized at {r['precision']}, the rest in {r['dtype']}")
+    if "params_active" in r:
+        head += f"; {r['params_active']:,} active per token (top-k routing)"
     rows = [
         (c["name"], fmt_count(c["params"]) if c["params"] else "", c["storage"], fmt_bytes(c["bytes"]), c["formula"])
         for c in r["components"]

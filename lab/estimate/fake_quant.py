@@ -66,6 +66,9 @@ def quantize_meta_model(model, precision: str, compute_dtype: torch.dtype, skip_
     model.is_loaded_in_4bit = precision != "int8"
     model.is_loaded_in_8bit = precision == "int8"
     model.quantization_method = "bitsandbytes"
+    from transformers.quantizers.base import _assign_is_quantized
+
+    _assign_is_quantized(model)  # config._is_quantized: Jamba's mamba mixer then calls dt_proj as a module
     return modules
 
 

@@ -61,8 +61,12 @@ def upper_bound(arch: Architecture, settings: TrainingSettings, knob: str) -> in
     if knob == "max_length":
         return int(arch.max_position_embeddings or 1 << 20)
     if knob == "r":
-        names = resolve_targets(arch, settings.targets)
-        return min(min(g.in_features, g.out_features) for g in arch.linears if g.name in names)
+        from lab.estimate.experts import expert_groups
+
+        names = resolve_targets(arch, settings.targets, settings.r)  # broad presets: layers narrower than r left out
+        widths = [min(g.in_features, g.out_features) for g in arch.linears if g.name in names]
+        widths += [min(g.dims) for g in expert_groups(arch) if g.name in names]
+        return min(widths, default=MAX_BATCH)
     return MAX_BATCH
 
 

@@ -15,6 +15,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from lab.errors import LabError
+from lab.estimate.experts import DROPOUT_NOTE, expert_groups, expert_names, peft_refuses
 from lab.models.architecture import Architecture
 from lab.vocab import TARGET_PRESETS, lookup
 
@@ -45,6 +46,12 @@ class LoraModuleRow:
     magnitude_params: int  # per layer: DoRA's magnitude vector (out), else 0
     lora_bias_params: int  # per layer: lora_B's bias with lora_bias=True, else 0
     unfrozen_bias_params: int  # per layer: existing bias made trainable by bias='all'/'lora_only'
+    experts: int = 0  # a fused expert parameter (peft's ParamWrapper): experts per layer; 0 for a Linear
+
+    @property
+    def per_expert(self) -> int:
+        """An expert's share of `per_layer` (r × (in + out)); the Linear's per_layer for a Linear."""
+        return self.per_layer // max(1, self.experts)
 
     @property
     def per_layer(self) -> int:
@@ -55,7 +62,7 @@ class LoraModuleRow:
         return self.per_layer * self.count
 
     def to_json(self) -> dict:
-        return {**asdict(self), "per_layer": self.per_layer, "total": self.total}
+        return {**asdict(self), "per_layer": self.per_layer, "per_expert": self.per_expert, "total": self.total}
 
 
 @dataclass(frozen=True)
@@ -166,18 +173,50 @@ def parse_targets(targets: str | list[str] | tuple[str, ...] | None) -> list[str
     return [t.strip() for t in targets if t and t.strip()]
 
 
-def preset_targets(arch: Architecture, preset: str) -> list[str]:
-    """The Linear names a preset (`lab.vocab.TARGET_PRESETS`) means for this architecture."""
+def preset_targets(arch: Architecture, preset: str, r: int | None = None) -> list[str]:
+    """The Linear (and fused expert parameter) names a preset (`lab.vocab.TARGET_PRESETS`) means for this
+    architecture; with `r`, broad presets leave out what cannot take it (`left_out`)."""
     names = arch.decoder_linear_names
     preset = lookup(TARGET_PRESETS, preset, "LoRA target preset").name
-    if preset == "all-linear":
-        return names
+    if preset in ("all-linear", "attention-experts"):
+        base = names if preset == "all-linear" else _attention(names)
+        left = {n for n, _ in left_out(arch, preset, r)}
+        return [n for n in base if n not in left] + expert_names(arch)
     if preset == "attention":
-        attn = [n for n in names if any(n == h or n.endswith(h) for h in _ATTENTION_HINTS)
-                and not n.startswith(("gate", "up", "down", "fc"))]
-        return attn or names
+        return _attention(names)
     fused = fused_qkv(names)
     return [n for n in ("q_proj", "v_proj") if n in names] or fused or names[:1]  # Phi-3: q and v live in qkv_proj
+
+
+def _attention(names: list[str]) -> list[str]:
+    attn = [n for n in names if any(n == h or n.endswith(h) for h in _ATTENTION_HINTS)
+            and not n.startswith(("gate", "up", "down", "fc"))]
+    return attn or names
+
+
+def left_out(arch: Architecture, preset: str, r: int | None) -> list[tuple[str, str]]:
+    """(name, why) for the Linear layers a broad preset leaves out: narrower than r (a router gate
+    `Linear(hidden, 1)`: no rank-r update exists) or refused by peft (Mamba's out_proj)."""
+    if preset not in ("all-linear", "attention-experts"):
+        return []
+    out = []
+    for name in arch.decoder_linear_names:
+        width = min((min(g.in_features, g.out_features) for g in arch.linears if g.name == name), default=0)
+        if peft_refuses(arch, name):
+            out.append((name, f"peft does not adapt {name} on {arch.model_type} (Mamba) models"))
+        elif r is not None and width < r:
+            out.append((name, f"{name} is narrower than r={r} (min(in, out) = {width})"))
+    return out
+
+
+def target_notes(arch: Architecture, targets, r: int | None) -> list[str]:
+    """One line per layer a preset left out, and the dropout note when fused experts are targeted."""
+    wanted = parse_targets(targets)
+    preset = wanted[0] if len(wanted) == 1 and wanted[0] in TARGET_PRESETS else None
+    notes = [f"{why}: left out of '{preset}'." for _, why in left_out(arch, preset, r)] if preset else []
+    if any(n in expert_names(arch) for n in resolve_targets(arch, targets, r)):
+        notes.append(DROPOUT_NOTE)
+    return notes
 
 
 def fused_qkv(names) -> list[str]:
@@ -189,20 +228,26 @@ def _matches(path: str, target: str) -> bool:
     return path == target or path.endswith("." + target)
 
 
-def resolve_targets(arch: Architecture, targets) -> list[str]:
+def resolve_targets(arch: Architecture, targets, r: int | None = None) -> list[str]:
     """Target module names for `arch`: a preset (`lab.vocab.TARGET_PRESETS`, e.g. 'all-linear', expanded
     like peft's) or names validated against the architecture."""
     wanted = parse_targets(targets)
+    choices = arch.linear_names + expert_names(arch)
     if not wanted:
-        raise LabError("No LoRA target modules given.", f"Choose among: {', '.join(arch.linear_names)}.")
+        raise LabError("No LoRA target modules given.", f"Choose among: {', '.join(choices)}.")
     if len(wanted) == 1 and wanted[0] in TARGET_PRESETS:
-        return preset_targets(arch, wanted[0])
-    missing = [t for t in wanted if not any(_matches(p, t) for g in arch.linears for p in g.paths)]
+        return preset_targets(arch, wanted[0], r)
+    paths = [p for g in arch.linears for p in g.paths] + [p for g in expert_groups(arch) for p in g.paths]
+    missing = [t for t in wanted if not any(_matches(p, t) for p in paths)]
     if missing:
         raise LabError(
             f"Target module(s) {', '.join(repr(m) for m in missing)} match no Linear layer of {arch.name}.",
-            f"Its Linear layers are: {', '.join(arch.linear_names)}.",
+            f"Its Linear layers (and fused experts) are: {', '.join(choices)}.",
         )
+    refused = [t for t in wanted if peft_refuses(arch, t)]
+    if refused:
+        raise LabError(f"peft does not adapt {', '.join(refused)} on {arch.model_type} (Mamba) models.",
+                       f"Leave {', '.join(refused)} out of the targets.")
     return wanted
 
 
@@ -247,7 +292,12 @@ def _estimate_lora(arch, r, alpha, targets, use_dora, use_rslora, bias, lora_bia
         raise LabError(f"Unknown bias setting {bias!r}.", f"Choose one of: {', '.join(BIAS_CHOICES)}.")
     if lora_bias and use_dora:
         raise LabError("lora_bias=True is not supported together with DoRA (peft refuses it).")
-    names = resolve_targets(arch, targets)
+    names = resolve_targets(arch, targets, r)
+    experts = [g for g in expert_groups(arch) if g.name in names]
+    if experts and (use_dora or lora_bias):
+        raise LabError(f"peft adapts the fused experts ({', '.join(dict.fromkeys(g.name for g in experts))}) with its "
+                       "ParamWrapper, which supports neither DoRA nor lora_bias.",
+                       "Use plain LoRA, or target the attention only.")
 
     rows: list[LoraModuleRow] = []
     targeted_paths: set[str] = set()
@@ -269,6 +319,8 @@ def _estimate_lora(arch, r, alpha, targets, use_dora, use_rslora, bias, lora_bia
                 unfrozen_bias_params=g.out_features if (bias in ("all", "lora_only") and g.bias) else 0,
             )
         )
+    rows += [LoraModuleRow(g.name, g.dims[0], g.dims[1], g.count, r * g.experts * g.dims[0], r * g.experts * g.dims[1],
+                           0, 0, 0, experts=g.experts) for g in experts]
     other = 0
     if bias == "all":  # every other bias in the model is unfrozen too
         for t in arch.tensors:

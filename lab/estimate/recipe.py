@@ -57,6 +57,7 @@ class Recipe:
     attn: str = "sdpa"
     device: str = "cuda"  # whose code paths: "cuda" predicts a GPU, "cpu" is this machine
     loss: str = "fused"  # lab.vocab.LOSSES: TRL's chunked log-probabilities, or transformers' loss on full logits
+    parameters: tuple[str, ...] = ()  # peft's target_parameters: fused expert tensors (lab.estimate.experts)
 
     @property
     def quantized(self) -> bool:
@@ -72,6 +73,8 @@ def prepare_for_training(model, recipe: Recipe):
     """Steps 2 and 3 above on a loaded (or fake-loaded) base; returns the model to train."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    from lab.estimate.experts import as_written
+
     if recipe.method == "full":
         model.requires_grad_(True)
     else:
@@ -83,12 +86,14 @@ def prepare_for_training(model, recipe: Recipe):
             r=recipe.r,
             lora_alpha=recipe.alpha,
             lora_dropout=recipe.dropout,
-            target_modules=recipe.targets if isinstance(recipe.targets, str) else list(recipe.targets),
+            target_modules=recipe.targets if isinstance(recipe.targets, str) else (list(recipe.targets) or None),
+            target_parameters=list(recipe.parameters) or None,
             use_dora=recipe.use_dora,
             bias="none",
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, lora)
+        with as_written():
+            model = get_peft_model(model, lora)
         for name, p in model.named_parameters():
             if p.requires_grad and "lora_magnitude_vector" not in name and p.dtype != recipe.adapter_dtype:
                 p.data = p.data.to(recipe.adapter_dtype)

@@ -26,12 +26,12 @@ import torch
 
 from lab.errors import LabError
 from lab.estimate import compose as comp
+from lab.estimate.experts import expert_names
 from lab.estimate.fake_quant import attach_quant_state, device_paths, quantize_meta_model
-from lab.estimate.lora import resolve_targets
+from lab.estimate.lora import left_out, resolve_targets
 from lab.estimate.patch import for_this_thread
 from lab.estimate.recipe import (
     Recipe,
-    decoder_layers,
     initialize_optimizer_state,
     layer_markers,
     make_optimizer,
@@ -105,11 +105,21 @@ def truncated_config(config, layers: int):
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     text.num_hidden_layers = layers
     for name in ("layer_types",):
-        value = getattr(text, name, None)
+        value = vars(text).get(name)
         if isinstance(value, (list, tuple)) and len(value) > layers:
-            setattr(text, name, list(value)[:layers])
+            setattr(text, name, _keep_kinds(list(value), layers))
     cfg.use_cache = False
     return cfg
+
+
+def _keep_kinds(kinds: list, layers: int) -> list:
+    """The first `layers` layer kinds, the last ones swapped for kinds the model has further down (a hybrid
+    whose first layers are all linear attention still gets its full-attention layer, and its KV cache)."""
+    head = kinds[:layers]
+    missing = [k for k in dict.fromkeys(kinds) if k not in head]
+    for i, kind in enumerate(missing[: max(0, layers - 1)]):
+        head[layers - 1 - i] = kind
+    return head
 
 
 def meta_model(config, dtype: torch.dtype, attn: str):
@@ -197,7 +207,26 @@ def transformers_mask_paths():
         return original(padding_mask, q_length, kv_length, q_offset, kv_offset, local_attention_size)
 
     with for_this_thread(mu, "_ignore_causal_mask_sdpa", ignore), \
-            for_this_thread(mu, "find_packed_sequence_indices", lambda position_ids: None):
+            for_this_thread(mu, "find_packed_sequence_indices", lambda position_ids: None), experts_paths():
+        yield
+
+
+@contextmanager
+def experts_paths():
+    """Fused experts multiply with torch's grouped_mm, whose kernel takes bf16 only; experts in another
+    dtype (fp32 after prepare_model_for_kbit_training's upcast) go through transformers' own fallback
+    (same output size). Decide that from the dtype, as the fake weights have no data pointer to check."""
+    try:
+        from transformers.integrations import moe
+    except ImportError:
+        yield
+        return
+    original = moe._can_use_grouped_mm
+
+    def can_use(input, weight, offs):
+        return weight.dtype == torch.bfloat16 and input.device.type != "meta" and original(input, weight, offs)
+
+    with for_this_thread(moe, "_can_use_grouped_mm", can_use):
         yield
 
 
@@ -387,29 +416,31 @@ def run_inference(model, mode, recipe: InferenceRecipe, fake: bool = True) -> Li
             with tracker:
                 cache = DynamicCache(config=model.config)
                 _mark_cache(tracker, cache)
-                _forward(model, tracker, torch.zeros((b, n), dtype=torch.long), cache, "prefill")
+                _forward(model, tracker, torch.zeros((b, n), dtype=torch.long), cache, "prefill", 0)
                 del cache
             # the cache as the last decode step finds it, filled without tracking (filling it here would
             # add copies that generation never makes), then counted
             tracker.segment(("cache", "decode"))
-            cache = _filled_cache(model, b, n + m - 1)
+            with LiveBytes(round_to=1, fake=fake):  # a scratch tracker: its overrides (int8's outlier split), no count
+                cache = _filled_cache(model, b, n + m - 1)
             for j, layer in enumerate(cache.layers):
                 for value in vars(layer).values():
                     if isinstance(value, torch.Tensor):
                         tracker.register(value, "kv_cache", j)
             with tracker:
-                _forward(model, tracker, torch.zeros((b, 1), dtype=torch.long), cache, "decode")
+                _forward(model, tracker, torch.zeros((b, 1), dtype=torch.long), cache, "decode", n + m - 1)
                 del cache
     return tracker
 
 
-def _forward(model, tracker: LiveBytes, input_ids, cache, step: str) -> None:
+def _forward(model, tracker: LiveBytes, input_ids, cache, step: str, past: int) -> None:
     if tracker.ops is not None:
         tracker.ops.stage = step
     with layer_markers(model, tracker, step, comp.MIDDLE if step == "prefill" else None):
         tracker.segment(("pre", step))
         tracker.phase, tracker.owner = "forward", NO_LAYER
-        out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1,
+                    **_positions(model, input_ids, past))
         _mark_cache(tracker, cache)
         scores = out.logits[:, -1, :].to(copy=True, dtype=torch.float32)
         _ = scores.argmax(dim=-1)
@@ -417,19 +448,26 @@ def _forward(model, tracker: LiveBytes, input_ids, cache, step: str) -> None:
     tracker.phase = "setup"
 
 
+def _positions(model, input_ids, past: int) -> dict:
+    """position_ids as `generate` passes them: a truncated hybrid (the first layers of Zamba2 or Bamba are
+    all state-space) has no attention layer to count the cache's length from."""
+    import inspect
+
+    if "position_ids" not in inspect.signature(model.forward).parameters:
+        return {}
+    b, n = input_ids.shape
+    return {"position_ids": torch.arange(past, past + n, dtype=torch.long).unsqueeze(0).expand(b, n)}
+
+
 def _filled_cache(model, batch: int, length: int):
-    """A DynamicCache holding `length` tokens per layer, as generation leaves it."""
+    """The cache holding `length` tokens, as generation leaves it: filled by the model's own prefill, so
+    its own cache layers allocate what they keep (MLA's compressed keys, a sliding window, the fixed-size
+    states of linear attention and state-space layers, per-layer head sizes)."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    text = model.config.get_text_config()
-    heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    dtype = next(p.dtype for p in model.parameters() if p.dtype.is_floating_point)
-    for j in range(len(decoder_layers(model))):
-        k = torch.empty((batch, heads, length, head_dim), dtype=dtype)
-        v = torch.empty((batch, heads, length, head_dim), dtype=dtype)
-        cache.update(k, v, j)
+    ids = torch.zeros((batch, length), dtype=torch.long)
+    model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1, **_positions(model, ids, 0))
     return cache
 
 
@@ -491,11 +529,25 @@ def _friendly_errors(config):
     expert) cannot run on fake tensors: say so in one line instead of a traceback."""
     from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
 
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    own = vars(text)
+    experts = next((own[k] for k in ("n_routed_experts", "num_local_experts", "num_experts") if own.get(k)), None)
+    if experts and "num_experts_per_tok" in own and own["num_experts_per_tok"] is None:
+        raise LabError(f"{config.model_type!r} config has {experts} experts but num_experts_per_tok=None: its router "
+                       "cannot pick experts, so transformers cannot run it.",
+                       "Set num_experts_per_tok in config.json (DeepSeek-V2 uses 6).")
     try:
         yield
     except (DynamicOutputShapeException, DataDependentOutputException) as e:
         raise LabError(f"{config.model_type!r} cannot be simulated: its step depends on the data ({e.func}), "
                        "as mixture-of-experts routing does.", "The weights estimate still applies.") from None
+    except (RuntimeError, ValueError, TypeError, AttributeError, KeyError, IndexError, NotImplementedError) as e:
+        # the model's own code (or peft's, TRL's) fails on this config in this step: one line, not a traceback
+        detail = " ".join(str(e).split())[:200]
+        raise LabError(f"{config.model_type!r} cannot be simulated with these settings: the model's code stops "
+                       f"with {type(e).__name__}: {detail}",
+                       "The weights estimate still applies; try --loss full or --attn eager, or report the "
+                       "model type.") from None
 
 
 # --------------------------------------------------------------------------- settings -> recipe
@@ -565,20 +617,40 @@ def resolve_recipe(arch, settings, device: str = "cuda") -> Recipe:
     autocast = dtype.torch_dtype if half and s.autocast else None
     adapter = adapter_dtype(s, precision.quantized)
     targets: str | tuple[str, ...] = "all-linear"
+    parameters: tuple[str, ...] = ()
     if method != "full":
         if isinstance(s.r, bool) or not isinstance(s.r, int) or s.r <= 0:
             raise LabError(f"LoRA rank r={s.r!r} is not a positive integer.", "Use r ≥ 1 (typical: 8, 16, 32, 64).")
-        names = resolve_targets(arch, s.targets)
-        widest = min((min(g.in_features, g.out_features) for g in arch.linears if g.name in names), default=0)
-        if widest and s.r > widest:
-            raise LabError(f"LoRA rank r={s.r} is above the width of the targeted layers (min(in, out) = {widest}): "
-                           "an update of that rank cannot exist.", f"Use r ≤ {widest}.")
-        is_preset = isinstance(s.targets, str) and s.targets.strip() == "all-linear"
-        targets = "all-linear" if is_preset else tuple(names)
+        targets, parameters = peft_targets(arch, s.targets, s.r)
     return Recipe(method, precision.name, dtype.torch_dtype, autocast, DTYPES[adapter].torch_dtype,
                   bool(s.upcast_for_kbit), bool(s.gradient_checkpointing), optimizer, s.batch_size, s.max_length,
-                  r=s.r, alpha=float(s.alpha or 2 * s.r), dropout=float(s.dropout), targets=targets,
-                  use_dora=bool(s.use_dora), attn=attn, device=device, loss=lookup(LOSSES, s.loss, "loss").name)
+                  r=s.r, alpha=float(s.alpha or 2 * s.r), dropout=0.0 if parameters else float(s.dropout),
+                  targets=targets, use_dora=bool(s.use_dora), attn=attn, device=device,
+                  loss=lookup(LOSSES, s.loss, "loss").name, parameters=parameters)
+
+
+def peft_targets(arch, targets, r: int) -> tuple[str | tuple[str, ...], tuple[str, ...]]:
+    """(target_modules, target_parameters) for peft: 'all-linear' as peft spells it where that means the same
+    modules, else the resolved Linear names; the fused expert parameters apart. An explicitly named layer
+    narrower than r is refused (broad presets leave such layers out, lab.estimate.lora.left_out)."""
+    names = resolve_targets(arch, targets, r)
+    experts = set(expert_names(arch))
+    # a name may be both (DeepSeek-V3: the dense layers' down_proj Linear and the experts' down_proj tensor)
+    modules = tuple(n for n in names if n not in experts or n in arch.linear_names)
+    parameters = tuple(n for n in names if n in experts)
+    if not modules and not parameters:  # a broad preset left every layer out: all are narrower than r
+        w = max((min(g.in_features, g.out_features) for g in arch.linears if g.name in arch.decoder_linear_names),
+                default=0)
+        raise LabError(f"LoRA rank r={r} is above the width of every targeted layer (the widest has min(in, out) = "
+                       f"{w}): an update of that rank cannot exist.", f"Use r ≤ {w}.")
+    widest = min((min(g.in_features, g.out_features) for g in arch.linears if g.name in modules), default=0)
+    if widest and r > widest:
+        raise LabError(f"LoRA rank r={r} is above the width of the targeted layers (min(in, out) = {widest}): "
+                       "an update of that rank cannot exist.", f"Use r ≤ {widest}.")
+    is_preset = isinstance(targets, str) and targets.strip() == "all-linear"
+    if is_preset and not parameters and not left_out(arch, "all-linear", r):
+        return "all-linear", ()
+    return modules, parameters
 
 
 def transformers_config(arch):

@@ -157,8 +157,11 @@ def _quantized_predicate(arch: Architecture, p, skip_modules: list[str] | None):
 
 
 _BUCKETS = {"linear_weight": "unquantized Linear weights", "linear_bias": "biases", "embedding": "embeddings",
-            "norm": "norms", "other": "other parameters"}
-_BUCKET_ORDER = ["unquantized Linear weights", "biases", "embeddings", "lm_head", "norms", "other parameters"]
+            "norm": "norms", "other": "other parameters",
+            # fused 3-D experts (transformers 5): bitsandbytes replaces nn.Linear only, so they stay unquantized
+            "expert": "experts (fused, not quantized)"}
+_BUCKET_ORDER = ["unquantized Linear weights", "experts (fused, not quantized)", "biases", "embeddings", "lm_head",
+                 "norms", "other parameters"]
 
 
 @dataclass

@@ -296,6 +296,8 @@ def check_compatible(info: AdapterInfo, model) -> None:
                 continue  # modules_to_save, DoRA magnitudes: peft checks those itself
             m = m2
         module_path, part = m.group(1), m.group(2)
+        if module_path.endswith(".base_layer") or ".base_layer." in module_path:
+            continue  # a fused expert tensor (peft's ParamWrapper, nested per parameter): peft checks its shape
         try:
             module = model.get_submodule(module_path)
         except AttributeError:

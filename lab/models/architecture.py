@@ -155,13 +155,14 @@ class Architecture:
         ]
         by_kind: dict[str, list[TensorInfo]] = {}
         for t in self.tensors:
-            if t.kind in ("embedding", "norm", "other"):
+            if t.kind in ("embedding", "norm", "other", "expert"):
                 by_kind.setdefault(t.kind, []).append(t)
         for kind, ts in by_kind.items():
             types = sorted({t.module_type for t in ts})
             rows.append(
                 {
-                    "component": {"embedding": "embeddings", "norm": "norms", "other": "other"}[kind],
+                    "component": {"embedding": "embeddings", "norm": "norms", "other": "other",
+                                  "expert": "experts (fused)"}[kind],
                     "type": ", ".join(types),
                     "shape": " + ".join(sorted({"×".join(map(str, t.shape)) for t in ts})),
                     "bias": False,
@@ -193,12 +194,30 @@ def config_from_dict(data, where: str = "config.json"):
             f"Model type {model_type!r} in {where} is not one transformers can build.",
             "Check the 'model_type' field, or upgrade transformers.",
         )
+    cls = CONFIG_MAPPING[model_type]
     try:
-        return CONFIG_MAPPING[model_type].from_dict(data)
+        # as transformers reads a config.json: `{"__float__": "Infinity"}` is the float it wrote (mamba2's
+        # time_step_limit)
+        config = cls.from_dict(cls._decode_special_floats(data))
     except Exception as e:  # config classes validate in many ways (strict dataclasses, asserts, ...)
         cause = e.__cause__ or e.__context__ or e
         detail = " ".join(str(cause).split())
         raise LabError(f"transformers cannot build a {model_type!r} config from {where}: {detail}") from None
+    _fill_derived_sizes(config)
+    return config
+
+
+def _fill_derived_sizes(config) -> None:
+    """Sizes a config may leave to None that every published checkpoint of the family derives the same way
+    (transformers' own defaults for ministral, hunyuan_v1_dense and nemotron omit them and then cannot build):
+    head_dim = hidden_size / heads, num_key_value_heads = num_attention_heads (no grouping)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    own = vars(text)  # not getattr: per-layer configs (gemma4) refuse global reads of per-layer fields
+    heads, hidden = own.get("num_attention_heads"), own.get("hidden_size")
+    if "head_dim" in own and own["head_dim"] is None and isinstance(heads, int) and heads and isinstance(hidden, int):
+        text.head_dim = hidden // heads
+    if "num_key_value_heads" in own and own["num_key_value_heads"] is None and isinstance(heads, int):
+        text.num_key_value_heads = heads
 
 
 # Reading builds every layer of the model (on the meta device: no memory, but a few milliseconds per
@@ -355,6 +374,8 @@ def _tensors(model, not_converted: tuple[str, ...]) -> list[TensorInfo]:
                 kind = "linear_weight" if pname == "weight" else "linear_bias"
             elif isinstance(module, nn.Embedding):
                 kind = "embedding"
+            elif p.dim() == 3 and not isinstance(module, nn.modules.conv._ConvNd):
+                kind = "expert"  # a fused mixture-of-experts projection (experts × in × out): lab.estimate.experts
             else:
                 kind = "norm" if "norm" in mtype.lower() else "other"
             quantized = is_linear and pname == "weight" and should_convert_module(mod_name, list(not_converted))
@@ -377,7 +398,8 @@ def _shape_fields(config) -> dict:
     cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
     heads = int(getattr(cfg, "num_attention_heads", 0) or 0)
     hidden = int(getattr(cfg, "hidden_size", 0) or 0)
-    head_dim = getattr(cfg, "head_dim", None) or (hidden // heads if heads else 0)
+    # vars(), not getattr: per-layer configs (gemma4_text) refuse a global read of a per-layer head_dim
+    head_dim = vars(cfg).get("head_dim") or (hidden // heads if heads else 0)
     return dict(
         num_layers=int(getattr(cfg, "num_hidden_layers", 0) or 0),
         hidden_size=hidden,

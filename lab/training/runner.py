@@ -99,25 +99,44 @@ def base_load_kwargs(precision: str, device: str) -> dict:
     return kwargs
 
 
-def peft_target_modules(source: ModelSource, targets: str) -> str | list[str]:
+def peft_target_modules(source: ModelSource, targets: str, r: int | None = None):
     """peft's target_modules for this base: a preset (`lab.vocab.TARGET_PRESETS`) or names, resolved and
-    checked against the model's own Linear layers before anything loads ('all-linear' as peft spells it)."""
-    names = resolve_targets(read_architecture(source), targets)
-    return "all-linear" if targets.strip() == "all-linear" else names
+    checked against the model's own Linear layers before anything loads ('all-linear' as peft spells it
+    where it means the same). On a mixture-of-experts model: (target_modules, target_parameters), the
+    fused experts apart (lab.estimate.experts), exactly as the simulation applies them."""
+    from lab.estimate.simulate import peft_targets
+
+    arch = read_architecture(source)
+    if r is None:
+        names = resolve_targets(arch, targets)
+        return "all-linear" if targets.strip() == "all-linear" else names
+    modules, parameters = peft_targets(arch, targets, r)
+    return (modules if isinstance(modules, str) else list(modules), list(parameters)) if parameters else \
+        (modules if isinstance(modules, str) else list(modules))
 
 
-def add_lora(model, cfg: TrainConfig, quantized: bool, target_modules: str | list[str]):
+def add_lora(model, cfg: TrainConfig, quantized: bool, target_modules):
+    """`target_modules`: what peft_target_modules returned (a (modules, parameters) pair for fused experts,
+    trained with lora_dropout 0: peft's ParamWrapper has no dropout)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from lab.estimate.experts import as_written
+
+    parameters: list[str] = []
+    if isinstance(target_modules, tuple):
+        target_modules, parameters = target_modules
 
     if quantized:
         # Freezes the base, makes inputs require grads for checkpointing; its fp32 upcast of
         # non-quantized weights is a no-op on CPU (they are fp32 already).
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     lora = LoraConfig(
-        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=target_modules,
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=0.0 if parameters else cfg.dropout,
+        target_modules=target_modules or None, target_parameters=parameters or None,
         use_rslora=cfg.use_rslora, use_dora=cfg.use_dora, bias="none", task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    with as_written():
+        return get_peft_model(model, lora)
 
 
 def make_optimizer(model, cfg: TrainConfig, args):
@@ -208,7 +227,7 @@ def train(cfg: TrainConfig, echo=None) -> dict:
     device = device_type()
     cfg.validate(device)
     source = resolve_source(cfg.model)
-    targets = peft_target_modules(source, cfg.targets)
+    targets = peft_target_modules(source, cfg.targets, cfg.r)
     data = check_data(cfg)
     run_dir = distributed.from_main(lambda: open_run_dir(cfg, source), device)
     try:
@@ -312,7 +331,7 @@ def build_trainer(cfg: TrainConfig, source: ModelSource, targets, data: TrainDat
     set_seed(cfg.seed)  # LoRA's A matrices are initialised here, before the Trainer seeds: same seed, same run
     model = add_lora(model, cfg, precision.quantized, targets)
     trainable, total = model.get_nb_trainable_parameters()
-    info["lora"].update(target_modules=sorted(model.peft_config["default"].target_modules),
+    info["lora"].update(target_modules=sorted(model.peft_config["default"].target_modules or []),
                         trainable_params=trainable, total_params=total)
     info["durations"] = {"load_seconds": round(time.time() - t0, 2)}
     phase(log, f"Adding LoRA and tokenizing {len(data.train.rows)} training rows")
