@@ -54,7 +54,7 @@ def test_page_trains_the_tiny_model_and_shows_history(tiny_model_dir, tmp_path, 
     said = [e["message"] for e in R.read_events(run_dir) if e["type"] == "phase"]  # what the live panel showed
     # between steps the run says what it does: the evals after steps 2 and 3 (the last), then saving
     assert [m.split()[0] for m in said] == ["Loading", "Adding", "Building", "Training:", "Evaluating", "Evaluating",
-                                            "Saving"], said
+                                            "Saving", "Saving"], said  # the last checkpoint, then the adapter
     assert set(filter(None, phases)) <= set(said) and R.run_status(run_dir).phase is None  # none once it ended
     at.run()
     assert not at.exception
@@ -201,6 +201,12 @@ def _fake_run(run_dir: Path, pid: int, steps: int, max_steps: int, end: dict | N
     return run_dir
 
 
+def _running(monkeypatch, run_dir: Path) -> None:
+    """The queue and the training lock both name `run_dir` as the running run (no real training needed)."""
+    monkeypatch.setattr(Q, "queue_state", lambda now=None: (R.run_status(run_dir), []))
+    monkeypatch.setattr(R, "active_run", lambda: R.run_status(run_dir))
+
+
 def test_an_attendee_whose_run_the_instructor_stopped_is_told(tmp_path, monkeypatch, fake_training):
     """Issue 20, bug 4: the queue started someone else's run after the instructor stopped this session's: the
     panel follows the new run, and says, here, how this session's own run ended."""
@@ -208,7 +214,7 @@ def test_an_attendee_whose_run_the_instructor_stopped_is_told(tmp_path, monkeypa
     mine = _fake_run(tmp_path / "my-run", 999_999_999, 3, 10, {"status": "stopped", "error": None, "hint": None},
                      stop_reason="Stopped by the instructor")
     theirs = _fake_run(tmp_path / "their-run", fake_training.pid, 1, 10)  # a live training: running
-    monkeypatch.setattr(Q, "queue_state", lambda now=None: (R.run_status(theirs), []))
+    _running(monkeypatch, theirs)
     at = AppTest.from_file(PAGE, default_timeout=90)
     at.session_state["train_run_dir"] = str(mine)
     at.run()
@@ -243,7 +249,7 @@ def test_after_a_refresh_an_attendee_can_still_stop_their_own_run(tmp_path, monk
     token = owners.new_token()
     running = _fake_run(tmp_path / "my-run", fake_training.pid, 1, 10)
     owners.record_owner(running, token)
-    monkeypatch.setattr(Q, "queue_state", lambda now=None: (R.run_status(running), []))
+    _running(monkeypatch, running)
     monkeypatch.setattr(ui, "read_cookie", lambda name: token if name == ui.OWNER_COOKIE else None)
     at = AppTest.from_file(PAGE, default_timeout=90).run()  # a fresh session: nothing in session state
     assert not at.exception
