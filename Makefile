@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 PORT ?= 8501
 
-.PHONY: setup setup-deps setup-dev run test lint bench screenshots clean-cache
+.PHONY: setup setup-deps setup-dev run test test-fast lint bench screenshots clean-cache
 
 # Idempotent: does real work only when a requirements file changed; seconds otherwise.
 setup: $(STAMP)
@@ -32,13 +32,23 @@ $(DEV_STAMP): requirements-dev.txt $(STAMP)
 run: setup
 	$(PY) -m streamlit run app.py --server.port $(PORT)
 
-# ruff first (a second, lines within 120 characters included), then the suite
+# ruff (lines within 120 characters included), then the layers (.importlinter), a second each; then the suite
 test: setup-dev
 	$(PY) -m ruff check lab pages tests app.py benchmarks tools
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The edit loop: ruff and the layers, then every test but real browsers, training processes and the embedded model
+# (pytest markers, pyproject.toml). `make test` still runs them all before a push.
+FAST_MARKERS := not browser and not training and not embedded
+test-fast: setup-dev
+	$(PY) -m ruff check lab pages tests app.py benchmarks tools
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
 
 lint: setup-dev
 	$(PY) -m ruff check lab pages tests app.py benchmarks tools
+	$(VENV)/bin/lint-imports
 
 bench: setup
 	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

@@ -21,7 +21,8 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 from lab.estimate.lora import estimate_lora  # noqa: E402
 from lab.estimate.training import TrainingSettings, estimate_training  # noqa: E402
 from lab.estimate.weights import estimate_weights  # noqa: E402
-from lab.models.architecture import clear_cache, read_architecture  # noqa: E402
+from lab.models.architecture import clear_cache  # noqa: E402
+from lab.models.reader import read_architecture  # noqa: E402
 
 
 def timed(fn) -> float:

@@ -18,10 +18,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lab.estimate.weights import estimate_weights  # noqa: E402
-from lab.models.architecture import read_architecture  # noqa: E402
 from lab.models.loading import load_model  # noqa: E402
 from lab.models.measure import measure_storage  # noqa: E402
 from lab.models.precision import PRECISIONS  # noqa: E402
+from lab.models.reader import read_architecture  # noqa: E402
 
 
 def main() -> None:

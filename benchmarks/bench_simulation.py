@@ -31,8 +31,8 @@ from lab.estimate.gpus import FRAGMENTATION, Gpu, gpu_verdict  # noqa: E402
 from lab.estimate.inverse import max_fitting  # noqa: E402
 from lab.estimate.simulate import InferenceSettings, simulate, simulate_generation  # noqa: E402
 from lab.estimate.training import TrainingSettings  # noqa: E402
-from lab.models.architecture import architecture_from_config, read_architecture  # noqa: E402
-from lab.models.sources import config_from_dict  # noqa: E402
+from lab.models.architecture import architecture_from_config, config_from_dict  # noqa: E402
+from lab.models.reader import read_architecture  # noqa: E402
 
 GiB = 2**30
 

@@ -49,6 +49,39 @@ ADAPTER = "workshop-demo"
 IDLE = ("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
         " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')")
 ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
+FAILED_TASK = re.compile(r"task (\S+) failed")
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*$", re.M)
+
+
+class Failed(Exception):
+    """An operation that cannot finish: its page shows an error, or the server log a failed task."""
+
+
+class ServerLog:
+    """The server's log, read for failed tasks (`lab.tasks` logs "task NAME failed" and the traceback).
+    Once one shows, every wait in the room ends at once: a task that failed will never deliver the
+    result a page waits for (a run once hung for many minutes that way, the server idle)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.failures: list[str] = []
+
+    def read(self) -> list[str]:
+        try:
+            text = self.path.read_text(errors="replace")
+        except OSError:
+            return self.failures
+        found = []
+        for m in FAILED_TASK.finditer(text):
+            cause = EXCEPTION_LINE.search(text, m.end())
+            found.append(f"task {m.group(1)} failed" + (f": {cause.group(0)[:300]}" if cause else ""))
+        self.failures = found
+        return found
+
+    async def watch(self, done: asyncio.Event) -> None:
+        while not done.is_set():
+            self.read()
+            await asyncio.sleep(0.5)
 
 
 # --------------------------------------------------------------------------- set-up
@@ -110,14 +143,30 @@ class RssSampler:
 
 
 # --------------------------------------------------------------------------- one person
+EVERYONE: list[Person] = []  # every person made, so a run that gives up can still say where each one was
+
+
+def where_everyone_was() -> list[str]:
+    """For a run that gave up: each person's errors so far, and the operation each one was still in."""
+    lines = [e for p in EVERYONE for e in p.errors]
+    for p in EVERYONE:
+        if p.current is not None:
+            op, t0 = p.current
+            lines.append(f"session {p.index} was in {op} ({time.perf_counter() - t0:.0f} s)")
+    return lines
+
+
 class Person:
-    def __init__(self, index: int, page, url: str, adapter_path: str | None, tokens: int, examples: int) -> None:
-        self.index, self.page, self.url = index, page, url
+    def __init__(self, index: int, page, url: str, adapter_path: str | None, tokens: int, examples: int,
+                 log: ServerLog) -> None:
+        self.index, self.page, self.url, self.log = index, page, url, log
         self.adapter_path, self.tokens, self.examples = adapter_path, tokens, examples
         self.times: dict[str, list[float]] = {}
         self.errors: list[str] = []
         self.columns: dict[str, str] | None = None
         self.queue_ahead_max = 0
+        self.current: tuple[str, float] | None = None  # the operation under way and when it began
+        EVERYONE.append(self)
 
     async def idle(self, timeout: float = 300_000) -> None:
         await self.page.wait_for_function(IDLE, timeout=timeout)
@@ -127,19 +176,39 @@ class Person:
         await self.page.get_by_text(text).first.wait_for(timeout=300_000)
         await self.idle()
 
+    async def until(self, locator, what: str, timeout: float = 600, gone: bool = False) -> None:
+        """Wait for `locator` (or, `gone`, for it to leave), but stop at once when this page shows an
+        error or the server log a failed task (then raise `Failed` with the message)."""
+        deadline = time.monotonic() + timeout
+        shown = self.page.locator('[data-testid="stMain"]').locator(ERRORS)
+        while bool(await locator.count()) == gone:
+            if await shown.count():
+                raise Failed(f"{what}: the page shows {(await shown.first.inner_text())[:200]!r}")
+            if self.log.failures:
+                raise Failed(f"{what}: the server log shows {self.log.failures[0]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: not there after {timeout:.0f} s")
+            await asyncio.sleep(0.5)
+
     async def shown_errors(self, op: str) -> None:
         for el in await self.page.locator(ERRORS).all():
             self.errors.append(f"session {self.index} {op}: {(await el.inner_text())[:300]}")
 
     async def timed(self, op: str, coro) -> None:
         t0 = time.perf_counter()
+        self.current = (op, t0)
         try:
             await coro
+        except Failed as e:  # already says what failed; shown errors are not counted twice
+            self.errors.append(f"session {self.index} {op}: {e}")
         except Exception as e:  # a timeout or a missing element: counted, the mix goes on
             self.errors.append(f"session {self.index} {op}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            await self.shown_errors(op)
         else:
             self.times.setdefault(op, []).append(time.perf_counter() - t0)
-        await self.shown_errors(op)
+            await self.shown_errors(op)
+        finally:
+            self.current = None
 
     async def watch_queue(self, done: asyncio.Event) -> None:
         """Note the longest line this person was told about ("3 requests ahead of you")."""
@@ -174,11 +243,9 @@ class Person:
         try:
             await self.page.get_by_role("button", name="Generate").click()
             names = ["base", *([ADAPTER] if self.adapter_path else [])]
-            await self.page.get_by_text("Tokens/s").nth(len(names) - 1).wait_for(timeout=600_000)
+            await self.until(self.page.get_by_text("Tokens/s").nth(len(names) - 1), "the comparison's figures")
             stop = self.page.get_by_role("button", name="Stop", exact=True)
-            deadline = time.monotonic() + 600
-            while await stop.count() and time.monotonic() < deadline:  # finished: the Stop button is gone
-                await asyncio.sleep(0.5)
+            await self.until(stop, "the comparison's end (the Stop button gone)", gone=True)
             await self.idle()
         finally:
             done.set()
@@ -199,8 +266,7 @@ class Person:
         await box.press("Enter")
         await self.idle()
         await self.page.get_by_role("button", name="Evaluate", exact=True).click()
-        result = self.page.get_by_role("button", name="Markdown report").or_(self.page.locator(ERRORS))
-        await result.first.wait_for(timeout=600_000)
+        await self.until(self.page.get_by_role("button", name="Markdown report"), "the evaluation's report")
         await self.idle()
 
     async def train(self, steps: int) -> None:
@@ -213,7 +279,7 @@ class Person:
             await self.idle()
         await self.page.get_by_role("button", name="Train", exact=True).click()
         status = self.page.get_by_text("FINISHED", exact=False).or_(self.page.get_by_text("FAILED", exact=False))
-        await status.first.wait_for(timeout=600_000)
+        await self.until(status.first, "the run's end")
         if "FAILED" in await status.first.inner_text():
             self.errors.append(f"session {self.index} train: the run failed")
 
@@ -234,7 +300,18 @@ def percentiles(values: list[float]) -> dict:
     return {"n": len(s), "p50": round(statistics.median(s), 2), "p95": round(p95, 2), "max": round(s[-1], 2)}
 
 
-async def room(args, url: str, adapter: str, sampler: RssSampler) -> dict:
+async def room(args, url: str, adapter: str, sampler: RssSampler, log: ServerLog) -> dict:
+    """The room, with the server log watched for failed tasks throughout."""
+    watching = asyncio.Event()
+    watcher = asyncio.create_task(log.watch(watching))
+    try:
+        return await _room(args, url, adapter, sampler, log)
+    finally:
+        watching.set()
+        await watcher
+
+
+async def _room(args, url: str, adapter: str, sampler: RssSampler, log: ServerLog) -> dict:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
@@ -244,7 +321,7 @@ async def room(args, url: str, adapter: str, sampler: RssSampler) -> dict:
             context = await browser.new_context(viewport={"width": 1400, "height": 1000})
             context.set_default_timeout(300_000)  # eight browsers on two busy cores: clicks wait for a slow page
             return Person(
-                i, await context.new_page(), url, adapter if with_adapter else None, args.tokens, args.examples
+                i, await context.new_page(), url, adapter if with_adapter else None, args.tokens, args.examples, log
             )
 
         # 1. one person alone: the reference columns and the baseline RSS
@@ -291,7 +368,7 @@ async def room(args, url: str, adapter: str, sampler: RssSampler) -> dict:
         for op, ts in p.times.items():
             ops.setdefault(op, []).extend(ts)
     mismatches = [p.index for p in people if p.columns != reference[p.adapter_path is not None]]
-    errors = [e for p in everyone for e in p.errors]
+    errors = [e for p in everyone for e in p.errors] + [f"server log: {f}" for f in log.read()]
     weights = model_bytes()
     return {
         "sessions": args.sessions,
@@ -339,13 +416,14 @@ def main() -> int:
         env = {"QLORA_LAB_PUBLIC": "1", "QLORA_LAB_RUNS": str(runs), "HF_HUB_OFFLINE": "1"}
         os.environ["QLORA_LAB_RUNS"] = str(runs)  # the server's log goes there too (tests.browser.AppServer)
         server = AppServer(free_port(), env)
-        sampler = None
+        sampler, log = None, ServerLog(server.log_path)
         try:
             server.wait_healthy(120)
             sampler = RssSampler(server.proc.pid)
-            result = asyncio.run(asyncio.wait_for(room(args, server.url, adapter, sampler), args.timeout))
+            result = asyncio.run(asyncio.wait_for(room(args, server.url, adapter, sampler, log), args.timeout))
         except TimeoutError:
-            result = {"sessions": args.sessions, "errors": 1, "error_messages": [f"gave up after {args.timeout} s"]}
+            result = {"sessions": args.sessions, "errors": 1,
+                      "error_messages": [f"gave up after {args.timeout} s", *log.read(), *where_everyone_was()]}
         finally:
             if sampler is not None:
                 sampler.stop()

@@ -1,4 +1,5 @@
-"""What machine are we on: device, memory, library versions, embedded-model status."""
+"""What machine are we on: device, memory, library versions. (Whether the embedded model is ready is
+`lab.models.sources.embedded_status`: this module sits below the models.)"""
 
 from __future__ import annotations
 
@@ -61,8 +62,6 @@ class EnvironmentReport:
     python: str
     versions: dict[str, str | None]
     gpus: list[GpuInfo] = field(default_factory=list)
-    embedded_model_ready: bool = False
-    embedded_model_path: str = ""
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -83,8 +82,6 @@ def gpu_info() -> list[GpuInfo]:
 
 
 def environment_report() -> EnvironmentReport:
-    from lab.models.sources import embedded_model_dir, embedded_model_ready
-
     vm = psutil.virtual_memory()
     device = device_type()
     gpus = gpu_info()
@@ -99,6 +96,4 @@ def environment_report() -> EnvironmentReport:
         python=platform.python_version(),
         versions={lib: library_version(lib) for lib in LIBRARIES},
         gpus=gpus,
-        embedded_model_ready=embedded_model_ready(),
-        embedded_model_path=str(embedded_model_dir()),
     )

@@ -15,28 +15,27 @@ Local mode (the default on a laptop) keeps the lab's freedom: any folder, file o
 mode is on when QLORA_LAB_PUBLIC=1, and by default inside a Hugging Face Space (SPACE_ID set);
 QLORA_LAB_PUBLIC=0 turns it off there.
 
-The checks sit at the library's choke points (`resolve_source`, `inspect_adapter`,
-`dataset_file`, the runner's run folder), so the pages, the CLI and a training process started
-from a page all go through them. The lab never passes `trust_remote_code` (a test greps for it).
+This module is the bottom layer of those checks: pure checks on values (names, paths, Hub-id
+shape, the allow-list, the limits), importing nothing of the lab above errors/paths/units. What
+needs a model or a dataset lives beside the code it admits: `lab.models.public` (models: the
+catalog, a Hub config's parameter count) and `lab.data.datasets.check_dataset_source`. They are
+called at the library's choke points (`resolve_source`, `inspect_adapter`, `dataset_file`, the
+runner's run folder), so the pages, the CLI and a training process started from a page all go
+through them. The lab never passes `trust_remote_code` (a test greps for it).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TypeVar
 
 from lab.errors import LabError
-from lab.paths import runs_dir, uploads_dir
-from lab.units import fmt_bytes, fmt_count
+from lab.paths import runs_dir
+from lab.units import fmt_bytes
 
-T = TypeVar("T")
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,119}$")
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -238,96 +237,7 @@ def allow_listed(hub_id: str, allow: tuple[str, ...] | None = None) -> bool:
     return any(a.lower() == hub_id.lower() or a.lower() == f"{owner}/*" for a in allow)
 
 
-def _fetch_hub_config(hub_id: str, max_bytes: int) -> dict:
-    """The config.json of a Hub model: one small file. This is the network boundary (tests stub it)."""
-    from huggingface_hub import hf_hub_download
-
-    try:
-        path = Path(hf_hub_download(hub_id, "config.json"))
-    except Exception as e:  # offline, unknown, gated, no config.json
-        raise LabError(
-            f"Could not fetch the config.json of {hub_id!r} from the Hub ({type(e).__name__}), so its size "
-            "cannot be checked before downloading.",
-            "Check the id and the network; or pick 'embedded' or a catalog name.",
-        ) from e
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise LabError(
-            f"The config.json of {hub_id!r} is {fmt_bytes(size)}, above the {fmt_bytes(max_bytes)} a config may have."
-        )
-    return read_config_bytes(path.read_bytes(), f"{hub_id}/config.json", max_bytes)
-
-
-def _hub_weight_bytes(hub_id: str) -> int | None:
-    """Bytes of the weight files `from_pretrained` would download (safetensors, else .bin), from the
-    Hub's file listing; None when the listing is unavailable. A repo whose config is small but whose
-    files are huge is caught here."""
-    from huggingface_hub import HfApi
-
-    try:
-        info = HfApi().model_info(hub_id, files_metadata=True)
-    except Exception:
-        return None
-    files = [(s.rfilename, s.size or 0) for s in (info.siblings or [])]
-    safetensors = [n for f, n in files if f.endswith(".safetensors")]
-    return sum(safetensors) if safetensors else sum(n for f, n in files if f.endswith((".bin", ".pt", ".pth")))
-
-
-@functools.lru_cache(maxsize=256)
-def _admitted(hub_id: str, max_params: int, allow: tuple[str, ...]) -> int | None:
-    """Parameters of an admitted Hub model (None for an allow-listed one). Cached per process: a
-    page rerun does not fetch again. Refusals raise, and are not cached."""
-    if allow_listed(hub_id, allow):
-        return None
-    lim = limits()
-    data = _fetch_hub_config(hub_id, lim.max_config_bytes)
-    arch = architecture_within_limits(data, hub_id, lim)
-    params = arch.params_total
-    if params > max_params:
-        raise LabError(
-            f"Hub model {hub_id!r} has {fmt_count(params)} parameters ({params:,}), above this server's cap of "
-            f"{fmt_count(max_params)} (QLORA_LAB_MAX_PARAMS).",
-            "Pick a smaller model, 'embedded', or ask the instructor to allow-list it (QLORA_LAB_HUB_ALLOW).",
-        )
-    weights = _hub_weight_bytes(hub_id)
-    if weights is not None and weights > max_params * 4 * 1.1:  # fp32 weights of a model at the cap, + 10%
-        raise LabError(
-            f"Hub model {hub_id!r} lists {fmt_bytes(weights)} of weight files, more than a "
-            f"{fmt_count(max_params)}-parameter model needs: refused before downloading.",
-            "Pick another model, or ask the instructor to allow-list it.",
-        )
-    return params
-
-
-def admit_hub_model(hub_id: str) -> int | None:
-    """Raise a LabError unless public mode may download `hub_id` (see `_admitted`)."""
-    if not is_hub_id(hub_id):
-        raise LabError(f"{hub_id!r} is not a Hub id (owner/name).")
-    lim = limits()
-    return _admitted(hub_id, lim.max_params, lim.hub_allow)
-
-
-# --------------------------------------------------------------------------- model, adapter, dataset fields
-def check_model_spec(spec: str) -> tuple[str, str]:
-    """Public mode's model field: ('embedded'|'catalog'|'hub', normalised spec). Paths never get here
-    as paths: a Hub-id-shaped 'runs/x' is a Hub id, and the file system is not consulted."""
-    from lab.models.sources import EMBEDDED, catalog_names
-
-    spec = (spec or "").strip()
-    if spec.lower() == EMBEDDED:
-        return "embedded", EMBEDDED
-    by_name = {n.lower(): n for n in catalog_names()}
-    if spec.lower() in by_name:
-        return "catalog", by_name[spec.lower()]
-    if looks_like_path(spec) or not is_hub_id(spec):
-        raise LabError(
-            f"Model {spec!r} is not allowed here. {NO_PATHS}",
-            f"Pick '{EMBEDDED}', a catalog name (e.g. {', '.join(catalog_names()[:3])}), or a Hub id (owner/name).",
-        )
-    admit_hub_model(spec)
-    return "hub", spec
-
-
+# --------------------------------------------------------------------------- adapter fields
 def check_adapter_source(source: str) -> str:
     """Public mode's adapter field: a run folder inside runs/ (by name or path), or an allow-listed Hub id."""
     text = (source or "").strip()
@@ -341,30 +251,6 @@ def check_adapter_source(source: str) -> str:
     if Path(text).is_absolute() and not _under(Path(text), runs_dir()):
         raise LabError(f"Adapter {text!r} is a server path outside runs/. {NO_PATHS}", "Pick a run from runs/.")
     return str(run_folder(text))
-
-
-def check_dataset_source(source: str) -> str:
-    """Public mode's dataset field: a bundled name, an upload (inside runs/uploads/), or an allow-listed Hub id."""
-    from lab.data.datasets import list_datasets
-
-    text = (source or "").strip()
-    if text in list_datasets():
-        return text
-    if is_hub_id(text) and not looks_like_path(text) and not Path(text).suffix:
-        if allow_listed(text):
-            return text
-        raise LabError(
-            f"Hub dataset {text!r} is not allow-listed on this server.",
-            f"Pick a bundled dataset ({', '.join(list_datasets())}) or upload a file.",
-        )
-    path = Path(text)
-    lexically_in_uploads = path.is_absolute() and Path(os.path.abspath(uploads_dir())) in path.parents
-    if ".." in path.parts or not lexically_in_uploads:
-        raise LabError(
-            f"Dataset {text!r} is not allowed here. {NO_PATHS}",
-            f"Pick a bundled dataset ({', '.join(list_datasets())}) or upload a file.",
-        )
-    return str(inside(path, uploads_dir(), text))  # an upload that is a symlink out of runs/ is refused here
 
 
 def _under(path: Path, root: Path) -> bool:
@@ -440,45 +326,3 @@ def _walk(data, depth: int = 0):
         for k, v in data.items():
             yield str(k), v
             yield from _walk(v, depth + 1)
-
-
-def architecture_within_limits(data: dict, name: str, lim: Limits | None = None):
-    """The calculator's architecture of a config dict, after the structure caps and within the
-    time budget (a worker thread; the caller gets an answer even if transformers is slow)."""
-    from lab.models.architecture import architecture_from_config
-    from lab.models.sources import config_from_dict
-
-    lim = lim or limits()
-    check_config_structure(data, name, lim)
-    label = Path(name).stem if name.endswith(".json") else name
-    return bounded(
-        lambda: architecture_from_config(config_from_dict(data, name), label), lim.config_seconds, f"Reading {name}"
-    )
-
-
-_BOUNDED = threading.BoundedSemaphore(2)
-
-
-def bounded(fn: Callable[[], T], seconds: float, what: str) -> T:
-    """fn() in a worker thread, waiting at most `seconds`. At most two run at once, so a stream of
-    slow requests cannot pile up threads; the others are told the server is busy."""
-    if not _BOUNDED.acquire(timeout=seconds):
-        raise LabError(f"{what}: the server is busy reading other configs.", "Try again in a few seconds.")
-    box: dict = {}
-
-    def work():
-        try:
-            box["value"] = fn()
-        except BaseException as e:  # handed to the caller's thread
-            box["error"] = e
-        finally:
-            _BOUNDED.release()
-
-    t = threading.Thread(target=work, name="lab-bounded", daemon=True)
-    t.start()
-    t.join(seconds)
-    if t.is_alive():
-        raise LabError(f"{what} took longer than {seconds:.0f} s: refused.", "Check the config's sizes.")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]

@@ -19,9 +19,11 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from lab.errors import Cancelled, LabError
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -128,3 +130,45 @@ class BackgroundTask:
         if self.started_at is None:
             return 0.0
         return (self.finished_at or time.time()) - self.started_at
+
+
+# --------------------------------------------------------------------------- bounded work
+_BOUNDED = threading.BoundedSemaphore(2)
+
+
+def within(fn: Callable[[], T], seconds: float, late: LabError) -> T:
+    """fn() in a daemon thread; its result, or `late` raised once `seconds` have passed. The caller is
+    answered on time; work it gave up on finishes (or fails) in the background and holds nothing of
+    the lab's, so a check for an input already replaced never delays the next one."""
+    box: dict = {}
+
+    def work():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=work, name="lab-within", daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        raise late
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def bounded(fn: Callable[[], T], seconds: float, what: str) -> T:
+    """fn() in a worker thread, waiting at most `seconds`. At most two run at once, so a stream of
+    slow requests cannot pile up threads; the others are told the server is busy."""
+    if not _BOUNDED.acquire(timeout=seconds):
+        raise LabError(f"{what}: the server is busy reading other configs.", "Try again in a few seconds.")
+
+    def guarded() -> T:
+        try:
+            return fn()
+        finally:
+            _BOUNDED.release()
+
+    return within(guarded, seconds, LabError(f"{what} took longer than {seconds:.0f} s: refused.",
+                                             "Check the config's sizes."))

@@ -6,8 +6,9 @@ from __future__ import annotations
 import streamlit as st
 
 from lab import policy
-from lab.models.architecture import Architecture, read_architecture, read_architecture_json
-from lab.models.sources import EMBEDDED, catalog_names
+from lab.models.architecture import Architecture
+from lab.models.catalog import EMBEDDED, catalog_names
+from lab.models.reader import read_architecture, read_architecture_json
 from lab.units import fmt_count
 from pages._ui import friendly_errors
 

@@ -20,6 +20,7 @@ from lab import policy
 from lab.environment import environment_report
 from lab.errors import LabError
 from lab.models.registry import ModelRegistry
+from lab.models.sources import embedded_status
 from lab.serve.admin import admin_enabled
 from lab.serve.preload import Preloader
 from lab.serve.sessions import SessionBoard
@@ -180,7 +181,7 @@ def model_field(label: str, default: str, key: str, help: str, weights: bool = T
     when no weights are needed, or a Hub id, which is checked against the parameter cap."""
     if not policy.public_mode():
         return st.text_input(label, default, key=key, help=help, disabled=disabled, bind=bind)
-    from lab.models.sources import EMBEDDED, catalog_names
+    from lab.models.catalog import EMBEDDED, catalog_names
 
     options = [EMBEDDED, *([] if weights else catalog_names()), HUB_CHOICE]
     index = options.index(default) if default in options else 0
@@ -195,7 +196,7 @@ def model_field(label: str, default: str, key: str, help: str, weights: bool = T
 
 @st.cache_data(ttl=30, show_spinner=False)
 def cached_environment() -> dict:
-    return environment_report().to_json()
+    return {**environment_report().to_json(), **embedded_status()}
 
 
 def sidebar() -> None:

@@ -68,7 +68,7 @@ def source_problem(spec: str) -> str | None:
 
 @st.cache_data(show_spinner=False)
 def module_names(spec: str) -> list[str]:
-    from lab.models.architecture import read_architecture
+    from lab.models.reader import read_architecture
 
     return read_architecture(spec).decoder_linear_names
 

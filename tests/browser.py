@@ -30,6 +30,10 @@ CHROMIUM_ARGS = [
 requires_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"
 )
+# One patient timeout for every wait (Playwright's expect() defaults to 5 s, actions to 30 s): on a loaded
+# 2-core CI machine a script rerun can take tens of seconds, and a long timeout costs nothing when a test passes.
+TIMEOUT_MS = 180_000
+MAIN = '[data-testid="stMain"]'
 
 
 def free_port() -> int:
@@ -51,7 +55,7 @@ class AppServer:
         env = {**os.environ, "QLORA_LAB_QUEUE_WATCH": "1", **(env or {})}
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
-    def wait_healthy(self, timeout: float = 60) -> None:
+    def wait_healthy(self, timeout: float = TIMEOUT_MS / 1000) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -74,47 +78,75 @@ class AppServer:
 
 
 @pytest.fixture(scope="session")
-def app_server() -> Iterator[AppServer]:
+def app_server(tmp_path_factory) -> Iterator[AppServer]:
+    """The one server every browser test shares unless its environment is what it tests (a server costs
+    seconds of CPU to start). It knows it is offline (HF_HUB_OFFLINE) and has an empty Hub cache, so what it
+    says about Hub ids is the same on any machine."""
     if CHROMIUM is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    server = AppServer(free_port())
+    server = start_server({"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path_factory.mktemp("hub"))})
     try:
-        server.wait_healthy()
         yield server
     finally:
         server.stop()
+
+
+def start_server(env: dict[str, str] | None = None, extra_args: list[str] | None = None) -> AppServer:
+    """A fresh server of its own (for a test that needs its own environment), healthy when returned."""
+    server = AppServer(free_port(), env=env, extra_args=extra_args)
+    try:
+        server.wait_healthy()
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 @pytest.fixture(scope="session")
 def browser():
     if CHROMIUM is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=TIMEOUT_MS)
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
 
 
+def new_page(browser):
+    """A page in a browser context of its own (a separate session: its own cookies), with patient timeouts."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(TIMEOUT_MS)
+    context.set_default_navigation_timeout(TIMEOUT_MS)
+    return context.new_page()
+
+
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    p = context.new_page()
+    p = new_page(browser)
     yield p
-    context.close()
+    p.context.close()
 
 
-def open_page(page, server: AppServer, path: str = "", wait_for_text: str | None = None, timeout: float = 60_000):
+def main(page):
+    """The page's main block: what the app itself wrote. Locators scoped here never match Streamlit's own
+    chrome (its header shows a "Stop" button while a script run is long; its sidebar lists the pages)."""
+    return page.locator(MAIN)
+
+
+def open_page(page, server: AppServer, path: str = "", wait_for_text: str | None = None,
+              timeout: float = TIMEOUT_MS):
     """Open an app URL and wait until Streamlit has finished running the script."""
-    page.goto(f"{server.url}/{path}", wait_until="domcontentloaded")
-    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout)
+    page.goto(f"{server.url}/{path}", wait_until="domcontentloaded", timeout=timeout)
+    page.wait_for_selector(MAIN, timeout=timeout)
     if wait_for_text:
-        page.get_by_text(wait_for_text).first.wait_for(timeout=timeout)
+        main(page).get_by_text(wait_for_text).first.wait_for(timeout=timeout)
     wait_idle(page, timeout)
 
 
-def wait_idle(page, timeout: float = 60_000) -> None:
+def wait_idle(page, timeout: float = TIMEOUT_MS) -> None:
     """Wait until the 'running' indicator is gone (the script run finished)."""
     page.wait_for_function(
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
@@ -124,7 +156,7 @@ def wait_idle(page, timeout: float = 60_000) -> None:
 
 
 def assert_no_exception(page) -> None:
-    exceptions = page.locator('[data-testid="stException"]')
+    exceptions = page.locator('[data-testid="stException"]')  # anywhere: the sidebar's too
     assert exceptions.count() == 0, exceptions.first.inner_text()
 
 

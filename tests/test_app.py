@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _home() -> AppTest:
     """Home as people reach it: through app.py's navigation (pages never run on their own; see
     pages/_ui.py on Streamlit's legacy pages mode)."""
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
     assert not at.exception
     return at
 

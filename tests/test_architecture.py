@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 from lab.errors import LabError
-from lab.models.architecture import architecture_from_config, read_architecture, read_architecture_json
-from lab.models.sources import catalog_names, resolve_source
+from lab.models.architecture import architecture_from_config
+from lab.models.catalog import catalog_names
+from lab.models.reader import read_architecture, read_architecture_json
+from lab.models.sources import resolve_source
 from tests.fixtures_architecture import TINY_CONFIGS, tiny_config
 
 REQUIRED = ["Llama-3.2-1B", "Llama-3.2-3B", "Llama-3.1-8B", "Llama-3.1-70B", "Llama-2-7B", "Mistral-7B",
@@ -81,6 +83,7 @@ def test_fused_biased_and_tied_come_from_the_model():
     assert lm_head.tied and not lm_head.quantized
 
 
+@pytest.mark.embedded
 def test_embedded_reads_like_the_loaded_model(embedded_dir):
     from transformers import AutoModelForCausalLM
 

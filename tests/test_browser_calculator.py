@@ -8,32 +8,32 @@ import pytest
 from playwright.sync_api import expect
 
 from lab.models.sources import resolve_source
-from tests.browser import assert_no_exception, open_page, screenshot, wait_idle
+from tests.browser import assert_no_exception, main, open_page, screenshot, wait_idle
 
 pytestmark = pytest.mark.browser
 
 
 def metric(page, label: str):
     return (
-        page.locator('[data-testid="stMetric"]').filter(has_text=label).locator('[data-testid="stMetricValue"]').first
+        main(page).locator('[data-testid="stMetric"]').filter(has_text=label).locator('[data-testid="stMetricValue"]').first
     )
 
 
 def test_calculator_from_a_shared_link(app_server, page):
     open_page(page, app_server, "calculator?model=Llama-3.2-3B&precision=nf4&dtype=fp16", wait_for_text="Training step")
-    expect(metric(page, "get_memory_footprint()")).to_have_text("2.20 GB", timeout=30_000)
+    expect(metric(page, "get_memory_footprint()")).to_have_text("2.20 GB")
     # the simulation runs in the background; its results replace the spinner
-    expect(metric(page, "Simulated training peak")).to_be_visible(timeout=120_000)
-    expect(page.get_by_text("Live bytes through one training step").first).to_be_visible(timeout=30_000)
-    expect(page.get_by_text("Does it fit?").first).to_be_visible()
-    expect(page.locator(".js-plotly-plot").nth(2)).to_be_visible(timeout=30_000)
+    expect(metric(page, "Simulated training peak")).to_be_visible()
+    expect(main(page).get_by_text("Live bytes through one training step").first).to_be_visible()
+    expect(main(page).get_by_text("Does it fit?").first).to_be_visible()
+    expect(main(page).locator(".js-plotly-plot").nth(2)).to_be_visible()
     assert_no_exception(page)
     screenshot(page, "screenshot-calculator.png")
     # a widget change reaches the URL, so the link can be shared
-    page.locator('[data-testid="stButtonGroup"]').first.get_by_text("fp32", exact=True).click()
+    main(page).locator('[data-testid="stButtonGroup"]').first.get_by_text("fp32", exact=True).click()
     wait_idle(page)
-    expect(metric(page, "get_memory_footprint()")).to_have_text("12.85 GB", timeout=30_000)
-    expect(page).to_have_url(re.compile(r"precision=fp32"), timeout=10_000)
+    expect(metric(page, "get_memory_footprint()")).to_have_text("12.85 GB")
+    expect(page).to_have_url(re.compile(r"precision=fp32"))
     expect(page.locator('[data-testid="stSidebar"]').get_by_text("Precision & memory").first).to_be_visible()
 
 
@@ -43,12 +43,12 @@ def test_calculator_upload_and_bad_upload(app_server, page, tmp_path):
     )
     good = tmp_path / "config.json"
     good.write_bytes(resolve_source("Qwen2.5-0.5B").path.read_bytes())
-    page.locator('input[type="file"]').set_input_files(str(good))
-    expect(page.get_by_text("494,032,768").first).to_be_visible(timeout=30_000)
+    main(page).locator('input[type="file"]').set_input_files(str(good))
+    expect(main(page).get_by_text("494,032,768").first).to_be_visible()
     bad = tmp_path / "broken.json"
     bad.write_text("{broken")
-    page.locator('input[type="file"]').set_input_files(str(bad))
-    expect(page.get_by_text("broken.json is not valid JSON").first).to_be_visible(timeout=30_000)
+    main(page).locator('input[type="file"]').set_input_files(str(bad))
+    expect(main(page).get_by_text("broken.json is not valid JSON").first).to_be_visible()
     assert_no_exception(page)
 
 
@@ -56,11 +56,11 @@ def test_lora_estimator_seed_example(app_server, page):
     url = ("lora_estimator?model=Llama-3.2-3B&r=32&alpha=64.0&preset=custom"
            "&modules=q_proj&modules=k_proj&modules=v_proj&modules=o_proj")
     open_page(page, app_server, url, wait_for_text="Trainable parameters")
-    expect(metric(page, "Trainable parameters")).to_have_text("18.35M", timeout=30_000)
+    expect(metric(page, "Trainable parameters")).to_have_text("18.35M")
     expect(metric(page, "Adapter file, fp32")).to_have_text("73.40 MB")
     assert_no_exception(page)
     screenshot(page, "screenshot-lora-estimator.png")
-    page.locator('[data-testid="stButtonGroup"]').first.get_by_text("all-linear", exact=True).click()
+    main(page).locator('[data-testid="stButtonGroup"]').first.get_by_text("all-linear", exact=True).click()
     wait_idle(page)
-    expect(metric(page, "Trainable parameters")).not_to_have_text("18.35M", timeout=30_000)
+    expect(metric(page, "Trainable parameters")).not_to_have_text("18.35M")
     assert_no_exception(page)

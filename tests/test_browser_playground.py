@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser import assert_no_exception, open_page, screenshot, wait_idle
+from tests.browser import assert_no_exception, main, open_page, screenshot, wait_idle
 from tests.fixtures_playground import tiny_adapters  # noqa: F401
 from tests.test_compare import reference
 
@@ -18,30 +18,30 @@ def test_playground_side_by_side_in_chromium(app_server, page, tiny_model_dir, t
     # Enter through the app (its navigation and sidebar), as a person would.
     open_page(page, app_server, "", wait_for_text="This machine")
     page.locator('[data-testid="stSidebarNav"]').get_by_text("Playground").click()
-    page.get_by_text("Side by side").first.wait_for(timeout=60_000)
+    main(page).get_by_text("Side by side").first.wait_for()
     wait_idle(page)
-    base_box = page.get_by_role("textbox", name="Base model")
+    base_box = main(page).get_by_role("textbox", name="Base model")
     base_box.fill(str(tiny_model_dir))
     base_box.press("Enter")
     wait_idle(page)
-    adapters = page.get_by_role("textbox", name="Other adapters (one per line)")
+    adapters = main(page).get_by_role("textbox", name="Other adapters (one per line)")
     adapters.fill(f"{tiny_adapters['alpha']}\n/no/such/adapter")
     adapters.press("Control+Enter")
     wait_idle(page)
-    expect(page.get_by_text("does not exist").first).to_be_visible(timeout=30_000)
+    expect(main(page).get_by_text("does not exist").first).to_be_visible()
     prompt = "Name three colours of the rainbow."
-    page.get_by_role("spinbutton", name="Max new tokens").fill("12")
-    page.get_by_role("spinbutton", name="Max new tokens").press("Enter")
+    main(page).get_by_role("spinbutton", name="Max new tokens").fill("12")
+    main(page).get_by_role("spinbutton", name="Max new tokens").press("Enter")
     wait_idle(page)
-    page.get_by_role("textbox", name="Prompt").fill(prompt)
-    page.get_by_role("button", name="Generate").click()
+    main(page).get_by_role("textbox", name="Prompt").fill(prompt)
+    main(page).get_by_role("button", name="Generate").click()
     alpha = reference(tiny_model_dir, [{"role": "user", "content": prompt}], tiny_adapters["alpha"], n=12)
-    expect(page.get_by_text(alpha.strip().split()[0]).first).to_be_visible(timeout=60_000)
-    expect(page.get_by_text("Tokens/s")).to_have_count(2, timeout=60_000)
-    expect(page.get_by_text("no adapter").first).to_be_visible()
-    expect(page.get_by_role("button", name="Stop")).to_have_count(0, timeout=60_000)  # finished, polling stopped
+    expect(main(page).get_by_text(alpha.strip().split()[0]).first).to_be_visible()
+    expect(main(page).get_by_text("Tokens/s")).to_have_count(2)
+    expect(main(page).get_by_text("no adapter").first).to_be_visible()
+    expect(main(page).get_by_role("button", name="Stop")).to_have_count(0)  # finished, polling stopped
     wait_idle(page)
-    expect(page.get_by_role("textbox", name="Prompt")).to_have_value(prompt)
+    expect(main(page).get_by_role("textbox", name="Prompt")).to_have_value(prompt)
     expect(page.locator('[data-testid="stSidebar"]').get_by_text("RAM").first).to_be_visible()  # the app's sidebar
     assert_no_exception(page)
     png = screenshot(page, "screenshot-playground.png")
@@ -62,21 +62,23 @@ def test_newest_run_preselected_noted_and_scored_in_chromium(app_server, page, t
         "pretrained_id": str(tiny_model_dir)}}))
     try:
         open_page(page, app_server, f"playground?model={tiny_model_dir}&precision=fp32", wait_for_text="Side by side")
-        picker = page.get_by_text("Adapters from runs/").locator("xpath=ancestor::div[@data-testid='stMultiSelect']")
+        picker = main(page).get_by_text("Adapters from runs/").locator(
+            "xpath=ancestor::div[@data-testid='stMultiSelect']"
+        )
         expect(picker).to_contain_text(name[:20])  # the newest run on this base, preselected
-        page.get_by_role("spinbutton", name="Max new tokens").fill("4")
-        page.get_by_role("spinbutton", name="Max new tokens").press("Enter")
+        main(page).get_by_role("spinbutton", name="Max new tokens").fill("4")
+        main(page).get_by_role("spinbutton", name="Max new tokens").press("Enter")
         wait_idle(page)
-        page.get_by_role("button", name="Generate").click()
-        expect(page.get_by_text("Tokens/s")).to_have_count(2, timeout=60_000)
-        expect(page.get_by_text("Trained on a NF4 base; here on FP32").first).to_be_visible()
-        page.get_by_role("tab", name="Evaluate on a test set").click()
-        page.get_by_role("spinbutton", name="Examples").fill("2")
-        page.get_by_role("spinbutton", name="Examples").press("Enter")
+        main(page).get_by_role("button", name="Generate").click()
+        expect(main(page).get_by_text("Tokens/s")).to_have_count(2)
+        expect(main(page).get_by_text("Trained on a NF4 base; here on FP32").first).to_be_visible()
+        main(page).get_by_role("tab", name="Evaluate on a test set").click()
+        main(page).get_by_role("spinbutton", name="Examples").fill("2")
+        main(page).get_by_role("spinbutton", name="Examples").press("Enter")
         wait_idle(page)
-        page.get_by_role("button", name="Evaluate").click()
-        chart = page.locator(".js-plotly-plot").last
-        expect(chart).to_be_visible(timeout=120_000)
+        main(page).get_by_role("button", name="Evaluate").click()
+        chart = main(page).locator(".js-plotly-plot").last
+        expect(chart).to_be_visible()
         wait_idle(page)
         def texts(selector: str) -> list[str]:  # SVG text has no innerText
             return chart.locator(selector).evaluate_all("els => els.map(e => e.textContent)")

@@ -5,12 +5,13 @@ sidebar counts who holds the shared model, and a closed tab gives its hold back.
 from __future__ import annotations
 
 import re
+import time
 from urllib.parse import quote
 
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser import assert_no_exception, open_page, requires_chromium, wait_idle
+from tests.browser import TIMEOUT_MS, assert_no_exception, main, new_page, open_page, requires_chromium, wait_idle
 from tests.fixtures_playground import tiny_adapters  # noqa: F401
 
 pytestmark = [requires_chromium, pytest.mark.browser]
@@ -19,7 +20,7 @@ pytestmark = [requires_chromium, pytest.mark.browser]
 def holders(page, model: str) -> int:
     """How many sessions the sidebar says hold `model` at fp32 (this one included)."""
     line = page.locator('[data-testid="stSidebar"] li').filter(has_text=f"{model} @ fp32").first
-    line.wait_for(timeout=60_000)
+    line.wait_for()
     text = line.inner_text()
     m = re.search(r"in use: (yours)?(?: \+ )?(?:(\d+) other sessions?)?", text)
     assert m, text
@@ -28,38 +29,39 @@ def holders(page, model: str) -> int:
 
 def test_three_browsers_share_the_model_not_the_adapters(app_server, browser, tiny_model_dir, tiny_adapters):
     model = str(tiny_model_dir)
-    contexts = [browser.new_context(viewport={"width": 1400, "height": 1000}) for _ in range(3)]
-    pages = [c.new_page() for c in contexts]
+    pages = [new_page(browser) for _ in range(3)]
+    contexts = [p.context for p in pages]
     adapters = [tiny_adapters["alpha"], tiny_adapters["beta"], None]
     for page, adapter in zip(pages, adapters, strict=True):
         query = f"playground?model={quote(model)}&prompt={quote('Name three colours.')}"
         open_page(page, app_server, query + (f"&adapter={quote(str(adapter))}" if adapter else ""), "Side by side")
-        page.get_by_role("spinbutton", name="Max new tokens").fill("6")
-        page.get_by_role("spinbutton", name="Max new tokens").press("Enter")
+        main(page).get_by_role("spinbutton", name="Max new tokens").fill("6")
+        main(page).get_by_role("spinbutton", name="Max new tokens").press("Enter")
         wait_idle(page)
     for page in pages:  # all three press Generate, then all wait
-        page.get_by_role("button", name="Generate").click()
+        main(page).get_by_role("button", name="Generate").click()
     for page, adapter in zip(pages, adapters, strict=True):
-        expect(page.get_by_text("Tokens/s")).to_have_count(2 if adapter else 1, timeout=120_000)
-        expect(page.get_by_role("button", name="Stop")).to_have_count(0, timeout=120_000)
+        expect(main(page).get_by_text("Tokens/s")).to_have_count(2 if adapter else 1)
+        expect(main(page).get_by_role("button", name="Stop")).to_have_count(0)
         assert_no_exception(page)
     alice, bob, carol = pages
     expect(alice.locator(".st-key-column-alpha")).to_have_count(1)
     expect(alice.locator(".st-key-column-beta")).to_have_count(0)
     expect(bob.locator(".st-key-column-beta")).to_have_count(1)
     expect(bob.locator(".st-key-column-alpha")).to_have_count(0)
-    expect(carol.locator('[class*="st-key-column-"]')).to_have_count(1)  # the base column only
+    expect(main(carol).locator('[class*="st-key-column-"]')).to_have_count(1)  # the base column only
     carol.reload()
     wait_idle(carol)
     before = holders(carol, model)
     assert before >= 3  # alice, bob and carol (a session of an earlier test may not be reaped yet)
     contexts[0].close()  # alice leaves
-    for _ in range(30):  # the sidebar reaps closed tabs at most every 10 s
+    deadline = time.monotonic() + TIMEOUT_MS / 1000  # the sidebar reaps closed tabs at most every 10 s
+    while time.monotonic() < deadline:  # each reload asks the sidebar again; stop as soon as it has reaped
         carol.reload()
         wait_idle(carol)
         if holders(carol, model) < before:
             break
-        carol.wait_for_timeout(1000)
+        carol.wait_for_timeout(1000)  # between polls, not a wait for the answer
     assert holders(carol, model) < before
     for c in contexts[1:]:
         c.close()

@@ -6,18 +6,19 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser import assert_no_exception, open_page, requires_chromium, screenshot, wait_idle
+from tests.browser import assert_no_exception, main, open_page, requires_chromium, screenshot, wait_idle
 
 pytestmark = [requires_chromium, pytest.mark.browser]
 
 
 def set_field(page, label: str, value: str) -> None:
-    box = page.get_by_label(label, exact=True)
+    box = main(page).get_by_label(label, exact=True)
     box.fill(value)
     box.press("Enter")
     wait_idle(page)
 
 
+@pytest.mark.training
 def test_short_run_from_the_page(app_server, page, tiny_model_dir):
     open_page(page, app_server, "training", wait_for_text="Configure a run")
     assert_no_exception(page)
@@ -26,24 +27,23 @@ def test_short_run_from_the_page(app_server, page, tiny_model_dir):
     set_field(page, "Batch size", "2")
     set_field(page, "Max length (tokens)", "64")
     set_field(page, "Eval every (steps)", "2")
-    expect(page.locator('[data-testid="stCode"]').filter(has_text="lab train --model").first).to_contain_text(
-        "--max-steps 4", timeout=30_000
-    )
+    expect(main(page).locator('[data-testid="stCode"]').filter(has_text="lab train --model").first).to_contain_text(
+        "--max-steps 4")
     # a refresh keeps what was typed (the form lives in the URL)
     page.reload(wait_until="domcontentloaded")
     wait_idle(page)
-    expect(page.get_by_label("Max steps", exact=True)).to_have_value("4", timeout=30_000)
-    expect(page.get_by_label("Base model", exact=True)).to_have_value(str(tiny_model_dir))
-    page.get_by_role("button", name="Train", exact=True).click()
+    expect(main(page).get_by_label("Max steps", exact=True)).to_have_value("4")
+    expect(main(page).get_by_label("Base model", exact=True)).to_have_value(str(tiny_model_dir))
+    main(page).get_by_role("button", name="Train", exact=True).click()
     # this tab's run is under way: its Train button is off (a second click cannot start another)
-    expect(page.get_by_role("button", name="Queue this run", exact=True)).to_be_disabled(timeout=60_000)
-    status = page.get_by_text("FINISHED", exact=False).or_(page.get_by_text("FAILED", exact=False))
-    expect(status.first).to_be_visible(timeout=240_000)
+    expect(main(page).get_by_role("button", name="Queue this run", exact=True)).to_be_disabled()
+    status = main(page).get_by_text("FINISHED", exact=False).or_(main(page).get_by_text("FAILED", exact=False))
+    expect(status.first).to_be_visible(timeout=600_000)
     assert "FINISHED" in status.first.inner_text(), page.locator('[data-testid="stMain"]').inner_text()[:2000]
-    expect(page.get_by_text("Train loss").first).to_be_visible()
-    expect(page.get_by_text("Peak memory").first).to_be_visible()
+    expect(main(page).get_by_text("Train loss").first).to_be_visible()
+    expect(main(page).get_by_text("Peak memory").first).to_be_visible()
     assert_no_exception(page)
-    page.get_by_text("Current run").first.scroll_into_view_if_needed()
+    main(page).get_by_text("Current run").first.scroll_into_view_if_needed()
     screenshot(page, "screenshot-training.png")
 
     # A new tab (no session state) re-attaches through ?run= and the run's folder.
@@ -51,6 +51,6 @@ def test_short_run_from_the_page(app_server, page, tiny_model_dir):
     assert "run=" in url
     other = page.context.new_page()
     other.goto(url, wait_until="domcontentloaded")
-    expect(other.get_by_text("FINISHED", exact=False).first).to_be_visible(timeout=60_000)
-    expect(other.get_by_text("Run history").first).to_be_visible()
+    expect(main(other).get_by_text("FINISHED", exact=False).first).to_be_visible()
+    expect(main(other).get_by_text("Run history").first).to_be_visible()
     other.close()

@@ -214,6 +214,7 @@ def test_cli_compare_json(tiny_model_dir, tiny_adapters, capsys):
     assert rc == 2 and "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.embedded
 def test_embedded_end_to_end(embedded_dir, tmp_path):
     """The real SmolLM2: base column = plain transformers, adapter column = plain peft, and they differ."""
     adapter = make_adapter(embedded_dir, tmp_path / "embedded-adapter", seed=6, std=0.05)

@@ -45,6 +45,7 @@ def accelerate_parser():
 
 
 # --------------------------------------------------------------------------- two CPU processes
+@pytest.mark.training
 def test_two_processes_train_like_one_with_the_same_global_batch(tiny_model_dir, tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     monkeypatch.setenv("QLORA_LAB_RUNS", str(runs))
@@ -58,7 +59,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tiny_model_dir,
     assert cmd[:2] == ["accelerate", "launch"]
     env = {**os.environ, "QLORA_LAB_RUNS": str(runs), "OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *cmd[2:], "--json"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=240)
+                       capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     two = json.loads(p.stdout)  # one report: the other rank prints nothing
 
@@ -87,6 +88,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tiny_model_dir,
     assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() < 1e-4 for k in a)
 
 
+@pytest.mark.training
 def test_accelerate_cpu_flag_starting_one_process_is_refused(tiny_model_dir, tmp_path):
     """`accelerate launch --cpu --num_processes 2` starts ONE process; training it would halve the batch silently."""
     env = {**os.environ, "QLORA_LAB_RUNS": str(tmp_path / "runs")}
@@ -110,7 +112,7 @@ def test_accelerate_cpu_flag_starting_one_process_is_refused(tiny_model_dir, tmp
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
     assert p.returncode != 0
     line = [x for x in p.stderr.splitlines() if x.startswith("error: ")]

@@ -45,7 +45,7 @@ def test_embedded_folder_is_a_plain_checkpoint(embedded_dir):
 
 
 def test_resolve_sources(tiny_model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr("lab.models.sources.hub_reachable", lambda timeout=2.0: True)  # the Hub, as if online
+    monkeypatch.setattr("lab.models.hub.hub_reachable", lambda timeout=2.0: True)  # the Hub, as if online
     assert resolve_source(str(tiny_model_dir)).kind == "folder"
     assert resolve_source(str(tiny_model_dir / "config.json")).kind == "config"
     assert resolve_source("HuggingFaceTB/SmolLM2-135M-Instruct").kind == "hub"
@@ -101,14 +101,14 @@ def test_uncached_hub_id_offline_fails_at_once_with_hints_that_fit(monkeypatch, 
 def test_no_network_is_detected_without_waiting_for_retries(monkeypatch, tmp_path):
     from huggingface_hub import constants
 
-    from lab.models import sources
+    from lab.models import hub
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(v, raising=False)
-    monkeypatch.setattr(sources, "_probe", {})
+    monkeypatch.setattr(hub, "_probe", {})
     probes = []
 
     def no_network(address, timeout=None):
@@ -192,13 +192,13 @@ def test_background_task_reports_and_fails_cleanly():
             report(f"step {i}", (i + 1) / n, partial=i)
         return n * 2
 
-    t = BackgroundTask("ok", work, (3,)).start().wait(5)
+    t = BackgroundTask("ok", work, (3,)).start().wait(120)
     assert t.status == "done" and t.result == 6 and t.partial == 2 and len(t.progress) == 3
 
     def boom(report, cancel):
         raise LabError("bad rank 0", "use r >= 1")
 
-    t = BackgroundTask("bad", boom).start().wait(5)
+    t = BackgroundTask("bad", boom).start().wait(120)
     assert t.status == "failed" and t.error == "bad rank 0 use r >= 1"
 
     started = threading.Event()
@@ -210,10 +210,10 @@ def test_background_task_reports_and_fails_cleanly():
         return "stopped"
 
     t = BackgroundTask("slow", slow).start()
-    started.wait(5)
+    started.wait(120)
     assert t.poll().running
     t.cancel()
-    assert t.wait(5).status == "cancelled"
+    assert t.wait(120).status == "cancelled"
 
 
 def test_cli_info_json(capsys):

@@ -31,7 +31,7 @@ def test_the_instructor_page_opens_with_the_token_and_controls_the_room(tiny_mod
     model_registry().free_unused()
     model_registry().get(str(tiny_model_dir), "fp32")
 
-    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    at = AppTest.from_file(PAGE, default_timeout=180).run()
     assert not at.exception and not at.metric  # nothing shown before the token
     at.text_input[0].set_value("wrong-token")
     at.button[0].click().run()

@@ -12,7 +12,7 @@ TASK = "loading_lab_task"
 
 
 def _page() -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at = AppTest.from_file(PAGE, default_timeout=180).run()
     assert not at.exception
     return at
 
@@ -27,7 +27,7 @@ def _run_to_completion(
     at.button[0].click().run()
     assert not at.exception
     task = at.session_state[TASK]
-    task.wait(300)
+    task.wait(600)
     assert not task.running
     return at.run()  # the polling fragment sees the task done and re-renders the page with results
 
@@ -125,7 +125,7 @@ def test_a_cancelled_run_is_marked_cancelled(tiny_model_dir):
     at.button[0].click().run()
     task = at.session_state[TASK]
     task.cancel()  # what the Cancel button does
-    task.wait(300)
+    task.wait(600)
     at.run()
     assert not at.exception
     warning = next(w.value for w in at.warning if "Cancelled" in w.value)
@@ -143,7 +143,7 @@ def test_nf4_up_close_layer_errors(tiny_model_dir):
     assert not at.exception
     button = next(b for b in at.button if b.label == "Quantization error of every layer")
     button.click().run()
-    at.session_state["loading_lab_nf4_task"].wait(120)
+    at.session_state["loading_lab_nf4_task"].wait(300)
     at.run()
     assert not at.exception
     labels = [m.label for m in at.metric]

@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM
 
 from lab.errors import LabError
 from lab.estimate.lora import estimate_lora, packed_param_count, preset_targets
-from lab.models.architecture import architecture_from_config, read_architecture
+from lab.models.architecture import architecture_from_config
+from lab.models.reader import read_architecture
 from tests.fixtures_architecture import TINY_CONFIGS, tiny_config
 
 

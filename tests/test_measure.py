@@ -270,7 +270,7 @@ def test_memory_snapshot_sees_an_allocation():
 
 def test_cli_load_json_has_the_issue_keys(tiny_model_dir):
     out = subprocess.run([sys.executable, "-m", "lab", "load", "--model", str(tiny_model_dir), "--precision", "nf4-dq",
-                          "--perplexity-tokens", "32", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          "--perplexity-tokens", "32", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     for key in (
@@ -291,7 +291,7 @@ def test_cli_load_json_has_the_issue_keys(tiny_model_dir):
 
 def test_cli_bad_model_exits_2_with_a_hint(tmp_path):
     out = subprocess.run([sys.executable, "-m", "lab", "load", "--model", str(tmp_path / "missing")], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     assert out.stderr.startswith("error: ") and "missing" in out.stderr and "Traceback" not in out.stderr
 

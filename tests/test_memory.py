@@ -20,9 +20,9 @@ from lab.estimate.gpus import (
 from lab.estimate.inference import kv_cache_bytes
 from lab.estimate.training import TrainingSettings, estimate_training
 from lab.estimate.weights import estimate_weights
-from lab.models.architecture import read_architecture
 from lab.models.loading import load_model
 from lab.models.measure import measure_storage
+from lab.models.reader import read_architecture
 from tests.conftest import build_tiny_model
 
 QUANTIZED = ["int8", "nf4", "nf4-dq", "fp4"]
@@ -74,6 +74,7 @@ def test_biased_untied_qwen2_matches(tiny_qwen_dir, precision):
 
 
 @pytest.mark.parametrize("precision", ["nf4-dq"])  # all precisions: benchmarks/bench_memory_accuracy.py
+@pytest.mark.embedded
 def test_embedded_model_within_one_percent(embedded_dir, precision):
     """The real SmolLM2-135M-Instruct at bf16 storage: predicted bytes within 1% (in fact exact)."""
     arch = read_architecture("embedded")
@@ -269,8 +270,7 @@ def test_published_peft_rows_are_what_the_results_say():
     """peft's MetaMathQA rows: reserved figures (max_memory_reserved), simulated without autocast, on the full
     logits, and Llama-3.2-3B's parameter count as the results files report it (num_total_params)."""
     from benchmarks.published_memory import LLAMA_32_3B, ROWS
-    from lab.models.architecture import architecture_from_config
-    from lab.models.sources import config_from_dict
+    from lab.models.architecture import architecture_from_config, config_from_dict
 
     rows = [r for r in ROWS if "MetaMathQA" in r.source[0]]
     assert len(rows) == 6 and all(r.measure == "reserved" and r.kind == "training" for r in rows)

@@ -13,8 +13,9 @@ from lab.estimate.lora import estimate_lora
 from lab.estimate.simulate import simulate
 from lab.estimate.training import TrainingSettings
 from lab.estimate.weights import estimate_weights
-from lab.models.architecture import read_architecture
-from lab.models.sources import catalog_names, resolve_source
+from lab.models.catalog import catalog_names
+from lab.models.reader import read_architecture
+from lab.models.sources import resolve_source
 from lab.units import fmt_bytes, fmt_count
 from pages._arch_ui import UPLOAD
 
@@ -24,7 +25,7 @@ LORA = str(ROOT / "pages" / "lora_estimator.py")
 
 
 def run_page(path: str, **params) -> AppTest:
-    at = AppTest.from_file(path, default_timeout=60)
+    at = AppTest.from_file(path, default_timeout=180)
     for k, v in params.items():
         at.query_params[k] = v
     return at.run()
@@ -97,7 +98,7 @@ def test_calculator_bad_settings_say_why_and_show_no_stale_figures():
 
 @pytest.mark.parametrize("page", [CALC, LORA])
 def test_every_catalog_model_renders(page):
-    at = AppTest.from_file(page, default_timeout=60).run()
+    at = AppTest.from_file(page, default_timeout=180).run()
     for name in ["embedded", *catalog_names()]:
         at.selectbox(key="model").set_value(name).run()
         if page == CALC and name in ("embedded", "Gemma-2-2B", "Phi-3-mini", "Llama-3.1-70B"):
@@ -110,7 +111,7 @@ def test_every_catalog_model_renders(page):
 
 @pytest.mark.parametrize("page", [CALC, LORA])
 def test_uploaded_config_and_bad_upload(page):
-    at = AppTest.from_file(page, default_timeout=60).run()
+    at = AppTest.from_file(page, default_timeout=180).run()
     at.selectbox(key="model").set_value(UPLOAD).run()
     text = resolve_source("Phi-3-mini").path.read_bytes()
     at.file_uploader(key="config_upload").set_value(("config.json", text, "application/json")).run()

@@ -34,13 +34,13 @@ def widget(items, label):
 
 
 def open_page(model: str) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    at = AppTest.from_file(PAGE, default_timeout=180).run()
     assert not at.exception
     widget(at.text_input, "Base model").set_value(model)
     return at.run()
 
 
-def finish(at: AppTest, key: str = "playground_generate", timeout: float = 60) -> AppTest:
+def finish(at: AppTest, key: str = "playground_generate", timeout: float = 300) -> AppTest:
     """Rerun the script (as the page's polling fragment would) until the background task is over."""
     deadline = time.time() + timeout
     while key in at.session_state and time.time() < deadline:
@@ -62,7 +62,7 @@ def texts(at: AppTest) -> str:
 
 
 def test_page_renders_with_defaults():
-    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    at = AppTest.from_file(PAGE, default_timeout=180).run()
     assert not at.exception
     assert at.title[0].value == "Playground"
     assert [t.label for t in at.tabs] == ["Side by side", "Evaluate on a test set"]
@@ -131,7 +131,7 @@ def test_evaluate_tab_scores_base_and_adapter(tiny_model_dir, tiny_adapters):
     assert widget(at.selectbox, "Dataset").value == "banking-intents"
     widget(at.number_input, "Examples").set_value(2)
     widget(at.button, "Evaluate").click()
-    at = finish(at.run(), key="playground_evaluate", timeout=120)
+    at = finish(at.run(), key="playground_evaluate", timeout=300)
     assert not at.exception
     result = at.session_state["playground_eval_result"]
     assert result.metric == "accuracy" and len(result.rows) == 2 and result.models == ["base", "alpha"]

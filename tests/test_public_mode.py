@@ -18,7 +18,9 @@ import pytest
 from lab import policy
 from lab.data.datasets import save_upload
 from lab.errors import LabError
-from lab.models.sources import CATALOG_DIR
+from lab.models import public
+from lab.models.catalog import CATALOG_DIR
+from lab.tasks import bounded
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +42,7 @@ def world(tmp_path, monkeypatch):
     monkeypatch.setenv("QLORA_LAB_PUBLIC", "1")
     monkeypatch.delenv("QLORA_LAB_HUB_ALLOW", raising=False)
     monkeypatch.delenv("QLORA_LAB_MAX_PARAMS", raising=False)
-    policy._admitted.cache_clear()
+    public._admitted.cache_clear()
     return tmp_path
 
 
@@ -170,14 +172,14 @@ def hub(monkeypatch, world):
         return str(configs[repo_id])
 
     class Api:
-        def model_info(self, repo_id, files_metadata=False):
+        def model_info(self, repo_id, files_metadata=False, **kw):
             calls.append(f"listing {repo_id}")
             sib = [type("S", (), {"rfilename": f, "size": n})() for f, n in listings.get(repo_id, [])]
             return type("Info", (), {"siblings": sib})()
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
     monkeypatch.setattr(huggingface_hub, "HfApi", Api)
-    monkeypatch.setattr("lab.models.sources.hub_reachable", lambda timeout=2.0: True)  # this stub Hub answers
+    monkeypatch.setattr("lab.models.hub.hub_reachable", lambda timeout=2.0: True)  # this stub Hub answers
     return configs, listings, calls
 
 
@@ -208,12 +210,13 @@ def test_a_small_config_with_huge_weight_files_is_refused(hub):
 
 
 def test_a_config_with_100000_layers_is_refused_before_it_is_built(hub, world, monkeypatch):
-    import lab.models.architecture as A
+    import lab.models.reader as A
 
     def must_not_build(*a, **k):
         raise AssertionError("the architecture was built")
 
     monkeypatch.setattr(A, "architecture_from_config", must_not_build)
+    monkeypatch.setattr(public, "architecture_from_config", must_not_build)  # public mode builds through here
     data = json.loads((CATALOG_DIR / "Llama-3.2-1B.json").read_text())
     huge = json.dumps({**data, "num_hidden_layers": 100_000})
     with pytest.raises(LabError, match="declares num_hidden_layers=100,000, above the 1,024 layers"):
@@ -230,7 +233,7 @@ def test_a_config_with_100000_layers_is_refused_before_it_is_built(hub, world, m
 
 
 def test_oversized_uploads_are_refused(world, monkeypatch):
-    import lab.models.architecture as A
+    import lab.models.reader as A
 
     before = tree(world)
     with pytest.raises(LabError, match=r"is 21.00 MB, above this server's limit of 20.00 MB"):
@@ -250,7 +253,7 @@ def test_a_slow_config_read_answers_within_its_time_budget(world):
 
     release = threading.Event()
     with pytest.raises(LabError, match="took longer than 0 s: refused"):
-        policy.bounded(lambda: release.wait(30), 0.2, "Reading config.json")
+        bounded(lambda: release.wait(30), 0.2, "Reading config.json")
     release.set()
 
 

@@ -33,7 +33,7 @@ def public(tmp_path, monkeypatch):
 
 
 def page(name: str, **params) -> AppTest:
-    at = AppTest.from_file(PAGES[name], default_timeout=90)
+    at = AppTest.from_file(PAGES[name], default_timeout=180)
     for k, v in params.items():
         at.query_params[k] = v
     return at.run()

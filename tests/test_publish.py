@@ -67,6 +67,7 @@ def run_snippet(code: str) -> str:
 
 
 # --------------------------------------------------------------------------- the run's card
+@pytest.mark.training
 def test_card_metadata_parses_and_ours_is_the_card_left(trained_run, hub_base):
     from huggingface_hub import ModelCard
 
@@ -86,6 +87,7 @@ def test_card_metadata_parses_and_ours_is_the_card_left(trained_run, hub_base):
     assert record["base_model"]["pretrained_id"] == str(hub_base)
 
 
+@pytest.mark.training
 def test_loss_curve_is_a_png_that_goes_down_when_the_loss_does(trained_run, tmp_path):
     from PIL import Image
 
@@ -101,6 +103,7 @@ def test_loss_curve_is_a_png_that_goes_down_when_the_loss_does(trained_run, tmp_
     assert left and right and sum(left) / len(left) < sum(right) / len(right)  # lower loss = lower on the image
 
 
+@pytest.mark.training
 def test_load_snippet_runs_and_answers_like_peft(trained_run, hub_base):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -118,6 +121,7 @@ def test_load_snippet_runs_and_answers_like_peft(trained_run, hub_base):
     assert printed.strip() == tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
+@pytest.mark.training
 def test_merged_export_has_its_own_card(trained_run, hub_base):
     from huggingface_hub import ModelCard
 
@@ -133,6 +137,7 @@ def test_merged_export_has_its_own_card(trained_run, hub_base):
 
 
 # --------------------------------------------------------------------------- evaluation on the card
+@pytest.mark.training
 def test_evaluation_is_recorded_in_the_run_and_its_card(trained_run, hub_base, tmp_path):
     from lab.generate.adapters import inspect_adapter
     from lab.generate.evaluate import EvalSettings, evaluate, load_examples
@@ -160,6 +165,7 @@ def test_evaluation_is_recorded_in_the_run_and_its_card(trained_run, hub_base, t
     assert "## Evaluation" in text and f"| this adapter | {entry['adapter']['loss']:.3f} |" in text
 
 
+@pytest.mark.training
 def test_a_run_record_written_by_hand_still_gets_a_card(trained_run, tmp_path):
     """A lab_run.json with only a name and the base's spec (a script's adapter, an older run) gives a card, not a
     KeyError: an evaluation that just finished must never be lost to its record."""
@@ -245,6 +251,7 @@ def push(capsys, *args) -> tuple[int, str]:
     return rc, err
 
 
+@pytest.mark.training
 def test_push_stops_with_one_line_messages(trained_run, tmp_path, monkeypatch, capsys):
     from huggingface_hub import constants
 
@@ -280,6 +287,7 @@ def test_push_stops_with_one_line_messages(trained_run, tmp_path, monkeypatch, c
     assert not (run / "hub.json").exists()
 
 
+@pytest.mark.training
 def test_push_offline_when_the_endpoint_does_not_answer(trained_run, tmp_path):
     """The real boundary, as a user meets it: HF_ENDPOINT on a closed port, a token set, the CLI in its own process."""
     import os
@@ -290,7 +298,7 @@ def test_push_offline_when_the_endpoint_does_not_answer(trained_run, tmp_path):
         port = s.getsockname()[1]
     env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_TOKEN": "hf_not_a_real_token", "HF_ENDPOINT": f"http://127.0.0.1:{port}"}
     p = subprocess.run([sys.executable, "-m", "lab", "push", str(trained_run), "--repo", "me/x"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().startswith(f"error: Cannot reach the Hub at http://127.0.0.1:{port} (offline?")
 

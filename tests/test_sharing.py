@@ -137,7 +137,7 @@ def test_each_device_has_its_own_line():
     with cpu.turn("generate", "alice"):  # alice's work on the CPU is running...
         t = threading.Thread(target=bob)
         t.start()
-        assert ran.wait(10), "work on another device waited for this one"
+        assert ran.wait(180), "work on another device waited for this one"
         t.join()
 
 
@@ -151,7 +151,7 @@ def test_cancel_while_queued_leaves_the_line_and_the_next_moves_up():
     def alice():
         with q.turn("generate", "alice"):
             busy.set()
-            done.wait(30)
+            done.wait(600)
 
     def waiter(name, cancel=None):
         try:
@@ -162,7 +162,7 @@ def test_cancel_while_queued_leaves_the_line_and_the_next_moves_up():
 
     ta = threading.Thread(target=alice)
     ta.start()
-    busy.wait(10)
+    busy.wait(180)
     tb = threading.Thread(target=waiter, args=("bob", cancel_bob))
     tb.start()
     while not heard["bob"]:
@@ -174,16 +174,16 @@ def test_cancel_while_queued_leaves_the_line_and_the_next_moves_up():
     assert heard["bob"][0].ahead == 1 and heard["carol"][0].ahead == 2
     assert [t["owner"] for t in q.status().waiting] == ["bob", "carol"]
     cancel_bob.set()
-    tb.join(10)
+    tb.join(180)
     assert "Cancelled while waiting" in outcome["bob"]
-    deadline = time.time() + 10
+    deadline = time.time() + 180
     while heard["carol"][-1].ahead != 1 and time.time() < deadline:
         time.sleep(0.01)
     assert heard["carol"][-1].ahead == 1  # carol moved up when bob left
     assert [t["owner"] for t in q.status().waiting] == ["carol"]
     done.set()
-    ta.join(10)
-    tc.join(10)
+    ta.join(180)
+    tc.join(180)
     assert outcome == {"bob": outcome["bob"], "carol": "ran"}
     assert [r["owner"] for r in q.status().recent][:3] == ["carol", "alice", "bob"]
 
@@ -280,7 +280,7 @@ def test_queued_work_runs_in_order_and_cancel_while_queued_ends_the_task(tiny_mo
 
     def blocker(report, cancel):
         with shared.turn("generate", "alice", report=report, cancel=cancel):
-            gate.wait(30)
+            gate.wait(600)
             order.append("alice")
 
     def work(name):
@@ -298,17 +298,17 @@ def test_queued_work_runs_in_order_and_cancel_while_queued_ends_the_task(tiny_mo
         tasks[name] = BackgroundTask(name, work(name)).start()
         while len(shared.queue().status().waiting) < len(tasks):  # each joins the line before the next
             time.sleep(0.01)
-    deadline = time.time() + 10
+    deadline = time.time() + 180
     while not all(t.poll().queued for t in tasks.values()) and time.time() < deadline:
         time.sleep(0.05)
     assert all(t.status == "queued" for t in tasks.values())
     assert "2 requests ahead of you" in tasks["carol"].last.message
     tasks["carol"].cancel()
-    tasks["carol"].wait(10)
+    tasks["carol"].wait(180)
     assert tasks["carol"].status == "cancelled" and "nothing ran" in tasks["carol"].error
     gate.set()
     for t in (first, tasks["bob"], tasks["dave"]):
-        t.wait(60)
+        t.wait(300)
     assert order == ["alice", "bob", "dave"]
     assert tasks["bob"].status == tasks["dave"].status == "done"
 

@@ -25,8 +25,9 @@ from lab.estimate.simulate import (
 )
 from lab.estimate.training import TrainingSettings
 from lab.estimate.weights import estimate_weights
-from lab.models.architecture import architecture_from_config, read_architecture
-from lab.models.sources import config_from_dict, resolve_source
+from lab.models.architecture import architecture_from_config, config_from_dict
+from lab.models.reader import read_architecture
+from lab.models.sources import resolve_source
 from tests.conftest import build_tiny_model
 
 F32, BF16 = torch.float32, torch.bfloat16
@@ -102,6 +103,7 @@ def test_generation_matches_real_generation_within_3_percent(tiny_dir, precision
     assert abs(result["error_pct"]) <= 3.0, result
 
 
+@pytest.mark.embedded
 def test_embedded_model_step_matches_within_3_percent(embedded_dir):
     """The embedded SmolLM2-135M at its full 30 layers: five simulated, 30 run for real."""
     cfg = resolve_source(str(embedded_dir)).load_config()
@@ -111,6 +113,7 @@ def test_embedded_model_step_matches_within_3_percent(embedded_dir):
     assert abs(compare(sim, real)["error_pct"]) <= 3.0
 
 
+@pytest.mark.embedded
 def test_embedded_model_generation_matches_within_3_percent(embedded_dir):
     cfg = resolve_source(str(embedded_dir)).load_config()
     rec = InferenceRecipe("fp32", F32, 1, 64, 16, device="cpu")

@@ -88,7 +88,7 @@ def test_preload_parses_and_loads_in_the_background():
     gate, loaded = threading.Event(), []
 
     def load(spec, precision):
-        gate.wait(10)
+        gate.wait(300)
         if spec == "broken":
             raise LabError("Model 'broken' is neither an existing folder…")
         loaded.append((spec, precision))
@@ -97,7 +97,7 @@ def test_preload_parses_and_loads_in_the_background():
     assert p.items[0].status == "loading" or p.items[0].status == "waiting"
     assert not p.done  # the app's first run is not held up: loading goes on in the thread
     gate.set()
-    p.wait(10)
+    p.wait(180)
     assert p.done and loaded == [("a", "fp32"), ("b", "int8")]
     assert [i.status for i in p.items] == ["ready", "failed", "ready"] and "broken" in p.items[1].error
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,7 +38,7 @@ def quick(tiny_model_dir, tmp_path, name="run", **kw) -> TrainConfig:
     )
 
 
-def cli(*args, env=None, timeout=240) -> subprocess.CompletedProcess:
+def cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lab", "train", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
 
@@ -79,6 +80,7 @@ def test_run_name_follows_the_convention():
 
 
 # --------------------------------------------------------------------------- the CLI, end to end
+@pytest.mark.training
 def test_cli_trains_and_leaves_an_adapter_plain_peft_loads(tiny_model_dir, tmp_path):
     out = tmp_path / "cli-run"
     p = cli("--model", str(tiny_model_dir), "--dataset", "style", "--output", str(out), "--max-steps", "4",
@@ -128,6 +130,7 @@ def test_cli_trains_and_leaves_an_adapter_plain_peft_loads(tiny_model_dir, tmp_p
     assert R.run_status(out).status == "finished"
 
 
+@pytest.mark.training
 def test_malformed_rows_refused_or_skipped_from_the_cli(tiny_model_dir, tmp_path):
     data = tmp_path / "bad.jsonl"
     data.write_text(
@@ -161,13 +164,14 @@ def test_malformed_rows_refused_or_skipped_from_the_cli(tiny_model_dir, tmp_path
 
 
 # --------------------------------------------------------------------------- process control
+@pytest.mark.training
 def test_stop_lock_and_reattach_while_running(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path / "runs"))
     run_dir = tmp_path / "runs" / "stoppable"
     args = to_cli_args(quick(tiny_model_dir, tmp_path, max_steps=500, save_steps=1000), exclude=("output",))
     proc = R.start_training(args, run_dir)
     try:
-        wait_for(lambda: R.run_status(run_dir, pid=proc.pid).logs, timeout=120)
+        wait_for(lambda: R.run_status(run_dir, pid=proc.pid).logs, timeout=300)
         s = R.run_status(run_dir)
         assert s.status == "running" and s.pid == proc.pid and s.max_steps == 500
         active = R.active_run()  # what a refreshed page / second tab re-attaches to
@@ -178,7 +182,7 @@ def test_stop_lock_and_reattach_while_running(tiny_model_dir, tmp_path, monkeypa
         assert p.returncode == 2 and "Another training is running" in p.stderr
         request_stop(run_dir)
         assert R.run_status(run_dir).status in ("stopping", "stopped")
-        proc.wait(120)
+        proc.wait(300)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -190,6 +194,7 @@ def test_stop_lock_and_reattach_while_running(tiny_model_dir, tmp_path, monkeypa
     assert [x.name for x in R.list_runs()] == ["stoppable"]
 
 
+@pytest.mark.training
 def test_sigterm_stops_and_a_killed_process_reads_as_failed(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path / "runs"))
     args = to_cli_args(quick(tiny_model_dir, tmp_path, max_steps=500, save_steps=2), exclude=("output",))
@@ -197,7 +202,7 @@ def test_sigterm_stops_and_a_killed_process_reads_as_failed(tiny_model_dir, tmp_
     try:
         wait_for(lambda: R.run_status(tmp_path / "runs" / "sigterm").logs)
         term.send_signal(signal.SIGTERM)
-        term.wait(120)
+        term.wait(300)
     finally:
         if term.poll() is None:
             term.kill()
@@ -209,7 +214,7 @@ def test_sigterm_stops_and_a_killed_process_reads_as_failed(tiny_model_dir, tmp_
         wait_for(lambda: [e for e in R.run_status(tmp_path / "runs" / "killed").events if e["type"] == "checkpoint"])
         assert R.run_status(tmp_path / "runs" / "killed").status == "running"
         killed.kill()
-        killed.wait(30)
+        killed.wait(180)
     finally:
         if killed.poll() is None:
             killed.kill()
@@ -223,6 +228,7 @@ def test_sigterm_stops_and_a_killed_process_reads_as_failed(tiny_model_dir, tmp_
 
 
 # --------------------------------------------------------------------------- failures mid-run (fault injection)
+@pytest.mark.training
 def test_out_of_memory_mid_run_keeps_the_last_checkpoint(tiny_model_dir, tmp_path, monkeypatch):
     from trl import SFTTrainer
 
@@ -250,6 +256,7 @@ def test_out_of_memory_mid_run_keeps_the_last_checkpoint(tiny_model_dir, tmp_pat
     assert json.loads((tmp_path / "oom" / "lab_run.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.training
 def test_disk_write_failure_is_a_clear_failed_status(tiny_model_dir, tmp_path, monkeypatch):
     import errno
 
@@ -267,6 +274,7 @@ def test_disk_write_failure_is_a_clear_failed_status(tiny_model_dir, tmp_path, m
 
 
 # --------------------------------------------------------------------------- QLoRA options, merge
+@pytest.mark.training
 def test_qlora_nf4_with_dora_rslora_loraplus(tiny_model_dir, tmp_path):
     r = train(
         quick(
@@ -288,17 +296,28 @@ def test_qlora_nf4_with_dora_rslora_loraplus(tiny_model_dir, tmp_path):
     assert info["bnb_config"]["bnb_4bit_quant_type"] == "nf4" and info["bnb_config"]["load_in_4bit"]
 
 
-def test_same_seed_same_run(tiny_model_dir, tmp_path):
-    a = train(quick(tiny_model_dir, tmp_path, "a", max_steps=2))
-    b = train(quick(tiny_model_dir, tmp_path, "b", max_steps=2))
+@pytest.fixture(scope="module")
+def same_seed_runs(tiny_model_dir, tmp_path_factory) -> tuple[dict, dict, Path]:
+    """Two runs with one seed and one setting (trained once for the two tests below). The high learning rate
+    makes the adapter move the logits, so the merge test compares something."""
+    folder = tmp_path_factory.mktemp("same-seed")
+    a = train(quick(tiny_model_dir, folder, "a", max_steps=2, learning_rate=5e-2))
+    b = train(quick(tiny_model_dir, folder, "b", max_steps=2, learning_rate=5e-2))
+    return a, b, folder / "a"
+
+
+@pytest.mark.training
+def test_same_seed_same_run(same_seed_runs):
+    a, b, _ = same_seed_runs
     assert a["losses"] == b["losses"]
 
 
-def test_merge_and_export_matches_the_adapter(tiny_model_dir, tmp_path):
+@pytest.mark.training
+def test_merge_and_export_matches_the_adapter(tiny_model_dir, same_seed_runs, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    train(quick(tiny_model_dir, tmp_path, "m", max_steps=2, learning_rate=5e-2))
+    shutil.copytree(same_seed_runs[2], tmp_path / "m")  # this test's own copy: merging writes merged/ into it
     merged_dir = merge_and_export(tmp_path / "m")
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():

@@ -21,9 +21,10 @@ from lab.vocab import PRECISIONS
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "training.py")
 
 
+@pytest.mark.training
 def test_page_trains_the_tiny_model_and_shows_history(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path))
-    at = AppTest.from_file(PAGE, default_timeout=90).run()
+    at = AppTest.from_file(PAGE, default_timeout=180).run()
     assert not at.exception
     assert any("No run yet" in c.value for c in at.caption)
     # every widget carries a tooltip
@@ -46,7 +47,7 @@ def test_page_trains_the_tiny_model_and_shows_history(tiny_model_dir, tmp_path, 
     phases = []
     assert run_dir.parent == tmp_path
     assert run_dir.name.startswith(f"{tiny_model_dir.name}-style_SFT_LoRa16_{precision}-")
-    deadline = time.time() + 180
+    deadline = time.time() + 600
     while time.time() < deadline and R.run_status(run_dir).status in ("queued", "starting", "running", "stopping"):
         phases.append(R.run_status(run_dir).phase)
         time.sleep(1)
@@ -60,7 +61,7 @@ def test_page_trains_the_tiny_model_and_shows_history(tiny_model_dir, tmp_path, 
     assert not at.exception
     assert any("FINISHED" in m.value for m in at.markdown), [m.value for m in at.markdown]
     assert at.button(key="t_train").label == "Train" and not at.button(key="t_train").disabled  # ended: back
-    fresh = AppTest.from_file(PAGE, default_timeout=90).run()  # a new tab shows the newest run, not "No run yet"
+    fresh = AppTest.from_file(PAGE, default_timeout=180).run()  # a new tab shows the newest run, not "No run yet"
     assert any("FINISHED" in m.value and run_dir.name in m.value for m in fresh.markdown)
     assert not any("None" in str(v) for v in fresh.dataframe[0].value.to_numpy().ravel())  # '—', never 'None'
     assert {"Train loss", "Eval loss", "Tokens/s", "Learning rate", "Peak memory"} <= {m.label for m in at.metric}
@@ -74,7 +75,7 @@ def test_page_trains_the_tiny_model_and_shows_history(tiny_model_dir, tmp_path, 
     assert (run_dir / "README.md").is_file() and (run_dir / "loss.png").is_file()
     at.text_input(key="t_push_repo").set_value("me/tiny-style").run()
     at.button(key="t_push").click().run()
-    at.session_state["training_push"].wait(30)
+    at.session_state["training_push"].wait(180)
     at.run()
     assert any("offline mode is on" in e.value for e in at.error), [e.value for e in at.error]
 
@@ -85,10 +86,10 @@ def test_memory_of_the_run_comes_from_the_simulation(tiny_model_dir, tmp_path, m
     from lab.estimate.explain import LABELS
 
     monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path))
-    at = AppTest.from_file(PAGE, default_timeout=90).run()
+    at = AppTest.from_file(PAGE, default_timeout=180).run()
     at.text_input(key="t_model").set_value(str(tiny_model_dir)).run()
     at.button(key="t_simulate").click().run()
-    deadline = time.time() + 120
+    deadline = time.time() + 600
     while "t_memory" not in at.session_state and time.time() < deadline:
         time.sleep(0.5)
         at.run()
@@ -106,7 +107,7 @@ def test_memory_of_the_run_comes_from_the_simulation(tiny_model_dir, tmp_path, m
 
 def test_the_page_says_when_max_length_or_repetition_defeats_the_run(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path))
-    at = AppTest.from_file(PAGE, default_timeout=90).run()
+    at = AppTest.from_file(PAGE, default_timeout=180).run()
     at.text_input(key="t_model").set_value(str(tiny_model_dir))
     at.number_input(key="t_maxlen").set_value(16).run()
     assert any("Max length 16 leaves no answer token" in e.value for e in at.error), [e.value for e in at.error]
@@ -117,7 +118,7 @@ def test_the_page_says_when_max_length_or_repetition_defeats_the_run(tiny_model_
 
 def test_page_shows_the_launch_command_for_several_gpus(tmp_path, monkeypatch):
     monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path))
-    at = AppTest.from_file(PAGE, default_timeout=90).run()
+    at = AppTest.from_file(PAGE, default_timeout=180).run()
     at.number_input(key="t_nproc").set_value(4)
     at.selectbox(key="t_mode").set_value("fsdp")
     at.selectbox(key="t_target").set_value("cuda")
@@ -129,6 +130,7 @@ def test_page_shows_the_launch_command_for_several_gpus(tmp_path, monkeypatch):
     assert any("shards the base across CUDA GPUs" in e.value for e in at.error)
 
 
+@pytest.mark.training
 def test_a_second_run_queues_and_another_sessions_run_has_no_stop(tiny_model_dir, tmp_path, monkeypatch):
     """Public mode: while someone else's run trains, this session sees it without a Stop button, queues
     its own run (position and estimated start shown), and can cancel that one."""
@@ -138,11 +140,11 @@ def test_a_second_run_queues_and_another_sessions_run_has_no_stop(tiny_model_dir
                       eval_steps=0, save_steps=1000)
     theirs = Q.submit(cfg, owner="another-session", name="someone-elses-run").run_dir
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 600
         while not R.run_status(theirs).logs and time.time() < deadline:
             time.sleep(0.5)
         monkeypatch.setenv("QLORA_LAB_PUBLIC", "1")
-        at = AppTest.from_file(PAGE, default_timeout=90).run()
+        at = AppTest.from_file(PAGE, default_timeout=180).run()
         assert not at.exception
         assert any("RUNNING" in m.value and "someone-elses-run" in m.value and "another session's run" in m.value
                    for m in at.markdown)
@@ -164,7 +166,7 @@ def test_a_second_run_queues_and_another_sessions_run_has_no_stop(tiny_model_dir
             Q.stop_run(theirs, at.session_state["lab_owner_token"])
     finally:
         Q.stop_run(theirs, "another-session")
-        deadline = time.time() + 120
+        deadline = time.time() + 600
         while R.run_status(theirs).active and time.time() < deadline:
             time.sleep(0.5)
     assert R.run_status(theirs).status == "stopped"

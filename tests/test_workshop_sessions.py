@@ -37,7 +37,7 @@ def fresh_server(tmp_path, monkeypatch):
 
 def attendee(model: str, adapters: str = "") -> AppTest:
     """One browser session on the Playground, through the app (its sidebar included)."""
-    at = AppTest.from_file(APP, default_timeout=60).run()
+    at = AppTest.from_file(APP, default_timeout=180).run()
     at.switch_page("pages/playground.py").run()
     widget(at.text_input, "Base model").set_value(model)
     widget(at.text_area, "Other adapters (one per line)").set_value(adapters)
@@ -56,7 +56,7 @@ def _sidebar_script() -> None:
 def sidebar_of(at: AppTest) -> AppTest:
     """The sidebar's shared-models part as the session `at` sees it (AppTest drops the sidebar of an
     app that switched pages, so it is drawn on its own, under the same session identity)."""
-    view = AppTest.from_function(_sidebar_script, default_timeout=60)
+    view = AppTest.from_function(_sidebar_script, default_timeout=180)
     view.session_state["lab_owner"] = at.session_state["lab_owner"]
     return view.run()
 
@@ -80,7 +80,7 @@ def shown(at: AppTest) -> str:
     return "\n".join(m.value for m in at.markdown)
 
 
-def wait_until(condition, timeout: float = 30) -> None:
+def wait_until(condition, timeout: float = 180) -> None:
     deadline = time.time() + timeout
     while not condition():
         assert time.time() < deadline, "timed out"
@@ -138,11 +138,11 @@ def test_queued_requests_run_in_order_and_cancel_leaves_the_line(tiny_model_dir)
     def someone_else() -> None:
         with shared.queue().turn("generate", "someone-else"):
             busy.set()
-            gate.wait(60)
+            gate.wait(600)
 
     t = threading.Thread(target=someone_else)
     t.start()
-    busy.wait(10)
+    busy.wait(180)
     people = [attendee(model) for _ in range(3)]
     for i, at in enumerate(people):
         generate(at)
@@ -160,7 +160,7 @@ def test_queued_requests_run_in_order_and_cancel_leaves_the_line(tiny_model_dir)
         at.session_state["lab_owner"] for at in (alice, carol)
     ]
     gate.set()
-    t.join(10)
+    t.join(180)
     for at in (alice, carol):
         finish(at)
         assert not at.exception and any(m.label == "Tokens/s" for m in at.metric)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lab.environment import environment_report
+from lab.models.sources import embedded_status
 from lab.units import fmt_bytes, format_table
 
 NAME = "info"
@@ -17,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    return environment_report().to_json()
+    return {**environment_report().to_json(), **embedded_status()}
 
 
 def render(r: dict) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lab.estimate.lora import BIAS_CHOICES, estimate_lora
-from lab.models.architecture import read_architecture
+from lab.models.reader import read_architecture
 from lab.recipe import SETTINGS
 from lab.units import fmt_bytes, format_table
 

@@ -9,9 +9,12 @@ from dataclasses import fields
 from lab.errors import LabError
 from lab.estimate.gpus import GPUS, fit_table, get_gpu, gpu_verdict
 from lab.estimate.inference import kv_cache_bytes
+from lab.estimate.inverse import max_fitting
+from lab.estimate.parallel import per_gpu_peak, smallest_fitting
+from lab.estimate.simulate import InferenceSettings, resolve_recipe, simulate, simulate_generation
 from lab.estimate.training import TrainingSettings, estimate_training
 from lab.estimate.weights import estimate_weights
-from lab.models.architecture import read_architecture
+from lab.models.reader import read_architecture
 from lab.recipe import add_argument as add_setting
 from lab.units import fmt_bytes, fmt_count, format_table
 from lab.vocab import (
@@ -100,7 +103,6 @@ def training_settings(args: argparse.Namespace) -> TrainingSettings:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from lab.estimate.simulate import InferenceSettings, resolve_recipe, simulate, simulate_generation
 
     if args.gpus is not None and args.gpus < 1:
         raise LabError(f"--gpus must be at least 1, got {args.gpus}.")
@@ -132,7 +134,6 @@ def run(args: argparse.Namespace) -> dict:
                               "notes": [*explained["notes"], *sim.notes]}
         peak = sim.peak_bytes
         if args.gpus is not None:
-            from lab.estimate.parallel import per_gpu_peak, smallest_fitting
 
             multi = per_gpu_peak(sim, args.gpus, args.sharding)
             result["multi_gpu"] = multi.to_json()
@@ -141,7 +142,6 @@ def run(args: argparse.Namespace) -> dict:
                 result["multi_gpu"]["smallest_gpus"] = smallest_fitting(sim, gpu, args.sharding)
         result["fits"] = fit_table(peak)
         if args.inverse and gpu is not None:
-            from lab.estimate.inverse import max_fitting
 
             knobs = ["batch_size", "max_length"] + ([] if args.train == "full" else ["r"])
             answers = {k: max_fitting(arch, settings, gpu, k) for k in knobs}

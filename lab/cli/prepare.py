@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from lab.models.sources import EMBEDDED_NAME, embedded_model_ready, prepare_embedded_model
+from lab.models.catalog import EMBEDDED_NAME
+from lab.models.sources import embedded_model_ready, prepare_embedded_model
 
 NAME = "prepare"
 HELP = "build the embedded SmolLM2-135M-Instruct checkpoint in the model cache and say where"

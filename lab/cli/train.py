@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from lab.training import distributed
 from lab.training.config import add_arguments as add_config_arguments
 from lab.training.config import from_args
+from lab.training.queue import hand_over
+from lab.training.runner import train
 from lab.units import fmt_bytes, format_table
 
 NAME = "train"
@@ -18,9 +21,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict | None:
-    from lab.training import distributed
-    from lab.training.queue import hand_over
-    from lab.training.runner import train
 
     try:
         result = train(from_args(args))

@@ -61,7 +61,7 @@ def dataset_name(name_or_path: str) -> str:
     if name_or_path in list_datasets():
         return name_or_path
     if policy.public_mode():
-        name_or_path = policy.check_dataset_source(name_or_path)
+        name_or_path = check_dataset_source(name_or_path)
     p = Path(name_or_path)
     if p.is_dir():
         return p.name
@@ -76,7 +76,7 @@ def dataset_file(name_or_path: str, split: str = "train") -> Path | None:
     if split not in SPLITS:
         raise LabError(f"Unknown split {split!r}.", f"Choose one of: {', '.join(SPLITS)}.")
     if policy.public_mode():  # bundled, uploaded (inside runs/uploads/) or allow-listed Hub datasets only
-        name_or_path = policy.check_dataset_source(name_or_path)
+        name_or_path = check_dataset_source(name_or_path)
     if name_or_path in list_datasets():
         return DATASETS_DIR / name_or_path / f"{split}.jsonl"
     p = Path(name_or_path).expanduser()
@@ -97,6 +97,28 @@ def dataset_file(name_or_path: str, split: str = "train") -> Path | None:
     known = ", ".join(list_datasets())
     raise LabError(f"Dataset {name_or_path!r} not found: not a bundled dataset, a file or a folder.",
                    f"Use one of {known}, a .jsonl/.csv file, or a Hub id like owner/name when online.")
+
+
+def check_dataset_source(source: str) -> str:
+    """Public mode's dataset field: a bundled name, an upload (inside runs/uploads/), or an allow-listed Hub id."""
+    text = (source or "").strip()
+    if text in list_datasets():
+        return text
+    if policy.is_hub_id(text) and not policy.looks_like_path(text) and not Path(text).suffix:
+        if policy.allow_listed(text):
+            return text
+        raise LabError(
+            f"Hub dataset {text!r} is not allow-listed on this server.",
+            f"Pick a bundled dataset ({', '.join(list_datasets())}) or upload a file.",
+        )
+    path = Path(text)
+    lexically_in_uploads = path.is_absolute() and Path(os.path.abspath(uploads_dir())) in path.parents
+    if ".." in path.parts or not lexically_in_uploads:
+        raise LabError(
+            f"Dataset {text!r} is not allowed here. {policy.NO_PATHS}",
+            f"Pick a bundled dataset ({', '.join(list_datasets())}) or upload a file.",
+        )
+    return str(policy.inside(path, uploads_dir(), text))  # an upload that is a symlink out of runs/ is refused here
 
 
 def save_upload(filename: str, data: bytes) -> Path:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from lab.estimate import compose as comp
-from lab.estimate.recipe import Recipe, prepare_for_training
+from lab.estimate.recipe import Recipe, decoder_layers, prepare_for_training
 from lab.estimate.simulate import (
     InferenceRecipe,
     Simulation,
@@ -25,6 +25,8 @@ from lab.estimate.simulate import (
     run_inference,
     run_training,
 )
+from lab.models.construct import install
+from lab.models.precision import load_kwargs
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
@@ -40,8 +42,7 @@ def load_real(model_dir: str, precision: str, dtype: torch.dtype, attn: str):
     """The model as `lab.models.precision.load_kwargs` loads it on the CPU (a real bitsandbytes load)."""
     from transformers import AutoModelForCausalLM
 
-    from lab.models.precision import load_kwargs
-
+    install()  # as the server loads (issue 20)
     kwargs = load_kwargs(precision, DTYPE_NAMES[dtype], "cpu")
     return AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attn, **kwargs)
 
@@ -70,7 +71,6 @@ def measure_real_inference(model_dir: str, recipe: InferenceRecipe) -> Measured:
 
 
 def _measured(tracker, model, t0: float) -> Measured:
-    from lab.estimate.recipe import decoder_layers
 
     layers = len(decoder_layers(model))
     composed = comp.compose(comp.blocks_from(tracker, _categories(tracker), layers, layers), layers)

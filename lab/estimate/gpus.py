@@ -157,7 +157,7 @@ def this_machine(env: dict | None = None) -> Gpu:
     """This machine's GPU, or its RAM when there is no GPU (then no CUDA allowances apply).
     `env`: an `environment_report().to_json()` dict, if the caller already has one (pages cache it)."""
     if env is None:
-        from lab.environment import environment_report
+        from lab.environment import environment_report  # why: it imports torch; the GPU table alone needs none
 
         env = environment_report().to_json()
     if env["gpus"]:

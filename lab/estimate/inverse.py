@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from lab.errors import LabError
 from lab.estimate.gpus import Gpu, budget_for_peak, gpu_verdict
+from lab.estimate.lora import resolve_targets
 from lab.estimate.simulate import simulate
 from lab.estimate.training import TrainingSettings
 from lab.models.architecture import Architecture
@@ -49,7 +50,6 @@ class InverseAnswer:
 
 
 def upper_bound(arch: Architecture, settings: TrainingSettings, knob: str) -> int:
-    from lab.estimate.lora import resolve_targets
 
     if knob == "max_length":
         return int(arch.max_position_embeddings or 1 << 20)

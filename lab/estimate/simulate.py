@@ -27,6 +27,7 @@ import torch
 from lab.errors import LabError
 from lab.estimate import compose as comp
 from lab.estimate.fake_quant import attach_quant_state, device_paths, quantize_meta_model
+from lab.estimate.lora import resolve_targets
 from lab.estimate.patch import for_this_thread
 from lab.estimate.recipe import (
     Recipe,
@@ -39,7 +40,12 @@ from lab.estimate.recipe import (
     train_step,
 )
 from lab.estimate.tracker import CUDA_BLOCK, NO_LAYER, OVERRIDES, LiveBytes
+from lab.estimate.training import adapter_dtype
+from lab.models.architecture import config_from_dict
+from lab.models.construct import constructing
+from lab.models.precision import get_precision, resolve_dtype
 from lab.recipe import SETTINGS
+from lab.vocab import ATTENTION, DTYPES, LOSSES, METHODS, OPTIMIZERS, lookup
 
 CATEGORIES = ("weights", "adapters", "gradients", "optimizer", "activations", "temporaries", "kv_cache")
 CATEGORY_HELP = {
@@ -107,7 +113,7 @@ def meta_model(config, dtype: torch.dtype, attn: str):
     from transformers import AutoModelForCausalLM
 
     try:
-        with torch.device("meta"):
+        with constructing(), torch.device("meta"):  # bf16 for this thread only (issue 20)
             return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
     except (ValueError, ImportError) as e:
         detail = " ".join(str(e).split())
@@ -482,8 +488,6 @@ def resolve_attention(arch, attn: str | None) -> str:
     where the model supports it, eager otherwise: Gemma-2's softcapping has no SDPA path)."""
     from transformers import AutoModelForCausalLM
 
-    from lab.vocab import ATTENTION, lookup
-
     config = transformers_config(arch)
     try:
         cls = AutoModelForCausalLM._model_mapping[type(config)]
@@ -514,10 +518,6 @@ def _check_context(arch, tokens: int, what: str) -> None:
 def resolve_recipe(arch, settings, device: str = "cuda") -> Recipe:
     """The concrete recipe a TrainingSettings means for this architecture, checked: a bad value raises a
     LabError that names it."""
-    from lab.estimate.lora import resolve_targets
-    from lab.estimate.training import adapter_dtype
-    from lab.models.precision import get_precision, resolve_dtype
-    from lab.vocab import DTYPES, LOSSES, METHODS, OPTIMIZERS, lookup
 
     s = settings
     method = lookup(METHODS, s.method, "training method").name
@@ -567,7 +567,6 @@ def resolve_recipe(arch, settings, device: str = "cuda") -> Recipe:
 
 def transformers_config(arch):
     """The transformers config an Architecture was read from."""
-    from lab.models.sources import config_from_dict
 
     return config_from_dict(arch.config, arch.name)
 
@@ -594,8 +593,6 @@ class InferenceSettings:
 
 
 def resolve_inference(arch, settings: InferenceSettings, device: str = "cuda") -> InferenceRecipe:
-    from lab.models.precision import get_precision, resolve_dtype
-    from lab.vocab import DTYPES
 
     s = settings
     for label, value in (("batch size", s.batch_size), ("number of prompt tokens", s.prompt_tokens),

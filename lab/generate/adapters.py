@@ -19,6 +19,7 @@ from pathlib import Path
 
 from lab import policy
 from lab.errors import LabError
+from lab.models.sources import folder_hub_id
 from lab.paths import RUN_FILE, runs_dir
 
 CONFIG_FILE = "adapter_config.json"
@@ -243,7 +244,6 @@ def base_mismatch(info: AdapterInfo, source) -> str | None:
     recorded = [r for r in recorded if r]
     if not recorded:
         return None  # nothing recorded: nothing to compare; the shape check still guards loading
-    from lab.models.sources import folder_hub_id
 
     origin = folder_hub_id(source.path) if getattr(source, "kind", None) == "folder" else None  # a Hub snapshot, say
     chosen = set().union(*(_names(x) for x in (source.spec, source.pretrained_id, source.display_name,
@@ -315,7 +315,7 @@ def precision_note(info: AdapterInfo, precision: str) -> str | None:
     """A note when the adapter was trained on a base at another precision than the one it runs on here
     (say NF4 in training, FP32 now): the base weights differ by the quantization error, so its answers can
     differ slightly from what training saw. None when the run recorded no precision or they match."""
-    from lab.models.precision import get_precision
+    from lab.models.precision import get_precision  # why: torch + transformers; adapters need neither
 
     trained = info.run.get("precision")
     if not trained or not precision:

@@ -27,11 +27,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lab.data.datasets import load_rows, prompt_and_answer, render_example
 from lab.data.prompts import build_chat_prompt
 from lab.errors import LabError
-from lab.generate.adapters import AdapterInfo
+from lab.generate.adapters import AdapterInfo, base_mismatch
 from lab.generate.bank import LOCAL, adapter_bank
 from lab.generate.compare import BASE_COLUMN, SamplingSettings, side_by_side
+from lab.publish.card import record_evaluation
 
 METRICS = {
     "auto": "accuracy for labelled sets (every reference a short label without spaces, like banking-intents), "
@@ -74,8 +76,6 @@ def load_examples(dataset: str, limit: int | None = None) -> list[Example]:
     file (an uploaded test set), as (prompt messages, reference answer)."""
     from pathlib import Path
 
-    from lab.data.datasets import load_rows, prompt_and_answer
-
     rows = load_rows(dataset, "train" if Path(dataset).expanduser().is_file() else "test")
     if not rows:
         raise LabError(f"Dataset {dataset!r} has no test rows.", "Give a file with at least one example.")
@@ -99,7 +99,6 @@ def normalize(text: str) -> str:
 
 def _answer_text(tokenizer, messages: list[dict], answer: str) -> str:
     """The answer as training appends it after the prompt (with the template's end-of-turn)."""
-    from lab.data.datasets import render_example
 
     prompt, completion = render_example(tokenizer, {"messages": [*messages, {"role": "assistant", "content": answer}]})
     return completion
@@ -231,8 +230,6 @@ def record_in_runs(result: EvalResult, adapters: list[AdapterInfo], loaded) -> l
     """Record base vs adapter in the run folder of every adapter that came from a training run here, and
     refresh its model card. Skipped: Hub downloads (the cache is not ours) and adapters evaluated on
     another base than theirs (not the adapter's result). Returns warnings for records that failed."""
-    from lab.generate.adapters import base_mismatch
-    from lab.publish.card import record_evaluation
 
     metrics, notes = result.metrics(), []
     for a in adapters:

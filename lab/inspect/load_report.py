@@ -22,12 +22,15 @@ import torch
 
 from lab.environment import device_type
 from lab.errors import Cancelled, LabError
+from lab.estimate.weights import estimate_weights
 from lab.inspect.quality import QualityConfig, greedy_answers, perplexity
-from lab.models.architecture import Architecture, read_architecture
+from lab.models.architecture import Architecture
 from lab.models.loading import free_memory, load_model
 from lab.models.measure import MemorySnapshot, measure_model, reset_peak
 from lab.models.precision import bnb_config_code, get_precision, resolve_dtype
+from lab.models.reader import read_architecture
 from lab.models.sources import ModelSource, resolve_source
+from lab.units import fmt_bytes
 from lab.vocab import COMPUTE, dtype_by_torch_name
 
 # Help texts shared by the CLI flags and the page's tooltips.
@@ -92,7 +95,6 @@ class LoadReport:
 # --------------------------------------------------------------------------- prediction and fit
 def predict(source: ModelSource, precision: str, dtype: str = COMPUTE, device: str | None = None):
     """The calculator's WeightEstimate (lab.estimate.weights) for this load: the same dtype rule as load_kwargs."""
-    from lab.estimate.weights import estimate_weights
 
     arch = read_architecture(source)
     unquantized = resolve_dtype(dtype, config_dtype=arch.config_dtype, device=device)
@@ -121,7 +123,6 @@ def check_fits(needed_bytes: int | None, device: str, what: str, available: int 
     """Raise a LabError when `needed_bytes` (plus headroom) cannot fit on `device`."""
     if needed_bytes is None:
         return
-    from lab.units import fmt_bytes
 
     available = available_bytes(device) if available is None else available
     if needed_bytes * FIT_HEADROOM > available:
@@ -357,7 +358,6 @@ def explain_rss(r: dict) -> str:
     memory-mapped and read at the first forward pass: 605 MB at release), int8 grew 772 MB for 220 MB of
     weights (426 MB of it file pages: quantizing read every fp32 Linear weight through the map; 346 MB
     anonymous: the int8 weights plus the allocator's leftovers of the float copies quantized from)."""
-    from lab.units import fmt_bytes
 
     mem, measured = r.get("memory") or {}, r["measured_bytes"]
     growth, anon, file = mem.get("rss_bytes"), mem.get("rss_anon_bytes"), mem.get("rss_file_bytes")

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from lab.errors import LabError
-from lab.models.architecture import read_architecture
+from lab.models.reader import read_architecture
 from lab.models.sources import ModelSource, resolve_source
 
 BLOCKSIZE = 64  # bitsandbytes' 4-bit default, what transformers' BitsAndBytesConfig uses

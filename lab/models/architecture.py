@@ -1,6 +1,7 @@
 """Read a model's architecture without its weights.
 
-`read_architecture(source)` builds the model on PyTorch's meta device (shapes and dtypes, no
+`architecture_from_config(config)` (reached from a spec or an upload through `lab.models.reader`)
+builds the model on PyTorch's meta device (shapes and dtypes, no
 memory, no download) and reads every module the model really has: Linear layers grouped by
 their leaf name (`q_proj`, fused `qkv_proj`, ...), embeddings, lm_head, tied weights, norms and
 buffers. Nothing is tabulated by hand per architecture: a fused qkv (Phi-3), q/k/v biases
@@ -14,15 +15,12 @@ a `BitsAndBytesConfig`), so the memory estimate and a real quantized load agree.
 from __future__ import annotations
 
 import copy
-import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from lab import policy
 from lab.errors import LabError
-from lab.models.sources import ModelSource, config_from_dict, resolve_source
 
 
 @dataclass(frozen=True)
@@ -182,29 +180,25 @@ _CACHE_SIZE = 32
 _LOCK = threading.Lock()
 
 
-def read_architecture(source: str | ModelSource, name: str | None = None) -> Architecture:
-    """The architecture of `source` (anything `resolve_source` accepts), cached per config."""
-    if isinstance(source, str):
-        source = resolve_source(source)
-    config = source.load_config()
-    return architecture_from_config(config, name or source.display_name)
+def config_from_dict(data, where: str = "config.json"):
+    """A transformers config from the parsed JSON of a config.json, or a LabError naming the problem."""
+    from transformers import CONFIG_MAPPING
 
-
-def read_architecture_json(text: str | bytes, name: str = "uploaded config") -> Architecture:
-    """The architecture of a config.json given as text (an upload on a page). In public mode the
-    upload is bounded in size, declared structure and time before transformers builds it."""
-    if policy.public_mode():
-        return policy.architecture_within_limits(policy.read_config_bytes(text, name), name)
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError:
-            raise LabError(f"{name} is not a UTF-8 text file, so it cannot be a config.json.") from None
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise LabError(f"{where} is not a transformers config: it has no 'model_type'.")
+    data = dict(data)
+    model_type = data.pop("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise LabError(
+            f"Model type {model_type!r} in {where} is not one transformers can build.",
+            "Check the 'model_type' field, or upgrade transformers.",
+        )
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise LabError(f"{name} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}).") from None
-    return architecture_from_config(config_from_dict(data, name), Path(name).stem or name)
+        return CONFIG_MAPPING[model_type].from_dict(data)
+    except Exception as e:  # config classes validate in many ways (strict dataclasses, asserts, ...)
+        cause = e.__cause__ or e.__context__ or e
+        detail = " ".join(str(cause).split())
+        raise LabError(f"transformers cannot build a {model_type!r} config from {where}: {detail}") from None
 
 
 # Reading builds every layer of the model (on the meta device: no memory, but a few milliseconds per
@@ -238,13 +232,28 @@ def architecture_from_config(config, name: str) -> Architecture:
     return arch
 
 
+def warm_imports(model_type: object) -> None:
+    """Import transformers' config and causal-LM classes for `model_type` now (its own code, picked from its
+    own tables by name), so that a time budget on building a model counts the building, not a first import
+    that takes seconds on a loaded machine. Unknown types are left to the build to report."""
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        MODEL_FOR_CAUSAL_LM_MAPPING[CONFIG_MAPPING[model_type]]
+    except Exception:  # not a str, unknown, or no causal-LM class: the build says so, in words
+        pass
+
+
 def _meta_model(config):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from lab.models.construct import constructing  # here: it imports torch, which this module leaves to builds
+
     config = copy.deepcopy(config)  # from_config may write into it (dtype, attn implementation)
     try:
-        with torch.device("meta"):
+        with constructing(), torch.device("meta"):
             return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     except ValueError as e:
         if "Unrecognized configuration class" in str(e):

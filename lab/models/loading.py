@@ -12,6 +12,7 @@ import torch
 
 from lab.environment import device_type
 from lab.errors import LabError
+from lab.models.construct import install
 from lab.models.precision import get_precision, load_kwargs
 from lab.models.sources import ModelSource, hub_error, resolve_source
 from lab.vocab import COMPUTE
@@ -49,6 +50,7 @@ def load_model(source: ModelSource | str, precision: str = "fp32", dtype: str = 
     p = get_precision(precision)
     tokenizer = load_tokenizer(source)
     started = time.perf_counter()
+    install()  # the build neither changes other sessions' dtypes nor overlaps another build (issue 20)
     try:
         model = AutoModelForCausalLM.from_pretrained(source.pretrained_id, **load_kwargs(p.name, dtype, device))
     except OSError as e:

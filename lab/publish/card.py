@@ -18,10 +18,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab.data.datasets import alpaca_prompt, dataset_file, list_datasets, load_rows, prompt_and_answer
 from lab.errors import LabError
 from lab.files import write_json_atomic
+from lab.models.catalog import EMBEDDED_HUB_ID, EMBEDDED_LICENSE
 from lab.models.sources import folder_hub_id, is_hub_id
 from lab.paths import RUN_FILE
+from lab.publish.curve import draw_loss_curve
 from lab.units import fmt_bytes
 
 CARD_FILE = "README.md"
@@ -74,7 +77,6 @@ def folder_origin(folder: Path) -> BaseOrigin:
 
 def base_origin(base: dict) -> BaseOrigin:
     """The origin of a run's base, from lab_run.json's `base_model` record ({spec, kind, pretrained_id, ...})."""
-    from lab.models.sources import EMBEDDED_HUB_ID, EMBEDDED_LICENSE
 
     kind, path = base.get("kind"), base.get("pretrained_id")
     if kind == "hub" and is_hub_id(path):
@@ -90,7 +92,6 @@ def base_origin(base: dict) -> BaseOrigin:
 
 def dataset_hub_id(record: dict) -> str | None:
     """The dataset's Hub id when it was one (bundled and local datasets have none)."""
-    from lab.data.datasets import dataset_file
 
     source = (record.get("dataset") or {}).get("source") or ""
     try:
@@ -109,7 +110,6 @@ def _seconds(s: float | None) -> str:
 def example_messages(record: dict) -> list[dict]:
     """A prompt for the snippet: the dataset's first test (else train) row, else a greeting. A Hub dataset is not
     read again (it may be large, and the card is rewritten offline too)."""
-    from lab.data.datasets import load_rows, prompt_and_answer
 
     source = (record.get("dataset") or {}).get("source") or ""
     for split in () if dataset_hub_id(record) else ("test", "train"):
@@ -128,7 +128,6 @@ def prompt_lines(folder: Path, messages: list[dict]) -> list[str]:
     if (folder / "chat_template.jinja").is_file() or tokenizer_config.get("chat_template"):
         return [f"messages = {messages!r}",
                 "prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)"]
-    from lab.data.datasets import alpaca_prompt
 
     return [f"prompt = {alpaca_prompt(messages)!r}  # the Alpaca template training used (no chat template)"]
 
@@ -300,8 +299,6 @@ def build_card(run_dir: Path, merged_dir: Path | None = None, repo_id: str | Non
     `repo_id`, else from where hub.json says it was pushed, else from the local folder."""
     from huggingface_hub import ModelCard
 
-    from lab.data.datasets import list_datasets
-
     run_dir = Path(run_dir)
     record = read_record(run_dir)
     origin = base_origin(record.get("base_model") or {})
@@ -345,7 +342,6 @@ def _save_card(card, path: Path) -> Path:
 
 
 def draw_curve(run_dir: Path, record: dict, folder: Path | None = None) -> Path | None:
-    from lab.publish.curve import draw_loss_curve
 
     train, evals = loss_points(record)
     if not train and not evals:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lab import policy
 from lab.errors import LabError
 from lab.paths import RUN_FILE, runs_dir
+from lab.publish.card import record_push, write_merged_card, write_run_card
 
 # Never uploaded: training state and local bookkeeping (checkpoints hold optimizer states, the event log and
 # process log hold local paths and pids), stop/lock files, half-written files, and the merged export (pushed on
@@ -75,8 +77,6 @@ def hub_token(given: str | None = None) -> str:
     only a typed token counts: the server's own token must never push on a visitor's behalf."""
     from huggingface_hub import get_token
 
-    from lab import policy
-
     if given and given.strip():
         return given.strip()
     if policy.public_mode():
@@ -128,8 +128,6 @@ def push_run(run: str | Path, repo_id: str, private: bool = False, merged: bool 
     `token`: a token the person typed (required on a public server; see `hub_token`)."""
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import OfflineModeIsEnabled
-
-    from lab.publish.card import record_push, write_merged_card, write_run_card
 
     repo_id = check_repo_id(repo_id)
     run_dir = resolve_run(run)

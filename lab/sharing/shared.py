@@ -31,9 +31,11 @@ from lab.errors import LabError
 from lab.generate.adapters import AdapterInfo
 from lab.generate.bank import BankStatus, adapter_bank, identity
 from lab.generate.compare import BASE_COLUMN, CompareResult, SamplingSettings, side_by_side
-from lab.inspect.load_report import available_bytes
+from lab.generate.evaluate import evaluate
+from lab.inspect.load_report import available_bytes, run_loading_lab
 from lab.models.loading import LoadedModel, trim_heap
 from lab.models.precision import get_precision
+from lab.models.reader import read_architecture
 from lab.models.registry import Key, ModelLease, ModelRegistry
 from lab.models.sources import resolve_source
 from lab.sharing.admission import Need, check, generation_need, load_need, training_need
@@ -224,7 +226,6 @@ class SharedModels:
                  dataset: str, settings, report: Report | None = None, cancel: threading.Event | None = None,
                  on_progress: Callable[[int, int, dict], None] | None = None):
         """lab.generate.evaluate.evaluate, one queue turn per example (others' requests run in between)."""
-        from lab.generate.evaluate import evaluate
 
         self.limits.check_evaluation(len(examples), len(adapters), settings.max_new_tokens)
         with self.model(owner, spec, precision, purpose="playground", report=report, cancel=cancel) as loaded:
@@ -256,7 +257,6 @@ class SharedModels:
                     report: Report | None = None, cancel: threading.Event | None = None) -> list[dict]:
         """lab.inspect.load_report.run_loading_lab (its own loads, measured and freed), one queue turn
         per precision after admission; unused shared models are freed first if that makes room."""
-        from lab.inspect.load_report import run_loading_lab
 
         source = resolve_source(spec, weights=True)
         device = device_type()
@@ -277,7 +277,6 @@ class SharedModels:
 
     def _generation_need(self, loaded: LoadedModel, adapters: list[AdapterInfo], messages, settings: SamplingSettings,
                          full_logits: bool = False) -> _GenerationNeed:
-        from lab.models.architecture import read_architecture
 
         names = [BASE_COLUMN, *[a.name for a in adapters]]
         per_column = messages if isinstance(messages, dict) else {n: messages for n in names}

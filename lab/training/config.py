@@ -17,10 +17,14 @@ import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from lab import recipe
+from lab import policy, recipe
+from lab.data.datasets import dataset_name
 from lab.environment import device_type
 from lab.errors import LabError
+from lab.estimate.simulate import simulate
+from lab.estimate.training import TrainingSettings, estimate_training
 from lab.models.precision import slow_on
+from lab.models.reader import read_architecture
 from lab.models.sources import ModelSource
 from lab.paths import runs_dir
 from lab.recipe import setting
@@ -145,7 +149,6 @@ class TrainConfig:
     def memory_settings(self, device: str | None = None):
         """This run as the calculator's TrainingSettings (`lab.estimate`): the same recipe, for the formula
         and for the simulation on fake tensors."""
-        from lab.estimate.training import TrainingSettings
 
         quantized = PRECISIONS[self.precision].quantized
         return TrainingSettings(
@@ -159,8 +162,6 @@ class TrainConfig:
 
     def memory_estimate(self, device: str | None = None):
         """The calculator's training-memory formula for this run (`lab.estimate.training`)."""
-        from lab.estimate.training import estimate_training
-        from lab.models.architecture import read_architecture
 
         device = device or device_type()
         est = estimate_training(read_architecture(self.model), self.memory_settings(device))
@@ -171,8 +172,6 @@ class TrainConfig:
 
     def simulate_memory(self, device: str | None = None):
         """One step of this run simulated on fake tensors (`lab.estimate.simulate`), on this device's code paths."""
-        from lab.estimate.simulate import simulate
-        from lab.models.architecture import read_architecture
 
         device = device or device_type()
         return simulate(read_architecture(self.model), self.memory_settings(device), device)
@@ -257,8 +256,6 @@ def run_name(cfg: TrainConfig, base_display_name: str, dataset_short: str, when:
 def run_dir_for(cfg: TrainConfig, source: ModelSource, when: float | None = None) -> Path:
     """Where a run of `cfg` on `source` lives: `cfg.output` when given (in public mode a run name, always inside
     runs/: lab.policy), else runs/<run_name>. The runner and the training queue both name run folders here."""
-    from lab import policy
-    from lab.data.datasets import dataset_name
 
     if cfg.output:
         return policy.output_dir(cfg.output)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from lab.errors import LabError
+from lab.training.config import to_cli_args
 from lab.vocab import LAUNCH_MODES, OPTIMIZERS, PRECISIONS, lookup
 
 T = TypeVar("T")
@@ -168,8 +169,6 @@ def launch_command(cfg, processes: int, mode: str = "ddp", device: str = "cuda")
     """The command that runs `cfg` (a TrainConfig) as one training over `processes` processes: one per GPU
     (`device="cuda"`), or CPU processes (`device="cpu"`). `mode` is a LAUNCH_MODES name."""
     from dataclasses import replace
-
-    from lab.training.config import to_cli_args
 
     mode = lookup(LAUNCH_MODES, mode, "launch mode").name
     if not isinstance(processes, int) or processes < 1:

@@ -34,8 +34,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lab import policy
+from lab.data.datasets import check_dataset
+from lab.environment import device_type
 from lab.errors import LabError
 from lab.files import write_json_atomic
+from lab.models.sources import resolve_source
 from lab.paths import runs_dir
 from lab.sharing.limits import RequestLimits
 from lab.training import owners
@@ -80,9 +83,6 @@ def submit(cfg: TrainConfig, owner: str | None = None, name: str | None = None) 
     """Queue a run (its folder is created now, with its owner), and start it at once if the device
     is free. `owner`: the submitting session's token (see owners); `name`: a run name, else the
     lab's {base}-{dataset}_SFT_LoRa{r}_{PRECISION}-<timestamp>."""
-    from lab.data.datasets import check_dataset
-    from lab.environment import device_type
-    from lab.models.sources import resolve_source
 
     cfg.validate(device_type())
     source = resolve_source(

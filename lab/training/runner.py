@@ -36,9 +36,12 @@ from lab.environment import LIBRARIES, compute_dtype, device_type, library_versi
 from lab.errors import LabError
 from lab.estimate.lora import resolve_targets
 from lab.files import write_json_atomic
-from lab.models.architecture import read_architecture
+from lab.models.construct import install
+from lab.models.loading import free_memory, load_tokenizer, out_of_memory
 from lab.models.precision import bnb_config, get_precision, load_kwargs
+from lab.models.reader import read_architecture
 from lab.models.sources import ModelSource, hub_error, resolve_source
+from lab.publish.card import write_merged_card, write_run_card
 from lab.training import distributed
 from lab.training.config import TrainConfig, repetition_warning, run_dir_for, to_cli_args
 from lab.training.events import RUN_FILE, STOP_FILE, EventLog, StopAndLogCallback, peak_memory_bytes
@@ -67,11 +70,10 @@ def load_base(source: ModelSource, precision: str, device: str):
     accelerate launch), and its tokenizer."""
     from transformers import AutoModelForCausalLM
 
-    from lab.models.loading import free_memory, load_tokenizer, out_of_memory
-
     source.require_weights()
     tokenizer = load_tokenizer(source)
     kwargs = base_load_kwargs(precision, device)
+    install()  # other threads keep their dtypes while this builds (issue 20)
     try:
         model = AutoModelForCausalLM.from_pretrained(source.pretrained_id, **kwargs)
     except torch.OutOfMemoryError as e:
@@ -299,7 +301,6 @@ def build_trainer(cfg: TrainConfig, source: ModelSource, targets, data: TrainDat
     from trl import SFTTrainer
 
     datasets.disable_progress_bars()
-    from lab.models.loading import load_tokenizer
 
     precision = get_precision(cfg.precision)
     # Before the model loads: a max length that leaves no answer token fails now, with what would work.
@@ -479,7 +480,6 @@ def finish_record(info: dict, result: dict, trainer, run_dir: Path, log: EventLo
 def write_cards(run_dir: Path, merged_dir: str | None, echo) -> None:
     """The model cards (run folder, merged export) from the final record; a card that cannot be written is
     reported, never fatal: the adapter is saved."""
-    from lab.publish.card import write_merged_card, write_run_card
 
     try:
         write_run_card(run_dir)
@@ -517,6 +517,7 @@ def merge_and_export(run_dir: Path, out_dir: Path | None = None) -> Path:
     device = device_type()
     dtype = compute_dtype(device)
     out_dir = Path(out_dir) if out_dir else run_dir / "merged"
+    install()  # the server may be generating in other threads (issue 20)
     try:
         base = AutoModelForCausalLM.from_pretrained(
             source.pretrained_id, dtype=dtype, device_map="cpu" if device == "cpu" else {"": 0}
@@ -537,7 +538,6 @@ def merge_and_export(run_dir: Path, out_dir: Path | None = None) -> Path:
             f"Could not write the merged model to {out_dir}: {e.strerror or e}.",
             "Free disk space; the adapter itself is saved.",
         ) from e
-    from lab.publish.card import write_merged_card
 
     write_merged_card(run_dir, out_dir)  # its own card: a standalone model, loaded without peft
     return out_dir

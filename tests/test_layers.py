@@ -1,0 +1,58 @@
+"""The lab's layers (issue 17): `lint-imports` keeps .importlinter's contracts (entry points down to
+errors/units/paths, lab.models' own order, no import circle at any depth), and the pages, which are not a
+package import-linter can see, are checked here from their source: they stand beside the CLI at the top,
+so they use lab's public names and never the CLI, and lab never imports them."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = sorted((ROOT / "pages").glob("*.py")) + [ROOT / "app.py"]
+
+
+def imports(path: Path) -> list[tuple[str, list[str], int]]:
+    """(module, names, line) of every import in a file, function-local ones included."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(a.name, [], node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.module, [a.name for a in node.names], node.lineno))
+    return found
+
+
+def test_the_layers_contracts_are_kept():
+    lint = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
+    if lint is None:
+        pytest.skip("import-linter is not installed (make setup-dev installs it)")
+    p = subprocess.run([lint, "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "0 broken" in p.stdout
+
+
+def test_pages_use_lab_public_names_and_never_the_cli():
+    bad = []
+    for page in PAGES:
+        for module, names, line in imports(page):
+            if not module.startswith("lab"):
+                continue
+            where = f"{page.relative_to(ROOT)}:{line}"
+            if module == "lab.__main__" or module == "lab.cli" or module.startswith("lab.cli."):
+                bad.append(f"{where} imports {module}: pages and the CLI are both entry points")
+            if any(part.startswith("_") for part in module.split(".")) or any(n.startswith("_") for n in names):
+                bad.append(f"{where} imports a private name of {module}: {names}")
+    assert not bad, "\n".join(bad)
+
+
+def test_lab_never_imports_the_pages_or_the_app():
+    bad = [f"{py.relative_to(ROOT)}:{line} imports {module}"
+           for py in sorted((ROOT / "lab").rglob("*.py"))
+           for module, _, line in imports(py) if module.split(".")[0] in ("pages", "app", "streamlit")]
+    assert not bad, "\n".join(bad)
