@@ -38,7 +38,7 @@ def test_the_calculator_defaults_are_a_gpu_run():
 
 def test_one_dropout_bound_everywhere():
     from lab.estimate.simulate import resolve_recipe
-    from lab.models.architecture import read_architecture
+    from lab.models.reader import read_architecture
 
     top = SETTINGS["dropout"].max
     with pytest.raises(LabError, match=f"dropout=0.95 is above its maximum {top}"):
