@@ -27,9 +27,9 @@ from lab.serve.preload import Preloader
 from lab.serve.sessions import SessionBoard
 from lab.sharing.shared import SharedModels
 from lab.tasks import BackgroundTask
-from lab.training import owners
 from lab.training.queue import QueueWatcher
 from lab.units import fmt_bytes, fmt_count, fmt_seconds
+from pages._cookies import is_admin, owner_token, remember_owner  # noqa: F401  (pages import them from here)
 
 log = logging.getLogger("qlora_lab.ui")
 
@@ -171,18 +171,6 @@ def session_alive(sid: str) -> bool:
     return runtime.get_instance().is_active_session(sid) if runtime.exists() else True
 
 
-def owner_token() -> str:
-    """This session's owner token: runs it queues are its own (lab.training.owners). Never shown."""
-    if "lab_owner_token" not in st.session_state:
-        st.session_state["lab_owner_token"] = owners.new_token()
-    return st.session_state["lab_owner_token"]
-
-
-def is_admin() -> bool:
-    """This session typed the instructor's token on the instructor's page."""
-    return bool(st.session_state.get("lab_admin")) and admin_enabled()
-
-
 # --------------------------------------------------------------------------- inputs that obey public mode
 HUB_CHOICE = "Hub id…"
 
@@ -238,6 +226,7 @@ def sidebar() -> None:
         st.progress(1 - env["ram_available_bytes"] / env["ram_total_bytes"],
                     text=f"RAM {fmt_bytes(env['ram_available_bytes'])} free of {fmt_bytes(env['ram_total_bytes'])}")
         shared_sidebar()
+        remember_owner()
 
 
 def shared_sidebar() -> None:

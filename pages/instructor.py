@@ -12,9 +12,10 @@ import time
 import streamlit as st
 
 from lab import policy
-from lab.serve.admin import check_admin_token, weak_token
+from lab.serve.admin import admin_digest, check_admin_token, weak_token
 from lab.training import queue as Q
 from lab.units import fmt_bytes, fmt_limit, fmt_seconds
+from pages._cookies import ADMIN_COOKIE, set_cookie
 from pages._ui import friendly_errors, is_admin, server_services, session_alive, shared_models
 
 st.title("Instructor")
@@ -33,6 +34,10 @@ if not is_admin():
             time.sleep(1.0)  # slows guessing down; the comparison itself takes the same time for any guess
             st.error("That is not the instructor's token.", icon=":material/lock:")
     st.stop()
+
+if not st.session_state.get("lab_admin_cookie"):  # signed in: this browser stays so across refreshes
+    set_cookie(ADMIN_COOKIE, admin_digest())
+    st.session_state["lab_admin_cookie"] = True
 
 if weak_token():
     st.warning(
@@ -126,11 +131,8 @@ def training_section() -> None:
             ],
             hide_index=True,
         )
-        c1, c2 = st.columns([3, 1])
-        target = c1.selectbox(
-            "Queued run", [q.name for q in line], key="admin_cancel_target", label_visibility="collapsed"
-        )
-        if c2.button("Take out of the queue", icon=":material/playlist_remove:"):
+        target = st.selectbox("Queued run", [q.name for q in line], key="admin_cancel_target")
+        if st.button("Take out of the queue", icon=":material/playlist_remove:"):  # its own line: never cut off
             with friendly_errors("Unqueueing"):
                 Q.stop_run(policy.run_folder(target), None, admin=True)
                 st.toast(f"{target} left the queue.")
@@ -151,15 +153,22 @@ def models_section() -> None:
             "(true bytes, quantization constants included)."
         )
         labels = [f"{r['model']}@{r['precision']}" for r in rows]
-        c1, c2 = st.columns([3, 1])
-        pick = c1.selectbox("Loaded model", labels, key="admin_free_target", label_visibility="collapsed")
-        if c2.button("Free", icon=":material/delete:",
+        pick = st.selectbox("Loaded model", labels, key="admin_free_target")
+        if st.button("Free", icon=":material/delete:",
                      help="Drop this model and hand its memory back, if nobody holds it (a session's playground "
                           "or running work). Held models stay: the holder's work never loses its model."):
             spec, _, precision = pick.rpartition("@")
             n, in_use = free_model(spec, precision)
-            st.toast(f"{pick} is in use: it stays loaded." if in_use else f"Freed {n} model(s).")
-            st.rerun()
+            held = next((r["held by"] for r in rows if r["model"] == spec and r["precision"] == precision), 0)
+            # said on the page, where the button is, until the next click (a toast was lost in the rerun)
+            st.session_state["admin_free_said"] = (
+                ("warning", f"{pick} is in use (held by {held} session(s) or running work): it stays loaded. It "
+                            "can be freed once its holders let go (they leave the playground or their work ends).")
+                if in_use else ("success", f"Freed {pick} ({n} model(s)): its memory is handed back."))
+            st.rerun()  # the table without the freed model; the message is kept in session state
+    said = st.session_state.get("admin_free_said")
+    if said:
+        getattr(st, said[0])(said[1], icon=":material/info:")
     for q in shared_models().status().queues:
         running = q["running"]
         st.caption(f"{q['device'].upper()} work queue: "

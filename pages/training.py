@@ -2,7 +2,8 @@
 watch its event log live, stop it, and compare past runs.
 
 The page never trains in-process: a run survives a closed tab or a restarted server, and its
-status is read from its folder (events.jsonl + whether its process is alive).
+status is read from its folder (events.jsonl + whether its process is alive). The live panel, the plan (memory,
+launch command) and the history are laid out in pages/_training_run.py, _training_plan.py, _training_history.py.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import plotly.graph_objects as go
 import streamlit as st
 
 from lab import policy
@@ -22,34 +22,15 @@ from lab.environment import device_type
 from lab.errors import LabError
 from lab.models.sources import resolve_source
 from lab.sharing.limits import RequestLimits
-from lab.training import owners
 from lab.training import queue as Q
 from lab.training import runs as R
-from lab.training.config import (
-    TrainConfig,
-    default_config,
-    page_precision,
-    repetition_warning,
-    to_cli_args,
-)
-from lab.training.distributed import launch_command
-from lab.units import fmt_bytes, fmt_seconds
-from lab.vocab import LAUNCH_MODES, PRECISIONS, TARGET_PRESETS, optimizers_for
-from pages import _speed
+from lab.training.config import TrainConfig, default_config, page_precision, repetition_warning, to_cli_args
+from lab.vocab import PRECISIONS, TARGET_PRESETS, optimizers_for
 from pages._fields import field_input
-from pages._ui import (
-    friendly_errors,
-    get_task,
-    is_admin,
-    model_field,
-    owner_token,
-    poll,
-    poll_task,
-    report_activity,
-    shared_models,
-    start_task,
-    upload_limit_mb,
-)
+from pages._training_history import history_section
+from pages._training_plan import launch_section, memory_section
+from pages._training_run import live_interval, live_panel
+from pages._ui import friendly_errors, model_field, owner_token, poll, shared_models, upload_limit_mb
 
 H = TrainConfig.help
 DEVICE = device_type()
@@ -57,12 +38,6 @@ LIMITS = shared_models().limits  # this server's per-request limits (QLORA_LAB_M
 DEFAULTS = default_config(DEVICE)
 UPLOAD = "Upload a file…"
 HUB = "Hub dataset id…"
-STATUS_ICONS = {"queued": ":material/schedule:", "starting": ":material/hourglass_top:",
-                "running": ":material/play_circle:", "stopping": ":material/pending:",
-                "finished": ":material/check_circle:", "stopped": ":material/stop_circle:",
-                "failed": ":material/error:"}
-STATUS_TEXT = {"queued": "🕒", "starting": "⏳", "running": "▶", "stopping": "…", "finished": "✔", "stopped": "■",
-               "failed": "✘"}
 
 st.title("Training")
 st.caption(
@@ -81,6 +56,16 @@ def tokenizer_for(spec: str):
     return load_tokenizer(resolve_source(spec))
 
 
+@st.cache_data(ttl=60, show_spinner=False)
+def source_problem(spec: str) -> str | None:
+    """What is wrong with a base model (None: it resolves): the same check Train would meet, done as it is typed."""
+    try:
+        resolve_source(spec)
+    except LabError as e:
+        return str(e)
+    return None
+
+
 @st.cache_data(show_spinner=False)
 def module_names(spec: str) -> list[str]:
     from lab.models.reader import read_architecture
@@ -88,197 +73,18 @@ def module_names(spec: str) -> list[str]:
     return read_architecture(spec).decoder_linear_names
 
 
-# --------------------------------------------------------------------------- live run panel
-def loss_figure(statuses: list[R.RunStatus], eval_too: bool = True) -> go.Figure:
-    fig = go.Figure()
-    for s in statuses:
-        logs, evals = s.logs, s.evals
-        label = s.name if len(statuses) > 1 else "train"
-        fig.add_scatter(
-            x=[e["step"] for e in logs],
-            y=[e["loss"] for e in logs],
-            mode="lines+markers",
-            name=f"{label} loss" if len(statuses) > 1 else "train loss",
-        )
-        if eval_too and evals:
-            fig.add_scatter(x=[e["step"] for e in evals], y=[e["eval_loss"] for e in evals], mode="lines+markers",
-                            name=f"{label} eval" if len(statuses) > 1 else "eval loss", line={"dash": "dash"})
-    fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 30, "b": 10}, xaxis_title="step", yaxis_title="loss",
-                      legend={"orientation": "h", "y": -0.25})
-    return fig
-
-
-def whose(run_dir: Path) -> str:
-    return "your run" if owners.owns(run_dir, owner_token()) else "another session's run"
-
-
-def show_run(s: R.RunStatus) -> None:
-    icon = STATUS_ICONS.get(s.status, "")
-    st.markdown(f"**{icon} {s.status.upper()}** — `{s.name}` ({whose(s.run_dir)})"
-                + (f" (pid {s.pid})" if s.pid and s.active else ""))
-    last = s.last_log
-    doing = f" — {s.phase}…" if s.active and s.phase and not (last and s.phase.startswith("Training")) else ""
-    if s.max_steps:
-        frac = min(s.step / s.max_steps, 1.0)
-        eta = (
-            f", ETA {last['eta_seconds']:.0f} s" if (last and s.active and last.get("eta_seconds") is not None) else ""
-        )
-        st.progress(frac, text=f"step {s.step} / {s.max_steps}{eta}{doing}")
-    elif s.active:
-        st.progress(0.0, text=(s.phase + "…") if s.phase else "Starting the training process…")
-    if last:
-        c = st.columns(5)
-        c[0].metric(
-            "Train loss",
-            f"{last['loss']:.4f}",
-            help="Cross-entropy on the answer tokens of the last logged batch (the prompt is masked out).",
-        )
-        ev = s.evals
-        c[1].metric(
-            "Eval loss",
-            f"{ev[-1]['eval_loss']:.4f}" if ev else "–",
-            help="Loss on (up to max eval rows of) the test split, every eval steps.",
-        )
-        c[2].metric(
-            "Tokens/s",
-            f"{last['tokens_per_second']:.0f}",
-            help="Non-padding tokens processed per second since training began (TRL's num_tokens / elapsed).",
-        )
-        c[3].metric(
-            "Learning rate",
-            f"{last['learning_rate']:.2e}" if last.get("learning_rate") is not None else "–",
-            help="Current learning rate from the scheduler.",
-        )
-        c[4].metric(
-            "Peak memory",
-            fmt_bytes(last["peak_memory_bytes"]),
-            help=(
-                "CUDA: torch.cuda.max_memory_allocated. CPU: the process's peak resident set size (includes the "
-                "loaded libraries)."
-            ),
-        )
-        st.plotly_chart(live_figure(s), key=f"live-{s.name}")
-        if last["loss"] < 0.01:
-            st.caption(":material/warning: Training loss near 0: the run has memorised its rows. That says nothing "
-                       "about other inputs: the eval loss on held-out rows (or the Playground) does.")
-    if s.status == "failed":
-        st.error(f"Failed: {s.error}" + (f" {s.hint}" if s.hint else ""), icon=":material/error:")
-    elif s.status == "stopped":
-        st.info("Stopped on request after finishing its step; the adapter was saved.", icon=":material/stop_circle:")
-    elif s.status == "finished":
-        st.success(f"Finished: adapter saved in `{R.shown_path(s.run_dir)}`.", icon=":material/check_circle:")
-    if s.active and owners.can_control(s.run_dir, owner_token(), is_admin()):
-        if st.button(
-            "Stop",
-            icon=":material/stop:",
-            key=f"stop-{s.name}",
-            disabled=s.status == "stopping",
-            help=(
-                "Ask the training process to finish its current step, save the adapter and exit (writes a STOP "
-                "file the run watches)."
-            ),
-        ):
-            with friendly_errors("Stopping"):
-                Q.stop_run(s.run_dir, owner_token(), is_admin())
-                st.toast("Stop requested: the run finishes its step, saves and exits.")
-
-
-def _eta(seconds: float | None) -> str:
-    return "at a time not known yet (no finished run to time steps by)" if seconds is None else \
-        f"in {fmt_seconds(seconds)}"
-
-
-def _ordinal(n: int) -> str:
-    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
-
-
-def show_queue(line: list[Q.QueuedRun], mine: str | None) -> None:
-    """The queue behind the running run: where this session's run stands, and everyone's places."""
-    for q in line:
-        if str(q.run_dir) == mine:
-            p = _speed.predicted_run(q.name, q.config, None, q.planned_steps)
-            if p and "run_seconds" in p:
-                st.caption(f"The time model predicts {p['tokens_per_second']:,.0f} tokens/s here: "
-                           f"{_speed.duration(p['run_seconds'])} of training.")
-            st.info(f"Your run `{q.name}` is queued: {_ordinal(q.position)} in line, starts {_eta(q.starts_in)}. "
-                    "One training at a time per device; it starts by itself when the runs ahead of it end.",
-                    icon=":material/schedule:")
-            if st.button("Cancel my queued run", icon=":material/playlist_remove:", key=f"cancel-{q.name}",
-                         help="Take it out of the queue (nothing has run yet, so its folder is removed)."):
-                with friendly_errors("Cancelling"):
-                    Q.stop_run(q.run_dir, owner_token(), is_admin())
-                    st.session_state.pop("train_run_dir", None)
-                    st.rerun(scope="app")
-    if line:
-        st.caption("Queue: " + " · ".join(f"{q.position}. `{q.name}`" + (" (yours)" if str(q.run_dir) == mine else "")
-                                           + f", starts {_eta(q.starts_in)}" for q in line))
-
-
-def current_run(active: R.RunStatus | None) -> R.RunStatus | None:
-    """The run to show: the running one, else the last run this session started, else ?run=<name>."""
-    if active is not None:
-        return active
-    run_dir = st.session_state.get("train_run_dir")
-    if run_dir:
-        status = R.run_status(Path(run_dir))
-        return None if status.queued else status
-    name = st.query_params.get("run")
-    if name:
-        try:
-            folder = policy.run_folder(name)  # only runs of runs/, whatever the URL says
-        except LabError:
-            return None
-        return R.run_status(folder) if folder.is_dir() else None
-    latest = [h for h in R.list_runs() if not h.queued]  # a fresh tab: the newest run of the history
-    return latest[0] if latest else None
-
-
-def live_figure(s: R.RunStatus) -> go.Figure:
-    """The live loss chart, rebuilt only when the run logged something new (same figure, same chart element)."""
-    key = (s.name, len(s.events))
-    cached = st.session_state.get("train_live_figure")
-    if cached is None or cached[0] != key:
-        cached = st.session_state["train_live_figure"] = (key, loss_figure([s]))
-    return cached[1]
-
-
-def live_panel() -> bool:
-    """The running run (anyone's), and the queue with this session's place in it. True when a run started
-    or ended or the queue moved (the page then refreshes the history and the Train button), or the run's pace
-    changed (and with it how often this panel polls, see live_interval)."""
-    active, line = Q.queue_state()
-    mine = st.session_state.get("train_run_dir")
-    s = current_run(active)
-    if s is None and not line:
-        st.caption("No run yet: configure one below and press Train.")
-    elif s is not None:
-        show_run(s)
-    show_queue(line, mine)
-    mine_status = R.run_status(Path(mine)) if mine else None
-    report_activity(doing=f"{'training' if mine_status.active else mine_status.status} {mine_status.name}"
-                    if mine_status is not None else None)
-    state = (s.name if s else None, s.status if s else None, tuple(q.name for q in line))
-    was = st.session_state.get("train_live_state", state)
-    st.session_state["train_live_state"] = state
-    return was != state or R.interval_changed(st.session_state.get("train_poll_interval"), live_interval(s))
-
-
-def live_interval(s: R.RunStatus | None) -> float | None:
-    """At an active run's pace (runs.poll_interval): every poll costs the browser a redraw that a training on the
-    same cores pays for. Otherwise rarely, so a run started elsewhere (another tab, the CLI) still shows up."""
-    return R.poll_interval(s if s is not None and s.active else None)
-
-
 st.subheader("Current run")
 st.session_state["train_poll_interval"] = live_interval(R.active_run())
 poll(live_panel, every=st.session_state["train_poll_interval"])  # always: a run started elsewhere shows up too
-
 
 # --------------------------------------------------------------------------- configuration
 st.subheader("Configure a run")
 left, right = st.columns([3, 2])
 with left:
     model = model_field("Base model", DEFAULTS.model, key="t_model", help=H("model"), bind="query-params")
+    model_problem = source_problem(model.strip())  # checked as typed, said here, and Train stays off until fixed
+    if model_problem:
+        st.error(model_problem, icon=":material/error:")
     names = ds.list_datasets()
     hub_datasets = not policy.public_mode() or bool(policy.limits().hub_allow)  # public: allow-listed Hub datasets only
     choice = st.selectbox("Dataset", [*names, UPLOAD, *([HUB] if hub_datasets else [])],
@@ -391,7 +197,7 @@ def max_length_check(model: str, dataset: str, skip_bad: bool, max_length: int) 
     return ds.check_max_length(tokenizer_for(model), rows, max_length)
 
 
-if check is not None:
+if check is not None and not model_problem:
     with friendly_errors("Checking the max length"):
         for warning in (max_length_check(cfg.model, cfg.dataset, cfg.skip_bad_rows, cfg.max_length),
                         repetition_warning(cfg, len(check.rows))):
@@ -414,51 +220,6 @@ if check is not None:
             )
 
 MEMORY_TASK = "training_memory"
-
-
-def memory_section(cfg: TrainConfig) -> None:
-    """One step of this run simulated on fake tensors (the calculator's simulation, this device's code paths),
-    off the script thread; the formula's total beside it."""
-    from lab.estimate.explain import LABELS
-
-    signature = repr(cfg.memory_settings(DEVICE)) + cfg.model
-    done = st.session_state.get("t_memory")
-    if done is None or done[0] != signature:
-        task = get_task(MEMORY_TASK)
-        if task is None or task.name != signature:
-            if st.button("Simulate one step of this run", icon=":material/memory:", key="t_simulate",
-                         help="Runs forward, backward and the optimizer step of this exact run on fake tensors "
-                              "(shapes, no data): a second or a few."):
-                start_task(MEMORY_TASK, lambda report, cancel: cfg.simulate_memory(DEVICE)).name = signature
-                st.rerun()
-            return
-
-        def keep(task) -> None:
-            st.session_state["t_memory"] = (task.name, task.error if task.status == "failed" else task.result)
-
-        poll_task(MEMORY_TASK, lambda task: st.caption(f"Simulating… {task.elapsed:.0f} s"), keep, every=0.5)
-        return
-    sim = done[1]
-    if isinstance(sim, str):
-        st.error(sim, icon=":material/error:")
-        return
-    formula = cfg.memory_estimate(DEVICE)
-    c1, c2 = st.columns(2)
-    c1.metric("Simulated peak of one step", fmt_bytes(sim.peak_bytes),
-              help="Live bytes at the step's peak (forward, backward, optimizer), counted while the real step ran "
-                   "on fake tensors: what torch.cuda.max_memory_allocated would report"
-                   + ("." if DEVICE == "cuda" else "; on this CPU, the tensors' bytes (the process's RSS adds the "
-                      "loaded libraries on top)."))
-    c2.metric("The formula's total", fmt_bytes(formula.total_bytes),
-              help="The calculator's hand-checkable formula: every term's maximum added, as if all peaked at once.")
-    st.dataframe([{"what": LABELS.get(k, k), "at the peak": fmt_bytes(v)} for k, v in sim.by_category.items() if v],
-                 hide_index=True)
-    if DEVICE == "cuda":
-        st.caption("On a GPU add about 1 GiB outside PyTorch's allocator (CUDA context, kernels) and a few percent of "
-                   "fragmentation: the calculator's GPU verdict does.")
-    st.caption(f"Peak during {sim.peak_at}. The calculator page shows the timeline and one layer module by module.")
-
-
 with st.expander("Memory of one training step (simulated)", expanded=False):
     with friendly_errors("The memory simulation"):
         memory_section(cfg)
@@ -472,37 +233,18 @@ shown = (
 )
 st.code(shlex.join([".venv/bin/python", "-m", "lab", "train", *to_cli_args(shown)]), language="bash")
 with st.expander("Launch command for several GPUs (or CPU processes)"):
-    c1, c2, c3 = st.columns(3)
-    n_proc = c1.number_input(
-        "Processes",
-        1,
-        64,
-        2,
-        help="One per GPU. Each trains on its share of every batch: "
-        "the effective batch is batch size x grad accumulation x processes.",
-        key="t_nproc",
-        bind="query-params",
-    )
-    mode = c2.selectbox(
-        "Mode",
-        list(LAUNCH_MODES),
-        format_func=lambda m: LAUNCH_MODES[m].label,
-        help=" · ".join(f"**{t.label}**: {t.help}" for t in LAUNCH_MODES.values()),
-        key="t_mode",
-        bind="query-params",
-    )
-    target = c3.selectbox("On", ["cuda", "cpu"], format_func={"cuda": "GPUs", "cpu": "CPU processes"}.get,
-                          help="GPUs: one process per GPU. CPU processes: DDP over gloo on this kind of machine.",
-                          key="t_target", bind="query-params")
-    with friendly_errors("The launch command"):
-        launch = launch_command(shown, int(n_proc), mode, target)
-        st.code(str(launch), language="bash")
-        for note in launch.notes:
-            st.caption(note)
+    launch_section(shown)
 own_name = st.text_input("Run name (optional)", "", key="t_name", bind="query-params",
                          placeholder="{base}-{dataset}_SFT_LoRa{r}_{PRECISION}-<time>",
                          help="The run folder's name inside runs/: letters, digits, '.', '_' and '-'. "
                               "Empty: the lab names it.")
+name_problem = None
+if own_name.strip():
+    try:
+        policy.check_run_name(own_name)
+    except LabError as e:  # said as typed, next to the field, not after pressing Train
+        name_problem = str(e)
+        st.error(name_problem, icon=":material/error:")
 active, waiting_line = Q.queue_state()
 if active is not None:
     st.info(f"A training is running (`{active.name}`); a new run joins the queue behind it"
@@ -519,7 +261,7 @@ start = st.button(
     type="primary",
     icon=":material/play_arrow:",
     key="t_train",
-    disabled=not dataset or busy_mine,
+    disabled=not dataset or busy_mine or bool(model_problem or name_problem),
     help="Start `python -m lab train` with these settings as its own process (this page follows its "
     "event log); when a training is running, the run waits in the queue and starts by itself.",
 )
@@ -535,111 +277,5 @@ if start:
 
 
 # --------------------------------------------------------------------------- history
-PUSH_TASK = "training_push"
-PUSH_RESULT = "training_push_result"
-
-
-def push_section(finished: list[R.RunStatus]) -> None:
-    """Push a run's adapter (or merged model) to the Hub, off the script thread."""
-    from lab.publish.push import push_run
-
-    with st.expander("Push to the Hub"):
-        c1, c2 = st.columns([2, 3])
-        name = c1.selectbox(
-            "Run", [s.name for s in finished], key="t_push_run", help="A finished or stopped run of the comparison."
-        )
-        repo = c2.text_input("Repo (owner/name)", placeholder="alice/smollm2-style-lora", key="t_push_repo",
-                             help="Created if needed. The token comes from HF_TOKEN or `hf auth login`"
-                                  + (", or the field below." if not policy.public_mode() else "."))
-        token = None
-        if policy.public_mode():  # never push with the server's own token on a visitor's behalf
-            token = st.text_input("Your Hugging Face token", type="password", key="t_push_token",
-                                  help="A token with write access (huggingface.co/settings/tokens). It is used for "
-                                       "this upload only and not stored.")
-        c1, c2, c3 = st.columns(3)
-        private = c1.checkbox("Private", key="t_push_private", help="Create the repo as private.")
-        merged = c2.checkbox("Merged model", key="t_push_merged",
-                             help="Push <run>/merged (base + adapter) instead of the adapter.")
-        if c3.button("Push", icon=":material/cloud_upload:", disabled=not repo.strip(), key="t_push"):
-            start_task(PUSH_TASK, lambda run, report, cancel: push_run(run, repo, private, merged, token),
-                       policy.run_folder(name))
-
-        def keep(task) -> None:
-            st.session_state[PUSH_RESULT] = (task.status, task.error, task.result)
-
-        poll_task(PUSH_TASK, lambda task: st.caption(f"Uploading… {task.elapsed:.0f} s"), keep)
-        status, error, result = st.session_state.get(PUSH_RESULT, (None, None, None))
-        if status == "failed":
-            st.error(error, icon=":material/error:")
-        elif status == "done":
-            st.success(f"Pushed {len(result['files'])} files to {result['url']}", icon=":material/check_circle:")
-
-
 st.subheader("Run history")
-history = R.list_runs()
-if not history:
-    st.caption("No runs yet.")
-else:
-    infos = {s.name: R.read_run_info(s.run_dir) for s in history}
-
-    def shown(value, fmt: str = "{}") -> str:
-        """A table cell: '—' for a value the run has not got (no eval, still running), never 'None'."""
-        return "—" if value is None or value == "" else fmt.format(value)
-
-    def row(s: R.RunStatus) -> dict:
-        info = infos[s.name]
-        c, summ = info.get("config") or {}, info.get("summary") or {}
-        return {"run": s.name, "status": f"{STATUS_TEXT.get(s.status, '')} {s.status}",
-                "owner": "you" if owners.owns(s.run_dir, owner_token()) else "", "steps": s.step,
-                "final loss": shown(summ.get("final_loss") or (s.last_log or {}).get("loss"), "{:.4f}"),
-                "eval loss": shown(summ.get("final_eval_loss"), "{:.4f}"),
-                "precision": shown(info.get("precision")), "r": shown(c.get("r")),
-                "dataset": shown((info.get("dataset") or {}).get("name")),
-                "tokens/s (predicted)": _speed.tokens_cell(summ.get("tokens_per_second"),
-                                                           _speed.predicted_run(s.name, c, info.get("device"))),
-                "seconds": shown((info.get("durations") or {}).get("total_seconds"), "{:.0f}")}
-
-    st.dataframe([row(s) for s in history], hide_index=True)
-    picked = st.multiselect("Compare runs", [s.name for s in history], default=[s.name for s in history[:2]],
-                            help="Overlay their loss curves and show their settings side by side.", key="t_compare")
-    chosen = [s for s in history if s.name in picked]
-    if chosen:
-        st.plotly_chart(loss_figure(chosen), key="history-chart")
-        keys = [k for k in TrainConfig.__dataclass_fields__ if k != "output"]
-        table = {"setting": keys}
-        for s in chosen:
-            c = infos[s.name].get("config", {})
-            table[s.name] = [shown(c.get(k)) for k in keys]
-        st.dataframe(table, hide_index=True)
-        finished = [s for s in chosen if owners.can_control(s.run_dir, owner_token(), is_admin())
-                    and s.status in ("finished", "stopped") and (s.run_dir / "adapter_model.safetensors").exists()]
-        if finished:
-            target = st.selectbox(
-                "Merge & export",
-                [s.name for s in finished],
-                help=(
-                    "Reload the base at 16/32-bit, merge this run's adapter into it and save a standalone model "
-                    "in <run>/merged."
-                ),
-            )
-            if st.button("Merge and save", icon=":material/merge:", help=H("merge")):
-                with friendly_errors("Merging"), st.spinner("Merging the adapter into the base model…"):
-                    from lab.training.runner import merge_and_export
-
-                    out = merge_and_export(policy.run_folder(target))
-                    st.success(f"Merged model saved in `{R.shown_path(out)}`.")
-            push_section(finished)
-    deletable = [s for s in history if not s.active and owners.can_control(s.run_dir, owner_token(), is_admin())]
-    if deletable:
-        d1, d2 = st.columns([3, 1])
-        doomed = d1.selectbox("Delete a run", [s.name for s in deletable], key="t_delete",
-                              help="Remove the run's folder (adapter, checkpoints, logs). On a public server: only "
-                                   "your own runs.")
-        if d2.button("Delete", icon=":material/delete:",
-                     help="Remove this run's folder for good (a queued run leaves the queue)."):
-            with friendly_errors("Deleting"):
-                Q.delete_run(policy.run_folder(doomed), owner_token(), is_admin())
-                if Path(st.session_state.get("train_run_dir", "")).name == doomed:
-                    del st.session_state["train_run_dir"]
-                st.toast(f"Deleted {doomed}.")
-                st.rerun()
+history_section()

@@ -181,3 +181,59 @@ def test_pages_show_run_folders_under_runs_not_server_paths(tmp_path, monkeypatc
     assert R.shown_path(inside) == "runs/my-run"
     assert R.shown_path(inside / "merged") == "runs/my-run/merged"
     assert R.shown_path(tmp_path / "elsewhere") == str(tmp_path / "elsewhere")  # a local --output folder
+
+
+def test_the_eta_leaves_evaluations_out_of_the_step_pace(tmp_path):
+    """Issue 20, papercut 1: elapsed / steps counted each evaluation as step time, so the estimate grew after
+    every one (91 s -> 207 s). The estimate is the steps left at the recent steps' pace plus the evaluations due."""
+    from types import SimpleNamespace
+
+    from lab.training.events import StopAndLogCallback
+
+    cb = StopAndLogCallback(None, tmp_path)
+    args = SimpleNamespace(eval_strategy="steps", eval_steps=5)
+    assert cb.eta(args, 0, 10) is None  # no step timed yet
+    cb.step_seconds = [30.0, 2.0, 2.0, 2.0]  # the first step is slow (warm-up): left out once others exist
+    cb.eval_seconds = 20.0
+    assert cb.eta(args, 4, 10) == 6 * 2.0 + 2 * 20.0  # steps 5..10 left, evaluations at 5 and 10
+    assert cb.eta(args, 5, 10) == 5 * 2.0 + 1 * 20.0  # the estimate shrinks across an evaluation
+    assert cb.eta(SimpleNamespace(eval_strategy="no", eval_steps=None), 4, 10) == 12.0
+
+
+def test_status_words_between_steps_and_who_stopped(tmp_path, fake_training):
+    """What the page shows next to "step k / n": the run's last phase when no step was logged since it (evaluating,
+    saving), nothing once a step logs again; and who stopped a run."""
+    log = EventLog(tmp_path)
+    log.write("start", pid=fake_training.pid)
+    log.write("phase", message="Training: the first step is running")
+    assert R.doing(R.run_status(tmp_path)) == "Training: the first step is running"
+    log.write("log", step=5, max_steps=10, loss=1.0, eta_seconds=30.0)
+    assert R.doing(R.run_status(tmp_path)) is None and R.eta_seconds(R.run_status(tmp_path)) <= 30.0
+    log.write("phase", message="Evaluating the eval loss on the test split (after step 5)")
+    assert R.doing(R.run_status(tmp_path)).startswith("Evaluating")
+    log.write("log", step=6, max_steps=10, loss=0.9, eta_seconds=25.0)
+    assert R.doing(R.run_status(tmp_path)) is None
+    log.write("stop_requested", step=6, reason="Stopped by the instructor")
+    log.write("end", status="stopped")
+    s = R.run_status(tmp_path)
+    assert s.status == "stopped" and R.stop_reason(s) == "Stopped by the instructor" and R.doing(s) is None
+
+
+def test_history_rows_are_typed_from_the_run_record(tmp_path):
+    from lab.training.history import cell, run_record, settings_table
+
+    log = EventLog(tmp_path)
+    log.write("start", pid=1)
+    log.write("log", step=2, max_steps=2, loss=0.5)
+    rec = run_record(R.run_status(tmp_path))  # no lab_run.json yet: the last logged loss, no other figure
+    assert (rec.final_loss, rec.eval_loss, rec.precision, rec.r) == (0.5, None, None, None)
+    (tmp_path / R.RUN_FILE).write_text(json.dumps({
+        "precision": "nf4", "dataset": {"name": "style"}, "config": {"r": 8, "max_steps": 2},
+        "summary": {"final_loss": 0.4, "final_eval_loss": 0.6, "tokens_per_second": 123.4},
+        "durations": {"total_seconds": 42.0}}))
+    rec = run_record(R.run_status(tmp_path))
+    assert (rec.final_loss, rec.eval_loss, rec.precision, rec.dataset, rec.r, rec.seconds) == (
+        0.4, 0.6, "nf4", "style", 8, 42.0)
+    assert cell(None) == "—" and cell(rec.tokens_per_second, "{:.0f}") == "123"
+    table = settings_table([rec])
+    assert table["setting"][:2] == ["model", "dataset"] and table[rec.name][table["setting"].index("r")] == "8"

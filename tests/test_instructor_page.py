@@ -54,7 +54,31 @@ def test_the_instructor_page_opens_with_the_token_and_controls_the_room(tiny_mod
     lease = model_registry().acquire(str(tiny_model_dir), "fp32", owner="someone")  # held: Free leaves it
     next(b for b in at.button if b.label == "Free").click().run()
     assert len(model_registry().loaded()) == 1
+    # said where the button is, not in a toast lost to the rerun (issue 20, bug 5)
+    assert any("is in use (held by 1 session(s)" in w.value for w in at.warning), [w.value for w in at.warning]
     lease.release()
     next(b for b in at.button if b.label == "Free").click().run()
     assert model_registry().loaded() == []
+    assert any("Freed" in m.value for m in at.success)
+    assert list(limits.loc[limits["limit"] == "max_upload_bytes", "value"]) == ["20.00 MB"]  # not 20000000
+    assert list(limits.loc[limits["limit"] == "hub_allow", "value"]) == ["none"]  # not ()
     assert any("No model is loaded" in c.value for c in at.caption)
+
+
+def test_a_signed_in_instructor_stays_signed_in_after_a_refresh(monkeypatch):
+    """Issue 20, papercut 9: the browser keeps a digest of the token (a cookie), not the token, and a new session
+    of that browser opens the page without typing it again; a wrong or stale digest does not."""
+    import pages._cookies as ui
+    from lab.serve.admin import admin_digest
+
+    monkeypatch.setenv("QLORA_LAB_ADMIN_TOKEN", TOKEN)
+    digest = admin_digest()
+    assert digest and TOKEN not in digest
+    monkeypatch.setattr(ui, "read_cookie", lambda name: digest if name == ui.ADMIN_COOKIE else None)
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception and at.metric and at.metric[0].label == "Connected sessions"
+    monkeypatch.setattr(ui, "read_cookie", lambda name: "0" * 64 if name == ui.ADMIN_COOKIE else None)
+    assert not AppTest.from_file(PAGE, default_timeout=60).run().metric
+    monkeypatch.setenv("QLORA_LAB_ADMIN_TOKEN", TOKEN + "-rotated")  # a new token signs the old browser out
+    monkeypatch.setattr(ui, "read_cookie", lambda name: digest if name == ui.ADMIN_COOKIE else None)
+    assert not AppTest.from_file(PAGE, default_timeout=60).run().metric

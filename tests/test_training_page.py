@@ -53,7 +53,9 @@ def test_page_trains_the_tiny_model_and_shows_history(tiny_model_dir, tmp_path, 
         time.sleep(1)
     assert R.run_status(run_dir).status == "finished", (run_dir / "process.log").read_text()
     said = [e["message"] for e in R.read_events(run_dir) if e["type"] == "phase"]  # what the live panel showed
-    assert [m.split()[0] for m in said] == ["Loading", "Adding", "Building", "Training:", "Saving"], said
+    # between steps the run says what it does: the evals after steps 2 and 3 (the last), then saving
+    assert [m.split()[0] for m in said] == ["Loading", "Adding", "Building", "Training:", "Evaluating", "Evaluating",
+                                            "Saving", "Saving"], said  # the last checkpoint, then the adapter
     assert set(filter(None, phases)) <= set(said) and R.run_status(run_dir).phase is None  # none once it ended
     at.run()
     assert not at.exception
@@ -168,3 +170,93 @@ def test_a_second_run_queues_and_another_sessions_run_has_no_stop(tiny_model_dir
         while R.run_status(theirs).active and time.time() < deadline:
             time.sleep(0.5)
     assert R.run_status(theirs).status == "stopped"
+
+
+@pytest.fixture
+def fake_training():
+    """A live process that runs.pid_alive accepts as a lab training (its command line says `lab train`)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "lab", "train"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def _fake_run(run_dir: Path, pid: int, steps: int, max_steps: int, end: dict | None = None,
+              stop_reason: str | None = None) -> Path:
+    """A run folder as a training process writes it (events only): no training needed to read it."""
+    from lab.training.events import EventLog
+
+    run_dir.mkdir()
+    log = EventLog(run_dir)
+    log.write("start", pid=pid)
+    log.write("train_begin", max_steps=max_steps)
+    for step in range(1, steps + 1):
+        log.write("log", step=step, max_steps=max_steps, loss=1.0 / step, learning_rate=1e-3, tokens_per_second=10.0,
+                  eta_seconds=5.0, peak_memory_bytes=10**8)
+    if stop_reason:
+        log.write("stop_requested", step=steps, reason=stop_reason)
+    if end:
+        log.write("end", **end)
+    return run_dir
+
+
+def _running(monkeypatch, run_dir: Path) -> None:
+    """The queue and the training lock both name `run_dir` as the running run (no real training needed)."""
+    monkeypatch.setattr(Q, "queue_state", lambda now=None: (R.run_status(run_dir), []))
+    monkeypatch.setattr(R, "active_run", lambda: R.run_status(run_dir))
+
+
+def test_an_attendee_whose_run_the_instructor_stopped_is_told(tmp_path, monkeypatch, fake_training):
+    """Issue 20, bug 4: the queue started someone else's run after the instructor stopped this session's: the
+    panel follows the new run, and says, here, how this session's own run ended."""
+    monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path))
+    mine = _fake_run(tmp_path / "my-run", 999_999_999, 3, 10, {"status": "stopped", "error": None, "hint": None},
+                     stop_reason="Stopped by the instructor")
+    theirs = _fake_run(tmp_path / "their-run", fake_training.pid, 1, 10)  # a live training: running
+    _running(monkeypatch, theirs)
+    at = AppTest.from_file(PAGE, default_timeout=90)
+    at.session_state["train_run_dir"] = str(mine)
+    at.run()
+    assert not at.exception
+    assert any("RUNNING" in m.value and "their-run" in m.value for m in at.markdown)
+    assert any("Your run `my-run` was stopped at step 3 / 10 (Stopped by the instructor)" in w.value
+               for w in at.warning), [w.value for w in at.warning]
+
+
+def test_bad_base_model_and_run_name_are_said_as_typed_and_train_stays_off(tmp_path, monkeypatch):
+    """Issue 20, papercut 8: each error next to its field as it is typed, and no Train click that must fail."""
+    monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path))
+    at = AppTest.from_file(PAGE, default_timeout=90).run()
+    assert not at.button(key="t_train").disabled and not at.error
+    at.text_input(key="t_name").set_value("no/slashes").run()
+    assert any("Run name 'no/slashes' is not allowed" in e.value for e in at.error)
+    assert at.button(key="t_train").disabled
+    at.text_input(key="t_name").set_value("fine-name")
+    at.text_input(key="t_model").set_value(str(tmp_path / "no-such-model")).run()
+    assert at.button(key="t_train").disabled and len(at.error) == 1, [e.value for e in at.error]
+    at.text_input(key="t_model").set_value("embedded").run()
+    assert not at.button(key="t_train").disabled and not at.error
+
+
+def test_after_a_refresh_an_attendee_can_still_stop_their_own_run(tmp_path, monkeypatch, fake_training):
+    """Issue 20, papercut 12: in public mode the owner token comes back from the browser's cookie, so a new session
+    of the same browser (a refresh) still owns its run and sees its Stop button; another browser does not."""
+    import pages._cookies as ui
+
+    monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path))
+    monkeypatch.setenv("QLORA_LAB_PUBLIC", "1")
+    token = owners.new_token()
+    running = _fake_run(tmp_path / "my-run", fake_training.pid, 1, 10)
+    owners.record_owner(running, token)
+    _running(monkeypatch, running)
+    monkeypatch.setattr(ui, "read_cookie", lambda name: token if name == ui.OWNER_COOKIE else None)
+    at = AppTest.from_file(PAGE, default_timeout=90).run()  # a fresh session: nothing in session state
+    assert not at.exception
+    assert any("my-run" in m.value and "(your run)" in m.value for m in at.markdown)
+    assert "Stop" in [b.label for b in at.button]
+    monkeypatch.setattr(ui, "read_cookie", lambda name: None)  # another browser
+    other = AppTest.from_file(PAGE, default_timeout=90).run()
+    assert "Stop" not in [b.label for b in other.button]

@@ -28,3 +28,20 @@ def weak_token(env: dict | None = None) -> bool:
     """A token shorter than MIN_LENGTH characters can be guessed: the page says so."""
     env = os.environ if env is None else env
     return admin_enabled(env) and len(env.get(ENV, "").strip()) < MIN_LENGTH
+
+
+def admin_digest(env: dict | None = None) -> str | None:
+    """What the instructor's browser keeps after signing in (a cookie): an HMAC of the token, so the token itself
+    is never stored, and a new token (a restart with another QLORA_LAB_ADMIN_TOKEN) signs everyone out."""
+    env = os.environ if env is None else env
+    expected = env.get(ENV, "").strip()
+    if not expected:
+        return None
+    return hmac.new(expected.encode(), b"qlora-lab-instructor-cookie", "sha256").hexdigest()
+
+
+def check_admin_digest(given: str | None, env: dict | None = None) -> bool:
+    expected = admin_digest(env)
+    if not expected or not given:
+        return False
+    return hmac.compare_digest(given.strip().encode(), expected.encode())

@@ -249,6 +249,34 @@ class RunStatus:
         return ends[-1] if ends else None
 
 
+def doing(s: RunStatus) -> str | None:
+    """What an active run does that is not a training step, in words ("Evaluating on the test split", "Saving the
+    adapter", "Loading …"): its last phase when nothing was logged since (a phase older than the last logged step
+    is over)."""
+    if not s.active:
+        return None
+    for e in reversed(s.events):
+        if e["type"] == "log":
+            return None
+        if e["type"] == "phase":
+            return e["message"]
+    return None
+
+
+def eta_seconds(s: RunStatus, now: float | None = None) -> float | None:
+    """Seconds left by the last logged step's estimate (lab.training.events), counted down since it was logged."""
+    last = s.last_log
+    if not last or last.get("eta_seconds") is None:
+        return None
+    return max(0.0, last["eta_seconds"] - ((now or time.time()) - last.get("time", now or time.time())))
+
+
+def stop_reason(s: RunStatus) -> str | None:
+    """Who or what stopped the run ("Stop pressed", "Stopped by the instructor"), from its stop_requested event."""
+    reasons = [e.get("reason") for e in s.events if e["type"] == "stop_requested"]
+    return reasons[-1] if reasons else None
+
+
 def run_status(run_dir: Path, pid: int | None = None) -> RunStatus:
     """The real status of the run in `run_dir` (see the module docstring). `pid`: the process a
     caller just spawned, before it has written its start event."""
