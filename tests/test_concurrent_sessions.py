@@ -26,8 +26,8 @@ def _hammer(stop: threading.Event, errors: list, done: list) -> None:
     from lab.estimate.training import TrainingSettings
     from lab.models.architecture import architecture_from_config
 
-    settings = TrainingSettings(method="qlora", precision="nf4", dtype="bf16", batch_size=1, seq_len=32)
     try:
+        settings = TrainingSettings(method="qlora", precision="nf4", dtype="bf16", batch_size=1, max_length=32)
         while not stop.is_set():
             config = tiny_config("llama")
             config.intermediate_size = 128 + 8 * len(done)
