@@ -5,9 +5,12 @@ from pathlib import Path
 
 import streamlit as st
 
+from pages._legacy import leave_legacy_multipage_mode  # streamlit only: nothing heavy before the paint
+
 # A local favicon: a material icon here makes the browser fetch it from a font CDN (nothing shows offline).
 st.set_page_config(page_title="QLoRA Lab", page_icon=str(Path(__file__).parent / "assets" / "favicon.png"),
                    layout="wide")
+leave_legacy_multipage_mode()  # before the paint: a deep link opened meanwhile waits for the import below
 # The pages' helpers import torch, transformers, peft and bitsandbytes: on a fresh server the first visit
 # waits seconds for them (a blank page before). Paint a line first; later visits find them imported.
 starting = st.empty()

@@ -30,28 +30,12 @@ from lab.tasks import BackgroundTask
 from lab.training.queue import QueueWatcher
 from lab.units import fmt_bytes, fmt_count, fmt_seconds
 from pages._cookies import is_admin, owner_token, remember_owner  # noqa: F401  (pages import them from here)
+from pages._legacy import leave_legacy_multipage_mode
 
 log = logging.getLogger("qlora_lab.ui")
 
 
-def _leave_legacy_multipage_mode() -> None:
-    """The one workaround for Streamlit's legacy pages mode (nothing else in the app or the tests
-    needs to know about it).
-
-    Streamlit treats a `pages/` folder beside the entry script as a legacy (v1) multipage app
-    until `st.navigation` runs once. If a fresh server's first request is a deep link such as
-    /loading_lab, that page would run on its own (no app.py, no shared sidebar, an automatic menu
-    listing every file) for the server's whole life. The folder keeps its name (the project's
-    layout names it), so instead: every page imports this module, which switches to app.py's
-    navigation and reruns; the same URL then resolves through `st.navigation`."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
-_leave_legacy_multipage_mode()
+leave_legacy_multipage_mode()  # every page imports this module: see pages/_legacy.py
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ third-party cookies (Safari, Firefox's strict mode, Chrome in incognito and with
 cookie phase-out) drop Streamlit's `_streamlit_xsrf` cookie there, and then every upload
 (`st.file_uploader`: a config.json, a dataset) fails with "AxiosError: Request failed with status
 code 403". The documented remedy is `server.enableXsrfProtection=false`, so a Space gets it. What
-that gives up is in the README ("Running a workshop").
+that gives up is in docs/workshop.md ("Running a workshop").
 """
 
 from __future__ import annotations
