@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 PORT ?= 8501
 
-.PHONY: setup setup-deps setup-dev run test test-fast lint bench screenshots clean-cache
+.PHONY: setup setup-deps setup-dev run test test-fast test-timing lint bench screenshots clean-cache
 
 # Idempotent: does real work only when a requirements file changed; seconds otherwise.
 setup: $(STAMP)
@@ -40,7 +40,11 @@ test: setup-dev
 
 # The edit loop: ruff and the layers, then every test but real browsers, training processes and the embedded model
 # (pytest markers, pyproject.toml). `make test` still runs them all before a push.
-FAST_MARKERS := not browser and not training and not embedded
+FAST_MARKERS := not browser and not training and not embedded and not timing
+# The speed model against this CPU's measured tokens/s (issue 19): a quiet machine only, never in CI.
+test-timing: setup-dev
+	$(PY) -m pytest -m timing -s $(PYTEST_ARGS)
+
 test-fast: setup-dev
 	$(PY) -m ruff check lab pages tests app.py benchmarks tools
 	$(VENV)/bin/lint-imports

@@ -153,6 +153,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.timing
 @pytest.mark.embedded
 @pytest.mark.parametrize("name", list(CHECKS))
 def test_predicted_training_tokens_per_second_here_within_25_percent(embedded_dir, one_thread, name):
@@ -165,6 +166,7 @@ def test_predicted_training_tokens_per_second_here_within_25_percent(embedded_di
     assert predicted == pytest.approx(measured, rel=0.25)
 
 
+@pytest.mark.timing
 @pytest.mark.embedded
 def test_predicted_generation_tokens_per_second_here_within_25_percent(embedded_dir, one_thread):
     rec = InferenceRecipe("fp32", F32, 1, 32, 16, device="cpu")
