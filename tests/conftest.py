@@ -72,6 +72,18 @@ def tiny_model_dir(tmp_path_factory, embedded_dir) -> Path:
 from tests.browser import app_server, browser, page  # noqa: E402,F401
 
 
+@pytest.fixture
+def fake_training():
+    """A live process that runs.pid_alive accepts as a lab training (its command line says `lab train`)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "lab", "train"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
 def wait_for(predicate, timeout: float = 180, interval: float = 0.3):
     """Poll `predicate` until it returns something truthy (returned), or raise TimeoutError."""
     deadline = time.time() + timeout

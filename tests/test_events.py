@@ -7,8 +7,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from lab.training import runs as R
 from lab.training.events import EVENTS_FILE, STOP_FILE, EventLog, EventReader, read_events, request_stop
 
@@ -61,15 +59,6 @@ def test_truncated_or_replaced_log_is_read_again(tmp_path):
     EventLog(tmp_path).write("start", pid=7)  # a new run in the same folder
     assert [e["type"] for e in reader.poll()] == ["start"]
     assert [e["type"] for e in reader.events] == ["start"]
-
-
-@pytest.fixture
-def fake_training():
-    """A live process that pid_alive accepts as a lab training (its command line says `lab train`)."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "lab", "train"])
-    yield proc
-    proc.kill()
-    proc.wait()
 
 
 def test_watcher_reports_changes_only(tmp_path, fake_training):

@@ -172,18 +172,6 @@ def test_a_second_run_queues_and_another_sessions_run_has_no_stop(tiny_model_dir
     assert R.run_status(theirs).status == "stopped"
 
 
-@pytest.fixture
-def fake_training():
-    """A live process that runs.pid_alive accepts as a lab training (its command line says `lab train`)."""
-    import subprocess
-    import sys
-
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "lab", "train"])
-    yield proc
-    proc.kill()
-    proc.wait()
-
-
 def _fake_run(run_dir: Path, pid: int, steps: int, max_steps: int, end: dict | None = None,
               stop_reason: str | None = None) -> Path:
     """A run folder as a training process writes it (events only): no training needed to read it."""
