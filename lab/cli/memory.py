@@ -31,10 +31,6 @@ from lab.vocab import (
     describe,
 )
 
-NAME = "memory"
-HELP = ("weights at a precision (true bytes vs get_memory_footprint) and, simulated, the peak of a training step "
-        "(--train) or of generation (--infer), with the GPU verdict")
-ORDER = 10
 FIELDS = {f.name: f for f in fields(TrainingSettings)}
 HELP_OF = {name: f.metadata.get("help", "") for name, f in FIELDS.items()}
 DEFAULT = TrainingSettings()
