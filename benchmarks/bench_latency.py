@@ -78,7 +78,8 @@ def page_latency(model: str, gpu_name: str) -> dict:
         settings = replace(base, **change)
         inference = replace(infer, precision=change["precision"]) if "precision" in change else infer
         out["new_setting"][label] = timed(lambda s=settings, i=inference: simulate_page(arch, s, i))
-        print(f"  {out['model']}: {label}: {out['new_setting'][label]['wall']:.2f} s", file=sys.stderr, flush=True)
+        t = out["new_setting"][label]
+        print(f"  {out['model']}: {label}: {t['wall']:.2f} s (CPU {t['cpu']:.2f})", file=sys.stderr, flush=True)
     for kind in ("wall", "cpu"):
         times = [t[kind] for t in out["new_setting"].values()]
         out[f"new_setting_{kind}"] = {"median": statistics.median(times), "max": max(times)}
@@ -89,6 +90,8 @@ def page_latency(model: str, gpu_name: str) -> dict:
     out["inverse_seconds"] = timed(lambda: answers.update(solve_all(arch, settings, get_gpu(gpu_name),
                                                                     knobs_for(settings.method))))
     out["inverse"] = {k: {"value": a.value, "simulations": len(a.points)} for k, a in answers.items()}
+    t = out["inverse_seconds"]
+    print(f"  {out['model']}: inverse: {t['wall']:.2f} s (CPU {t['cpu']:.2f})", file=sys.stderr, flush=True)
     return out
 
 
@@ -112,7 +115,7 @@ def cli_startup(repeats: int) -> dict:
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
         out[label] = {"wall": statistics.median(walls), "cpu": statistics.median(cpus), "walls": walls}
-        print(f"  {label}: {out[label]['wall']:.2f} s", file=sys.stderr, flush=True)
+        print(f"  {label}: {out[label]['wall']:.2f} s (CPU {out[label]['cpu']:.2f})", file=sys.stderr, flush=True)
     return out
 
 
