@@ -81,6 +81,17 @@ FREE_OPS = {"aten.detach", "aten.lift_fresh", "aten._local_scalar_dense", "aten.
             "aten._has_compatible_shallow_copy_type"}
 
 
+_NAMES: dict = {}  # op -> its name, or None for an op that does no work: decided once per op (str() is slow)
+
+
+def _counted_name(func) -> str | None:
+    if func not in _NAMES:
+        name = str(func.overloadpacket) if hasattr(func, "overloadpacket") else str(func)
+        free = getattr(func, "is_view", False) or name in FREE_OPS or not name.startswith(("aten.", "bitsandbytes."))
+        _NAMES[func] = None if free else name
+    return _NAMES[func]
+
+
 class OpCounter:
     """What `LiveBytes` hands over: each op's FLOPs, bytes and kind, grouped, per phase and layer."""
 
@@ -91,8 +102,8 @@ class OpCounter:
     def record(self, func, args, kwargs, out, phase: str, owner: int) -> None:
         if phase not in ("forward", "recompute", "backward", "optimizer"):
             return
-        name = str(func.overloadpacket) if hasattr(func, "overloadpacket") else str(func)
-        if getattr(func, "is_view", False) or name in FREE_OPS or not name.startswith(("aten.", "bitsandbytes.")):
+        name = _counted_name(func)
+        if name is None:
             return
         if name == "bitsandbytes.gemm_4bit" and not self.fused_4bit(args):
             return  # dequantized then F.linear: the inner ops were counted
