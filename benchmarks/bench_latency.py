@@ -65,7 +65,7 @@ def page_latency(model: str, gpu_name: str) -> dict:
     from lab.estimate.training import TrainingSettings
     from lab.models.reader import read_architecture
 
-    out: dict = {"model": Path(model).stem, "gpu": gpu_name}
+    out: dict = {"model": Path(model).stem if model.endswith(".json") else model, "gpu": gpu_name}
     arch = read_architecture(model)
     base, infer = TrainingSettings(), InferenceSettings(precision="nf4-dq")
     sims = {}
