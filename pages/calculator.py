@@ -17,7 +17,6 @@ from lab.estimate.gpus import (
     GPUS,
     UNITS_NOTE,
     get_gpu,
-    gpu_verdict,
     smallest_gpu,
     this_machine,
     verdicts,
@@ -240,7 +239,7 @@ def multi_gpu_tab(sim: Simulation) -> tuple[int, str, str]:
     with friendly_errors("The multi-GPU figure"):
         multi = per_gpu_peak(sim, int(n_gpus), sharding)
         fewest = smallest_fitting(sim, get_gpu(card), sharding)
-        v = gpu_verdict(multi.per_gpu_peak_bytes, get_gpu(card))
+        v = multi.verdict(get_gpu(card))
         q1, q2 = st.columns(2)
         q1.metric(f"Per-GPU peak on {int(n_gpus)} × {card}", fmt_bytes(multi.per_gpu_peak_bytes),
                   help="; ".join(f"{k}: {fmt_bytes(val)}" for k, val in multi.terms.items()))

@@ -7,7 +7,7 @@ import argparse
 from dataclasses import fields
 
 from lab.errors import LabError
-from lab.estimate.gpus import GPUS, fit_table, get_gpu, gpu_verdict
+from lab.estimate.gpus import FRAGMENTATION, GPUS, fit_table, get_gpu, gpu_verdict
 from lab.estimate.inference import kv_cache_bytes
 from lab.estimate.inverse import knobs_for, max_fitting
 from lab.estimate.parallel import per_gpu_peak, smallest_fitting, why_none_fit
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> dict:
 
     if active_params(arch) is not None:  # a mixture of experts: what one token runs through (top-k of the experts)
         result["params_active"] = active_params(arch)
-    peak = w.weights_bytes
+    peak, fragmentation = w.weights_bytes, FRAGMENTATION
     if args.context is not None:
         if args.context <= 0:
             raise LabError(f"--context must be a positive number of tokens, got {args.context}.")
@@ -149,10 +149,10 @@ def run(args: argparse.Namespace) -> dict:
 
             multi = per_gpu_peak(sim, args.gpus, args.sharding)
             result["multi_gpu"] = multi.to_json()
-            peak = multi.per_gpu_peak_bytes
+            peak, fragmentation = multi.per_gpu_peak_bytes, multi.fragmentation
             if gpu is not None:
                 result["multi_gpu"]["smallest_gpus"] = smallest_fitting(sim, gpu, args.sharding)
-        result["fits"] = fit_table(peak)
+        result["fits"] = fit_table(peak, fragmentation=fragmentation)
         if args.inverse and gpu is not None:
             answers = {k: max_fitting(arch, settings, gpu, k) for k in knobs_for(settings.method)}
             # the JSON keys stay as they were (issue 13): max_length's answer is max_seq_len
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> dict:
     elif args.gpus is not None:
         raise LabError("--gpus is about training.", "Add --train full|lora|qlora.")
     if gpu is not None:
-        result["gpu_verdict"] = gpu_verdict(peak, gpu).to_json()
+        result["gpu_verdict"] = gpu_verdict(peak, gpu, fragmentation).to_json()
         result.update(_speed(args, gpu, result))
     return result
 
