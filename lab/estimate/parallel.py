@@ -45,6 +45,9 @@ GATHERED_LAYERS = 2  # the layer computing and the next one's all-gather (BACKWA
 # the lab's FSDP launch (lab.training.distributed.FSDP_QLORA_FLAGS, peft's FSDP + QLoRA recipe)
 DEFAULT_STRATEGY, DEFAULT_OFFLOAD, DEFAULT_VERSION = "full_shard", True, 1
 GPUS_PER_NODE = 8
+OFFLOAD_HELP = ("FSDP's offload_params: the sharded parameters, gradients and the optimizer step live in CPU RAM; each "
+                "GPU holds only the layers being gathered, the gradients being reduced, activations and the 4-bit "
+                "constants. On: as the lab's FSDP launch command runs.")
 
 
 @dataclass(frozen=True)
