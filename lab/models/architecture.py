@@ -204,6 +204,7 @@ def config_from_dict(data, where: str = "config.json"):
         detail = " ".join(str(cause).split())
         raise LabError(f"transformers cannot build a {model_type!r} config from {where}: {detail}") from None
     _fill_derived_sizes(config)
+    _fill_top_k(config)
     return config
 
 
@@ -218,6 +219,19 @@ def _fill_derived_sizes(config) -> None:
         text.head_dim = hidden // heads
     if "num_key_value_heads" in own and own["num_key_value_heads"] is None and isinstance(heads, int):
         text.num_key_value_heads = heads
+
+
+# Experts per token of a family whose transformers default is None (its router then calls torch.topk(k=None) and
+# transformers itself cannot run the config); every published checkpoint of the family sets it: DeepSeek-V2, -V2-Lite
+# and -V2.5 route each token to 6 experts (the DeepSeek-V2 paper: 6 of 160 routed experts; V2-Lite: 6 of 64).
+PUBLISHED_TOP_K = {"deepseek_v2": 6}
+
+
+def _fill_top_k(config) -> None:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if "num_experts_per_tok" in vars(text) and text.num_experts_per_tok is None \
+            and config.model_type in PUBLISHED_TOP_K:
+        text.num_experts_per_tok = PUBLISHED_TOP_K[config.model_type]
 
 
 # Reading builds every layer of the model (on the meta device: no memory, but a few milliseconds per
