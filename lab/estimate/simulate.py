@@ -40,6 +40,8 @@ from lab.estimate.recipe import (
     register_model,
     train_step,
 )
+from lab.estimate.scan import NOTE as SCAN_NOTE
+from lab.estimate.scan import scan_paths
 from lab.estimate.tracker import CUDA_BLOCK, NO_LAYER, OVERRIDES, LiveBytes
 from lab.estimate.training import adapter_dtype
 from lab.estimate.work import OpCounter
@@ -103,8 +105,10 @@ class Simulation:
 def truncated_config(config, layers: int):
     """The config with `layers` decoder layers (per-layer lists cut to match)."""
     cfg = copy.deepcopy(config)
-    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    text = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
     text.num_hidden_layers = layers
+    if isinstance(vars(text).get("decoder_layers"), int):  # BART-style: num_hidden_layers is the encoder's depth
+        text.decoder_layers = layers
     # `layer_types` may be an alias of the field that holds the list (Zamba's `layers_block_type`)
     name = getattr(type(text), "attribute_map", {}).get("layer_types", "layer_types")
     value = vars(text).get(name)
@@ -297,7 +301,7 @@ def run_training(model, mode, recipe: Recipe, profile_layer: int | None = comp.M
         input_ids = torch.zeros((recipe.batch_size, recipe.max_length), dtype=torch.long)
         tracker.register(input_ids, "inputs")
         with device_paths(recipe.device), trl_device_paths(recipe.device if fake else "cpu"), \
-                transformers_mask_paths():
+                transformers_mask_paths(), scan_paths(recipe.device if fake else "cpu", tracker.kernels):
             initialize_optimizer_state(model, optimizer, tracker, recipe)
             with tracker:
                 train_step(model, optimizer, input_ids, recipe, tracker, 1, profile_layer)
@@ -347,6 +351,8 @@ def _result(kind: str, tracker: LiveBytes, full: int, layers: int, recipe, t0: f
     notes = []
     if composed.excluded.get("paged"):
         notes.append(PAGED_HELP)
+    if tracker.kernels:
+        notes.append(SCAN_NOTE)
     totals, one_layer = _role_totals(tracker, full, layers)
     return Simulation(kind, composed.peak_bytes, composed.by_category, composed.peak_at, composed.timeline,
                       composed.excluded, _layer_table(tracker), layers, full, round(time.perf_counter() - t0, 3),
@@ -417,7 +423,8 @@ def run_inference(model, mode, recipe: InferenceRecipe, fake: bool = True) -> Li
     b, n, m = recipe.batch_size, recipe.prompt_tokens, recipe.new_tokens
     with mode:
         register_model(model, tracker, _weights_only(recipe))
-        with device_paths(recipe.device), transformers_mask_paths(), torch.no_grad():
+        with device_paths(recipe.device), transformers_mask_paths(), torch.no_grad(), \
+                scan_paths(recipe.device if fake else "cpu", tracker.kernels):
             with tracker:
                 cache = DynamicCache(config=model.config)
                 _mark_cache(tracker, cache)
@@ -511,8 +518,9 @@ def _simulate_inference(config, recipe: InferenceRecipe, full: int, layers: int)
 
 # --------------------------------------------------------------------------- helpers
 def _num_layers(config) -> int:
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return int(getattr(text, "num_hidden_layers", 0) or 0)
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    own = vars(text).get("decoder_layers")  # BART-style causal LMs run the decoder's layers
+    return int(own if isinstance(own, int) else getattr(text, "num_hidden_layers", 0) or 0)
 
 
 def _cached(key, compute):
@@ -535,7 +543,7 @@ def _friendly_errors(config, step: str):
     (lab.estimate.origin) is re-raised as it is, marked internal, so a bug of ours never passes for a refusal."""
     from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
 
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
     own = vars(text)
     experts = next((own[k] for k in ("n_routed_experts", "num_local_experts", "num_experts") if own.get(k)), None)
     if experts and "num_experts_per_tok" in own and own["num_experts_per_tok"] is None:
