@@ -230,5 +230,5 @@ def test_an_error_of_the_labs_own_code_is_not_passed_off_as_a_refusal(monkeypatc
     with pytest.raises(ValueError, match="a bug of ours") as e:
         simulate(arch, TrainingSettings(**QLORA, r=4))
     assert not isinstance(e.value, LabError)
-    assert any("Internal error of QLoRA Lab" in note and "'llama'" in note and "recipe.py" in note
+    assert any("Internal error of QLoRA Lab" in note and "'llama'" in note and "test_architecture.py" in note
                for note in e.value.__notes__)

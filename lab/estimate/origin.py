@@ -10,8 +10,8 @@ library's frames are passed over (both run everyone's code), and so is the track
 when an op merely passed through it; the first frame left decides:
 
 - a library's file (site-packages): the model's code;
-- a file of the lab: ours, unless the skipped frames were the autograd engine running a backward
-  (`loss.backward()` is our line, the graph it runs is the model's).
+- any other file (the lab's, or code patched into it): ours, unless the skipped frames were the autograd
+  engine running a backward (`loss.backward()` is our line, the graph it runs is the model's).
 """
 
 from __future__ import annotations
@@ -42,12 +42,13 @@ def origin(error: BaseException) -> Origin:
         if package == "torch" or (package is None and _under(path, STDLIB)):
             backward = backward or "autograd" in path.parts
             continue
-        if _under(path, LAB):
+        if package in (None, LAB.name):  # the lab's code (or code patched into it), not a library of the model
             if frame.name in PASS_THROUGH and depth > 0:
                 continue
             if backward:
                 return Origin(False, "the backward of the model's graph")
-            return Origin(True, f"{path.relative_to(LAB.parent)}:{frame.lineno} ({frame.name})")
+            where = path.relative_to(LAB.parent) if _under(path, LAB) else path.name
+            return Origin(True, f"{where}:{frame.lineno} ({frame.name})")
         return Origin(False, package_path(path))
     return Origin(False, "torch")
 
