@@ -60,7 +60,7 @@ def test_shapes_equal_a_real_model(kind):
     def shape(m):  # Conv1D (GPT-2) stores its weight as in × out
         return (m.weight.shape[0], m.nf) if isinstance(m, Conv1D) else (m.in_features, m.out_features)
 
-    real = {n: m for n, m in model.named_modules() if type(m) is nn.Linear or isinstance(m, Conv1D)}
+    real = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))}  # FalconLinear too
     grouped = {p: g for g in arch.linears for p in g.paths}
     assert set(grouped) == set(real)
     for name, m in real.items():

@@ -351,13 +351,15 @@ def _build(config, name: str) -> Architecture:
     return arch
 
 
-def _linear_kind(module) -> tuple[bool, bool]:
-    """(is a Linear, is GPT-2's Conv1D): what transformers' bnb quantizer converts (Conv1D's weight is in × out)."""
+def _linear_kind(module) -> tuple[bool, bool, bool]:
+    """(is a Linear, is GPT-2's Conv1D, is one bnb quantizes). peft adapts any nn.Linear, subclasses included;
+    transformers' bnb quantizer converts only an exact nn.Linear or a Conv1D (`type(module) is nn.Linear`), so
+    Falcon's FalconLinear stays in the compute dtype at nf4 and is still a LoRA target. Conv1D's weight is in × out."""
     from torch import nn
     from transformers.pytorch_utils import Conv1D
 
     is_conv1d = isinstance(module, Conv1D)
-    return type(module) is nn.Linear or is_conv1d, is_conv1d
+    return isinstance(module, nn.Linear) or is_conv1d, is_conv1d, type(module) is nn.Linear or is_conv1d
 
 
 def _linear_groups(model, tied_targets: set[str], not_converted: tuple[str, ...]) -> list[LinearGroup]:
@@ -368,7 +370,7 @@ def _linear_groups(model, tied_targets: set[str], not_converted: tuple[str, ...]
     group_tied: dict[tuple, bool] = {}
     group_quant: dict[tuple, bool] = {}
     for mod_name, module in model.named_modules():
-        is_linear, is_conv1d = _linear_kind(module)
+        is_linear, is_conv1d, quantizable = _linear_kind(module)
         if not is_linear:
             continue
         fan_in, fan_out = (
@@ -377,7 +379,8 @@ def _linear_groups(model, tied_targets: set[str], not_converted: tuple[str, ...]
         key = (mod_name.rsplit(".", 1)[-1], int(fan_in), int(fan_out), module.bias is not None)
         groups.setdefault(key, []).append(mod_name)
         group_tied[key] = group_tied.get(key, False) or mod_name in tied_targets
-        group_quant[key] = group_quant.get(key, True) and should_convert_module(mod_name, list(not_converted))
+        group_quant[key] = (group_quant.get(key, True) and quantizable
+                            and should_convert_module(mod_name, list(not_converted)))
     linears = [
         LinearGroup(leaf, i, o, bias, len(paths), tuple(paths), group_quant[key], group_tied[key])
         for key, paths in groups.items()
@@ -398,7 +401,7 @@ def _tensors(model, not_converted: tuple[str, ...]) -> list[TensorInfo]:
     seen: set[int] = set()
     for mod_name, module in model.named_modules():
         mtype = type(module).__name__
-        is_linear, _ = _linear_kind(module)
+        is_linear, _, quantizable = _linear_kind(module)
         for pname, p in module.named_parameters(recurse=False):
             if id(p) in seen:
                 continue
@@ -411,7 +414,7 @@ def _tensors(model, not_converted: tuple[str, ...]) -> list[TensorInfo]:
                 kind = "expert"  # a fused mixture-of-experts projection (experts × in × out): lab.estimate.experts
             else:
                 kind = "norm" if "norm" in mtype.lower() else "other"
-            quantized = is_linear and pname == "weight" and should_convert_module(mod_name, list(not_converted))
+            quantized = quantizable and pname == "weight" and should_convert_module(mod_name, list(not_converted))
             full = f"{mod_name}.{pname}" if mod_name else pname
             tensors.append(TensorInfo(full, tuple(p.shape), kind, mtype, _dtype_name(p), quantized))
         non_persistent = getattr(module, "_non_persistent_buffers_set", set())
