@@ -20,10 +20,12 @@ PEFT = "huggingface/peft method_comparison/MetaMathQA/results (snapshot 5d602fd)
 LITGPT = "Lightning-AI/litgpt tutorials/resource-tables.md (10/2023), A100-SXM4-40GB, bf16-true, Alpaca"
 # MetaMathQA as peft's benchmark feeds it: 20,000 rows, 4,198,051 tokens ("train total tokens") = 210 per row,
 # padded to the longest of each batch of 4; the step is simulated at 4 x 210 (padding not modelled).
-PEFT_SHAPE = dict(batch_size=4, max_length=210, dtype="bf16", autocast=False, optimizer="adamw_torch", dropout=0.0)
+PEFT_SHAPE = dict(batch_size=4, max_length=210, dtype="bf16", autocast=False, optimizer="adamw_torch", dropout=0.0, loss="logits",
+                  gradient_checkpointing=False)
 # LitGPT: micro-batch 1 of one Alpaca example. The mean Alpaca example with the prompt template is taken as
 # 180 tokens (an assumption: the table does not state it); 1k iterations = 1,000 micro-batches.
 LITGPT_SHAPE = dict(batch_size=1, max_length=180, dtype="bf16", autocast=False, dropout=0.05, r=8, alpha=16,
+                    gradient_checkpointing=False,
                     targets="q_proj,v_proj")
 
 
