@@ -100,6 +100,8 @@ class OpCounter:
         phase = self.stage or phase
         ins, outs = _tensors((args, kwargs)), _tensors(out)
         moved = sum(_nbytes(t) for t in ins) + sum(_nbytes(t) for t in outs)
+        if name == "aten.embedding":  # a gather: reads the rows it looks up (as many bytes as it writes), not the table
+            moved = _nbytes(ins[1]) + 2 * sum(_nbytes(t) for t in outs)
         flops, kind = self._flops(func, name, args, kwargs, out, ins)
         half = any(t.dtype in (torch.bfloat16, torch.float16) for t in ins[:2])
         self.rows[(phase, owner, kind, flops, moved, half)] += 1
