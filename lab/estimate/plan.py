@@ -137,7 +137,7 @@ def predict_run(config: dict, device: str = "cpu", steps: int | None = None, rep
     if device_kind == "cpu":
         from lab.estimate.probe import probe_cpu
 
-        hw = probe_cpu(rows=settings.batch_size * settings.max_length)
+        hw = probe_cpu(rows=settings.batch_size * settings.max_length, sim=sim)
     else:
         hw = get_hardware(get_gpu(_gpu_name(device)).name)
     t = step_time(sim, hw)
