@@ -13,20 +13,25 @@ a forward hook on every LoRA layer adds, for each adapter row only,
 
     out[row] += x[row] @ Aᵀ @ (s·B)ᵀ          (one matmul and one addmm_ on views: no gather, no scatter)
 
-Base rows are never touched, so they are bit-for-bit what the base layers computed. With s a power
+Base rows are never touched, so they are bit-for-bit what the base layers computed (for the fused experts of a
+mixture-of-experts, see below). With s a power
 of two (alpha = 2·r, the lab's default) s·B is exact, and adapter rows follow peft's own arithmetic
 (`result + lora_B(lora_A(x)) * s`).
 
 Mixture-of-experts adapters (peft's `ParamWrapper`, `target_parameters` on the fused 3-D expert weights)
 cannot be added as a delta on the output: an expert is act(x·W_gate)·(x·W_up) then W_down, so LoRA changes the
 weights inside a nonlinearity. peft itself refuses mixed batches on them ("does not support mixed batch
-inference"). Here the experts module of each adapted layer is called once per group of rows that share an
-adapter (the base's rows, each adapter's rows), on just those rows' tokens: the base rows through the plain
-module, an adapter's rows through a shallow copy of the module whose expert weights are the adapter's folded
-ones, `W + s·lhs@rhs` by peft's own `get_delta_factors` and the same `baddbmm` peft's forward uses (or
-`W + get_delta_weight` where peft uses that). The shared module itself is never changed. Every expert
-computation is per token (routing included: the router ran before, on all rows), so splitting the tokens
-changes nothing but the grouping.
+inference"). Here the experts module of each adapted layer runs once per group of rows that share an adapter,
+on just those rows' tokens: the base's rows through the plain module, an adapter's rows through a shallow copy
+of the module whose expert weights are the adapter's folded ones, `W + s·lhs@rhs` by peft's own
+`get_delta_factors` and the same `baddbmm` peft's forward uses (or `W + get_delta_weight` where peft uses
+that). The shared module itself is never changed. Every expert computation is per token (the router ran
+before, on all rows), so splitting the tokens changes only the grouping: each expert multiplies the tokens
+routed to it, and how many there are changes the order of float32 sums, not the result beyond rounding.
+(No batched MoE base row is bit-for-bit independent of its neighbours: which tokens share an expert's matmul
+depends on the other rows' routing. Split this way, the base rows at least never depend on the adapters
+beside them.) The cost: each adapter's folded expert weights once per adapted layer and forward, which is
+what peft's own forward pays.
 
 Only public extension points are used: torch's `register_forward_hook` on peft's LoRA layers, peft's
 `disable_adapter_layers()`, the per-adapter `lora_A` / `lora_B` / `scaling` attributes every peft
