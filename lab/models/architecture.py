@@ -204,20 +204,49 @@ def config_from_dict(data, where: str = "config.json"):
         detail = " ".join(str(cause).split())
         raise LabError(f"transformers cannot build a {model_type!r} config from {where}: {detail}") from None
     _fill_derived_sizes(config)
+    _fill_top_k(config)
     return config
+
+
+def _text(config):
+    """The config of the text decoder: a causal LM generates from its decoder (MusicGen's config also holds a text
+    encoder, and asks which one is meant)."""
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
+def _read(cfg, name: str):
+    """A config field, or None where the config has no single value for it (per-layer configs refuse a global
+    read of a per-layer field: dots3_note's num_attention_heads, gemma4's head_dim)."""
+    try:
+        return vars(cfg)[name] if name in vars(cfg) else getattr(cfg, name, None)
+    except AttributeError:
+        return None
 
 
 def _fill_derived_sizes(config) -> None:
     """Sizes a config may leave to None that every published checkpoint of the family derives the same way
     (transformers' own defaults for ministral, hunyuan_v1_dense and nemotron omit them and then cannot build):
     head_dim = hidden_size / heads, num_key_value_heads = num_attention_heads (no grouping)."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = _text(config)
     own = vars(text)  # not getattr: per-layer configs (gemma4) refuse global reads of per-layer fields
     heads, hidden = own.get("num_attention_heads"), own.get("hidden_size")
     if "head_dim" in own and own["head_dim"] is None and isinstance(heads, int) and heads and isinstance(hidden, int):
         text.head_dim = hidden // heads
     if "num_key_value_heads" in own and own["num_key_value_heads"] is None and isinstance(heads, int):
         text.num_key_value_heads = heads
+
+
+# Experts per token of a family whose transformers default is None (its router then calls torch.topk(k=None) and
+# transformers itself cannot run the config); every published checkpoint of the family sets it: DeepSeek-V2, -V2-Lite
+# and -V2.5 route each token to 6 experts (the DeepSeek-V2 paper: 6 of 160 routed experts; V2-Lite: 6 of 64).
+PUBLISHED_TOP_K = {"deepseek_v2": 6}
+
+
+def _fill_top_k(config) -> None:
+    text = _text(config)
+    if "num_experts_per_tok" in vars(text) and text.num_experts_per_tok is None \
+            and config.model_type in PUBLISHED_TOP_K:
+        text.num_experts_per_tok = PUBLISHED_TOP_K[config.model_type]
 
 
 # Reading builds every layer of the model (on the meta device: no memory, but a few milliseconds per
@@ -227,7 +256,7 @@ def _fill_derived_sizes(config) -> None:
 
 
 def check_depth(config, name: str) -> None:
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
     layers = getattr(text, "num_hidden_layers", 0) or 0
     most = policy.limits().max_layers
     if isinstance(layers, int) and layers > most:
@@ -283,6 +312,10 @@ def _meta_model(config):
             ) from None
         raise LabError(f"transformers cannot build model type {config.model_type!r} from this config: "
                        + " ".join(str(e).split())) from None
+    except ImportError as e:  # a part of the model needs a package the lab does not install (gemma3n: timm)
+        raise LabError(f"transformers cannot build model type {config.model_type!r} here: "
+                       + " ".join(str(e).split()).split(". ")[0] + ".",
+                       "The lab installs no optional model packages; use a model type without that part.") from None
     except (TypeError, AttributeError, KeyError, AssertionError, RuntimeError, ZeroDivisionError) as e:
         raise LabError(
             f"transformers cannot build model type {config.model_type!r} from this config "
@@ -395,20 +428,19 @@ def _dtype_name(t) -> str:
 
 def _shape_fields(config) -> dict:
     """The text model's sizes (a multimodal config keeps them in its text config)."""
-    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = int(getattr(cfg, "num_attention_heads", 0) or 0)
-    hidden = int(getattr(cfg, "hidden_size", 0) or 0)
-    # vars(), not getattr: per-layer configs (gemma4_text) refuse a global read of a per-layer head_dim
+    cfg = _text(config)
+    heads = int(_read(cfg, "num_attention_heads") or 0)
+    hidden = int(_read(cfg, "hidden_size") or 0)
     head_dim = vars(cfg).get("head_dim") or (hidden // heads if heads else 0)
     return dict(
-        num_layers=int(getattr(cfg, "num_hidden_layers", 0) or 0),
+        num_layers=int(_read(cfg, "num_hidden_layers") or 0),
         hidden_size=hidden,
         num_attention_heads=heads,
-        num_kv_heads=int(getattr(cfg, "num_key_value_heads", None) or heads),
+        num_kv_heads=int(_read(cfg, "num_key_value_heads") or heads),
         head_dim=int(head_dim),
-        intermediate_size=getattr(cfg, "intermediate_size", None),
-        vocab_size=int(getattr(cfg, "vocab_size", 0) or 0),
-        max_position_embeddings=getattr(cfg, "max_position_embeddings", None),
+        intermediate_size=_read(cfg, "intermediate_size"),
+        vocab_size=int(_read(cfg, "vocab_size") or 0),
+        max_position_embeddings=_read(cfg, "max_position_embeddings"),
     )
 
 
