@@ -127,9 +127,11 @@ def _ordinal(n: int) -> str:
 
 
 def show_queue(line: list[Q.QueuedRun], mine: str | None) -> None:
-    """The queue behind the running run: where this session's run stands, and everyone's places."""
+    """The queue behind the running run: where this session's run stands, and everyone's places. A run is this
+    person's by their owner token too (a cookie), so after a refresh (a new session) they can still cancel it."""
+    ours = {str(q.run_dir) for q in line if str(q.run_dir) == mine or owners.owns(q.run_dir, owner_token())}
     for q in line:
-        if str(q.run_dir) == mine:
+        if str(q.run_dir) in ours:
             p = _speed.predicted_run(q.name, q.config, None, q.planned_steps)
             if p and "run_seconds" in p:
                 st.caption(f"The time model predicts {p['tokens_per_second']:,.0f} tokens/s here: "
@@ -144,7 +146,7 @@ def show_queue(line: list[Q.QueuedRun], mine: str | None) -> None:
                     st.session_state.pop("train_run_dir", None)
                     st.rerun(scope="app")
     if line:
-        st.caption("Queue: " + " · ".join(f"{q.position}. `{q.name}`" + (" (yours)" if str(q.run_dir) == mine else "")
+        st.caption("Queue: " + " · ".join(f"{q.position}. `{q.name}`" + (" (yours)" if str(q.run_dir) in ours else "")
                                            + f", starts {_eta(q.starts_in)}" for q in line))
 
 
