@@ -69,8 +69,9 @@ class Check:
 
 def _train(method: str, precision: str, batch: int, gc_on: bool = False, optimizer: str = "adamw_torch",
            device: str = "cpu") -> TrainingSettings:
-    # on a CPU the run trains in fp32 (adapters too: lab.training.runner casts them), without autocast
-    return TrainingSettings(method=method, precision=precision, dtype="compute" if device == "cpu" else "auto",
+    # as lab.training.runner trains: in the device's compute dtype (fp32 on a CPU, adapters too: the runner casts
+    # them there; bf16 on a recent GPU, whatever the checkpoint's own dtype)
+    return TrainingSettings(method=method, precision=precision, dtype="compute",
                             batch_size=batch, max_length=64, gradient_checkpointing=gc_on, optimizer=optimizer, r=8,
                             targets="all-linear", adapter_dtype="fp32" if device == "cpu" else "auto")
 
