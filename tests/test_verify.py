@@ -41,3 +41,17 @@ def test_verify_names_its_settings_when_none_match(tiny_model_dir):
     assert "LoRA fp32" in e.value.hint
     assert [c.kind for c in checks("cpu")].count("generation") == 1
     assert {c.kind for c in checks("cuda")} == {"training", "generation"}
+
+
+def test_the_cpu_probe_leaves_the_global_random_generator_alone():
+    """A run predicts its tokens/s (a CPU probe) in a thread while it seeds and initialises LoRA: the probe must
+    not draw from torch's global generator, or one seed would no longer mean one run."""
+    import torch
+
+    from lab.estimate.probe import _matmul_flops
+
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    _matmul_flops(torch.float32, 8, n=64, budget=0.01, weights_mib=1)
+    assert torch.equal(torch.rand(3), expected)
