@@ -3,9 +3,11 @@
 - `Prediction`: when the run starts, the simulation's peak for the run's exact settings (`TrainConfig.
   simulate_memory`), then the time model's tokens/s (`lab.estimate.plan.predict_run`), computed in a thread
   while the base loads and the trainer is built. The first step waits for the peak only (a second or two);
-  the tokens/s joins the record when the run ends (lab_run.json is written at the start and at the end) if it is
-  known by then. On a CPU that prediction probes the machine for a few seconds (lab.estimate.probe), beside the
-  load and possibly the first step: waiting for it would add those seconds to every run.
+  the tokens/s joins the record when the run ends (lab_run.json is written at the start and at the end). On a CPU
+  that prediction probes the machine for a few seconds (lab.estimate.probe), beside the load and possibly the
+  first steps: waiting for it before the first step would add those seconds to every run's start. The run's end
+  waits for it if it is still probing (a run shorter than the probe): a thread left inside torch at exit aborts
+  the process.
 - `StepPeak`: the measured figure the simulation predicts, over one real steady-state step (the second: the
   optimizer state exists, as in the simulated step). On CUDA `torch.cuda.max_memory_allocated()` over that
   step; on a CPU the tensors' live bytes, counted by the simulation's own tracker (`LiveBytes`) over the real
@@ -67,8 +69,8 @@ class Prediction:
         self._peak_known.wait(timeout)
         return dict(self.result)
 
-    def wait(self, timeout: float) -> dict:
-        """Everything known after waiting at most `timeout` seconds for the tokens/s too."""
+    def wait(self, timeout: float | None) -> dict:
+        """Everything known after waiting at most `timeout` seconds (None: until done) for the tokens/s too."""
         self._thread.join(timeout)
         return dict(self.result)
 

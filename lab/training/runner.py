@@ -273,9 +273,10 @@ def _train_locked(cfg: TrainConfig, source: ModelSource, targets, data: TrainDat
             if not isinstance(e, (LabError, OSError, torch.OutOfMemoryError)):
                 print(traceback.format_exc(), file=sys.stderr, flush=True)  # a bug: every rank shows its traceback
     result = run_result(trainer, callback, info, run_dir, status, error, hint, round(time.time() - started, 2))
+    if prediction is not None:  # with its tokens/s: the probe ends before the process (a thread in torch aborts it)
+        info["prediction"] = prediction.wait(None)
     if peak is not None:
         peak.close()
-        info["prediction"] = prediction.wait(0)  # the tokens/s if its probe is done: never delays the end
         info["measured_peak"] = like_for_like(cfg, device, peak.to_json())
     if log:
         finish_record(info, result, trainer, run_dir, log, echo)
