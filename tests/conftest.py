@@ -84,6 +84,20 @@ def fake_training():
     proc.wait()
 
 
+@pytest.fixture
+def fresh_server(tmp_path, monkeypatch):
+    """A new server's worth of shared state for an in-process (AppTest) test, and an empty runs/: the shared
+    models of one process outlive its tests, so a test that reads the loaded models (or the Playground, which
+    preselects the newest run on its base) would otherwise see what earlier tests in that process left there,
+    and pass or fail with the order the tests ran in."""
+    from pages._ui import shared_models
+
+    monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path / "runs"))
+    shared_models.clear()
+    yield
+    shared_models.clear()
+
+
 def wait_for(predicate, timeout: float = 180, interval: float = 0.3):
     """Poll `predicate` until it returns something truthy (returned), or raise TimeoutError."""
     deadline = time.time() + timeout

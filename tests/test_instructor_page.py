@@ -17,7 +17,8 @@ PAGE = str(ROOT / "pages" / "instructor.py")
 TOKEN = "a-long-instructor-token-for-tests"
 
 
-def test_the_instructor_page_opens_with_the_token_and_controls_the_room(tiny_model_dir, tmp_path, monkeypatch):
+def test_the_instructor_page_opens_with_the_token_and_controls_the_room(fresh_server, tiny_model_dir, tmp_path,
+                                                                       monkeypatch):
     monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path))
     monkeypatch.setenv("QLORA_LAB_ADMIN_TOKEN", TOKEN)
     queued = tmp_path / "someones-run"
@@ -28,7 +29,6 @@ def test_the_instructor_page_opens_with_the_token_and_controls_the_room(tiny_mod
     )
     from pages._ui import model_registry
 
-    model_registry().free_unused()
     model_registry().get(str(tiny_model_dir), "fp32")
 
     at = AppTest.from_file(PAGE, default_timeout=180).run()

@@ -25,14 +25,8 @@ N = 8
 
 
 @pytest.fixture(autouse=True)
-def fresh_server(tmp_path, monkeypatch):
-    """A new server's worth of shared state (other tests' sessions used the same cache), and an empty
-    runs/ (the Playground preselects the newest run trained on the base: another test's run on the same
-    tiny model would join every column set)."""
-    monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path / "runs"))
-    shared_models.clear()
-    yield
-    shared_models.clear()
+def _fresh(fresh_server):
+    """Each test is a new server (tests/conftest.py `fresh_server`)."""
 
 
 def attendee(model: str, adapters: str = "") -> AppTest:
