@@ -32,11 +32,16 @@ $(DEV_STAMP): requirements-dev.txt $(STAMP)
 run: setup
 	$(PY) -m streamlit run app.py --server.port $(PORT)
 
+# The suite runs on every core (pytest-xdist; WORKERS=1 runs it in one process). A test file stays on one worker
+# (--dist loadfile): its module fixtures (a trained run, a shared Streamlit server) are built once.
+WORKERS ?= auto
+XDIST := $(if $(filter 1,$(WORKERS)),,-n $(WORKERS) --dist loadfile)
+
 # ruff (lines within 120 characters included), then the layers (.importlinter), a second each; then the suite
 test: setup-dev
 	$(PY) -m ruff check lab pages tests app.py benchmarks tools
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The edit loop: ruff and the layers, then every test but real browsers, training processes and the embedded model
 # (pytest markers, pyproject.toml). `make test` still runs them all before a push.
@@ -48,7 +53,7 @@ test-timing: setup-dev
 test-fast: setup-dev
 	$(PY) -m ruff check lab pages tests app.py benchmarks tools
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
 
 lint: setup-dev
 	$(PY) -m ruff check lab pages tests app.py benchmarks tools

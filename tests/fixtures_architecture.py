@@ -1,5 +1,6 @@
 """Tiny random configs of several architectures (built in memory, no files), for the
-architecture / memory / LoRA tests: a Llama, a fused-qkv Phi-3, a biased Qwen2, a Gemma-2."""
+architecture / memory / LoRA tests: a Llama, a fused-qkv Phi-3, a biased Qwen2, a Gemma-2,
+GPT-2's Conv1D and Falcon's Linear subclass."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ TINY_CONFIGS = {
     "qwen2": dict(model_type="qwen2", tie_word_embeddings=True),
     "gemma2": dict(model_type="gemma2", tie_word_embeddings=True, head_dim=16, pad_token_id=0),
     "gpt2": dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, n_positions=256),  # Conv1D layers
+    # FalconLinear subclasses nn.Linear: peft adapts it, transformers' bnb quantizer (type(m) is nn.Linear) does not
+    "falcon": dict(model_type="falcon", tie_word_embeddings=True),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -59,7 +60,7 @@ def test_shapes_equal_a_real_model(kind):
     def shape(m):  # Conv1D (GPT-2) stores its weight as in × out
         return (m.weight.shape[0], m.nf) if isinstance(m, Conv1D) else (m.in_features, m.out_features)
 
-    real = {n: m for n, m in model.named_modules() if type(m) is nn.Linear or isinstance(m, Conv1D)}
+    real = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))}  # FalconLinear too
     grouped = {p: g for g in arch.linears for p in g.paths}
     assert set(grouped) == set(real)
     for name, m in real.items():
@@ -124,3 +125,110 @@ def test_bad_configs_get_one_clear_message(text, needle):
     with pytest.raises(LabError, match=needle) as e:
         read_architecture_json(text, "config.json")
     assert "\n" not in str(e.value)
+
+
+# --------------------------------------------------------------------------- families once refused (issue 18)
+FAMILY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+              max_position_embeddings=256, pad_token_id=0)
+QLORA = dict(method="qlora", precision="nf4", dtype="bf16", max_length=32)
+
+
+def family_config(model_type: str, **spec):
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(model_type, **{**FAMILY, **spec})
+
+
+def both_steps(config, name: str):
+    """The QLoRA training step and generation, simulated (on the simulation's CUDA path)."""
+    from lab.estimate.simulate import InferenceSettings, simulate, simulate_generation
+    from lab.estimate.training import TrainingSettings
+
+    arch = architecture_from_config(config, name)
+    inference = InferenceSettings(precision="nf4", dtype="bf16", prompt_tokens=16, new_tokens=4)
+    return simulate(arch, TrainingSettings(**QLORA)), simulate_generation(arch, inference)
+
+
+def test_zamba2_truncated_keeps_its_hybrid_layer_and_simulates():
+    from lab.estimate.simulate import truncated_config
+
+    kinds = ["linear_attention"] * 6 + ["hybrid", "linear_attention"]
+    config = family_config("zamba2", num_hidden_layers=8, layers_block_type=kinds, mamba_d_state=8, mamba_headdim=16,
+                           n_mamba_heads=8, attention_head_dim=32, num_mem_blocks=1, adapter_rank=8)
+    cut = truncated_config(config, 5)  # `layer_types` is Zamba2's alias of layers_block_type
+    assert len(cut.layers_block_type) == 5 and cut.layers_block_type.count("hybrid") == 1
+    assert cut.hybrid_layer_ids == [cut.layers_block_type.index("hybrid")]
+    training, generation = both_steps(config, "tiny-zamba2")
+    assert training.by_category["adapters"] > 0 and training.peak_bytes > training.by_category["weights"]
+    assert generation.totals["kv_cache"] > 0
+
+
+def test_deepseek_v2_without_top_k_is_read_as_its_checkpoints_and_simulates():
+    from lab.models.architecture import config_from_dict
+
+    spec = dict(model_type="deepseek_v2", **FAMILY, num_hidden_layers=2, n_routed_experts=4, moe_intermediate_size=32,
+                q_lora_rank=32, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16)
+    assert config_from_dict(spec).num_experts_per_tok == 6  # transformers' default None cannot route
+    assert config_from_dict({**spec, "num_experts_per_tok": 2}).num_experts_per_tok == 2  # given: kept
+    training, generation = both_steps(config_from_dict({**spec, "num_experts_per_tok": 2}), "tiny-deepseek-v2")
+    assert training.peak_bytes > 0 and generation.peak_bytes > 0
+
+
+def test_selective_scan_stand_in_makes_the_fallbacks_shapes_and_gradients():
+    """The stand-in for mamba-ssm's kernel (lab.estimate.scan) returns what transformers' own loop returns, on
+    real tensors, and a gradient of each input's shape."""
+    from transformers.models.jamba.modeling_jamba import mamba_selective_scan
+
+    from lab.estimate.scan import SelectiveScan
+
+    b, d, n, length = 2, 8, 4, 5
+    leaves = [torch.randn(b, length, d, requires_grad=True) for _ in range(3)]
+    leaves += [torch.randn(b, length, n, requires_grad=True) for _ in range(2)] + [torch.rand(d, n, requires_grad=True)]
+    u, delta, z, B, C = (t.transpose(1, 2) for t in leaves[:5])  # strided, as Jamba passes them
+    A, D, bias = -leaves[5], torch.rand(d), torch.rand(d)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref, ref_state = mamba_selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=bias, delta_softplus=True,
+                                              return_last_state=True)
+    out, state = SelectiveScan.apply(u, delta, A, B, C, D, z, bias, True)
+    assert (out.shape, out.dtype, state.shape) == (ref.shape, ref.dtype, ref_state.shape)
+    out.sum().backward()
+    assert all(t.grad is not None and t.grad.shape == t.shape for t in leaves)
+
+
+def test_jamba_simulates_with_the_scan_kernel_and_says_so():
+    from lab.estimate.scan import NOTE
+
+    config = family_config("jamba", num_hidden_layers=8, num_experts=4, num_experts_per_tok=2, mamba_d_state=8,
+                           mamba_dt_rank=8)
+    training, generation = both_steps(config, "tiny-jamba")
+    assert NOTE in training.notes and NOTE in generation.notes
+    assert training.by_category["adapters"] > 0 and generation.totals["kv_cache"] > 0
+
+
+def test_an_error_of_the_labs_own_code_is_not_passed_off_as_a_refusal(monkeypatch):
+    """A bug of ours inside a simulated step stays a bug (re-raised, marked internal); the model's own code
+    failing is a one-line LabError naming the model type, the step and the library file."""
+    from transformers import AutoConfig
+
+    from lab.estimate import recipe
+    from lab.estimate.origin import origin
+    from lab.estimate.simulate import simulate
+    from lab.estimate.training import TrainingSettings
+
+    try:
+        AutoConfig.for_model("no-such-model-type")
+    except ValueError as e:
+        theirs = origin(e)
+    assert not theirs.ours and theirs.where.startswith("transformers/")
+
+    def broken(model):
+        raise ValueError("a bug of ours")
+
+    monkeypatch.setattr(recipe, "decoder_layers", broken)
+    arch = architecture_from_config(tiny_config("llama"), "tiny-llama-internal-error")
+    with pytest.raises(ValueError, match="a bug of ours") as e:
+        simulate(arch, TrainingSettings(**QLORA, r=4))
+    assert not isinstance(e.value, LabError)
+    assert any("Internal error of QLoRA Lab" in note and "'llama'" in note and "test_architecture.py" in note
+               for note in e.value.__notes__)

@@ -75,6 +75,22 @@ def test_biased_untied_qwen2_matches(tiny_qwen_dir, precision):
         assert est.cpu_forward_bytes > est.weights_bytes  # the bias cast is counted with or without a repack
 
 
+def test_falcon_linear_subclass_stays_unquantized_and_is_a_lora_target(tmp_path, embedded_dir):
+    """transformers' bnb quantizer converts only an exact nn.Linear: Falcon's FalconLinear layers stay in the load
+    dtype at nf4 (bytes exact), and they are still what LoRA adapts (a Falcon QLoRA was refused with 'r ≤ 0')."""
+    folder = build_tiny_model(tmp_path / "falcon", embedded_dir, model_type="falcon")
+    arch = read_architecture(str(folder))
+    assert {"query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"} <= set(arch.linear_names)
+    assert not any(g.quantized for g in arch.linears)
+    est = estimate_weights(arch, "nf4", "bf16")
+    model = load_model(str(folder), "nf4", "bf16", "cpu").model
+    assert est.weights_bytes == measure_storage(model)["total_bytes"]
+    qkv = model.transformer.h[0].self_attention.query_key_value
+    assert type(qkv).__name__ == "FalconLinear" and qkv.weight.dtype == torch.bfloat16
+    t = estimate_training(arch, TrainingSettings(method="qlora", precision="nf4", dtype="bf16", max_length=32))
+    assert t.lora.trainable_params > 0
+
+
 @pytest.mark.parametrize("precision", ["nf4-dq"])  # all precisions: benchmarks/bench_memory_accuracy.py
 @pytest.mark.embedded
 def test_embedded_model_within_one_percent(embedded_dir, precision):

@@ -16,7 +16,7 @@ from lab.estimate.hardware import SPECS, get_hardware
 from lab.estimate.plan import saving_options, speed_report
 from lab.estimate.prices import PRICES, run_costs
 from lab.estimate.simulate import InferenceRecipe, simulate, simulate_inference, simulate_training
-from lab.estimate.speed import generation_time, step_time
+from lab.estimate.speed import generation_time, op_seconds, step_time
 from lab.estimate.training import TrainingSettings
 from lab.models.reader import read_architecture
 from lab.models.sources import resolve_source
@@ -96,6 +96,44 @@ def test_saving_options_show_memory_saved_and_time_cost_side_by_side(tiny_model_
     assert gc.saved_bytes > 0 and gc.time_cost > 0  # recomputing the forward costs time
 
 
+def test_a_cpu_step_carries_its_matmul_shapes_and_a_probe_times_each_one():
+    """On a CPU the time of a matmul depends on its shape (rows, k, n, layouts), so the op counts keep it and
+    a probe's rate for that shape replaces the roofline; 4-bit dequantization is timed per element."""
+    from dataclasses import replace
+
+    sim = simulate_training(config(), recipe("qlora", "nf4", device="cpu", batch=1, seq=32, dropout=0.0))
+    shapes = {w.shape for w in sim.work if w.kind == "matmul" and w.shape}
+    # the forward's frozen projections: x (32 x 128) @ W.T, W stored (out, in)
+    assert (32, 128, 128, "n", "t") in shapes and (32, 128, 512, "n", "t") in shapes
+    assert all(len(sh) == 5 and sh[3] in "nt" and sh[4] in "nt" for sh in shapes)
+    deq = [w for w in sim.work if w.kind == "dequant"]
+    assert deq and all(w.shape and w.shape[0] > 0 for w in deq)
+    hw = replace(get_hardware("T4"), overlapped=False, measured=True, op_seconds=0.0)
+    mm = next(w for w in sim.work if w.shape == (32, 128, 512, "n", "t"))
+    fast = replace(hw, matmul_rates={mm.shape: 1e12}, dequant_rate=1e6)
+    assert op_seconds(mm, fast)[0] == pytest.approx(mm.flops / 1e12)
+    assert op_seconds(deq[0], fast)[0] == pytest.approx(deq[0].shape[0] / 1e6)
+    assert op_seconds(mm, hw)[0] != op_seconds(mm, fast)[0]  # without a probed rate: the roofline's
+
+
+def test_a_one_thread_probe_and_step_are_timed_in_cpu_seconds(monkeypatch):
+    """A neighbour's load must not count: with one torch thread the probe and the real steps read this
+    process's CPU time; with several (CPU time would add them up) the wall clock."""
+    before = torch.get_num_threads()
+    monkeypatch.setattr(probe.time, "process_time", lambda: 42.0)
+    monkeypatch.setattr(probe.time, "perf_counter", lambda: 7.0)
+    torch.set_num_threads(1)
+    try:
+        one = probe._clock()
+        torch.set_num_threads(2)
+        two = probe._clock()
+    finally:
+        torch.set_num_threads(before)
+    assert (one, two) == (42.0, 7.0)
+    monkeypatch.undo()
+    assert probe._shape_flops((4, 32, 16, "t", "n"), budget=0.01, weights_mib=1) > 0
+
+
 # --------------------------------------------------------------------------- CLI
 def _cli(capsys, *argv) -> dict:
     from lab.cli import main
@@ -159,7 +197,7 @@ def one_thread():
 def test_predicted_training_tokens_per_second_here_within_25_percent(embedded_dir, one_thread, name):
     rec = CHECKS[name]
     sim = simulate_training(resolve_source(str(embedded_dir)).load_config(), rec)
-    hw = probe.probe_cpu(rows=rec.batch_size * rec.max_length)  # back to back with the real steps: same load
+    hw = probe.probe_cpu(rows=rec.batch_size * rec.max_length, sim=sim)  # back to back with the real steps
     predicted = step_time(sim, hw).tokens_per_second
     measured = probe.time_training(str(embedded_dir), rec, steps=2).tokens_per_second
     print(f"{name}: predicted {predicted:.2f} tokens/s, measured {measured:.2f}")
@@ -171,7 +209,7 @@ def test_predicted_training_tokens_per_second_here_within_25_percent(embedded_di
 def test_predicted_generation_tokens_per_second_here_within_25_percent(embedded_dir, one_thread):
     rec = InferenceRecipe("fp32", F32, 1, 32, 16, device="cpu")
     sim = simulate_inference(resolve_source(str(embedded_dir)).load_config(), rec)
-    hw = probe.probe_cpu(rows=1)  # decoding: one row per matmul
+    hw = probe.probe_cpu(rows=1, sim=sim)  # the prefill's and the decoding's matmul shapes
     predicted = generation_time(sim, hw).tokens_per_second
     measured = probe.time_generation(str(embedded_dir), rec).tokens_per_second
     print(f"generation: predicted {predicted:.2f} tokens/s, measured {measured:.2f}")

@@ -7,7 +7,7 @@ Every figure is the vendor's datasheet number (dense, no sparsity); the GPU name
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lab.errors import LabError
 
@@ -29,6 +29,10 @@ class Hardware:
     overlapped: bool = True
     measured: bool = False  # True: a probe of this machine, not a datasheet (its efficiencies are 1)
     op_seconds: float = 0.0  # measured per-op overhead (probe only)
+    # probe only: FLOP/s of each fp32 matmul shape of the step (Work.shape), timed as the step runs it, and
+    # 4-bit dequantization in output elements per second (bitsandbytes' CPU kernel, not a memory-bound copy)
+    matmul_rates: dict = field(default_factory=dict, hash=False, compare=False)
+    dequant_rate: float = 0.0
 
 
 PCIE4 = 25 * G  # PCIe 4.0 x16, about 25 GB/s each way achieved of 32 GB/s

@@ -16,16 +16,24 @@ import torch
 from lab.estimate.hardware import Hardware
 
 
+def _clock() -> float:
+    """This process's CPU seconds when torch runs one thread, else wall seconds. On a shared machine a
+    one-thread step's wall time is mostly the neighbours' (the scheduler's share of the CPU changes from one
+    second to the next); its CPU time is what the step costs a core of its own, and probe and step are both
+    measured by it. With several threads CPU time would add theirs up, so the wall clock is used."""
+    return time.process_time() if torch.get_num_threads() == 1 else time.perf_counter()
+
+
 def _mean_seconds(fn, budget: float = 0.5, least: int = 1) -> float:
     """Mean seconds of `fn` over repeated runs filling `budget` seconds (at least `least` runs), after one
     warm-up. A mean, not the fastest run: on a shared machine the probe and the step it predicts must both
     see the average share of the CPU they get, not the probe a lucky quiet moment."""
     fn()
-    n, t0 = 0, time.perf_counter()
-    while n < least or time.perf_counter() - t0 < budget:
+    n, t0 = 0, _clock()
+    while n < least or _clock() - t0 < budget:
         fn()
         n += 1
-    return (time.perf_counter() - t0) / n
+    return (_clock() - t0) / n
 
 
 def _matmul_flops(dtype: torch.dtype, rows: int, n: int = 1024, budget: float = 0.6, weights_mib: int = 64) -> float:
@@ -34,7 +42,9 @@ def _matmul_flops(dtype: torch.dtype, rows: int, n: int = 1024, budget: float = 
     rows run at half the rate of 256 here; one row, decoding, streams the weights at a fraction of the
     bandwidth an elementwise op reaches), so the probe uses the step's."""
     count = max(1, weights_mib * 2**20 // (n * n * torch.finfo(dtype).bits // 8))
-    a, bs = torch.randn(rows, n, dtype=dtype), [torch.randn(n, n, dtype=dtype) for _ in range(count)]
+    g = torch.Generator().manual_seed(0)  # its own: a run probes while it seeds and inits LoRA (lab.training.predicted)
+    a, bs = torch.randn(rows, n, dtype=dtype, generator=g), [torch.randn(n, n, dtype=dtype, generator=g)
+                                                             for _ in range(count)]
 
     def run():
         for b in bs:
@@ -64,14 +74,59 @@ def _op_seconds(ops: int = 400) -> float:
     return _mean_seconds(run, 0.3) / ops
 
 
-def probe_cpu(rows: int = 256) -> Hardware:
-    """This CPU's figures, measured now (a few seconds), for matmuls of `rows` rows (a step's tokens)."""
+def _operand(rows: int, cols: int, layout: str) -> torch.Tensor:
+    return torch.randn(cols, rows).t() if layout == "t" else torch.randn(rows, cols)
+
+
+def _shape_flops(shape: tuple, budget: float, weights_mib: int = 64) -> float:
+    """FLOP/s of one fp32 matmul of the step at its own shape and operand layouts (Work.shape), the second
+    operand cycled through up to `weights_mib` of copies as the step's weights come from memory, not cache.
+    A CPU's GEMM rate at 32 rows differs by shape: 576 x 192 runs far below 1536 x 576, a transposed
+    operand takes another kernel."""
+    m, k, n, la, lb = shape
+    count = max(1, min(256, weights_mib * 2**20 // (k * n * 4)))
+    a, bs = _operand(m, k, la), [_operand(k, n, lb) for _ in range(count)]
+
+    def run():
+        for b in bs:
+            torch.mm(a, b)
+
+    return 2 * m * k * n * count / _mean_seconds(run, budget)
+
+
+def _dequant_rate(precision: str, budget: float = 0.3) -> float:
+    """Output elements per second of bitsandbytes' 4-bit dequantization on this CPU. Without AVX512-BF16
+    (lab.models.precision.cpu_repacks_4bit) bitsandbytes runs a kernel far slower than a copy of the same
+    bytes, so it is timed, not priced as memory traffic."""
+    import bitsandbytes.functional as F  # heavy: only for a step that dequantizes
+
+    # 64 copies, 28 MiB packed: more than a CPU's L3, as a step's 4-bit weights come from memory
+    quant, count, w = ("fp4" if precision.startswith("fp4") else "nf4"), 64, torch.randn(1536, 576)
+    packed = F.quantize_4bit(w, blocksize=64, quant_type=quant, compress_statistics=precision.endswith("-dq"))
+    copies = [(packed[0].clone(), packed[1]) for _ in range(count)]
+
+    def run():
+        for q, state in copies:
+            F.dequantize_4bit(q, state)
+
+    return count * w.numel() / _mean_seconds(run, budget)
+
+
+def probe_cpu(rows: int = 256, sim=None, budget: float = 2.0) -> Hardware:
+    """This CPU's figures, measured now (a few seconds), for matmuls of `rows` rows (a step's tokens). With
+    the simulation `sim` to predict, each of its fp32 matmul shapes is timed itself (about `budget` CPU
+    seconds in all), and so is its 4-bit dequantization if it has any."""
     with torch.no_grad():
         fp32 = _matmul_flops(torch.float32, rows)
         half = _matmul_flops(torch.bfloat16, rows, n=512, budget=0.3, weights_mib=8)
         bw = _bandwidth()
+        shapes = sorted({w.shape for w in (sim.work if sim else ()) if w.kind == "matmul" and w.shape})
+        rates = {sh: _shape_flops(sh, max(0.02, budget / len(shapes))) for sh in shapes}
+        dequant = any(w.kind == "dequant" for w in sim.work) if sim else False
+        deq = _dequant_rate(str(sim.settings.get("precision") or "nf4")) if dequant else 0.0
     return Hardware(f"this CPU ({torch.get_num_threads()} threads)", half, fp32, bw, 0.0,
-                    "measured by lab.estimate.probe", overlapped=False, measured=True, op_seconds=_op_seconds())
+                    "measured by lab.estimate.probe", overlapped=False, measured=True, op_seconds=_op_seconds(),
+                    matmul_rates=rates, dequant_rate=deq)
 
 
 @dataclass(frozen=True)

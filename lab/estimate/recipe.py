@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lab.errors import LabError
 from lab.estimate.tracker import NO_LAYER, LiveBytes
 
 MAX_GRAD_NORM = 1.0  # TrainingArguments.max_grad_norm default
@@ -132,12 +133,17 @@ def make_optimizer(model, recipe: Recipe):
 # --------------------------------------------------------------------------- layer markers
 def decoder_layers(model) -> list[torch.nn.Module]:
     """The model's repeated decoder blocks (the ModuleList of num_hidden_layers entries)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    n = int(config.num_hidden_layers)
+    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    own = vars(config).get("decoder_layers")  # BART-style causal LMs run the decoder's layers
+    n = int(own if isinstance(own, int) else config.num_hidden_layers)
     for module in model.modules():
         if isinstance(module, torch.nn.ModuleList) and len(module) == n and n > 0:
             return list(module)
-    raise ValueError("No ModuleList of num_hidden_layers decoder blocks found.")
+    # not a bug: the simulation composes the full depth from repeated blocks, and this model keeps none in a list
+    raise LabError(f"{model.config.model_type!r} cannot be simulated: the lab finds no list of its {n} decoder blocks "
+                   "(num_hidden_layers) to compose the full depth from.",
+                   "The weights estimate still applies; simulation supports decoder-only models whose blocks are a "
+                   "ModuleList.")
 
 
 def layer_owner_map(model) -> dict[int, int]:

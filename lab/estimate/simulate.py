@@ -29,7 +29,9 @@ from lab.estimate import compose as comp
 from lab.estimate.experts import expert_names
 from lab.estimate.fake_quant import attach_quant_state, device_paths, quantize_meta_model
 from lab.estimate.lora import left_out, resolve_targets
+from lab.estimate.origin import origin
 from lab.estimate.patch import for_this_thread
+from lab.estimate.phases import param_layout, phase_peaks
 from lab.estimate.recipe import (
     Recipe,
     initialize_optimizer_state,
@@ -39,6 +41,8 @@ from lab.estimate.recipe import (
     register_model,
     train_step,
 )
+from lab.estimate.scan import NOTE as SCAN_NOTE
+from lab.estimate.scan import scan_paths
 from lab.estimate.tracker import CUDA_BLOCK, NO_LAYER, OVERRIDES, LiveBytes
 from lab.estimate.training import adapter_dtype
 from lab.estimate.work import OpCounter
@@ -88,6 +92,10 @@ class Simulation:
     totals: dict[str, int] = field(default_factory=dict)
     one_layer: dict[str, int] = field(default_factory=dict)
     work: tuple = ()  # lab.estimate.work.Work rows of the full-depth step: what lab.estimate.speed times
+    # training: each phase's peak by category, and the parameters as FSDP wraps them (lab.estimate.phases),
+    # what lab.estimate.parallel redistributes over several GPUs
+    phase_peaks: dict[str, dict[str, int]] = field(default_factory=dict)
+    layout: dict[str, int] = field(default_factory=dict)
 
     def to_json(self, timeline: bool = False) -> dict:
         d = asdict(self)
@@ -102,12 +110,18 @@ class Simulation:
 def truncated_config(config, layers: int):
     """The config with `layers` decoder layers (per-layer lists cut to match)."""
     cfg = copy.deepcopy(config)
-    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    text = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
     text.num_hidden_layers = layers
-    for name in ("layer_types",):
-        value = vars(text).get(name)
-        if isinstance(value, (list, tuple)) and len(value) > layers:
-            setattr(text, name, _keep_kinds(list(value), layers))
+    if isinstance(vars(text).get("decoder_layers"), int):  # BART-style: num_hidden_layers is the encoder's depth
+        text.decoder_layers = layers
+    # `layer_types` may be an alias of the field that holds the list (Zamba's `layers_block_type`)
+    name = getattr(type(text), "attribute_map", {}).get("layer_types", "layer_types")
+    value = vars(text).get(name)
+    if isinstance(value, (list, tuple)) and len(value) > layers:
+        kinds = _keep_kinds(list(value), layers)
+        setattr(text, name, kinds)
+        if "hybrid_layer_ids" in vars(text):  # Zamba2 derives from the kinds where its shared attention sits
+            text.hybrid_layer_ids = [i for i, kind in enumerate(kinds) if kind == "hybrid"]
     cfg.use_cache = False
     return cfg
 
@@ -292,7 +306,7 @@ def run_training(model, mode, recipe: Recipe, profile_layer: int | None = comp.M
         input_ids = torch.zeros((recipe.batch_size, recipe.max_length), dtype=torch.long)
         tracker.register(input_ids, "inputs")
         with device_paths(recipe.device), trl_device_paths(recipe.device if fake else "cpu"), \
-                transformers_mask_paths():
+                transformers_mask_paths(), scan_paths(recipe.device if fake else "cpu", tracker.kernels):
             initialize_optimizer_state(model, optimizer, tracker, recipe)
             with tracker:
                 train_step(model, optimizer, input_ids, recipe, tracker, 1, profile_layer)
@@ -310,11 +324,12 @@ def simulate_training(config, recipe: Recipe, name: str = "", every_layer: bool 
 
 def _simulate_training(config, recipe: Recipe, full: int, layers: int) -> Simulation:
     t0 = time.perf_counter()
-    with _LOCK, _friendly_errors(config), warnings.catch_warnings():
+    with _LOCK, _friendly_errors(config, "training step"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation chatter of the libraries the recipe calls
         model, mode = _prepared_model(config, recipe, layers)
         tracker = run_training(model, mode, recipe, profile_layer=min(comp.MIDDLE, layers - 1))
-    return _result("training", tracker, full, layers, recipe, t0)
+        layout = param_layout(model, full, layers)
+    return _result("training", tracker, full, layers, recipe, t0, layout)
 
 
 _MODELS: OrderedDict = OrderedDict()
@@ -336,16 +351,21 @@ def _prepared_model(config, recipe: Recipe, layers: int):
     return _MODELS[key]
 
 
-def _result(kind: str, tracker: LiveBytes, full: int, layers: int, recipe, t0: float) -> Simulation:
+def _result(kind: str, tracker: LiveBytes, full: int, layers: int, recipe, t0: float,
+            layout: dict[str, int] | None = None) -> Simulation:
     categories = _categories(tracker)
-    composed = comp.compose(comp.blocks_from(tracker, categories, full, layers), full)
+    blocks = comp.blocks_from(tracker, categories, full, layers)
+    composed = comp.compose(blocks, full)
     notes = []
     if composed.excluded.get("paged"):
         notes.append(PAGED_HELP)
+    if tracker.kernels:
+        notes.append(SCAN_NOTE)
     totals, one_layer = _role_totals(tracker, full, layers)
     return Simulation(kind, composed.peak_bytes, composed.by_category, composed.peak_at, composed.timeline,
                       composed.excluded, _layer_table(tracker), layers, full, round(time.perf_counter() - t0, 3),
-                      _settings_json(recipe), tuple(notes), totals, one_layer, _work(tracker, full, layers, totals))
+                      _settings_json(recipe), tuple(notes), totals, one_layer, _work(tracker, full, layers, totals),
+                      phase_peaks(blocks) if layout is not None else {}, layout or {})
 
 
 def _work(tracker: LiveBytes, full: int, layers: int, totals: dict[str, int]) -> tuple:
@@ -412,7 +432,8 @@ def run_inference(model, mode, recipe: InferenceRecipe, fake: bool = True) -> Li
     b, n, m = recipe.batch_size, recipe.prompt_tokens, recipe.new_tokens
     with mode:
         register_model(model, tracker, _weights_only(recipe))
-        with device_paths(recipe.device), transformers_mask_paths(), torch.no_grad():
+        with device_paths(recipe.device), transformers_mask_paths(), torch.no_grad(), \
+                scan_paths(recipe.device if fake else "cpu", tracker.kernels):
             with tracker:
                 cache = DynamicCache(config=model.config)
                 _mark_cache(tracker, cache)
@@ -494,7 +515,7 @@ def simulate_inference(config, recipe: InferenceRecipe, name: str = "", every_la
 
 def _simulate_inference(config, recipe: InferenceRecipe, full: int, layers: int) -> Simulation:
     t0 = time.perf_counter()
-    with _LOCK, _friendly_errors(config), warnings.catch_warnings():
+    with _LOCK, _friendly_errors(config, "generation"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cfg = copy.deepcopy(config)
         model, mode = fake_model(cfg, recipe, layers, training=False)
@@ -506,8 +527,9 @@ def _simulate_inference(config, recipe: InferenceRecipe, full: int, layers: int)
 
 # --------------------------------------------------------------------------- helpers
 def _num_layers(config) -> int:
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return int(getattr(text, "num_hidden_layers", 0) or 0)
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    own = vars(text).get("decoder_layers")  # BART-style causal LMs run the decoder's layers
+    return int(own if isinstance(own, int) else getattr(text, "num_hidden_layers", 0) or 0)
 
 
 def _cached(key, compute):
@@ -524,12 +546,13 @@ def _cached(key, compute):
 
 
 @contextmanager
-def _friendly_errors(config):
-    """An architecture whose step depends on the data (mixture-of-experts routing picks tokens per
-    expert) cannot run on fake tensors: say so in one line instead of a traceback."""
+def _friendly_errors(config, step: str):
+    """What the model's own code cannot run (a config transformers cannot run, a step that depends on the data)
+    becomes one line naming the model type, the step and the file that stopped; an error of the lab's own code
+    (lab.estimate.origin) is re-raised as it is, marked internal, so a bug of ours never passes for a refusal."""
     from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
 
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
     own = vars(text)
     experts = next((own[k] for k in ("n_routed_experts", "num_local_experts", "num_experts") if own.get(k)), None)
     if experts and "num_experts_per_tok" in own and own["num_experts_per_tok"] is None:
@@ -542,11 +565,16 @@ def _friendly_errors(config):
         raise LabError(f"{config.model_type!r} cannot be simulated: its step depends on the data ({e.func}), "
                        "as mixture-of-experts routing does.", "The weights estimate still applies.") from None
     except (RuntimeError, ValueError, TypeError, AttributeError, KeyError, IndexError, NotImplementedError) as e:
+        where = origin(e)
+        if where.ours:  # a bug of the lab's, not a limit of the model: never dressed up as a refusal
+            e.add_note(f"Internal error of QLoRA Lab in the {step} of {config.model_type!r} at {where.where}: "
+                       "please report it with this traceback.")
+            raise
         # the model's own code (or peft's, TRL's) fails on this config in this step: one line, not a traceback
         detail = " ".join(str(e).split())[:200]
-        raise LabError(f"{config.model_type!r} cannot be simulated with these settings: the model's code stops "
-                       f"with {type(e).__name__}: {detail}",
-                       "The weights estimate still applies; try --loss full or --attn eager, or report the "
+        raise LabError(f"{config.model_type!r} cannot be simulated ({step}): {where.where} stops with "
+                       f"{type(e).__name__}: {detail}",
+                       "The weights estimate still applies; try --loss logits or --attn eager, or report the "
                        "model type.") from None
 
 

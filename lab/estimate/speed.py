@@ -6,6 +6,9 @@ takes at least the time PyTorch needs to launch it (the CPU queues kernels while
 ones, so the longer one wins); on a CPU the launch overhead adds up. 4-bit dequantization, checkpointing's
 recomputation, the optimizer's updates and eager attention's score matrix are ops of the step like any
 other, so their time is counted the same way. Several GPUs add their collectives (`comm_seconds`).
+On this CPU (`lab.estimate.probe`) a matmul probed at its own shape and a 4-bit dequantization take their
+measured rates instead of the roofline: a CPU's GEMM speed depends on the shape, and bitsandbytes' CPU
+dequantization is a kernel of its own, not a copy.
 
 Efficiencies (what PyTorch reaches of a datasheet peak), with where they come from:
 - MATMUL_EFFICIENCY 0.7: cuBLAS bf16 GEMMs of LLM shapes reach 60-80% of the dense peak (NVIDIA's
@@ -73,6 +76,10 @@ def op_seconds(w: Work, hw: Hardware) -> tuple[float, str]:
     peak = hw.half_flops if w.half else hw.fp32_flops
     compute = w.flops / (peak * (eff_at if w.kind == "attention" else eff_mm)) if w.flops else 0.0
     memory = w.bytes / (hw.bandwidth * eff_mem)
+    if w.shape in hw.matmul_rates and w.kind == "matmul":  # probed at this very shape: its weights' reads included
+        compute, memory = w.flops / hw.matmul_rates[w.shape], 0.0
+    elif w.kind == "dequant" and hw.dequant_rate and w.shape:
+        compute, memory = w.shape[0] / hw.dequant_rate, 0.0
     launch = hw.op_seconds if hw.measured else LAUNCH_SECONDS
     if hw.overlapped:
         t = max(compute, memory, launch)

@@ -60,6 +60,7 @@ class LiveBytes(TorchDispatchMode):
         self._index: dict[int, int] = {}  # id(storage object) -> storage index, while it is alive
         self._refs: dict[int, weakref.ref] = {}
         self.ops = None  # a lab.estimate.work.OpCounter, when the step's FLOPs and bytes are wanted too
+        self.kernels: list = []  # set when a GPU kernel stood in for a library's fallback (lab.estimate.scan)
         self.segment(("setup",))
 
     # ------------------------------------------------------------------ bookkeeping

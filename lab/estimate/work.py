@@ -31,6 +31,9 @@ class Work:
     bytes: int
     half: bool  # 16-bit operands (tensor-core peak) rather than fp32
     count: float
+    # what a probe of this machine times the op by (lab.estimate.probe): a matmul's (rows, k, n, layout of a,
+    # layout of b) with "t" for a transposed operand, a dequantization's (elements,); () for the rest
+    shape: tuple = ()
 
 
 def _shape_flops(func, args, kwargs, out) -> int | None:
@@ -78,7 +81,8 @@ def _nbytes(t: torch.Tensor) -> int:
 FREE_OPS = {"aten.detach", "aten.lift_fresh", "aten._local_scalar_dense", "aten.set_", "aten.alias",
             "aten.empty", "aten.empty_strided", "aten.empty_like", "aten.new_empty", "aten.new_empty_strided",
             "aten.is_same_size", "aten.sym_size", "aten.sym_stride", "aten.sym_numel",
-            "aten._has_compatible_shallow_copy_type"}
+            "aten._has_compatible_shallow_copy_type",
+            "aten._unsafe_view"}  # a view the schema does not flag (reshape's output after its copy): moves nothing
 
 
 _NAMES: dict = {}  # op -> its name, or None for an op that does no work: decided once per op (str() is slow)
@@ -96,7 +100,7 @@ class OpCounter:
     """What `LiveBytes` hands over: each op's FLOPs, bytes and kind, grouped, per phase and layer."""
 
     def __init__(self) -> None:
-        self.rows: Counter = Counter()  # (phase, owner, kind, flops, bytes, half) -> count
+        self.rows: Counter = Counter()  # (phase, owner, kind, flops, bytes, half, shape) -> count
         self.stage: str | None = None  # generation: "prefill" | "decode", filed as the phase
 
     def record(self, func, args, kwargs, out, phase: str, owner: int) -> None:
@@ -110,9 +114,11 @@ class OpCounter:
         phase = self.stage or phase
         ins, outs = _tensors((args, kwargs)), _tensors(out)
         moved = sum(_nbytes(t) for t in ins) + sum(_nbytes(t) for t in outs)
+        if name == "aten.embedding":  # a gather: reads the rows it looks up (as many bytes as it writes), not the table
+            moved = _nbytes(ins[1]) + 2 * sum(_nbytes(t) for t in outs)
         flops, kind = self._flops(func, name, args, kwargs, out, ins)
         half = any(t.dtype in (torch.bfloat16, torch.float16) for t in ins[:2])
-        self.rows[(phase, owner, kind, flops, moved, half)] += 1
+        self.rows[(phase, owner, kind, flops, moved, half, _shape(name, kind, ins, outs))] += 1
 
     def _flops(self, func, name, args, kwargs, out, ins) -> tuple[int, str]:
         if "attention" in name:
@@ -126,6 +132,9 @@ class OpCounter:
             return 2 * rows * k * (b.numel() * 2 // k), "matmul"
         if name.startswith("bitsandbytes.") and "dequantize" in name:
             return 0, "dequant"
+        if name == "aten.addmm_":  # in-place addmm (the chunked loss's backward): torch's FLOP table lacks it
+            m1, m2 = ins[1], ins[2]
+            return 2 * m1.shape[0] * m1.shape[1] * m2.shape[1], "matmul"
         if name == "aten.linear":  # reaches dispatch whole inside bitsandbytes' dequantizing path
             a, w = ins[0], ins[1]
             return 2 * (a.numel() // a.shape[-1]) * w.numel(), "matmul"
@@ -146,9 +155,30 @@ class OpCounter:
         optimizer's once per trainable byte of the full model (`optimizer_scale`)."""
         reps = full - (layers - 1) if full > layers else 1
         out: Counter = Counter()
-        for (phase, owner, kind, flops, moved, half), n in self.rows.items():
+        for (phase, owner, kind, flops, moved, half, shape), n in self.rows.items():
             k = n * (reps if owner == middle and full > layers else 1)
             if phase == "optimizer":
                 k = n * optimizer_scale
-            out[(phase, kind, flops, moved, half)] += k
-        return tuple(Work(p, kd, f, b, h, c) for (p, kd, f, b, h), c in sorted(out.items()))
+            out[(phase, kind, flops, moved, half, shape)] += k
+        return tuple(Work(p, kd, f, b, h, c, sh) for (p, kd, f, b, h, sh), c in sorted(out.items()))
+
+
+def _layout(t: torch.Tensor) -> str:
+    return "t" if t.dim() == 2 and t.stride(-1) != 1 else "n"
+
+
+def _shape(name: str, kind: str, ins: list, outs: list) -> tuple:
+    """The key a probe times this op by: a 2-D matmul's rows, k, n and operand layouts (a CPU's GEMM speed
+    depends on all five: 32 rows run at half the rate of 256, a transposed operand changes the kernel); a
+    dequantization's output elements. () where the roofline's peak figures serve."""
+    if kind == "dequant" and outs:
+        return (outs[0].numel(),)
+    if kind != "matmul" or any(t.dtype != torch.float32 for t in ins[:2]):
+        return ()
+    if name in ("aten.mm", "aten.addmm", "aten.addmm_"):
+        a, b = (ins[0], ins[1]) if name == "aten.mm" else (ins[1], ins[2])
+        return (a.shape[0], a.shape[1], b.shape[1], _layout(a), _layout(b))
+    if name == "aten.linear":  # x @ w.T with w stored (n, k): b transposed
+        a, w = ins[0], ins[1]
+        return (a.numel() // a.shape[-1], a.shape[-1], w.shape[0], "n", "t")
+    return ()

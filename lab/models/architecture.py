@@ -204,20 +204,49 @@ def config_from_dict(data, where: str = "config.json"):
         detail = " ".join(str(cause).split())
         raise LabError(f"transformers cannot build a {model_type!r} config from {where}: {detail}") from None
     _fill_derived_sizes(config)
+    _fill_top_k(config)
     return config
+
+
+def _text(config):
+    """The config of the text decoder: a causal LM generates from its decoder (MusicGen's config also holds a text
+    encoder, and asks which one is meant)."""
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
+def _read(cfg, name: str):
+    """A config field, or None where the config has no single value for it (per-layer configs refuse a global
+    read of a per-layer field: dots3_note's num_attention_heads, gemma4's head_dim)."""
+    try:
+        return vars(cfg)[name] if name in vars(cfg) else getattr(cfg, name, None)
+    except AttributeError:
+        return None
 
 
 def _fill_derived_sizes(config) -> None:
     """Sizes a config may leave to None that every published checkpoint of the family derives the same way
     (transformers' own defaults for ministral, hunyuan_v1_dense and nemotron omit them and then cannot build):
     head_dim = hidden_size / heads, num_key_value_heads = num_attention_heads (no grouping)."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = _text(config)
     own = vars(text)  # not getattr: per-layer configs (gemma4) refuse global reads of per-layer fields
     heads, hidden = own.get("num_attention_heads"), own.get("hidden_size")
     if "head_dim" in own and own["head_dim"] is None and isinstance(heads, int) and heads and isinstance(hidden, int):
         text.head_dim = hidden // heads
     if "num_key_value_heads" in own and own["num_key_value_heads"] is None and isinstance(heads, int):
         text.num_key_value_heads = heads
+
+
+# Experts per token of a family whose transformers default is None (its router then calls torch.topk(k=None) and
+# transformers itself cannot run the config); every published checkpoint of the family sets it: DeepSeek-V2, -V2-Lite
+# and -V2.5 route each token to 6 experts (the DeepSeek-V2 paper: 6 of 160 routed experts; V2-Lite: 6 of 64).
+PUBLISHED_TOP_K = {"deepseek_v2": 6}
+
+
+def _fill_top_k(config) -> None:
+    text = _text(config)
+    if "num_experts_per_tok" in vars(text) and text.num_experts_per_tok is None \
+            and config.model_type in PUBLISHED_TOP_K:
+        text.num_experts_per_tok = PUBLISHED_TOP_K[config.model_type]
 
 
 # Reading builds every layer of the model (on the meta device: no memory, but a few milliseconds per
@@ -227,7 +256,7 @@ def _fill_derived_sizes(config) -> None:
 
 
 def check_depth(config, name: str) -> None:
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
     layers = getattr(text, "num_hidden_layers", 0) or 0
     most = policy.limits().max_layers
     if isinstance(layers, int) and layers > most:
@@ -283,6 +312,10 @@ def _meta_model(config):
             ) from None
         raise LabError(f"transformers cannot build model type {config.model_type!r} from this config: "
                        + " ".join(str(e).split())) from None
+    except ImportError as e:  # a part of the model needs a package the lab does not install (gemma3n: timm)
+        raise LabError(f"transformers cannot build model type {config.model_type!r} here: "
+                       + " ".join(str(e).split()).split(". ")[0] + ".",
+                       "The lab installs no optional model packages; use a model type without that part.") from None
     except (TypeError, AttributeError, KeyError, AssertionError, RuntimeError, ZeroDivisionError) as e:
         raise LabError(
             f"transformers cannot build model type {config.model_type!r} from this config "
@@ -318,13 +351,15 @@ def _build(config, name: str) -> Architecture:
     return arch
 
 
-def _linear_kind(module) -> tuple[bool, bool]:
-    """(is a Linear, is GPT-2's Conv1D): what transformers' bnb quantizer converts (Conv1D's weight is in × out)."""
+def _linear_kind(module) -> tuple[bool, bool, bool]:
+    """(is a Linear, is GPT-2's Conv1D, is one bnb quantizes). peft adapts any nn.Linear, subclasses included;
+    transformers' bnb quantizer converts only an exact nn.Linear or a Conv1D (`type(module) is nn.Linear`), so
+    Falcon's FalconLinear stays in the compute dtype at nf4 and is still a LoRA target. Conv1D's weight is in × out."""
     from torch import nn
     from transformers.pytorch_utils import Conv1D
 
     is_conv1d = isinstance(module, Conv1D)
-    return type(module) is nn.Linear or is_conv1d, is_conv1d
+    return isinstance(module, nn.Linear) or is_conv1d, is_conv1d, type(module) is nn.Linear or is_conv1d
 
 
 def _linear_groups(model, tied_targets: set[str], not_converted: tuple[str, ...]) -> list[LinearGroup]:
@@ -335,7 +370,7 @@ def _linear_groups(model, tied_targets: set[str], not_converted: tuple[str, ...]
     group_tied: dict[tuple, bool] = {}
     group_quant: dict[tuple, bool] = {}
     for mod_name, module in model.named_modules():
-        is_linear, is_conv1d = _linear_kind(module)
+        is_linear, is_conv1d, quantizable = _linear_kind(module)
         if not is_linear:
             continue
         fan_in, fan_out = (
@@ -344,7 +379,8 @@ def _linear_groups(model, tied_targets: set[str], not_converted: tuple[str, ...]
         key = (mod_name.rsplit(".", 1)[-1], int(fan_in), int(fan_out), module.bias is not None)
         groups.setdefault(key, []).append(mod_name)
         group_tied[key] = group_tied.get(key, False) or mod_name in tied_targets
-        group_quant[key] = group_quant.get(key, True) and should_convert_module(mod_name, list(not_converted))
+        group_quant[key] = (group_quant.get(key, True) and quantizable
+                            and should_convert_module(mod_name, list(not_converted)))
     linears = [
         LinearGroup(leaf, i, o, bias, len(paths), tuple(paths), group_quant[key], group_tied[key])
         for key, paths in groups.items()
@@ -365,7 +401,7 @@ def _tensors(model, not_converted: tuple[str, ...]) -> list[TensorInfo]:
     seen: set[int] = set()
     for mod_name, module in model.named_modules():
         mtype = type(module).__name__
-        is_linear, _ = _linear_kind(module)
+        is_linear, _, quantizable = _linear_kind(module)
         for pname, p in module.named_parameters(recurse=False):
             if id(p) in seen:
                 continue
@@ -378,7 +414,7 @@ def _tensors(model, not_converted: tuple[str, ...]) -> list[TensorInfo]:
                 kind = "expert"  # a fused mixture-of-experts projection (experts × in × out): lab.estimate.experts
             else:
                 kind = "norm" if "norm" in mtype.lower() else "other"
-            quantized = is_linear and pname == "weight" and should_convert_module(mod_name, list(not_converted))
+            quantized = quantizable and pname == "weight" and should_convert_module(mod_name, list(not_converted))
             full = f"{mod_name}.{pname}" if mod_name else pname
             tensors.append(TensorInfo(full, tuple(p.shape), kind, mtype, _dtype_name(p), quantized))
         non_persistent = getattr(module, "_non_persistent_buffers_set", set())
@@ -395,20 +431,19 @@ def _dtype_name(t) -> str:
 
 def _shape_fields(config) -> dict:
     """The text model's sizes (a multimodal config keeps them in its text config)."""
-    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = int(getattr(cfg, "num_attention_heads", 0) or 0)
-    hidden = int(getattr(cfg, "hidden_size", 0) or 0)
-    # vars(), not getattr: per-layer configs (gemma4_text) refuse a global read of a per-layer head_dim
+    cfg = _text(config)
+    heads = int(_read(cfg, "num_attention_heads") or 0)
+    hidden = int(_read(cfg, "hidden_size") or 0)
     head_dim = vars(cfg).get("head_dim") or (hidden // heads if heads else 0)
     return dict(
-        num_layers=int(getattr(cfg, "num_hidden_layers", 0) or 0),
+        num_layers=int(_read(cfg, "num_hidden_layers") or 0),
         hidden_size=hidden,
         num_attention_heads=heads,
-        num_kv_heads=int(getattr(cfg, "num_key_value_heads", None) or heads),
+        num_kv_heads=int(_read(cfg, "num_key_value_heads") or heads),
         head_dim=int(head_dim),
-        intermediate_size=getattr(cfg, "intermediate_size", None),
-        vocab_size=int(getattr(cfg, "vocab_size", 0) or 0),
-        max_position_embeddings=getattr(cfg, "max_position_embeddings", None),
+        intermediate_size=_read(cfg, "intermediate_size"),
+        vocab_size=int(_read(cfg, "vocab_size") or 0),
+        max_position_embeddings=_read(cfg, "max_position_embeddings"),
     )
 
 
