@@ -25,6 +25,8 @@ COMMANDS: dict[str, str] = {
               "step (--train) or of generation (--infer), with the GPU verdict",
     "lora": "LoRA trainable parameters per target module, % of the model and adapter size",
     "load": "load a model at a precision; print measured vs predicted bytes, layer class, load time, perplexity",
+    "verify": "run the real training step (LoRA, QLoRA) and a real generation on this device for a few small settings "
+              "and print simulated vs measured memory by category (CUDA: max_memory_allocated; CPU: tensor bytes)",
     "train": "fine-tune a model with LoRA/QLoRA (TRL SFTTrainer + peft) and save the adapter in a run folder",
     "queue": "show the running training and the queued runs (position, estimated start); --stop RUN stops or "
              "unqueues one",
@@ -40,6 +42,11 @@ COMMANDS: dict[str, str] = {
 
 def command_module(name: str) -> ModuleType:
     return importlib.import_module(f"lab.cli.{name}")
+
+
+def command_modules() -> list[ModuleType]:
+    """Every command's module, imported, in --help order (slow: most import torch, transformers or peft)."""
+    return [command_module(name) for name in _commands()]
 
 
 def _commands() -> dict[str, str]:

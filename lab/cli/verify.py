@@ -8,11 +8,6 @@ import sys
 from lab.inspect.verify import verify
 from lab.units import fmt_bytes, format_table
 
-NAME = "verify"
-HELP = ("run the real training step (LoRA, QLoRA) and a real generation on this device for a few small settings and "
-        "print simulated vs measured memory by category (CUDA: max_memory_allocated; CPU: tensor bytes)")
-ORDER = 32
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="embedded", metavar="SRC",
