@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-# Tests never touch the user's cache or runs folder.
+# Tests never touch the user's cache or runs folder, and each pytest process has its own runs/: pytest-xdist's
+# workers inherit the controller's environment, so a setdefault here gave every worker the same runs/ and one
+# training lock, and a training test on one worker met "Another training is running" from another (-n 4).
 _TEST_HOME = Path(tempfile.mkdtemp(prefix="qlora-lab-tests-"))
-os.environ.setdefault("QLORA_LAB_RUNS", str(_TEST_HOME / "runs"))
+os.environ["QLORA_LAB_RUNS"] = str(_TEST_HOME / "runs")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # No queue-watcher thread in pytest's own process (AppTest apps): it would outlive its test and start
 # queued runs in later tests' folders. Browser tests' servers (separate processes) turn it back on.
