@@ -27,8 +27,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks.published_memory import ROWS, Published  # noqa: E402
-from lab.estimate.gpus import FRAGMENTATION, Gpu, gpu_verdict  # noqa: E402
+from lab.estimate.gpus import CUDA_CONTEXT_BYTES, FRAGMENTATION, Gpu, gpu_verdict  # noqa: E402
 from lab.estimate.inverse import max_fitting  # noqa: E402
+from lab.estimate.parallel import per_gpu_peak  # noqa: E402
 from lab.estimate.simulate import InferenceSettings, simulate, simulate_generation  # noqa: E402
 from lab.estimate.training import TrainingSettings  # noqa: E402
 from lab.models.architecture import architecture_from_config, config_from_dict  # noqa: E402
@@ -53,6 +54,8 @@ def lab_figure(row: Published, settings: dict) -> tuple[str, str, str]:
             f"{peak / GiB:.2f} GiB",
             f"{100 * (peak - row.published) / row.published:+.1f}%",
         )
+    if row.kind == "training" and row.gpus > 1:
+        return multi_gpu_figure(row, per_gpu_figure(row, simulate(arch, TrainingSettings(**settings))))
     if row.kind == "training":
         peak = simulate(arch, TrainingSettings(**settings)).peak_bytes
         if row.measure == "reserved":  # max_memory_reserved: the peak plus the verdict's fragmentation allowance
@@ -75,6 +78,23 @@ def lab_figure(row: Published, settings: dict) -> tuple[str, str, str]:
     if row.published == 0:
         return published, f"{answer:,} tokens", "right" if answer == 0 else "differs"
     return published, f"{answer:,} tokens", f"{100 * (answer - row.published) / row.published:+.0f}%"
+
+
+def per_gpu_figure(row: Published, sim) -> tuple[float, float]:
+    """(the lab's per-GPU figure as the row measured it, the raw per-GPU peak), in bytes."""
+    multi = per_gpu_peak(sim, row.gpus, row.sharding, **row.fsdp)
+    peak = multi.per_gpu_peak_bytes
+    if row.measure == "allocated":
+        return peak, peak
+    reserved = peak * (1 + multi.fragmentation)
+    return (reserved + CUDA_CONTEXT_BYTES if row.measure == "in use" else reserved), peak
+
+
+def multi_gpu_figure(row: Published, figures: tuple[float, float]) -> tuple[str, str, str]:
+    figure, peak = figures
+    what = "" if row.measure == "allocated" else f" {row.measure}"
+    lab = f"{figure / GiB:.2f} GiB{what}" + (f" (peak {peak / GiB:.2f})" if figure != peak else "")
+    return (f"{row.published / GiB:.2f} GiB{what}", lab, f"{100 * (figure - row.published) / row.published:+.1f}%")
 
 
 def published_table(only: str = "") -> None:

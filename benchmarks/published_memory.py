@@ -36,6 +36,17 @@ LLAMA_32_3B = {"model_type": "llama", "hidden_size": 3072, "intermediate_size": 
                "hidden_act": "silu", "tie_word_embeddings": True, "bos_token_id": 128000, "eos_token_id": 128001,
                "torch_dtype": "bfloat16"}
 
+# meta-llama/Llama-2-70b-hf config.json
+LLAMA_2_70B = {"model_type": "llama", "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
+               "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 32000,
+               "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu",
+               "tie_word_embeddings": False, "torch_dtype": "float16"}
+# 01-ai/Yi-34B config.json (a Llama block)
+YI_34B = {"model_type": "llama", "hidden_size": 7168, "intermediate_size": 20480, "num_hidden_layers": 60,
+          "num_attention_heads": 56, "num_key_value_heads": 8, "vocab_size": 64000, "max_position_embeddings": 4096,
+          "rms_norm_eps": 1e-5, "rope_theta": 5000000.0, "hidden_act": "silu", "tie_word_embeddings": False,
+          "torch_dtype": "bfloat16"}
+
 TRANSFORMERS_DOC = ("huggingface/transformers docs/source/en/llm_tutorial_optimization.md",
                     "https://github.com/huggingface/transformers/blob/main/docs/source/en/llm_tutorial_optimization.md")
 QWEN_README = ("QwenLM/Qwen README.md, 'Profiling of Memory and Speed'",
@@ -44,8 +55,25 @@ UNSLOTH_README = ("unslothai/unsloth README.md, Llama 3.1 (8B) context-length ta
                   "https://github.com/unslothai/unsloth/blob/main/README.md")
 PEFT_METAMATHQA = ("huggingface/peft method_comparison/MetaMathQA (run.py, utils.py, results/*.json)",
                    "https://github.com/huggingface/peft/tree/main/method_comparison/MetaMathQA")
+ANSWERAI_BENCH = ("AnswerDotAI/fsdp_qlora benchmarks_03_2024.md (train.py of March 2024)",
+                  "https://github.com/AnswerDotAI/fsdp_qlora/blob/main/benchmarks_03_2024.md")
+PEFT_FSDP_DOC = ("huggingface/peft docs/source/accelerate/fsdp.md, 'Use PEFT QLoRA and FSDP' (run_peft_qlora_fsdp.sh)",
+                 "https://github.com/huggingface/peft/blob/main/docs/source/accelerate/fsdp.md")
 HF_QLORA_BLOG = ("huggingface/blog 4bit-transformers-bitsandbytes.md (and its fine-tuning Colab notebook)",
                  "https://huggingface.co/blog/4bit-transformers-bitsandbytes")
+
+
+# Answer.AI's train.py (March 2024) with the benchmark's template command: pure bf16 (no autocast), peft LoRA r=64,
+# alpha 16, dropout 0.1 on q/k/v/gate/up/down (its "all"), adapters in the base's bf16 (peft then moved them to the
+# base layer's dtype; 4-bit weights stored as bf16), no prepare_model_for_kbit_training, torch AdamW, re-entrant
+# checkpointing of every decoder layer, SDPA, transformers' loss on the full logits; FSDP1 FULL_SHARD,
+# use_orig_params=False, BACKWARD_PRE (the default), limit_all_gathers.
+ANSWERAI_SETTINGS = {"precision": "bf16", "dtype": "bf16", "gradient_checkpointing": True, "optimizer": "adamw_torch",
+                     "r": 64, "alpha": 16,
+                     "targets": ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj"),
+                     "attn": "sdpa", "adapter_dtype": "bf16", "dropout": 0.1, "autocast": False, "loss": "logits",
+                     "upcast_for_kbit": False}
+ANSWERAI_STACK = "Answer.AI's own FSDP loop (train.py): pure bf16, transformers' loss on the full logits"
 
 
 @dataclass(frozen=True)
@@ -65,6 +93,10 @@ class Published:
     stack: str = ""  # how the published run differs from the lab's stack, if it does
     notes: str = ""
     extra: dict = field(default_factory=dict)  # settings of the published run's own stack, where they differ
+    # several GPUs: the per-GPU figure of a run over `gpus` GPUs (lab.estimate.parallel.per_gpu_peak's arguments)
+    gpus: int = 1
+    sharding: str = ""  # ddp | fsdp
+    fsdp: dict = field(default_factory=dict)  # strategy, offload, fsdp_version
 
 
 ROWS: list[Published] = [
@@ -258,5 +290,78 @@ ROWS: list[Published] = [
             extra={"loss": "logits"},
         )
         for gb, tokens in ((8, 0), (12, 932), (16, 2551), (24, 5789), (40, 12264), (48, 15502), (80, 28454))
+    ],
+    # ---- several GPUs: per-GPU peaks of FSDP runs. measure: allocated (max_memory_allocated), reserved
+    # (max_memory_reserved: the lab's per-GPU peak × (1 + the FSDP allowance, lab.estimate.gpus)), or "in use" (as
+    # nvidia-smi shows it: that plus the CUDA context).
+    *[
+        Published(
+            ANSWERAI_BENCH,
+            f"Llama-2-7B {method}, FSDP on 2 × RTX 3090, batch {batch} × {seq}",
+            "Llama-2-7B",
+            "training",
+            {**ANSWERAI_SETTINGS, "method": method.lower(), "batch_size": batch, "max_length": seq,
+             **({"precision": "nf4-dq"} if method == "QLoRA" else {})},
+            gib * GiB,
+            measure=measure,
+            gpus=2,
+            sharding="fsdp",
+            fsdp={"strategy": "full_shard", "offload": False},
+            stack=ANSWERAI_STACK,
+            notes=note,
+        )
+        for method, batch, seq, gib, measure, note in (
+            ("LoRA", 1, 512, 8.28, "allocated", "'the peak allocated memory is 8.28 GiB vs 9.16 GiB'"),
+            ("LoRA", 1, 2048, 9.16, "allocated", "the same sentence"),
+            ("LoRA", 4, 2048, 16.14, "reserved", "'Peak Memory' table (batch size)"),
+            ("LoRA", 6, 2048, 21.35, "reserved", "'Peak Memory' table (batch size)"),
+            ("QLoRA", 1, 512, 4.98, "reserved", "'Peak Memory' table; 3.72 GiB already reserved after wrapping"),
+            ("QLoRA", 1, 2048, 5.21, "reserved", "'Peak Memory' table"),
+            ("QLoRA", 4, 2048, 11.22, "reserved", "'Peak Memory' table (batch size)"),
+            ("QLoRA", 10, 2048, 20.97, "reserved", "'Peak Memory' table (batch size)"),
+        )
+    ],
+    *[
+        Published(
+            ANSWERAI_BENCH,
+            f"{name} QLoRA, FSDP on 2 × RTX 3090, batch {batch} × 2048, CPU offload {'on' if offload else 'off'}",
+            model,
+            "training",
+            {**ANSWERAI_SETTINGS, "method": "qlora", "precision": "nf4-dq", "batch_size": batch, "max_length": 2048},
+            gib * GiB,
+            measure="reserved",
+            gpus=2,
+            sharding="fsdp",
+            fsdp={"strategy": "full_shard", "offload": offload},
+            stack=ANSWERAI_STACK,
+        )
+        for name, model, batch, offload, gib in (
+            ("Yi-34B", YI_34B, 2, False, 23.05),
+            ("Yi-34B", YI_34B, 4, True, 22.98),
+            ("Llama-2-70B", LLAMA_2_70B, 2, True, 14.92),
+        )
+    ],
+    *[
+        Published(
+            PEFT_FSDP_DOC,
+            f"Llama-2-70B QLoRA, FSDP on 2 GPUs, batch 2 × 2048 (packed), CPU offload {'on' if offload else 'off'}",
+            LLAMA_2_70B,
+            "training",
+            {"method": "qlora", "precision": "nf4-dq", "dtype": "bf16", "batch_size": 2, "max_length": 2048,
+             "gradient_checkpointing": True, "optimizer": "adamw_torch", "r": 8, "alpha": 16, "targets": "all-linear",
+             "dropout": 0.1, "attn": "sdpa", "upcast_for_kbit": False, "adapter_dtype": "fp32"},
+            gb * GiB,
+            unit="GB (as written; taken as GiB)",
+            measure="in use",
+            gpus=2,
+            sharding="fsdp",
+            fsdp={"strategy": "full_shard", "offload": offload},
+            stack="TRL's SFTTrainer of 2024: transformers' loss on the full logits; flash-attention 2 (the lab: SDPA's "
+            "flash kernel)",
+            notes="'the memory consumed per GPU is 19.6 GB ... When disabling CPU offloading, the GPU memory usage is "
+            "35.6 GB/ GPU'",
+            extra={"loss": "logits"},
+        )
+        for offload, gb in ((True, 19.6), (False, 35.6))
     ],
 ]

@@ -85,6 +85,13 @@ def setting(name: str, default: object = MISSING, gpu: bool = False):
     return field(default=default, metadata=spec.metadata())
 
 
+def values(config) -> dict[str, object]:
+    """A run's values (`TrainConfig.to_dict()`, lab_run.json's "config") of the settings in this table, by name: how
+    a run becomes the memory and time question about it (`TrainingSettings.for_run`). A setting an older record
+    lacks takes its default here."""
+    return {name: config.get(name, spec.default) for name, spec in SETTINGS.items()}
+
+
 def check(name: str, value, meta: dict) -> None:
     """Refuse a value outside its field's choices or bounds, naming the value and quoting the field's help."""
     if "choices" in meta and value not in meta["choices"]:

@@ -193,6 +193,19 @@ LAUNCH_MODES: dict[str, Term] = table(
 )
 
 
+# FSDP's sharding strategies (torch.distributed.fsdp.ShardingStrategy), as lab.estimate.parallel models them.
+FSDP_STRATEGIES: dict[str, Term] = table(
+    Term("full_shard", "FULL_SHARD",
+         "Parameters, gradients and optimizer state sharded over every GPU; each layer's parameters are gathered "
+         "for its forward and again for its backward (the lab's FSDP launch)."),
+    Term("shard_grad_op", "SHARD_GRAD_OP",
+         "Gradients and optimizer state sharded; parameters gathered in the forward stay gathered until the "
+         "backward (ZeRO-2-like: less communication, every layer's full parameters at the end of the forward)."),
+    Term("hybrid_shard", "HYBRID_SHARD",
+         "FULL_SHARD within a node, replicated across nodes: the state is divided by the GPUs of one node."),
+)
+
+
 # --------------------------------------------------------------------------- attention implementations
 ATTENTION: dict[str, Term] = table(
     Term("sdpa", "SDPA",

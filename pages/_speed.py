@@ -101,12 +101,6 @@ def predicted_run(name: str, config: dict, device: str | None, steps: int | None
     return None
 
 
-def tokens_cell(measured: float | None, predicted: dict | None) -> str:
-    """A run table's tokens/s cell: measured, with the prediction beside it."""
-    p = predicted["tokens_per_second"] if predicted else None
-    return predicted_beside_measured(p, measured) or "—"
-
-
 def this_device() -> str:
     """Where this server trains: "cuda" when it has a GPU, else "cpu"."""
     import torch

@@ -13,6 +13,7 @@ from lab.training import queue as Q
 from lab.training import runs as R
 from lab.training.config import TrainConfig
 from lab.training.history import RunRecord, cell, run_record, settings_table
+from lab.units import fmt_bytes
 from pages import _speed
 from pages._training_run import loss_figure
 from pages._ui import friendly_errors, is_admin, owner_token, poll_task, start_task
@@ -29,9 +30,18 @@ def history_row(rec: RunRecord) -> dict:
             "owner": "you" if owners.owns(s.run_dir, owner_token()) else "", "steps": s.step,
             "final loss": cell(rec.final_loss, "{:.4f}"), "eval loss": cell(rec.eval_loss, "{:.4f}"),
             "precision": cell(rec.precision), "r": cell(rec.r), "dataset": cell(rec.dataset),
-            "tokens/s (predicted)": _speed.tokens_cell(rec.tokens_per_second,
-                                                       _speed.predicted_run(rec.name, rec.config, rec.device)),
+            "tokens/s (predicted)": _speed.predicted_beside_measured(rec.predicted_tokens_per_second,
+                                                                     rec.tokens_per_second) or "—",
+            "step peak (predicted)": step_peak_cell(rec.memory),
             "seconds": cell(rec.seconds, "{:.0f}")}
+
+
+def step_peak_cell(m) -> str:
+    """The measured step peak with the simulation of that step's shape beside it (tensors against tensors)."""
+    if m.measured_bytes is None:
+        return f"predicted {fmt_bytes(m.predicted_bytes)}" if m.predicted_bytes else "—"
+    beside = f" ({fmt_bytes(m.simulated_bytes)}, {m.error_pct:+.1f}%)" if m.simulated_bytes else ""
+    return fmt_bytes(m.measured_bytes) + beside
 
 
 def push_section(finished: list[R.RunStatus]) -> None:

@@ -15,6 +15,7 @@ from lab.errors import LabError
 from lab.training import owners
 from lab.training import queue as Q
 from lab.training import runs as R
+from lab.training.history import StepMemory, run_record
 from lab.units import fmt_bytes, fmt_seconds
 from pages import _speed
 from pages._ui import friendly_errors, is_admin, owner_token, report_activity
@@ -75,9 +76,27 @@ def metrics(s: R.RunStatus, last: dict) -> None:
                 help="Current learning rate from the scheduler.")
     device = "cuda" if device_type() == "cuda" else "cpu"
     c[4].metric("Peak memory", fmt_bytes(last["peak_memory_bytes"]), help=MEMORY_HELP[device])
-    if device == "cpu":  # said where the eye is: not comparable with the simulated step peak below
-        st.caption(":material/info: Peak memory here is the whole training process (Python and its libraries "
-                   "included), so it reads above the simulated peak of one step (tensors only) further down.")
+    step_memory(run_record(s).memory, device)
+
+
+def step_memory(m: StepMemory, device: str) -> None:
+    """The step peak predicted at the run's start beside the one measured in a real step, tensors against tensors
+    (lab_run.json; the measured one is recorded when the run ends), said where the eye is (issue 20 papercut 2)."""
+    what = "the tensors' bytes" if device == "cpu" else "torch.cuda.max_memory_allocated"
+    parts = []
+    if m.predicted_bytes:
+        parts.append(f"**predicted {fmt_bytes(m.predicted_bytes)}** for batch {m.batch_size} × {m.max_length} tokens "
+                     "(the simulation, at the start)")
+    if m.measured_bytes:
+        parts.append(f"**measured {fmt_bytes(m.measured_bytes)}** in step {m.step} (batch {m.measured_batch} × "
+                     f"{m.measured_tokens} tokens, padded to its longest row)")
+        if m.simulated_bytes:
+            parts.append(f"the simulation of that step's shape: {fmt_bytes(m.simulated_bytes)} ({m.error_pct:+.1f}%)")
+    if not parts:
+        return
+    rss = (" Peak memory above is the whole process (Python and its libraries too), so it reads higher."
+           if device == "cpu" else "")
+    st.caption(f":material/memory: Step peak, {what}: " + " · ".join(parts) + "." + rss)
 
 
 def stop_button(s: R.RunStatus) -> None:
@@ -127,9 +146,11 @@ def _ordinal(n: int) -> str:
 
 
 def show_queue(line: list[Q.QueuedRun], mine: str | None) -> None:
-    """The queue behind the running run: where this session's run stands, and everyone's places."""
+    """The queue behind the running run: where this session's run stands, and everyone's places. A run is this
+    person's by their owner token too (a cookie), so after a refresh (a new session) they can still cancel it."""
+    ours = {str(q.run_dir) for q in line if str(q.run_dir) == mine or owners.owns(q.run_dir, owner_token())}
     for q in line:
-        if str(q.run_dir) == mine:
+        if str(q.run_dir) in ours:
             p = _speed.predicted_run(q.name, q.config, None, q.planned_steps)
             if p and "run_seconds" in p:
                 st.caption(f"The time model predicts {p['tokens_per_second']:,.0f} tokens/s here: "
@@ -144,7 +165,7 @@ def show_queue(line: list[Q.QueuedRun], mine: str | None) -> None:
                     st.session_state.pop("train_run_dir", None)
                     st.rerun(scope="app")
     if line:
-        st.caption("Queue: " + " · ".join(f"{q.position}. `{q.name}`" + (" (yours)" if str(q.run_dir) == mine else "")
+        st.caption("Queue: " + " · ".join(f"{q.position}. `{q.name}`" + (" (yours)" if str(q.run_dir) in ours else "")
                                            + f", starts {_eta(q.starts_in)}" for q in line))
 
 

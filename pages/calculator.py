@@ -17,20 +17,19 @@ from lab.estimate.gpus import (
     GPUS,
     UNITS_NOTE,
     get_gpu,
-    gpu_verdict,
     smallest_gpu,
     this_machine,
     verdicts,
 )
 from lab.estimate.inference import kv_cache_bytes
 from lab.estimate.inverse import INVERSE_KNOBS, INVERSE_LABELS, knobs_for, solve_all
-from lab.estimate.parallel import per_gpu_peak, smallest_fitting, why_none_fit
+from lab.estimate.parallel import DEFAULT_OFFLOAD, OFFLOAD_HELP, per_gpu_peak, smallest_fitting, why_none_fit
 from lab.estimate.simulate import PageSimulations, Simulation, is_cached, resolve_recipe, simulate_page
 from lab.estimate.snippet import training_code
 from lab.estimate.training import TrainingEstimate, estimate_training
 from lab.estimate.weights import WeightEstimate, estimate_weights
 from lab.units import fmt_bytes, fmt_count, fmt_seconds
-from lab.vocab import LAUNCH_MODES, PRECISIONS, describe
+from lab.vocab import FSDP_STRATEGIES, LAUNCH_MODES, PRECISIONS, describe
 from pages import _calc_charts as charts
 from pages import _speed
 from pages._arch_ui import architecture_table, pick_architecture
@@ -237,10 +236,16 @@ def multi_gpu_tab(sim: Simulation) -> tuple[int, str, str]:
     sharding = p2.selectbox("Sharding", list(LAUNCH_MODES), index=1, key="sharding", bind="query-params",
                             help=describe(LAUNCH_MODES, markdown=True))
     card = p3.selectbox("GPU", [g.name for g in GPUS], key="gpu", bind="query-params", help=UNITS_NOTE)
+    fsdp = {}
+    if sharding == "fsdp":
+        f1, f2 = st.columns(2)
+        fsdp["strategy"] = f1.selectbox("FSDP sharding strategy", list(FSDP_STRATEGIES), key="fsdp_strategy",
+                                        bind="query-params", help=describe(FSDP_STRATEGIES, markdown=True))
+        fsdp["offload"] = f2.toggle("CPU offload", DEFAULT_OFFLOAD, key="cpu_offload", help=OFFLOAD_HELP)
     with friendly_errors("The multi-GPU figure"):
-        multi = per_gpu_peak(sim, int(n_gpus), sharding)
-        fewest = smallest_fitting(sim, get_gpu(card), sharding)
-        v = gpu_verdict(multi.per_gpu_peak_bytes, get_gpu(card))
+        multi = per_gpu_peak(sim, int(n_gpus), sharding, **fsdp)
+        fewest = smallest_fitting(sim, get_gpu(card), sharding, **fsdp)
+        v = multi.verdict(get_gpu(card))
         q1, q2 = st.columns(2)
         q1.metric(f"Per-GPU peak on {int(n_gpus)} × {card}", fmt_bytes(multi.per_gpu_peak_bytes),
                   help="; ".join(f"{k}: {fmt_bytes(val)}" for k, val in multi.terms.items()))

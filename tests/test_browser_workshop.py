@@ -25,6 +25,7 @@ from tests.browser import (
 )
 
 pytestmark = [requires_chromium, pytest.mark.browser]
+ADMIN_TOKEN = "instructor-token-for-the-browser-tests-0123"  # public_server's QLORA_LAB_ADMIN_TOKEN
 
 
 def server(tmp_path, env: dict, extra_args: list[str] | None = None) -> AppServer:
@@ -79,7 +80,8 @@ def tiny_as_embedded(tmp_path, tiny_model_dir) -> str:
 def public_server(tmp_path_factory, tiny_model_dir):
     """One public-mode server for this module's public-mode tests; its runs/ is `server.root / "runs"`."""
     root = tmp_path_factory.mktemp("public")
-    srv = server(root, {"QLORA_LAB_PUBLIC": "1", "QLORA_LAB_CACHE": tiny_as_embedded(root, tiny_model_dir)})
+    srv = server(root, {"QLORA_LAB_PUBLIC": "1", "QLORA_LAB_CACHE": tiny_as_embedded(root, tiny_model_dir),
+                        "QLORA_LAB_ADMIN_TOKEN": ADMIN_TOKEN})
     srv.root = root
     try:
         yield srv
@@ -202,6 +204,56 @@ def test_an_uploaded_dataset_shows_no_server_path_in_public_mode(browser, public
         expect(command).to_contain_text("--dataset '<your upload: my-rows.jsonl>'")
         assert str(tmp_path) not in main_text(p) and "uploads/" not in command.inner_text()
         assert str(srv.root) not in main_text(p)  # nor where the server keeps its runs and uploads
+        assert_no_exception(p)
+    finally:
+        p.context.close()
+
+
+def test_a_refresh_keeps_the_owner_and_the_instructor_signed_in(browser, public_server, monkeypatch):
+    """Issue 20, papercut 12, in a real browser: the owner token is a same-site cookie, so after a reload (a new
+    Streamlit session) the attendee can still cancel their own queued run; the instructor's sign-in is a cookie
+    holding the token's HMAC (never the token), so a reload keeps the instructor signed in. (The AppTests replace
+    the cookie reader; this checks that Chromium stores the cookies the pages' scripts set and sends them back.)"""
+    import fcntl
+    import os
+
+    from lab.serve.admin import admin_digest
+    from lab.training import runs as R
+
+    monkeypatch.setenv("QLORA_LAB_RUNS", str(public_server.root / "runs"))
+    busy = R.take_lock(wait=30)  # the device is busy (as if a training held it): the run waits in line, no process
+    assert busy is not None
+    p = training_page(browser, public_server)
+    cancel = main(p).get_by_role("button", name="Cancel my queued run")  # shown to the run's owner only
+    try:
+        configure(p, 2)
+        main(p).get_by_role("button", name="Train", exact=True).click()
+        expect(cancel).to_be_visible()
+        owner = {c["name"]: c for c in p.context.cookies()}["qlora_lab_owner"]
+        assert re.fullmatch(r"[A-Za-z0-9_-]{32}", owner["value"]) and owner["sameSite"] == "Strict"
+        p.reload()
+        wait_idle(p)
+        expect(cancel).to_be_visible()  # a new session, the same owner
+        cancel.click()
+        expect(cancel).to_have_count(0)
+        assert not any((public_server.root / "runs").glob("*/queued.json"))  # cancelled: out of the line
+    finally:
+        fcntl.flock(busy, fcntl.LOCK_UN)
+        os.close(busy)
+    try:
+        open_page(p, public_server, "instructor", wait_for_text="Instructor token")
+        token_box = main(p).locator('input[aria-label="Instructor token"]')
+        token_box.fill(ADMIN_TOKEN)
+        main(p).get_by_role("button", name="Open").click()
+        expect(main(p).get_by_text("Sessions", exact=True).first).to_be_visible()
+        wait_idle(p)
+        admin = next(c for c in p.context.cookies() if c["name"] == "qlora_lab_admin")
+        assert admin["value"] == admin_digest({"QLORA_LAB_ADMIN_TOKEN": ADMIN_TOKEN}) and admin["sameSite"] == "Strict"
+        assert not any(ADMIN_TOKEN in c["value"] for c in p.context.cookies())  # the token itself is never kept
+        p.reload()
+        wait_idle(p)
+        expect(main(p).get_by_text("Sessions", exact=True).first).to_be_visible()
+        assert token_box.count() == 0  # signed in without typing the token again
         assert_no_exception(p)
     finally:
         p.context.close()

@@ -226,3 +226,21 @@ def test_history_rows_are_typed_from_the_run_record(tmp_path):
     assert cell(None) == "—" and cell(rec.tokens_per_second, "{:.0f}") == "123"
     table = settings_table([rec])
     assert table["setting"][:2] == ["model", "dataset"] and table[rec.name][table["setting"].index("r")] == "8"
+
+
+def test_the_record_carries_the_predicted_and_measured_step_peak(tmp_path):
+    """lab_run.json's prediction (from the run's start) and measured step peak become typed fields; an older
+    record without them has None there, never a recomputation."""
+    from lab.training.history import run_record
+
+    EventLog(tmp_path).write("start", pid=1)
+    assert run_record(R.run_status(tmp_path)).memory.predicted_bytes is None
+    (tmp_path / R.RUN_FILE).write_text(json.dumps({
+        "prediction": {"peak_bytes": 3_000, "batch_size": 4, "max_length": 256, "tokens_per_second": 12.5},
+        "measured_peak": {"measured_peak_bytes": 2_000, "counts": "live tensor bytes", "step": 2, "batch_size": 4,
+                          "tokens": 100, "simulated_peak_bytes": 2_010, "error_pct": 0.5}}))
+    rec = run_record(R.run_status(tmp_path))
+    m = rec.memory
+    assert rec.predicted_tokens_per_second == 12.5
+    assert (m.predicted_bytes, m.max_length, m.measured_bytes, m.measured_tokens, m.simulated_bytes, m.error_pct) == (
+        3_000, 256, 2_000, 100, 2_010, 0.5)

@@ -1,21 +1,27 @@
 """Mixture-of-experts as transformers 5 builds it: fused 3-D experts, what bitsandbytes and peft do with them.
 
 Tiny random configs (two layers, four experts) of the families people fine-tune; everything on the meta
-device or a few kilobytes of real tensors.
+device or a few kilobytes of real tensors. At the end, the whole path on one tiny random Mixtral: loaded at NF4,
+trained from the Training page (attention and experts), and side by side with its base in the Playground.
 """
 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
+from streamlit.testing.v1 import AppTest
 
 from lab.estimate.experts import DROPOUT_NOTE, active_params, as_written, expert_groups
 from lab.estimate.lora import estimate_lora, resolve_targets, target_notes
 from lab.estimate.simulate import peft_targets
 from lab.models.architecture import architecture_from_config
 
+ROOT = Path(__file__).resolve().parent.parent
+TRAINING_PAGE, PLAYGROUND_PAGE = str(ROOT / "pages" / "training.py"), str(ROOT / "pages" / "playground.py")
+PROMPT = "Name three colours of the rainbow."
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             vocab_size=256, max_position_embeddings=512)
 FAMILIES = {
@@ -140,29 +146,112 @@ def test_tiny_moe_loads_at_nf4_with_experts_unquantized_measured_as_predicted(ti
     assert abs(estimate.weights_bytes - fp.total_bytes) / fp.total_bytes <= 0.01
 
 
-def test_tiny_moe_trains_on_attention_and_experts_and_plain_peft_loads_it(tiny_moe_dir, tmp_path):
-    """The Training page's code (lab.training.runner.train) with LoRA on attention and the fused experts.
-    (The playground's side-by-side columns do not take expert adapters yet: lab.generate.mixed_lora batches
-    Linear LoRA only; docs/architectures.md.)"""
+@pytest.fixture(scope="module")
+def moe_run(tiny_moe_dir, tmp_path_factory) -> tuple[Path, dict]:
+    """The tiny MoE trained once for the tests below, as the Training page trains it: the page (AppTest) gets the
+    model, NF4 and the `attention-experts` preset and Train is clicked; the queued command's own arguments then run
+    in this process (lab.training.runner.train, what `python -m lab train` calls) instead of a process of its own."""
+    import argparse
+
+    from lab.training import queue as Q
+    from lab.training import runs as R
+    from lab.training.config import add_arguments, from_args
+    from lab.training.runner import train
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QLORA_LAB_RUNS", str(tmp_path_factory.mktemp("moe-runs")))
+        mp.setattr(Q, "dispatch", lambda: None)  # queued, not started: run below, in this process
+        at = AppTest.from_file(TRAINING_PAGE, default_timeout=120).run()
+        at.text_input(key="t_model").set_value(str(tiny_moe_dir)).run()
+        at.selectbox(key="t_precision").set_value("nf4")
+        at.selectbox(key="t_targets").set_value("attention-experts")
+        for key, value in (("t_steps", 2), ("t_batch", 2), ("t_maxlen", 64), ("t_eval", 0), ("t_lr", 5e-2)):
+            at.number_input(key=key).set_value(value)
+        at.run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        at.button(key="t_train").click().run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        run_dir = Path(at.session_state["train_run_dir"])
+        queued = R.read_marker(run_dir, R.QUEUE_FILE)["args"]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return run_dir, train(from_args(parser.parse_args([*queued, "--output", str(run_dir)])))
+
+
+def test_tiny_moe_trains_from_the_training_page_on_attention_and_experts(tiny_moe_dir, moe_run):
+    """The Training page's run with LoRA on attention and the fused experts (ParamWrapper, lora_dropout 0), and
+    plain peft loads what it saved."""
     import json
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lab.training.config import default_config
-    from lab.training.runner import train
-
-    cfg = default_config("cpu", model=str(tiny_moe_dir), dataset="style", output=str(tmp_path / "moe"),
-                         max_steps=2, batch_size=2, max_length=64, eval_steps=0, save_steps=100, logging_steps=1,
-                         precision="nf4", targets="attention-experts", learning_rate=5e-2)
-    r = train(cfg)
-    assert r["status"] == "finished" and all(x == x for x in r["losses"])
-    ac = json.loads((tmp_path / "moe" / "adapter_config.json").read_text())
+    run_dir, r = moe_run
+    assert r["status"] == "finished" and r["steps"] == 2 and all(x == x for x in r["losses"])
+    ac = json.loads((run_dir / "adapter_config.json").read_text())
     assert sorted(ac["target_parameters"]) == ["down_proj", "gate_up_proj"] and ac["lora_dropout"] == 0.0
+    assert {"q_proj", "k_proj", "v_proj", "o_proj"} <= set(ac["target_modules"])
+    assert json.loads((run_dir / "lab_run.json").read_text())["config"]["precision"] == "nf4"
     base = AutoModelForCausalLM.from_pretrained(tiny_moe_dir).eval()
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         before = base(ids).logits
-        tuned = PeftModel.from_pretrained(base, tmp_path / "moe").eval()
+        tuned = PeftModel.from_pretrained(base, run_dir).eval()
         after = tuned(ids).logits
     assert not torch.allclose(before, after)  # the trained experts and attention change the answer
+
+
+def test_playground_puts_the_tiny_moe_adapter_beside_its_base(tiny_moe_dir, moe_run, monkeypatch, tmp_path):
+    """The Playground page (AppTest) on the tiny MoE and its trained run: the base column is the base's own greedy
+    output, the adapter column plain peft's (PeftModel.from_pretrained on a separately loaded base)."""
+    from tests.test_compare import reference
+    from tests.test_playground_page import generate, open_page, widget
+
+    monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path))  # no run preselected: the adapter is named below
+    run_dir, _ = moe_run
+    at = open_page(str(tiny_moe_dir))
+    widget(at.text_area, "Other adapters (one per line)").set_value(str(run_dir))
+    at = generate(at.run(), PROMPT)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    columns = at.session_state["playground_last"].columns  # the page's finished comparison (pages/playground.py)
+    messages = [{"role": "user", "content": PROMPT}]
+    assert columns["base"].text == reference(tiny_moe_dir, messages, n=12)
+    assert columns[run_dir.name].text == reference(tiny_moe_dir, messages, run_dir, n=12)
+    assert columns["base"].text != columns[run_dir.name].text  # the adapter really answers otherwise
+    assert {"**base** · no adapter", f"**{run_dir.name}**"} <= {m.value for m in at.markdown}
+
+
+def test_row_experts_match_peft_per_row_and_leave_other_threads_on_the_base(tiny_moe_dir, moe_run):
+    """One forward pass of a base row and an adapter row through the shared model: the base row is the plain base, the
+    adapter row matches peft's own forward with the adapter on (attention and experts), and a
+    forward from another thread inside the block sees the plain base."""
+    import threading
+
+    from lab.generate.adapters import inspect_adapter
+    from lab.generate.bank import LOCAL, adapter_bank
+    from lab.generate.mixed_lora import row_lora, row_lora_supported
+    from lab.models.loading import load_model
+
+    loaded = load_model(str(tiny_moe_dir), "fp32")
+    bank = adapter_bank(loaded)
+    name = next(iter(bank.use(LOCAL, [inspect_adapter(str(moe_run[0]))]).values()))
+    ids = torch.tensor([[1, 5, 9, 200, 31, 7], [1, 42, 17, 3, 99, 8]])
+    with torch.inference_mode():
+        base = loaded.model(input_ids=ids).logits
+        with bank.adapters_enabled() as peft:
+            peft.set_adapter(name)
+            adapted = peft(input_ids=ids).logits
+        assert row_lora_supported(bank.peft_model, [name])
+        other: list[torch.Tensor] = []
+        with row_lora(bank.peft_model, [None, name]):
+            mixed = loaded.model(input_ids=ids).logits
+            t = threading.Thread(target=lambda: other.append(loaded.model(input_ids=ids).logits))
+            t.start()
+            t.join()
+        after = loaded.model(input_ids=ids).logits
+    # Which tokens share an expert's matmul depends on every row's routing: float32 rounding, not bits (mixed_lora).
+    torch.testing.assert_close(mixed[0], base[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mixed[1], adapted[1], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(adapted[1], base[1], atol=1e-3)  # the adapter really changes row 1
+    assert torch.equal(other[0], base) and torch.equal(after, base)
+    assert not any("forward" in vars(m) for m in bank.peft_model.modules())  # every experts forward is back

@@ -273,3 +273,16 @@ def test_calculator_inverse_runs_in_the_background():
     arch = read_architecture("SmolLM2-135M")
     settings = TrainingSettings(method="lora", precision="bf16", max_length=256, targets="all-linear")
     assert shown["max seq len"] == f"{max_fitting(arch, settings, get_gpu('T4'), 'max_length').value:,}"
+
+
+def test_calculator_fsdp_settings_move_the_per_gpu_peak():
+    """The multi-GPU tab's FSDP settings reach lab.estimate.parallel: CPU offload on (the lab's launch) by default;
+    off, each GPU holds its shard of the model state again."""
+    at = settle(run_page(CALC, model="SmolLM2-135M", seq="128"))
+    assert not at.exception and not at.error
+    label = "Per-GPU peak on 2 × T4 16 GB"
+    on = metrics(at)[label]
+    assert "in CPU RAM (offload)" in " ".join(c.value for c in at.caption)
+    at.toggle(key="cpu_offload").set_value(False).run()
+    assert not at.exception and metrics(at)[label] != on
+    assert "held by the other GPUs" in " ".join(c.value for c in at.caption)

@@ -78,3 +78,29 @@ def test_depth_bound_follows_the_server_limit(monkeypatch):
         check_depth(deep, "deep.json")
     monkeypatch.setenv("QLORA_LAB_MAX_LAYERS", "2000")
     check_depth(deep, "deep.json")  # raised by the instructor: the reader follows
+
+
+def test_predict_run_asks_about_the_run_through_the_recipe_table(monkeypatch):
+    """The time model's question about a run (lab.estimate.plan.predict_run) is the run's own settings, built
+    through lab.recipe like the Training page's simulation: no field retyped, an older record's gap at its default."""
+    import lab.estimate.simulate as S
+    from lab.estimate.plan import predict_run
+
+    asked = []
+
+    def stop(arch, settings, device):
+        asked.append((settings, device))
+        raise LabError("stop here")
+
+    monkeypatch.setattr(S, "simulate", stop)
+    cfg = replace(default_config("cpu"), precision="nf4", r=8, alpha=3.0, batch_size=3, max_length=64, use_dora=True,
+                  targets="q_proj,v_proj", gradient_checkpointing=True, dropout=0.1)
+    with pytest.raises(LabError, match="stop here"):
+        predict_run(cfg.to_dict(), "cpu")
+    assert asked == [(cfg.memory_settings("cpu"), "cpu")]
+    s = asked[0][0]
+    assert (s.method, s.r, s.max_length, s.use_dora, s.adapter_dtype, s.dtype) == ("qlora", 8, 64, True, "fp32",
+                                                                                     "compute")
+    old = TrainingSettings.for_run({"precision": "fp32"}, "cuda")
+    assert all(getattr(old, name) == SETTINGS[name].default for name in SETTINGS)
+    assert (old.method, old.dtype, old.adapter_dtype) == ("lora", "auto", "auto")

@@ -68,6 +68,22 @@ def test_page_trains_the_tiny_model_and_shows_history(tiny_model_dir, tmp_path, 
     assert {"Train loss", "Eval loss", "Tokens/s", "Learning rate", "Peak memory"} <= {m.label for m in at.metric}
     info = json.loads((run_dir / "lab_run.json").read_text())
     assert info["status"] == "finished" and info["config"]["max_steps"] == 3
+    # predicted beside measured, like for like (issue 18.6): the simulation's peak for the run's settings from the
+    # start, and step 2 measured as tensor bytes (not RSS) with the simulation of that step's own shape beside it
+    predicted, measured = info["prediction"], info["measured_peak"]
+    assert predicted["peak_bytes"] > 0 and (predicted["batch_size"], predicted["max_length"]) == (2, 64)
+    assert measured["step"] == 2 and measured["batch_size"] == 2 and 0 < measured["tokens"] <= 64
+    assert "tensor bytes" in measured["counts"] and measured["measured_peak_bytes"] < info["summary"][
+        "peak_memory_bytes"]  # tensors only: the process's RSS holds far more
+    assert abs(measured["error_pct"]) <= 3.0, measured
+    said = " ".join(c.value for c in at.caption)
+    assert f"predicted {fmt_bytes(predicted['peak_bytes'])}" in said
+    assert f"measured {fmt_bytes(measured['measured_peak_bytes'])}" in said
+    assert "Peak memory above is the whole process" in said
+    row = fresh.dataframe[0].value.iloc[0]
+    assert row["step peak (predicted)"].startswith(fmt_bytes(measured["measured_peak_bytes"]))
+    if "tokens_per_second" in predicted:  # recorded when its CPU probe ended before the run did
+        assert f"(predicted {predicted['tokens_per_second']:,.0f})" in row["tokens/s (predicted)"]
     assert (run_dir / "adapter_model.safetensors").is_file()
     history = at.dataframe[0].value
     assert list(history["run"]) == [run_dir.name] and "finished" in history["status"][0]

@@ -1,8 +1,10 @@
 """`python -m lab <command>`: the library's features from the shell.
 
-Every module in `lab/cli/` (but this one) is a subcommand. Each defines NAME, HELP, `add_arguments(parser)`,
-`run(args) -> dict` (the --json payload; None: print nothing) and `render(result) -> str` (the table for people),
-so a page and the CLI always go through the same library code.
+`COMMANDS` below names every subcommand, in `--help` order, with its one-line summary. Each lives in
+`lab/cli/<name>.py`, which defines `add_arguments(parser)`, `run(args) -> dict` (the --json payload; None: print
+nothing) and `render(result) -> str` (the table for people), so a page and the CLI always go through the same
+library code. A command's module is imported only when that command runs (or its --help is asked for): most
+of them import torch, transformers or peft, seconds of start-up that `--help` and `memory` do without.
 """
 
 from __future__ import annotations
@@ -16,27 +18,71 @@ from types import ModuleType
 
 from lab.errors import LabError
 
+COMMANDS: dict[str, str] = {
+    "info": "show the device, memory, library versions and whether the embedded model is ready",
+    "prepare": "build the embedded SmolLM2-135M-Instruct checkpoint in the model cache and say where",
+    "memory": "weights at a precision (true bytes vs get_memory_footprint) and, simulated, the peak of a training "
+              "step (--train) or of generation (--infer), with the GPU verdict",
+    "lora": "LoRA trainable parameters per target module, % of the model and adapter size",
+    "load": "load a model at a precision; print measured vs predicted bytes, layer class, load time, perplexity",
+    "verify": "run the real training step (LoRA, QLoRA) and a real generation on this device for a few small settings "
+              "and print simulated vs measured memory by category (CUDA: max_memory_allocated; CPU: tensor bytes)",
+    "train": "fine-tune a model with LoRA/QLoRA (TRL SFTTrainer + peft) and save the adapter in a run folder",
+    "queue": "show the running training and the queued runs (position, estimated start); --stop RUN stops or "
+             "unqueues one",
+    "push": "upload a run's adapter (or its merged model) to the Hugging Face Hub, with its model card",
+    "compare": "generate with a base model and one or more LoRA adapters side by side (one batched generate)",
+    "evaluate": "evaluate the base model and LoRA adapters on a dataset's test split (accuracy or perplexity)",
+    "limits": "show the server's limits and their variables: per request (new tokens, adapters, length, batch, "
+              "steps, queue) and public mode's (model size, uploads, configs)",
+    "serve": "start the Streamlit app (inside a Space: uploads that work in the iframe, public mode, /data "
+             "storage)",
+}
+
+
+def command_module(name: str) -> ModuleType:
+    return importlib.import_module(f"lab.cli.{name}")
+
 
 def command_modules() -> list[ModuleType]:
-    mods = [importlib.import_module(f"lab.cli.{m.name}") for m in pkgutil.iter_modules(__path__)]
-    return sorted((m for m in mods if hasattr(m, "NAME")), key=lambda m: getattr(m, "ORDER", 50))
+    """Every command's module, imported, in --help order (slow: most import torch, transformers or peft)."""
+    return [command_module(name) for name in _commands()]
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
+def _commands() -> dict[str, str]:
+    """COMMANDS, and any command module not listed there (declaring its own NAME and HELP: imported now)."""
+    found = dict(COMMANDS)
+    for m in pkgutil.iter_modules(__path__):
+        if m.name not in found and not m.name.startswith("_"):
+            mod = command_module(m.name)
+            if hasattr(mod, "NAME"):
+                found[mod.NAME] = mod.HELP
+    return found
+
+
+def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
+    """The parser with every command's options; with `only`, that command's alone (the others are listed by
+    name and summary, their modules not imported)."""
     parser = argparse.ArgumentParser(prog="python -m lab", description="QLoRA Lab: quantization and LoRA, measured.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     registry = {}
-    for mod in command_modules():
+    for name, summary in _commands().items():
         # argparse %-formats help strings: a literal "%" in a summary must be doubled.
-        p = sub.add_parser(mod.NAME, help=mod.HELP.replace("%", "%%"), description=mod.HELP)
+        p = sub.add_parser(name, help=summary.replace("%", "%%"), description=summary)
+        if only is not None and name != only:
+            continue
         p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
-        mod.add_arguments(p)
-        registry[mod.NAME] = mod
+        registry[name] = command_module(name)
+        registry[name].add_arguments(p)
     return parser, registry
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, registry = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # the command is the first word (the top level has no options but -h); none or an unknown one: no module
+    # is imported, argparse lists the commands or says which word is wrong
+    command = next((a for a in argv if not a.startswith("-")), "")
+    parser, registry = build_parser(only=command)
     args = parser.parse_args(argv)
     mod = registry[args.command]
     try:

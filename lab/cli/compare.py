@@ -12,10 +12,6 @@ from lab.models.sources import resolve_source
 from lab.sharing.shared import SharedModels
 from lab.units import format_table
 
-NAME = "compare"
-HELP = "generate with a base model and one or more LoRA adapters side by side (one batched generate)"
-ORDER = 60
-
 H = SamplingSettings.HELP
 CLI_OWNER = "cli"  # whose adapter set and model hold a CLI command's work is
 

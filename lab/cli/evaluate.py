@@ -13,10 +13,6 @@ from lab.generate.evaluate import METRICS, EvalSettings, load_examples, to_csv, 
 from lab.sharing.shared import SharedModels
 from lab.units import format_table
 
-NAME = "evaluate"
-HELP = "evaluate the base model and LoRA adapters on a dataset's test split (accuracy or perplexity)"
-ORDER = 61
-
 H = EvalSettings.HELP
 
 

@@ -8,10 +8,6 @@ from lab.environment import environment_report
 from lab.models.sources import embedded_status
 from lab.units import fmt_bytes, format_table
 
-NAME = "info"
-HELP = "show the device, memory, library versions and whether the embedded model is ready"
-ORDER = 0
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     pass

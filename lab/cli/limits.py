@@ -9,11 +9,6 @@ from lab import policy
 from lab.sharing.limits import RequestLimits
 from lab.units import format_table
 
-NAME = "limits"
-HELP = ("show the server's limits and their variables: per request (new tokens, adapters, length, batch, steps, "
-        "queue) and public mode's (model size, uploads, configs)")
-ORDER = 90
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     pass

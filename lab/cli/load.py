@@ -12,10 +12,6 @@ from lab.models.measure import KINDS, MEMORY_LABELS
 from lab.units import fmt_bytes, format_table
 from lab.vocab import DTYPE_CHOICES, PRECISIONS, describe
 
-NAME = "load"
-HELP = "load a model at a precision; print measured vs predicted bytes, layer class, load time, perplexity"
-ORDER = 30
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="embedded", metavar="SRC",

@@ -9,10 +9,6 @@ from lab.models.reader import read_architecture
 from lab.recipe import SETTINGS
 from lab.units import fmt_bytes, format_table
 
-NAME = "lora"
-HELP = "LoRA trainable parameters per target module, % of the model and adapter size"
-ORDER = 11
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(

@@ -7,10 +7,17 @@ import argparse
 from dataclasses import fields
 
 from lab.errors import LabError
-from lab.estimate.gpus import GPUS, fit_table, get_gpu, gpu_verdict
+from lab.estimate.gpus import FRAGMENTATION, GPUS, fit_table, get_gpu, gpu_verdict
 from lab.estimate.inference import kv_cache_bytes
 from lab.estimate.inverse import knobs_for, max_fitting
-from lab.estimate.parallel import per_gpu_peak, smallest_fitting, why_none_fit
+from lab.estimate.parallel import (
+    DEFAULT_OFFLOAD,
+    DEFAULT_STRATEGY,
+    OFFLOAD_HELP,
+    per_gpu_peak,
+    smallest_fitting,
+    why_none_fit,
+)
 from lab.estimate.simulate import InferenceSettings, resolve_recipe, simulate, simulate_generation
 from lab.estimate.training import TrainingSettings, estimate_training
 from lab.estimate.weights import estimate_weights
@@ -22,6 +29,7 @@ from lab.vocab import (
     ATTENTION,
     AUTOCAST,
     DTYPE_CHOICES,
+    FSDP_STRATEGIES,
     KBIT_UPCAST,
     LAUNCH_MODES,
     LOSSES,
@@ -31,10 +39,6 @@ from lab.vocab import (
     describe,
 )
 
-NAME = "memory"
-HELP = ("weights at a precision (true bytes vs get_memory_footprint) and, simulated, the peak of a training step "
-        "(--train) or of generation (--infer), with the GPU verdict")
-ORDER = 10
 FIELDS = {f.name: f for f in fields(TrainingSettings)}
 HELP_OF = {name: f.metadata.get("help", "") for name, f in FIELDS.items()}
 DEFAULT = TrainingSettings()
@@ -78,6 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_setting(training, "dropout", FIELDS["dropout"].metadata, float, DEFAULT.dropout)
     training.add_argument("--gpus", type=int, default=None, help="per-GPU peak on this many GPUs (with --sharding)")
     training.add_argument("--sharding", default="ddp", choices=list(LAUNCH_MODES), help=describe(LAUNCH_MODES))
+    training.add_argument("--fsdp-strategy", default=DEFAULT_STRATEGY, choices=list(FSDP_STRATEGIES),
+                          help=describe(FSDP_STRATEGIES))
+    training.add_argument("--cpu-offload", default="on" if DEFAULT_OFFLOAD else "off", choices=("on", "off"),
+                          help=OFFLOAD_HELP)
     training.add_argument("--no-inverse", dest="inverse", action="store_false",
                           help="with --gpu, skip the `inverse` answer (the largest batch, sequence length and rank "
                                "that fit the GPU: a few more simulations, seconds)")
@@ -126,7 +134,7 @@ def run(args: argparse.Namespace) -> dict:
 
     if active_params(arch) is not None:  # a mixture of experts: what one token runs through (top-k of the experts)
         result["params_active"] = active_params(arch)
-    peak = w.weights_bytes
+    peak, fragmentation = w.weights_bytes, FRAGMENTATION
     if args.context is not None:
         if args.context <= 0:
             raise LabError(f"--context must be a positive number of tokens, got {args.context}.")
@@ -147,12 +155,13 @@ def run(args: argparse.Namespace) -> dict:
         peak = sim.peak_bytes
         if args.gpus is not None:
 
-            multi = per_gpu_peak(sim, args.gpus, args.sharding)
+            fsdp = {"strategy": args.fsdp_strategy, "offload": args.cpu_offload == "on"}
+            multi = per_gpu_peak(sim, args.gpus, args.sharding, **fsdp)
             result["multi_gpu"] = multi.to_json()
-            peak = multi.per_gpu_peak_bytes
+            peak, fragmentation = multi.per_gpu_peak_bytes, multi.fragmentation
             if gpu is not None:
-                result["multi_gpu"]["smallest_gpus"] = smallest_fitting(sim, gpu, args.sharding)
-        result["fits"] = fit_table(peak)
+                result["multi_gpu"]["smallest_gpus"] = smallest_fitting(sim, gpu, args.sharding, **fsdp)
+        result["fits"] = fit_table(peak, fragmentation=fragmentation)
         if args.inverse and gpu is not None:
             answers = {k: max_fitting(arch, settings, gpu, k) for k in knobs_for(settings.method)}
             # the JSON keys stay as they were (issue 13): max_length's answer is max_seq_len
@@ -162,7 +171,7 @@ def run(args: argparse.Namespace) -> dict:
     elif args.gpus is not None:
         raise LabError("--gpus is about training.", "Add --train full|lora|qlora.")
     if gpu is not None:
-        result["gpu_verdict"] = gpu_verdict(peak, gpu).to_json()
+        result["gpu_verdict"] = gpu_verdict(peak, gpu, fragmentation).to_json()
         result.update(_speed(args, gpu, result))
     return result
 
@@ -216,7 +225,10 @@ def render(r: dict) -> str:
             out += ["", *_render_simulation(kind, r[kind])]
     if "multi_gpu" in r:
         m = r["multi_gpu"]
-        out += ["", f"on {m['gpus']} GPUs ({m['sharding']}): {fmt_bytes(m['per_gpu_peak_bytes'])} per GPU"]
+        how = f"{m['sharding']}, {m['strategy']}, offload {'on' if m['offload'] else 'off'}" if m["phase"] else \
+            m["sharding"]
+        out += ["", f"on {m['gpus']} GPUs ({how}): {fmt_bytes(m['per_gpu_peak_bytes'])} per GPU"
+                    + (f", at its peak in the {m['phase']}" if m["phase"] else "")]
         out += [f"  {k}: {fmt_bytes(v)}" for k, v in m["terms"].items()]
         if "smallest_gpus" in m:
             n = m["smallest_gpus"]

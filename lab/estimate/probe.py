@@ -42,7 +42,9 @@ def _matmul_flops(dtype: torch.dtype, rows: int, n: int = 1024, budget: float = 
     rows run at half the rate of 256 here; one row, decoding, streams the weights at a fraction of the
     bandwidth an elementwise op reaches), so the probe uses the step's."""
     count = max(1, weights_mib * 2**20 // (n * n * torch.finfo(dtype).bits // 8))
-    a, bs = torch.randn(rows, n, dtype=dtype), [torch.randn(n, n, dtype=dtype) for _ in range(count)]
+    g = torch.Generator().manual_seed(0)  # its own: a run probes while it seeds and inits LoRA (lab.training.predicted)
+    a, bs = torch.randn(rows, n, dtype=dtype, generator=g), [torch.randn(n, n, dtype=dtype, generator=g)
+                                                             for _ in range(count)]
 
     def run():
         for b in bs:

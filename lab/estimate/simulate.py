@@ -31,6 +31,7 @@ from lab.estimate.fake_quant import attach_quant_state, device_paths, quantize_m
 from lab.estimate.lora import left_out, resolve_targets
 from lab.estimate.origin import origin
 from lab.estimate.patch import for_this_thread
+from lab.estimate.phases import param_layout, phase_peaks
 from lab.estimate.recipe import (
     Recipe,
     initialize_optimizer_state,
@@ -91,6 +92,10 @@ class Simulation:
     totals: dict[str, int] = field(default_factory=dict)
     one_layer: dict[str, int] = field(default_factory=dict)
     work: tuple = ()  # lab.estimate.work.Work rows of the full-depth step: what lab.estimate.speed times
+    # training: each phase's peak by category, and the parameters as FSDP wraps them (lab.estimate.phases),
+    # what lab.estimate.parallel redistributes over several GPUs
+    phase_peaks: dict[str, dict[str, int]] = field(default_factory=dict)
+    layout: dict[str, int] = field(default_factory=dict)
 
     def to_json(self, timeline: bool = False) -> dict:
         d = asdict(self)
@@ -323,7 +328,8 @@ def _simulate_training(config, recipe: Recipe, full: int, layers: int) -> Simula
         warnings.simplefilter("ignore")  # deprecation chatter of the libraries the recipe calls
         model, mode = _prepared_model(config, recipe, layers)
         tracker = run_training(model, mode, recipe, profile_layer=min(comp.MIDDLE, layers - 1))
-    return _result("training", tracker, full, layers, recipe, t0)
+        layout = param_layout(model, full, layers)
+    return _result("training", tracker, full, layers, recipe, t0, layout)
 
 
 _MODELS: OrderedDict = OrderedDict()
@@ -345,9 +351,11 @@ def _prepared_model(config, recipe: Recipe, layers: int):
     return _MODELS[key]
 
 
-def _result(kind: str, tracker: LiveBytes, full: int, layers: int, recipe, t0: float) -> Simulation:
+def _result(kind: str, tracker: LiveBytes, full: int, layers: int, recipe, t0: float,
+            layout: dict[str, int] | None = None) -> Simulation:
     categories = _categories(tracker)
-    composed = comp.compose(comp.blocks_from(tracker, categories, full, layers), full)
+    blocks = comp.blocks_from(tracker, categories, full, layers)
+    composed = comp.compose(blocks, full)
     notes = []
     if composed.excluded.get("paged"):
         notes.append(PAGED_HELP)
@@ -356,7 +364,8 @@ def _result(kind: str, tracker: LiveBytes, full: int, layers: int, recipe, t0: f
     totals, one_layer = _role_totals(tracker, full, layers)
     return Simulation(kind, composed.peak_bytes, composed.by_category, composed.peak_at, composed.timeline,
                       composed.excluded, _layer_table(tracker), layers, full, round(time.perf_counter() - t0, 3),
-                      _settings_json(recipe), tuple(notes), totals, one_layer, _work(tracker, full, layers, totals))
+                      _settings_json(recipe), tuple(notes), totals, one_layer, _work(tracker, full, layers, totals),
+                      phase_peaks(blocks) if layout is not None else {}, layout or {})
 
 
 def _work(tracker: LiveBytes, full: int, layers: int, totals: dict[str, int]) -> tuple:

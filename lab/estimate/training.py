@@ -13,8 +13,8 @@ from lab.estimate.lora import LoraEstimate, estimate_lora
 from lab.estimate.weights import WeightEstimate, estimate_weights
 from lab.models.architecture import Architecture
 from lab.models.precision import get_precision, resolve_dtype
-from lab.recipe import setting
-from lab.vocab import ADAPTER_DTYPES, AUTO, DTYPES, METHODS, OPTIMIZERS, lookup
+from lab.recipe import setting, values
+from lab.vocab import ADAPTER_DTYPES, AUTO, DTYPES, METHODS, OPTIMIZERS, PRECISIONS, lookup
 
 
 def _f(default, help: str):
@@ -52,6 +52,17 @@ class TrainingSettings:
                               "AUTOCAST: on, as the Training page's bf16/fp16 flags; off for a plain loop).")
     loss: str = _f("fused", "How the loss is computed (lab.vocab.LOSSES): fused = TRL's chunked log-probabilities, "
                             "as the Training page runs; logits = transformers' Trainer on the full logits.")
+
+    @classmethod
+    def for_run(cls, config, device: str = "cpu") -> TrainingSettings:
+        """A run's settings (`TrainConfig.to_dict()`) as this question takes them, on `device` ("cpu" or "cuda"):
+        the shared ones through lab.recipe's one table, the method from the base's precision, and what the runner
+        does there (a CPU computes in fp32 and casts a quantized base's adapters to fp32)."""
+        precision = lookup(PRECISIONS, config.get("precision") or "fp32", "precision")
+        cpu = device == "cpu"
+        return cls(method="qlora" if precision.quantized else "lora", precision=precision.name,
+                   dtype="compute" if cpu else "auto", upcast_for_kbit=precision.quantized,
+                   adapter_dtype="fp32" if cpu else "auto", **values(config))
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,17 @@ VIEW_OPS = {"aten.detach", "aten.alias",
             "aten._unsafe_view"}  # a view the schema does not flag (reshape's output after its copy)
 
 
+_NAMES: dict = {}  # op -> (its name, or None for an op not counted; a view?): decided once per op (str() is slow)
+
+
+def _counted_name(func) -> tuple[str | None, bool]:
+    if func not in _NAMES:
+        name = str(func.overloadpacket) if hasattr(func, "overloadpacket") else str(func)
+        free = name in FREE_OPS or not name.startswith(("aten.", "bitsandbytes."))
+        _NAMES[func] = (None if free else name, getattr(func, "is_view", False) or name in VIEW_OPS)
+    return _NAMES[func]
+
+
 class OpCounter:
     """What `LiveBytes` hands over: each op's FLOPs, bytes and kind, grouped, per phase and layer."""
 
@@ -100,15 +111,15 @@ class OpCounter:
     def record(self, func, args, kwargs, out, phase: str, owner: int) -> None:
         if phase not in ("forward", "recompute", "backward", "optimizer"):
             return
-        name = str(func.overloadpacket) if hasattr(func, "overloadpacket") else str(func)
-        if name in FREE_OPS or not name.startswith(("aten.", "bitsandbytes.")):
+        name, view = _counted_name(func)
+        if name is None:
             return
         if name == "bitsandbytes.gemm_4bit" and not self.fused_4bit(args):
             return  # dequantized then F.linear: the inner ops were counted
         if phase == "backward" and torch.is_grad_enabled():
             phase = "recompute"  # the engine runs backward with grad off; checkpointing reruns the forward with it on
         phase = self.stage or phase
-        if getattr(func, "is_view", False) or name in VIEW_OPS:
+        if view:
             # checkpointing's hooks detach each saved tensor that needs a gradient twice, in the backward (the
             # backward makes ~17 detaches a layer of its own, priced so too: 10 µs more a layer on this CPU)
             ckpt = self.checkpointing and name == "aten.detach" and phase in ("backward", "recompute")

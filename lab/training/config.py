@@ -150,15 +150,7 @@ class TrainConfig:
         """This run as the calculator's TrainingSettings (`lab.estimate`): the same recipe, for the formula
         and for the simulation on fake tensors."""
 
-        quantized = PRECISIONS[self.precision].quantized
-        return TrainingSettings(
-            method="qlora" if quantized else "lora", precision=self.precision,
-            dtype="compute" if (device or device_type()) == "cpu" else "auto", batch_size=self.batch_size,
-            max_length=self.max_length, gradient_checkpointing=self.gradient_checkpointing, optimizer=self.optimizer,
-            r=self.r,
-            alpha=self.alpha, targets=self.targets, use_dora=self.use_dora, upcast_for_kbit=quantized,
-            dropout=self.dropout,
-        )
+        return TrainingSettings.for_run(self.to_dict(), "cpu" if (device or device_type()) == "cpu" else "cuda")
 
     def memory_estimate(self, device: str | None = None):
         """The calculator's training-memory formula for this run (`lab.estimate.training`)."""

@@ -35,10 +35,20 @@ STOP_FILE = "STOP"
 PROCESS_LOG = "process.log"
 
 
+_EARLIER_CUDA_PEAK = 0  # the allocator's peak before a reset_cuda_peak(): this process's peak stays process-wide
+
+
+def reset_cuda_peak() -> None:
+    """Reset CUDA's peak counter to measure one step (lab.training.predicted), keeping the process's peak so far."""
+    global _EARLIER_CUDA_PEAK
+    _EARLIER_CUDA_PEAK = max(_EARLIER_CUDA_PEAK, int(torch.cuda.max_memory_allocated()))
+    torch.cuda.reset_peak_memory_stats()
+
+
 def peak_memory_bytes() -> int:
     """Peak memory of this process: CUDA allocator peak on a GPU, peak resident set size on CPU."""
     if torch.cuda.is_available():
-        return int(torch.cuda.max_memory_allocated())
+        return max(_EARLIER_CUDA_PEAK, int(torch.cuda.max_memory_allocated()))
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * (1 if sys.platform == "darwin" else 1024)
 
 

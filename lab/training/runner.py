@@ -45,6 +45,7 @@ from lab.publish.card import write_merged_card, write_run_card
 from lab.training import distributed
 from lab.training.config import TrainConfig, repetition_warning, run_dir_for, to_cli_args
 from lab.training.events import RUN_FILE, STOP_FILE, EventLog, StopAndLogCallback, peak_memory_bytes
+from lab.training.predicted import Prediction, StepPeak, like_for_like
 from lab.training.runs import acquire_lock, release_lock
 from lab.vocab import COMPUTE
 
@@ -243,7 +244,7 @@ def _train_locked(cfg: TrainConfig, source: ModelSource, targets, data: TrainDat
     precision = get_precision(cfg.precision)
     info = run_record(cfg, source, precision.name, data, run_dir, device)
     callback = StopAndLogCallback(log, run_dir, echo=echo)
-    trainer = None
+    trainer = prediction = peak = None
     status, error, hint = "failed", None, None
     with stop_on_signals(callback):
         try:
@@ -251,6 +252,7 @@ def _train_locked(cfg: TrainConfig, source: ModelSource, targets, data: TrainDat
                 log.write("start", pid=os.getpid(), name=run_dir.name, config=cfg.to_dict(), command=info["command"],
                           processes=info["processes"])
                 write_json_atomic(run_dir / RUN_FILE, info, SAVE_HINT)
+                prediction = Prediction(cfg, device)  # computed while the base loads
             if data.train.problems:
                 echo(
                     f"skipping {len(data.train.problems)} malformed row(s): {ds.describe_problems(data.train.problems)}"
@@ -263,6 +265,7 @@ def _train_locked(cfg: TrainConfig, source: ModelSource, targets, data: TrainDat
             phase(log, f"Loading {source.display_name} at {precision.label}"
                   + (" (quantizing every Linear layer as it loads)" if precision.quantized else ""))
             trainer = build_trainer(cfg, source, targets, data, run_dir, device, info, callback, log, echo)
+            peak = record_prediction(trainer, prediction, info, run_dir, device) if log else None
             status, error = run_training(trainer, callback, info)
             save_outputs(trainer, cfg, run_dir, info, log, echo)
         except Exception as e:
@@ -270,11 +273,29 @@ def _train_locked(cfg: TrainConfig, source: ModelSource, targets, data: TrainDat
             if not isinstance(e, (LabError, OSError, torch.OutOfMemoryError)):
                 print(traceback.format_exc(), file=sys.stderr, flush=True)  # a bug: every rank shows its traceback
     result = run_result(trainer, callback, info, run_dir, status, error, hint, round(time.time() - started, 2))
+    if prediction is not None:  # with its tokens/s: the probe ends before the process (a thread in torch aborts it)
+        info["prediction"] = prediction.wait(None)
+    if peak is not None:
+        peak.close()
+        info["measured_peak"] = like_for_like(cfg, device, peak.to_json())
     if log:
         finish_record(info, result, trainer, run_dir, log, echo)
     if status == "failed":
         raise LabError(f"Training failed: {error}", hint)
     return result
+
+
+PREDICTION_WAIT = 10.0  # seconds the first step waits, at most, for the predicted peak still computing after the load
+
+
+def record_prediction(trainer, prediction: Prediction, info: dict, run_dir: Path, device: str) -> StepPeak:
+    """Before the first step: the prediction made while the base loaded goes into lab_run.json ("prediction"),
+    and one steady-state step's measured peak is set up (lab.training.predicted)."""
+    peak = StepPeak(device)
+    peak.attach(trainer)
+    info["prediction"] = prediction.peak(PREDICTION_WAIT)
+    write_json_atomic(run_dir / RUN_FILE, info, SAVE_HINT)
+    return peak
 
 
 def phase(log: EventLog | None, message: str) -> None:
