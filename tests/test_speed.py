@@ -116,6 +116,27 @@ def test_a_cpu_step_carries_its_matmul_shapes_and_a_probe_times_each_one():
     assert op_seconds(mm, hw)[0] != op_seconds(mm, fast)[0]  # without a probed rate: the roofline's
 
 
+def test_checkpointing_files_its_recomputation_and_hooks_and_a_cpu_pays_for_views():
+    """The recomputed forward is a phase of its own, and checkpointing's saved-tensor hooks (two detaches per
+    saved tensor that needs a gradient) are ops a CPU pays at its probed price; views and those hooks cost a
+    GPU nothing (its kernels hide them), a measured CPU each its probed dispatch."""
+    from dataclasses import replace
+
+    gc = simulate_training(config(), recipe("lora", "fp32", gc=True, device="cpu", batch=1, seq=32, dropout=0.0))
+    plain = simulate_training(config(), recipe("lora", "fp32", device="cpu", batch=1, seq=32, dropout=0.0))
+    count = lambda sim, phase, kind: sum(w.count for w in sim.work if w.phase == phase and w.kind == kind)  # noqa: E731
+    assert count(gc, "recompute", "matmul") > 0 and count(plain, "recompute", "matmul") == 0
+    assert count(gc, "backward", "checkpoint") > 0 and not any(w.kind == "checkpoint" for w in plain.work)
+    assert count(plain, "forward", "view") > 0
+    gpu = get_hardware("T4")
+    assert step_time(gc, gpu).ops == sum(w.count for w in gc.work if w.kind not in ("view", "checkpoint"))
+    cpu = replace(gpu, overlapped=False, measured=True, op_seconds=0.0, view_seconds=1e-6, checkpoint_seconds=1e-5)
+    view, hook = (next(w for w in gc.work if w.kind == k) for k in ("view", "checkpoint"))
+    assert (op_seconds(view, gpu)[0], op_seconds(hook, gpu)[0]) == (0.0, 0.0)
+    assert (op_seconds(view, cpu)[0], op_seconds(hook, cpu)[0]) == (1e-6, 1e-5)
+    assert probe._checkpoint_seconds(ops=20) > 0 and probe._view_seconds(ops=20) > 0
+
+
 def test_a_one_thread_probe_and_step_are_timed_in_cpu_seconds(monkeypatch):
     """A neighbour's load must not count: with one torch thread the probe and the real steps read this
     process's CPU time; with several (CPU time would add them up) the wall clock."""
@@ -179,11 +200,12 @@ CHECKS = {
 @pytest.fixture
 def one_thread():
     """One thread: on a shared machine two threads of a small step spend their time waiting for each other
-    (a measured step took 20x the prediction with two threads while other processes ran). A machine loaded
-    far beyond its cores makes any timing a lottery (the probe and the steps see different shares of the
-    CPU from one second to the next): the check is skipped there, saying so."""
+    (a measured step took 20x the prediction with two threads while other processes ran). Probe and steps
+    are timed in this process's CPU seconds, so the neighbours' share of the cores does not count: from load 1
+    to 19 on 2 cores the errors moved by ~10 points, not to noise (docs/published-speed.md). Far beyond that,
+    the caches the neighbours share make CPU seconds themselves drift: the check is skipped there, saying so."""
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if load > 2 * cores:
+    if load > 10 * cores:
         pytest.skip(f"machine overloaded (load {load:.0f} on {cores} cores): tokens/s here would be noise")
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -33,6 +33,10 @@ class Hardware:
     # 4-bit dequantization in output elements per second (bitsandbytes' CPU kernel, not a memory-bound copy)
     matmul_rates: dict = field(default_factory=dict, hash=False, compare=False)
     dequant_rate: float = 0.0
+    # probe only: a CPU pays every dispatched op itself, views included (a GPU hides them under its kernels), and
+    # torch.utils.checkpoint's Python saved-tensor hooks per detach they make (lab.estimate.probe)
+    view_seconds: float = 0.0
+    checkpoint_seconds: float = 0.0
 
 
 PCIE4 = 25 * G  # PCIe 4.0 x16, about 25 GB/s each way achieved of 32 GB/s

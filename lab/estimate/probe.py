@@ -74,6 +74,41 @@ def _op_seconds(ops: int = 400) -> float:
     return _mean_seconds(run, 0.3) / ops
 
 
+def _view_seconds(ops: int = 400) -> float:
+    """Seconds of one view: a step dispatches thousands (`view`, `t`, `transpose`, `detach`), each free on a
+    GPU's timeline but paid by a CPU. The mean of one that autograd records (the forward's) and one it does
+    not (the backward runs with grad off)."""
+    x = torch.ones(8, requires_grad=True)
+    with torch.enable_grad():
+        recorded = _mean_seconds(lambda: [x.view(2, 4) for _ in range(ops)], 0.05)
+    with torch.no_grad():
+        bare = _mean_seconds(lambda: [x.view(2, 4) for _ in range(ops)], 0.05)
+    return (recorded + bare) / 2 / ops
+
+
+def _checkpoint_seconds(ops: int = 200) -> float:
+    """What torch.utils.checkpoint (non-reentrant, transformers' default) adds per detach its saved-tensor
+    hooks make, beyond the recomputed ops: a chain of `ops` sines, each saving its input, run forward and
+    backward under checkpoint, less the same chain without it and one more forward (the recomputation,
+    priced as ops of its own). Its hooks are Python: a holder and a weak reference per saved tensor, its
+    metadata, the recomputation's pack hook and the match check; each saved tensor that needs a gradient
+    is detached twice (packed, and in the recomputation), which is how the simulated step counts them."""
+    from torch.utils.checkpoint import checkpoint
+
+    x = torch.ones(8, requires_grad=True)
+
+    def chain(y):
+        for _ in range(ops):
+            y = torch.sin(y)
+        return y
+
+    with torch.enable_grad():
+        plain = _mean_seconds(lambda: chain(x).sum().backward(), 0.15)
+        forward = _mean_seconds(lambda: chain(x), 0.1)
+        ckpt = _mean_seconds(lambda: checkpoint(chain, x, use_reentrant=False).sum().backward(), 0.15)
+    return max(0.0, ckpt - plain - forward) / (2 * ops)
+
+
 def _operand(rows: int, cols: int, layout: str) -> torch.Tensor:
     return torch.randn(cols, rows).t() if layout == "t" else torch.randn(rows, cols)
 
@@ -124,9 +159,11 @@ def probe_cpu(rows: int = 256, sim=None, budget: float = 2.0) -> Hardware:
         rates = {sh: _shape_flops(sh, max(0.02, budget / len(shapes))) for sh in shapes}
         dequant = any(w.kind == "dequant" for w in sim.work) if sim else False
         deq = _dequant_rate(str(sim.settings.get("precision") or "nf4")) if dequant else 0.0
+    view = _view_seconds()
+    ckpt = _checkpoint_seconds() if sim and any(w.kind == "checkpoint" for w in sim.work) else 0.0
     return Hardware(f"this CPU ({torch.get_num_threads()} threads)", half, fp32, bw, 0.0,
                     "measured by lab.estimate.probe", overlapped=False, measured=True, op_seconds=_op_seconds(),
-                    matmul_rates=rates, dequant_rate=deq)
+                    matmul_rates=rates, dequant_rate=deq, view_seconds=view, checkpoint_seconds=ckpt)
 
 
 @dataclass(frozen=True)

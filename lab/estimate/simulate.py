@@ -299,7 +299,7 @@ def _layer_table(tracker: LiveBytes) -> list[dict]:
 def run_training(model, mode, recipe: Recipe, profile_layer: int | None = comp.MIDDLE, fake: bool = True) -> LiveBytes:
     """The steady-state training step (optimizer state already there) under the tracker."""
     tracker = LiveBytes(round_to=CUDA_BLOCK if recipe.device == "cuda" else 1, fake=fake)
-    tracker.ops = OpCounter()
+    tracker.ops = OpCounter(checkpointing=recipe.gradient_checkpointing)
     optimizer = make_optimizer(model, recipe)  # outside fake mode: bitsandbytes builds its quantile maps from data
     with mode:
         register_model(model, tracker, recipe)

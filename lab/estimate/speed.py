@@ -71,6 +71,10 @@ class StepTime:
 
 def op_seconds(w: Work, hw: Hardware) -> tuple[float, str]:
     """Seconds of one op of `w` on `hw` and what bounds it (compute | memory | launch)."""
+    if w.kind in ("view", "checkpoint"):  # nothing moved: what the CPU spends on it, probed; hidden on a GPU
+        if not hw.measured:
+            return 0.0, "launch"
+        return (hw.checkpoint_seconds if w.kind == "checkpoint" else hw.view_seconds), "launch"
     eff_mm, eff_at, eff_mem = (1.0, 1.0, 1.0) if hw.measured else \
         (MATMUL_EFFICIENCY, ATTENTION_EFFICIENCY, MEMORY_EFFICIENCY)
     peak = hw.half_flops if w.half else hw.fp32_flops
@@ -103,7 +107,7 @@ def step_time(sim, hw: Hardware | str, gpus: int = 1, sharding: str = "ddp") -> 
         by_bound[bound] += t * w.count
         flops += w.flops * w.count
         moved += w.bytes * w.count
-        ops += w.count
+        ops += w.count if w.kind not in ("view", "checkpoint") else 0  # kernels launched
     notes = []
     comm = comm_seconds(sim, hw, gpus, sharding) if gpus > 1 else 0.0
     total = sum(by_phase.values())
@@ -111,7 +115,8 @@ def step_time(sim, hw: Hardware | str, gpus: int = 1, sharding: str = "ddp") -> 
         if sharding == "fsdp":  # gathers prefetched while the previous layer computes
             exposed = max(0.0, comm - total)
         else:
-            exposed = max(0.0, comm - DDP_OVERLAP * by_phase.get("backward", 0.0))
+            backward = by_phase.get("backward", 0.0) + by_phase.get("recompute", 0.0)
+            exposed = max(0.0, comm - DDP_OVERLAP * backward)
         by_phase["communication"] = exposed
         notes.append(f"collectives {comm:.3g} s per step, {exposed:.3g} s not hidden behind compute")
         total += exposed

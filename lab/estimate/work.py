@@ -25,8 +25,10 @@ NO_LAYER = -1
 class Work:
     """Identical ops of the step, `count` times (scaled to the model's full depth)."""
 
-    phase: str  # forward | backward (checkpointing's recomputation included) | optimizer; generation: prefill | decode
-    kind: str  # matmul | attention | dequant | other
+    phase: str  # forward | recompute (checkpointing's) | backward | optimizer; generation: prefill | decode
+    # matmul | attention | dequant | other | view (moves nothing, dispatched all the same) | checkpoint (a detach
+    # of torch.utils.checkpoint's saved-tensor hooks: 2 per saved tensor that needs a gradient)
+    kind: str
     flops: int
     bytes: int
     half: bool  # 16-bit operands (tensor-core peak) rather than fp32
@@ -78,40 +80,52 @@ def _nbytes(t: torch.Tensor) -> int:
         return t.numel() * t.element_size()
 
 
-FREE_OPS = {"aten.detach", "aten.lift_fresh", "aten._local_scalar_dense", "aten.set_", "aten.alias",
+FREE_OPS = {"aten.lift_fresh", "aten._local_scalar_dense", "aten.set_",
             "aten.empty", "aten.empty_strided", "aten.empty_like", "aten.new_empty", "aten.new_empty_strided",
             "aten.is_same_size", "aten.sym_size", "aten.sym_stride", "aten.sym_numel",
-            "aten._has_compatible_shallow_copy_type",
-            "aten._unsafe_view"}  # a view the schema does not flag (reshape's output after its copy): moves nothing
+            "aten._has_compatible_shallow_copy_type"}
+# ops that move nothing but are dispatched like any other: a CPU pays each one, a GPU hides them under its kernels
+VIEW_OPS = {"aten.detach", "aten.alias",
+            "aten._unsafe_view"}  # a view the schema does not flag (reshape's output after its copy)
 
 
-_NAMES: dict = {}  # op -> its name, or None for an op that does no work: decided once per op (str() is slow)
+_NAMES: dict = {}  # op -> (its name, or None for an op not counted; a view?): decided once per op (str() is slow)
 
 
-def _counted_name(func) -> str | None:
+def _counted_name(func) -> tuple[str | None, bool]:
     if func not in _NAMES:
         name = str(func.overloadpacket) if hasattr(func, "overloadpacket") else str(func)
-        free = getattr(func, "is_view", False) or name in FREE_OPS or not name.startswith(("aten.", "bitsandbytes."))
-        _NAMES[func] = None if free else name
+        free = name in FREE_OPS or not name.startswith(("aten.", "bitsandbytes."))
+        _NAMES[func] = (None if free else name, getattr(func, "is_view", False) or name in VIEW_OPS)
     return _NAMES[func]
 
 
 class OpCounter:
     """What `LiveBytes` hands over: each op's FLOPs, bytes and kind, grouped, per phase and layer."""
 
-    def __init__(self) -> None:
+    def __init__(self, checkpointing: bool = False) -> None:
+        self.checkpointing = checkpointing  # a detach in the backward is then checkpointing's hooks' (most are)
         self.rows: Counter = Counter()  # (phase, owner, kind, flops, bytes, half, shape) -> count
         self.stage: str | None = None  # generation: "prefill" | "decode", filed as the phase
 
     def record(self, func, args, kwargs, out, phase: str, owner: int) -> None:
         if phase not in ("forward", "recompute", "backward", "optimizer"):
             return
-        name = _counted_name(func)
+        name, view = _counted_name(func)
         if name is None:
             return
         if name == "bitsandbytes.gemm_4bit" and not self.fused_4bit(args):
             return  # dequantized then F.linear: the inner ops were counted
+        if phase == "backward" and torch.is_grad_enabled():
+            phase = "recompute"  # the engine runs backward with grad off; checkpointing reruns the forward with it on
         phase = self.stage or phase
+        if view:
+            # checkpointing's hooks detach each saved tensor that needs a gradient twice, in the backward (the
+            # backward makes ~17 detaches a layer of its own, priced so too: 10 µs more a layer on this CPU)
+            ckpt = self.checkpointing and name == "aten.detach" and phase in ("backward", "recompute")
+            kind = "checkpoint" if ckpt else "view"
+            self.rows[(phase, owner, kind, 0, 0, False, ())] += 1
+            return
         ins, outs = _tensors((args, kwargs)), _tensors(out)
         moved = sum(_nbytes(t) for t in ins) + sum(_nbytes(t) for t in outs)
         if name == "aten.embedding":  # a gather: reads the rows it looks up (as many bytes as it writes), not the table
