@@ -53,3 +53,28 @@ def other_base_adapter(tmp_path_factory, embedded_dir) -> Path:
 
     other = build_tiny_model(tmp_path_factory.mktemp("other-base"), embedded_dir, hidden_size=32, intermediate_size=64)
     return make_adapter(other, tmp_path_factory.mktemp("other-adapter") / "other", seed=4)
+
+
+def row_lora_logits(loaded, bank, name: str) -> dict[str, torch.Tensor]:
+    """One row-wise forward (lab.generate.mixed_lora) of a base row and an adapter row on the shared model, with what
+    to hold it against: 'base' (plain model), 'adapted' (peft's own forward, adapter on), 'mixed' (the row-wise
+    batch), 'other' (another thread's forward inside the block) and 'after' (the model after the block)."""
+    import threading
+
+    from lab.generate.mixed_lora import row_lora, row_lora_supported
+
+    ids = torch.tensor([[1, 5, 9, 200, 31, 7], [1, 42, 17, 3, 99, 8]])
+    with torch.inference_mode():
+        base = loaded.model(input_ids=ids).logits  # adapter layers are off between generations
+        with bank.adapters_enabled() as peft:
+            peft.set_adapter(name)
+            adapted = peft(input_ids=ids).logits
+        assert row_lora_supported(bank.peft_model, [name])
+        other: list[torch.Tensor] = []
+        with row_lora(bank.peft_model, [None, name]):
+            mixed = loaded.model(input_ids=ids).logits
+            t = threading.Thread(target=lambda: other.append(loaded.model(input_ids=ids).logits))
+            t.start()
+            t.join()
+        after = loaded.model(input_ids=ids).logits
+    return {"base": base, "adapted": adapted, "mixed": mixed, "other": other[0], "after": after}

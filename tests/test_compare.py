@@ -20,7 +20,12 @@ from lab.generate.adapters import base_mismatch, discover_runs, inspect_adapter
 from lab.generate.bank import LOCAL, adapter_bank
 from lab.generate.compare import BASE_COLUMN, SamplingSettings, side_by_side
 from lab.models.loading import load_model
-from tests.fixtures_playground import make_adapter, other_base_adapter, tiny_adapters  # noqa: F401
+from tests.fixtures_playground import (  # noqa: F401
+    make_adapter,
+    other_base_adapter,
+    row_lora_logits,
+    tiny_adapters,
+)
 
 PROMPT = [{"role": "user", "content": "Name three colours of the rainbow."}]
 N = 16
@@ -280,29 +285,14 @@ def test_lora_on_embeddings_falls_back_to_peft_mixed_batches(loaded, tiny_model_
 def test_row_lora_logits_match_peft_and_leave_other_threads_on_the_base(loaded, tiny_adapters):
     """One forward pass: the base row is bit-for-bit the plain base batch, the adapter row matches peft's own
     adapter forward, and a forward from another thread inside the block sees the plain base model."""
-    from lab.generate.mixed_lora import row_lora, row_lora_supported
-
     info = inspect_adapter(str(tiny_adapters["alpha"]))
     bank = adapter_bank(loaded)
-    name = bank.use(LOCAL, [info])["alpha"]  # the bank's peft name for it
-    ids = torch.tensor([[1, 5, 9, 200, 31, 7], [1, 42, 17, 3, 99, 8]])
-    with torch.inference_mode():
-        base = loaded.model(input_ids=ids).logits  # adapter layers are off between generations
-        with bank.adapters_enabled() as peft:
-            peft.set_adapter(name)
-            adapted = peft(input_ids=ids).logits
-        assert row_lora_supported(bank.peft_model, [name])
-        other: list[torch.Tensor] = []
-        with row_lora(bank.peft_model, [None, name]):
-            mixed = loaded.model(input_ids=ids).logits
-            t = threading.Thread(target=lambda: other.append(loaded.model(input_ids=ids).logits))
-            t.start()
-            t.join()
-        after = loaded.model(input_ids=ids).logits
+    r = row_lora_logits(loaded, bank, bank.use(LOCAL, [info])["alpha"])  # the bank's peft name for it
+    base, adapted, mixed = r["base"], r["adapted"], r["mixed"]
     assert torch.equal(mixed[0], base[0])
     torch.testing.assert_close(mixed[1], adapted[1], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(adapted[1], base[1], atol=1e-3)  # the adapter really changes row 1
-    assert torch.equal(other[0], base) and torch.equal(after, base)
+    assert torch.equal(r["other"], base) and torch.equal(r["after"], base)
 
 
 def test_small_batch_linear_matches_f_linear_only_in_its_thread_and_undoes_itself(loaded):

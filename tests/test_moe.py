@@ -225,33 +225,18 @@ def test_row_experts_match_peft_per_row_and_leave_other_threads_on_the_base(tiny
     """One forward pass of a base row and an adapter row through the shared model: the base row is the plain base, the
     adapter row matches peft's own forward with the adapter on (attention and experts), and a
     forward from another thread inside the block sees the plain base."""
-    import threading
-
     from lab.generate.adapters import inspect_adapter
     from lab.generate.bank import LOCAL, adapter_bank
-    from lab.generate.mixed_lora import row_lora, row_lora_supported
     from lab.models.loading import load_model
+    from tests.fixtures_playground import row_lora_logits
 
     loaded = load_model(str(tiny_moe_dir), "fp32")
     bank = adapter_bank(loaded)
-    name = next(iter(bank.use(LOCAL, [inspect_adapter(str(moe_run[0]))]).values()))
-    ids = torch.tensor([[1, 5, 9, 200, 31, 7], [1, 42, 17, 3, 99, 8]])
-    with torch.inference_mode():
-        base = loaded.model(input_ids=ids).logits
-        with bank.adapters_enabled() as peft:
-            peft.set_adapter(name)
-            adapted = peft(input_ids=ids).logits
-        assert row_lora_supported(bank.peft_model, [name])
-        other: list[torch.Tensor] = []
-        with row_lora(bank.peft_model, [None, name]):
-            mixed = loaded.model(input_ids=ids).logits
-            t = threading.Thread(target=lambda: other.append(loaded.model(input_ids=ids).logits))
-            t.start()
-            t.join()
-        after = loaded.model(input_ids=ids).logits
+    r = row_lora_logits(loaded, bank, next(iter(bank.use(LOCAL, [inspect_adapter(str(moe_run[0]))]).values())))
+    base, adapted, mixed = r["base"], r["adapted"], r["mixed"]
     # Which tokens share an expert's matmul depends on every row's routing: float32 rounding, not bits (mixed_lora).
     torch.testing.assert_close(mixed[0], base[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(mixed[1], adapted[1], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(adapted[1], base[1], atol=1e-3)  # the adapter really changes row 1
-    assert torch.equal(other[0], base) and torch.equal(after, base)
+    assert torch.equal(r["other"], base) and torch.equal(r["after"], base)
     assert not any("forward" in vars(m) for m in bank.peft_model.modules())  # every experts forward is back
