@@ -268,7 +268,11 @@ def eta_seconds(s: RunStatus, now: float | None = None) -> float | None:
     last = s.last_log
     if not last or last.get("eta_seconds") is None:
         return None
-    return max(0.0, last["eta_seconds"] - ((now or time.time()) - last.get("time", now or time.time())))
+    now = now or time.time()
+    # an event's time is written rounded to the millisecond: read within that, it can look up to 0.5 ms in the
+    # future, and a countdown must not count up (test_status_words_between_steps_and_who_stopped: 30.000005 > 30)
+    elapsed = max(0.0, now - last.get("time", now))
+    return max(0.0, last["eta_seconds"] - elapsed)
 
 
 def stop_reason(s: RunStatus) -> str | None:
