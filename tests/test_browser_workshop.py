@@ -23,6 +23,7 @@ from tests.browser import (
     start_server,
     wait_idle,
 )
+from tests.conftest import wait_for
 
 pytestmark = [requires_chromium, pytest.mark.browser]
 ADMIN_TOKEN = "instructor-token-for-the-browser-tests-0123"  # public_server's QLORA_LAB_ADMIN_TOKEN
@@ -247,7 +248,8 @@ def test_a_refresh_keeps_the_owner_and_the_instructor_signed_in(browser, public_
         main(p).get_by_role("button", name="Open").click()
         expect(main(p).get_by_text("Sessions", exact=True).first).to_be_visible()
         wait_idle(p)
-        admin = next(c for c in p.context.cookies() if c["name"] == "qlora_lab_admin")
+        # the cookie is set by the page's component after the rerun, not with it: wait for it, as for any app state
+        admin = wait_for(lambda: next((c for c in p.context.cookies() if c["name"] == "qlora_lab_admin"), None))
         assert admin["value"] == admin_digest({"QLORA_LAB_ADMIN_TOKEN": ADMIN_TOKEN}) and admin["sameSite"] == "Strict"
         assert not any(ADMIN_TOKEN in c["value"] for c in p.context.cookies())  # the token itself is never kept
         p.reload()
