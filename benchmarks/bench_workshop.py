@@ -278,7 +278,8 @@ class Person:
             await box.press("Enter")
             await self.idle()
         await self.page.get_by_role("button", name="Train", exact=True).click()
-        status = self.page.get_by_text("FINISHED", exact=False).or_(self.page.get_by_text("FAILED", exact=False))
+        # this session's own run: a fresh tab may first show another run (the newest of the history), ended already
+        status = self.page.get_by_text(re.compile(r"(FINISHED|FAILED) — .*\(your run\)"))
         await self.until(status.first, "the run's end")
         if "FAILED" in await status.first.inner_text():
             self.errors.append(f"session {self.index} train: the run failed")

@@ -132,6 +132,21 @@ def test_the_page_says_when_max_length_or_repetition_defeats_the_run(tiny_model_
     assert not at.error and any("times: it will memorise them" in w.value for w in at.warning)
 
 
+def test_an_adapter_copied_into_runs_is_no_failed_run_on_a_fresh_tab(tmp_path, monkeypatch):
+    """A workshop's demo adapter (adapter_config.json + lab_run.json, no events) in runs/: a fresh Training tab
+    showed it as the current run, "FAILED: the training process never started" (bench_workshop counted it as
+    every training's result). It is an adapter for the Playground, not a run of the history."""
+    monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path))
+    demo = tmp_path / "workshop-demo"
+    demo.mkdir()
+    (demo / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
+    (demo / "lab_run.json").write_text(json.dumps({"name": "workshop-demo", "base_model": {"spec": "embedded"}}))
+    at = AppTest.from_file(PAGE, default_timeout=180).run()
+    assert not at.exception and not at.error
+    assert any("No run yet" in c.value for c in at.caption)
+    assert R.list_runs() == []
+
+
 def test_page_shows_the_launch_command_for_several_gpus(tmp_path, monkeypatch):
     monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path))
     at = AppTest.from_file(PAGE, default_timeout=180).run()

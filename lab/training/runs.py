@@ -454,11 +454,14 @@ def read_run_info(run_dir: Path) -> dict:
 
 
 def list_runs(root: Path | None = None) -> list[RunStatus]:
-    """Every run folder under the runs root (newest first)."""
+    """Every training run under the runs root (newest first): a folder that a run queued, launched or logged
+    into. A folder with only an adapter and lab_run.json (an adapter pulled from the Hub, or the demo adapter
+    an instructor copies in for a workshop) is an adapter for the Playground, not a run: shown here it read
+    "failed: the training process never started" to every fresh Training tab."""
     root = root or runs_dir()
     if not root.is_dir():
         return []
-    markers = (RUN_FILE, EVENTS_FILE, QUEUE_FILE, LAUNCH_FILE)
+    markers = (EVENTS_FILE, QUEUE_FILE, LAUNCH_FILE)
     dirs = [d for d in root.iterdir() if d.is_dir() and not d.is_symlink() and any((d / m).exists() for m in markers)]
     dirs.sort(key=lambda d: d.stat().st_mtime, reverse=True)
     return [watched_status(d) for d in dirs]
