@@ -377,6 +377,7 @@ async def _room(args, url: str, adapter: str, sampler: RssSampler, log: ServerLo
         "error_messages": errors[:20],
         "outputs_match": not mismatches and all(reference.values()),
         "mismatched_sessions": mismatches,
+        "mismatched_columns": {p.index: p.columns for p in people if p.index in mismatches},  # what they read
         "reference_columns": {("with adapter" if k else "base only"): v for k, v in reference.items()},
         "rss_alone_bytes": rss_alone,
         "rss_peak_alone_bytes": rss_peak_alone,
