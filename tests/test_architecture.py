@@ -206,6 +206,35 @@ def test_jamba_simulates_with_the_scan_kernel_and_says_so():
     assert training.by_category["adapters"] > 0 and generation.totals["kv_cache"] > 0
 
 
+def test_wkv_stand_in_makes_the_fallbacks_shapes_and_gradients():
+    """The stand-in for RWKV's WKV kernel (lab.estimate.scan.WKV) returns what transformers' CPU loop returns,
+    on real tensors, state included, and a gradient of each input's shape."""
+    from transformers.models.rwkv.modeling_rwkv import rwkv_linear_attention_cpu
+
+    from lab.estimate.scan import WKV
+
+    b, length, hidden = 2, 5, 8
+    decay, first = torch.rand(hidden, requires_grad=True), torch.rand(hidden, requires_grad=True)
+    key, value = (torch.randn(b, length, hidden, requires_grad=True) for _ in range(2))
+    ref, ref_state = rwkv_linear_attention_cpu(decay, first, key, value, return_state=True)
+    out, state = WKV.apply(decay, first, key, value, None, True)
+    assert (out.shape, out.dtype) == (ref.shape, ref.dtype)
+    assert [s.shape for s in state] == [s.shape for s in ref_state]
+    out.sum().backward()
+    assert all(t.grad is not None and t.grad.shape == t.shape for t in (decay, first, key, value))
+
+
+def test_rwkv_simulates_with_the_wkv_kernel_and_says_so():
+    """rwkv's QLoRA request passed a 300 s limit in bench_architectures (a per-token loop on fake tensors)."""
+    from lab.estimate.scan import RWKV_NOTE
+
+    config = family_config("rwkv", num_hidden_layers=4, hidden_size=64, attention_hidden_size=64,
+                           intermediate_size=128, context_length=1024)
+    training, generation = both_steps(config, "tiny-rwkv")
+    assert RWKV_NOTE in training.notes and training.by_category["adapters"] > 0
+    assert generation.peak_bytes > 0
+
+
 def test_an_error_of_the_labs_own_code_is_not_passed_off_as_a_refusal(monkeypatch):
     """A bug of ours inside a simulated step stays a bug (re-raised, marked internal); the model's own code
     failing is a one-line LabError naming the model type, the step and the library file."""

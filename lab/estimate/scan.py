@@ -1,4 +1,5 @@
-"""Mamba-1's selective scan as it runs on a GPU: mamba-ssm's CUDA kernel, not the per-token loop.
+"""Recurrent scans as they run on a GPU: mamba-ssm's selective-scan kernel and RWKV's WKV kernel, not the
+per-token loops transformers falls back to without them.
 
 transformers' Jamba and Zamba layers call `mamba_selective_scan`, which is
 mamba-ssm's `selective_scan_fn` when that package is installed (the models' cards ask for it to train) and
@@ -11,6 +12,13 @@ the allocations of `selective_scan_cuda.fwd/bwd` in csrc/selective_scan/selectiv
 values: the output and gated output like `delta` and `z`, the chunk states `x` of
 (batch, dim, ceil(L / 2048), 2 · dstate) in A's dtype, contiguous copies of strided inputs, and in the
 backward one gradient per input (dB, dC made in fp32, then cast back).
+
+RWKV's attention (`rwkv_linear_attention`) runs transformers' own `RwkvLinearAttention` autograd function with
+its WKV CUDA kernel when that kernel is loaded (on a GPU with ninja), else a loop over the tokens (minutes on
+fake tensors: rwkv's QLoRA request passed a 300 s limit). `WKV` repeats that function's allocations line by line
+(transformers/models/rwkv/modeling_rwkv.py): the fp32 time decay, contiguous (and, for fp16, fp32) copies of key
+and value, the output the kernel fills, the fp32 state of (batch, hidden, 3), the saved tensors, and in the
+backward one gradient per input, cast back to the input dtype.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ FAMILIES = ("jamba", "zamba")  # Mamba-1 scans outside a fused mamba_inner_fn (M
 NOTE = ("Mamba layers' selective scan is simulated as mamba-ssm's CUDA kernel (what transformers runs when "
         "mamba-ssm is installed); without it transformers' per-token PyTorch loop keeps every token's state "
         "for the backward and needs more memory.")
+RWKV_NOTE = ("RWKV's attention is simulated as its WKV CUDA kernel (what transformers loads on a GPU with ninja); "
+             "without it transformers' per-token loop keeps every token's intermediate tensors for the backward.")
 
 
 def _contiguous(t):
@@ -76,22 +86,70 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     return SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, return_last_state)
 
 
+class WKV(torch.autograd.Function):
+    """transformers' RwkvLinearAttention with its CUDA kernel, allocations only."""
+
+    @staticmethod
+    def forward(ctx, time_decay, time_first, key, value, state=None, return_state=False):
+        batch, _, hidden = key.size()
+        ctx.input_dtype = key.dtype
+        time_decay = -torch.exp(time_decay.float().contiguous())
+        if key.dtype == torch.float16:
+            time_first, key, value = time_first.float(), key.float(), value.float()
+        time_first, key, value = time_first.contiguous(), key.contiguous(), value.contiguous()
+        output = torch.empty_like(key, memory_format=torch.contiguous_format)
+        if return_state or state is not None:
+            if state is None:
+                state = torch.zeros(batch, hidden, 3, dtype=torch.float32, device=key.device)
+            else:
+                state = torch.cat([s.unsqueeze(2) for s in state], dim=2).contiguous()
+        ctx.save_for_backward(time_decay, time_first, key, value, output)
+        if state is not None:
+            state = [s.squeeze(2) for s in torch.chunk(state, 3, dim=2)]
+        return output.to(ctx.input_dtype), state
+
+    @staticmethod
+    def backward(ctx, g_output, g_state=None):
+        time_decay, time_first, key, value, output = ctx.saved_tensors
+        dtype = ctx.input_dtype
+        g_time_decay = torch.empty_like(time_decay, dtype=torch.bfloat16 if dtype == torch.bfloat16 else torch.float32)
+        grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (time_first, key, value)]
+        _ = g_output.float() if dtype == torch.float16 else g_output.contiguous()
+        return g_time_decay.to(dtype), *(g.to(dtype) for g in grads), None, None
+
+
+def wkv(time_decay, time_first, key, value, state=None, return_state=False):
+    """`rwkv_linear_attention`'s signature: the kernel for several tokens, transformers' own code for one (it
+    does the same: one token needs no loop)."""
+    if key.size(1) == 1:
+        from transformers.models.rwkv.modeling_rwkv import rwkv_linear_attention_cpu
+
+        return rwkv_linear_attention_cpu(time_decay, time_first, key, value, state=state, return_state=return_state)
+    return WKV.apply(time_decay, time_first, key, value, state, return_state)
+
+
 @contextmanager
 def scan_paths(device: str, used: list | None = None) -> Iterator[None]:
-    """On the CUDA path, every loaded Mamba-1 model module's `mamba_selective_scan` is `selective_scan` for
-    this thread; `used` gets True appended when it ran (for the simulation's note)."""
+    """On the CUDA path, every loaded Mamba-1 model module's `mamba_selective_scan` is `selective_scan`, and
+    RWKV's `rwkv_linear_attention` is `wkv`, for this thread; `used` gets the note of each that ran (for the
+    simulation's notes)."""
     if device != "cuda":
         yield
         return
 
-    def scan(*args, **kwargs):
-        if used is not None and not used:
-            used.append(True)
-        return selective_scan(*args, **kwargs)
+    def noting(note, fn):
+        def run(*args, **kwargs):
+            if used is not None and note not in used:
+                used.append(note)
+            return fn(*args, **kwargs)
+        return run
 
     with ExitStack() as stack:
         for family in FAMILIES:
             module = sys.modules.get(f"transformers.models.{family}.modeling_{family}")
             if module is not None and hasattr(module, "mamba_selective_scan"):
-                stack.enter_context(for_this_thread(module, "mamba_selective_scan", scan))
+                stack.enter_context(for_this_thread(module, "mamba_selective_scan", noting(NOTE, selective_scan)))
+        rwkv = sys.modules.get("transformers.models.rwkv.modeling_rwkv")
+        if rwkv is not None and hasattr(rwkv, "rwkv_linear_attention"):
+            stack.enter_context(for_this_thread(rwkv, "rwkv_linear_attention", noting(RWKV_NOTE, wkv)))
         yield

@@ -41,7 +41,6 @@ from lab.estimate.recipe import (
     register_model,
     train_step,
 )
-from lab.estimate.scan import NOTE as SCAN_NOTE
 from lab.estimate.scan import scan_paths
 from lab.estimate.tracker import CUDA_BLOCK, NO_LAYER, OVERRIDES, LiveBytes
 from lab.estimate.training import adapter_dtype
@@ -359,8 +358,7 @@ def _result(kind: str, tracker: LiveBytes, full: int, layers: int, recipe, t0: f
     notes = []
     if composed.excluded.get("paged"):
         notes.append(PAGED_HELP)
-    if tracker.kernels:
-        notes.append(SCAN_NOTE)
+    notes += tracker.kernels  # the GPU kernels stood in for (lab.estimate.scan), each with its note
     totals, one_layer = _role_totals(tracker, full, layers)
     return Simulation(kind, composed.peak_bytes, composed.by_category, composed.peak_at, composed.timeline,
                       composed.excluded, _layer_table(tracker), layers, full, round(time.perf_counter() - t0, 3),
@@ -430,6 +428,9 @@ def run_inference(model, mode, recipe: InferenceRecipe, fake: bool = True) -> Li
     tracker = LiveBytes(round_to=CUDA_BLOCK if recipe.device == "cuda" else 1, fake=fake)
     tracker.ops = OpCounter()
     b, n, m = recipe.batch_size, recipe.prompt_tokens, recipe.new_tokens
+    for module in model.modules():  # RWKV rescales some weights in place once, at its first inference forward:
+        if getattr(module, "layers_are_rescaled", None) is False:  # values only (and, at 4 bits, bitsandbytes
+            module.layers_are_rescaled = True  # re-quantizing them, which no fake tensor can): taken as done
     with mode:
         register_model(model, tracker, _weights_only(recipe))
         with device_paths(recipe.device), transformers_mask_paths(), torch.no_grad(), \
