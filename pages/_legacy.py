@@ -13,13 +13,11 @@ def leave_legacy_multipage_mode() -> None:
     until `st.navigation` runs once. If a fresh server's first request is a deep link such as
     /loading_lab, that page would run on its own (no app.py, no shared sidebar, an automatic menu
     listing every file) for the server's whole life. The folder keeps its name (the project's
-    layout names it), so instead: every page calls this first, right after importing streamlit and before
-    any heavy import: it switches to app.py's navigation and reruns; the same URL then resolves through
-    `st.navigation`, and app.py paints "Starting…" before it imports torch and friends (a page that imported
-    them first left a deep link blank for the whole import, ~13 s). app.py calls it too, before that paint:
-    a deep link opened meanwhile then runs app.py and waits for the import, instead of running its page in
-    legacy mode beside it (two threads importing the same modules in different orders: Python handed one of
-    them a half-imported pages._ui)."""
+    layout names it), so instead: every page imports pages/_ui.py, which calls this: it switches to app.py's
+    navigation and reruns; the same URL then resolves through `st.navigation`. app.py calls it too, before it
+    paints "Starting…" and imports the heavy helpers: a deep link opened meanwhile then runs app.py and waits
+    for that import, instead of running its page in legacy mode beside it (two threads importing the same
+    modules in different orders: Python handed one of them a half-imported pages._ui)."""
     from streamlit.runtime.pages_manager import PagesManager
 
     if PagesManager.uses_pages_directory:

@@ -30,8 +30,12 @@ from lab.tasks import BackgroundTask
 from lab.training.queue import QueueWatcher
 from lab.units import fmt_bytes, fmt_count, fmt_seconds
 from pages._cookies import is_admin, owner_token, remember_owner  # noqa: F401  (pages import them from here)
+from pages._legacy import leave_legacy_multipage_mode
 
 log = logging.getLogger("qlora_lab.ui")
+
+
+leave_legacy_multipage_mode()  # every page imports this module: see pages/_legacy.py
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._legacy import leave_legacy_multipage_mode
-
-leave_legacy_multipage_mode()  # before any heavy import: a deep link as a fresh server's first request
-
 from lab.errors import LabError
 from lab.estimate import explain
 from lab.estimate.gpus import (

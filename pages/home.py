@@ -2,10 +2,6 @@
 
 import streamlit as st
 
-from pages._legacy import leave_legacy_multipage_mode
-
-leave_legacy_multipage_mode()  # before any heavy import: a deep link as a fresh server's first request
-
 from lab import policy
 from lab.units import fmt_bytes
 from lab.vocab import COMPUTE, DTYPE_CHOICES

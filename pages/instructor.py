@@ -11,10 +11,6 @@ import time
 
 import streamlit as st
 
-from pages._legacy import leave_legacy_multipage_mode
-
-leave_legacy_multipage_mode()  # before any heavy import: a deep link as a fresh server's first request
-
 from lab import policy
 from lab.serve.admin import admin_digest, check_admin_token, weak_token
 from lab.training import queue as Q

@@ -5,13 +5,8 @@ Thin page: widgets in, lab.inspect.load_report / lab.inspect.quantization calls 
 
 from __future__ import annotations
 
-import streamlit as st
-
-from pages._legacy import leave_legacy_multipage_mode
-
-leave_legacy_multipage_mode()  # before any heavy import: a deep link as a fresh server's first request
-
 import pandas as pd
+import streamlit as st
 
 from lab.environment import device_type
 from lab.inspect.load_report import HELP, LoadFailure, LoadReport, mb, read_results

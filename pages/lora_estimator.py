@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import streamlit as st
-
-from pages._legacy import leave_legacy_multipage_mode
-
-leave_legacy_multipage_mode()  # before any heavy import: a deep link as a fresh server's first request
-
 import plotly.graph_objects as go
+import streamlit as st
 
 from lab.estimate.lora import BIAS_CHOICES, estimate_lora, fused_qkv, packed_param_count, preset_targets
 from lab.units import fmt_bytes, fmt_count

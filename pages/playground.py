@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._legacy import leave_legacy_multipage_mode
-
-leave_legacy_multipage_mode()  # before any heavy import: a deep link as a fresh server's first request
-
 from lab import policy
 from lab.data.datasets import list_datasets, save_upload
 from lab.data.prompts import build_chat_prompt

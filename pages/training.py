@@ -15,10 +15,6 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages._legacy import leave_legacy_multipage_mode
-
-leave_legacy_multipage_mode()  # before any heavy import: a deep link as a fresh server's first request
-
 from lab import policy
 from lab.data import datasets as ds
 from lab.data.prompts import has_chat_template

