@@ -29,7 +29,7 @@ from lab.vocab import PRECISIONS, TARGET_PRESETS, optimizers_for
 from pages._fields import field_input
 from pages._training_history import history_section
 from pages._training_plan import launch_section, memory_section
-from pages._training_run import live_interval, live_panel
+from pages._training_run import current_run, live_interval, live_panel
 from pages._ui import friendly_errors, model_field, owner_token, poll, shared_models, upload_limit_mb
 
 H = TrainConfig.help
@@ -74,7 +74,9 @@ def module_names(spec: str) -> list[str]:
 
 
 st.subheader("Current run")
-st.session_state["train_poll_interval"] = live_interval(R.active_run())
+# the interval of the run the panel will show (the lock holder, else this session's or the newest run): any other
+# run here and the panel, finding its own run's interval "changed", would rerun the page forever
+st.session_state["train_poll_interval"] = live_interval(current_run(R.active_run()))
 poll(live_panel, every=st.session_state["train_poll_interval"])  # always: a run started elsewhere shows up too
 
 # --------------------------------------------------------------------------- configuration

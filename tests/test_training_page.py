@@ -279,3 +279,18 @@ def test_after_a_refresh_an_attendee_can_still_stop_their_own_run(tmp_path, monk
     monkeypatch.setattr(ui, "read_cookie", lambda name: None)  # another browser
     other = AppTest.from_file(PAGE, default_timeout=90).run()
     assert "Stop" not in [b.label for b in other.button]
+
+
+def test_a_live_run_that_holds_no_lock_is_followed_without_rerunning_the_page_forever(tmp_path, monkeypatch,
+                                                                                         fake_training):
+    """A run whose process is alive but holds no training lock (a CLI run that has not taken it yet, or one started
+    elsewhere) is the newest run of the history, so a fresh tab follows it. The page chose its poll interval from
+    the lock holder (none: every 10 s) while the panel wanted its run's (every 5 s), found the interval "changed"
+    and reran the page, again and again: the rest of the page never appeared (AppTest timed out)."""
+    monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path))
+    _fake_run(tmp_path / "cli-run", fake_training.pid, 3, 10)
+    assert R.active_run() is None and R.run_status(tmp_path / "cli-run").active
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception
+    assert any("RUNNING" in m.value and "cli-run" in m.value for m in at.markdown)
+    assert at.button(key="t_train")  # the page below the panel was drawn
