@@ -34,6 +34,7 @@ FAMILIES = {
     "olmoe": dict(num_experts=4, num_experts_per_tok=2),
     "qwen2_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                       shared_expert_intermediate_size=64),
+    "phimoe": dict(num_local_experts=4, num_experts_per_tok=2),
 }
 
 
@@ -108,6 +109,23 @@ def test_narrow_router_gate_is_left_out_of_broad_presets_with_a_note():
     notes = target_notes(arch, "all-linear", 16)
     assert any("shared_expert_gate" in n and "narrower than r=16" in n for n in notes)
     assert DROPOUT_NOTE in notes
+
+
+def test_a_router_that_subclasses_linear_is_left_out_and_qlora_simulates():
+    """PhiMoE's router is an nn.Linear subclass whose forward returns (routing weights, expert indices): 'all-linear'
+    took it, and peft's LoRA layer failed on the tuple ("'tuple' object has no attribute 'dtype'"), so the whole
+    QLoRA request was refused. It is left out of broad presets with a note, and the step simulates."""
+    from lab.estimate.simulate import simulate
+    from lab.estimate.training import TrainingSettings
+
+    arch = architecture_from_config(tiny_config("phimoe"), "phimoe")
+    assert [g.name for g in arch.linears if not g.returns_tensor] == ["router"]
+    assert "router" not in resolve_targets(arch, "all-linear", 4) and "q_proj" in resolve_targets(arch, "all-linear", 4)
+    assert any(n.startswith("router is a router") for n in target_notes(arch, "all-linear", 4))
+    assert estimate_lora(arch, 4, targets="all-linear").trainable_params == peft_trainable(
+        tiny_config("phimoe"), arch, "all-linear", 4)
+    sim = simulate(arch, TrainingSettings(method="qlora", precision="nf4", dtype="bf16", max_length=32, r=4))
+    assert sim.by_category["adapters"] > 0 and sim.peak_bytes > 0
 
 
 def test_qlora_on_moe_simulates_with_dropout_zero():

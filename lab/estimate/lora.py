@@ -196,7 +196,8 @@ def _attention(names: list[str]) -> list[str]:
 
 def left_out(arch: Architecture, preset: str, r: int | None) -> list[tuple[str, str]]:
     """(name, why) for the Linear layers a broad preset leaves out: narrower than r (a router gate
-    `Linear(hidden, 1)`: no rank-r update exists) or refused by peft (Mamba's out_proj)."""
+    `Linear(hidden, 1)`: no rank-r update exists), refused by peft (Mamba's out_proj), or a router that subclasses
+    nn.Linear and returns (weights, indices), which peft's LoRA layer cannot add its update to (PhiMoE's)."""
     if preset not in ("all-linear", "attention-experts"):
         return []
     out = []
@@ -204,6 +205,9 @@ def left_out(arch: Architecture, preset: str, r: int | None) -> list[tuple[str, 
         width = min((min(g.in_features, g.out_features) for g in arch.linears if g.name == name), default=0)
         if peft_refuses(arch, name):
             out.append((name, f"peft does not adapt {name} on {arch.model_type} (Mamba) models"))
+        elif not all(g.returns_tensor for g in arch.linears if g.name == name):
+            out.append((name, f"{name} is a router that returns routing weights and expert indices, not a "
+                              "layer's output (peft's LoRA layer cannot add its update to it)"))
         elif r is not None and width < r:
             out.append((name, f"{name} is narrower than r={r} (min(in, out) = {width})"))
     return out

@@ -35,6 +35,9 @@ class LinearGroup:
     paths: tuple[str, ...]  # full module names, e.g. "model.layers.0.self_attn.q_proj"
     quantized: bool  # would bitsandbytes replace them (default skip rules)?
     tied: bool = False  # weight shared with another module (a tied lm_head)
+    # its forward returns a tensor, so peft's LoRA layer can add its update to it: False for a router that subclasses
+    # nn.Linear and returns (weights, indices) (PhiMoE's, Llama 4's)
+    returns_tensor: bool = True
 
     @property
     def weight_params(self) -> int:
@@ -362,6 +365,24 @@ def _linear_kind(module) -> tuple[bool, bool, bool]:
     return isinstance(module, nn.Linear) or is_conv1d, is_conv1d, type(module) is nn.Linear or is_conv1d
 
 
+def _returns_tensor(module) -> bool:
+    """Does this Linear's forward return a tensor? nn.Linear's does; a subclass with its own (a router that returns
+    routing weights and expert indices) is called once on two rows of zeros on its weight's device (meta while
+    the architecture is read: no compute). A call that fails says nothing, and the layer stays a target."""
+    import torch
+    from torch import nn
+
+    if type(module).forward is nn.Linear.forward:
+        return True
+    w = module.weight
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(2, module.in_features, device=w.device, dtype=w.dtype))
+    except Exception:  # noqa: BLE001 - any failure: unknown, leave it as peft would take it
+        return True
+    return isinstance(out, torch.Tensor)
+
+
 def _linear_groups(model, tied_targets: set[str], not_converted: tuple[str, ...]) -> list[LinearGroup]:
     """Linear layers grouped by (leaf name, fan in, fan out, bias): decoder groups in model order, lm_head last."""
     from transformers.quantizers.quantizers_utils import should_convert_module
@@ -369,6 +390,8 @@ def _linear_groups(model, tied_targets: set[str], not_converted: tuple[str, ...]
     groups: dict[tuple, list[str]] = {}
     group_tied: dict[tuple, bool] = {}
     group_quant: dict[tuple, bool] = {}
+    group_tensor: dict[tuple, bool] = {}
+    tried: dict[type, bool] = {}  # one trial call per Linear subclass
     for mod_name, module in model.named_modules():
         is_linear, is_conv1d, quantizable = _linear_kind(module)
         if not is_linear:
@@ -381,8 +404,11 @@ def _linear_groups(model, tied_targets: set[str], not_converted: tuple[str, ...]
         group_tied[key] = group_tied.get(key, False) or mod_name in tied_targets
         group_quant[key] = (group_quant.get(key, True) and quantizable
                             and should_convert_module(mod_name, list(not_converted)))
+        if type(module) not in tried:
+            tried[type(module)] = is_conv1d or _returns_tensor(module)
+        group_tensor[key] = group_tensor.get(key, True) and tried[type(module)]
     linears = [
-        LinearGroup(leaf, i, o, bias, len(paths), tuple(paths), group_quant[key], group_tied[key])
+        LinearGroup(leaf, i, o, bias, len(paths), tuple(paths), group_quant[key], group_tied[key], group_tensor[key])
         for key, paths in groups.items()
         for (leaf, i, o, bias) in [key]
     ]
