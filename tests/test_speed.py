@@ -129,12 +129,35 @@ def test_checkpointing_files_its_recomputation_and_hooks_and_a_cpu_pays_for_view
     assert count(gc, "backward", "checkpoint") > 0 and not any(w.kind == "checkpoint" for w in plain.work)
     assert count(plain, "forward", "view") > 0
     gpu = get_hardware("T4")
-    assert step_time(gc, gpu).ops == sum(w.count for w in gc.work if w.kind not in ("view", "checkpoint"))
+    assert step_time(gc, gpu).ops == sum(w.count for w in gc.work if w.kind not in ("view", "checkpoint", "module"))
     cpu = replace(gpu, overlapped=False, measured=True, op_seconds=0.0, view_seconds=1e-6, checkpoint_seconds=1e-5)
     view, hook = (next(w for w in gc.work if w.kind == k) for k in ("view", "checkpoint"))
     assert (op_seconds(view, gpu)[0], op_seconds(hook, gpu)[0]) == (0.0, 0.0)
     assert (op_seconds(view, cpu)[0], op_seconds(hook, cpu)[0]) == (1e-6, 1e-5)
     assert probe._checkpoint_seconds(ops=20) > 0 and probe._view_seconds(ops=20) > 0
+
+
+def test_a_cpu_pays_each_module_calls_python_measured_on_a_tiny_sibling():
+    """Every module call of the step is counted (the forward's, and the recomputation's again under checkpointing);
+    a measured CPU pays each the Python per call that a tiny sibling of the model shows beyond its priced ops, a
+    GPU nothing (its queued kernels hide it)."""
+    from dataclasses import replace
+
+    cfg = config()
+    rec = recipe("lora", "fp32", gc=True, device="cpu", batch=1, seq=16, dropout=0.0)
+    sim = simulate_training(cfg, rec)
+    calls = {p: sum(w.count for w in sim.work if w.kind == "module" and w.phase == p) for p in ("forward", "recompute")}
+    layers = cfg.num_hidden_layers
+    assert calls["forward"] > 10 * layers and 0 < calls["recompute"] < calls["forward"]  # the layers, not the head
+    sibling = probe._tiny_sibling(cfg)
+    assert sibling.hidden_size == 64 and sibling.num_hidden_layers == 2 and sibling.model_type == cfg.model_type
+    gpu = get_hardware("T4")
+    cpu = replace(gpu, overlapped=False, measured=True, op_seconds=1e-6, view_seconds=1e-6)
+    per_call = probe._module_seconds(cfg, rec, cpu)
+    assert 0 < per_call < 1e-3  # microseconds, not nothing and not a step
+    module = next(w for w in sim.work if w.kind == "module")
+    assert op_seconds(module, gpu)[0] == 0.0
+    assert op_seconds(module, replace(cpu, module_seconds=per_call))[0] == per_call
 
 
 def test_a_one_thread_probe_and_step_are_timed_in_cpu_seconds(monkeypatch):
@@ -218,11 +241,13 @@ def one_thread():
 @pytest.mark.parametrize("name", list(CHECKS))
 def test_predicted_training_tokens_per_second_here_within_25_percent(embedded_dir, one_thread, name):
     rec = CHECKS[name]
-    sim = simulate_training(resolve_source(str(embedded_dir)).load_config(), rec)
-    hw = probe.probe_cpu(rows=rec.batch_size * rec.max_length, sim=sim)  # back to back with the real steps
+    config = resolve_source(str(embedded_dir)).load_config()
+    sim = simulate_training(config, rec)
+    hw = probe.probe_cpu(rows=rec.batch_size * rec.max_length, sim=sim, config=config, recipe=rec)  # back to back
     predicted = step_time(sim, hw).tokens_per_second
     measured = probe.time_training(str(embedded_dir), rec, steps=2).tokens_per_second
-    print(f"{name}: predicted {predicted:.2f} tokens/s, measured {measured:.2f}")
+    print(f"{name}: predicted {predicted:.2f} tokens/s, measured {measured:.2f} "
+          f" (module Python {hw.module_seconds * 1e6:.1f} µs a call)")
     assert predicted == pytest.approx(measured, rel=0.25)
 
 
@@ -230,11 +255,13 @@ def test_predicted_training_tokens_per_second_here_within_25_percent(embedded_di
 @pytest.mark.embedded
 def test_predicted_generation_tokens_per_second_here_within_25_percent(embedded_dir, one_thread):
     rec = InferenceRecipe("fp32", F32, 1, 32, 16, device="cpu")
-    sim = simulate_inference(resolve_source(str(embedded_dir)).load_config(), rec)
-    hw = probe.probe_cpu(rows=1, sim=sim)  # the prefill's and the decoding's matmul shapes
+    config = resolve_source(str(embedded_dir)).load_config()
+    sim = simulate_inference(config, rec)
+    hw = probe.probe_cpu(rows=1, sim=sim, config=config, recipe=rec)  # the prefill's and the decoding's shapes
     predicted = generation_time(sim, hw).tokens_per_second
     measured = probe.time_generation(str(embedded_dir), rec).tokens_per_second
-    print(f"generation: predicted {predicted:.2f} tokens/s, measured {measured:.2f}")
+    print(f"generation: predicted {predicted:.2f} tokens/s, measured {measured:.2f} "
+          f" (module Python {hw.module_seconds * 1e6:.1f} µs a call)")
     assert predicted == pytest.approx(measured, rel=0.25)
 
 

@@ -37,6 +37,8 @@ class Hardware:
     # torch.utils.checkpoint's Python saved-tensor hooks per detach they make (lab.estimate.probe)
     view_seconds: float = 0.0
     checkpoint_seconds: float = 0.0
+    # probe only: the Python a module's forward runs between its ops, per module call (a tiny sibling of the model)
+    module_seconds: float = 0.0
 
 
 PCIE4 = 25 * G  # PCIe 4.0 x16, about 25 GB/s each way achieved of 32 GB/s

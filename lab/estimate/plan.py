@@ -120,18 +120,20 @@ def predict_run(config: dict, device: str = "cpu", steps: int | None = None, rep
     a GPU of the table by its name, or this CPU (probed now, a few seconds). With `steps`, the run's seconds."""
     from lab.estimate.gpus import get_gpu
     from lab.estimate.hardware import get_hardware
-    from lab.estimate.simulate import simulate
+    from lab.estimate.simulate import resolve_recipe, simulate, transformers_config
     from lab.estimate.training import TrainingSettings
     from lab.models.reader import read_architecture
 
     c = config
     device_kind = "cpu" if device == "cpu" else "cuda"
     settings = TrainingSettings.for_run(c, device_kind)  # through lab.recipe's table, as the run itself
-    sim = simulate(read_architecture(c.get("model", "embedded")), settings, device_kind)
+    arch = read_architecture(c.get("model", "embedded"))
+    sim = simulate(arch, settings, device_kind)
     if device_kind == "cpu":
         from lab.estimate.probe import probe_cpu
 
-        hw = probe_cpu(rows=settings.batch_size * settings.max_length, sim=sim)
+        hw = probe_cpu(rows=settings.batch_size * settings.max_length, sim=sim, config=transformers_config(arch),
+                       recipe=resolve_recipe(arch, settings, device_kind))
     else:
         hw = get_hardware(get_gpu(_gpu_name(device)).name)
     t = step_time(sim, hw)

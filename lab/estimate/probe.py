@@ -7,9 +7,10 @@ The probe and the real step should run back to back: on a shared machine both sl
 
 from __future__ import annotations
 
+import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -147,10 +148,85 @@ def _dequant_rate(precision: str, budget: float = 0.3) -> float:
     return count * w.numel() / _mean_seconds(run, budget)
 
 
-def probe_cpu(rows: int = 256, sim=None, budget: float = 2.0) -> Hardware:
+# A tiny sibling's sizes: its matmuls cost next to nothing, its modules run the same Python as the model's
+TINY_SIZES = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "head_dim": 16, "vocab_size": 256, "moe_intermediate_size": 32}
+
+
+def _tiny_sibling(config, layers: int = 2):
+    """`config` at TINY_SIZES and `layers` layers (only the fields it has), or None where it cannot be shrunk so."""
+    from transformers import AutoConfig
+
+    d = config.to_dict()
+    d.update({k: v for k, v in TINY_SIZES.items() if k in d})
+    d["num_hidden_layers"] = layers
+    for k in ("layer_types", "quantization_config"):
+        d.pop(k, None)  # per-layer lists follow the depth again; a sibling is saved unquantized
+    try:
+        return AutoConfig.for_model(**{**d, "model_type": config.model_type})
+    except Exception:  # noqa: BLE001 - a family whose sizes hang together otherwise: no sibling
+        return None
+
+
+def _module_seconds(config, recipe, hw: Hardware, generation: bool = False, timeout: float = 120.0) -> float:
+    """The Python a module's forward runs between its ops, per module call: what no op prices. A tiny sibling of
+    the model (`_tiny_sibling`) is simulated and run for real under the same recipe; its real step (or
+    generation) takes longer than its priced ops by that Python, which is divided by the module calls of its
+    simulated step. Its matmuls are a few µs, so what is left is the per-call Python of the same modules
+    (peft's LoRA layers, the attention's reshapes and rotary, the decoder layer) that the model runs.
+
+    In a process of its own (`python -m lab.estimate.probe`, a few seconds with its imports): building,
+    initialising and training the sibling draws on torch's global random generator, which a training run or
+    a session that this process serves is using. 0 where no sibling can be built or run."""
+    import pickle
+    import subprocess
+    import sys
+
+    from lab.paths import REPO_ROOT
+
+    job = pickle.dumps((config.to_dict(), recipe, hw, generation, torch.get_num_threads()))
+    try:
+        done = subprocess.run([sys.executable, "-m", "lab.estimate.probe"], input=job, capture_output=True,
+                              cwd=REPO_ROOT, timeout=timeout, check=True)
+        return max(0.0, float(done.stdout.decode().strip().splitlines()[-1]))
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _sibling_seconds(config, recipe, hw: Hardware, generation: bool) -> float:
+    """`_module_seconds`, in this process (the probe's own process)."""
+    from transformers import AutoModelForCausalLM
+
+    from lab.estimate.simulate import simulate_inference, simulate_training
+    from lab.estimate.speed import generation_time, step_time
+
+    tiny = _tiny_sibling(config)
+    if tiny is None:
+        return 0.0
+    with tempfile.TemporaryDirectory(prefix="lab-probe-") as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            AutoModelForCausalLM.from_config(tiny, dtype=torch.float32).save_pretrained(folder)
+            if generation:
+                sim = simulate_inference(tiny, recipe)
+                priced = generation_time(sim, hw).seconds
+                measured = time_generation(folder, recipe, repeats=3).seconds_per_step
+            else:
+                sim = simulate_training(tiny, recipe)
+                priced = step_time(sim, hw).step_seconds
+                measured = time_training(folder, recipe, steps=4).seconds_per_step
+        except Exception:  # noqa: BLE001 - the sibling does not run: price no module Python rather than fail
+            return 0.0
+    per_run = {"decode": recipe.new_tokens} if generation else {}  # one decode step simulated, new_tokens run
+    calls = sum(w.count * per_run.get(w.phase, 1) for w in sim.work if w.kind == "module")
+    return max(0.0, measured - priced) / calls if calls else 0.0
+
+
+def probe_cpu(rows: int = 256, sim=None, budget: float = 2.0, config=None, recipe=None) -> Hardware:
     """This CPU's figures, measured now (a few seconds), for matmuls of `rows` rows (a step's tokens). With
     the simulation `sim` to predict, each of its fp32 matmul shapes is timed itself (about `budget` CPU
-    seconds in all), and so is its 4-bit dequantization if it has any."""
+    seconds in all), and so is its 4-bit dequantization if it has any. With the model's `config` and the
+    `recipe` too, the Python per module call, on a tiny sibling (`_module_seconds`, a second or two)."""
     with torch.no_grad():
         fp32 = _matmul_flops(torch.float32, rows)
         half = _matmul_flops(torch.bfloat16, rows, n=512, budget=0.3, weights_mib=8)
@@ -161,9 +237,12 @@ def probe_cpu(rows: int = 256, sim=None, budget: float = 2.0) -> Hardware:
         deq = _dequant_rate(str(sim.settings.get("precision") or "nf4")) if dequant else 0.0
     view = _view_seconds()
     ckpt = _checkpoint_seconds() if sim and any(w.kind == "checkpoint" for w in sim.work) else 0.0
-    return Hardware(f"this CPU ({torch.get_num_threads()} threads)", half, fp32, bw, 0.0,
-                    "measured by lab.estimate.probe", overlapped=False, measured=True, op_seconds=_op_seconds(),
-                    matmul_rates=rates, dequant_rate=deq, view_seconds=view, checkpoint_seconds=ckpt)
+    hw = Hardware(f"this CPU ({torch.get_num_threads()} threads)", half, fp32, bw, 0.0,
+                  "measured by lab.estimate.probe", overlapped=False, measured=True, op_seconds=_op_seconds(),
+                  matmul_rates=rates, dequant_rate=deq, view_seconds=view, checkpoint_seconds=ckpt)
+    if sim is not None and config is not None and recipe is not None:
+        hw = replace(hw, module_seconds=_module_seconds(config, recipe, hw, generation=sim.kind == "inference"))
+    return hw
 
 
 @dataclass(frozen=True)
@@ -214,3 +293,15 @@ def time_generation(model_dir: str, recipe, repeats: int = 2) -> Timed:  # mean 
     with torch.no_grad():
         mean = _mean_seconds(run, 0.0, repeats)
     return Timed(recipe.batch_size * n / mean, mean, repeats)
+
+
+if __name__ == "__main__":  # _module_seconds' own process: a pickled job on stdin, seconds per module call out
+    import pickle
+    import sys
+
+    from transformers import AutoConfig
+
+    _config, _recipe, _hw, _generation, _threads = pickle.loads(sys.stdin.buffer.read())
+    torch.set_num_threads(_threads)
+    _model_config = AutoConfig.for_model(**_config)
+    print(_sibling_seconds(_model_config, _recipe, _hw, _generation))

@@ -203,6 +203,10 @@ def layer_markers(model, tracker: LiveBytes, step: int, profile_layer: int | Non
     for j, layer in enumerate(layers):
         handles.append(layer.register_forward_pre_hook(pre(j), with_kwargs=True))
         handles.append(layer.register_forward_hook(post(j), with_kwargs=True))
+    if tracker.ops is not None:  # every module call, for the Python a CPU runs between ops (lab.estimate.work)
+        for module in model.modules():
+            handles.append(module.register_forward_pre_hook(
+                lambda module, args: tracker.ops.record_module(tracker.phase, tracker.owner)))
     if profile_layer is not None and profile_layer <= last:
         handles += _module_profiler(layers[profile_layer], tracker)
     try:

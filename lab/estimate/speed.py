@@ -71,10 +71,10 @@ class StepTime:
 
 def op_seconds(w: Work, hw: Hardware) -> tuple[float, str]:
     """Seconds of one op of `w` on `hw` and what bounds it (compute | memory | launch)."""
-    if w.kind in ("view", "checkpoint"):  # nothing moved: what the CPU spends on it, probed; hidden on a GPU
+    if w.kind in ("view", "checkpoint", "module"):  # nothing moved: what the CPU spends on it, probed; a GPU hides it
         if not hw.measured:
             return 0.0, "launch"
-        return (hw.checkpoint_seconds if w.kind == "checkpoint" else hw.view_seconds), "launch"
+        return {"checkpoint": hw.checkpoint_seconds, "module": hw.module_seconds}.get(w.kind, hw.view_seconds), "launch"
     eff_mm, eff_at, eff_mem = (1.0, 1.0, 1.0) if hw.measured else \
         (MATMUL_EFFICIENCY, ATTENTION_EFFICIENCY, MEMORY_EFFICIENCY)
     peak = hw.half_flops if w.half else hw.fp32_flops
@@ -107,7 +107,7 @@ def step_time(sim, hw: Hardware | str, gpus: int = 1, sharding: str = "ddp") -> 
         by_bound[bound] += t * w.count
         flops += w.flops * w.count
         moved += w.bytes * w.count
-        ops += w.count if w.kind not in ("view", "checkpoint") else 0  # kernels launched
+        ops += w.count if w.kind not in ("view", "checkpoint", "module") else 0  # kernels launched
     notes = []
     comm = comm_seconds(sim, hw, gpus, sharding) if gpus > 1 else 0.0
     total = sum(by_phase.values())

@@ -27,7 +27,8 @@ class Work:
 
     phase: str  # forward | recompute (checkpointing's) | backward | optimizer; generation: prefill | decode
     # matmul | attention | dequant | other | view (moves nothing, dispatched all the same) | checkpoint (a detach
-    # of torch.utils.checkpoint's saved-tensor hooks: 2 per saved tensor that needs a gradient)
+    # of torch.utils.checkpoint's saved-tensor hooks: 2 per saved tensor that needs a gradient) | module (a module's
+    # forward called: its Python between the ops, which a CPU pays and a GPU's queued kernels hide)
     kind: str
     flops: int
     bytes: int
@@ -133,6 +134,14 @@ class OpCounter:
         flops, kind = self._flops(func, name, args, kwargs, out, ins)
         half = any(t.dtype in (torch.bfloat16, torch.float16) for t in ins[:2])
         self.rows[(phase, owner, kind, flops, moved, half, _shape(name, kind, ins, outs))] += 1
+
+    def record_module(self, phase: str, owner: int) -> None:
+        """A module's forward is called (in the forward, or again in checkpointing's recomputation)."""
+        if phase not in ("forward", "backward"):
+            return
+        if phase == "backward" and torch.is_grad_enabled():
+            phase = "recompute"
+        self.rows[(self.stage or phase, owner, "module", 0, 0, False, ())] += 1
 
     def _flops(self, func, name, args, kwargs, out, ins) -> tuple[int, str]:
         if "attention" in name:
