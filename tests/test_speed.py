@@ -153,11 +153,30 @@ def test_a_cpu_pays_each_module_calls_python_measured_on_a_tiny_sibling():
     assert sibling.hidden_size == 64 and sibling.num_hidden_layers == 2 and sibling.model_type == cfg.model_type
     gpu = get_hardware("T4")
     cpu = replace(gpu, overlapped=False, measured=True, op_seconds=1e-6, view_seconds=1e-6)
-    per_call = probe._module_seconds(cfg, rec, cpu)
+    per_call = probe._module_seconds(cfg, rec, cpu, fresh=True)
     assert 0 < per_call < 1e-3  # microseconds, not nothing and not a step
     module = next(w for w in sim.work if w.kind == "module")
     assert op_seconds(module, gpu)[0] == 0.0
     assert op_seconds(module, replace(cpu, module_seconds=per_call))[0] == per_call
+
+
+def test_the_siblings_figure_is_kept_per_machine_and_recipe(tmp_path, monkeypatch):
+    """A CPU training run asks for its tokens/s at its start: the sibling's process (seconds of CPU) runs once
+    per machine, libraries, model type and recipe; a fresh probe (the timing tests') measures and keeps nothing."""
+    import subprocess
+
+    monkeypatch.setattr(probe, "_cache_file", lambda: tmp_path / "probe" / "module-python.json")
+    runs = []  # the sibling's process, stood in for: what is kept is the question here, not the figure
+    monkeypatch.setattr(subprocess, "run",
+                        lambda *a, **k: runs.append(a) or subprocess.CompletedProcess(a, 0, b"3e-05\n"))
+    cfg, gpu = config(), get_hardware("T4")
+    rec = recipe("lora", "fp32", device="cpu", batch=1, seq=16, dropout=0.0)
+    assert probe._module_seconds(cfg, rec, gpu, fresh=True) == 3e-05 and not (tmp_path / "probe").exists()
+    assert probe._module_seconds(cfg, rec, gpu) == 3e-05 and len(runs) == 2
+    assert probe._module_seconds(cfg, recipe("lora", "fp32", device="cpu", batch=4, seq=64, dropout=0.0), gpu) == 3e-05
+    assert len(runs) == 2  # another batch and sequence: the same code paths, kept
+    probe._module_seconds(cfg, recipe("lora", "fp32", gc=True, device="cpu", batch=1, seq=16, dropout=0.0), gpu)
+    assert len(runs) == 3  # checkpointing runs other code: measured
 
 
 def test_a_one_thread_probe_and_step_are_timed_in_cpu_seconds(monkeypatch):
@@ -243,7 +262,8 @@ def test_predicted_training_tokens_per_second_here_within_25_percent(embedded_di
     rec = CHECKS[name]
     config = resolve_source(str(embedded_dir)).load_config()
     sim = simulate_training(config, rec)
-    hw = probe.probe_cpu(rows=rec.batch_size * rec.max_length, sim=sim, config=config, recipe=rec)  # back to back
+    hw = probe.probe_cpu(rows=rec.batch_size * rec.max_length, sim=sim, config=config, recipe=rec,
+                         fresh=True)  # back to back with the real steps
     predicted = step_time(sim, hw).tokens_per_second
     measured = probe.time_training(str(embedded_dir), rec, steps=2).tokens_per_second
     print(f"{name}: predicted {predicted:.2f} tokens/s, measured {measured:.2f} "
@@ -257,7 +277,7 @@ def test_predicted_generation_tokens_per_second_here_within_25_percent(embedded_
     rec = InferenceRecipe("fp32", F32, 1, 32, 16, device="cpu")
     config = resolve_source(str(embedded_dir)).load_config()
     sim = simulate_inference(config, rec)
-    hw = probe.probe_cpu(rows=1, sim=sim, config=config, recipe=rec)  # the prefill's and the decoding's shapes
+    hw = probe.probe_cpu(rows=1, sim=sim, config=config, recipe=rec, fresh=True)  # prefill's and decode's shapes
     predicted = generation_time(sim, hw).tokens_per_second
     measured = probe.time_generation(str(embedded_dir), rec).tokens_per_second
     print(f"generation: predicted {predicted:.2f} tokens/s, measured {measured:.2f} "

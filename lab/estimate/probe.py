@@ -168,7 +168,8 @@ def _tiny_sibling(config, layers: int = 2):
         return None
 
 
-def _module_seconds(config, recipe, hw: Hardware, generation: bool = False, timeout: float = 120.0) -> float:
+def _module_seconds(config, recipe, hw: Hardware, generation: bool = False, timeout: float = 120.0,
+                    fresh: bool = False) -> float:
     """The Python a module's forward runs between its ops, per module call: what no op prices. A tiny sibling of
     the model (`_tiny_sibling`) is simulated and run for real under the same recipe; its real step (or
     generation) takes longer than its priced ops by that Python, which is divided by the module calls of its
@@ -177,20 +178,87 @@ def _module_seconds(config, recipe, hw: Hardware, generation: bool = False, time
 
     In a process of its own (`python -m lab.estimate.probe`, a few seconds with its imports): building,
     initialising and training the sibling draws on torch's global random generator, which a training run or
-    a session that this process serves is using. 0 where no sibling can be built or run."""
+    a session that this process serves is using. 0 where no sibling can be built or run.
+
+    That process costs about 8 CPU seconds (its imports are most of it), which a CPU training run would pay at its
+    start for a figure that depends on the code and the machine, not on the run: it is kept per machine, library
+    versions, model type and recipe in the lab's cache folder (`fresh`: measure again and keep nothing, as the
+    timing tests do)."""
     import pickle
     import subprocess
     import sys
 
     from lab.paths import REPO_ROOT
 
+    key = _sibling_key(config, recipe, generation)
+    if not fresh and isinstance(_sibling_cache().get(key), float):
+        return _sibling_cache()[key]
     job = pickle.dumps((config.to_dict(), recipe, hw, generation, torch.get_num_threads()))
     try:
         done = subprocess.run([sys.executable, "-m", "lab.estimate.probe"], input=job, capture_output=True,
                               cwd=REPO_ROOT, timeout=timeout, check=True)
-        return max(0.0, float(done.stdout.decode().strip().splitlines()[-1]))
+        seconds = max(0.0, float(done.stdout.decode().strip().splitlines()[-1]))
     except (subprocess.SubprocessError, OSError, ValueError, IndexError):
         return 0.0
+    if not fresh:
+        _remember(key, seconds)
+    return seconds
+
+
+def _sibling_key(config, recipe, generation: bool) -> str:
+    """What the Python per module call depends on: this CPU, the libraries, the threads, the model's code and the
+    recipe's code paths (not its batch or sequence: the sibling runs the recipe's own)."""
+    import platform
+
+    import peft
+    import transformers
+
+    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
+               platform.processor() or platform.machine())
+    sizes = {"prompt_tokens": 1, "new_tokens": 1} if generation else {"max_length": 1}
+    what = repr(replace(recipe, batch_size=1, **sizes))
+    return (f"{cpu} | python {platform.python_version()} torch {torch.__version__} transformers "
+            f"{transformers.__version__} peft {peft.__version__} | {torch.get_num_threads()} threads | "
+            f"{config.model_type} | {what}")
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read(65536).splitlines()
+    except OSError:  # not Linux
+        return []
+
+
+def _cache_file():
+    from lab.paths import cache_dir
+
+    return cache_dir() / "probe" / "module-python.json"
+
+
+def _sibling_cache() -> dict:
+    import json
+
+    try:
+        data = json.loads(_cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _remember(key: str, seconds: float, most: int = 64) -> None:
+    """Keep `seconds` under `key` (the `most` newest entries: the file stays small on a long-lived server)."""
+    from lab.errors import LabError
+    from lab.files import write_json_atomic
+
+    cache = _sibling_cache()
+    cache.pop(key, None)
+    cache[key] = seconds
+    try:
+        _cache_file().parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(_cache_file(), dict(list(cache.items())[-most:]))
+    except (OSError, LabError):
+        pass  # a read-only cache folder: measured again next time
 
 
 def _sibling_seconds(config, recipe, hw: Hardware, generation: bool) -> float:
@@ -222,11 +290,13 @@ def _sibling_seconds(config, recipe, hw: Hardware, generation: bool) -> float:
     return max(0.0, measured - priced) / calls if calls else 0.0
 
 
-def probe_cpu(rows: int = 256, sim=None, budget: float = 2.0, config=None, recipe=None) -> Hardware:
+def probe_cpu(rows: int = 256, sim=None, budget: float = 2.0, config=None, recipe=None,
+              fresh: bool = False) -> Hardware:
     """This CPU's figures, measured now (a few seconds), for matmuls of `rows` rows (a step's tokens). With
     the simulation `sim` to predict, each of its fp32 matmul shapes is timed itself (about `budget` CPU
     seconds in all), and so is its 4-bit dequantization if it has any. With the model's `config` and the
-    `recipe` too, the Python per module call, on a tiny sibling (`_module_seconds`, a second or two)."""
+    `recipe` too, the Python per module call, on a tiny sibling (`_module_seconds`: kept per machine once
+    measured; `fresh` measures it again)."""
     with torch.no_grad():
         fp32 = _matmul_flops(torch.float32, rows)
         half = _matmul_flops(torch.bfloat16, rows, n=512, budget=0.3, weights_mib=8)
@@ -241,7 +311,8 @@ def probe_cpu(rows: int = 256, sim=None, budget: float = 2.0, config=None, recip
                   "measured by lab.estimate.probe", overlapped=False, measured=True, op_seconds=_op_seconds(),
                   matmul_rates=rates, dequant_rate=deq, view_seconds=view, checkpoint_seconds=ckpt)
     if sim is not None and config is not None and recipe is not None:
-        hw = replace(hw, module_seconds=_module_seconds(config, recipe, hw, generation=sim.kind == "inference"))
+        hw = replace(hw, module_seconds=_module_seconds(config, recipe, hw, generation=sim.kind == "inference",
+                                                        fresh=fresh))
     return hw
 
 
