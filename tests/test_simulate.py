@@ -245,6 +245,16 @@ def test_generation_settings_checked_against_the_context():
         simulate_generation(arch, InferenceSettings(prompt_tokens=2000, new_tokens=100))
 
 
+def test_a_context_of_minus_one_is_no_limit():
+    """XLNet's config writes max_position_embeddings=-1 (relative positions, no fixed context): 512 tokens were
+    refused as "beyond xlnet's context of -1. Use at most -1 tokens"."""
+    from dataclasses import replace
+
+    from lab.estimate.simulate import _check_context
+
+    _check_context(replace(read_architecture("TinyLlama-1.1B"), max_position_embeddings=-1), 512, "The sequence")
+
+
 # --------------------------------------------------------------------------- several GPUs, and the inverse
 def test_multi_gpu_peaks():
     from lab.estimate.parallel import per_gpu_peak, smallest_fitting

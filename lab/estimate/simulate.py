@@ -607,7 +607,7 @@ def _check_positive(label: str, value) -> None:
 
 def _check_context(arch, tokens: int, what: str) -> None:
     limit = arch.max_position_embeddings
-    if limit and tokens > int(limit):
+    if limit and int(limit) > 0 and tokens > int(limit):  # XLNet writes -1: no fixed context
         raise LabError(f"{what} is {tokens:,} tokens, beyond {arch.name}'s context of {int(limit):,} "
                        "(max_position_embeddings).", f"Use at most {int(limit):,} tokens.")
 
