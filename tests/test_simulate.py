@@ -245,6 +245,23 @@ def test_generation_settings_checked_against_the_context():
         simulate_generation(arch, InferenceSettings(prompt_tokens=2000, new_tokens=100))
 
 
+def test_a_model_that_cannot_checkpoint_is_simulated_without_it_and_says_so():
+    """GPT-1 (and XLNet, XLM, JetMoE, ...) has no gradient checkpointing in transformers: QLoRA with the lab's
+    defaults (checkpointing on) was refused with a traceback's last line and "try --loss logits or --attn eager".
+    The step is simulated without checkpointing, as with it off, and a note says why."""
+    from transformers import AutoConfig
+
+    from lab.estimate.simulate import NO_CHECKPOINTING
+    from lab.models.architecture import architecture_from_config
+
+    arch = architecture_from_config(AutoConfig.for_model("openai-gpt", n_layer=2, n_embd=64, n_head=4, vocab_size=256,
+                                                         n_positions=128), "openai-gpt")
+    on = simulate(arch, TrainingSettings(method="lora", max_length=32, gradient_checkpointing=True))
+    off = simulate(arch, TrainingSettings(method="lora", max_length=32, gradient_checkpointing=False))
+    assert on.peak_bytes == off.peak_bytes > 0 and on.work == off.work
+    assert NO_CHECKPOINTING.format(name=arch.name, cls=arch.model_class) in on.notes and not off.notes
+
+
 def test_a_context_of_minus_one_is_no_limit():
     """XLNet's config writes max_position_embeddings=-1 (relative positions, no fixed context): 512 tokens were
     refused as "beyond xlnet's context of -1. Use at most -1 tokens"."""

@@ -600,6 +600,22 @@ def resolve_attention(arch, attn: str | None) -> str:
     return name
 
 
+NO_CHECKPOINTING = ("{name} ({cls}) does not support gradient checkpointing in transformers, so the step is "
+                    "simulated without it (a real run with it on stops at gradient_checkpointing_enable).")
+
+
+def _checkpointable(arch) -> bool:
+    """Does the model class support gradient checkpointing (transformers' `supports_gradient_checkpointing`;
+    GPT-1, XLNet, XLM, JetMoE and a few others do not, and `gradient_checkpointing_enable` raises)?"""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        cls = AutoModelForCausalLM._model_mapping[type(transformers_config(arch))]
+    except KeyError:
+        return True  # let building the model say what is wrong
+    return bool(getattr(cls, "supports_gradient_checkpointing", True))
+
+
 def _check_positive(label: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise LabError(f"The {label} must be a positive integer, got {value!r}.")
@@ -651,8 +667,9 @@ def resolve_recipe(arch, settings, device: str = "cuda") -> Recipe:
         if isinstance(s.r, bool) or not isinstance(s.r, int) or s.r <= 0:
             raise LabError(f"LoRA rank r={s.r!r} is not a positive integer.", "Use r ≥ 1 (typical: 8, 16, 32, 64).")
         targets, parameters = peft_targets(arch, s.targets, s.r)
+    checkpointing = bool(s.gradient_checkpointing) and _checkpointable(arch)  # else off, and simulate() says so
     return Recipe(method, precision.name, dtype.torch_dtype, autocast, DTYPES[adapter].torch_dtype,
-                  bool(s.upcast_for_kbit), bool(s.gradient_checkpointing), optimizer, s.batch_size, s.max_length,
+                  bool(s.upcast_for_kbit), checkpointing, optimizer, s.batch_size, s.max_length,
                   r=s.r, alpha=float(s.alpha or 2 * s.r), dropout=0.0 if parameters else float(s.dropout),
                   targets=targets, use_dora=bool(s.use_dora), attn=attn, device=device,
                   loss=lookup(LOSSES, s.loss, "loss").name, parameters=parameters)
@@ -691,7 +708,10 @@ def transformers_config(arch):
 def simulate(arch, settings, device: str = "cuda") -> Simulation:
     """The simulated training step of `arch` under `settings` (cached by settings)."""
     recipe = resolve_recipe(arch, settings, device)
-    return simulate_training(transformers_config(arch), recipe, name=arch.name)
+    sim = simulate_training(transformers_config(arch), recipe, name=arch.name)
+    if settings.gradient_checkpointing and not recipe.gradient_checkpointing:
+        sim = replace(sim, notes=(*sim.notes, NO_CHECKPOINTING.format(name=arch.name, cls=arch.model_class)))
+    return sim
 
 
 @dataclass(frozen=True)
