@@ -96,6 +96,24 @@ def test_experts_stay_unquantized_in_the_weights_estimate():
     assert comp.params == expert_params and comp.bytes == 2 * expert_params
 
 
+def test_only_an_experts_modules_3d_parameters_are_experts():
+    """Every 3-D parameter outside a convolution was filed as a fused expert: XLNet's attention q, k, v, o, r
+    (d_model × heads × head_dim), RWKV's time_mix, RecurrentGemma's gates, Zamba's Mamba projections, Gemma 3's
+    vision probe. 'all-linear' then handed them to peft's ParamWrapper, which stopped. An expert lives in an
+    experts module (by path or class: GraniteMoE's ParallelExperts); the real MoE families keep theirs."""
+    from transformers import AutoConfig
+
+    xlnet = architecture_from_config(AutoConfig.for_model("xlnet", d_model=64, n_layer=2, n_head=4, d_inner=128,
+                                                          vocab_size=256), "xlnet")
+    assert not expert_groups(xlnet) and not any(t.kind == "expert" for t in xlnet.tensors)
+    assert "q" not in resolve_targets(xlnet, "all-linear", 4)
+    granite = architecture_from_config(AutoConfig.for_model("granitemoe", **TINY, num_local_experts=4,
+                                                            num_experts_per_tok=2), "granitemoe")
+    assert {g.experts for g in expert_groups(granite)} == {4}
+    for model_type in FAMILIES:
+        assert {g.experts for g in expert_groups(architecture_from_config(tiny_config(model_type), model_type))} == {4}
+
+
 def test_active_params_follow_top_k():
     arch = architecture_from_config(tiny_config("mixtral"), "mixtral")
     expert = sum(t.numel for t in arch.tensors if t.kind == "expert")

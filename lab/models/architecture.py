@@ -436,8 +436,11 @@ def _tensors(model, not_converted: tuple[str, ...]) -> list[TensorInfo]:
                 kind = "linear_weight" if pname == "weight" else "linear_bias"
             elif isinstance(module, nn.Embedding):
                 kind = "embedding"
-            elif p.dim() == 3 and not isinstance(module, nn.modules.conv._ConvNd):
-                kind = "expert"  # a fused mixture-of-experts projection (experts × in × out): lab.estimate.experts
+            elif p.dim() == 3 and "expert" in f"{mod_name}.{mtype}".lower():
+                # a fused mixture-of-experts projection (experts × in × out, lab.estimate.experts): in an experts
+                # module by path or class (GraniteMoE's live in block_sparse_moe.input_linear, a ParallelExperts);
+                # XLNet's attention keeps q, k, v as 3-D parameters too, and they are not experts
+                kind = "expert"
             else:
                 kind = "norm" if "norm" in mtype.lower() else "other"
             quantized = quantizable and pname == "weight" and should_convert_module(mod_name, list(not_converted))
