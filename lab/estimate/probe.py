@@ -193,16 +193,23 @@ def _module_seconds(config, recipe, hw: Hardware, generation: bool = False, time
     key = _sibling_key(config, recipe, generation)
     if not fresh and isinstance(_sibling_cache().get(key), float):
         return _sibling_cache()[key]
-    job = pickle.dumps((config.to_dict(), recipe, hw, generation, torch.get_num_threads()))
+    # one thread, timed in CPU seconds (`_clock`): the per-call Python is one thread's work, and a several-thread
+    # sibling timed by the wall clock on a busy machine read 3-6 ms a call (OpenMP threads waiting on each other)
+    job = pickle.dumps((config.to_dict(), recipe, hw, generation, 1))
     try:
         done = subprocess.run([sys.executable, "-m", "lab.estimate.probe"], input=job, capture_output=True,
                               cwd=REPO_ROOT, timeout=timeout, check=True)
         seconds = max(0.0, float(done.stdout.decode().strip().splitlines()[-1]))
     except (subprocess.SubprocessError, OSError, ValueError, IndexError):
         return 0.0
+    if seconds > MAX_MODULE_SECONDS:  # not a module's Python: a disturbed measurement, neither used nor kept
+        return 0.0
     if not fresh:
         _remember(key, seconds)
     return seconds
+
+
+MAX_MODULE_SECONDS = 5e-4  # a module call's Python is tens of µs (25-75 µs measured here); 10x that is not one
 
 
 def _sibling_key(config, recipe, generation: bool) -> str:
@@ -218,7 +225,7 @@ def _sibling_key(config, recipe, generation: bool) -> str:
     sizes = {"prompt_tokens": 1, "new_tokens": 1} if generation else {"max_length": 1}
     what = repr(replace(recipe, batch_size=1, **sizes))
     return (f"{cpu} | python {platform.python_version()} torch {torch.__version__} transformers "
-            f"{transformers.__version__} peft {peft.__version__} | {torch.get_num_threads()} threads | "
+            f"{transformers.__version__} peft {peft.__version__} | one thread | "
             f"{config.model_type} | {what}")
 
 
