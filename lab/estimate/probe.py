@@ -191,11 +191,10 @@ def _module_seconds(config, recipe, hw: Hardware, generation: bool = False, time
     from lab.paths import REPO_ROOT
 
     key = _sibling_key(config, recipe, generation)
-    if not fresh and isinstance(_sibling_cache().get(key), float):
-        return _sibling_cache()[key]
-    # one thread, timed in CPU seconds (`_clock`): the per-call Python is one thread's work, and a several-thread
-    # sibling timed by the wall clock on a busy machine read 3-6 ms a call (OpenMP threads waiting on each other)
-    job = pickle.dumps((config.to_dict(), recipe, hw, generation, 1))
+    kept = None if fresh else _sibling_cache().get(key)
+    if isinstance(kept, float):
+        return kept
+    job = pickle.dumps((config.to_dict(), recipe, hw, generation))
     try:
         done = subprocess.run([sys.executable, "-m", "lab.estimate.probe"], input=job, capture_output=True,
                               cwd=REPO_ROOT, timeout=timeout, check=True)
@@ -213,8 +212,8 @@ MAX_MODULE_SECONDS = 5e-4  # a module call's Python is tens of µs (25-75 µs me
 
 
 def _sibling_key(config, recipe, generation: bool) -> str:
-    """What the Python per module call depends on: this CPU, the libraries, the threads, the model's code and the
-    recipe's code paths (not its batch or sequence: the sibling runs the recipe's own)."""
+    """What the Python per module call depends on: this CPU, the libraries, the model's code and the recipe's code
+    paths, measured on one thread (not its batch or sequence: the sibling runs the recipe's own)."""
     import platform
 
     import peft
@@ -379,7 +378,9 @@ if __name__ == "__main__":  # _module_seconds' own process: a pickled job on std
 
     from transformers import AutoConfig
 
-    _config, _recipe, _hw, _generation, _threads = pickle.loads(sys.stdin.buffer.read())
-    torch.set_num_threads(_threads)
+    _config, _recipe, _hw, _generation = pickle.loads(sys.stdin.buffer.read())
+    # one thread, timed in CPU seconds (`_clock`): the per-call Python is one thread's work, and a several-thread
+    # sibling timed by the wall clock on a busy machine read 3-6 ms a call (OpenMP threads waiting on each other)
+    torch.set_num_threads(1)
     _model_config = AutoConfig.for_model(**_config)
     print(_sibling_seconds(_model_config, _recipe, _hw, _generation))

@@ -583,14 +583,8 @@ def _friendly_errors(config, step: str):
 def resolve_attention(arch, attn: str | None) -> str:
     """`attn` checked against what the model class supports; None = transformers' own pick on a GPU (SDPA
     where the model supports it, eager otherwise: Gemma-2's softcapping has no SDPA path)."""
-    from transformers import AutoModelForCausalLM
-
-    config = transformers_config(arch)
-    try:
-        cls = AutoModelForCausalLM._model_mapping[type(config)]
-        sdpa = bool(getattr(cls, "_supports_sdpa", False))
-    except KeyError:
-        sdpa = True  # let building the model say what is wrong
+    cls = _model_class(arch)
+    sdpa = bool(getattr(cls, "_supports_sdpa", False)) if cls is not None else True  # None: building will say
     if attn is None:
         return "sdpa" if sdpa else "eager"
     name = lookup(ATTENTION, attn, "attention implementation").name
@@ -604,16 +598,20 @@ NO_CHECKPOINTING = ("{name} ({cls}) does not support gradient checkpointing in t
                     "simulated without it (a real run with it on stops at gradient_checkpointing_enable).")
 
 
-def _checkpointable(arch) -> bool:
-    """Does the model class support gradient checkpointing (transformers' `supports_gradient_checkpointing`;
-    GPT-1, XLNet, XLM, JetMoE and a few others do not, and `gradient_checkpointing_enable` raises)?"""
+def _model_class(arch):
+    """transformers' causal-LM class for `arch`, or None where it has none (building the model says what is wrong)."""
     from transformers import AutoModelForCausalLM
 
     try:
-        cls = AutoModelForCausalLM._model_mapping[type(transformers_config(arch))]
+        return AutoModelForCausalLM._model_mapping[type(transformers_config(arch))]
     except KeyError:
-        return True  # let building the model say what is wrong
-    return bool(getattr(cls, "supports_gradient_checkpointing", True))
+        return None
+
+
+def _checkpointable(arch) -> bool:
+    """Does the model class support gradient checkpointing (transformers' `supports_gradient_checkpointing`;
+    GPT-1, XLNet, XLM, JetMoE and a few others do not, and `gradient_checkpointing_enable` raises)?"""
+    return bool(getattr(_model_class(arch), "supports_gradient_checkpointing", True))
 
 
 def _check_positive(label: str, value) -> None:

@@ -69,12 +69,14 @@ class StepTime:
         return d
 
 
+# Work kinds that launch no kernel, each with the probed Hardware field a CPU pays per event
+HOST_ONLY = {"view": "view_seconds", "checkpoint": "checkpoint_seconds", "module": "module_seconds"}
+
+
 def op_seconds(w: Work, hw: Hardware) -> tuple[float, str]:
     """Seconds of one op of `w` on `hw` and what bounds it (compute | memory | launch)."""
-    if w.kind in ("view", "checkpoint", "module"):  # nothing moved: what the CPU spends on it, probed; a GPU hides it
-        if not hw.measured:
-            return 0.0, "launch"
-        return {"checkpoint": hw.checkpoint_seconds, "module": hw.module_seconds}.get(w.kind, hw.view_seconds), "launch"
+    if w.kind in HOST_ONLY:  # nothing moved: what the CPU spends on it, probed; a GPU hides it
+        return (getattr(hw, HOST_ONLY[w.kind]) if hw.measured else 0.0), "launch"
     eff_mm, eff_at, eff_mem = (1.0, 1.0, 1.0) if hw.measured else \
         (MATMUL_EFFICIENCY, ATTENTION_EFFICIENCY, MEMORY_EFFICIENCY)
     peak = hw.half_flops if w.half else hw.fp32_flops
@@ -107,7 +109,7 @@ def step_time(sim, hw: Hardware | str, gpus: int = 1, sharding: str = "ddp") -> 
         by_bound[bound] += t * w.count
         flops += w.flops * w.count
         moved += w.bytes * w.count
-        ops += w.count if w.kind not in ("view", "checkpoint", "module") else 0  # kernels launched
+        ops += w.count if w.kind not in HOST_ONLY else 0  # kernels launched
     notes = []
     comm = comm_seconds(sim, hw, gpus, sharding) if gpus > 1 else 0.0
     total = sum(by_phase.values())

@@ -117,9 +117,7 @@ class OpCounter:
             return
         if name == "bitsandbytes.gemm_4bit" and not self.fused_4bit(args):
             return  # dequantized then F.linear: the inner ops were counted
-        if phase == "backward" and torch.is_grad_enabled():
-            phase = "recompute"  # the engine runs backward with grad off; checkpointing reruns the forward with it on
-        phase = self.stage or phase
+        phase = self._filed(phase)
         if view:
             # checkpointing's hooks detach each saved tensor that needs a gradient twice, in the backward (the
             # backward makes ~17 detaches a layer of its own, priced so too: 10 µs more a layer on this CPU)
@@ -137,11 +135,15 @@ class OpCounter:
 
     def record_module(self, phase: str, owner: int) -> None:
         """A module's forward is called (in the forward, or again in checkpointing's recomputation)."""
-        if phase not in ("forward", "backward"):
-            return
+        if phase in ("forward", "backward"):
+            self.rows[(self._filed(phase), owner, "module", 0, 0, False, ())] += 1
+
+    def _filed(self, phase: str) -> str:
+        """The phase an op or module call is filed under: the engine runs backward with grad off, so one with grad
+        on is checkpointing's rerun forward; generation files everything under its stage (prefill | decode)."""
         if phase == "backward" and torch.is_grad_enabled():
             phase = "recompute"
-        self.rows[(self.stage or phase, owner, "module", 0, 0, False, ())] += 1
+        return self.stage or phase
 
     def _flops(self, func, name, args, kwargs, out, ins) -> tuple[int, str]:
         if "attention" in name:
