@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from lab.errors import LabError
+from lab.errors import Cancelled, LabError
 from lab.estimate import probe
 from lab.estimate.hardware import SPECS, get_hardware
 from lab.estimate.plan import saving_options, speed_report
@@ -163,12 +163,9 @@ def test_a_cpu_pays_each_module_calls_python_measured_on_a_tiny_sibling():
 def test_the_siblings_figure_is_kept_per_machine_and_recipe(tmp_path, monkeypatch):
     """A CPU training run asks for its tokens/s at its start: the sibling's process (seconds of CPU) runs once
     per machine, libraries, model type and recipe; a fresh probe (the timing tests') measures and keeps nothing."""
-    import subprocess
-
     monkeypatch.setattr(probe, "_cache_file", lambda: tmp_path / "probe" / "module-python.json")
     runs = []  # the sibling's process, stood in for: what is kept is the question here, not the figure
-    monkeypatch.setattr(subprocess, "run",
-                        lambda *a, **k: runs.append(a) or subprocess.CompletedProcess(a, 0, b"3e-05\n"))
+    monkeypatch.setattr(probe, "_run_probe_process", lambda job, timeout: runs.append(job) or b"3e-05\n")
     cfg, gpu = config(), get_hardware("T4")
     rec = recipe("lora", "fp32", device="cpu", batch=1, seq=16, dropout=0.0)
     assert probe._module_seconds(cfg, rec, gpu, fresh=True) == 3e-05 and not (tmp_path / "probe").exists()
@@ -177,6 +174,42 @@ def test_the_siblings_figure_is_kept_per_machine_and_recipe(tmp_path, monkeypatc
     assert len(runs) == 2  # another batch and sequence: the same code paths, kept
     probe._module_seconds(cfg, recipe("lora", "fp32", gc=True, device="cpu", batch=1, seq=16, dropout=0.0), gpu)
     assert len(runs) == 3  # checkpointing runs other code: measured
+
+
+def test_a_stopped_probe_ends_at_its_next_measurement_and_kills_the_siblings_process(monkeypatch):
+    """A training run that ends before its CPU probe stops it (lab.training.predicted): the probe raises Cancelled
+    instead of measuring on, and the sibling's process (seconds of imports) is killed, not waited for."""
+    import pickle
+    import subprocess
+    import threading
+
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Cancelled):
+        probe.probe_cpu(rows=16, cancel=stop)
+    started = []
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(probe.subprocess, "Popen", lambda *a, **k: started.append(real_popen(*a, **k)) or started[-1])
+    rec = recipe("lora", "fp32", device="cpu", batch=1, seq=16, dropout=0.0)
+    job = pickle.dumps((config().to_dict(), rec, get_hardware("T4"), False))
+    token = probe._CANCEL.set(stop)
+    try:
+        with pytest.raises(Cancelled):
+            probe._run_probe_process(job, timeout=600)
+    finally:
+        probe._CANCEL.reset(token)
+    assert len(started) == 1 and started[0].returncode == -9  # killed while it imported
+    assert probe._CANCEL.get() is None  # the stop signal stays with the probe that was given it
+
+
+def test_a_run_shorter_than_its_probe_keeps_its_peak_and_says_why_it_has_no_speed(tiny_model_dir):
+    from lab.training.config import default_config
+    from lab.training.predicted import SPEED_NOT_PROBED, Prediction
+
+    cfg = default_config("cpu", model=str(tiny_model_dir), dataset="style", max_steps=2, batch_size=2, max_length=64)
+    result = Prediction(cfg, "cpu").stop()  # the run ended at once: its CPU probe had not measured anything yet
+    assert result["peak_bytes"] == cfg.simulate_memory("cpu").peak_bytes
+    assert result["speed_note"] == SPEED_NOT_PROBED and "tokens_per_second" not in result and "error" not in result
 
 
 def test_a_one_thread_probe_and_step_are_timed_in_cpu_seconds(monkeypatch):

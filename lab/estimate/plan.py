@@ -117,7 +117,8 @@ def saving_options(arch, settings, gpu: str, report=None, cancel=None) -> list[S
 
 def predict_run(config: dict, device: str = "cpu", steps: int | None = None, report=None, cancel=None) -> dict:
     """The time model's tokens/s and step time for a Training-page run (`TrainConfig.to_dict()`) on `device`:
-    a GPU of the table by its name, or this CPU (probed now, a few seconds). With `steps`, the run's seconds."""
+    a GPU of the table by its name, or this CPU (probed now, a few seconds; setting `cancel` stops the probe:
+    `Cancelled`). With `steps`, the run's seconds."""
     from lab.estimate.gpus import get_gpu
     from lab.estimate.hardware import get_hardware
     from lab.estimate.simulate import resolve_recipe, simulate, transformers_config
@@ -133,7 +134,7 @@ def predict_run(config: dict, device: str = "cpu", steps: int | None = None, rep
         from lab.estimate.probe import probe_cpu
 
         hw = probe_cpu(rows=settings.batch_size * settings.max_length, sim=sim, config=transformers_config(arch),
-                       recipe=resolve_recipe(arch, settings, device_kind))
+                       recipe=resolve_recipe(arch, settings, device_kind), cancel=cancel)
     else:
         hw = get_hardware(get_gpu(_gpu_name(device)).name)
     t = step_time(sim, hw)

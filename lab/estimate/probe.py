@@ -7,14 +7,34 @@ The probe and the real step should run back to back: on a shared machine both sl
 
 from __future__ import annotations
 
+import json
+import pickle
+import platform
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 import warnings
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 
 import torch
 
+from lab.errors import Cancelled, LabError
 from lab.estimate.hardware import Hardware
+from lab.files import write_json_atomic
+from lab.paths import REPO_ROOT, cache_dir
+
+# The stop signal of the probe running in this thread (probe_cpu's `cancel`). A context variable, not an argument:
+# a dozen measuring helpers share one loop (`_mean_seconds`), and a new thread starts without it.
+_CANCEL: ContextVar[threading.Event | None] = ContextVar("lab_probe_cancel", default=None)
+
+
+def _check_cancel() -> None:
+    cancel = _CANCEL.get()
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("The CPU probe was stopped before it finished.")
 
 
 def _clock() -> float:
@@ -29,9 +49,11 @@ def _mean_seconds(fn, budget: float = 0.5, least: int = 1) -> float:
     """Mean seconds of `fn` over repeated runs filling `budget` seconds (at least `least` runs), after one
     warm-up. A mean, not the fastest run: on a shared machine the probe and the step it predicts must both
     see the average share of the CPU they get, not the probe a lucky quiet moment."""
+    _check_cancel()
     fn()
     n, t0 = 0, _clock()
     while n < least or _clock() - t0 < budget:
+        _check_cancel()  # between runs: a stopped probe ends within one run of `fn`
         fn()
         n += 1
     return (_clock() - t0) / n
@@ -184,21 +206,14 @@ def _module_seconds(config, recipe, hw: Hardware, generation: bool = False, time
     start for a figure that depends on the code and the machine, not on the run: it is kept per machine, library
     versions, model type and recipe in the lab's cache folder (`fresh`: measure again and keep nothing, as the
     timing tests do)."""
-    import pickle
-    import subprocess
-    import sys
-
-    from lab.paths import REPO_ROOT
-
     key = _sibling_key(config, recipe, generation)
     kept = None if fresh else _sibling_cache().get(key)
     if isinstance(kept, float):
         return kept
     job = pickle.dumps((config.to_dict(), recipe, hw, generation))
     try:
-        done = subprocess.run([sys.executable, "-m", "lab.estimate.probe"], input=job, capture_output=True,
-                              cwd=REPO_ROOT, timeout=timeout, check=True)
-        seconds = max(0.0, float(done.stdout.decode().strip().splitlines()[-1]))
+        out = _run_probe_process(job, timeout)
+        seconds = max(0.0, float(out.decode().strip().splitlines()[-1]))
     except (subprocess.SubprocessError, OSError, ValueError, IndexError):
         return 0.0
     if seconds > MAX_MODULE_SECONDS:  # not a module's Python: a disturbed measurement, neither used nor kept
@@ -208,14 +223,37 @@ def _module_seconds(config, recipe, hw: Hardware, generation: bool = False, time
     return seconds
 
 
+def _run_probe_process(job: bytes, timeout: float, poll: float = 0.25) -> bytes:
+    """The sibling's process (`python -m lab.estimate.probe`) on `job`: its stdout. Killed, and Cancelled
+    raised, as soon as this thread's probe is stopped (a training run that ended waits for nothing)."""
+    proc = subprocess.Popen([sys.executable, "-m", "lab.estimate.probe"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT)
+    deadline, pending = time.monotonic() + timeout, job
+    try:
+        while True:
+            try:  # communicate() may be called again after a timeout: the input is sent once, nothing is lost
+                out, _ = proc.communicate(pending, timeout=poll)
+                break
+            except subprocess.TimeoutExpired:
+                pending = None
+                _check_cancel()
+                if time.monotonic() > deadline:
+                    raise
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, proc.args)
+    return out
+
+
 MAX_MODULE_SECONDS = 5e-4  # a module call's Python is tens of µs (25-75 µs measured here); 10x that is not one
 
 
 def _sibling_key(config, recipe, generation: bool) -> str:
     """What the Python per module call depends on: this CPU, the libraries, the model's code and the recipe's code
     paths, measured on one thread (not its batch or sequence: the sibling runs the recipe's own)."""
-    import platform
-
     import peft
     import transformers
 
@@ -237,14 +275,10 @@ def _cpuinfo() -> list[str]:
 
 
 def _cache_file():
-    from lab.paths import cache_dir
-
     return cache_dir() / "probe" / "module-python.json"
 
 
 def _sibling_cache() -> dict:
-    import json
-
     try:
         data = json.loads(_cache_file().read_text())
     except (OSError, ValueError):
@@ -254,9 +288,6 @@ def _sibling_cache() -> dict:
 
 def _remember(key: str, seconds: float, most: int = 64) -> None:
     """Keep `seconds` under `key` (the `most` newest entries: the file stays small on a long-lived server)."""
-    from lab.errors import LabError
-    from lab.files import write_json_atomic
-
     cache = _sibling_cache()
     cache.pop(key, None)
     cache[key] = seconds
@@ -297,12 +328,20 @@ def _sibling_seconds(config, recipe, hw: Hardware, generation: bool) -> float:
 
 
 def probe_cpu(rows: int = 256, sim=None, budget: float = 2.0, config=None, recipe=None,
-              fresh: bool = False) -> Hardware:
+              fresh: bool = False, cancel: threading.Event | None = None) -> Hardware:
     """This CPU's figures, measured now (a few seconds), for matmuls of `rows` rows (a step's tokens). With
     the simulation `sim` to predict, each of its fp32 matmul shapes is timed itself (about `budget` CPU
     seconds in all), and so is its 4-bit dequantization if it has any. With the model's `config` and the
     `recipe` too, the Python per module call, on a tiny sibling (`_module_seconds`: kept per machine once
-    measured; `fresh` measures it again)."""
+    measured; `fresh` measures it again). Setting `cancel` stops it within one measurement: `Cancelled`."""
+    token = _CANCEL.set(cancel)
+    try:
+        return _probe_cpu(rows, sim, budget, config, recipe, fresh)
+    finally:
+        _CANCEL.reset(token)
+
+
+def _probe_cpu(rows: int, sim, budget: float, config, recipe, fresh: bool) -> Hardware:
     with torch.no_grad():
         fp32 = _matmul_flops(torch.float32, rows)
         half = _matmul_flops(torch.bfloat16, rows, n=512, budget=0.3, weights_mib=8)
@@ -373,9 +412,6 @@ def time_generation(model_dir: str, recipe, repeats: int = 2) -> Timed:  # mean 
 
 
 if __name__ == "__main__":  # _module_seconds' own process: a pickled job on stdin, seconds per module call out
-    import pickle
-    import sys
-
     from transformers import AutoConfig
 
     _config, _recipe, _hw, _generation = pickle.loads(sys.stdin.buffer.read())

@@ -5,9 +5,12 @@
   while the base loads and the trainer is built. The first step waits for the peak only (a second or two);
   the tokens/s joins the record when the run ends (lab_run.json is written at the start and at the end). On a CPU
   that prediction probes the machine for a few seconds (lab.estimate.probe), beside the load and possibly the
-  first steps: waiting for it before the first step would add those seconds to every run's start. The run's end
-  waits for it if it is still probing (a run shorter than the probe): a thread left inside torch at exit aborts
-  the process.
+  first steps: waiting for it before the first step would add those seconds to every run's start. A run that
+  ends while its probe still measures (a run shorter than the probe, ~6 s on a 2-core CPU) stops the probe
+  (`Prediction.stop`, within one measurement) rather than wait for it: the record then has the predicted peak
+  and a `speed_note` instead of tokens/s. Its status is never held back by its own prediction, and the probe's
+  matmuls stop taking the CPU from whatever runs next. (The thread must end before the process does: a thread
+  left inside torch at exit aborts it.)
 - `StepPeak`: the measured figure the simulation predicts, over one real steady-state step (the second: the
   optimizer state exists, as in the simulated step). On CUDA `torch.cuda.max_memory_allocated()` over that
   step; on a CPU the tensors' live bytes, counted by the simulation's own tracker (`LiveBytes`) over the real
@@ -26,7 +29,7 @@ from types import SimpleNamespace
 import torch
 from transformers import TrainerCallback
 
-from lab.errors import LabError
+from lab.errors import Cancelled, LabError
 from lab.estimate.recipe import register_model
 from lab.estimate.tracker import LiveBytes
 from lab.training import events
@@ -37,6 +40,10 @@ COUNTS = {"cuda": "torch.cuda.max_memory_allocated over the step (tensors, CUDA 
                  "(the process's RSS adds Python and its libraries)"}
 
 
+SPEED_NOT_PROBED = ("no tokens/s predicted: the run ended before this CPU's probe did (it measures for a few "
+                    "seconds beside the run's start)")
+
+
 class Prediction:
     """The run's predicted peak, then its tokens/s, computed in a thread from the run's start."""
 
@@ -44,6 +51,7 @@ class Prediction:
         self.cfg, self.device = cfg, device
         self.result: dict = {"batch_size": cfg.batch_size, "max_length": cfg.max_length}
         self._peak_known = threading.Event()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lab-prediction", daemon=True)
         self._thread.start()
 
@@ -54,9 +62,11 @@ class Prediction:
         try:
             self.result["peak_bytes"] = self.cfg.simulate_memory(self.device).peak_bytes
             self._peak_known.set()
-            speed = predict_run(self.cfg.to_dict(), self.device)  # on a CPU: a probe of a few seconds
+            speed = predict_run(self.cfg.to_dict(), self.device, cancel=self._stop)  # a CPU: a probe of seconds
             self.result.update(tokens_per_second=speed["tokens_per_second"], step_seconds=speed["step_seconds"],
                                timed_on=speed["device"])
+        except Cancelled:  # not an error of the prediction: the run was shorter than this CPU's probe
+            self.result["speed_note"] = SPEED_NOT_PROBED
         except LabError as e:  # a model the simulation cannot run: the run goes on, the record says why
             self.result["error"] = str(e)
         except Exception as e:  # a prediction must never fail a run
@@ -69,9 +79,11 @@ class Prediction:
         self._peak_known.wait(timeout)
         return dict(self.result)
 
-    def wait(self, timeout: float | None) -> dict:
-        """Everything known after waiting at most `timeout` seconds (None: until done) for the tokens/s too."""
-        self._thread.join(timeout)
+    def stop(self) -> dict:
+        """The run has ended: everything known, once a probe still measuring has stopped (`speed_note` says so).
+        A simulation still running is waited for (it is not interruptible, and the first step waited for it)."""
+        self._stop.set()
+        self._thread.join()
         return dict(self.result)
 
 

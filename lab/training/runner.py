@@ -273,8 +273,8 @@ def _train_locked(cfg: TrainConfig, source: ModelSource, targets, data: TrainDat
             if not isinstance(e, (LabError, OSError, torch.OutOfMemoryError)):
                 print(traceback.format_exc(), file=sys.stderr, flush=True)  # a bug: every rank shows its traceback
     result = run_result(trainer, callback, info, run_dir, status, error, hint, round(time.time() - started, 2))
-    if prediction is not None:  # with its tokens/s: the probe ends before the process (a thread in torch aborts it)
-        info["prediction"] = prediction.wait(None)
+    if prediction is not None:  # a probe still measuring stops now: the run is not held for its own prediction
+        info["prediction"] = prediction.stop()
     if peak is not None:
         peak.close()
         info["measured_peak"] = like_for_like(cfg, device, peak.to_json())
