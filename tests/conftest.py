@@ -19,6 +19,10 @@ import torch
 # training lock, and a training test on one worker met "Another training is running" from another (-n 4).
 _TEST_HOME = Path(tempfile.mkdtemp(prefix="qlora-lab-tests-"))
 os.environ["QLORA_LAB_RUNS"] = str(_TEST_HOME / "runs")
+# The lab's cache too (the CPU probe keeps its sibling's figure there): a test run writes nothing into the user's
+# ~/.cache/qlora-lab. The embedded model is still found where `make setup` prepared it (lab.models.sources reads
+# the default cache when this one has no copy).
+os.environ["QLORA_LAB_CACHE"] = str(_TEST_HOME / "cache")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # No queue-watcher thread in pytest's own process (AppTest apps): it would outlive its test and start
 # queued runs in later tests' folders. Browser tests' servers (separate processes) turn it back on.
