@@ -5,14 +5,20 @@ the sequence length (eager attention keeps seq² scores). A few simulations at s
 the polynomial; solving it against the GPU's budget (the same verdict as the fit table: peak + CUDA
 context + fragmentation within the card) gives the answer, and one more simulation at that value
 checks it, and one more 2% above checks that it is the largest. If a check fails (the polynomial was
-off), the next value is read off the straight line between the largest value known to fit and the
-smallest known not to, one simulation a step, until the two are 2% apart (at most six simulations
-after the samples). The line, not the middle: the peak is piecewise linear in the batch (the step's
-peak moves from the loss to the layers as the batch grows: SmolLM2 and Qwen2.5 at small batches
-grow ~2/3 as fast as at large ones, so the samples' line overshoots), and two points on the same
-piece give the answer at once — bisection took six simulations where the line takes two. Where a
-piece bends (the rank jumps where bitsandbytes starts paging optimizer state), a line that lands
-on the value known to fit is nudged 2% above it, and one that lands nowhere between is bisected.
+off), the next value is read off a straight line through two simulated points, one simulation a
+step, until the largest value known to fit and the smallest known not to are 2% apart (at most six
+simulations after the samples, so a curve that bends hard may end wider than 2%):
+
+- between those two, the line joining them, kept 2% inside either end: where the peak is straight
+  (piecewise linear in the batch: Qwen2.5-0.5B's peak grows ~2/3 as fast at small batches as at
+  large ones, the step's peak moving from the loss to the layers, so the samples' line overshoots)
+  one check lands on the answer and one more 2% above proves it: bisection took six simulations
+  where the lines take three. An end kept twice in a row pulls the line half as hard (Illinois),
+  so a bending curve does not creep up on the answer from one side;
+- while nothing simulated is known not to fit, at least twice the last stride beyond the largest
+  value that fits, to get past the answer (Qwen2.5-7B's longest sequence on an A10G went up 2% a
+  check until the checks ran out, nine simulations, no value known not to fit; now six, bracketed);
+  a line that says the largest value that fits is the answer checks 2% more.
 """
 
 from __future__ import annotations
@@ -95,23 +101,39 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
 
     def next_value(guess: int | None) -> int:
         step = max(1, lo // 50)
-        if guess is not None and lo <= guess < hi:
-            return min(max(guess, lo + step), hi - 1)  # at least 2% above what fits: is it the largest?
+        if guess is not None and guess >= max(lo, 1):  # (0 with nothing fitting: bisect rather than try 1)
+            if hi > upper and guess <= lo + step:  # the line says `lo` is the answer: is 2% more still fitting?
+                return min(upper, lo + step)
+            if hi > upper:  # nothing known not to fit: at least twice the last stride, to get past the answer
+                fitting = sorted(x for x, p in points if p <= budget)
+                stride = lo - fitting[-2] if len(fitting) > 1 else step
+                return min(upper, max(guess, lo + 2 * stride, lo + step))
+            # 2% inside either end: a line that lands next to one end settles the answer with one check
+            return min(max(guess, lo + step), max(hi - step, lo + step), hi - 1)
         if hi <= upper:
             return (lo + hi) // 2  # bisect between what fits and what does not
         return min(upper, lo + step)  # nothing known to fail yet: is 2% more still fitting?
 
     candidate = next_value(_solve(coefficients, budget, upper))
+    line = dict(points)  # the peaks the lines are drawn through (an end kept twice counts half as far: Illinois)
+    last_fit = None
     for _ in range(MAX_CHECKS):
         if candidate <= lo or lo >= upper or hi - lo <= max(1, lo // 50):
             break
         p = peak(candidate)
         points.append((candidate, p))
-        if gpu_verdict(p, gpu).fits:
+        line[candidate] = p
+        fits = gpu_verdict(p, gpu).fits
+        if fits:
             lo = candidate
         else:
             hi = candidate
-        candidate = next_value(_between(dict(points), lo, hi, budget))
+        if fits == last_fit:  # the same end moved twice: the other, kept, pulls the line half as hard
+            kept = hi if fits else lo
+            if kept in line:
+                line[kept] = budget + (line[kept] - budget) // 2
+        last_fit = fits
+        candidate = next_value(_between(line, lo, hi, budget))
     checked = lo == 0 or any(x == lo for x, _ in points)  # the answer itself was simulated
     return InverseAnswer(knob, lo, gpu.name, budget, upper, sorted(points), coefficients, checked)
 
@@ -129,10 +151,16 @@ def solve_all(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knobs, r
 
 
 def _between(peaks: dict[int, int], lo: int, hi: int, budget: int) -> int | None:
-    """Where the straight line from (lo, its peak) to (hi, its peak) meets `budget`; None without both points."""
-    if lo not in peaks or hi not in peaks or peaks[hi] <= peaks[lo]:
+    """Where a line through two simulated points meets `budget`: the line from `lo` (fits) to `hi` (does not),
+    or, with nothing simulated that does not fit, the line through the two largest values that fit, extended.
+    None without two such points, or where the line does not rise."""
+    if lo not in peaks:
         return None
-    return lo + int((budget - peaks[lo]) * (hi - lo) // (peaks[hi] - peaks[lo]))
+    below = [x for x in peaks if x < lo]
+    a, b = (lo, hi) if hi in peaks else (max(below, default=None), lo)
+    if a is None or peaks[b] <= peaks[a]:
+        return None
+    return a + int((budget - peaks[a]) * (b - a) // (peaks[b] - peaks[a]))
 
 
 def _fit(points: list[tuple[int, int]], degree: int) -> list[float]:
