@@ -323,6 +323,22 @@ def test_inverse_past_every_sample_still_finds_the_largest():
     assert 12_000 * 0.95 <= answer.value <= 12_000
 
 
+@pytest.mark.parametrize("knob", ["batch_size", "max_length", "r"])
+def test_inverse_on_a_card_too_small_for_anything_is_zero_at_once(knob):
+    """Not even the smallest value fits: 0, after the smallest sample and 1 (Qwen3-30B-A3B's bf16 experts overfill
+    an 80 GB card: three zeros took 17 simulations, now 5)."""
+    from lab.estimate.gpus import Gpu
+    from lab.estimate.inverse import SAMPLES, max_fitting
+    from lab.models.architecture import architecture_from_config
+
+    arch = architecture_from_config(config("llama"), "tiny llama")
+    settings = TrainingSettings(method="lora", precision="bf16", max_length=64)
+    answer = max_fitting(arch, settings, Gpu("1 MB", 10**6, cuda=False), knob)
+    assert answer.value == 0 and answer.checked
+    assert [x for x, _ in answer.points] == ([1] if knob == "batch_size" else [1, min(SAMPLES[knob])])
+    assert all(p > 10**6 for _, p in answer.points)
+
+
 def test_a_reused_model_gives_what_a_fresh_one_gives():
     """The fake model is kept between simulations that differ in batch, sequence or optimizer only."""
     from lab.estimate import simulate as sim_module

@@ -4,7 +4,9 @@ Memory is a polynomial in each knob — linear in the batch size and the rank, l
 the sequence length (eager attention keeps seq² scores). A few simulations at spread-out values give
 the polynomial; solving it against the GPU's budget (the same verdict as the fit table: peak + CUDA
 context + fragmentation within the card) gives the answer, and one more simulation at that value
-checks it, and one more 2% above checks that it is the largest. If a check fails (the polynomial was
+checks it, and one more 2% above checks that it is the largest (where the smallest sample does not
+fit, 1 is simulated, and if that does not fit either the answer is 0 at once: Qwen3-30B-A3B's bf16
+experts alone overfill an 80 GB card, which took 17 simulations for three zeros). If a check fails (the polynomial was
 off), the next value is read off a straight line through two simulated points, one simulation a
 step, until the largest value known to fit and the smallest known not to are 2% apart (at most six
 simulations after the samples, so a curve that bends hard may end wider than 2%):
@@ -94,7 +96,14 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
         return simulate(arch, replace(settings, **{knob: int(x)})).peak_bytes
 
     xs = sorted({min(x, upper) for x in SAMPLES[knob]})
-    points = [(x, peak(x)) for x in xs]
+    points = [(xs[0], peak(xs[0]))]
+    if points[0][1] > budget:  # the smallest sample does not fit: does anything? (a MoE's bf16 experts alone may not)
+        if xs[0] > 1:
+            points.insert(0, (1, peak(1)))
+        if points[0][1] > budget:
+            return InverseAnswer(knob, 0, gpu.name, budget, upper, points, [], True)
+    points += [(x, peak(x)) for x in xs[1:]]
+    points.sort()
     coefficients = _fit(points, min(DEGREE[knob], len(points) - 1))
     lo = max((x for x, p in points if p <= budget), default=0)  # known to fit
     hi = min((x for x, p in points if p > budget), default=upper + 1)  # known not to (upper + 1: none yet)
