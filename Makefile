@@ -43,9 +43,9 @@ test: setup-dev
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
-# The edit loop: ruff and the layers, then every test but real browsers, training processes and the embedded model
-# (pytest markers, pyproject.toml). `make test` still runs them all before a push.
-FAST_MARKERS := not browser and not training and not embedded and not timing
+# The edit loop: ruff and the layers, then every test but real browsers, training processes, the embedded model and
+# tests over 1.5 s (pytest markers, pyproject.toml). `make test` still runs them all before a push.
+FAST_MARKERS := not browser and not training and not embedded and not slow and not timing
 # The speed model against this CPU's measured tokens/s (issue 19): a quiet machine only, never in CI.
 test-timing: setup-dev
 	$(PY) -m pytest -m timing -s $(PYTEST_ARGS)

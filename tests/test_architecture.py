@@ -149,6 +149,7 @@ def both_steps(config, name: str):
     return simulate(arch, TrainingSettings(**QLORA)), simulate_generation(arch, inference)
 
 
+@pytest.mark.slow
 def test_zamba2_truncated_keeps_its_hybrid_layer_and_simulates():
     from lab.estimate.simulate import truncated_config
 
@@ -163,6 +164,7 @@ def test_zamba2_truncated_keeps_its_hybrid_layer_and_simulates():
     assert generation.totals["kv_cache"] > 0
 
 
+@pytest.mark.slow
 def test_deepseek_v2_without_top_k_is_read_as_its_checkpoints_and_simulates():
     from lab.models.architecture import config_from_dict
 
@@ -196,6 +198,7 @@ def test_selective_scan_stand_in_makes_the_fallbacks_shapes_and_gradients():
     assert all(t.grad is not None and t.grad.shape == t.shape for t in leaves)
 
 
+@pytest.mark.slow
 def test_jamba_simulates_with_the_scan_kernel_and_says_so():
     from lab.estimate.scan import NOTE
 
@@ -224,6 +227,7 @@ def test_wkv_stand_in_makes_the_fallbacks_shapes_and_gradients():
     assert all(t.grad is not None and t.grad.shape == t.shape for t in (decay, first, key, value))
 
 
+@pytest.mark.slow
 def test_rwkv_simulates_with_the_wkv_kernel_and_says_so():
     """rwkv's QLoRA request passed a 300 s limit in bench_architectures (a per-token loop on fake tensors)."""
     from lab.estimate.scan import RWKV_NOTE

@@ -53,6 +53,7 @@ def reference(model_dir, messages, adapter=None, n=N):
     return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+@pytest.mark.slow
 def test_greedy_columns_equal_plain_transformers_and_peft(loaded, tiny_model_dir, tiny_adapters):
     infos = [inspect_adapter(str(tiny_adapters["alpha"])), inspect_adapter(str(tiny_adapters["beta"]))]
     r = side_by_side(loaded, infos, PROMPT, SamplingSettings(max_new_tokens=N))
@@ -88,6 +89,7 @@ def test_chat_mode_columns_keep_their_own_history(loaded, tiny_model_dir, tiny_a
     assert "And two more?" in r.prompts["alpha"] and "And two more?" not in r.prompts[BASE_COLUMN]
 
 
+@pytest.mark.slow
 def test_dora_falls_back_to_one_after_another(loaded, tiny_model_dir, tiny_adapters):
     infos = [inspect_adapter(str(tiny_adapters["alpha"])), inspect_adapter(str(tiny_adapters["dora"]))]
     assert infos[1].use_dora
@@ -242,6 +244,7 @@ def test_plain_lora_adapters_take_the_row_wise_route(loaded, tiny_adapters):
     assert side_by_side(loaded, [], PROMPT, SamplingSettings(max_new_tokens=2)).route == "plain"
 
 
+@pytest.mark.slow
 def test_several_adapters_with_left_padding_equal_plain_peft(loaded, tiny_model_dir, tiny_adapters, tmp_path):
     """Four columns of different prompt lengths (left padding), adapters of different ranks, a scaling that is
     not a power of two, and an adapter that leaves most layers alone: each column equals its own plain run."""
@@ -269,6 +272,7 @@ def test_dora_next_to_plain_lora_keeps_the_row_wise_batch(loaded, tiny_adapters)
     assert r.route == "row-lora" and r.columns["dora"].batched is False
 
 
+@pytest.mark.slow
 def test_lora_on_embeddings_falls_back_to_peft_mixed_batches(loaded, tiny_model_dir, tiny_adapters, tmp_path):
     emb = make_adapter(
         tiny_model_dir, tmp_path / "emb", seed=9, std=2.0, targets=("embed_tokens", "q_proj", "down_proj")

@@ -39,6 +39,7 @@ def _hammer(stop: threading.Event, errors: list, done: list) -> None:
         errors.append(e)
 
 
+@pytest.mark.slow
 def test_loads_and_generation_beside_bf16_builds_keep_their_dtypes(tiny_model_dir):
     from lab.models.loading import load_model
 
@@ -72,6 +73,7 @@ def test_loads_and_generation_beside_bf16_builds_keep_their_dtypes(tiny_model_di
     assert torch.get_default_dtype() == torch.float32
 
 
+@pytest.mark.slow
 def test_building_never_touches_the_process_default():
     """A thread that watches the default dtype while another builds bf16 models never sees it move."""
     stop, errors, seen, done = threading.Event(), [], set(), []

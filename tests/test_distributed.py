@@ -243,6 +243,7 @@ WITHIN_10 = ("LoRA, FSDP on 2 × RTX 3090, batch 1 × 512", "LoRA, FSDP on 2 × 
 
 
 @pytest.mark.parametrize("what", WITHIN_10)
+@pytest.mark.slow
 def test_published_llama2_7b_fsdp_rows_within_10_percent(what):
     """Answer.AI's FSDP benchmarks (Llama-2-7B on 2 × RTX 3090): peak allocated and peak reserved per GPU."""
     from benchmarks.published_memory import ROWS
@@ -251,6 +252,7 @@ def test_published_llama2_7b_fsdp_rows_within_10_percent(what):
     assert abs(figure - row.published) / row.published < 0.10, (row.what, figure / 2**30, row.published / 2**30)
 
 
+@pytest.mark.slow
 def test_published_70b_qlora_fsdp_fits_two_24gb_cards_only_with_cpu_offload():
     """peft's FSDP + QLoRA guide: Llama-2-70B on two GPUs uses 35.6 GB per GPU without CPU offload (within 10%
     here) — it does not fit a 24 GB card — and 19.6 GB with it, which is how it trains on 2 × 24 GB."""

@@ -59,6 +59,7 @@ def loaded(tiny_model_dir):
     return load_model(str(tiny_model_dir), "fp32")
 
 
+@pytest.mark.slow
 def test_accuracy_and_answers_match_plain_generate(loaded, tiny_model_dir, tiny_adapters, labelled_dir):
     examples = load_examples(str(labelled_dir))
     alpha = inspect_adapter(str(tiny_adapters["alpha"]))

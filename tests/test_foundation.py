@@ -25,6 +25,7 @@ from lab.tasks import BackgroundTask
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_lab_never_imports_streamlit():
     imports = re.compile(r"^\s*(import|from)\s+streamlit\b", re.MULTILINE)
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "lab").rglob("*.py") if imports.search(p.read_text())]
@@ -239,6 +240,7 @@ def test_cli_prepare_json_says_where_the_embedded_model_is(capsys, embedded_dir)
     assert out["path"] == str(embedded_dir) and out["built"] is False  # already prepared: nothing rebuilt
 
 
+@pytest.mark.slow
 def test_cli_bad_input_exits_2():
     proc = subprocess.run(
         [sys.executable, "-m", "lab", "info", "--no-such-flag"], capture_output=True, text=True, cwd=ROOT

@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from lab.training import runs as R
@@ -17,6 +18,7 @@ PAGE = str(ROOT / "pages" / "instructor.py")
 TOKEN = "a-long-instructor-token-for-tests"
 
 
+@pytest.mark.slow
 def test_the_instructor_page_opens_with_the_token_and_controls_the_room(fresh_server, tiny_model_dir, tmp_path,
                                                                        monkeypatch):
     monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path))

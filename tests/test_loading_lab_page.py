@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +48,7 @@ def test_page_renders_with_defaults_and_help_on_every_widget():
     assert _charts(at), "the NF4 histogram of the default model's first q_proj"
 
 
+@pytest.mark.slow
 def test_loading_two_precisions_shows_measured_vs_predicted(tiny_model_dir):
     at = _run_to_completion(_page(), str(tiny_model_dir), ["fp32", "nf4-dq"])
     assert not at.exception and not at.error
@@ -81,6 +83,7 @@ def test_loading_two_precisions_shows_measured_vs_predicted(tiny_model_dir):
     assert at.query_params["precisions"] == "fp32,nf4-dq"
 
 
+@pytest.mark.slow
 def test_unknown_folder_shows_a_clear_error_and_the_page_stays_usable(tmp_path, tiny_model_dir):
     at = _page()
     at.text_input[0].set_value(str(tmp_path / "no-such-model")).run()
@@ -118,6 +121,7 @@ def test_a_catalog_name_gets_one_clear_message():
     assert at.button[0].disabled
 
 
+@pytest.mark.slow
 def test_a_cancelled_run_is_marked_cancelled(tiny_model_dir):
     at = _page()
     at.text_input[0].set_value(str(tiny_model_dir))

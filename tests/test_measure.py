@@ -181,6 +181,7 @@ def test_token_counts_are_labelled_honestly():
     assert describe_tokens(63, 0, 0) == "63 predicted tokens"
 
 
+@pytest.mark.slow
 def test_run_loads_each_precision_in_turn(tiny_model_dir):
     seen = []
     results = run_loading_lab(str(tiny_model_dir), ["fp32", "int8"], quality=NO_QUALITY,
@@ -268,6 +269,7 @@ def test_memory_snapshot_sees_an_allocation():
     assert grown >= 48 * 2**20
 
 
+@pytest.mark.slow
 def test_cli_load_json_has_the_issue_keys(tiny_model_dir):
     out = subprocess.run([sys.executable, "-m", "lab", "load", "--model", str(tiny_model_dir), "--precision", "nf4-dq",
                           "--perplexity-tokens", "32", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -289,6 +291,7 @@ def test_cli_load_json_has_the_issue_keys(tiny_model_dir):
     assert abs(data["predicted_bytes"] - data["measured_bytes"]) / data["measured_bytes"] <= 0.01
 
 
+@pytest.mark.slow
 def test_cli_bad_model_exits_2_with_a_hint(tmp_path):
     out = subprocess.run([sys.executable, "-m", "lab", "load", "--model", str(tmp_path / "missing")], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
@@ -312,6 +315,7 @@ def test_embedded_model_bf16_int8_nf4_match_prediction(embedded_dir):
         free_memory()
 
 
+@pytest.mark.slow
 def test_rss_growth_is_explained_from_the_loads_own_figures(tiny_model_dir):
     """The explanation quotes the report's own numbers, and the anon/file split adds up to the RSS growth."""
     from lab.inspect.load_report import explain_rss
@@ -335,6 +339,7 @@ def test_rss_growth_is_explained_from_the_loads_own_figures(tiny_model_dir):
     assert fmt_bytes(426_000_000) in text and "leftovers" in text
 
 
+@pytest.mark.slow
 def test_progress_moves_within_the_first_precision(tiny_model_dir):
     """Issue 20 papercut 10: the bar no longer sits at 0% until the first precision is over."""
     from lab.inspect.quality import QualityConfig

@@ -222,6 +222,7 @@ def test_formula_errors():
         estimate_weights(arch, "nf4", "fp8")
 
 
+@pytest.mark.slow
 def test_cli_memory_json(capsys):
     import json
 
@@ -318,6 +319,7 @@ def test_cli_memory_bad_input_exits_2(capsys, argv, needle):
     assert err.startswith("error: ") and needle in err and "\n" not in err
 
 
+@pytest.mark.slow
 def test_the_formula_peak_without_the_cuda_context_is_computed_once():
     """The formula's total as max_memory_allocated counts it (no CUDA context): one property that the page's
     table, the CLI and the explanation share."""

@@ -214,6 +214,7 @@ def moe_run(tiny_moe_dir, tmp_path_factory) -> tuple[Path, dict]:
     return run_dir, train(from_args(parser.parse_args([*queued, "--output", str(run_dir)])))
 
 
+@pytest.mark.slow
 def test_tiny_moe_trains_from_the_training_page_on_attention_and_experts(tiny_moe_dir, moe_run):
     """The Training page's run with LoRA on attention and the fused experts (ParamWrapper, lora_dropout 0), and
     plain peft loads what it saved."""
@@ -237,6 +238,7 @@ def test_tiny_moe_trains_from_the_training_page_on_attention_and_experts(tiny_mo
     assert not torch.allclose(before, after)  # the trained experts and attention change the answer
 
 
+@pytest.mark.slow
 def test_playground_puts_the_tiny_moe_adapter_beside_its_base(tiny_moe_dir, moe_run, monkeypatch, tmp_path):
     """The Playground page (AppTest) on the tiny MoE and its trained run: the base column is the base's own greedy
     output, the adapter column plain peft's (PeftModel.from_pretrained on a separately loaded base)."""

@@ -46,6 +46,7 @@ def metrics(at: AppTest) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
 
 
+@pytest.mark.slow
 def test_calculator_reproduces_the_seed_footprints():
     """Llama-3.2-3B's get_memory_footprint() read off the page (two decimals) is the seed tutorial's 12.9 GB fp32,
     3.6 GB int8 and 2.2 GB nf4 (rest in fp16), to the tutorial's one decimal."""
@@ -57,6 +58,7 @@ def test_calculator_reproduces_the_seed_footprints():
         assert abs(float(expected.removesuffix(" GB")) - tutorial) <= 0.05 + 0.005  # each rounded to its own decimals
 
 
+@pytest.mark.slow
 def test_calculator_settings_come_from_the_url():
     at = settle(run_page(CALC, model="Qwen2.5-0.5B", precision="bf16", method="full", batch="2", seq="256",
                          gpu="A100 80 GB"))
@@ -72,6 +74,7 @@ def test_calculator_settings_come_from_the_url():
     assert 'model_id = "Qwen/Qwen2.5-0.5B"' in code and "get_peft_model" not in code  # full: no LoRA
 
 
+@pytest.mark.slow
 def test_calculator_widgets_change_the_numbers():
     at = settle(run_page(CALC, model="SmolLM2-360M", seq="256"))
     before = metrics(at)["Simulated training peak"]
@@ -86,6 +89,7 @@ def test_calculator_widgets_change_the_numbers():
     assert len(at.get("plotly_chart")) >= 3  # weights, formula vs simulated, the timelines
 
 
+@pytest.mark.slow
 def test_calculator_bad_settings_say_why_and_show_no_stale_figures():
     at = settle(run_page(CALC, model="TinyLlama-1.1B", seq="5000"))  # TinyLlama's context: 2,048
     assert not at.exception
@@ -95,6 +99,7 @@ def test_calculator_bad_settings_say_why_and_show_no_stale_figures():
     assert at.number_input(key="r").value == 100000 and any("width" in e.value for e in at.error)
 
 
+@pytest.mark.slow
 def test_calculator_switches_the_method_to_fit_the_precision_and_says_so():
     """Issue 20 papercut 4: QLoRA with a 16-bit base was a red error quoting a CLI flag that hid the multi-GPU and
     inverse sections. The method follows the precision (and the precision a method picked), with a note."""
@@ -115,6 +120,7 @@ def test_calculator_switches_the_method_to_fit_the_precision_and_says_so():
     assert any("Method switched from qlora to lora" in i.value for i in at.info)
 
 
+@pytest.mark.slow
 def test_calculator_answers_first_one_headline_each_detail_in_tabs():
     """Issue 20 papercuts 2 and 3: the answers (weights, simulated peaks, smallest GPU) come first, one figure per
     question; the detail sits in tabs; the QLoRA weights' fp32 upcast is explained beside the weights figure."""
@@ -255,6 +261,7 @@ def test_lora_page_bad_rank_shows_the_cli_message():
     assert at.error[0].value.startswith("No LoRA target modules given.")
 
 
+@pytest.mark.slow
 def test_calculator_inverse_runs_in_the_background():
     at = settle(run_page(CALC, model="SmolLM2-135M", method="lora", precision="bf16", seq="256", inv_gpu="T4 16 GB"))
     at.button[0].click().run()  # "Solve for T4 16 GB"
@@ -275,6 +282,7 @@ def test_calculator_inverse_runs_in_the_background():
     assert shown["max seq len"] == f"{max_fitting(arch, settings, get_gpu('T4'), 'max_length').value:,}"
 
 
+@pytest.mark.slow
 def test_calculator_fsdp_settings_move_the_per_gpu_peak():
     """The multi-GPU tab's FSDP settings reach lab.estimate.parallel: CPU offload on (the lab's launch) by default;
     off, each GPU holds its shard of the model state again."""

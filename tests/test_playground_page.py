@@ -69,6 +69,7 @@ def test_page_renders_with_defaults():
     assert all(w.help for w in [*at.text_input, *at.text_area, *at.number_input, *at.slider, *at.toggle, *at.selectbox])
 
 
+@pytest.mark.slow
 def test_side_by_side_columns_match_plain_generate(tiny_model_dir, tiny_adapters):
     at = open_page(str(tiny_model_dir))
     widget(at.text_area, "Other adapters (one per line)").set_value(f"{tiny_adapters['alpha']}\n/no/such/adapter")
@@ -107,6 +108,7 @@ def test_chat_mode_keeps_each_columns_history(tiny_model_dir, tiny_adapters):
     assert not at.exception
 
 
+@pytest.mark.slow
 def test_bad_input_gets_a_clear_message(tiny_model_dir, other_base_adapter):
     at = open_page(str(tiny_model_dir))
     at = generate(at, "   ")

@@ -285,6 +285,7 @@ CLI_CASES = [
 ]
 
 
+@pytest.mark.slow
 def test_the_cli_in_public_mode_refuses_paths_in_one_line(world):
     env = {**os.environ, "QLORA_LAB_PUBLIC": "1", "QLORA_LAB_RUNS": str(world / "runs"), "HF_HUB_OFFLINE": "1"}
     before = tree(world)

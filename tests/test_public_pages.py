@@ -49,6 +49,7 @@ def test_no_free_text_path_fields_in_public_mode(public, name):
     assert models and all("Hub id…" in s.options and not any("/" in o for o in s.options) for s in models)
 
 
+@pytest.mark.slow
 def test_urls_with_paths_are_refused_on_the_page(public):
     outside = str(public / "outside")
     at = page("calculator", model="Hub id…", source=outside)

@@ -78,6 +78,7 @@ def test_one_copy_per_model_however_many_sessions_ask_at_once(counting_registry,
     assert status.bytes and status.bytes > 0
 
 
+@pytest.mark.slow
 def test_a_model_in_use_is_not_freed(counting_registry, tiny_model_dir, tmp_path):
     spec = str(tiny_model_dir)
     held = counting_registry.acquire(spec, "fp32", owner="alice")
@@ -220,6 +221,7 @@ def test_a_full_queue_refuses_with_the_wait():
 
 
 # ---------------------------------------------------------------------------- sessions on one shared model
+@pytest.mark.slow
 def test_three_sessions_at_once_see_only_their_own_adapters(tiny_model_dir, tiny_adapters):
     shared = SharedModels(RequestLimits())
     spec = str(tiny_model_dir)
@@ -314,6 +316,7 @@ def test_queued_work_runs_in_order_and_cancel_while_queued_ends_the_task(tiny_mo
 
 
 # ---------------------------------------------------------------------------- admission and limits
+@pytest.mark.slow
 def test_a_generation_that_cannot_fit_is_refused_with_what_would(tiny_model_dir):
     free = {"bytes": 10**12}
     shared = SharedModels(RequestLimits(), free_bytes=lambda device: free["bytes"])
@@ -398,6 +401,7 @@ def test_cli_limits_and_compare_over_a_limit(monkeypatch, capsys, tiny_model_dir
     assert rc == 2 and err.startswith("error: Max new tokens 9 is over") and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_the_loading_lab_takes_a_turn_per_precision_and_is_admitted_first(tiny_model_dir):
     from lab.inspect.quality import QualityConfig
 

@@ -60,6 +60,7 @@ def recipe(method="lora", precision="bf16", gc=False, optimizer="adamw_torch", a
     ("llama", recipe("lora", "bf16", loss="logits")),
     ("llama", replace(recipe("lora", "bf16", loss="logits", dropout=0.0), autocast=None)),  # a plain bf16 loop
 ])
+@pytest.mark.slow
 def test_composed_peak_equals_simulating_every_layer(model_type, rec):
     cfg = config(model_type)
     scaled, every = simulate_training(cfg, rec), simulate_training(cfg, rec, every_layer=True)
@@ -70,6 +71,7 @@ def test_composed_peak_equals_simulating_every_layer(model_type, rec):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "nf4-dq", "int8"])
+@pytest.mark.slow
 def test_composed_generation_equals_every_layer(precision):
     cfg, rec = config("llama"), InferenceRecipe(precision, BF16, 2, 100, 50)
     assert simulate_inference(cfg, rec).peak_bytes == simulate_inference(cfg, rec, every_layer=True).peak_bytes
@@ -89,6 +91,7 @@ def tiny_dir(tmp_path_factory, embedded_dir):
     recipe("qlora", "int8", optimizer="sgd", device="cpu", batch=2, seq=48),
     recipe("lora", "fp32", loss="logits", device="cpu", batch=2, seq=48),
 ])
+@pytest.mark.slow
 def test_simulation_matches_the_real_step_within_3_percent(tiny_dir, rec):
     cfg = resolve_source(str(tiny_dir)).load_config()
     result = compare(simulate_training(cfg, rec), measure_real_training(str(tiny_dir), rec))
@@ -121,6 +124,7 @@ def test_embedded_model_generation_matches_within_3_percent(embedded_dir):
     assert abs(result["error_pct"]) <= 3.0, result
 
 
+@pytest.mark.slow
 def test_autocast_off_keeps_fp32_copies_of_the_adapted_inputs():
     """A plain loop on a bf16 model (peft's MetaMathQA benchmark: use_amp=false): peft's fp32 adapters cast
     each adapted layer's input to fp32 and keep it for the backward; under autocast they compute in bf16."""
@@ -143,6 +147,7 @@ def test_autocast_off_keeps_fp32_copies_of_the_adapted_inputs():
 
 
 # --------------------------------------------------------------------------- the recipe is the Training page's
+@pytest.mark.slow
 def test_simulated_weights_are_the_weights_estimate_byte_for_byte():
     arch = read_architecture("SmolLM2-135M")
     for precision in ("nf4", "nf4-dq", "int8", "fp4"):
@@ -179,6 +184,7 @@ def test_fake_model_has_the_truncated_depth_and_tied_weights():
 
 
 # --------------------------------------------------------------------------- what the step shows
+@pytest.mark.slow
 def test_timeline_marks_the_peak_and_paged_state_is_set_apart():
     arch = read_architecture("SmolLM2-135M")
     sim = simulate(arch, TrainingSettings(optimizer="paged_adamw_8bit", max_length=256, r=128))  # B: 1536 × 128 ≥ 1e5
@@ -190,6 +196,7 @@ def test_timeline_marks_the_peak_and_paged_state_is_set_apart():
     assert unpaged.totals["optimizer"] == sim.totals["optimizer"] + sim.excluded["paged"]
 
 
+@pytest.mark.slow
 def test_eager_attention_grows_with_the_square_of_the_sequence():
     arch = read_architecture("SmolLM2-135M")
     base = TrainingSettings(gradient_checkpointing=False, attn="eager", max_length=512)
@@ -231,6 +238,7 @@ def test_sdpa_on_a_model_without_it_is_refused_and_default_falls_back():
     assert resolve_recipe(arch, TrainingSettings()).attn == "eager"
 
 
+@pytest.mark.slow
 def test_absurd_configs_answer_or_refuse():
     with pytest.raises(LabError, match="100,000"):
         architecture_from_config(config(num_hidden_layers=100_000), "deep")
@@ -290,6 +298,7 @@ def test_multi_gpu_peaks():
 
 
 @pytest.mark.parametrize("knob", ["max_length"])  # the quadratic one; the page test solves the batch size
+@pytest.mark.slow
 def test_inverse_answer_fits_and_one_more_does_not(knob):
     from lab.estimate.inverse import max_fitting
 
@@ -303,6 +312,7 @@ def test_inverse_answer_fits_and_one_more_does_not(knob):
     assert not gpu_verdict(simulate(arch, replace(settings, **{knob: over})).peak_bytes, gpu).fits
 
 
+@pytest.mark.slow
 def test_inverse_past_every_sample_still_finds_the_largest():
     """Every sample fits (the answer lies beyond the largest, 8192 tokens) and the tiny model's peak bends the other
     way (it grows more slowly with the sequence as it grows): the search gets past the answer and closes in from
@@ -324,6 +334,7 @@ def test_inverse_past_every_sample_still_finds_the_largest():
 
 
 @pytest.mark.parametrize("knob", ["batch_size", "max_length", "r"])
+@pytest.mark.slow
 def test_inverse_on_a_card_too_small_for_anything_is_zero_at_once(knob):
     """Not even the smallest value fits: 0, after the smallest sample and 1 (Qwen3-30B-A3B's bf16 experts overfill
     an 80 GB card: three zeros took 17 simulations, now 5)."""
@@ -339,6 +350,7 @@ def test_inverse_on_a_card_too_small_for_anything_is_zero_at_once(knob):
     assert all(p > 10**6 for _, p in answer.points)
 
 
+@pytest.mark.slow
 def test_a_reused_model_gives_what_a_fresh_one_gives():
     """The fake model is kept between simulations that differ in batch, sequence or optimizer only."""
     from lab.estimate import simulate as sim_module

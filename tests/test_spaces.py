@@ -28,6 +28,7 @@ def clean_env(monkeypatch):
     return monkeypatch
 
 
+@pytest.mark.slow
 def test_runs_and_caches_go_to_persistent_storage_when_it_exists(clean_env, tmp_path):
     assert paths.persistent_dir() is None  # no Space, no QLORA_LAB_DATA: the laptop defaults
     assert paths.runs_dir() == paths.REPO_ROOT / "runs" and paths.cache_dir() == paths.default_cache_dir()

@@ -38,6 +38,7 @@ def test_matmul_flops_match_the_textbook_count():
     assert _matmul_flops(sim) == pytest.approx(6 * n * 2 * 64, rel=0.02)
 
 
+@pytest.mark.slow
 def test_checkpointing_recomputes_the_forward_and_4bit_dequantizes():
     cfg = config()
     plain = simulate_training(cfg, recipe("lora", "bf16", batch=2, seq=64))
@@ -49,6 +50,7 @@ def test_checkpointing_recomputes_the_forward_and_4bit_dequantizes():
     assert any(w.kind == "dequant" for w in q.work)
 
 
+@pytest.mark.slow
 def test_eager_attention_costs_more_than_sdpa_at_long_sequences():
     cfg = config()
     sdpa = simulate_training(cfg, recipe("lora", "bf16", attn="sdpa", batch=1, seq=1024))
@@ -57,6 +59,7 @@ def test_eager_attention_costs_more_than_sdpa_at_long_sequences():
     assert step_time(eager, "A100 80").step_seconds > step_time(sdpa, "A100 80").step_seconds
 
 
+@pytest.mark.slow
 def test_a_faster_gpu_is_faster_and_more_gpus_add_communication():
     sim = simulate_training(config(), recipe("lora", "bf16", batch=4, seq=256))
     t4, h100 = step_time(sim, "T4"), step_time(sim, "H100")
@@ -86,6 +89,7 @@ def test_speed_report_times_a_planned_run():
         speed_report(sim, "L4", steps=0)
 
 
+@pytest.mark.slow
 def test_saving_options_show_memory_saved_and_time_cost_side_by_side(tiny_model_dir):
     arch = read_architecture(str(tiny_model_dir))
     settings = TrainingSettings(method="lora", batch_size=4, max_length=128, gradient_checkpointing=False)
@@ -96,6 +100,7 @@ def test_saving_options_show_memory_saved_and_time_cost_side_by_side(tiny_model_
     assert gc.saved_bytes > 0 and gc.time_cost > 0  # recomputing the forward costs time
 
 
+@pytest.mark.slow
 def test_a_cpu_step_carries_its_matmul_shapes_and_a_probe_times_each_one():
     """On a CPU the time of a matmul depends on its shape (rows, k, n, layouts), so the op counts keep it and
     a probe's rate for that shape replaces the roofline; 4-bit dequantization is timed per element."""
@@ -116,6 +121,7 @@ def test_a_cpu_step_carries_its_matmul_shapes_and_a_probe_times_each_one():
     assert op_seconds(mm, hw)[0] != op_seconds(mm, fast)[0]  # without a probed rate: the roofline's
 
 
+@pytest.mark.slow
 def test_checkpointing_files_its_recomputation_and_hooks_and_a_cpu_pays_for_views():
     """The recomputed forward is a phase of its own, and checkpointing's saved-tensor hooks (two detaches per
     saved tensor that needs a gradient) are ops a CPU pays at its probed price; views and those hooks cost a
@@ -137,6 +143,7 @@ def test_checkpointing_files_its_recomputation_and_hooks_and_a_cpu_pays_for_view
     assert probe._checkpoint_seconds(ops=20) > 0 and probe._view_seconds(ops=20) > 0
 
 
+@pytest.mark.slow
 def test_a_cpu_pays_each_module_calls_python_measured_on_a_tiny_sibling():
     """Every module call of the step is counted (the forward's, and the recomputation's again under checkpointing);
     a measured CPU pays each the Python per call that a tiny sibling of the model shows beyond its priced ops, a
@@ -202,6 +209,7 @@ def test_a_stopped_probe_ends_at_its_next_measurement_and_kills_the_siblings_pro
     assert probe._CANCEL.get() is None  # the stop signal stays with the probe that was given it
 
 
+@pytest.mark.slow
 def test_a_run_shorter_than_its_probe_keeps_its_peak_and_says_why_it_has_no_speed(tiny_model_dir):
     from lab.training.config import default_config
     from lab.training.predicted import SPEED_NOT_PROBED, Prediction
@@ -238,6 +246,7 @@ def _cli(capsys, *argv) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_cli_json_has_speed_and_cost(capsys):
     r = _cli(capsys, "--model", "SmolLM2-135M", "--train", "qlora", "--gpu", "T4", "--no-inverse",
              "--batch-size", "2", "--seq-len", "128", "--steps", "50")
@@ -248,6 +257,7 @@ def test_cli_json_has_speed_and_cost(capsys):
     assert {c["offer"] for c in r["cost"]} >= {"HF Spaces 'Nvidia T4 - small'"}
 
 
+@pytest.mark.slow
 def test_cli_json_times_a_dataset_and_several_gpus(capsys):
     r = _cli(capsys, "--model", "SmolLM2-135M", "--train", "lora", "--gpu", "A10G", "--no-inverse",
              "--gpus", "2", "--batch-size", "2", "--seq-len", "128", "--dataset", "banking-intents", "--epochs", "2")
@@ -318,6 +328,7 @@ def test_predicted_generation_tokens_per_second_here_within_25_percent(embedded_
     assert predicted == pytest.approx(measured, rel=0.25)
 
 
+@pytest.mark.slow
 def test_simulate_for_an_architecture_carries_work():
     arch = read_architecture("SmolLM2-135M")
     sim = simulate(arch, TrainingSettings(method="lora", batch_size=1, max_length=32))

@@ -96,6 +96,7 @@ def test_page_trains_the_tiny_model_and_shows_history(tiny_model_dir, tmp_path, 
     wait_for(lambda: at.run() and any("offline mode is on" in e.value for e in at.error), timeout=180)
 
 
+@pytest.mark.slow
 def test_memory_of_the_run_comes_from_the_simulation(tiny_model_dir, tmp_path, monkeypatch):
     """The memory expander simulates this run's step on fake tensors (off the script thread): its peak is the
     library's, labelled for people, and the formula beside it counts no CUDA context on a CPU."""

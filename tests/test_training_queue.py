@@ -60,6 +60,7 @@ def queued_by_hand(
 
 
 # --------------------------------------------------------------------------- the lock
+@pytest.mark.slow
 def test_the_lock_is_held_for_a_process_life_and_reports_its_holder(runs):
     assert R.read_lock() is None and R.lock_free()
     R.acquire_lock(runs / "mine")

@@ -19,6 +19,7 @@ from lab.inspect.verify import PEAK, checks, verify
 TOLERANCE = {"training": 1.0, "kv_cache": 3.0, "generation": 10.0}
 
 
+@pytest.mark.slow
 def test_verify_json_rows_agree_within_tolerance(tiny_model_dir, capsys):
     code = main(["verify", "--model", str(tiny_model_dir), "--only", "QLoRA", "--only", "generate", "--json"])
     assert code == 0

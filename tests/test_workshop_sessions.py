@@ -81,6 +81,7 @@ def wait_until(condition, timeout: float = 180) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_three_sessions_keep_their_adapters_and_share_one_model(tiny_model_dir, tiny_adapters):
     model = str(tiny_model_dir)
     alice = attendee(model, str(tiny_adapters["alpha"]))
@@ -123,6 +124,7 @@ def test_three_sessions_keep_their_adapters_and_share_one_model(tiny_model_dir, 
     assert alpha in shown(alice) and shared.registry.load_count == 2  # fp32 + the preload; no reload
 
 
+@pytest.mark.slow
 def test_queued_requests_run_in_order_and_cancel_leaves_the_line(tiny_model_dir):
     model = str(tiny_model_dir)
     shared = shared_models()
