@@ -163,7 +163,23 @@ def test_malformed_rows_refused_or_skipped_from_the_cli(tiny_model_dir, tmp_path
         train(quick(tiny_model_dir, tmp_path, "empty", dataset=str(empty)))
 
 
+@pytest.mark.slow
+def test_the_run_imports_trl_before_its_prediction_thread_starts():
+    """trl's lazy module, first imported from two threads at once (the prediction thread's simulation imports
+    trl.trainer.utils while the main thread builds the trainer), raised "cannot import name 'SFTTrainer' from 'trl'"
+    (3 times in 4 in a two-thread reproduction; once in a loaded suite run). The run's module imports it first."""
+    code = ("import sys, lab.training.runner; "
+            "print(all(m in sys.modules for m in ('trl.trainer.sft_trainer', 'trl.trainer.utils')))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.stdout.strip() == "True", done.stderr[-2000:]
+
+
 # --------------------------------------------------------------------------- process control
+def logging_or_ended(run_dir: Path, pid: int) -> R.RunStatus:
+    """The run's status once it has logged a step or ended: a run that failed at its start fails the test at once,
+    with its process log, rather than after minutes of waiting for a step that will never come."""
+    return wait_for(lambda: (lambda s: s if s.logs or not s.active else None)(R.run_status(run_dir, pid=pid)),
+                    timeout=300)
 @pytest.mark.training
 def test_stop_lock_and_reattach_while_running(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path / "runs"))
@@ -171,8 +187,8 @@ def test_stop_lock_and_reattach_while_running(tiny_model_dir, tmp_path, monkeypa
     args = to_cli_args(quick(tiny_model_dir, tmp_path, max_steps=500, save_steps=1000), exclude=("output",))
     proc = R.start_training(args, run_dir)
     try:
-        wait_for(lambda: R.run_status(run_dir, pid=proc.pid).logs, timeout=300)
-        s = R.run_status(run_dir)
+        s = logging_or_ended(run_dir, proc.pid)
+        assert s.logs, (run_dir / "process.log").read_text()
         assert s.status == "running" and s.pid == proc.pid and s.max_steps == 500
         active = R.active_run()  # what a refreshed page / second tab re-attaches to
         assert active is not None and active.run_dir == run_dir
@@ -200,7 +216,8 @@ def test_sigterm_stops_and_a_killed_process_reads_as_failed(tiny_model_dir, tmp_
     args = to_cli_args(quick(tiny_model_dir, tmp_path, max_steps=500, save_steps=2), exclude=("output",))
     term = R.start_training(args, tmp_path / "runs" / "sigterm")
     try:
-        wait_for(lambda: R.run_status(tmp_path / "runs" / "sigterm").logs)
+        s = logging_or_ended(tmp_path / "runs" / "sigterm", term.pid)
+        assert s.logs, (tmp_path / "runs" / "sigterm" / "process.log").read_text()
         term.send_signal(signal.SIGTERM)
         term.wait(300)
     finally:

@@ -31,6 +31,11 @@ from pathlib import Path
 
 import torch
 
+# At the top, not where the trainer is built: the run's prediction thread (lab.training.predicted) imports
+# trl.trainer.utils while the main thread loads the base, and trl's lazy module, imported from two threads at once,
+# raised "cannot import name 'SFTTrainer' from 'trl'" in the main thread (a loaded suite run, 18:37 UTC 2026-12-06).
+from trl import SFTConfig, SFTTrainer
+
 from lab.data import datasets as ds
 from lab.environment import LIBRARIES, compute_dtype, device_type, library_version
 from lab.errors import LabError
@@ -164,8 +169,6 @@ def warmup_steps(ratio: float) -> float:
 
 
 def sft_config(cfg: TrainConfig, run_dir: Path, device: str, has_eval: bool):
-    from trl import SFTConfig
-
     dtype = compute_dtype(device)
     half = device == "cuda" and cfg.precision != "fp32"
     return SFTConfig(
@@ -338,7 +341,6 @@ def build_trainer(cfg: TrainConfig, source: ModelSource, targets, data: TrainDat
     import datasets
     from datasets import Dataset
     from transformers import PrinterCallback, ProgressCallback, set_seed
-    from trl import SFTTrainer
 
     datasets.disable_progress_bars()
 
