@@ -167,7 +167,7 @@ def test_malformed_rows_refused_or_skipped_from_the_cli(tiny_model_dir, tmp_path
 def test_the_run_imports_trl_before_its_prediction_thread_starts():
     """trl's lazy module, first imported from two threads at once (the prediction thread's simulation imports
     trl.trainer.utils while the main thread builds the trainer), raised "cannot import name 'SFTTrainer' from 'trl'"
-    (3 times in 4 in a two-thread reproduction; once in a loaded suite run). The run's module imports it first."""
+    (4 times in 6 in a two-thread reproduction; once in a loaded suite run). The run's module imports it first."""
     code = ("import sys, lab.training.runner; "
             "print(all(m in sys.modules for m in ('trl.trainer.sft_trainer', 'trl.trainer.utils')))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
