@@ -175,6 +175,7 @@ def test_a_hub_id_being_checked_shows_checking_never_the_previous_error(monkeypa
     assert not at.error and "SmolLM2-135M" in " ".join(c.value for c in at.caption)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", [CALC, LORA])
 def test_every_catalog_model_renders(page):
     at = AppTest.from_file(page, default_timeout=180).run()
@@ -188,6 +189,7 @@ def test_every_catalog_model_renders(page):
         assert metrics(at), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", [CALC, LORA])
 def test_uploaded_config_and_bad_upload(page):
     at = AppTest.from_file(page, default_timeout=180).run()
