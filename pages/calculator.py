@@ -287,6 +287,8 @@ def inverse_tab() -> None:
             col.metric(INVERSE_LABELS.get(k, f"max {k.replace('_', ' ')}"), f"{a.value:,}" if a.value else "none fits",
                        help=INVERSE_KNOBS[k] + f" Simulated at {', '.join(str(x) for x, _ in a.points)}; "
                        + ("confirmed by a simulation." if a.checked else "not confirmed."))
+            if not a.settled:
+                col.caption(a.gap_note())
     elif task_running(INVERSE_TASK):
         poll_task(INVERSE_TASK, _solving, _keep_answers)
     elif st.button(f"Solve for {inv_gpu}", icon=":material/search:",

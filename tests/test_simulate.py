@@ -331,6 +331,31 @@ def test_inverse_past_every_sample_still_finds_the_largest():
     assert gpu_verdict(simulate(arch, replace(settings, max_length=answer.value)).peak_bytes, card).fits
     assert any(p > answer.budget_bytes for _, p in answer.points)  # a value known not to fit: the answer is bracketed
     assert 12_000 * 0.95 <= answer.value <= 12_000
+    # the curve bends hard (its slope falls off past 8,192 tokens): the checks run out 6% apart, and the answer says so
+    assert answer.above is not None and answer.value < answer.above
+    assert answer.settled == (answer.above <= answer.value * 1.02 + 1)
+    assert answer.settled or answer.gap_note().startswith(f"at least {answer.value:,}: {answer.above:,} does not fit")
+
+
+@pytest.mark.slow
+def test_an_inverse_search_out_of_checks_says_what_it_left_open(monkeypatch):
+    """With no checks left after the samples (a curve that bends hard can use them all up), the answer is the largest
+    sample that fits, and it says it is not settled and which value did not fit, instead of passing for the largest."""
+    from lab.estimate import inverse
+    from lab.estimate.gpus import Gpu
+    from lab.models.architecture import architecture_from_config
+
+    arch = architecture_from_config(config("llama", max_position_embeddings=65_536), "tiny llama")
+    settings = TrainingSettings(method="lora", precision="bf16", max_length=512, gradient_checkpointing=True)
+    card = Gpu("RAM that holds 3,000 tokens", simulate(arch, replace(settings, max_length=3_000)).peak_bytes,
+               cuda=False)
+    monkeypatch.setattr(inverse, "MAX_CHECKS", 0)
+    cut_short = inverse.max_fitting(arch, settings, card, "max_length")
+    assert (cut_short.value, cut_short.above, cut_short.settled) == (2048, 8192, False)
+    assert cut_short.gap_note().startswith("at least 2,048: 8,192 does not fit")
+    monkeypatch.undo()
+    answer = inverse.max_fitting(arch, settings, card, "max_length")
+    assert answer.settled and 2048 < answer.value <= 3_000 < answer.above and answer.gap_note() == ""
 
 
 @pytest.mark.parametrize("knob", ["batch_size", "max_length", "r"])

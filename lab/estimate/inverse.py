@@ -9,7 +9,8 @@ fit, 1 is simulated, and if that does not fit either the answer is 0 at once: Qw
 experts alone overfill an 80 GB card, which took 17 simulations for three zeros). If a check fails (the polynomial was
 off), the next value is read off a straight line through two simulated points, one simulation a
 step, until the largest value known to fit and the smallest known not to are 2% apart (at most six
-simulations after the samples, so a curve that bends hard may end wider than 2%):
+simulations after the samples, so a curve that bends hard may end wider than 2%: the answer then says so,
+`settled` False and `above` the smallest value known not to fit):
 
 - between those two, the line joining them, kept 2% inside either end: where the peak is straight
   (piecewise linear in the batch: Qwen2.5-0.5B's peak grows ~2/3 as fast at small batches as at
@@ -64,9 +65,20 @@ class InverseAnswer:
     points: list[tuple[int, int]] = field(default_factory=list)  # (value, simulated peak) used
     coefficients: list[float] = field(default_factory=list)  # peak ≈ c0 + c1·x (+ c2·x²)
     checked: bool = False  # the answer was confirmed by a simulation
+    above: int | None = None  # the smallest value simulated that does not fit (None: every value tried fits)
+    settled: bool = True  # `above` is within 2% of the answer, or the answer is `upper`: nothing larger fits
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    def gap_note(self) -> str:
+        """What an unsettled answer leaves open ('' when settled): the search ran out of checks with a gap."""
+        if self.settled:
+            return ""
+        beyond = f"{self.above:,} does not fit" if self.above is not None else \
+            f"nothing tried above it failed (up to {self.upper:,} allowed)"
+        return (f"at least {self.value:,}: {beyond}; the search stopped after {len(self.points)} simulations "
+                "without closing the gap to 2%.")
 
 
 def upper_bound(arch: Architecture, settings: TrainingSettings, knob: str) -> int:
@@ -101,7 +113,7 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
         if xs[0] > 1:
             points.insert(0, (1, peak(1)))
         if points[0][1] > budget:
-            return InverseAnswer(knob, 0, gpu.name, budget, upper, points, [], True)
+            return InverseAnswer(knob, 0, gpu.name, budget, upper, points, [], True, points[0][0])
     points += [(x, peak(x)) for x in xs[1:]]
     points.sort()
     coefficients = _fit(points, min(DEGREE[knob], len(points) - 1))
@@ -144,7 +156,9 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
         last_fit = fits
         candidate = next_value(_between(line, lo, hi, budget))
     checked = lo == 0 or any(x == lo for x, _ in points)  # the answer itself was simulated
-    return InverseAnswer(knob, lo, gpu.name, budget, upper, sorted(points), coefficients, checked)
+    settled = lo >= upper or (hi <= upper and hi - lo <= max(1, lo // 50))
+    return InverseAnswer(knob, lo, gpu.name, budget, upper, sorted(points), coefficients, checked,
+                         hi if hi <= upper else None, settled)
 
 
 def solve_all(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knobs, report=None, cancel=None) -> dict:
