@@ -5,7 +5,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages._legacy import leave_legacy_multipage_mode  # streamlit only: nothing heavy before the paint
+from pages._legacy import STARTING, leave_legacy_multipage_mode  # streamlit only: nothing heavy before the paint
 
 # A local favicon: a material icon here makes the browser fetch it from a font CDN (nothing shows offline).
 st.set_page_config(page_title="QLoRA Lab", page_icon=str(Path(__file__).parent / "assets" / "favicon.png"),
@@ -15,8 +15,7 @@ leave_legacy_multipage_mode()  # before the paint: a deep link opened meanwhile 
 # waits seconds for them (a blank page before). Paint a line first; later visits find them imported.
 starting = st.empty()
 if "pages._ui" not in sys.modules:
-    starting.info("Starting QLoRA Lab: loading PyTorch, transformers and bitsandbytes (only after a server start)…",
-                  icon=":material/hourglass_top:")
+    starting.info(STARTING, icon=":material/hourglass_top:")
 from pages._ui import PAGES, menu, report_activity, server_services, sidebar  # noqa: E402  (heavy: after the paint)
 
 starting.empty()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
+# What a fresh server's first visit reads while torch and friends load (app.py, pages/_starting.py).
+STARTING = "Starting QLoRA Lab: loading PyTorch, transformers and bitsandbytes (only after a server start)…"
+
 
 def leave_legacy_multipage_mode() -> None:
     """The one workaround for Streamlit's legacy pages mode (nothing else in the app or the tests

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+import pages._starting  # noqa: F401  (a fresh server's first visit: paints before the imports below)
 from lab.errors import LabError
 from lab.estimate import explain
 from lab.estimate.gpus import (

@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+import pages._starting  # noqa: F401  (a fresh server's first visit: paints before the imports below)
 from lab import policy
 from lab.units import fmt_bytes
 from lab.vocab import COMPUTE, DTYPE_CHOICES

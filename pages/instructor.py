@@ -11,6 +11,7 @@ import time
 
 import streamlit as st
 
+import pages._starting  # noqa: F401  (a fresh server's first visit: paints before the imports below)
 from lab import policy
 from lab.serve.admin import admin_digest, check_admin_token, weak_token
 from lab.training import queue as Q

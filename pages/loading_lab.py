@@ -8,6 +8,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+import pages._starting  # noqa: F401  (a fresh server's first visit: paints before the imports below)
 from lab.environment import device_type
 from lab.inspect.load_report import HELP, LoadFailure, LoadReport, mb, read_results
 from lab.inspect.quality import DEFAULT_PROMPTS, QualityConfig, describe_tokens

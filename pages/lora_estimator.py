@@ -5,6 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
+import pages._starting  # noqa: F401  (a fresh server's first visit: paints before the imports below)
 from lab.estimate.lora import BIAS_CHOICES, estimate_lora, fused_qkv, packed_param_count, preset_targets
 from lab.units import fmt_bytes, fmt_count
 from lab.vocab import TARGET_PRESETS, describe

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+import pages._starting  # noqa: F401  (a fresh server's first visit: paints before the imports below)
 from lab import policy
 from lab.data.datasets import list_datasets, save_upload
 from lab.data.prompts import build_chat_prompt

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import streamlit as st
 
+import pages._starting  # noqa: F401  (a fresh server's first visit: paints before the imports below)
 from lab import policy
 from lab.data import datasets as ds
 from lab.data.prompts import has_chat_template

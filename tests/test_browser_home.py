@@ -23,11 +23,15 @@ def test_home_renders_in_chromium(app_server, page):
 
 def test_deep_link_as_first_request_still_routes_through_app(browser):
     """A fresh server whose first request is a deep link must still run app.py's navigation
-    (shared sidebar, our menu), not Streamlit's legacy `pages/` folder mode."""
+    (shared sidebar, our menu), not Streamlit's legacy `pages/` folder mode; and it paints a line before the page's
+    heavy imports (it showed a blank page for 6.6 s: issue 20 papercut 12, pages/_starting.py)."""
     server = start_server()  # its own: the deep link must be this server's very first request
     try:
         page = new_page(browser)
+        page.add_init_script(SEEN_TEXTS)
         open_page(page, server, "home", wait_for_text="This machine")
+        assert any("Starting QLoRA Lab" in t for t in page.evaluate("window.__seen"))  # painted before the imports
+        expect(main(page).get_by_text("Starting QLoRA Lab")).to_have_count(0)  # and gone once they are done
         sidebar = page.locator('[data-testid="stSidebar"]')
         expect(sidebar.get_by_text("RAM").first).to_be_visible()  # app.py's sidebar ran
         expect(sidebar.get_by_text("ui", exact=True)).to_have_count(0)  # no legacy auto-menu of files
