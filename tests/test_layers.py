@@ -56,3 +56,17 @@ def test_lab_never_imports_the_pages_or_the_app():
            for py in sorted((ROOT / "lab").rglob("*.py"))
            for module, _, line in imports(py) if module.split(".")[0] in ("pages", "app", "streamlit")]
     assert not bad, "\n".join(bad)
+
+
+def test_pages_stay_short_functions_small_and_the_readme_a_front_door():
+    """Issue 17's sizes, held: no page over 350 lines, no function in lab/ or pages/ over 60, README under 200."""
+    long_pages = {p.name: n for p in PAGES if (n := len(p.read_text().splitlines())) > 350}
+    assert not long_pages, f"pages over 350 lines (split them by concern, as pages/_training_*.py are): {long_pages}"
+    long_functions = []
+    for path in sorted((ROOT / "lab").rglob("*.py")) + PAGES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long_functions.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} "
+                                      f"({node.end_lineno - node.lineno + 1} lines)")
+    assert not long_functions, long_functions
+    assert len((ROOT / "README.md").read_text().splitlines()) < 200

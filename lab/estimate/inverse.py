@@ -97,10 +97,7 @@ def upper_bound(arch: Architecture, settings: TrainingSettings, knob: str) -> in
 
 def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: str) -> InverseAnswer:
     """The largest value of `knob` whose simulated step fits `gpu`, other settings as given."""
-    if knob not in INVERSE_KNOBS:
-        raise LabError(f"Cannot solve for {knob!r}.", f"Choose one of: {', '.join(INVERSE_KNOBS)}.")
-    if knob not in knobs_for(settings.method):
-        raise LabError("Full fine-tuning has no LoRA rank to solve for.", "Pick batch_size or max_length.")
+    _check_knob(knob, settings.method)
     upper = upper_bound(arch, settings, knob)
     budget = budget_for_peak(gpu)
 
@@ -155,6 +152,19 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
                 line[kept] = budget + (line[kept] - budget) // 2
         last_fit = fits
         candidate = next_value(_between(line, lo, hi, budget))
+    return _answer(knob, lo, hi, gpu, budget, upper, points, coefficients)
+
+
+def _check_knob(knob: str, method: str) -> None:
+    if knob not in INVERSE_KNOBS:
+        raise LabError(f"Cannot solve for {knob!r}.", f"Choose one of: {', '.join(INVERSE_KNOBS)}.")
+    if knob not in knobs_for(method):
+        raise LabError("Full fine-tuning has no LoRA rank to solve for.", "Pick batch_size or max_length.")
+
+
+def _answer(knob: str, lo: int, hi: int, gpu: Gpu, budget: int, upper: int, points: list, coefficients: list
+            ) -> InverseAnswer:
+    """`lo` known to fit, `hi` known not to (upper + 1: nothing found that does not fit)."""
     checked = lo == 0 or any(x == lo for x, _ in points)  # the answer itself was simulated
     settled = lo >= upper or (hi <= upper and hi - lo <= max(1, lo // 50))
     return InverseAnswer(knob, lo, gpu.name, budget, upper, sorted(points), coefficients, checked,
