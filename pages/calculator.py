@@ -35,6 +35,7 @@ from pages import _calc_charts as charts
 from pages import _speed
 from pages._arch_ui import architecture_table, pick_architecture
 from pages._calc_inputs import training_inputs, weights_inputs
+from pages._stop import stop_page
 from pages._ui import cached_environment, friendly_errors, get_task, poll_task, start_task, task_running
 
 SIM_TASK, INVERSE_TASK = "calc_sim", "calc_inverse"
@@ -48,7 +49,7 @@ st.markdown(
 )
 arch = pick_architecture()
 if arch is None:
-    st.stop()
+    stop_page()
 precision, dtype = weights_inputs()
 inputs = training_inputs(precision, dtype)
 settings, infer_settings = inputs.training, inputs.inference
@@ -104,7 +105,7 @@ def answers(w: WeightEstimate | None) -> tuple[Simulation | None, Simulation | N
                   help="Every tensor the loaded model holds, quantization constants included (the Weights tab).")
     sims = simulations()
     if sims is None:
-        st.stop()
+        stop_page()
     sim, gen = simulated(sims.training), simulated(sims.inference)
     formula = estimate_training(arch, settings) if sim is not None else None
     if sim is not None:

@@ -17,6 +17,7 @@ from lab.serve.admin import admin_digest, check_admin_token, weak_token
 from lab.training import queue as Q
 from lab.units import fmt_bytes, fmt_limit, fmt_seconds
 from pages._cookies import ADMIN_COOKIE, set_cookie
+from pages._stop import stop_page
 from pages._ui import friendly_errors, is_admin, server_services, session_alive, shared_models
 
 st.title("Instructor")
@@ -34,7 +35,7 @@ if not is_admin():
                 st.rerun()
             time.sleep(1.0)  # slows guessing down; the comparison itself takes the same time for any guess
             st.error("That is not the instructor's token.", icon=":material/lock:")
-    st.stop()
+    stop_page()
 
 if not st.session_state.get("lab_admin_cookie"):  # signed in: this browser stays so across refreshes
     set_cookie(ADMIN_COOKIE, admin_digest())

@@ -10,6 +10,7 @@ from lab.estimate.lora import BIAS_CHOICES, estimate_lora, fused_qkv, packed_par
 from lab.units import fmt_bytes, fmt_count
 from lab.vocab import TARGET_PRESETS, describe
 from pages._arch_ui import pick_architecture
+from pages._stop import stop_page
 from pages._ui import friendly_errors
 
 CUSTOM = "custom"
@@ -23,7 +24,7 @@ st.markdown(
 
 arch = pick_architecture()
 if arch is None:
-    st.stop()
+    stop_page()
 
 names = arch.linear_names
 
@@ -93,7 +94,7 @@ with friendly_errors("The LoRA estimate"):
     est = estimate_lora(arch, int(r), float(alpha), modules, use_dora=use_dora, use_rslora=use_rslora, bias=bias,
                         lora_bias=lora_bias and not use_dora)
 if est is None:
-    st.stop()
+    stop_page()
 narrow = [row for row in est.rows if int(r) > min(row.in_features, row.out_features)]
 if narrow:
     width = min(min(row.in_features, row.out_features) for row in narrow)

@@ -120,7 +120,11 @@ def new_page(browser):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     context.set_default_timeout(TIMEOUT_MS)
     context.set_default_navigation_timeout(TIMEOUT_MS)
-    return context.new_page()
+    page = context.new_page()
+    # the app's own JavaScript failing (Streamlit's frontend crashed to a blank page once: pages/_stop.py)
+    page.js_errors = []
+    page.on("pageerror", lambda error: page.js_errors.append(str(error)))
+    return page
 
 
 @pytest.fixture
@@ -156,6 +160,8 @@ def wait_idle(page, timeout: float = TIMEOUT_MS) -> None:
 
 
 def assert_no_exception(page) -> None:
+    """No Python exception shown by the app, and no JavaScript error of its frontend (a crash leaves a blank page)."""
+    assert not getattr(page, "js_errors", []), page.js_errors
     exceptions = page.locator('[data-testid="stException"]')  # anywhere: the sidebar's too
     assert exceptions.count() == 0, exceptions.first.inner_text()
 

@@ -32,3 +32,37 @@ def test_home_shows_the_library_versions():
     import torch
 
     assert any(f"`{torch.__version__}`" in m.value for m in at.markdown)
+
+
+def _stopping_app() -> None:  # run by AppTest.from_function: its own source is the script
+    import streamlit as st
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    from pages._stop import stop_page
+
+    ctx = get_script_run_ctx()
+    before = st.session_state.setdefault("registered", [])
+    # which fragments of earlier runs are still runnable, before this run registers any
+    st.session_state["runnable"] = [f for f in before if ctx.fragment_storage.contains(f)]
+    if st.session_state.get("stop"):
+        (stop_page if st.session_state.get("use_stop_page") else st.stop)()
+
+    @st.fragment(run_every=600)
+    def polling() -> None:
+        st.write("polling")
+
+    polling()
+    before[:] = sorted(ctx.shared.new_fragment_ids.snapshot())
+
+
+def test_a_page_stopped_early_leaves_no_polling_fragment_of_the_previous_run_runnable():
+    """st.stop() skips Streamlit's end-of-run clearing of the fragment storage, so a run_every fragment of the run
+    before stays runnable; its tick then drew into a place the shorter page no longer had, and the browser's app
+    crashed to a blank page (pages/_stop.py). stop_page() forgets it as a run that ends does."""
+    for use_stop_page, still_runnable in ((False, True), (True, False)):
+        at = AppTest.from_function(_stopping_app, default_timeout=60).run()
+        assert at.session_state["registered"] and not at.exception  # the polling fragment of run 1
+        at.session_state["stop"], at.session_state["use_stop_page"] = True, use_stop_page
+        at.run()  # stopped before the fragment: it is not registered again
+        at.run()  # sees what run 2 left runnable
+        assert bool(at.session_state["runnable"]) is still_runnable, use_stop_page
