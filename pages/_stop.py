@@ -7,7 +7,8 @@ returns (`streamlit/runtime/scriptrunner/script_runner.py`: `_fragment_storage.c
 (`AppSession` drops ticks only for fragments no longer stored): it draws into the previous run's place in the page.
 When this run stopped early and the page is shorter (a bad config.json uploaded while the previous one simulated),
 that place is gone and the browser's app crashes to a blank page: "Bad delta path index 10 (should be between
-[0, 6])" (reproduced 1 in 12 under load; it failed `test_calculator_upload_and_bad_upload` on a quiet suite run).
+[0, 6])" (reproduced at the 5th and the 9th try of two runs under load; it failed
+`test_calculator_upload_and_bad_upload` on a quiet suite run).
 """
 
 from __future__ import annotations
