@@ -1,11 +1,10 @@
 """QLoRA Lab entry point: routes to the pages and draws the shared sidebar. Nothing else."""
 
-import sys
 from pathlib import Path
 
 import streamlit as st
 
-from pages._legacy import STARTING, leave_legacy_multipage_mode  # streamlit only: nothing heavy before the paint
+from pages._legacy import leave_legacy_multipage_mode, paint_starting  # streamlit only: nothing heavy before the paint
 
 # A local favicon: a material icon here makes the browser fetch it from a font CDN (nothing shows offline).
 st.set_page_config(page_title="QLoRA Lab", page_icon=str(Path(__file__).parent / "assets" / "favicon.png"),
@@ -14,8 +13,7 @@ leave_legacy_multipage_mode()  # before the paint: a deep link opened meanwhile 
 # The pages' helpers import torch, transformers, peft and bitsandbytes: on a fresh server the first visit
 # waits seconds for them (a blank page before). Paint a line first; later visits find them imported.
 starting = st.empty()
-if "pages._ui" not in sys.modules:
-    starting.info(STARTING, icon=":material/hourglass_top:")
+paint_starting(starting)
 from pages._ui import PAGES, menu, report_activity, server_services, sidebar  # noqa: E402  (heavy: after the paint)
 
 starting.empty()

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+
 import streamlit as st
 
 # What a fresh server's first visit reads while torch and friends load (app.py, pages/_starting.py).
 STARTING = "Starting QLoRA Lab: loading PyTorch, transformers and bitsandbytes (only after a server start)…"
+
+
+def paint_starting(where=st) -> None:
+    """Say so while the heavy helpers (pages._ui) are not imported yet: only a fresh server's first visit."""
+    if "pages._ui" not in sys.modules:
+        where.info(STARTING, icon=":material/hourglass_top:")
 
 
 def leave_legacy_multipage_mode() -> None:

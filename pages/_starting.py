@@ -7,11 +7,6 @@ which clears it; under AppTest pages._ui is imported already, so it paints nothi
 
 from __future__ import annotations
 
-import sys
+from pages._legacy import paint_starting
 
-import streamlit as st
-
-from pages._legacy import STARTING
-
-if "pages._ui" not in sys.modules:
-    st.info(STARTING, icon=":material/hourglass_top:")
+paint_starting()

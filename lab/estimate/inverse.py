@@ -136,7 +136,7 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
     line = dict(points)  # the peaks the lines are drawn through (an end kept twice counts half as far: Illinois)
     last_fit = None
     for _ in range(MAX_CHECKS):
-        if candidate <= lo or lo >= upper or hi - lo <= max(1, lo // 50):
+        if candidate <= lo or lo >= upper or _within_2pct(lo, hi):
             break
         p = peak(candidate)
         points.append((candidate, p))
@@ -155,6 +155,11 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
     return _answer(knob, lo, hi, gpu, budget, upper, points, coefficients)
 
 
+def _within_2pct(lo: int, hi: int) -> bool:
+    """The search's stopping rule: what fits and what does not are 2% (at least 1) apart."""
+    return hi - lo <= max(1, lo // 50)
+
+
 def _check_knob(knob: str, method: str) -> None:
     if knob not in INVERSE_KNOBS:
         raise LabError(f"Cannot solve for {knob!r}.", f"Choose one of: {', '.join(INVERSE_KNOBS)}.")
@@ -166,7 +171,7 @@ def _answer(knob: str, lo: int, hi: int, gpu: Gpu, budget: int, upper: int, poin
             ) -> InverseAnswer:
     """`lo` known to fit, `hi` known not to (upper + 1: nothing found that does not fit)."""
     checked = lo == 0 or any(x == lo for x, _ in points)  # the answer itself was simulated
-    settled = lo >= upper or (hi <= upper and hi - lo <= max(1, lo // 50))
+    settled = lo >= upper or (hi <= upper and _within_2pct(lo, hi))
     return InverseAnswer(knob, lo, gpu.name, budget, upper, sorted(points), coefficients, checked,
                          hi if hi <= upper else None, settled)
 
