@@ -2,6 +2,7 @@
 
 import logging
 import os
+import sys
 import warnings
 
 
@@ -12,9 +13,13 @@ def quiet_noisy_libraries() -> None:
     # bitsandbytes tries to fetch optional CPU kernels from the Hub; there is no Hub here.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Progress bars from transformers/huggingface_hub make CLI --json output unreadable.
+    # Progress bars from transformers/huggingface_hub make CLI --json output unreadable. Said through the
+    # environment, which transformers reads when it is first imported: importing it here would cost every
+    # light process (`lab --help`, a queue dispatcher) 0.8 s.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from transformers.utils import logging as hf_logging
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "transformers" in sys.modules:  # imported before the lab: its logging is set up already
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()

@@ -27,7 +27,7 @@ from lab.serve.preload import Preloader
 from lab.serve.sessions import SessionBoard
 from lab.sharing.shared import SharedModels
 from lab.tasks import BackgroundTask
-from lab.training.queue import QueueWatcher
+from lab.training.dispatch import QueueWatcher
 from lab.units import fmt_bytes, fmt_count, fmt_seconds
 from pages._cookies import is_admin, owner_token, remember_owner  # noqa: F401  (pages import them from here)
 from pages._legacy import leave_legacy_multipage_mode

@@ -177,7 +177,7 @@ def test_the_eta_leaves_evaluations_out_of_the_step_pace(tmp_path):
     every one (91 s -> 207 s). The estimate is the steps left at the recent steps' pace plus the evaluations due."""
     from types import SimpleNamespace
 
-    from lab.training.events import StopAndLogCallback
+    from lab.training.callback import StopAndLogCallback
 
     cb = StopAndLogCallback(None, tmp_path)
     args = SimpleNamespace(eval_strategy="steps", eval_steps=5)

@@ -117,7 +117,7 @@ def test_a_restarted_server_picks_the_queue_up(tiny_model_dir, runs):
         os.close(fd)
     # a new process (the next server's watcher) finds the queue on disk and starts it
     p = subprocess.run(
-        [sys.executable, "-c", "from lab.training.queue import dispatch; print(dispatch())"],
+        [sys.executable, "-c", "from lab.training.dispatch import dispatch; print(dispatch())"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -136,7 +136,7 @@ def test_racing_dispatchers_start_one_run_once(tiny_model_dir, runs):
     long = to_cli_args(replace(cfg(tiny_model_dir, max_steps=500), output=""))
     queued_by_hand(runs, "a", at_ns=1, args=long)
     queued_by_hand(runs, "b", at_ns=2, args=long)
-    code = "from lab.training.queue import dispatch; r = dispatch(); print(r.name if r else '-')"
+    code = "from lab.training.dispatch import dispatch; r = dispatch(); print(r.name if r else '-')"
     procs = [
         subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True) for _ in range(4)
     ]

@@ -7,7 +7,7 @@ import argparse
 from lab.training import distributed
 from lab.training.config import add_arguments as add_config_arguments
 from lab.training.config import from_args
-from lab.training.queue import hand_over
+from lab.training.dispatch import hand_over
 from lab.training.runner import train
 from lab.units import fmt_bytes, format_table
 

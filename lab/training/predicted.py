@@ -32,7 +32,7 @@ from transformers import TrainerCallback
 from lab.errors import Cancelled, LabError
 from lab.estimate.recipe import register_model
 from lab.estimate.tracker import LiveBytes
-from lab.training import events
+from lab.training import callback
 from lab.training.config import TrainConfig
 
 COUNTS = {"cuda": "torch.cuda.max_memory_allocated over the step (tensors, CUDA context excluded)",
@@ -124,7 +124,7 @@ class StepPeak(TrainerCallback):
             return
         self.step, self._active = state.global_step + 1, True
         if self.device == "cuda":
-            events.reset_cuda_peak()
+            callback.reset_cuda_peak()
             return
         self._tracker = LiveBytes(fake=False)  # exact bytes: a CPU has no allocator rounding
         register_model(model, self._tracker, SimpleNamespace(method="lora"))  # trainable = adapters

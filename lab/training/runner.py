@@ -48,8 +48,9 @@ from lab.models.reader import read_architecture
 from lab.models.sources import ModelSource, hub_error, resolve_source
 from lab.publish.card import write_merged_card, write_run_card
 from lab.training import distributed
+from lab.training.callback import StopAndLogCallback, peak_memory_bytes
 from lab.training.config import TrainConfig, repetition_warning, run_dir_for, to_cli_args
-from lab.training.events import RUN_FILE, STOP_FILE, EventLog, StopAndLogCallback, peak_memory_bytes
+from lab.training.events import RUN_FILE, STOP_FILE, EventLog
 from lab.training.predicted import Prediction, StepPeak, like_for_like
 from lab.training.runs import acquire_lock, release_lock
 from lab.vocab import COMPUTE
