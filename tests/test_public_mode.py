@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lab import policy
+from lab.cli import main as cli_main
 from lab.data.datasets import save_upload
 from lab.errors import LabError
 from lab.models import public
@@ -286,24 +287,24 @@ CLI_CASES = [
 
 
 @pytest.mark.slow
-def test_the_cli_in_public_mode_refuses_paths_in_one_line(world):
-    env = {**os.environ, "QLORA_LAB_PUBLIC": "1", "QLORA_LAB_RUNS": str(world / "runs"), "HF_HUB_OFFLINE": "1"}
+def test_the_cli_in_public_mode_refuses_paths_in_one_line(world, monkeypatch, capsys):
+    """Each refusal through the CLI's own `main` in this process (its imports are paid once), and the last one
+    through a real `python -m lab` process as well: what a person at a terminal sees, one line, exit 2."""
+    env = {"QLORA_LAB_PUBLIC": "1", "QLORA_LAB_RUNS": str(world / "runs"), "HF_HUB_OFFLINE": "1"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
     before = tree(world)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "lab", *[a.replace("OUT", str(world / "outside")) for a in args]],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for args, _ in CLI_CASES
-    ]
-    for (args, message), p in zip(CLI_CASES, procs, strict=True):
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 2 and message in err, (args, err[-2000:])
+    argvs = [[a.replace("OUT", str(world / "outside")) for a in args] for args, _ in CLI_CASES]
+    proc = subprocess.Popen([sys.executable, "-m", "lab", *argvs[-1]], cwd=ROOT, env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for argv, (args, message) in zip(argvs, CLI_CASES, strict=True):
+        code = cli_main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, (args, err[-2000:])
         assert err.startswith("error: ") and err.count("\n") == 1, err
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and CLI_CASES[-1][1] in err, err[-2000:]
+    assert err.startswith("error: ") and err.count("\n") == 1, err
     after = {k: v for k, v in tree(world).items() if not Path(k).name.startswith(".")}  # runs/.train.lock, .queue.lock
     assert after == before
 
