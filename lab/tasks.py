@@ -12,6 +12,7 @@ was cancelled before it started raises `Cancelled` and ends as "cancelled", not 
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
@@ -26,6 +27,24 @@ from lab.errors import Cancelled, LabError
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
+EXIT_WAIT = 60.0  # seconds a process ending waits, at most, for its tasks to see their cancel
+_RUNNING: dict[int, tuple[threading.Event, threading.Thread]] = {}  # tasks of this process not yet returned
+
+
+@atexit.register
+def _cancel_at_exit() -> None:
+    """Cancel the tasks still running and wait for them (at most EXIT_WAIT seconds) as the process ends.
+
+    Their threads are daemons, and a daemon thread still inside torch when the interpreter finalizes aborts
+    the process ("terminate called without an active exception", exit 134): a server stopped or an AppTest
+    ended while the calculator simulated did. atexit runs while those threads still run, so they can finish
+    their step and return."""
+    running = list(_RUNNING.values())
+    for cancel, _ in running:
+        cancel.set()
+    deadline = time.monotonic() + EXIT_WAIT
+    for _, thread in running:
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 @dataclass
@@ -61,6 +80,7 @@ class BackgroundTask:
         self.status = "running"
         self.started_at = time.time()
         self._thread = threading.Thread(target=self._work, name=f"lab-task-{self.name}", daemon=True)
+        _RUNNING[id(self)] = (self.cancel_event, self._thread)
         self._thread.start()
         return self
 
@@ -80,6 +100,8 @@ class BackgroundTask:
         except Exception as e:  # a bug, or a library error we did not anticipate: keep the UI alive
             log.error("task %s failed:\n%s", self.name, traceback.format_exc())
             self._queue.put(("failed", f"{type(e).__name__}: {e}"))
+        finally:
+            _RUNNING.pop(id(self), None)
 
     # ---------------------------------------------------------------- UI side
     def poll(self) -> BackgroundTask:

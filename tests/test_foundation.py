@@ -217,6 +217,34 @@ def test_background_task_reports_and_fails_cleanly():
     assert t.wait(120).status == "cancelled"
 
 
+EXIT_WITH_A_TASK_IN_TORCH = """
+import threading, torch
+from lab.tasks import BackgroundTask
+inside = threading.Event()
+
+def work(report, cancel):
+    a = torch.randn(256, 256)
+    while not cancel.is_set():
+        inside.set()
+        for _ in range(50):
+            a = torch.tanh(a @ a)
+    return "cancelled at exit"
+
+BackgroundTask("busy", work).start()
+inside.wait(60)
+"""
+
+
+def test_a_process_ending_while_a_task_computes_exits_cleanly():
+    """A server stopped (or an AppTest ended) while the calculator simulated aborted with exit 134, "terminate
+    called without an active exception": a daemon thread inside torch as the interpreter finalized. lab.tasks
+    cancels and waits for its tasks at exit."""
+    p = subprocess.run([sys.executable, "-c", EXIT_WITH_A_TASK_IN_TORCH], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, (p.returncode, p.stderr[-2000:])
+    assert "terminate called" not in p.stderr
+
+
 def test_cli_info_json(capsys):
     assert main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
