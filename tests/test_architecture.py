@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +19,8 @@ from lab.models.catalog import catalog_names
 from lab.models.reader import read_architecture, read_architecture_json
 from lab.models.sources import resolve_source
 from tests.fixtures_architecture import TINY_CONFIGS, tiny_config
+
+ROOT = Path(__file__).resolve().parent.parent
 
 REQUIRED = ["Llama-3.2-1B", "Llama-3.2-3B", "Llama-3.1-8B", "Llama-3.1-70B", "Llama-2-7B", "Mistral-7B",
             "Qwen2.5-0.5B", "Qwen2.5-1.5B", "Qwen2.5-7B", "TinyLlama-1.1B", "SmolLM2-135M", "SmolLM2-360M",
@@ -265,3 +271,49 @@ def test_an_error_of_the_labs_own_code_is_not_passed_off_as_a_refusal(monkeypatc
     assert not isinstance(e.value, LabError)
     assert any("Internal error of QLoRA Lab" in note and "'llama'" in note and "test_architecture.py" in note
                for note in e.value.__notes__)
+
+
+# --------------------------------------------------------------------------- kept on disk for the next process
+@pytest.mark.parametrize("kind", ["llama", "phi3", "gpt2"])
+def test_a_kept_architecture_reads_back_equal_to_the_one_built(kind, tmp_path, monkeypatch):
+    import lab.models.architecture as A
+
+    monkeypatch.setenv("QLORA_LAB_CACHE", str(tmp_path))
+    config = tiny_config(kind)
+    built = A._build(config, kind)
+    assert A.architecture_from_json(json.loads(json.dumps(A.architecture_to_json(built)))) == built
+    key = kind + "\n" + config.to_json_string(use_diff=False)
+    A._keep(key, built)
+    kept = A._read_kept(key)
+    assert kept == built and kept.linears[0].paths == built.linears[0].paths
+    # JSON keys are strings (id2label's 0 comes back "0"): the config transformers makes of it is the same
+    same = [A.config_from_dict(a.config).to_json_string(use_diff=False) for a in (kept, built)]
+    assert same[0] == same[1]
+    assert [t.shape for t in kept.tensors] == [t.shape for t in built.tensors]
+    assert A._read_kept(key.replace(kind, kind + "-other", 1)) is None  # another name (or config): not this one
+    A._kept_path(key).write_text('{"name": "truncated"')  # a damaged file is built again, not trusted
+    assert A._read_kept(key) is None
+
+
+def test_a_second_cli_process_reads_the_kept_architecture_without_transformers_modelling(tmp_path):
+    """`python -m lab memory` builds the model on the meta device once; the next process reads what was kept and
+    imports none of transformers' modelling code (about 2 of its 4.8 s), with the same answer."""
+    code = ("import io, sys, contextlib; from lab.cli import main; out = io.StringIO()\n"
+            "with contextlib.redirect_stdout(out): code = main(['memory', '--model', 'Qwen2.5-7B', '--json'])\n"
+            "print(json.dumps({'code': code, 'out': out.getvalue(), "
+            "'modelling': 'transformers.modeling_utils' in sys.modules}))")
+    env = {**os.environ, "QLORA_LAB_CACHE": str(tmp_path), "QLORA_LAB_PUBLIC": "0"}
+    runs = [json.loads(subprocess.run([sys.executable, "-c", "import json\n" + code], cwd=ROOT, env=env, text=True,
+                                      capture_output=True, timeout=300, check=True).stdout) for _ in range(2)]
+    assert [r["code"] for r in runs] == [0, 0] and runs[0]["out"] == runs[1]["out"]
+    assert [r["modelling"] for r in runs] == [True, False]
+    assert len(list((tmp_path / "architectures").glob("*.json"))) == 1
+
+
+def test_a_public_server_keeps_no_architecture_on_disk(tmp_path, monkeypatch):
+    import lab.models.architecture as A
+
+    monkeypatch.setenv("QLORA_LAB_CACHE", str(tmp_path))
+    monkeypatch.setenv("QLORA_LAB_PUBLIC", "1")
+    A._keep("llama\n{}", A._build(tiny_config("llama"), "llama"))
+    assert not (tmp_path / "architectures").exists()

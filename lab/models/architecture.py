@@ -15,12 +15,19 @@ a `BitsAndBytesConfig`), so the memory estimate and a real quantized load agree.
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
+import json
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
+from importlib import metadata
+from pathlib import Path
 
 from lab import policy
 from lab.errors import LabError
+from lab.files import write_json_atomic
+from lab.paths import cache_dir
 
 
 @dataclass(frozen=True)
@@ -275,12 +282,79 @@ def architecture_from_config(config, name: str) -> Architecture:
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-    arch = _build(config, name)
+    arch = _read_kept(key)
+    if arch is None:
+        arch = _build(config, name)
+        _keep(key, arch)
     with _LOCK:
         _CACHE[key] = arch
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     return arch
+
+
+# ---------------------------------------------------------------- kept on disk, for the next process
+# Building a model on the meta device needs transformers' modelling code: about 4 of the 4.8 s that a
+# `python -m lab memory` took, every time, for an answer that depends only on the config and the library
+# versions. Each architecture built is kept as JSON under the lab's cache (the newest KEPT_MOST), keyed by
+# the config, the name, the torch and transformers versions and the source of this module and of
+# construct.py, so a newer library or a change here builds afresh. A public server keeps none (it writes
+# nothing outside runs/, and its configs come from strangers). A kept file that does not read back is built
+# again.
+KEPT_MOST = 256
+
+
+@functools.cache
+def _code_version() -> str:
+    here = Path(__file__).parent
+    sources = b"".join((here / f).read_bytes() for f in ("architecture.py", "construct.py"))
+    return "|".join([metadata.version("torch"), metadata.version("transformers"), hashlib.sha256(sources).hexdigest()])
+
+
+def _kept_path(key: str) -> Path | None:
+    if policy.public_mode():
+        return None
+    digest = hashlib.sha256((_code_version() + "\n" + key).encode()).hexdigest()[:40]
+    return cache_dir() / "architectures" / f"{digest}.json"
+
+
+def _read_kept(key: str) -> Architecture | None:
+    path = _kept_path(key)
+    try:
+        return architecture_from_json(json.loads(path.read_text())) if path is not None else None
+    except (OSError, ValueError, TypeError, KeyError):  # none kept, or not one this code wrote: build it
+        return None
+
+
+def _keep(key: str, arch: Architecture) -> None:
+    path = _kept_path(key)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, architecture_to_json(arch))
+        kept = sorted(path.parent.glob("*.json"), key=lambda p: p.stat().st_mtime)
+        for old in kept[:-KEPT_MOST]:
+            old.unlink(missing_ok=True)
+    except (OSError, LabError):  # a read-only or full cache: built again next time, nothing lost
+        pass
+
+
+def architecture_to_json(arch: Architecture) -> dict:
+    """Every field but the memo, as JSON types."""
+    data = asdict(replace(arch, memo={}))
+    return {f.name: data[f.name] for f in fields(arch) if f.name != "memo"}
+
+
+def architecture_from_json(data: dict) -> Architecture:
+    """The inverse of architecture_to_json: an Architecture equal to the one written."""
+    return Architecture(**{
+        **data,
+        "tied_pairs": tuple(tuple(p) for p in data["tied_pairs"]),
+        "linears": tuple(LinearGroup(**{**g, "paths": tuple(g["paths"])}) for g in data["linears"]),
+        "tensors": tuple(TensorInfo(**{**t, "shape": tuple(t["shape"])}) for t in data["tensors"]),
+        "not_converted": tuple(data["not_converted"]),
+    })
 
 
 def warm_imports(model_type: object) -> None:
