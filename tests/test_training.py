@@ -174,6 +174,45 @@ def test_the_run_imports_trl_before_its_prediction_thread_starts():
     assert done.stdout.strip() == "True", done.stderr[-2000:]
 
 
+TRL_FROM_TWO_THREADS = """
+import sys, threading
+import lab.estimate.simulate, lab.training.config, lab.training.predicted, lab.models.loading, lab.publish.card
+assert "trl" not in sys.modules  # a server before anyone simulated or merged
+from lab.estimate.simulate import trl_device_paths
+errors, both = [], threading.Barrier(2)
+
+def merge_page():  # the Training page's merge imports the runner (TRL's trainer) ...
+    both.wait()
+    try:
+        import lab.training.runner  # noqa: F401
+    except Exception as e:
+        errors.append(f"{type(e).__name__}: {e}")
+
+def calculator():  # ... while another session's calculator simulates (TRL's fused head) for the first time
+    both.wait()
+    try:
+        with trl_device_paths("cuda"):
+            pass
+    except Exception as e:
+        errors.append(f"{type(e).__name__}: {e}")
+
+threads = [threading.Thread(target=f) for f in (merge_page, calculator)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(errors)
+"""
+
+
+@pytest.mark.slow
+def test_trl_first_imported_from_two_server_threads_at_once():
+    """A server imports TRL on first use: from the merge page's thread (the runner) and from a simulation thread at
+    once, the merge raised "cannot import name 'SFTConfig' from 'trl'" (3 of 3 reproductions); every first import of
+    TRL goes through lab.estimate.recipe.trl_trainer, one thread at a time."""
+    done = subprocess.run([sys.executable, "-c", TRL_FROM_TWO_THREADS], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", (done.stdout, done.stderr[-2000:])
+
+
 # --------------------------------------------------------------------------- process control
 def logging_or_ended(run_dir: Path, pid: int) -> R.RunStatus:
     """The run's status once it has logged a step or ended: a run that failed at its start fails the test at once,

@@ -23,6 +23,7 @@ so "simulated" and "measured" differ only in whether tensors hold data. They fol
 from __future__ import annotations
 
 import re
+import threading
 import types
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -31,6 +32,22 @@ import torch
 
 from lab.errors import LabError
 from lab.estimate.tracker import NO_LAYER, LiveBytes
+
+_TRL_IMPORT = threading.Lock()
+
+
+def trl_trainer():
+    """TRL's SFTConfig and SFTTrainer, with trl.trainer.utils (the fused LM head the simulation runs), imported one
+    thread at a time: every first import of TRL in the lab goes through here. Two threads importing TRL's modules
+    for the first time at once (a server's simulation thread and a page importing the runner to merge; a run's
+    prediction thread and its main thread) can meet each other's modules half-initialised, since Python lets one
+    of two threads importing a cycle of modules go on with a partial one: "cannot import name 'SFTTrainer' from
+    'trl'" ended a run that way (a loaded suite run, 2026-12-06). Free after the first call."""
+    with _TRL_IMPORT:
+        import trl.trainer.utils  # noqa: F401
+        from trl import SFTConfig, SFTTrainer
+    return SFTConfig, SFTTrainer
+
 
 MAX_GRAD_NORM = 1.0  # TrainingArguments.max_grad_norm default
 LEARNING_RATE = 2e-4
@@ -104,6 +121,7 @@ def prepare_for_training(model, recipe: Recipe):
         if recipe.method != "full":
             model.enable_input_require_grads()
     if recipe.loss == "fused":
+        trl_trainer()
         from trl.trainer.utils import add_fused_lm_head
 
         base = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -40,6 +40,7 @@ from lab.estimate.recipe import (
     prepare_for_training,
     register_model,
     train_step,
+    trl_trainer,
 )
 from lab.estimate.scan import scan_paths
 from lab.estimate.tracker import CUDA_BLOCK, NO_LAYER, OVERRIDES, LiveBytes
@@ -193,6 +194,7 @@ def trl_device_paths(device: str):
     if device != "cuda":
         yield
         return
+    trl_trainer()
     import trl.trainer.utils as tu
     from trl.kernels import chunked_logprob as cl
 

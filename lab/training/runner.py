@@ -31,15 +31,11 @@ from pathlib import Path
 
 import torch
 
-# At the top, not where the trainer is built: the run's prediction thread (lab.training.predicted) imports
-# trl.trainer.utils while the main thread loads the base, and trl's lazy module, imported from two threads at once,
-# raised "cannot import name 'SFTTrainer' from 'trl'" in the main thread (a loaded suite run, 18:37 UTC 2026-12-06).
-from trl import SFTConfig, SFTTrainer
-
 from lab.data import datasets as ds
 from lab.environment import LIBRARIES, compute_dtype, device_type, library_version
 from lab.errors import LabError
 from lab.estimate.lora import resolve_targets
+from lab.estimate.recipe import trl_trainer
 from lab.files import write_json_atomic
 from lab.models.construct import install
 from lab.models.loading import free_memory, load_tokenizer, out_of_memory
@@ -54,6 +50,9 @@ from lab.training.events import RUN_FILE, STOP_FILE, EventLog
 from lab.training.predicted import Prediction, StepPeak, like_for_like
 from lab.training.runs import acquire_lock, release_lock
 from lab.vocab import COMPUTE
+
+# At import, before the run's prediction thread starts (it imports TRL too): through the one lock (trl_trainer).
+SFTConfig, SFTTrainer = trl_trainer()
 
 SAVE_HINT = "Free disk space or check permissions; checkpoints already saved are kept."
 
