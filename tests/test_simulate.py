@@ -353,6 +353,7 @@ def test_an_inverse_search_out_of_checks_says_what_it_left_open(monkeypatch):
     cut_short = inverse.max_fitting(arch, settings, card, "max_length")
     assert (cut_short.value, cut_short.above, cut_short.settled) == (2048, 8192, False)
     assert cut_short.gap_note().startswith("at least 2,048: 8,192 does not fit")
+    assert cut_short.to_json()["note"] == cut_short.gap_note()  # `lab memory --json` carries it in words
     monkeypatch.undo()
     answer = inverse.max_fitting(arch, settings, card, "max_length")
     assert answer.settled and 2048 < answer.value <= 3_000 < answer.above and answer.gap_note() == ""

@@ -9,7 +9,7 @@ from dataclasses import fields
 from lab.errors import LabError
 from lab.estimate.gpus import FRAGMENTATION, GPUS, fit_table, get_gpu, gpu_verdict
 from lab.estimate.inference import kv_cache_bytes
-from lab.estimate.inverse import InverseAnswer, knobs_for, max_fitting
+from lab.estimate.inverse import knobs_for, max_fitting
 from lab.estimate.parallel import (
     DEFAULT_OFFLOAD,
     DEFAULT_STRATEGY,
@@ -245,8 +245,7 @@ def render(r: dict) -> str:
     if "inverse" in r:
         out += ["", "on " + r["inverse"]["gpu"] + ": " + ", ".join(
             f"{k} ≤ {v:,}" for k, v in r["inverse"].items() if k.startswith("max_"))]
-        out += [f"  {knob}: {InverseAnswer(**d).gap_note()}" for knob, d in r["inverse"]["details"].items()
-                if not d["settled"]]
+        out += [f"  {knob}: {d['note']}" for knob, d in r["inverse"]["details"].items() if d["note"]]
     return "\n".join(out)
 
 

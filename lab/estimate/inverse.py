@@ -69,7 +69,7 @@ class InverseAnswer:
     settled: bool = True  # `above` is within 2% of the answer, or the answer is `upper`: nothing larger fits
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "note": self.gap_note()}  # what an unsettled answer leaves open, in words
 
     def gap_note(self) -> str:
         """What an unsettled answer leaves open ('' when settled): the search ran out of checks with a gap."""
