@@ -295,6 +295,7 @@ def test_a_kept_architecture_reads_back_equal_to_the_one_built(kind, tmp_path, m
     assert A._read_kept(key) is None
 
 
+@pytest.mark.slow
 def test_a_second_cli_process_reads_the_kept_architecture_without_transformers_modelling(tmp_path):
     """`python -m lab memory` builds the model on the meta device once; the next process reads what was kept and
     imports none of transformers' modelling code (about 2 of its 4.8 s), with the same answer."""

@@ -235,6 +235,7 @@ inside.wait(60)
 """
 
 
+@pytest.mark.slow
 def test_a_process_ending_while_a_task_computes_exits_cleanly():
     """A server stopped (or an AppTest ended) while the calculator simulated aborted with exit 134, "terminate
     called without an active exception": a daemon thread inside torch as the interpreter finalized. lab.tasks
