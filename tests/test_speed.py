@@ -183,6 +183,19 @@ def test_the_siblings_figure_is_kept_per_machine_and_recipe(tmp_path, monkeypatc
     assert len(runs) == 3  # checkpointing runs other code: measured
 
 
+def test_the_probe_never_draws_from_the_processs_random_numbers():
+    """The CPU probe runs in a thread beside other work: the Training page's predicted tokens/s (a background task)
+    drew its matrices from torch's process-wide generator while the Playground sampled with a seed, so the same
+    seed gave other answers (tests/test_compare.py's seeded test failed after a Training page test). Its random
+    tensors come from a generator of its own."""
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    probe._matmul_flops(torch.float32, 16, n=64, budget=0.01, weights_mib=1)
+    probe._shape_flops((16, 64, 32, "n", "t"), budget=0.01, weights_mib=1)
+    probe._dequant_rate("nf4-dq", budget=0.01)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_a_stopped_probe_ends_at_its_next_measurement_and_kills_the_siblings_process(monkeypatch):
     """A training run that ends before its CPU probe stops it (lab.training.predicted): the probe raises Cancelled
     instead of measuring on, and the sibling's process (seconds of imports) is killed, not waited for."""

@@ -65,7 +65,7 @@ def _matmul_flops(dtype: torch.dtype, rows: int, n: int = 1024, budget: float = 
     rows run at half the rate of 256 here; one row, decoding, streams the weights at a fraction of the
     bandwidth an elementwise op reaches), so the probe uses the step's."""
     count = max(1, weights_mib * 2**20 // (n * n * torch.finfo(dtype).bits // 8))
-    g = torch.Generator().manual_seed(0)  # its own: a run probes while it seeds and inits LoRA (lab.training.predicted)
+    g = _own_generator()
     a, bs = torch.randn(rows, n, dtype=dtype, generator=g), [torch.randn(n, n, dtype=dtype, generator=g)
                                                              for _ in range(count)]
 
@@ -132,8 +132,16 @@ def _checkpoint_seconds(ops: int = 200) -> float:
     return max(0.0, ckpt - plain - forward) / (2 * ops)
 
 
-def _operand(rows: int, cols: int, layout: str) -> torch.Tensor:
-    return torch.randn(cols, rows).t() if layout == "t" else torch.randn(rows, cols)
+def _own_generator() -> torch.Generator:
+    """The probe's random numbers come from a generator of its own, never from the process's: the probe runs in
+    a thread beside other work (a run's prediction while it seeds and inits LoRA; the Training page's predicted
+    tokens/s while another session samples with a seed in the Playground, whose answers it made unrepeatable)."""
+    return torch.Generator().manual_seed(0)
+
+
+def _operand(rows: int, cols: int, layout: str, g: torch.Generator | None = None) -> torch.Tensor:
+    g = g or _own_generator()
+    return torch.randn(cols, rows, generator=g).t() if layout == "t" else torch.randn(rows, cols, generator=g)
 
 
 def _shape_flops(shape: tuple, budget: float, weights_mib: int = 64) -> float:
@@ -143,7 +151,8 @@ def _shape_flops(shape: tuple, budget: float, weights_mib: int = 64) -> float:
     operand takes another kernel."""
     m, k, n, la, lb = shape
     count = max(1, min(256, weights_mib * 2**20 // (k * n * 4)))
-    a, bs = _operand(m, k, la), [_operand(k, n, lb) for _ in range(count)]
+    g = _own_generator()
+    a, bs = _operand(m, k, la, g), [_operand(k, n, lb, g) for _ in range(count)]
 
     def run():
         for b in bs:
@@ -159,7 +168,8 @@ def _dequant_rate(precision: str, budget: float = 0.3) -> float:
     import bitsandbytes.functional as F  # heavy: only for a step that dequantizes
 
     # 64 copies, 28 MiB packed: more than a CPU's L3, as a step's 4-bit weights come from memory
-    quant, count, w = ("fp4" if precision.startswith("fp4") else "nf4"), 64, torch.randn(1536, 576)
+    quant, count = ("fp4" if precision.startswith("fp4") else "nf4"), 64
+    w = torch.randn(1536, 576, generator=_own_generator())
     packed = F.quantize_4bit(w, blocksize=64, quant_type=quant, compress_statistics=precision.endswith("-dq"))
     copies = [(packed[0].clone(), packed[1]) for _ in range(count)]
 
@@ -380,7 +390,8 @@ def time_training(model_dir: str, recipe, steps: int = 3) -> Timed:
         model = prepare_for_training(load_real(model_dir, recipe.precision, recipe.dtype, recipe.attn), recipe)
         optimizer = make_optimizer(model, recipe)
         params = [p for p in model.parameters() if p.requires_grad]
-        ids = torch.randint(0, model.config.vocab_size, (recipe.batch_size, recipe.max_length))
+        shape = (recipe.batch_size, recipe.max_length)
+        ids = torch.randint(0, model.config.vocab_size, shape, generator=_own_generator())
 
         def step():
             with autocast(recipe):
@@ -399,7 +410,8 @@ def time_generation(model_dir: str, recipe, repeats: int = 2) -> Timed:  # mean 
     from lab.estimate.check import load_real
 
     model = load_real(model_dir, recipe.precision, recipe.dtype, recipe.attn).eval()
-    ids = torch.randint(0, model.config.vocab_size, (recipe.batch_size, recipe.prompt_tokens))
+    shape = (recipe.batch_size, recipe.prompt_tokens)
+    ids = torch.randint(0, model.config.vocab_size, shape, generator=_own_generator())
     n = recipe.new_tokens
 
     def run():
