@@ -283,16 +283,17 @@ def test_a_kept_architecture_reads_back_equal_to_the_one_built(kind, tmp_path, m
     built = A._build(config, kind)
     assert A.architecture_from_json(json.loads(json.dumps(A.architecture_to_json(built)))) == built
     key = kind + "\n" + config.to_json_string(use_diff=False)
-    A._keep(key, built)
-    kept = A._read_kept(key)
+    A._keep(A._kept_path(key), built)
+    kept = A._read_kept(A._kept_path(key))
     assert kept == built and kept.linears[0].paths == built.linears[0].paths
     # JSON keys are strings (id2label's 0 comes back "0"): the config transformers makes of it is the same
     same = [A.config_from_dict(a.config).to_json_string(use_diff=False) for a in (kept, built)]
     assert same[0] == same[1]
     assert [t.shape for t in kept.tensors] == [t.shape for t in built.tensors]
-    assert A._read_kept(key.replace(kind, kind + "-other", 1)) is None  # another name (or config): not this one
+    other = A._kept_path(key.replace(kind, kind + "-other", 1))  # another name (or config): not this one
+    assert A._read_kept(other) is None
     A._kept_path(key).write_text('{"name": "truncated"')  # a damaged file is built again, not trusted
-    assert A._read_kept(key) is None
+    assert A._read_kept(A._kept_path(key)) is None
 
 
 @pytest.mark.slow
@@ -316,5 +317,5 @@ def test_a_public_server_keeps_no_architecture_on_disk(tmp_path, monkeypatch):
 
     monkeypatch.setenv("QLORA_LAB_CACHE", str(tmp_path))
     monkeypatch.setenv("QLORA_LAB_PUBLIC", "1")
-    A._keep("llama\n{}", A._build(tiny_config("llama"), "llama"))
+    A._keep(A._kept_path("llama\n{}"), A._build(tiny_config("llama"), "llama"))
     assert not (tmp_path / "architectures").exists()

@@ -30,3 +30,12 @@ def test_help_imports_no_command_and_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "usage: python -m lab" in out and "memory" in out
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_the_queues_dispatcher_imports_no_torch():
+    """A dispatcher may be a fresh process (a finishing run's hand-over, a test's racing dispatchers): the line on disk
+    (lab.training.dispatch) is read without torch, transformers or TRL (5.3 s of imports before)."""
+    code = ("import sys\nfrom lab.training.dispatch import dispatch, queue_state, QueueWatcher\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'peft', 'trl')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -139,8 +139,7 @@ def _own_generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
-def _operand(rows: int, cols: int, layout: str, g: torch.Generator | None = None) -> torch.Tensor:
-    g = g or _own_generator()
+def _operand(rows: int, cols: int, layout: str, g: torch.Generator) -> torch.Tensor:
     return torch.randn(cols, rows, generator=g).t() if layout == "t" else torch.randn(rows, cols, generator=g)
 
 

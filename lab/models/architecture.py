@@ -282,10 +282,11 @@ def architecture_from_config(config, name: str) -> Architecture:
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-    arch = _read_kept(key)
+    kept = _kept_path(key)
+    arch = _read_kept(kept)
     if arch is None:
         arch = _build(config, name)
-        _keep(key, arch)
+        _keep(kept, arch)
     with _LOCK:
         _CACHE[key] = arch
         while len(_CACHE) > _CACHE_SIZE:
@@ -318,16 +319,14 @@ def _kept_path(key: str) -> Path | None:
     return cache_dir() / "architectures" / f"{digest}.json"
 
 
-def _read_kept(key: str) -> Architecture | None:
-    path = _kept_path(key)
+def _read_kept(path: Path | None) -> Architecture | None:
     try:
         return architecture_from_json(json.loads(path.read_text())) if path is not None else None
     except (OSError, ValueError, TypeError, KeyError):  # none kept, or not one this code wrote: build it
         return None
 
 
-def _keep(key: str, arch: Architecture) -> None:
-    path = _kept_path(key)
+def _keep(path: Path | None, arch: Architecture) -> None:
     if path is None:
         return
     try:
