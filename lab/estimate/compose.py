@@ -51,16 +51,24 @@ class Composed:
 
 
 def blocks_from(tracker: LiveBytes, categories: list[str], full_layers: int, simulated_layers: int) -> list[Block]:
-    """Cut the event stream into blocks, with how often each repeats at `full_layers` depth."""
+    """Cut the tracker's event stream into blocks, with how often each repeats at `full_layers` depth."""
+    columns = tuple(zip(*tracker.events, strict=True)) if tracker.events else ((), (), ())
+    return blocks_of(columns, tracker.segments, [s.nbytes for s in tracker.storages],
+                     [s.owner for s in tracker.storages], categories, full_layers, simulated_layers)
+
+
+def blocks_of(events, segments, sizes, owners, categories, full_layers: int, simulated_layers: int) -> list[Block]:
+    """`blocks_from` on a stream's columns (storage index, +1/-1, segment index per event) and each storage's
+    size, owner and category: a simulation's, or one replayed at other sizes (lab.estimate.replay)."""
     reps = full_layers - (simulated_layers - 1) if full_layers > simulated_layers else 1
     scale = simulated_layers == SIMULATED_LAYERS and full_layers > simulated_layers
     by_segment: dict[int, list[tuple[int, int]]] = defaultdict(list)
-    for idx, sign, seg in tracker.events:
+    for idx, sign, seg in zip(*events, strict=True):
         by_segment[seg].append((idx, sign))
     blocks: list[Block] = []
-    for seg, events in sorted(by_segment.items()):
-        label = tracker.segments[seg]
-        deltas = [(sign * tracker.storages[i].nbytes, categories[i]) for i, sign in events]
+    for seg, seg_events in sorted(by_segment.items()):
+        label = segments[seg]
+        deltas = [(sign * sizes[i], categories[i]) for i, sign in seg_events]
         if label[0] in ("F", "B"):
             repeat = scale and label[1] == MIDDLE
             blocks.append(Block(deltas, reps if repeat else 1, label, _layer_of(label[1], full_layers, scale)))
@@ -68,8 +76,8 @@ def blocks_from(tracker: LiveBytes, categories: list[str], full_layers: int, sim
         # by owner: runs of the middle layer's tensors repeat, the rest happens once
         run: list[tuple[int, str]] = []
         run_middle = None
-        for (i, _sign), delta in zip(events, deltas, strict=True):
-            middle = scale and tracker.storages[i].owner == MIDDLE
+        for (i, _sign), delta in zip(seg_events, deltas, strict=True):
+            middle = scale and owners[i] == MIDDLE
             if run and middle != run_middle:
                 blocks.append(Block(run, reps if run_middle else 1, label))
                 run = []

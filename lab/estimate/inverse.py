@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 
 from lab.errors import LabError
 from lab.estimate.gpus import Gpu, budget_for_peak, gpu_verdict
 from lab.estimate.lora import resolve_targets
-from lab.estimate.simulate import simulate
+from lab.estimate.replay import replay_peak
+from lab.estimate.simulate import Simulation, simulate
 from lab.estimate.training import TrainingSettings
 from lab.models.architecture import Architecture
 
@@ -49,7 +51,10 @@ def knobs_for(method: str) -> list[str]:
     return [k for k in INVERSE_KNOBS if not (k == "r" and method == "full")]
 
 
-SAMPLES = {"batch_size": (1, 2, 4), "max_length": (256, 2048, 8192), "r": (8, 64)}
+# Samples whose steps replay into each other (lab.estimate.replay) in the regime of most answers: past the 1,536
+# rows of bitsandbytes' fused 4-bit kernel and within one 4,096-token tile of TRL's chunked log-probabilities (the
+# batch of 1 serves a card that takes little, and is the page's default: simulated already).
+SAMPLES = {"batch_size": (1, 2, 4), "max_length": (2048, 4096), "r": (8, 64)}
 DEGREE = {"batch_size": 1, "max_length": 2, "r": 1}
 MAX_BATCH = 1 << 16
 MAX_CHECKS = 6
@@ -101,8 +106,11 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
     upper = upper_bound(arch, settings, knob)
     budget = budget_for_peak(gpu)
 
+    runs: dict[int, Simulation] = {}
+
     def peak(x: int) -> int:
-        return simulate(arch, replace(settings, **{knob: int(x)})).peak_bytes
+        runs[x] = simulate(arch, replace(settings, **{knob: int(x)}))
+        return runs[x].peak_bytes
 
     xs = sorted({min(x, upper) for x in SAMPLES[knob]})
     points = [(xs[0], peak(xs[0]))]
@@ -132,10 +140,11 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
             return (lo + hi) // 2  # bisect between what fits and what does not
         return min(upper, lo + step)  # nothing known to fail yet: is 2% more still fitting?
 
-    candidate = next_value(_solve(coefficients, budget, upper))
+    lo, hi, used = _replay_search(runs, points, lo, hi, upper, budget, DEGREE[knob], peak)
     line = dict(points)  # the peaks the lines are drawn through (an end kept twice counts half as far: Illinois)
+    candidate = next_value(_between(line, lo, hi, budget) if used else _solve(coefficients, budget, upper))
     last_fit = None
-    for _ in range(MAX_CHECKS):
+    for _ in range(MAX_CHECKS - used):
         if candidate <= lo or lo >= upper or _within_2pct(lo, hi):
             break
         p = peak(candidate)
@@ -174,6 +183,64 @@ def _answer(knob: str, lo: int, hi: int, gpu: Gpu, budget: int, upper: int, poin
     settled = lo >= upper or (hi <= upper and _within_2pct(lo, hi))
     return InverseAnswer(knob, lo, gpu.name, budget, upper, sorted(points), coefficients, checked,
                          hi if hi <= upper else None, settled)
+
+
+def _replay_search(runs: dict, points: list, lo: int, hi: int, upper: int, budget: int, degree: int, peak
+                   ) -> tuple[int, int, int]:
+    """Simulate what the replayed steps (lab.estimate.replay) say is the answer, then the value above it: where
+    the replay holds, two simulations after the samples bracket the answer to the unit (a batch of 14 fits and 15
+    does not; 14,645 tokens fit and 14,646 do not). Where it does not (a size that stops growing, such as TRL's
+    4,096-token log-probability tile), each check joins the values the replay is drawn through, and the next
+    replay is nearer. Simulations whose streams differ (a kernel or a paged state that switches at some size) do
+    not replay into each other: with no two alike, the line search takes over. Returns lo, hi and the
+    simulations used."""
+    used = 0
+    while used < MAX_CHECKS and lo < upper and not _within_2pct(lo, hi):
+        basis = _basis(runs, lo, hi, degree)
+        if basis is None:
+            break
+        top = min(hi - 1, upper)
+        candidate = _largest(partial(replay_peak, basis), budget, lo, top)
+        if candidate <= lo:  # the replay says `lo` is the answer: does one more fit?
+            candidate = lo + 1
+        p = peak(candidate)
+        points.append((candidate, p))
+        used += 1
+        if p <= budget:
+            lo = candidate
+        else:
+            hi = candidate
+    return lo, hi, used
+
+
+def _basis(runs: dict, lo: int, hi: int, degree: int) -> list | None:
+    """The simulations to replay from: of the groups of two or more whose streams are alike, the one with a value
+    nearest the answer's bracket, its degree + 1 values nearest it (a check of another shape, such as one more
+    chunk of TRL's log-probabilities, does not join it but can confirm it)."""
+    groups: dict[str, list] = {}
+    for x, sim in runs.items():
+        if sim.trace is not None:
+            groups.setdefault(sim.trace.shape, []).append((x, sim.trace))
+    groups = {k: g for k, g in groups.items() if len(g) >= 2}
+    if not groups:
+        return None
+
+    def distance(xt) -> int:
+        return min(abs(xt[0] - lo), abs(xt[0] - hi))
+
+    best = min(groups.values(), key=lambda g: min(map(distance, g)))
+    return sorted(best, key=distance)[:degree + 1]
+
+
+def _largest(replayed, limit: int, lo: int, top: int) -> int:
+    """The largest x in [lo, top] whose replayed peak is within `limit` (lo if none above it; the replay grows)."""
+    while lo < top:
+        mid = (lo + top + 1) // 2
+        if replayed(mid) <= limit:
+            lo = mid
+        else:
+            top = mid - 1
+    return lo
 
 
 def solve_all(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knobs, report=None, cancel=None) -> dict:

@@ -42,6 +42,7 @@ from lab.estimate.recipe import (
     train_step,
     trl_trainer,
 )
+from lab.estimate.replay import Trace
 from lab.estimate.scan import scan_paths
 from lab.estimate.tracker import CUDA_BLOCK, NO_LAYER, OVERRIDES, LiveBytes
 from lab.estimate.training import adapter_dtype
@@ -96,9 +97,12 @@ class Simulation:
     # what lab.estimate.parallel redistributes over several GPUs
     phase_peaks: dict[str, dict[str, int]] = field(default_factory=dict)
     layout: dict[str, int] = field(default_factory=dict)
+    # training: the step's event stream, which lab.estimate.replay replays at another batch, sequence or rank
+    trace: Trace | None = field(default=None, repr=False, compare=False)
 
     def to_json(self, timeline: bool = False) -> dict:
-        d = asdict(self)
+        d = asdict(replace(self, trace=None))
+        d.pop("trace")
         d.pop("work")
         d["recipe"] = d.pop("settings")  # the resolved recipe (TrainingSettings stay under "settings")
         if not timeline:
@@ -365,7 +369,8 @@ def _result(kind: str, tracker: LiveBytes, full: int, layers: int, recipe, t0: f
     return Simulation(kind, composed.peak_bytes, composed.by_category, composed.peak_at, composed.timeline,
                       composed.excluded, _layer_table(tracker), layers, full, round(time.perf_counter() - t0, 3),
                       _settings_json(recipe), tuple(notes), totals, one_layer, _work(tracker, full, layers, totals),
-                      phase_peaks(blocks) if layout is not None else {}, layout or {})
+                      phase_peaks(blocks) if layout is not None else {}, layout or {},
+                      Trace.of(tracker, categories, full, layers) if kind == "training" else None)
 
 
 def _work(tracker: LiveBytes, full: int, layers: int, totals: dict[str, int]) -> tuple:

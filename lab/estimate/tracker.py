@@ -41,6 +41,7 @@ class Storage:
     owner: int  # decoder layer it belongs to, or NO_LAYER
     role: str | None = None  # set when known: weights | adapters | gradients | optimizer | paged | kv_cache | inputs
     module: str | None = None  # module whose forward made it (only inside the profiled layer)
+    raw: int = 0  # bytes as allocated, before the allocator's rounding (lab.estimate.replay interpolates these)
 
 
 class LiveBytes(TorchDispatchMode):
@@ -74,12 +75,12 @@ class LiveBytes(TorchDispatchMode):
         key = id(st)
         if key in self._index:
             return self._index[key]
-        n = st.nbytes()
-        if n == 0:
+        raw = st.nbytes()
+        if raw == 0:
             return None
-        n = -(-n // self.round_to) * self.round_to
+        n = -(-raw // self.round_to) * self.round_to
         idx = len(self.storages)
-        self.storages.append(Storage(n, self.phase, owner, role, self.module))
+        self.storages.append(Storage(n, self.phase, owner, role, self.module, raw))
         self._index[key] = idx
         self._refs[key] = weakref.ref(st, lambda _ref, key=key, idx=idx: self._free(key, idx))
         self._event(idx, +1)
