@@ -15,7 +15,7 @@ from lab.estimate.training import TrainingSettings
 from lab.models.architecture import architecture_from_config, config_from_dict
 
 SHAPE = dict(model_type="llama", pad_token_id=0, bos_token_id=1, eos_token_id=2, vocab_size=256, hidden_size=128,
-             intermediate_size=512, num_hidden_layers=7, num_attention_heads=4, num_key_value_heads=2,
+             intermediate_size=512, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
              max_position_embeddings=65_536)
 ARCH = architecture_from_config(config_from_dict(SHAPE, "tiny llama"), "tiny llama")
 LORA = TrainingSettings(method="lora", precision="bf16", max_length=512, gradient_checkpointing=True)
