@@ -299,17 +299,21 @@ def test_a_kept_architecture_reads_back_equal_to_the_one_built(kind, tmp_path, m
 @pytest.mark.slow
 def test_a_second_cli_process_reads_the_kept_architecture_without_transformers_modelling(tmp_path):
     """`python -m lab memory` builds the model on the meta device once; the next process reads what was kept and
-    imports none of transformers' modelling code (about 2 of its 4.8 s), with the same answer."""
+    imports none of transformers' modelling code (about 2 of its 4.8 s) nor its config classes (transformers
+    indexes every model folder for them: ~0.3-0.7 s), with the same answer."""
     code = ("import io, sys, contextlib; from lab.cli import main; out = io.StringIO()\n"
             "with contextlib.redirect_stdout(out): code = main(['memory', '--model', 'Qwen2.5-7B', '--json'])\n"
             "print(json.dumps({'code': code, 'out': out.getvalue(), "
-            "'modelling': 'transformers.modeling_utils' in sys.modules}))")
+            "'modelling': 'transformers.modeling_utils' in sys.modules, "
+            "'configs': 'transformers.models.auto.configuration_auto' in sys.modules}))")
     env = {**os.environ, "QLORA_LAB_CACHE": str(tmp_path), "QLORA_LAB_PUBLIC": "0"}
     runs = [json.loads(subprocess.run([sys.executable, "-c", "import json\n" + code], cwd=ROOT, env=env, text=True,
                                       capture_output=True, timeout=300, check=True).stdout) for _ in range(2)]
     assert [r["code"] for r in runs] == [0, 0] and runs[0]["out"] == runs[1]["out"]
     assert [r["modelling"] for r in runs] == [True, False]
-    assert len(list((tmp_path / "architectures").glob("*.json"))) == 1
+    # a catalog model is kept by its config.json's text too: the next process needs no config class to find it
+    assert [r["configs"] for r in runs] == [True, False]
+    assert len(list((tmp_path / "architectures").glob("*.json"))) == 2  # by the config, and by the file's text
 
 
 def test_a_public_server_keeps_no_architecture_on_disk(tmp_path, monkeypatch):

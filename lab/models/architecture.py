@@ -287,11 +287,43 @@ def architecture_from_config(config, name: str) -> Architecture:
     if arch is None:
         arch = _build(config, name)
         _keep(kept, arch)
+    _remember(key, arch)
+    return arch
+
+
+def kept_for_text(text: str, name: str) -> Architecture | None:
+    """The architecture built before from a config.json with exactly this text and name, if one is kept (in this
+    process, or on disk): reading it needs neither transformers' config classes nor its modelling code (a
+    catalog model's `python -m lab memory` skips the ~0.7 s of transformers indexing its model folders)."""
+    key = _text_key(text, name)
+    with _LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    arch = _read_kept(_kept_path(key))
+    if arch is not None:
+        _remember(key, arch)
+    return arch
+
+
+def keep_for_text(text: str, name: str, arch: Architecture) -> None:
+    """Keep `arch`, built from a config.json with this text and name, for kept_for_text."""
+    key = _text_key(text, name)
+    _remember(key, arch)
+    path = _kept_path(key)
+    if path is not None and not path.exists():
+        _keep(path, arch)
+
+
+def _text_key(text: str, name: str) -> str:
+    return "config.json text\n" + name + "\n" + text
+
+
+def _remember(key: str, arch: Architecture) -> None:
     with _LOCK:
         _CACHE[key] = arch
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
-    return arch
 
 
 # ---------------------------------------------------------------- kept on disk, for the next process

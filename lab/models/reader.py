@@ -9,7 +9,13 @@ from pathlib import Path
 
 from lab import policy
 from lab.errors import LabError
-from lab.models.architecture import Architecture, architecture_from_config, config_from_dict
+from lab.models.architecture import (
+    Architecture,
+    architecture_from_config,
+    config_from_dict,
+    keep_for_text,
+    kept_for_text,
+)
 from lab.models.public import architecture_within_limits
 from lab.models.sources import ModelSource, resolve_source
 
@@ -18,8 +24,14 @@ def read_architecture(source: str | ModelSource, name: str | None = None) -> Arc
     """The architecture of `source` (anything `resolve_source` accepts), cached per config."""
     if isinstance(source, str):
         source = resolve_source(source)
-    config = source.load_config()
-    return architecture_from_config(config, name or source.display_name)
+    name = name or source.display_name
+    text = source.config_text()
+    arch = kept_for_text(text, name) if text is not None else None
+    if arch is None:
+        arch = architecture_from_config(source.load_config(), name)
+        if text is not None:
+            keep_for_text(text, name, arch)
+    return arch
 
 
 def read_architecture_json(text: str | bytes, name: str = "uploaded config") -> Architecture:

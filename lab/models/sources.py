@@ -172,6 +172,17 @@ class ModelSource:
         assert self.path is not None
         return self.path.stem if self.path.is_file() else self.path.name
 
+    def config_text(self) -> str | None:
+        """The text of the config.json that load_config reads, where it is a file here (None for a Hub id, whose
+        config transformers fetches or finds in its own cache)."""
+        if self.kind == "hub" or self.path is None:
+            return None
+        path = self.path if self.kind in ("config", "catalog") else self.path / "config.json"
+        try:
+            return path.read_text()
+        except (OSError, UnicodeDecodeError):  # load_config says what is wrong
+            return None
+
     def load_config(self):
         from transformers import AutoConfig
 
