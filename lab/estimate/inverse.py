@@ -112,15 +112,9 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
         runs[x] = simulate(arch, replace(settings, **{knob: int(x)}))
         return runs[x].peak_bytes
 
-    xs = sorted({min(x, upper) for x in SAMPLES[knob]})
-    points = [(xs[0], peak(xs[0]))]
-    if points[0][1] > budget:  # the smallest sample does not fit: does anything? (a MoE's bf16 experts alone may not)
-        if xs[0] > 1:
-            points.insert(0, (1, peak(1)))
-        if points[0][1] > budget:
-            return InverseAnswer(knob, 0, gpu.name, budget, upper, points, [], True, points[0][0])
-    points += [(x, peak(x)) for x in xs[1:]]
-    points.sort()
+    points = _samples(peak, knob, upper, budget)
+    if points[0][1] > budget:  # not even 1 fits: 0 at once
+        return InverseAnswer(knob, 0, gpu.name, budget, upper, points, [], True, points[0][0])
     coefficients = _fit(points, min(DEGREE[knob], len(points) - 1))
     lo = max((x for x, p in points if p <= budget), default=0)  # known to fit
     hi = min((x for x, p in points if p > budget), default=upper + 1)  # known not to (upper + 1: none yet)
@@ -162,6 +156,19 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
         last_fit = fits
         candidate = next_value(_between(line, lo, hi, budget))
     return _answer(knob, lo, hi, gpu, budget, upper, points, coefficients)
+
+
+def _samples(peak, knob: str, upper: int, budget: int) -> list[tuple[int, int]]:
+    """The samples' (value, peak), in order. Where the smallest does not fit, 1 is simulated first, and if that
+    does not fit either nothing more is (a MoE's bf16 experts alone may overfill the card)."""
+    xs = sorted({min(x, upper) for x in SAMPLES[knob]})
+    points = [(xs[0], peak(xs[0]))]
+    if points[0][1] > budget:
+        if xs[0] > 1:
+            points.insert(0, (1, peak(1)))
+        if points[0][1] > budget:
+            return points
+    return sorted(points + [(x, peak(x)) for x in xs[1:]])
 
 
 def _within_2pct(lo: int, hi: int) -> bool:
