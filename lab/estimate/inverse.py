@@ -222,8 +222,8 @@ def _replay_search(runs: dict, points: list, lo: int, hi: int, upper: int, budge
 
 def _basis(runs: dict, lo: int, hi: int, degree: int) -> list | None:
     """The simulations to replay from: of the groups of two or more whose streams are alike, the one with a value
-    nearest the answer's bracket, its degree + 1 values nearest it (a check of another shape, such as one more
-    chunk of TRL's log-probabilities, does not join it but can confirm it)."""
+    nearest the answer's bracket, its degree + 1 values nearest it (a check of another shape, such as one
+    simulated across bitsandbytes' fused-kernel limit, does not join it)."""
     groups: dict[str, list] = {}
     for x, sim in runs.items():
         if sim.trace is not None:
