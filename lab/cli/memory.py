@@ -1,5 +1,8 @@
 """`python -m lab memory`: weights at a precision as bitsandbytes stores them, and — simulated — the peak of a
-training step (`--train`) or of generation (`--infer`), with the GPU verdict and the multi-GPU answer."""
+training step (`--train`) or of generation (`--infer`), with the GPU verdict and the multi-GPU answer.
+
+The weights alone are arithmetic on the architecture: that answer imports neither torch nor transformers (about
+2.5 s of a 3 s command on a 2-core machine). A simulation imports them where it is asked for."""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ from dataclasses import fields
 from lab.errors import LabError
 from lab.estimate.gpus import FRAGMENTATION, GPUS, fit_table, get_gpu, gpu_verdict
 from lab.estimate.inference import kv_cache_bytes
-from lab.estimate.inverse import knobs_for, max_fitting
 from lab.estimate.parallel import (
     DEFAULT_OFFLOAD,
     DEFAULT_STRATEGY,
@@ -18,7 +20,6 @@ from lab.estimate.parallel import (
     smallest_fitting,
     why_none_fit,
 )
-from lab.estimate.simulate import InferenceSettings, resolve_recipe, simulate, simulate_generation
 from lab.estimate.training import TrainingSettings, estimate_training
 from lab.estimate.weights import estimate_weights
 from lab.models.reader import read_architecture
@@ -126,6 +127,8 @@ def run(args: argparse.Namespace) -> dict:
     settings = training_settings(args) if args.train else None
     precision = args.precision or "nf4-dq"
     if settings is not None:
+        from lab.estimate.simulate import resolve_recipe  # why: torch and transformers, for a simulation only
+
         precision = resolve_recipe(arch, settings).precision  # validates every training setting first
     w = estimate_weights(arch, precision, args.dtype)
     result = {"model": arch.name, "model_type": arch.model_type, **w.to_json(), "fits": fit_table(w.weights_bytes)}
@@ -140,34 +143,9 @@ def run(args: argparse.Namespace) -> dict:
             raise LabError(f"--context must be a positive number of tokens, got {args.context}.")
         result["kv_cache_bytes"] = kv_cache_bytes(arch, args.context, 1, args.dtype)
     if args.infer:
-        g = simulate_generation(arch, InferenceSettings(precision, args.dtype, args.batch_size, args.prompt_tokens,
-                                                        args.new_tokens, args.attn))
-        result["inference"] = g.to_json()
-        peak = g.peak_bytes
-        result["fits"] = fit_table(peak)
+        peak = _inference(args, arch, precision, result)
     if settings is not None:
-        sim = simulate(arch, settings)
-        formula = estimate_training(arch, settings)
-        explained = formula.to_json()
-        result["training"] = {**explained, **sim.to_json(), "formula_total_bytes": formula.total_bytes,
-                              "formula_allocated_bytes": formula.allocated_bytes,
-                              "notes": [*explained["notes"], *sim.notes, *_target_notes(arch, settings)]}
-        peak = sim.peak_bytes
-        if args.gpus is not None:
-
-            fsdp = {"strategy": args.fsdp_strategy, "offload": args.cpu_offload == "on"}
-            multi = per_gpu_peak(sim, args.gpus, args.sharding, **fsdp)
-            result["multi_gpu"] = multi.to_json()
-            peak, fragmentation = multi.per_gpu_peak_bytes, multi.fragmentation
-            if gpu is not None:
-                result["multi_gpu"]["smallest_gpus"] = smallest_fitting(sim, gpu, args.sharding, **fsdp)
-        result["fits"] = fit_table(peak, fragmentation=fragmentation)
-        if args.inverse and gpu is not None:
-            answers = {k: max_fitting(arch, settings, gpu, k) for k in knobs_for(settings.method)}
-            # the JSON keys stay as they were (issue 13): max_length's answer is max_seq_len
-            maxima = {INVERSE_KEYS.get(k, f"max_{k}"): a.value for k, a in answers.items()}
-            result["inverse"] = {"gpu": gpu.name, **maxima,
-                                 "details": {k: a.to_json() for k, a in answers.items()}}
+        peak, fragmentation = _training(args, arch, settings, gpu, result)
     elif args.gpus is not None:
         raise LabError("--gpus is about training.", "Add --train full|lora|qlora.")
     if gpu is not None:
@@ -176,24 +154,62 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
+def _inference(args: argparse.Namespace, arch, precision: str, result: dict) -> int:
+    """`inference`: generation's simulated peak, which the fit table then follows."""
+    from lab.estimate.simulate import InferenceSettings, simulate_generation  # why: torch and transformers
+
+    g = simulate_generation(arch, InferenceSettings(precision, args.dtype, args.batch_size, args.prompt_tokens,
+                                                    args.new_tokens, args.attn))
+    result["inference"] = g.to_json()
+    result["fits"] = fit_table(g.peak_bytes)
+    return g.peak_bytes
+
+
+def _training(args: argparse.Namespace, arch, settings: TrainingSettings, gpu, result: dict) -> tuple[int, float]:
+    """`training` (the simulated step beside the formula), `multi_gpu` with --gpus, `inverse` with --gpu; returns
+    the peak and the fragmentation allowance the verdict is drawn with."""
+    from lab.estimate.inverse import knobs_for, max_fitting  # why: torch and transformers, as simulate
+    from lab.estimate.simulate import simulate  # why: torch and transformers' modelling code (~3 s to import)
+
+    sim = simulate(arch, settings)
+    formula = estimate_training(arch, settings)
+    explained = formula.to_json()
+    result["training"] = {**explained, **sim.to_json(), "formula_total_bytes": formula.total_bytes,
+                          "formula_allocated_bytes": formula.allocated_bytes,
+                          "notes": [*explained["notes"], *sim.notes, *_target_notes(arch, settings)]}
+    peak, fragmentation = sim.peak_bytes, FRAGMENTATION
+    if args.gpus is not None:
+        fsdp = {"strategy": args.fsdp_strategy, "offload": args.cpu_offload == "on"}
+        multi = per_gpu_peak(sim, args.gpus, args.sharding, **fsdp)
+        result["multi_gpu"] = multi.to_json()
+        peak, fragmentation = multi.per_gpu_peak_bytes, multi.fragmentation
+        if gpu is not None:
+            result["multi_gpu"]["smallest_gpus"] = smallest_fitting(sim, gpu, args.sharding, **fsdp)
+    result["fits"] = fit_table(peak, fragmentation=fragmentation)
+    if args.inverse and gpu is not None:
+        answers = {k: max_fitting(arch, settings, gpu, k) for k in knobs_for(settings.method)}
+        # the JSON keys stay as they were (issue 13): max_length's answer is max_seq_len
+        maxima = {INVERSE_KEYS.get(k, f"max_{k}"): a.value for k, a in answers.items()}
+        result["inverse"] = {"gpu": gpu.name, **maxima, "details": {k: a.to_json() for k, a in answers.items()}}
+    return peak, fragmentation
+
+
 def _speed(args: argparse.Namespace, gpu, result: dict) -> dict:
     """`speed` (and `cost` for a planned run) of the simulated training step, or generation's speed."""
+    if not (args.train or args.infer):
+        return {}
+    # why: torch and transformers, as the simulation they time
     from lab.estimate.plan import speed_report
-    from lab.estimate.simulate import simulate, simulate_generation
+    from lab.estimate.simulate import InferenceSettings, simulate, simulate_generation
     from lab.estimate.speed import generation_time
 
     arch = read_architecture(args.model)
     if args.train:
         return speed_report(simulate(arch, training_settings(args)), gpu.name, args.gpus or 1, args.sharding,
                             args.steps, args.dataset, args.epochs)
-    if args.infer:
-        from lab.estimate.simulate import InferenceSettings
-
-        g = simulate_generation(arch, InferenceSettings(result["inference"]["recipe"]["precision"], args.dtype,
-                                                        args.batch_size, args.prompt_tokens, args.new_tokens,
-                                                        args.attn))
-        return {"speed": {"generation": generation_time(g, gpu.name).to_json()}}
-    return {}
+    g = simulate_generation(arch, InferenceSettings(result["inference"]["recipe"]["precision"], args.dtype,
+                                                    args.batch_size, args.prompt_tokens, args.new_tokens, args.attn))
+    return {"speed": {"generation": generation_time(g, gpu.name).to_json()}}
 
 
 def _target_notes(arch, settings: TrainingSettings) -> list[str]:

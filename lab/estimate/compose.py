@@ -121,7 +121,7 @@ def compose(blocks: list[Block], full_layers: int, max_points: int = 60) -> Comp
         candidate = live + r_star * prefix + top
         if candidate > best:
             best = candidate
-            best_cats = {c: totals[c] + r_star * cats[c] + top_cats.get(c, 0) for c in set(totals) | set(cats)}
+            best_cats = {c: totals[c] + r_star * cats[c] + top_cats.get(c, 0) for c in dict.fromkeys([*totals, *cats])}
             best_at = describe(block.label, block.first_layer + r_star, full_layers)
         if block.label[0] != "setup":  # what exists before the step is one point: the baseline
             if not points:

@@ -34,11 +34,14 @@ buffers are part of the CUDA-context allowance of the verdict (`lab.estimate.gpu
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from lab.errors import LabError
 from lab.estimate.gpus import FRAGMENTATION, FSDP_FRAGMENTATION, Gpu, GpuVerdict, gpu_verdict
-from lab.estimate.simulate import Simulation
 from lab.vocab import FSDP_STRATEGIES, LAUNCH_MODES, lookup
+
+if TYPE_CHECKING:  # a simulated step is what this module redistributes; importing it at run time would import torch
+    from lab.estimate.simulate import Simulation
 
 MAX_GPUS = 512
 GATHERED_LAYERS = 2  # the layer computing and the next one's all-gather (BACKWARD_PRE; limit_all_gathers)

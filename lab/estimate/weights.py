@@ -231,6 +231,11 @@ def _components(p, s: _Tally, unquantized_name: str, eb: int) -> list[WeightComp
 
 
 def _itemsize(torch_name: str) -> int:
-    import torch
+    """Bytes per value of a buffer's dtype: the float dtypes from the vocabulary (rotary tables are float32), any
+    other from torch."""
+    known = next((d.bytes for d in DTYPES.values() if d.torch_name == torch_name), None)
+    if known is not None:
+        return known
+    import torch  # why: heavy (~2.5 s); only a buffer of a dtype the vocabulary does not list asks it
 
     return getattr(torch, torch_name).itemsize

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from lab import policy
 from lab.errors import LabError
+from lab.models.precision import get_precision
 from lab.models.sources import folder_hub_id
 from lab.paths import RUN_FILE, runs_dir
 
@@ -324,8 +325,6 @@ def precision_note(info: AdapterInfo, precision: str) -> str | None:
     """A note when the adapter was trained on a base at another precision than the one it runs on here
     (say NF4 in training, FP32 now): the base weights differ by the quantization error, so its answers can
     differ slightly from what training saw. None when the run recorded no precision or they match."""
-    from lab.models.precision import get_precision  # why: torch + transformers; adapters need neither
-
     trained = info.run.get("precision")
     if not trained or not precision:
         return None

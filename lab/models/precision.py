@@ -4,15 +4,20 @@ BitsAndBytesConfig, and the dtype of what stays unquantized.
 fp32/bf16/fp16 load every weight in that dtype. int8 and the 4-bit kinds go through
 bitsandbytes: the decoder's Linear layers are quantized; embeddings, lm_head and norms stay
 in the load dtype. The precisions and dtypes themselves are tables in `lab.vocab`.
+
+torch and transformers are imported only where a function needs them: the weights estimate reads precisions and
+dtypes from here, and `python -m lab memory` (weights only) starts without either (~2.5 s of imports).
 """
 
 from __future__ import annotations
 
-import torch
-from transformers import BitsAndBytesConfig
+from typing import TYPE_CHECKING
 
-from lab.environment import compute_dtype, device_type
 from lab.vocab import AUTO, COMPUTE, DTYPE_CHOICES, DTYPES, PRECISIONS, Dtype, Precision, dtype_by_torch_name, lookup
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import BitsAndBytesConfig
 
 
 def get_precision(name: str) -> Precision:
@@ -29,6 +34,8 @@ def resolve_dtype(choice: str | None, *, config_dtype: str | None = None, device
     if choice == AUTO:
         return dtype_by_torch_name(config_dtype) if config_dtype and config_dtype != "auto" else DTYPES["fp32"]
     if choice == COMPUTE:
+        from lab.environment import compute_dtype  # why: torch; only the compute dtype asks the device
+
         return dtype_by_torch_name(str(compute_dtype(device)))
     return DTYPES[choice]
 
@@ -43,6 +50,8 @@ def cpu_repacks_4bit() -> bool:
 
 def slow_on(precision: str, device: str | None = None) -> bool:
     """bf16/fp16 on a CPU: most CPUs have no fast half-precision matmul (~20x slower than fp32)."""
+    from lab.environment import device_type  # why: torch
+
     return get_precision(precision).name in ("bf16", "fp16") and (device or device_type()) == "cpu"
 
 
@@ -51,6 +60,10 @@ def bnb_config(precision: str, device: str | None = None) -> BitsAndBytesConfig 
     p = get_precision(precision)
     if not p.quantized:
         return None
+    from transformers import BitsAndBytesConfig  # why: transformers' top level, for a load only
+
+    from lab.environment import compute_dtype, device_type  # why: torch
+
     if p.name == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
@@ -64,6 +77,8 @@ def bnb_config(precision: str, device: str | None = None) -> BitsAndBytesConfig 
 def load_kwargs(precision: str, dtype: str | None = COMPUTE, device: str | None = None) -> dict:
     """Keyword arguments for `from_pretrained` that load at `precision` on `device`. `dtype` is the
     dtype choice for what bitsandbytes leaves unquantized ('auto' lets transformers read the checkpoint's)."""
+    from lab.environment import device_type  # why: torch
+
     device = device or device_type()
     p = get_precision(precision)
     kwargs: dict = {"device_map": {"": 0} if device == "cuda" else "cpu"}
@@ -83,6 +98,8 @@ def bnb_config_code(precision: str, device: str | None = None, compute: torch.dt
         return f"dtype=torch.{DTYPES[precision].torch_name}"
     if cfg.load_in_8bit:
         return "BitsAndBytesConfig(load_in_8bit=True)"
+    import torch  # why: heavy; a snippet is asked for beside a load or a simulation, which import it anyway
+
     compute = compute or cfg.bnb_4bit_compute_dtype
     note = "  # float16 on a T4 (no bf16)" if compute == torch.bfloat16 else ""
     return (
