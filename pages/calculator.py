@@ -36,7 +36,7 @@ from pages import _speed
 from pages._arch_ui import architecture_table, pick_architecture
 from pages._calc_inputs import training_inputs, weights_inputs
 from pages._stop import stop_page
-from pages._ui import cached_environment, friendly_errors, get_task, poll_task, start_task, task_running
+from pages._ui import cached_environment, friendly_errors, get_task, poll_task, start_task
 
 SIM_TASK, INVERSE_TASK = "calc_sim", "calc_inverse"
 TABS = ["Does it fit?", "Weights", "Training step", "Generation", "More than one GPU", "Most that fits",
@@ -280,7 +280,9 @@ def inverse_tab() -> None:
     def _keep_answers(task) -> None:
         st.session_state["calc_inverse_result"] = (task.name, task.result if task.status == "done" else task.error)
 
-    kept = st.session_state.get("calc_inverse_result")
+    kept, task = st.session_state.get("calc_inverse_result"), get_task(INVERSE_TASK)
+    if task is not None and task.running and task.name != inverse_key:
+        task.cancel()  # a search for settings no longer on the page: it stops at its next simulated op
     if kept is not None and kept[0] == inverse_key:
         if isinstance(kept[1], str):
             st.error(kept[1], icon=":material/error:")
@@ -292,7 +294,7 @@ def inverse_tab() -> None:
                        + ("confirmed by a simulation." if a.checked else "not confirmed."))
             if not a.settled:
                 col.caption(a.gap_note())
-    elif task_running(INVERSE_TASK):
+    elif task is not None and task.running and task.name == inverse_key:
         poll_task(INVERSE_TASK, _solving, _keep_answers)
     elif st.button(f"Solve for {inv_gpu}", icon=":material/search:",
                    help="Runs several simulations in the background (tens of seconds for large models)."):

@@ -3,12 +3,13 @@ against every layer, the recipe against the Training page's, and the multi-GPU a
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 
 import pytest
 import torch
 
-from lab.errors import LabError
+from lab.errors import Cancelled, LabError
 from lab.estimate import compose
 from lab.estimate.check import compare, measure_real_inference, measure_real_training
 from lab.estimate.gpus import Gpu, gpu_verdict
@@ -391,6 +392,59 @@ def test_a_reused_model_gives_what_a_fresh_one_gives():
     fresh = simulate_training(cfg, recipe("qlora", "nf4", gc=True, batch=3, seq=96, optimizer="adamw_8bit"))
     assert again.peak_bytes == fresh.peak_bytes and again.by_category == fresh.by_category
     assert first.peak_bytes < again.peak_bytes
+
+
+class SetAfter(threading.Event):
+    """An event that reads as set from its n-th look on: a cancel that lands mid-step, at the same op every run."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.looks, self.n = 0, n
+
+    def is_set(self) -> bool:
+        self.looks += 1
+        return self.looks > self.n
+
+
+def test_a_cancelled_simulation_stops_mid_step_caches_nothing_and_leaves_the_model_clean():
+    """A page whose settings changed stops its old step at the next op (lab.estimate.tracker.cancel_on): nothing
+    is cached, the half-stepped fake model is not reused, and the same settings simulated afterwards give what a
+    fresh process gives."""
+    from lab.estimate import simulate as sim_module
+    from lab.estimate.tracker import cancel_on
+
+    cfg, rec = config("llama"), recipe("qlora", "nf4", gc=True, batch=2, seq=64)
+    sim_module._MODELS.clear()
+    sim_module._CACHE.clear()
+    fresh = simulate_training(cfg, rec)
+    sim_module._CACHE.clear()  # the model stays: the cancelled step runs on the kept one, as a page's would
+    # looked at once under the lock, then where each layer and phase begins: the 11th look is the backward of the
+    # last simulated layer (of 17 in this step)
+    cancel = SetAfter(10)
+    with cancel_on(cancel), pytest.raises(Cancelled, match="cancelled"):
+        simulate_training(cfg, rec)
+    assert cancel.looks == 11  # stopped where the event was first seen set, not at the end of the step
+    assert not sim_module._CACHE and not sim_module._MODELS
+    again = simulate_training(cfg, rec)
+    assert (again.peak_bytes, again.by_category, again.timeline) == (fresh.peak_bytes, fresh.by_category,
+                                                                      fresh.timeline)
+
+
+def test_a_page_simulation_cancelled_midway_ends_cancelled_not_failed():
+    """simulate_page lets Cancelled through (lab.tasks ends the task "cancelled", not with an error on the page);
+    a simulation cancelled while it waited for the lock never begins. Neither is cached."""
+    from lab.estimate.simulate import is_cached, simulate_page
+    from lab.estimate.tracker import cancel_on
+
+    arch = architecture_from_config(config("llama"), "tiny llama")
+    settings = TrainingSettings(method="lora", precision="bf16", max_length=48)
+    with pytest.raises(Cancelled):
+        simulate_page(arch, settings, InferenceSettings("bf16", "auto", 1, 16, 4), cancel=SetAfter(4))
+    cancel = threading.Event()
+    cancel.set()
+    with cancel_on(cancel), pytest.raises(Cancelled):
+        simulate(arch, replace(settings, max_length=40))
+    assert not is_cached(arch, settings) and not is_cached(arch, replace(settings, max_length=40))
 
 
 def test_library_paths_are_swapped_for_the_simulating_thread_only():

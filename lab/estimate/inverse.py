@@ -35,6 +35,7 @@ from lab.estimate.gpus import Gpu, budget_for_peak, gpu_verdict
 from lab.estimate.lora import resolve_targets
 from lab.estimate.replay import replay_peak
 from lab.estimate.simulate import Simulation, simulate
+from lab.estimate.tracker import cancel_on
 from lab.estimate.training import TrainingSettings
 from lab.models.architecture import Architecture
 
@@ -251,14 +252,16 @@ def _largest(replayed, limit: int, lo: int, top: int) -> int:
 
 
 def solve_all(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knobs, report=None, cancel=None) -> dict:
-    """`max_fitting` for each knob (`report`/`cancel`: lab.tasks.BackgroundTask's hooks, for pages)."""
+    """`max_fitting` for each knob (`report`/`cancel`: lab.tasks.BackgroundTask's hooks, for pages: once cancelled,
+    the step being simulated stops at its next op, Cancelled)."""
     answers = {}
     for knob in knobs:
         if cancel is not None and cancel.is_set():
             break
         if report:
             report(f"solving for {knob}")
-        answers[knob] = max_fitting(arch, settings, gpu, knob)
+        with cancel_on(cancel):
+            answers[knob] = max_fitting(arch, settings, gpu, knob)
     return answers
 
 

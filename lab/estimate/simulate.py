@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from lab.errors import LabError
+from lab.errors import Cancelled, LabError
 from lab.estimate import compose as comp
 from lab.estimate.experts import expert_names
 from lab.estimate.fake_quant import attach_quant_state, device_paths, quantize_meta_model
@@ -44,7 +44,7 @@ from lab.estimate.recipe import (
 )
 from lab.estimate.replay import Trace
 from lab.estimate.scan import scan_paths
-from lab.estimate.tracker import CUDA_BLOCK, NO_LAYER, OVERRIDES, LiveBytes
+from lab.estimate.tracker import CUDA_BLOCK, NO_LAYER, OVERRIDES, LiveBytes, cancel_on, stop_if_cancelled
 from lab.estimate.training import adapter_dtype
 from lab.estimate.work import OpCounter
 from lab.models.architecture import config_from_dict
@@ -158,9 +158,11 @@ def fake_model(config, recipe: Recipe, layers: int, training: bool = True):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     model = meta_model(truncated_config(config, layers), recipe.dtype, recipe.attn)
+    stop_if_cancelled()  # building is a third of a simulation: a page that moved on stops between its stages
     quantized = []
     if recipe.quantized:
         quantized = quantize_meta_model(model, recipe.precision, recipe.autocast or recipe.dtype)
+        stop_if_cancelled()
     if training:
         with torch.device("meta"):  # peft builds adapter layers on the default device before moving them
             model = prepare_for_training(model, recipe)
@@ -330,9 +332,14 @@ def simulate_training(config, recipe: Recipe, name: str = "", every_layer: bool 
 def _simulate_training(config, recipe: Recipe, full: int, layers: int) -> Simulation:
     t0 = time.perf_counter()
     with _LOCK, _friendly_errors(config, "training step"), warnings.catch_warnings():
+        stop_if_cancelled()  # superseded while it waited for the lock: the step is not begun
         warnings.simplefilter("ignore")  # deprecation chatter of the libraries the recipe calls
         model, mode = _prepared_model(config, recipe, layers)
-        tracker = run_training(model, mode, recipe, profile_layer=min(comp.MIDDLE, layers - 1))
+        try:
+            tracker = run_training(model, mode, recipe, profile_layer=min(comp.MIDDLE, layers - 1))
+        except Cancelled:
+            _forget_model(config, recipe, layers)  # a step stopped halfway may leave gradients on the model
+            raise
         layout = param_layout(model, full, layers)
     return _result("training", tracker, full, layers, recipe, t0, layout)
 
@@ -345,8 +352,7 @@ def _prepared_model(config, recipe: Recipe, layers: int):
     """The fake model for `recipe`, reused when only the batch, the sequence or the optimizer changed:
     building and preparing it is a third of a simulation, and a step leaves it as it found it (no
     gradients, the optimizer is made anew). Called under _LOCK."""
-    shape = replace(recipe, batch_size=1, max_length=1, optimizer="sgd")
-    key = (config.to_json_string(use_diff=False), shape, layers)
+    key = _model_key(config, recipe, layers)
     if key in _MODELS:
         _MODELS.move_to_end(key)
         return _MODELS[key]
@@ -354,6 +360,14 @@ def _prepared_model(config, recipe: Recipe, layers: int):
     while len(_MODELS) > _MODELS_SIZE:
         _MODELS.popitem(last=False)
     return _MODELS[key]
+
+
+def _model_key(config, recipe: Recipe, layers: int) -> tuple:
+    return config.to_json_string(use_diff=False), replace(recipe, batch_size=1, max_length=1, optimizer="sgd"), layers
+
+
+def _forget_model(config, recipe: Recipe, layers: int) -> None:
+    _MODELS.pop(_model_key(config, recipe, layers), None)
 
 
 def _result(kind: str, tracker: LiveBytes, full: int, layers: int, recipe, t0: float,
@@ -524,6 +538,7 @@ def simulate_inference(config, recipe: InferenceRecipe, name: str = "", every_la
 def _simulate_inference(config, recipe: InferenceRecipe, full: int, layers: int) -> Simulation:
     t0 = time.perf_counter()
     with _LOCK, _friendly_errors(config, "generation"), warnings.catch_warnings():
+        stop_if_cancelled()
         warnings.simplefilter("ignore")
         cfg = copy.deepcopy(config)
         model, mode = fake_model(cfg, recipe, layers, training=False)
@@ -783,7 +798,8 @@ class PageSimulations:
 
 
 def simulate_page(arch, settings, inference: InferenceSettings, report=None, cancel=None) -> PageSimulations:
-    """Both simulations a page shows. (`report`/`cancel` are lab.tasks.BackgroundTask's hooks.)"""
+    """Both simulations a page shows. (`report`/`cancel` are lab.tasks.BackgroundTask's hooks: once the page asks
+    for other settings, the step being simulated stops at its next op, Cancelled, and nothing is cached.)"""
     out: dict[str, Simulation | str] = {}
     for part, run in (("training", lambda: simulate(arch, settings)),
                       ("inference", lambda: simulate_generation(arch, inference))):
@@ -792,7 +808,10 @@ def simulate_page(arch, settings, inference: InferenceSettings, report=None, can
         if report:
             report(f"simulating the {part} step")
         try:
-            out[part] = run()
+            with cancel_on(cancel):
+                out[part] = run()
+        except Cancelled:
+            raise
         except LabError as e:
             out[part] = str(e)
     return PageSimulations(**out)

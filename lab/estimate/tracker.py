@@ -17,7 +17,9 @@ became (a parameter's `.grad`, optimizer state, the KV cache), otherwise from th
 
 from __future__ import annotations
 
+import threading
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -25,11 +27,37 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from lab.errors import Cancelled
+
 # The CUDA caching allocator rounds every allocation up to a multiple of 512 bytes and
 # max_memory_allocated counts the rounded sizes (c10/cuda/CUDACachingAllocator.cpp: kMinBlockSize, round_size).
 CUDA_BLOCK = 512
 NO_LAYER = -1  # embeddings, head, anything not inside one decoder layer
 _DEVICE = torch.ops.prim.device.default
+_CANCEL = threading.local()  # .event: what stops the simulations this thread runs (cancel_on)
+
+
+@contextmanager
+def cancel_on(event: threading.Event | None):
+    """Within: a step this thread simulates stops at its next op once `event` is set, raising Cancelled. A page
+    whose person asked for other settings meanwhile neither waits for nor pays for the old step; on a shared server
+    the others' simulations, which queue behind one lock, do not either."""
+    previous = getattr(_CANCEL, "event", None)
+    _CANCEL.event = event
+    try:
+        yield
+    finally:
+        _CANCEL.event = previous
+
+
+CANCELLED = "The simulation was cancelled: other settings were asked for meanwhile."
+
+
+def stop_if_cancelled() -> None:
+    """Cancelled, when this thread's simulations were asked to stop (see cancel_on)."""
+    event = getattr(_CANCEL, "event", None)
+    if event is not None and event.is_set():
+        raise Cancelled(CANCELLED)
 
 
 @dataclass
@@ -52,6 +80,7 @@ class LiveBytes(TorchDispatchMode):
         super().__init__()
         self.round_to = round_to  # CUDA_BLOCK to predict CUDA's allocated bytes; 1 = exact bytes
         self.fake = fake  # the op overrides below only make sense on fake tensors
+        self.cancel: threading.Event | None = getattr(_CANCEL, "event", None)
         self.storages: list[Storage] = []
         self.events: list[tuple[int, int, int]] = []  # (storage index, +1 alloc / -1 free, segment index)
         self.segments: list[tuple] = []  # labels, e.g. ("F", 3, 1) = forward of layer 3 in step 1
@@ -68,6 +97,11 @@ class LiveBytes(TorchDispatchMode):
 
     # ------------------------------------------------------------------ bookkeeping
     def segment(self, label: tuple) -> None:
+        # A cancelled step stops here, where a layer or phase begins (Python hooks and the step's own code), never
+        # inside an op's dispatch: raised there, from within a checkpoint's saved-tensor hooks, torch aborts the
+        # process. The event itself, not this thread's: autograd may run the backward's hooks on its own threads.
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled(CANCELLED)
         if not self.segments or self.segments[-1] != label:
             self.segments.append(label)
 
