@@ -282,7 +282,7 @@ def inverse_tab() -> None:
 
     kept, task = st.session_state.get("calc_inverse_result"), get_task(INVERSE_TASK)
     if task is not None and task.running and task.name != inverse_key:
-        task.cancel()  # a search for settings no longer on the page: it stops at its next simulated op
+        task.cancel()  # a search for settings no longer on the page: it stops at its next simulated layer
     if kept is not None and kept[0] == inverse_key:
         if isinstance(kept[1], str):
             st.error(kept[1], icon=":material/error:")

@@ -253,7 +253,7 @@ def _largest(replayed, limit: int, lo: int, top: int) -> int:
 
 def solve_all(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knobs, report=None, cancel=None) -> dict:
     """`max_fitting` for each knob (`report`/`cancel`: lab.tasks.BackgroundTask's hooks, for pages: once cancelled,
-    the step being simulated stops at its next op, Cancelled)."""
+    the step being simulated stops at its next layer or phase, Cancelled)."""
     answers = {}
     for knob in knobs:
         if cancel is not None and cancel.is_set():

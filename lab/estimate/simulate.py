@@ -799,7 +799,8 @@ class PageSimulations:
 
 def simulate_page(arch, settings, inference: InferenceSettings, report=None, cancel=None) -> PageSimulations:
     """Both simulations a page shows. (`report`/`cancel` are lab.tasks.BackgroundTask's hooks: once the page asks
-    for other settings, the step being simulated stops at its next op, Cancelled, and nothing is cached.)"""
+    for other settings, the step being simulated stops at its next layer or phase, Cancelled, and nothing is
+    cached.)"""
     out: dict[str, Simulation | str] = {}
     for part, run in (("training", lambda: simulate(arch, settings)),
                       ("inference", lambda: simulate_generation(arch, inference))):

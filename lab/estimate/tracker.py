@@ -39,9 +39,9 @@ _CANCEL = threading.local()  # .event: what stops the simulations this thread ru
 
 @contextmanager
 def cancel_on(event: threading.Event | None):
-    """Within: a step this thread simulates stops at its next op once `event` is set, raising Cancelled. A page
-    whose person asked for other settings meanwhile neither waits for nor pays for the old step; on a shared server
-    the others' simulations, which queue behind one lock, do not either."""
+    """Within: a step this thread simulates stops where its next layer or phase begins once `event` is set
+    (Cancelled). A page whose person asked for other settings meanwhile neither waits for nor pays for the old step;
+    on a shared server the others' simulations, which queue behind one lock, do not either."""
     previous = getattr(_CANCEL, "event", None)
     _CANCEL.event = event
     try:
