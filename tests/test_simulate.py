@@ -395,7 +395,7 @@ def test_a_reused_model_gives_what_a_fresh_one_gives():
 
 
 class SetAfter(threading.Event):
-    """An event that reads as set from its n-th look on: a cancel that lands mid-step, at the same op every run."""
+    """An event that reads as set from its n-th look on: a cancel that lands mid-step, at the same point every run."""
 
     def __init__(self, n: int):
         super().__init__()
@@ -407,7 +407,7 @@ class SetAfter(threading.Event):
 
 
 def test_a_cancelled_simulation_stops_mid_step_caches_nothing_and_leaves_the_model_clean():
-    """A page whose settings changed stops its old step at the next op (lab.estimate.tracker.cancel_on): nothing
+    """A page whose settings changed stops its old step where its next layer or phase begins (cancel_on): nothing
     is cached, the half-stepped fake model is not reused, and the same settings simulated afterwards give what a
     fresh process gives."""
     from lab.estimate import simulate as sim_module

@@ -23,9 +23,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from lab.errors import LabError
 from lab.models.architecture import Architecture
 from lab.models.precision import get_precision, resolve_dtype
-from lab.vocab import DTYPES
+from lab.vocab import DTYPES, dtype_by_torch_name
 
 BLOCKSIZE_4BIT = 64  # bnb 4-bit blocksize in transformers (bnb_4bit_blocksize default)
 NESTED_BLOCKSIZE = 256  # double quantization: blocks of absmax per fp32 constant
@@ -233,9 +234,9 @@ def _components(p, s: _Tally, unquantized_name: str, eb: int) -> list[WeightComp
 def _itemsize(torch_name: str) -> int:
     """Bytes per value of a buffer's dtype: the float dtypes from the vocabulary (rotary tables are float32), any
     other from torch."""
-    known = next((d.bytes for d in DTYPES.values() if d.torch_name == torch_name), None)
-    if known is not None:
-        return known
-    import torch  # why: heavy (~2.5 s); only a buffer of a dtype the vocabulary does not list asks it
+    try:
+        return dtype_by_torch_name(torch_name).bytes
+    except LabError:  # not a dtype the lab offers (an int64 or bool buffer)
+        import torch  # why: heavy (~2.5 s); only a buffer of a dtype the vocabulary does not list asks it
 
-    return getattr(torch, torch_name).itemsize
+        return getattr(torch, torch_name).itemsize
