@@ -270,7 +270,7 @@ def time_tab(sim: Simulation, n_gpus: int, sharding: str, card: str) -> None:
 def inverse_tab() -> None:
     inv_gpu = st.selectbox("Solve for", [g.name for g in GPUS], key="inv_gpu", bind="query-params",
                            help="Each answer: a few simulations, the step replayed from them at every value, "
-                           "then two more simulations (the value the replay says fits, and the one above it).")
+                           "then one more: the value the replay says fits (the one above too where the replay missed).")
     knobs = knobs_for(settings.method)
     inverse_key = repr((arch.name, settings, inv_gpu))
 

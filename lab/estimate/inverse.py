@@ -1,5 +1,12 @@
 """The inverse question: the largest batch, sequence length or LoRA rank that fits a GPU.
 
+The samples' steps, replayed at every value (lab.estimate.replay), usually settle it: the value the replay says
+is the largest that fits is simulated, and where its peak is the replay's to the byte, the replay's word that one
+more does not fit is taken (`_replay_search`): Qwen2.5-7B's three answers on an A10G take eight simulations
+besides the page's own (batches 2, 4, 14; 2,048, 4,096 and 14,704 tokens; ranks 64 and 512), where they took
+eleven. Where the samples' streams differ, or the checks run out,
+the search below takes over.
+
 Memory is a polynomial in each knob — linear in the batch size and the rank, linear or quadratic in
 the sequence length (eager attention keeps seq² scores). A few simulations at spread-out values give
 the polynomial; solving it against the GPU's budget (the same verdict as the fit table: peak + CUDA
@@ -73,6 +80,8 @@ class InverseAnswer:
     checked: bool = False  # the answer was confirmed by a simulation
     above: int | None = None  # the smallest value simulated that does not fit (None: every value tried fits)
     settled: bool = True  # `above` is within 2% of the answer, or the answer is `upper`: nothing larger fits
+    above_replayed: bool = False  # `above` (answer + 1) was replayed, not simulated: the answer's simulated peak
+    # is the replay's to the byte, and the replay one unit on is over the budget
 
     def to_json(self) -> dict:
         return {**asdict(self), "note": self.gap_note()}  # what an unsettled answer leaves open, in words
@@ -113,7 +122,7 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
         runs[x] = simulate(arch, replace(settings, **{knob: int(x)}))
         return runs[x].peak_bytes
 
-    points = _samples(peak, knob, upper, budget)
+    points = _samples(peak, knob, upper, budget, getattr(settings, knob))
     if points[0][1] > budget:  # not even 1 fits: 0 at once
         return InverseAnswer(knob, 0, gpu.name, budget, upper, points, [], True, points[0][0])
     coefficients = _fit(points, min(DEGREE[knob], len(points) - 1))
@@ -135,7 +144,7 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
             return (lo + hi) // 2  # bisect between what fits and what does not
         return min(upper, lo + step)  # nothing known to fail yet: is 2% more still fitting?
 
-    lo, hi, used = _replay_search(runs, points, lo, hi, upper, budget, DEGREE[knob], peak)
+    lo, hi, used, replayed = _replay_search(runs, points, lo, hi, upper, budget, DEGREE[knob], peak)
     line = dict(points)  # the peaks the lines are drawn through (an end kept twice counts half as far: Illinois)
     candidate = next_value(_between(line, lo, hi, budget) if used else _solve(coefficients, budget, upper))
     last_fit = None
@@ -156,13 +165,18 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
                 line[kept] = budget + (line[kept] - budget) // 2
         last_fit = fits
         candidate = next_value(_between(line, lo, hi, budget))
-    return _answer(knob, lo, hi, gpu, budget, upper, points, coefficients)
+    return _answer(knob, lo, hi, gpu, budget, upper, points, coefficients, replayed and used > 0)
 
 
-def _samples(peak, knob: str, upper: int, budget: int) -> list[tuple[int, int]]:
+def _samples(peak, knob: str, upper: int, budget: int, current: int) -> list[tuple[int, int]]:
     """The samples' (value, peak), in order. Where the smallest does not fit, 1 is simulated first, and if that
-    does not fit either nothing more is (a MoE's bf16 experts alone may overfill the card)."""
-    xs = sorted({min(x, upper) for x in SAMPLES[knob]})
+    does not fit either nothing more is (a MoE's bf16 experts alone may overfill the card). A rank of at most
+    half the largest sample stands for the smallest: the step at the current settings is simulated already (the
+    page's and the CLI's own peak), so the rank costs one simulation less."""
+    xs = list(SAMPLES[knob])
+    if knob == "r" and 0 < current <= xs[-1] // 2:
+        xs[0] = current
+    xs = sorted({min(x, upper) for x in xs})
     points = [(xs[0], peak(xs[0]))]
     if points[0][1] > budget:
         if xs[0] > 1:
@@ -184,24 +198,29 @@ def _check_knob(knob: str, method: str) -> None:
         raise LabError("Full fine-tuning has no LoRA rank to solve for.", "Pick batch_size or max_length.")
 
 
-def _answer(knob: str, lo: int, hi: int, gpu: Gpu, budget: int, upper: int, points: list, coefficients: list
-            ) -> InverseAnswer:
+def _answer(knob: str, lo: int, hi: int, gpu: Gpu, budget: int, upper: int, points: list, coefficients: list,
+            above_replayed: bool = False) -> InverseAnswer:
     """`lo` known to fit, `hi` known not to (upper + 1: nothing found that does not fit)."""
     checked = lo == 0 or any(x == lo for x, _ in points)  # the answer itself was simulated
     settled = lo >= upper or (hi <= upper and _within_2pct(lo, hi))
     return InverseAnswer(knob, lo, gpu.name, budget, upper, sorted(points), coefficients, checked,
-                         hi if hi <= upper else None, settled)
+                         hi if hi <= upper else None, settled, above_replayed and hi == lo + 1)
 
 
 def _replay_search(runs: dict, points: list, lo: int, hi: int, upper: int, budget: int, degree: int, peak
-                   ) -> tuple[int, int, int]:
+                   ) -> tuple[int, int, int, bool]:
     """Simulate what the replayed steps (lab.estimate.replay) say is the answer, then the value above it: where
     the replay holds, two simulations after the samples bracket the answer to the unit (a batch of 14 fits and 15
     does not; 14,645 tokens fit and 14,646 do not). Where it does not (a size that stops growing, such as TRL's
     4,096-token log-probability tile), each check joins the values the replay is drawn through, and the next
     replay is nearer. Simulations whose streams differ (a kernel or a paged state that switches at some size) do
-    not replay into each other: with no two alike, the line search takes over. Returns lo, hi and the
-    simulations used."""
+    not replay into each other: with no two alike, the line search takes over.
+
+    A check that fits with the replay's peak to the byte ends the search when the replay one unit on is over the
+    budget: that unit is not simulated (Qwen2.5-7B on an A10G: 14 simulated, 15 replayed; 14,704 tokens
+    simulated, 14,705 replayed). The replay is then right at the answer, and the unit above is an extrapolation
+    by one; were it wrong, the answer would err low, never high: the answer itself is always simulated.
+    Returns lo, hi, the simulations used and whether `hi` was replayed."""
     used = 0
     while used < MAX_CHECKS and lo < upper and not _within_2pct(lo, hi):
         basis = _basis(runs, lo, hi, degree)
@@ -214,11 +233,13 @@ def _replay_search(runs: dict, points: list, lo: int, hi: int, upper: int, budge
         p = peak(candidate)
         points.append((candidate, p))
         used += 1
-        if p <= budget:
-            lo = candidate
-        else:
+        if p > budget:
             hi = candidate
-    return lo, hi, used
+            continue
+        lo = candidate
+        if lo < upper and p == replay_peak(basis, lo) and replay_peak(basis, lo + 1) > budget:
+            return lo, min(hi, lo + 1), used, True
+    return lo, hi, used, False
 
 
 def _basis(runs: dict, lo: int, hi: int, degree: int) -> list | None:
