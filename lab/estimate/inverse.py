@@ -165,7 +165,7 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
                 line[kept] = budget + (line[kept] - budget) // 2
         last_fit = fits
         candidate = next_value(_between(line, lo, hi, budget))
-    return _answer(knob, lo, hi, gpu, budget, upper, points, coefficients, replayed and used > 0)
+    return _answer(knob, lo, hi, gpu, budget, upper, points, coefficients, replayed)
 
 
 def _samples(peak, knob: str, upper: int, budget: int, current: int) -> list[tuple[int, int]]:
@@ -204,7 +204,7 @@ def _answer(knob: str, lo: int, hi: int, gpu: Gpu, budget: int, upper: int, poin
     checked = lo == 0 or any(x == lo for x, _ in points)  # the answer itself was simulated
     settled = lo >= upper or (hi <= upper and _within_2pct(lo, hi))
     return InverseAnswer(knob, lo, gpu.name, budget, upper, sorted(points), coefficients, checked,
-                         hi if hi <= upper else None, settled, above_replayed and hi == lo + 1)
+                         hi if hi <= upper else None, settled, above_replayed)
 
 
 def _replay_search(runs: dict, points: list, lo: int, hi: int, upper: int, budget: int, degree: int, peak
@@ -237,8 +237,8 @@ def _replay_search(runs: dict, points: list, lo: int, hi: int, upper: int, budge
             hi = candidate
             continue
         lo = candidate
-        if lo < upper and p == replay_peak(basis, lo) and replay_peak(basis, lo + 1) > budget:
-            return lo, min(hi, lo + 1), used, True
+        if lo + 1 < min(hi, upper + 1) and p == replay_peak(basis, lo) and replay_peak(basis, lo + 1) > budget:
+            return lo, lo + 1, used, True  # (a `hi` of lo + 1 was simulated: the loop ends by itself)
     return lo, hi, used, False
 
 
@@ -274,13 +274,14 @@ def _largest(replayed, limit: int, lo: int, top: int) -> int:
 
 def solve_all(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knobs, report=None, cancel=None) -> dict:
     """`max_fitting` for each knob (`report`/`cancel`: lab.tasks.BackgroundTask's hooks, for pages: once cancelled,
-    the step being simulated stops at its next layer or phase, Cancelled)."""
+    the step being simulated stops at its next layer or phase, Cancelled). Each report carries the answers found
+    so far as its partial result, so a page shows each answer as soon as it is known."""
     answers = {}
     for knob in knobs:
         if cancel is not None and cancel.is_set():
             break
         if report:
-            report(f"solving for {knob}")
+            report(f"solving for {knob}", partial=dict(answers))
         with cancel_on(cancel):
             answers[knob] = max_fitting(arch, settings, gpu, knob)
     return answers
