@@ -23,7 +23,6 @@ from lab.estimate.gpus import (
     verdicts,
 )
 from lab.estimate.inference import kv_cache_bytes
-from lab.estimate.inverse import INVERSE_KNOBS, INVERSE_LABELS, knobs_for, solve_all
 from lab.estimate.parallel import DEFAULT_OFFLOAD, OFFLOAD_HELP, per_gpu_peak, smallest_fitting, why_none_fit
 from lab.estimate.simulate import PageSimulations, Simulation, is_cached, resolve_recipe, simulate_page
 from lab.estimate.snippet import training_code
@@ -35,10 +34,11 @@ from pages import _calc_charts as charts
 from pages import _speed
 from pages._arch_ui import architecture_table, pick_architecture
 from pages._calc_inputs import training_inputs, weights_inputs
+from pages._inverse import inverse_tab
 from pages._stop import stop_page
 from pages._ui import cached_environment, friendly_errors, get_task, poll_task, start_task
 
-SIM_TASK, INVERSE_TASK = "calc_sim", "calc_inverse"
+SIM_TASK = "calc_sim"
 TABS = ["Does it fit?", "Weights", "Training step", "Generation", "More than one GPU", "Most that fits",
         "Time & cost", "Code", "Architecture"]
 
@@ -267,41 +267,6 @@ def time_tab(sim: Simulation, n_gpus: int, sharding: str, card: str) -> None:
         _speed.savings(arch, settings, card)
 
 
-def inverse_tab() -> None:
-    inv_gpu = st.selectbox("Solve for", [g.name for g in GPUS], key="inv_gpu", bind="query-params",
-                           help="Each answer: a few simulations, the step replayed from them at every value, "
-                           "then one more: the value the replay says fits (the one above too where the replay missed).")
-    knobs = knobs_for(settings.method)
-    inverse_key = repr((arch.name, settings, inv_gpu))
-
-    def _solving(task) -> None:
-        st.caption(f"Solving on {inv_gpu}: {task.progress[-1].message if task.progress else 'starting'}…")
-
-    def _keep_answers(task) -> None:
-        st.session_state["calc_inverse_result"] = (task.name, task.result if task.status == "done" else task.error)
-
-    kept, task = st.session_state.get("calc_inverse_result"), get_task(INVERSE_TASK)
-    if task is not None and task.running and task.name != inverse_key:
-        task.cancel()  # a search for settings no longer on the page: it stops at its next simulated layer
-    if kept is not None and kept[0] == inverse_key:
-        if isinstance(kept[1], str):
-            st.error(kept[1], icon=":material/error:")
-            return
-        for col, k in zip(st.columns(len(knobs)), knobs, strict=True):
-            a = kept[1][k]
-            col.metric(INVERSE_LABELS.get(k, f"max {k.replace('_', ' ')}"), f"{a.value:,}" if a.value else "none fits",
-                       help=INVERSE_KNOBS[k] + f" Simulated at {', '.join(str(x) for x, _ in a.points)}; "
-                       + ("confirmed by a simulation." if a.checked else "not confirmed."))
-            if not a.settled:
-                col.caption(a.gap_note())
-    elif task is not None and task.running and task.name == inverse_key:
-        poll_task(INVERSE_TASK, _solving, _keep_answers)
-    elif st.button(f"Solve for {inv_gpu}", icon=":material/search:",
-                   help="Runs several simulations in the background (tens of seconds for large models)."):
-        start_task(INVERSE_TASK, solve_all, arch, settings, get_gpu(inv_gpu), knobs).name = inverse_key
-        st.rerun()
-
-
 def code_tab() -> None:
     with friendly_errors("The code snippet"):
         try:
@@ -344,6 +309,6 @@ with time_t:
 with inv_tab:
     if sim is not None:
         st.markdown("**What is the most that fits?** The largest batch, sequence length and (LoRA) rank on one GPU.")
-        inverse_tab()
+        inverse_tab(arch, settings)
 with c_tab:
     code_tab()
