@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -276,6 +277,22 @@ def test_cli_bad_input_exits_2():
         [sys.executable, "-m", "lab", "info", "--no-such-flag"], capture_output=True, text=True, cwd=ROOT
     )
     assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr
+
+
+def test_a_reader_that_closes_the_pipe_early_gets_no_traceback():
+    """`python -m lab lora ... | head -1`: the reader goes away before the output is written. The command ends
+    quietly with a shell's SIGPIPE status, not with a BrokenPipeError traceback (it printed one before)."""
+    from lab.cli import SIGPIPE_EXIT
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read: the first write fails with EPIPE
+    try:
+        proc = subprocess.run([sys.executable, "-m", "lab", "lora", "--model", "embedded", "--r", "16", "--json"],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == SIGPIPE_EXIT, proc.stderr
+    assert proc.stderr == ""
 
 
 def test_every_command_prints_its_help(capsys):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import pkgutil
 import sys
 from types import ModuleType
@@ -95,8 +96,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if result is None:  # nothing to report (a non-zero rank of a multi-process training)
         return 0
-    if args.json:
-        print(json.dumps(result, indent=2, default=str))
-    else:
-        print(mod.render(result))
+    return emit(json.dumps(result, indent=2, default=str) if args.json else mod.render(result))
+
+
+SIGPIPE_EXIT = 128 + 13  # what a shell reports for a process that a closed pipe (SIGPIPE) ended
+
+
+def emit(text: str) -> int:
+    """Print the result. A reader that closed the pipe early (`python -m lab memory ... | head`) ends the command
+    quietly, as it ends `cat`, instead of with a BrokenPipeError traceback. (Not signal.SIG_DFL: that would also
+    kill a training process whose socket to the Hub or to another rank breaks.)"""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it at /dev/null so that flush has nowhere to fail
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return SIGPIPE_EXIT
     return 0
