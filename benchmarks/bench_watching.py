@@ -19,7 +19,8 @@ Also printed: CPU seconds the Streamlit server and Chromium used while each vari
 costs). Everything runs on 127.0.0.1 in a temporary runs folder; every step has a time limit.
 
     .venv/bin/python benchmarks/bench_watching.py [--steps 8] [--rounds 2] [--tabs 1] [--threads 1]
-        [--open-after 3 | --open-before] [--max-new-tokens 64] [--only training|playground] [--json]
+        [--open-after 3 | --open-before] [--browser separate|one] [--max-new-tokens 64]
+        [--only training|playground] [--json]
 """
 
 from __future__ import annotations
@@ -123,21 +124,36 @@ def throughput(run_dir: Path) -> dict:
     return {"tokens": tokens, "train_runtime": round(runtime, 2), "tokens_per_second": round(tokens / runtime, 1)}
 
 
-def open_training_tab(browser, server: AppServer, timeout: float):
-    """A new browser context (its own Streamlit session, as a separate person) on the Training page, loaded and
-    idle. Returns (context, page)."""
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = ctx.new_page()
+class Tabs:
+    """Where the Training tabs open: each in a fresh browser context (`separate`: a new person's browser, its
+    cache empty), or all in one context that has shown the app before (`one`: one person's browser, whose tabs
+    share its HTTP and code caches). Either way each tab is its own Streamlit session."""
+
+    def __init__(self, browser, how: str) -> None:
+        self.browser, self.how = browser, how
+        self.person = browser.new_context(viewport={"width": 1400, "height": 1000}) if how == "one" else None
+
+    def new_page(self):
+        ctx = self.person or self.browser.new_context(viewport={"width": 1400, "height": 1000})
+        return ctx.new_page()
+
+    def close(self, page) -> None:
+        (page.close if self.person else page.context.close)()
+
+
+def open_training_tab(tabs: Tabs, server: AppServer, timeout: float):
+    """A new tab (its own Streamlit session) on the Training page, loaded and idle. Returns the page."""
+    page = tabs.new_page()
     page.goto(f"{server.url}/training", wait_until="domcontentloaded")
     page.get_by_text("Configure a run").first.wait_for(timeout=timeout * 1000)
     wait_idle(page, timeout * 1000)
-    return ctx, page
+    return page
 
 
-def warm_up(browser, server: AppServer, timeout: float) -> None:
+def warm_up(tabs: Tabs, server: AppServer, timeout: float) -> None:
     """Open the Training page once before measuring: a room's server has run it before (its first run imports
     and reads what every later one finds cached), so a variant's figure is the watching, not that start-up."""
-    open_training_tab(browser, server, timeout)[0].close()
+    tabs.close(open_training_tab(tabs, server, timeout))
 
 
 def first_step_logged(out: Path) -> bool:
@@ -156,12 +172,12 @@ def wait_for_training(out: Path, proc: subprocess.Popen, timeout: float) -> None
         time.sleep(0.2)
 
 
-def run_training(browser, server: AppServer, watchers: Watchers, runs: Path, steps: int, tabs: int, label: str,
+def run_training(where: Tabs, server: AppServer, watchers: Watchers, runs: Path, steps: int, tabs: int, label: str,
                  env: dict, timeout: float, open_after: float | None) -> dict:
     """One run of `steps` with `tabs` Training tabs: opened `open_after` seconds after its first step (a person
     who looks in on a run), or before it starts when `open_after` is None (someone who pressed Train)."""
     out = runs / label
-    contexts = [open_training_tab(browser, server, timeout) for _ in range(tabs if open_after is None else 0)]
+    pages = [open_training_tab(where, server, timeout) for _ in range(tabs if open_after is None else 0)]
     before = watchers.sample()
     proc = subprocess.Popen(train_command(steps, out), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=(runs / f"{label}.log").open("w"))
@@ -169,16 +185,16 @@ def run_training(browser, server: AppServer, watchers: Watchers, runs: Path, ste
         if open_after is not None and tabs:
             wait_for_training(out, proc, timeout)
             time.sleep(open_after)
-            contexts = [open_training_tab(browser, server, timeout) for _ in range(tabs)]
-        for _, page in contexts:  # the page follows the run (not "No run yet")
+            pages = [open_training_tab(where, server, timeout) for _ in range(tabs)]
+        for page in pages:  # the page follows the run (not "No run yet")
             page.get_by_text(out.name).first.wait_for(timeout=timeout * 1000)
         proc.wait(timeout)
         after = watchers.sample()
     finally:
         if proc.poll() is None:
             proc.kill()
-        for ctx, _ in contexts:
-            ctx.close()
+        for page in pages:
+            where.close(page)
     if proc.returncode:
         raise SystemExit(
             f"training {label} failed (exit {proc.returncode}): {(runs / f'{label}.log').read_text()[-2000:]}"
@@ -253,6 +269,10 @@ def main() -> None:
                     help="open the Training tabs this many seconds after the run's first step (default 3)")
     ap.add_argument("--open-before", action="store_true",
                     help="open them, idle, before the run starts instead (the measure before issue 20)")
+    ap.add_argument("--browser", choices=["separate", "one"], default="separate",
+                    help="separate: each Training tab in a fresh browser context, its cache empty (the figures in "
+                         "docs/benchmarks.md before 2026-12-07); one: every tab in one browser context that has "
+                         "shown the app before, as one person's tabs share their browser's caches")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--only", choices=["training", "playground"])
     ap.add_argument("--timeout", type=float, default=600, help="seconds any one step may take")
@@ -263,7 +283,8 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     result: dict = {"load_average_start": [round(x, 2) for x in os.getloadavg()], "threads": a.threads or "default",
-                    "tabs_opened": "before the run" if a.open_before else f"{a.open_after:g} s after its first step"}
+                    "tabs_opened": "before the run" if a.open_before else f"{a.open_after:g} s after its first step",
+                    "browser": a.browser}
     with tempfile.TemporaryDirectory(prefix="bench-watching-") as tmp:
         runs = Path(tmp) / "runs"
         runs.mkdir()
@@ -278,14 +299,15 @@ def main() -> None:
                 browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 watchers = Watchers(server)
                 if a.only != "playground":
-                    warm_up(browser, server, a.timeout)
+                    where = Tabs(browser, a.browser)
+                    warm_up(where, server, a.timeout)
                     variants = {"closed": 0, "open": 1, **({f"tabs{a.tabs}": a.tabs} if a.tabs > 1 else {})}
                     rows = []
                     for i in range(a.rounds):
                         order = list(variants) if i % 2 == 0 else list(reversed(variants))
                         for v in order:
                             r = run_training(
-                                browser, server, watchers, runs, a.steps, variants[v], f"{v}-{i}", env, a.timeout,
+                                where, server, watchers, runs, a.steps, variants[v], f"{v}-{i}", env, a.timeout,
                                 None if a.open_before else a.open_after,
                             )
                             rows.append(r)
