@@ -7,7 +7,8 @@ Per model (a 7B, a 70B, a mixture of experts):
   page's defaults) and for a setting this process has not simulated before. One change at a time from
   the defaults, as a person clicks: target < 2 s each;
 - **the inverse question**: the Inverse tab's `solve_all` (largest batch, sequence length and rank that fit a
-  GPU) for settings not solved before: target < 5 s;
+  GPU) for settings not solved before: target < 5 s; also when each answer shows (the tab draws each as it
+  comes);
 - **CLI start-up**: `python -m lab --help` and `python -m lab memory --model X --json` as subprocesses, wall
   time, median of the runs after the first (the first, also printed, builds the architecture and keeps it in
   the lab's cache, a fresh one for this benchmark): target < 3 s.
@@ -87,12 +88,21 @@ def page_latency(model: str, gpu_name: str) -> dict:
     # the inverse question, from a setting not solved before (the page's current one is simulated already)
     settings = replace(base, r=24)
     simulate_page(arch, settings, infer)
-    answers = {}
+    answers, found = {}, []
+
+    def report(message, fraction=None, partial=None, state=None) -> None:  # the page's hook: answers so far
+        found.append((time.perf_counter(), len(partial or {})))
+
+    start = time.perf_counter()
     out["inverse_seconds"] = timed(lambda: answers.update(solve_all(arch, settings, get_gpu(gpu_name),
-                                                                    knobs_for(settings.method))))
+                                                                    knobs_for(settings.method), report=report)))
+    # when the page shows each answer (it draws the answers so far as they come): the last one when all are in
+    total = out["inverse_seconds"]["wall"]
+    out["inverse_answers_at"] = [round(t - start, 2) for t, n in found if n] + [round(total, 2)]
     out["inverse"] = {k: {"value": a.value, "simulations": len(a.points)} for k, a in answers.items()}
     t = out["inverse_seconds"]
-    print(f"  {out['model']}: inverse: {t['wall']:.2f} s (CPU {t['cpu']:.2f})", file=sys.stderr, flush=True)
+    print(f"  {out['model']}: inverse: {t['wall']:.2f} s (CPU {t['cpu']:.2f}), answers shown at "
+          f"{', '.join(f'{x:.1f}' for x in out['inverse_answers_at'])} s", file=sys.stderr, flush=True)
     return out
 
 
