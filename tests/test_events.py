@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from lab.training import runs as R
 from lab.training.events import EVENTS_FILE, STOP_FILE, EventLog, EventReader, read_events, request_stop
+from tests.conftest import wait_for
 
 
 def test_reader_returns_only_new_events(tmp_path):
@@ -130,6 +132,7 @@ def test_a_run_launched_a_moment_ago_is_starting_before_its_process_execs(tmp_pa
 
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # not `lab train`
     try:
+        wait_for(lambda: Path(f"/proc/{other.pid}/cmdline").read_bytes())  # its exec has set its arguments
         assert not R.pid_alive(other.pid) and R.pid_alive(other.pid, just_spawned=True)
         (tmp_path / R.LAUNCH_FILE).write_text(json.dumps({"pid": other.pid, "launching_at": time.time()}))
         assert R.run_status(tmp_path).status == "starting"
@@ -138,6 +141,20 @@ def test_a_run_launched_a_moment_ago_is_starting_before_its_process_execs(tmp_pa
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_process_in_the_middle_of_its_exec_is_alive():
+    """Popen returns once the child has begun its exec, which can be before the kernel has set up the new
+    program's arguments: /proc/PID/cmdline then reads empty (1 of 150 spawns here). pid_alive took that for a pid
+    reused by something else, and a run started a moment ago read as crashed (test_training's stop test failed
+    so, and its process was killed). An empty command line is a process mid-exec; only a kernel thread keeps none,
+    and a zombie has exited."""
+    assert R.is_training_process("R", 0x400000, b"")  # mid-exec: what the failing spawn read
+    assert not R.is_training_process("S", R.PF_KTHREAD, b"")  # a kernel thread that took a reused pid
+    assert not R.is_training_process("Z", 0, b"")
+    assert R.is_training_process("S", 0, b"/venv/bin/python\0-m\0lab\0train\0--model\0embedded\0")
+    assert not R.is_training_process("S", 0, b"/usr/bin/python\0-m\0http.server\0")  # a pid reused by another
+    assert R.is_training_process("S", 0, b"/usr/bin/python\0-m\0pytest\0", just_spawned=True)  # before its exec
 
 
 def test_watched_status_follows_a_run_through_its_life_and_a_folder_made_again(tmp_path, fake_training):

@@ -46,12 +46,28 @@ def pid_alive(pid: int | None, just_spawned: bool = False) -> bool:
         return True
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":  # a zombie has exited; its parent has not reaped it
-            return False
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return True  # no /proc (macOS): trust kill(0)
-    return just_spawned or ("lab" in cmdline and "train" in cmdline)
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp, session, tty, tpgid, flags
+    return is_training_process(fields[0], int(fields[6]), cmdline, just_spawned)
+
+
+PF_KTHREAD = 0x00200000  # /proc/PID/stat's flags: a kernel thread (linux/sched.h)
+
+
+def is_training_process(state: str, flags: int, cmdline: bytes, just_spawned: bool = False) -> bool:
+    """`pid_alive`'s verdict on a live pid from /proc: its state, flags and command line.
+
+    An empty command line is a process in the middle of exec'ing: Popen returns once the child has begun its
+    exec, which can be before the kernel has set up the new program's arguments (1 of 150 spawns here read
+    empty, and a run that had just started read as crashed). Only a kernel thread has none for good."""
+    if state == "Z":  # a zombie has exited; its parent has not reaped it
+        return False
+    if not cmdline:
+        return not flags & PF_KTHREAD
+    text = cmdline.replace(b"\0", b" ").decode(errors="replace")
+    return just_spawned or ("lab" in text and "train" in text)
 
 
 # --------------------------------------------------------------------------- lock
