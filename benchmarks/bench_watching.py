@@ -130,7 +130,7 @@ class Tabs:
     share its HTTP and code caches). Either way each tab is its own Streamlit session."""
 
     def __init__(self, browser, how: str) -> None:
-        self.browser, self.how = browser, how
+        self.browser = browser
         self.person = browser.new_context(viewport={"width": 1400, "height": 1000}) if how == "one" else None
 
     def new_page(self):

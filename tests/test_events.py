@@ -145,7 +145,7 @@ def test_a_run_launched_a_moment_ago_is_starting_before_its_process_execs(tmp_pa
 
 def test_a_process_in_the_middle_of_its_exec_is_alive():
     """Popen returns once the child has begun its exec, which can be before the kernel has set up the new
-    program's arguments: /proc/PID/cmdline then reads empty (1 of 150 spawns here). pid_alive took that for a pid
+    program's arguments: /proc/PID/cmdline then reads empty (14 of 600 spawns here). pid_alive took that for a pid
     reused by something else, and a run started a moment ago read as crashed (test_training's stop test failed
     so, and its process was killed). An empty command line is a process mid-exec; only a kernel thread keeps none,
     and a zombie has exited."""

@@ -4,8 +4,7 @@ The samples' steps, replayed at every value (lab.estimate.replay), usually settl
 is the largest that fits is simulated, and where its peak is the replay's to the byte, the replay's word that one
 more does not fit is taken (`_replay_search`): Qwen2.5-7B's three answers on an A10G take eight simulations
 besides the page's own (batches 2, 4, 14; 2,048, 4,096 and 14,704 tokens; ranks 64 and 512), where they took
-eleven. Where the samples' streams differ, or the checks run out,
-the search below takes over.
+eleven. Where the samples' streams differ, or the checks run out, the search below takes over.
 
 Memory is a polynomial in each knob — linear in the batch size and the rank, linear or quadratic in
 the sequence length (eager attention keeps seq² scores). A few simulations at spread-out values give

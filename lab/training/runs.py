@@ -60,7 +60,7 @@ def is_training_process(state: str, flags: int, cmdline: bytes, just_spawned: bo
     """`pid_alive`'s verdict on a live pid from /proc: its state, flags and command line.
 
     An empty command line is a process in the middle of exec'ing: Popen returns once the child has begun its
-    exec, which can be before the kernel has set up the new program's arguments (1 of 150 spawns here read
+    exec, which can be before the kernel has set up the new program's arguments (14 of 600 spawns here read
     empty, and a run that had just started read as crashed). Only a kernel thread has none for good."""
     if state == "Z":  # a zombie has exited; its parent has not reaped it
         return False
