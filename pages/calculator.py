@@ -58,26 +58,34 @@ if inputs.switched:
 
 
 # ----------------------------------------------------------------------------------- simulate (off the script thread)
-def simulations() -> PageSimulations | None:
-    """The two simulations, from the cache at once, or from a background task (None while it runs: the
-    page shows a spinner and reruns when the task is done, the results then come from the cache)."""
+def simulations() -> tuple[PageSimulations | None, bool]:
+    """The two simulations, from the cache at once, or from a background task, and whether generation is still
+    being simulated. While the training step runs: None (the page shows a spinner). Once the task reports the
+    training step: that part at once, generation pending (its metric says so), and the page reruns when the task
+    is done (both parts then come from the cache)."""
     if is_cached(arch, settings) and is_cached(arch, infer_settings):
-        return simulate_page(arch, settings, infer_settings)
+        return simulate_page(arch, settings, infer_settings), False
     signature = repr((arch.name, settings, infer_settings))
     failed = st.session_state.get("calc_sim_error")
     if failed and failed[0] == signature:
         st.error(failed[1], icon=":material/error:")
-        return None
+        return None, False
     task = get_task(SIM_TASK)
     if task is None or task.name != signature:
         if task is not None:
             task.cancel_event.set()  # the inference part is skipped; the training part lands in the cache anyway
-        start_task(SIM_TASK, simulate_page, arch, settings, infer_settings).name = signature
+        task = start_task(SIM_TASK, simulate_page, arch, settings, infer_settings)
+        task.name = signature
+    if task.poll().partial is not None:  # the training step is in: drawn now, generation follows
+        poll_task(SIM_TASK, lambda _task: None, _keep_error, every=0.5)
+        return task.partial, True
     poll_task(SIM_TASK, _simulating, _keep_error, every=0.5)
-    return None
+    return None, False
 
 
 def _simulating(task) -> None:
+    if task.partial is not None:
+        st.rerun()  # the training step is in: the whole page draws it while generation is simulated
     message = task.progress[-1].message if task.progress else "starting"
     with st.spinner(f"Simulating {arch.name}: {message} (the step runs on fake tensors, a second or a few)…"):
         st.caption("The results appear here when the simulation is done; the page stays usable meanwhile.")
@@ -96,14 +104,14 @@ def simulated(part: Simulation | str | None) -> Simulation | None:
 
 
 # ----------------------------------------------------------------------------------- the answers
-def answers(w: WeightEstimate | None) -> tuple[Simulation | None, Simulation | None, TrainingEstimate | None]:
+def answers(w: WeightEstimate | None) -> tuple[Simulation | None, Simulation | None, TrainingEstimate | None, bool]:
     """One headline per question: the weights, the training peak, the generation peak, the smallest GPU."""
     st.subheader("The answers")
     a1, a2, a3, a4 = st.columns(4)
     if w is not None:
         a1.metric(f"Weights at {precision}", fmt_bytes(w.weights_bytes),
                   help="Every tensor the loaded model holds, quantization constants included (the Weights tab).")
-    sims = simulations()
+    sims, generating = simulations()
     if sims is None:
         stop_page()
     sim, gen = simulated(sims.training), simulated(sims.inference)
@@ -122,13 +130,15 @@ def answers(w: WeightEstimate | None) -> tuple[Simulation | None, Simulation | N
         a3.metric("Simulated generation peak", fmt_bytes(gen.peak_bytes),
                   help=f"Prefill of {infer_settings.prompt_tokens:,} tokens and one decode step, "
                        f"{infer_settings.batch_size} prompt(s). Peak: {gen.peak_at}.")
+    elif generating:
+        a3.metric("Simulated generation peak", "simulating…", help="Generation is simulated after the training step.")
     peak = sim or gen
     if peak is not None:
         best = smallest_gpu(peak.peak_bytes)
         a4.metric(f"Smallest GPU for {'training' if sim else 'generation'}", best.gpu if best else "none listed",
                   help="Of the GPUs in the 'Does it fit?' tab: peak + CUDA context + fragmentation within the card.")
         a4.caption(best.summary if best else "Not even the largest listed GPU: see 'More than one GPU'.")
-    return sim, gen, formula
+    return sim, gen, formula, generating
 
 
 # ----------------------------------------------------------------------------------- tabs
@@ -289,7 +299,7 @@ with w_tab:
 with a_tab:
     architecture_table(arch)
 with top:
-    sim, gen, formula = answers(weights)  # stops the page while the simulation runs
+    sim, gen, formula, generating = answers(weights)  # stops the page while the training step is simulated
 with fit:
     fit_tab(sim, gen)
 with t_tab:
@@ -300,6 +310,8 @@ with t_tab:
 with g_tab:
     if gen is not None:
         generation_tab(gen)
+    elif generating:
+        st.caption("Simulating generation: prefill and one decode step on fake tensors…")
 with multi_tab:
     if sim is not None:
         parallel = multi_gpu_tab(sim)

@@ -75,6 +75,38 @@ def test_calculator_settings_come_from_the_url():
 
 
 @pytest.mark.slow
+def test_the_training_peak_shows_while_generation_is_still_simulated(monkeypatch):
+    """A setting new to both parts (a precision change simulates both) shows the training step's peak as soon as
+    it is simulated: generation, simulated after it, says "simulating…" until it is done, then shows its peak."""
+    import threading
+
+    import lab.estimate.simulate as simulation
+
+    release, real = threading.Event(), simulation.simulate_generation
+
+    def held(*args, **kwargs):  # generation waits until the test has seen the page with the training peak alone
+        assert release.wait(300)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(simulation, "simulate_generation", held)
+    at = run_page(CALC, model="SmolLM2-135M", precision="nf4", seq="160", prompt="48")
+    task = at.session_state["calc_sim"]
+    deadline = time.time() + 300
+    while task.poll().partial is None and task.running and time.time() < deadline:
+        time.sleep(0.2)
+    at.run()
+    shown = metrics(at)
+    arch = read_architecture("SmolLM2-135M")
+    sim = simulate(arch, TrainingSettings(precision="nf4", max_length=160))
+    assert not at.exception and shown["Simulated training peak"] == fmt_bytes(sim.peak_bytes)
+    assert shown["Simulated generation peak"] == "simulating…" and task.running
+    release.set()
+    shown = metrics(settle(at))
+    assert not at.exception and shown["Simulated generation peak"].endswith("B")
+    assert shown["Simulated training peak"] == fmt_bytes(sim.peak_bytes)
+
+
+@pytest.mark.slow
 def test_calculator_widgets_change_the_numbers():
     at = settle(run_page(CALC, model="SmolLM2-360M", seq="256"))
     before = metrics(at)["Simulated training peak"]

@@ -800,14 +800,15 @@ class PageSimulations:
 def simulate_page(arch, settings, inference: InferenceSettings, report=None, cancel=None) -> PageSimulations:
     """Both simulations a page shows. (`report`/`cancel` are lab.tasks.BackgroundTask's hooks: once the page asks
     for other settings, the step being simulated stops at its next layer or phase, Cancelled, and nothing is
-    cached.)"""
+    cached.) The training step comes first, and its result is reported as a partial result before generation is
+    simulated, so a page shows the headline peak a generation step sooner (a precision change simulates both)."""
     out: dict[str, Simulation | str] = {}
     for part, run in (("training", lambda: simulate(arch, settings)),
                       ("inference", lambda: simulate_generation(arch, inference))):
         if cancel is not None and cancel.is_set():  # the page asked for other settings meanwhile
             break
         if report:
-            report(f"simulating the {part} step")
+            report(f"simulating the {part} step", partial=PageSimulations(**out) if out else None)
         try:
             with cancel_on(cancel):
                 out[part] = run()
