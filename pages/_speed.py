@@ -44,7 +44,7 @@ def speed_table(sim, gpus: int, sharding: str, steps: int) -> None:
                      "tokens/s per GPU": round(t.tokens_per_second),
                      "step": f"{t.step_seconds * 1000:,.0f} ms", f"{steps:,} steps": duration(run),
                      "cheapest listed cost": cost})
-    st.dataframe(rows, hide_index=True, use_container_width=True)
+    st.dataframe(rows, hide_index=True, width="stretch")
     st.caption(f"{HOW} Prices per GPU-hour as listed in {PRICES_DATE} (lab/estimate/prices.py, with sources).")
 
 
@@ -60,7 +60,7 @@ def savings(arch, settings, gpu: str) -> None:
                        else "", "memory saved": fmt_bytes(r.saved_bytes) if r.peak_bytes else "",
                        "tokens/s": round(r.tokens_per_second),
                        "time per token": f"{100 * r.time_cost:+.0f}%" if r.peak_bytes else r.note}
-                      for r in kept[1]], hide_index=True, use_container_width=True)
+                      for r in kept[1]], hide_index=True, width="stretch")
         return
 
     def _keep(task) -> None:
