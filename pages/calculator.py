@@ -76,7 +76,7 @@ def simulations() -> tuple[PageSimulations | None, bool]:
             task.cancel_event.set()  # the inference part is skipped; the training part lands in the cache anyway
         task = start_task(SIM_TASK, simulate_page, arch, settings, infer_settings)
         task.name = signature
-    if task.poll().partial is not None:  # the training step is in: drawn now, generation follows
+    if task.partial is not None:  # the training step is in (get_task drained its queue): drawn now, generation follows
         poll_task(SIM_TASK, lambda _task: None, _keep_error, every=0.5)
         return task.partial, True
     poll_task(SIM_TASK, _simulating, _keep_error, every=0.5)

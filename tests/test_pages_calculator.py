@@ -89,18 +89,20 @@ def test_the_training_peak_shows_while_generation_is_still_simulated(monkeypatch
         return real(*args, **kwargs)
 
     monkeypatch.setattr(simulation, "simulate_generation", held)
-    at = run_page(CALC, model="SmolLM2-135M", precision="nf4", seq="160", prompt="48")
-    task = at.session_state["calc_sim"]
-    deadline = time.time() + 300
-    while task.poll().partial is None and task.running and time.time() < deadline:
-        time.sleep(0.2)
-    at.run()
-    shown = metrics(at)
-    arch = read_architecture("SmolLM2-135M")
-    sim = simulate(arch, TrainingSettings(precision="nf4", max_length=160))
-    assert not at.exception and shown["Simulated training peak"] == fmt_bytes(sim.peak_bytes)
-    assert shown["Simulated generation peak"] == "simulating…" and task.running
-    release.set()
+    try:
+        at = run_page(CALC, model="SmolLM2-135M", precision="nf4", seq="160", prompt="48")
+        task = at.session_state["calc_sim"]
+        deadline = time.time() + 300
+        while task.poll().partial is None and task.running and time.time() < deadline:
+            time.sleep(0.2)
+        at.run()
+        shown = metrics(at)
+        arch = read_architecture("SmolLM2-135M")
+        sim = simulate(arch, TrainingSettings(precision="nf4", max_length=160))
+        assert not at.exception and shown["Simulated training peak"] == fmt_bytes(sim.peak_bytes)
+        assert shown["Simulated generation peak"] == "simulating…" and task.running
+    finally:
+        release.set()  # a failed assertion must not leave the worker's task waiting out its 300 s
     shown = metrics(settle(at))
     assert not at.exception and shown["Simulated generation peak"].endswith("B")
     assert shown["Simulated training peak"] == fmt_bytes(sim.peak_bytes)
