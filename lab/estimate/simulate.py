@@ -70,6 +70,7 @@ PAGED_HELP = ("Paged optimizer state lives in CUDA unified memory, outside PyTor
 _LOCK = threading.Lock()  # the simulation switches library code paths (bitsandbytes, TRL) while it runs
 _CACHE: OrderedDict = OrderedDict()
 _CACHE_SIZE = 256
+_IN_FLIGHT: dict = {}  # cache key -> Event set when the thread simulating it ends (see _cached)
 
 
 @dataclass(frozen=True)
@@ -556,16 +557,33 @@ def _num_layers(config) -> int:
 
 
 def _cached(key, compute):
-    with _LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]
-    result = compute()
-    with _LOCK:
-        _CACHE[key] = result
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return result
+    """The cached result for `key`, else `compute()`'s, computed once however many threads ask at the same time:
+    a room opening the calculator on a fresh server (or a visitor arriving while the server's warm-up simulates the
+    same page, lab.estimate.warmup) waits for the simulation already running instead of repeating it behind
+    `_LOCK`. A waiter whose own page moved on stops waiting (Cancelled); one whose computing thread failed or was
+    cancelled computes it itself."""
+    while True:
+        with _LOCK:
+            if key in _CACHE:
+                _CACHE.move_to_end(key)
+                return _CACHE[key]
+            running = _IN_FLIGHT.get(key)
+            if running is None:
+                running = _IN_FLIGHT[key] = threading.Event()
+                break
+        while not running.wait(0.1):
+            stop_if_cancelled()
+    try:
+        result = compute()
+        with _LOCK:
+            _CACHE[key] = result
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
+        return result
+    finally:
+        with _LOCK:
+            _IN_FLIGHT.pop(key, None)
+        running.set()
 
 
 @contextmanager
