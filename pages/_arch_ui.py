@@ -7,6 +7,7 @@ import streamlit as st
 
 from lab import policy
 from lab.errors import LabError
+from lab.estimate.warmup import CALCULATOR_MODEL
 from lab.models.architecture import Architecture
 from lab.models.catalog import EMBEDDED, catalog_names
 from lab.models.reader import read_architecture, read_architecture_json
@@ -27,7 +28,7 @@ def model_options() -> list[str]:
     return [EMBEDDED, *catalog_names(), UPLOAD, HUB_ONLY if policy.public_mode() else OTHER]
 
 
-def pick_architecture(default: str = "Llama-3.2-3B") -> Architecture | None:
+def pick_architecture(default: str = CALCULATOR_MODEL) -> Architecture | None:
     """Draw the picker; return the architecture, or None after showing an st.error."""
     options = model_options()
     choice = st.selectbox("Model", options, index=options.index(default) if default in options else 0,

@@ -13,6 +13,7 @@ import streamlit as st
 
 from lab.estimate.simulate import InferenceSettings
 from lab.estimate.training import TrainingSettings, method_for, precision_for
+from lab.estimate.warmup import CALCULATOR_PRECISION
 from lab.vocab import (
     ADAPTER_DTYPES,
     ATTENTION,
@@ -84,8 +85,8 @@ def weights_inputs() -> tuple[str, str]:
         st.session_state["method"] = st.session_state.pop(_FIX)
     c1, c2 = st.columns([3, 1])
     precision = c1.segmented_control(
-        "Precision", list(PRECISIONS), default="nf4-dq", key="precision", bind="query-params", required=True,
-        help=describe(PRECISIONS, markdown=True), on_change=_on_precision,
+        "Precision", list(PRECISIONS), default=CALCULATOR_PRECISION, key="precision", bind="query-params",
+        required=True, help=describe(PRECISIONS, markdown=True), on_change=_on_precision,
     )
     dtype = c2.selectbox("Unquantized dtype", ["auto", *DTYPES], key="dtype", bind="query-params",
                          help=DTYPE_HELP, disabled=not PRECISIONS[precision].quantized)

@@ -20,6 +20,7 @@ import streamlit as st
 from lab import policy
 from lab.environment import environment_report
 from lab.errors import LabError
+from lab.estimate import warmup
 from lab.models.registry import ModelRegistry
 from lab.models.sources import embedded_status
 from lab.serve.admin import admin_enabled
@@ -115,12 +116,13 @@ def _owner_connected(owner: str) -> bool:
 class ServerServices:
     """What runs once per server, whoever opens the app first: the queue watcher (starts queued
     runs when the device frees up, even with no Training page open), the preloader
-    (QLORA_LAB_PRELOAD) and the board of connected sessions."""
+    (QLORA_LAB_PRELOAD), the calculator's warm-up (QLORA_LAB_WARMUP) and the board of connected sessions."""
 
     board: SessionBoard
     watcher: QueueWatcher
     preloader: Preloader | None
     preload_error: str | None = None
+    warmup: BackgroundTask | None = None
 
 
 @st.cache_resource(show_spinner=False)
@@ -133,7 +135,8 @@ def server_services() -> ServerServices:
     watcher = QueueWatcher()
     if os.environ.get("QLORA_LAB_QUEUE_WATCH", "1") != "0":  # tests' in-process apps turn it off (conftest)
         watcher.start()
-    return ServerServices(SessionBoard(), watcher, preloader, error)
+    warm = warmup.start() if warmup.enabled() else None  # the calculator's first answer, before anyone asks
+    return ServerServices(SessionBoard(), watcher, preloader, error, warm)
 
 
 def session_id() -> str:

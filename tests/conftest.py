@@ -27,6 +27,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # No queue-watcher thread in pytest's own process (AppTest apps): it would outlive its test and start
 # queued runs in later tests' folders. Browser tests' servers (separate processes) turn it back on.
 os.environ.setdefault("QLORA_LAB_QUEUE_WATCH", "0")
+# No calculator warm-up in the suite's apps and servers (seconds of CPU each, for an answer most tests never ask
+# for); tests/test_warmup.py turns it on where it is the subject.
+os.environ.setdefault("QLORA_LAB_WARMUP", "0")
 
 import lab  # noqa: E402,F401  (quiets noisy libraries before anything loads)
 from lab.models.sources import prepare_embedded_model  # noqa: E402

@@ -1,15 +1,68 @@
 """Simulations asked for by several sessions at once (lab.estimate.simulate._cached) and the calculator's warm-up
-(lab.estimate.warmup)."""
+(lab.estimate.warmup): a server's first session starts it, and the calculator's first page is then answered from
+the simulation cache."""
 
 from __future__ import annotations
 
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
 
 import lab.estimate.simulate as sim_module
-from lab.estimate.simulate import Simulation
+from lab.estimate import warmup
+from lab.estimate.simulate import Simulation, is_cached
 from lab.models.reader import read_architecture
+from lab.units import fmt_bytes
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_on_unless_turned_off():
+    assert warmup.enabled({}) and warmup.enabled({warmup.ENV: "1"})
+    assert not warmup.enabled({warmup.ENV: "0"})
+
+
+def calculator_first_run() -> AppTest:
+    return AppTest.from_file(str(ROOT / "pages" / "calculator.py"), default_timeout=180).run()
+
+
+@pytest.mark.slow
+def test_the_first_session_warms_the_calculators_first_answer_up(monkeypatch):
+    from pages._ui import server_services
+
+    sim_module._CACHE.clear()  # whatever this process simulated before: the page must owe its answer to the warm-up
+    cold = calculator_first_run()
+    assert not cold.exception and "Simulated training peak" not in {m.label for m in cold.metric}  # it simulates
+    cold.session_state["calc_sim"].cancel()
+    cold.session_state["calc_sim"].wait(120)
+    sim_module._CACHE.clear()
+
+    monkeypatch.setenv(warmup.ENV, "1")
+    server_services.clear()  # a fresh server: its first session's first run starts the server's services
+    try:
+        assert warmup.current() is None
+        home = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+        assert not home.exception
+        task = warmup.current()
+        assert task is not None and warmup.start() is task  # once per process
+        task.wait(300)
+        assert task.status == "done", task.error
+        model, training, inference = warmup.calculator_defaults()
+        arch = read_architecture(model)
+        assert is_cached(arch, training) and is_cached(arch, inference)
+
+        page = calculator_first_run()  # the first page a visitor opens: no spinner, the answers at once
+        assert not page.exception and not page.error
+        shown = {m.label: m.value for m in page.metric}
+        assert isinstance(task.result.training, Simulation) and isinstance(task.result.inference, Simulation)
+        assert shown["Simulated training peak"] == fmt_bytes(task.result.training.peak_bytes)
+        assert "calc_sim" not in page.session_state  # answered from the cache: no background task started
+    finally:
+        server_services.clear()
 
 
 def test_one_simulation_for_everyone_who_asks_at_once(tiny_model_dir, monkeypatch):
