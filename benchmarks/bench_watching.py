@@ -152,8 +152,17 @@ def open_training_tab(tabs: Tabs, server: AppServer, timeout: float):
 
 def warm_up(tabs: Tabs, server: AppServer, timeout: float) -> None:
     """Open the Training page once before measuring: a room's server has run it before (its first run imports
-    and reads what every later one finds cached), so a variant's figure is the watching, not that start-up."""
+    and reads what every later one finds cached), so a variant's figure is the watching, not that start-up. Then
+    wait for the server to go quiet: its first session also started the calculator's warm-up (lab.estimate.warmup,
+    a few CPU seconds), long over on a room's server."""
     tabs.close(open_training_tab(tabs, server, timeout))
+    deadline, last = time.monotonic() + timeout, cpu_seconds([server.proc.pid])
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = cpu_seconds([server.proc.pid])
+        if now - last < 0.05:
+            return
+        last = now
 
 
 def first_step_logged(out: Path) -> bool:
