@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import replace
 
 from lab.estimate.simulate import InferenceSettings, PageSimulations, simulate_page
 from lab.estimate.training import TrainingSettings
@@ -33,11 +32,10 @@ _TASK: BackgroundTask | None = None
 
 
 def calculator_defaults() -> tuple[str, TrainingSettings, InferenceSettings]:
-    """The model, training step and generation the calculator simulates when nothing has been changed."""
-    unquantized = "auto"  # the page's "Unquantized dtype" default
-    training = replace(TrainingSettings(), precision=CALCULATOR_PRECISION, dtype=unquantized)
-    inference = replace(InferenceSettings(), precision=CALCULATOR_PRECISION, dtype=unquantized)
-    return CALCULATOR_MODEL, training, inference
+    """The model, training step and generation the calculator simulates when nothing has been changed (the settings'
+    own defaults, "auto" dtype included, are the page's widgets' defaults)."""
+    return (CALCULATOR_MODEL, TrainingSettings(precision=CALCULATOR_PRECISION),
+            InferenceSettings(precision=CALCULATOR_PRECISION))
 
 
 def enabled(env: dict | None = None) -> bool:
