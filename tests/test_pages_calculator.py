@@ -108,6 +108,44 @@ def test_the_training_peak_shows_while_generation_is_still_simulated(monkeypatch
     assert shown["Simulated training peak"] == fmt_bytes(sim.peak_bytes)
 
 
+def test_a_new_setting_never_waits_for_the_simulation_it_replaces():
+    """While a step is simulated (here the simulation lock is held, as a long step holds it), a new setting reruns
+    the page at once with its spinner, and the task of the setting left behind is cancelled: the page never waits
+    behind a step it has left, and that step is never cached. (Before, asking whether the new setting was cached
+    waited for the simulation lock: the page froze until the old step ended, and could not cancel it.)"""
+    import threading
+
+    import lab.estimate.simulate as simulation
+
+    arch = read_architecture("SmolLM2-135M")
+    old, new = TrainingSettings(max_length=176), TrainingSettings(max_length=208)
+    assert not simulation.is_cached(arch, old) and not simulation.is_cached(arch, new)
+    held, done, released = threading.Event(), threading.Event(), threading.Event()
+
+    def a_long_step():  # holds the lock until the test is done with the page, or 90 s at most (a page that waits)
+        with simulation._LOCK:
+            held.set()
+            done.wait(90)
+            released.set()
+
+    threading.Thread(target=a_long_step, daemon=True).start()
+    assert held.wait(60)
+    try:
+        at = AppTest.from_file(CALC, default_timeout=180)
+        at.query_params.update(model="SmolLM2-135M", seq="176")
+        at.run()
+        left = at.session_state["calc_sim"]
+        at.number_input(key="seq").set_value(208).run()
+        assert not released.is_set()  # the page was back while the lock was still held
+        assert not at.exception and left.cancel_event.is_set()
+        assert at.session_state["calc_sim"] is not left and any("results appear" in c.value for c in at.caption)
+    finally:
+        done.set()
+    shown = metrics(settle(at))
+    assert shown["Simulated training peak"] == fmt_bytes(simulate(arch, new).peak_bytes)
+    assert left.wait(120).status == "cancelled" and not simulation.is_cached(arch, old)
+
+
 @pytest.mark.slow
 def test_calculator_widgets_change_the_numbers():
     at = settle(run_page(CALC, model="SmolLM2-360M", seq="256"))

@@ -68,6 +68,10 @@ CATEGORY_HELP = {
 PAGED_HELP = ("Paged optimizer state lives in CUDA unified memory, outside PyTorch's allocator: it does not count in "
               "max_memory_allocated and is moved to CPU RAM when the GPU runs short.")
 _LOCK = threading.Lock()  # the simulation switches library code paths (bitsandbytes, TRL) while it runs
+# The cache's own lock, held for a lookup only: a page asking whether its setting is cached (`is_cached`, on the
+# script thread) must not wait behind _LOCK for a simulation of a setting it has already left, or it could not
+# even reach the cancel that stops that simulation.
+_CACHE_LOCK = threading.Lock()
 _CACHE: OrderedDict = OrderedDict()
 _CACHE_SIZE = 256
 _IN_FLIGHT: dict = {}  # cache key -> Event set when the thread simulating it ends (see _cached)
@@ -561,9 +565,10 @@ def _cached(key, compute):
     a room opening the calculator on a fresh server (or a visitor arriving while the server's warm-up simulates the
     same page, lab.estimate.warmup) waits for the simulation already running instead of repeating it behind
     `_LOCK`. A waiter whose own page moved on stops waiting (Cancelled); one whose computing thread failed or was
-    cancelled computes it itself."""
+    cancelled computes it itself. The cache and the keys in flight have a lock of their own (`_CACHE_LOCK`), never
+    held while a step is simulated."""
     while True:
-        with _LOCK:
+        with _CACHE_LOCK:
             if key in _CACHE:
                 _CACHE.move_to_end(key)
                 return _CACHE[key]
@@ -575,13 +580,13 @@ def _cached(key, compute):
             stop_if_cancelled()
     try:
         result = compute()
-        with _LOCK:
+        with _CACHE_LOCK:
             _CACHE[key] = result
             while len(_CACHE) > _CACHE_SIZE:
                 _CACHE.popitem(last=False)
         return result
     finally:
-        with _LOCK:
+        with _CACHE_LOCK:
             _IN_FLIGHT.pop(key, None)
         running.set()
 
@@ -802,7 +807,7 @@ def is_cached(arch, settings, device: str = "cuda") -> bool:
     full = _num_layers(transformers_config(arch))
     key = (key_kind, arch.name, transformers_config(arch).to_json_string(use_diff=False), recipe,
            min(full, comp.SIMULATED_LAYERS))
-    with _LOCK:
+    with _CACHE_LOCK:
         return key in _CACHE
 
 
