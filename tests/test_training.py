@@ -130,6 +130,39 @@ def test_cli_trains_and_leaves_an_adapter_plain_peft_loads(tiny_model_dir, tmp_p
     assert R.run_status(out).status == "finished"
 
 
+REFUSALS = """
+import json, sys
+from lab.cli import main
+codes = [main(argv) for argv in json.loads(sys.argv[1])]
+print(json.dumps([codes, sorted(m for m in ("trl", "peft", "bitsandbytes") if m in sys.modules)]))
+"""
+
+
+@pytest.mark.slow
+def test_a_refused_run_says_why_before_the_training_libraries_load(tiny_model_dir, tmp_path, monkeypatch):
+    """`lab train` checks everything it can before it imports TRL, peft and bitsandbytes (seconds): a malformed
+    dataset and a device another run holds are refused in one line each, with none of them imported, and no
+    run folder is made."""
+    monkeypatch.setenv("QLORA_LAB_RUNS", str(tmp_path / "runs"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{oops\n')
+    base = ["train", "--model", str(tiny_model_dir), "--max-steps", "1"]
+    argvs = [[*base, "--dataset", str(bad), "--output", str(tmp_path / "runs" / "bad")],
+             [*base, "--dataset", "style", "--output", str(tmp_path / "runs" / "busy")]]
+    R.acquire_lock(tmp_path / "runs" / "holder")  # another run holds the device
+    try:
+        p = subprocess.run([sys.executable, "-c", REFUSALS, json.dumps(argvs)], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
+    finally:
+        R.release_lock()
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == [[2, 2], []]  # both refused; TRL, peft and bitsandbytes never imported
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and "line 2: not valid JSON" in errors[0], p.stderr
+    assert "Another training is running: holder" in errors[1], p.stderr
+    assert sorted(x.name for x in (tmp_path / "runs").iterdir() if not x.name.startswith(".")) == []
+
+
 @pytest.mark.training
 def test_malformed_rows_refused_or_skipped_from_the_cli(tiny_model_dir, tmp_path):
     data = tmp_path / "bad.jsonl"

@@ -8,7 +8,7 @@ from lab.training import distributed
 from lab.training.config import add_arguments as add_config_arguments
 from lab.training.config import from_args
 from lab.training.dispatch import hand_over
-from lab.training.runner import train
+from lab.training.preflight import check_run
 from lab.units import fmt_bytes, format_table
 
 
@@ -19,7 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict | None:
 
     try:
-        result = train(from_args(args))
+        cfg = from_args(args)
+        checked = check_run(cfg)  # a refused run says why now, not after the training libraries' imports
+        from lab.training.runner import train  # TRL, peft and bitsandbytes: seconds of imports
+
+        result = train(cfg, checked=checked)
     finally:
         if distributed.is_main_process():
             hand_over()  # the device is free: start the next queued run (lab.training.queue)

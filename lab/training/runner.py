@@ -26,7 +26,6 @@ import sys
 import time
 import traceback
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,13 +33,11 @@ import torch
 from lab.data import datasets as ds
 from lab.environment import LIBRARIES, compute_dtype, device_type, library_version
 from lab.errors import LabError
-from lab.estimate.lora import resolve_targets
 from lab.estimate.recipe import trl_trainer
 from lab.files import write_json_atomic
 from lab.models.construct import install
 from lab.models.loading import free_memory, load_tokenizer, out_of_memory
 from lab.models.precision import bnb_config, get_precision, load_kwargs
-from lab.models.reader import read_architecture
 from lab.models.sources import ModelSource, hub_error, resolve_source
 from lab.publish.card import write_merged_card, write_run_card
 from lab.training import distributed
@@ -48,6 +45,7 @@ from lab.training.callback import StopAndLogCallback, peak_memory_bytes
 from lab.training.config import TrainConfig, repetition_warning, run_dir_for, to_cli_args
 from lab.training.events import RUN_FILE, STOP_FILE, EventLog
 from lab.training.predicted import Prediction, StepPeak, like_for_like
+from lab.training.preflight import Checked, TrainData, check_run
 from lab.training.runs import acquire_lock, release_lock
 from lab.vocab import COMPUTE
 
@@ -103,22 +101,6 @@ def base_load_kwargs(precision: str, device: str) -> dict:
         kwargs["dtype"] = quant.bnb_4bit_compute_dtype
         kwargs.pop("device_map", None)
     return kwargs
-
-
-def peft_target_modules(source: ModelSource, targets: str, r: int | None = None):
-    """peft's target_modules for this base: a preset (`lab.vocab.TARGET_PRESETS`) or names, resolved and
-    checked against the model's own Linear layers before anything loads ('all-linear' as peft spells it
-    where it means the same). On a mixture-of-experts model: (target_modules, target_parameters), the
-    fused experts apart (lab.estimate.experts), exactly as the simulation applies them."""
-    from lab.estimate.simulate import peft_targets
-
-    arch = read_architecture(source)
-    if r is None:
-        names = resolve_targets(arch, targets)
-        return "all-linear" if targets.strip() == "all-linear" else names
-    modules, parameters = peft_targets(arch, targets, r)
-    return (modules if isinstance(modules, str) else list(modules), list(parameters)) if parameters else \
-        (modules if isinstance(modules, str) else list(modules))
 
 
 def add_lora(model, cfg: TrainConfig, quantized: bool, target_modules):
@@ -206,36 +188,18 @@ def sft_config(cfg: TrainConfig, run_dir: Path, device: str, has_eval: bool):
 
 
 # --------------------------------------------------------------------------- the run
-@dataclass
-class TrainData:
-    """The checked dataset splits a run trains and evaluates on."""
-
-    train: ds.DatasetCheck
-    eval: ds.DatasetCheck | None
-
-
-def check_data(cfg: TrainConfig) -> TrainData:
-    train_check = ds.check_dataset(cfg.dataset, "train", "skip" if cfg.skip_bad_rows else "refuse")
-    eval_check = None
-    if cfg.eval_steps > 0 and ds.has_split(cfg.dataset, "test"):
-        eval_check = ds.check_dataset(cfg.dataset, "test", "skip")
-    return TrainData(train_check, eval_check)
-
-
-def train(cfg: TrainConfig, echo=None) -> dict:
+def train(cfg: TrainConfig, echo=None, checked: Checked | None = None) -> dict:
     """Run one training described by `cfg`; returns the CLI's JSON payload. Raises LabError on
-    bad input or a failed run (after recording it in the run folder)."""
-    distributed.check_launch()
+    bad input or a failed run (after recording it in the run folder). `checked`: what
+    lab.training.preflight.check_run already found for `cfg` (the CLI checks before it imports this module)."""
+    checked = checked or check_run(cfg)
+    source, device = checked.source, checked.device
     main = distributed.is_main_process()
     echo = (echo or (lambda msg: print(msg, file=sys.stderr, flush=True))) if main else (lambda msg: None)
-    device = device_type()
-    cfg.validate(device)
-    source = resolve_source(cfg.model)
-    targets = peft_target_modules(source, cfg.targets, cfg.r)
-    data = check_data(cfg)
     run_dir = distributed.from_main(lambda: open_run_dir(cfg, source), device)
     try:
-        return _train_locked(cfg, source, targets, data, run_dir, device, EventLog(run_dir) if main else None, echo)
+        return _train_locked(cfg, source, checked.targets, checked.data, run_dir, device,
+                             EventLog(run_dir) if main else None, echo)
     finally:
         if main:
             release_lock()

@@ -178,6 +178,17 @@ def drop_inherited_lock() -> None:
         os.close(fd)
 
 
+def check_free() -> None:
+    """Refuse at once when another training holds the lock (lab.training.preflight: before the run loads its
+    libraries). Only a check: the run takes the lock itself later (acquire_lock), which settles a race. A run
+    its starter handed the lock to (LOCK_FD_ENV) holds it already."""
+    if LOCK_FD_ENV in os.environ:
+        return
+    holder = read_lock()
+    if holder is not None:
+        raise busy_error(holder)
+
+
 def busy_error(holder: dict) -> LabError:
     name = Path(holder.get("run_dir") or "?").name
     return LabError(f"Another training is running: {name} (pid {holder.get('pid')}).",
