@@ -21,8 +21,11 @@ _TEST_HOME = Path(tempfile.mkdtemp(prefix="qlora-lab-tests-"))
 os.environ["QLORA_LAB_RUNS"] = str(_TEST_HOME / "runs")
 # The lab's cache too (the CPU probe keeps its sibling's figure there): a test run writes nothing into the user's
 # ~/.cache/qlora-lab. The embedded model is still found where `make setup` prepared it (lab.models.sources reads
-# the default cache when this one has no copy).
-os.environ["QLORA_LAB_CACHE"] = str(_TEST_HOME / "cache")
+# the default cache when this one has no copy). Unlike runs/, one cache serves the controller and its workers
+# (named once, inherited): what one worker keeps (the probe's figure, about 4 CPU seconds of a subprocess; a built
+# architecture) the other reads. Its files are written atomically, and tests about the cache bring their own.
+os.environ.setdefault("QLORA_LAB_TEST_CACHE", str(_TEST_HOME / "cache"))
+os.environ["QLORA_LAB_CACHE"] = os.environ["QLORA_LAB_TEST_CACHE"]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # No queue-watcher thread in pytest's own process (AppTest apps): it would outlive its test and start
 # queued runs in later tests' folders. Browser tests' servers (separate processes) turn it back on.
