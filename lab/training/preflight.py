@@ -33,9 +33,8 @@ class TrainData:
 
 @dataclass
 class Checked:
-    """A run's settings once every check has passed: what the runner trains on."""
+    """What every check found for a run's settings: what the runner trains on."""
 
-    cfg: TrainConfig
     source: ModelSource
     targets: object  # peft's target_modules, or (target_modules, target_parameters): see peft_target_modules
     data: TrainData
@@ -54,7 +53,7 @@ def check_run(cfg: TrainConfig) -> Checked:
     data = check_data(cfg)
     if distributed.is_main_process():  # rank 0 takes the lock for every rank: the others never hold it
         check_free()
-    return Checked(cfg, source, targets, data, device)
+    return Checked(source, targets, data, device)
 
 
 def check_data(cfg: TrainConfig) -> TrainData:
