@@ -804,9 +804,9 @@ def is_cached(arch, settings, device: str = "cuda") -> bool:
             key_kind = "train"
     except LabError:
         return True
-    full = _num_layers(transformers_config(arch))
-    key = (key_kind, arch.name, transformers_config(arch).to_json_string(use_diff=False), recipe,
-           min(full, comp.SIMULATED_LAYERS))
+    config = transformers_config(arch)  # parsed once: this runs on every rerun of a page, twice
+    full = _num_layers(config)
+    key = (key_kind, arch.name, config.to_json_string(use_diff=False), recipe, min(full, comp.SIMULATED_LAYERS))
     with _CACHE_LOCK:
         return key in _CACHE
 
