@@ -127,6 +127,14 @@ def attach_quant_state(m) -> None:
     w.module = m
     m.quant_state = w.quant_state
     m.support_avx512bf16_for_cpu = False  # the CPU inference repack is a CPU-only layout change
+    # Linear4bit's first forward casts its bias to the compute dtype for good (bitsandbytes/nn/modules.py,
+    # Linear4bit.forward: `bias.data = bias.data.to(x.dtype)`, x already in compute_dtype), after
+    # prepare_model_for_kbit_training upcast it to fp32. Done here, the simulated step is every later step of a
+    # run, as it says, whether or not this model was stepped before (a reused fake model, lab.estimate.simulate):
+    # a model's first simulation and its next ones allocate the same tensors, so they replay into each other.
+    compute = getattr(m, "compute_dtype", None)
+    if m.bias is not None and compute is not None and m.bias.dtype != compute:
+        m.bias.data = m.bias.data.to(compute)
 
 
 def quant_storages(m) -> list[torch.Tensor]:

@@ -43,7 +43,7 @@ class Trace:
     def of(cls, tracker, categories: list[str], full_layers: int, simulated_layers: int) -> Trace:
         raw = array("q", (s.raw for s in tracker.storages))
         owners = array("i", (s.owner for s in tracker.storages))
-        columns = zip(*tracker.events, strict=True) if tracker.events else ((), (), ())
+        columns = zip(*_frees_in_order(tracker.events), strict=True) if tracker.events else ((), (), ())
         events = tuple(array(code, column) for code, column in zip("ibi", columns, strict=True))
         digest = hashlib.sha1()
         for part in (owners.tobytes(), *(e.tobytes() for e in events), repr(tuple(categories)).encode(),
@@ -57,6 +57,24 @@ class Trace:
         blocks = comp.blocks_of(self.events, self.segments, sizes, self.owners, self.categories,
                                 self.full_layers, self.simulated_layers)
         return comp.compose(blocks, self.full_layers).peak_bytes
+
+
+def _frees_in_order(events: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """The stream with each run of frees in one segment in storage order. Storages freed together (a graph let go,
+    a module's outputs) die in an order that depends on the process's history (a model built afresh or reused, in
+    this process or another: lab.estimate.pool), not on the step; frees in a row cannot move the peak, so in storage
+    order two simulations of one step have one stream and replay into each other wherever they ran."""
+    out: list[tuple[int, int, int]] = []
+    run: list[tuple[int, int, int]] = []
+    for event in events:
+        if event[1] < 0 and (not run or run[0][2] == event[2]):
+            run.append(event)
+            continue
+        out += sorted(run)
+        run = [event] if event[1] < 0 else []
+        if event[1] >= 0:
+            out.append(event)
+    return out + sorted(run)
 
 
 def replay_peak(basis: list[tuple[int, Trace]], x: int) -> int:
