@@ -19,6 +19,15 @@ class LabError(Exception):
     def __str__(self) -> str:
         return f"{self.message} {self.hint}" if self.hint else self.message
 
+    def __reduce__(self):  # message and hint apart, through pickling (an error raised in a simulation process)
+        return _rebuilt, (type(self), self.message, self.hint)
+
+
+def _rebuilt(cls: type, message: str, hint: str | None) -> LabError:
+    error = cls.__new__(cls)
+    LabError.__init__(error, message, hint)
+    return error
+
 
 class Cancelled(LabError):
     """The person cancelled the work (e.g. while it waited in a queue): not a failure."""

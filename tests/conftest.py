@@ -40,6 +40,9 @@ os.environ.setdefault("QLORA_LAB_QUEUE_WATCH", "0")
 # No calculator warm-up in the suite's apps and servers (seconds of CPU each, for an answer most tests never ask
 # for); tests/test_warmup.py turns it on where it is the subject.
 os.environ.setdefault("QLORA_LAB_WARMUP", "0")
+# Nor simulation processes (lab.estimate.pool): the inverse question's searches run in the asking process, one after
+# the other, as the suite's two workers already fill both cores; tests/test_pool.py makes a pool for its tests.
+os.environ.setdefault("QLORA_LAB_SIM_PROCESSES", "0")
 
 import lab  # noqa: E402,F401  (quiets noisy libraries before anything loads)
 from lab.models.sources import prepare_embedded_model  # noqa: E402

@@ -349,7 +349,8 @@ def test_calculator_inverse_runs_in_the_background():
     shown = metrics(at)
     assert {"max batch size", "max seq len", "max r"} <= set(shown)
     # each answer reached the page as soon as it was known: the partial results grew one knob at a time
-    assert [list(p.partial) for p in task.progress] == [[], ["batch_size"], ["batch_size", "max_length"]]
+    assert [list(p.partial) for p in task.progress] == [[], ["batch_size"], ["batch_size", "max_length"],
+                                                        ["batch_size", "max_length", "r"]]
     from lab.estimate.gpus import get_gpu
     from lab.estimate.inverse import max_fitting
 

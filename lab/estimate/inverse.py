@@ -33,14 +33,18 @@ simulations after the samples, so a curve that bends hard may end wider than 2%:
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 
 from lab.errors import LabError
+from lab.estimate import pool
 from lab.estimate.gpus import Gpu, budget_for_peak, gpu_verdict
 from lab.estimate.lora import resolve_targets
 from lab.estimate.replay import replay_peak
-from lab.estimate.simulate import Simulation, simulate
+from lab.estimate.simulate import Simulation, is_cached, simulate
 from lab.estimate.tracker import cancel_on
 from lab.estimate.training import TrainingSettings
 from lab.models.architecture import Architecture
@@ -65,6 +69,7 @@ SAMPLES = {"batch_size": (1, 2, 4), "max_length": (2048, 4096), "r": (8, 64)}
 DEGREE = {"batch_size": 1, "max_length": 2, "r": 1}
 MAX_BATCH = 1 << 16
 MAX_CHECKS = 6
+SimulateMany = Callable[[list[TrainingSettings]], list[Simulation]]
 
 
 @dataclass(frozen=True)
@@ -109,19 +114,22 @@ def upper_bound(arch: Architecture, settings: TrainingSettings, knob: str) -> in
     return MAX_BATCH
 
 
-def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: str) -> InverseAnswer:
-    """The largest value of `knob` whose simulated step fits `gpu`, other settings as given."""
+def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: str,
+                known: Simulation | None = None, simulate_many: SimulateMany | None = None) -> InverseAnswer:
+    """The largest value of `knob` whose simulated step fits `gpu`, other settings as given. `known`: the step at
+    `settings` themselves, simulated already. `simulate_many`: simulates several settings side by side (in the
+    simulation processes, lab.estimate.pool; see solve_all), and the samples are then all asked for at once;
+    without it, each step is simulated here in turn."""
     _check_knob(knob, settings.method)
     upper = upper_bound(arch, settings, knob)
     budget = budget_for_peak(gpu)
-
-    runs: dict[int, Simulation] = {}
+    runs: dict[int, Simulation] = {}  # what was asked for: the replay is drawn through these
+    peaks = partial(_peaks, runs, arch, settings, knob, known, simulate_many)
 
     def peak(x: int) -> int:
-        runs[x] = simulate(arch, replace(settings, **{knob: int(x)}))
-        return runs[x].peak_bytes
+        return peaks([x])[0]
 
-    points = _samples(peak, knob, upper, budget, getattr(settings, knob))
+    points = _samples(peaks, knob, upper, budget, getattr(settings, knob), ahead=simulate_many is not None)
     if points[0][1] > budget:  # not even 1 fits: 0 at once
         return InverseAnswer(knob, 0, gpu.name, budget, upper, points, [], True, points[0][0])
     coefficients = _fit(points, min(DEGREE[knob], len(points) - 1))
@@ -167,22 +175,38 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
     return _answer(knob, lo, hi, gpu, budget, upper, points, coefficients, replayed)
 
 
-def _samples(peak, knob: str, upper: int, budget: int, current: int) -> list[tuple[int, int]]:
-    """The samples' (value, peak), in order. Where the smallest does not fit, 1 is simulated first, and if that
-    does not fit either nothing more is (a MoE's bf16 experts alone may overfill the card). A rank of at most
-    half the largest sample stands for the smallest: the step at the current settings is simulated already (the
-    page's and the CLI's own peak), so the rank costs one simulation less."""
+def _peaks(runs: dict[int, Simulation], arch: Architecture, settings: TrainingSettings, knob: str,
+           known: Simulation | None, simulate_many: SimulateMany | None, xs: list[int]) -> list[int]:
+    """The simulated peak at each value of `knob` in `xs`, simulating (all at once) those not in `runs` yet."""
+    new = [x for x in dict.fromkeys(xs) if x not in runs]
+    if known is not None and getattr(settings, knob) in new:
+        runs[getattr(settings, knob)] = known
+        new.remove(getattr(settings, knob))
+    batch = [replace(settings, **{knob: int(x)}) for x in new]
+    sims = simulate_many(batch) if simulate_many else [simulate(arch, s) for s in batch]
+    runs.update(zip(new, sims, strict=True))
+    return [runs[x].peak_bytes for x in xs]
+
+
+def _samples(peaks, knob: str, upper: int, budget: int, current: int, ahead: bool = False) -> list[tuple[int, int]]:
+    """The samples' (value, peak), in order. Where the smallest does not fit, 1 is simulated next, and if that does
+    not fit either nothing more is (a MoE's bf16 experts alone may overfill the card). A rank of at most half the
+    largest sample stands for the smallest: the step at the current settings is simulated already (the page's and
+    the CLI's own peak), so the rank costs one simulation less. `ahead`: every sample is asked for at once (side by
+    side in the simulation processes: the others are wasted only where not even the smallest fits)."""
     xs = list(SAMPLES[knob])
     if knob == "r" and 0 < current <= xs[-1] // 2:
         xs[0] = current
     xs = sorted({min(x, upper) for x in xs})
-    points = [(xs[0], peak(xs[0]))]
+    if ahead:
+        peaks(xs)
+    points = [(xs[0], peaks([xs[0]])[0])]
     if points[0][1] > budget:
         if xs[0] > 1:
-            points.insert(0, (1, peak(1)))
+            points.insert(0, (1, peaks([1])[0]))
         if points[0][1] > budget:
             return points
-    return sorted(points + [(x, peak(x)) for x in xs[1:]])
+    return sorted(points + list(zip(xs[1:], peaks(xs[1:]), strict=True)))
 
 
 def _within_2pct(lo: int, hi: int) -> bool:
@@ -272,18 +296,58 @@ def _largest(replayed, limit: int, lo: int, top: int) -> int:
 
 
 def solve_all(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knobs, report=None, cancel=None) -> dict:
-    """`max_fitting` for each knob (`report`/`cancel`: lab.tasks.BackgroundTask's hooks, for pages: once cancelled,
-    the step being simulated stops at its next layer or phase, Cancelled). Each report carries the answers found
-    so far as its partial result, so a page shows each answer as soon as it is known."""
-    answers = {}
+    """`max_fitting` for each knob. With simulation processes (lab.estimate.pool) the knobs' searches run side by
+    side, each in a thread of this process that hands its steps to the processes (its samples all at once); without,
+    one after the other here. `report`/`cancel`: lab.tasks.BackgroundTask's hooks, for pages: once cancelled, each
+    search stops at its next simulated layer or phase, Cancelled. Each report carries the answers found so far as
+    its partial result, so a page shows each answer as soon as it is known."""
+    knobs = list(knobs)
     for knob in knobs:
-        if cancel is not None and cancel.is_set():
-            break
-        if report:
-            report(f"solving for {knob}", partial=dict(answers))
-        with cancel_on(cancel):
-            answers[knob] = max_fitting(arch, settings, gpu, knob)
-    return answers
+        _check_knob(knob, settings.method)
+    # the step at the settings themselves, where this process has simulated it (the page's own): no search repeats it
+    known = simulate(arch, settings) if is_cached(arch, settings) else None
+    answers: dict[str, InverseAnswer] = {}
+    if report:
+        report(f"solving for {', '.join(knobs)}", partial={})
+    if not pool.enabled():
+        for knob in knobs:
+            with cancel_on(cancel):
+                answers[knob] = max_fitting(arch, settings, gpu, knob, known)
+            if report:
+                report(f"solved {knob}", partial=dict(answers))
+        return answers
+    failed = threading.Event()  # one search failed (or was cancelled): the others stop too
+    many = partial(_in_processes, arch, _Either(cancel, failed))
+    with ThreadPoolExecutor(len(knobs), thread_name_prefix="inverse") as searches:
+        running = {searches.submit(max_fitting, arch, settings, gpu, k, known, many): k for k in knobs}
+        try:
+            for search in as_completed(running):
+                answers[running[search]] = search.result()
+                if report:
+                    report(f"solved {running[search]}", partial=dict(answers))
+        except BaseException:
+            failed.set()
+            raise
+    return {k: answers[k] for k in knobs}
+
+
+class _Either:
+    """Set when either event is (the page's cancel may be None)."""
+
+    def __init__(self, first: threading.Event | None, second: threading.Event) -> None:
+        self.first, self.second = first, second
+
+    def is_set(self) -> bool:
+        return self.second.is_set() or (self.first is not None and self.first.is_set())
+
+
+def _in_processes(arch: Architecture, cancel, batch: list[TrainingSettings]) -> list[Simulation]:
+    """The steps of `batch`, side by side in the simulation processes (those this process has cached, from here)."""
+    out = {i: simulate(arch, s) for i, s in enumerate(batch) if is_cached(arch, s)}
+    new = [i for i in range(len(batch)) if i not in out]
+    for j, sim in pool.run(simulate, [(arch, batch[i]) for i in new], cancel):
+        out[new[j]] = sim
+    return [out[i] for i in range(len(batch))]
 
 
 def _between(peaks: dict[int, int], lo: int, hi: int, budget: int) -> int | None:

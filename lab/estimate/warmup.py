@@ -6,6 +6,8 @@ torch's first fake-tensor dispatches: the calculator's default page took 4.6 s i
 warm-up the first attendee to open the calculator on a fresh Space waits for all of it. `start` simulates the
 calculator's default page once, in the background, when the server's first session opens the app (the instructor,
 usually, before the room arrives): the answer is then in the simulation cache, and every later setting starts warm.
+It also starts the simulation processes the inverse question's searches run in (lab.estimate.pool), whose start
+(the libraries imported once more, each worker warmed) would otherwise be the first question's wait.
 
 On by default; `QLORA_LAB_WARMUP=0` turns it off (the test suite does, for its own servers: each would spend
 seconds of CPU on an answer most tests never ask for).
@@ -16,6 +18,7 @@ from __future__ import annotations
 import os
 import threading
 
+from lab.estimate import pool
 from lab.estimate.simulate import InferenceSettings, PageSimulations, simulate_page
 from lab.estimate.training import TrainingSettings
 from lab.models.reader import read_architecture
@@ -59,5 +62,7 @@ def current() -> BackgroundTask | None:
 
 def _warm_up(report, cancel) -> PageSimulations:
     model, training, inference = calculator_defaults()
+    report("starting the simulation processes")
+    pool.start()  # returns at once: the processes start and warm in the background
     report(f"simulating the calculator's default page ({model})")
     return simulate_page(read_architecture(model), training, inference, report=report, cancel=cancel)
