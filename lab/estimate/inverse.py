@@ -129,7 +129,10 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
     def peak(x: int) -> int:
         return peaks([x])[0]
 
-    points = _samples(peaks, knob, upper, budget, getattr(settings, knob), ahead=simulate_many is not None)
+    # side by side, the samples are asked for at once, unless the step at the settings themselves does not fit: then
+    # the smallest sample likely does not either, and the others would be simulated for nothing (a MoE's experts)
+    ahead = simulate_many is not None and (known is None or known.peak_bytes <= budget)
+    points = _samples(peaks, knob, upper, budget, getattr(settings, knob), ahead)
     if points[0][1] > budget:  # not even 1 fits: 0 at once
         return InverseAnswer(knob, 0, gpu.name, budget, upper, points, [], True, points[0][0])
     coefficients = _fit(points, min(DEGREE[knob], len(points) - 1))
