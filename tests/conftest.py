@@ -7,11 +7,17 @@ and chat templates work; its weights are random, so only behaviour, not quality,
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+
+# The main module this process started with. AppTest leaves the last page script it ran installed as __main__, and a
+# process that multiprocessing starts imports the asking process's main script first (tests/test_pool.py puts this
+# one back while it starts simulation processes, as a server's __main__ is app.py, which only imports there).
+STARTED_AS_MAIN = sys.modules["__main__"]
 
 # One intra-op thread per process (torch reads this when it starts its thread pool): the suite runs a worker per core
 # (pytest-xdist), each starting training processes, servers and CLIs beside the other's, and two threads per process

@@ -4,6 +4,7 @@ stop when the page cancels them, carry errors back whole, and survive a worker t
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -18,6 +19,7 @@ from lab.estimate.simulate import is_cached, simulate
 from lab.estimate.tracker import stop_if_cancelled
 from lab.estimate.training import TrainingSettings
 from lab.models.architecture import architecture_from_config, config_from_dict
+from tests.conftest import STARTED_AS_MAIN
 
 pytestmark = pytest.mark.slow  # worker processes: seconds to start
 
@@ -28,9 +30,11 @@ SETTINGS = TrainingSettings(method="lora", precision="bf16", max_length=512, gra
 
 @pytest.fixture(scope="module", autouse=True)
 def processes():
-    """Two simulation processes for this module (the suite runs without: tests/conftest.py)."""
+    """Two simulation processes for this module (the suite runs without: tests/conftest.py), started from this
+    process's own main module, not from a page script an AppTest left as __main__ (see tests/conftest.py)."""
     patch = pytest.MonkeyPatch()
     patch.setenv(pool.ENV, "2")
+    patch.setitem(sys.modules, "__main__", STARTED_AS_MAIN)
     assert pool.ready(timeout=300), "the simulation processes did not start"
     yield
     pool.shutdown()
@@ -38,7 +42,8 @@ def processes():
 
 
 def arch():
-    return architecture_from_config(config_from_dict(TINY), "tiny llama")
+    """A model no other test simulates (by name): this process's cache has seen only what this module simulated."""
+    return architecture_from_config(config_from_dict(TINY), "the pool's tiny llama")
 
 
 def test_the_searches_run_in_other_processes_and_answer_as_this_one_does():

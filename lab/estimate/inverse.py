@@ -118,19 +118,17 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
                 known: Simulation | None = None, simulate_many: SimulateMany | None = None) -> InverseAnswer:
     """The largest value of `knob` whose simulated step fits `gpu`, other settings as given. `known`: the step at
     `settings` themselves, simulated already. `simulate_many`: simulates several settings side by side (in the
-    simulation processes, lab.estimate.pool; see solve_all), and the samples are then all asked for at once;
-    without it, each step is simulated here in turn."""
+    simulation processes, lab.estimate.pool; see solve_all), and the samples are then all asked for at once, unless
+    the step at the settings themselves does not fit (then the smallest sample likely does not either, and the
+    others would be simulated for nothing: a MoE's experts); without it, each step is simulated here in turn."""
     _check_knob(knob, settings.method)
-    upper = upper_bound(arch, settings, knob)
-    budget = budget_for_peak(gpu)
+    upper, budget = upper_bound(arch, settings, knob), budget_for_peak(gpu)
     runs: dict[int, Simulation] = {}  # what was asked for: the replay is drawn through these
     peaks = partial(_peaks, runs, arch, settings, knob, known, simulate_many)
 
     def peak(x: int) -> int:
         return peaks([x])[0]
 
-    # side by side, the samples are asked for at once, unless the step at the settings themselves does not fit: then
-    # the smallest sample likely does not either, and the others would be simulated for nothing (a MoE's experts)
     ahead = simulate_many is not None and (known is None or known.peak_bytes <= budget)
     points = _samples(peaks, knob, upper, budget, getattr(settings, knob), ahead)
     if points[0][1] > budget:  # not even 1 fits: 0 at once
