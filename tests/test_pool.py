@@ -115,3 +115,11 @@ def test_a_dead_worker_costs_its_calls_nothing_and_the_next_run_gets_a_new_pool(
     assert [r for _, r in pool.run(_die_unless_in, [(os.getpid(),)])] == ["here"]  # run here instead
     assert pool._BROKEN == [1] and pool.start() is not before
     assert all(pid != os.getpid() for _, pid in pool.run(os.getpid, [()]))
+
+
+def test_a_worker_hides_the_gpus_from_itself_only():
+    """A simulation needs no GPU: a worker on a GPU machine simulates as on this one, with no CUDA context of its own
+    (its libraries are imported after the GPUs are hidden); the asking process keeps its GPUs."""
+    [(_, hidden)] = pool.run(os.getenv, [("CUDA_VISIBLE_DEVICES",)])
+    assert hidden == ""
+    assert os.getenv("CUDA_VISIBLE_DEVICES") != ""

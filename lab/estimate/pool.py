@@ -9,12 +9,12 @@ then one check at a time), so the question takes about as long as its longest se
 stays free.
 
 The workers come from a `ProcessPoolExecutor` on the "forkserver" start method: a clean process that has imported
-the simulation's libraries (torch, transformers, peft, TRL, bitsandbytes: seconds) forks each worker, so no worker
-inherits the server's threads or locks, and none re-imports them. Each worker simulates a tiny model once when it
-starts (`_warm`: a process's first fake-tensor step pays seconds of one-time setup), so its first real simulation
-costs what any later one does. `start` (called by the server's warm-up, lab.estimate.warmup) makes the pool before
-anyone asks; it then lives as long as the process. A process started from a script imports that script first, as
-multiprocessing does: `app.py` only imports unless it runs as `__main__`.
+torch and transformers (seconds) forks each worker, so no worker inherits the server's threads or locks. Each worker
+hides the GPUs from itself (the simulation needs none) and simulates a tiny model once when it starts (`_warm`: the
+rest of the imports and a process's first fake-tensor step, seconds of one-time setup), so its first real
+simulation costs what any later one does. `start` (called by the server's warm-up, lab.estimate.warmup) makes the
+pool before anyone asks; it then lives as long as the process. A process started from a script imports that script
+first, as multiprocessing does: `app.py` only imports unless it runs as `__main__`.
 
 A worker's simulations never touch the process that asked: its caches, torch's default dtype, its threads. What a
 worker needs (the architecture, the settings) travels with each call, and what it simulated comes back whole (a
@@ -51,8 +51,10 @@ log = logging.getLogger(__name__)
 ENV = "QLORA_LAB_SIM_PROCESSES"
 DEFAULT_PROCESSES = min(3, os.cpu_count() or 1)  # one per inverse knob, at most one per core
 SLOTS = 64  # runs in flight at once; a run finding none free simulates in its own process
-# what the forkserver imports once, for every worker it forks
-PRELOAD = ["lab.estimate.inverse", "peft", "trl", "bitsandbytes", "peft.tuners.lora.bnb"]
+# What the forkserver imports once, for every worker it forks: torch and transformers. Not bitsandbytes (nor peft and
+# TRL, which import it): on a GPU machine its import initialises CUDA, and a process forked from one that has cannot
+# use CUDA again. Each worker imports them itself, with the GPUs hidden (`_init_worker`).
+PRELOAD = ["lab.estimate.inverse"]
 POLL_SECONDS = 0.1  # how often a waiting `run` looks at its cancel event
 MAX_BROKEN = 2  # pools lost to a dead worker before this process stops making new ones and simulates itself
 
@@ -233,6 +235,10 @@ class _Flag:
 def _init_worker(flags) -> None:
     global _WORKER_FLAGS
     _WORKER_FLAGS = flags
+    # A simulation runs on fake tensors on the CPU and takes the GPU's code paths by itself (lab.estimate.fake_quant):
+    # it needs no GPU, and a worker on a GPU machine then simulates exactly as on a machine without one (as every
+    # test does) and holds no CUDA context of its own. This process only, before anything initialises CUDA.
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
     torch.set_num_threads(1)  # fake tensors compute nothing; one thread each keeps the workers off each other's core
     _warm()
 
