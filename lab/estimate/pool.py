@@ -136,8 +136,9 @@ def run(fn: Callable, calls: list[tuple], cancel: threading.Event | None = None)
     once `cancel` is set, every call of this run stops at its next simulated layer or phase, and Cancelled is
     raised. Without a pool (disabled, all slots taken) the calls run here, one after the other; calls a dead
     worker took with it (killed for memory) run here too, and the next run makes a new pool."""
-    pool, slot = start(), _take_slot()
-    if pool is None or slot is None:
+    pool = start()
+    slot = _take_slot() if pool is not None else None
+    if slot is None:
         yield from _here(fn, dict(enumerate(calls)), cancel)
         return
     futures = {}
