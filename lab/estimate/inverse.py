@@ -179,10 +179,10 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
 def _peaks(runs: dict[int, Simulation], arch: Architecture, settings: TrainingSettings, knob: str,
            known: Simulation | None, simulate_many: SimulateMany | None, xs: list[int]) -> list[int]:
     """The simulated peak at each value of `knob` in `xs`, simulating (all at once) those not in `runs` yet."""
-    new = [x for x in dict.fromkeys(xs) if x not in runs]
-    if known is not None and getattr(settings, knob) in new:
-        runs[getattr(settings, knob)] = known
-        new.remove(getattr(settings, knob))
+    new, current = [x for x in dict.fromkeys(xs) if x not in runs], getattr(settings, knob)
+    if known is not None and current in new:
+        runs[current] = known
+        new.remove(current)
     batch = [replace(settings, **{knob: int(x)}) for x in new]
     sims = simulate_many(batch) if simulate_many else [simulate(arch, s) for s in batch]
     runs.update(zip(new, sims, strict=True))

@@ -42,6 +42,7 @@ from concurrent.futures.process import BrokenProcessPool
 import torch
 
 from lab.errors import Cancelled, LabError
+from lab.estimate.probe import TINY_SIZES
 from lab.estimate.simulate import simulate
 from lab.estimate.tracker import CANCELLED, cancel_on
 from lab.estimate.training import TrainingSettings
@@ -67,9 +68,9 @@ _STARTER: list[threading.Thread] = []  # the thread making those calls
 _BROKEN = [0]  # pools lost so far
 
 
-def processes(env: dict | None = None) -> int:
+def processes() -> int:
     """The number of worker processes asked for (0: none, simulate in this process)."""
-    value = (os.environ if env is None else env).get(ENV, "")
+    value = os.environ.get(ENV, "")
     try:
         return max(0, int(value)) if value.strip() else DEFAULT_PROCESSES
     except ValueError:
@@ -85,9 +86,9 @@ def start() -> ProcessPoolExecutor | None:
     """The pool, made (its workers started and warmed in the background) on the first call; None when disabled.
     Later calls return the same pool, or a new one after a worker died (`_forget`)."""
     global _POOL, _FLAGS
-    n = processes()
-    if n == 0 or not enabled():
+    if not enabled():
         return None
+    n = processes()
     with _LOCK:
         if _POOL is None:
             context = multiprocessing.get_context("forkserver")
@@ -244,9 +245,9 @@ def _init_worker(flags) -> None:
     _warm()
 
 
-# a two-layer Llama: the calculator's default recipe on it sets up what any model's step then reuses
-_TINY = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=256, vocab_size=512, tie_word_embeddings=True)
+# a two-layer Llama at the probe's tiny sizes: the calculator's default recipe on it sets up what any model's step
+# then reuses
+_TINY = dict(model_type="llama", **TINY_SIZES, num_hidden_layers=2, max_position_embeddings=256)
 
 
 def _warm() -> None:
