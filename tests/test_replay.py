@@ -67,3 +67,22 @@ def test_the_inverse_search_simulates_what_the_replay_predicts():
     assert answer.above_replayed and 20_001 not in simulated
     assert simulate(ARCH, replace(LORA, max_length=20_001)).peak_bytes > card.memory_bytes  # the replay was right
     assert len(answer.points) <= len(SAMPLES["max_length"]) + 2
+
+
+@pytest.mark.slow
+def test_a_paged_state_replays_on_either_side_of_the_paging_threshold():
+    """paged_adamw_8bit pages a state only from 1e5 elements on, the same allocation either way: ranks on either
+    side of that size have one stream, and the replay files each state as paged or not by its replayed size. Here
+    (512 wide, gate/up 1,024 out) no state is paged at ranks 16 and 64, gate/up's B at 128, every A and B at 300;
+    ranks 16 and 64 replay the simulated peak at 128 and 300 to the byte."""
+    shape = {**SHAPE, "hidden_size": 512, "intermediate_size": 1024, "num_key_value_heads": 4}
+    arch = architecture_from_config(config_from_dict(shape, "paged llama"), "paged llama")
+    qlora = TrainingSettings(method="qlora", precision="nf4", optimizer="paged_adamw_8bit", max_length=256,
+                             gradient_checkpointing=True, targets="all-linear")
+    runs = {r: simulate(arch, replace(qlora, r=r)) for r in (16, 64, 128, 300)}
+    assert len({run.trace.shape for run in runs.values()}) == 1
+    paged = {r: run.excluded.get("paged", 0) for r, run in runs.items()}
+    assert paged[16] == paged[64] == 0 < paged[128] < paged[300]
+    basis = [(16, runs[16].trace), (64, runs[64].trace)]
+    for r in (128, 300):
+        assert replay_peak(basis, r) == runs[r].peak_bytes, r

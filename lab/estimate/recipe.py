@@ -311,13 +311,19 @@ def initialize_optimizer_state(model, optimizer, tracker: LiveBytes, recipe: Rec
                 continue
             if key == "step" and recipe.device == "cuda":
                 continue  # torch keeps AdamW's step counter on the CPU (not capturable, not fused)
-            tracker.register(v, _state_role(recipe, key, p), owners.get(id(p), NO_LAYER))
+            pageable = recipe.paged and key in PAGED_STATES
+            tracker.register(v, _state_role(recipe, key, p), owners.get(id(p), NO_LAYER),
+                             PAGED_MIN_ELEMENTS * v.element_size() if pageable else 0)  # (its numel is p's)
+
+
+# bitsandbytes pages a state buffer (unified memory, outside PyTorch's allocator) only for parameters of at least
+# 1e5 elements (bitsandbytes/optim/optimizer.py, get_state_buffer: `p.numel() < 1e5` gets a plain tensor)
+PAGED_STATES = ("state1", "state2")
+PAGED_MIN_ELEMENTS = 100_000
 
 
 def _state_role(recipe: Recipe, key: str, param) -> str:
-    """bitsandbytes pages a state buffer (unified memory, outside PyTorch's allocator) only for
-    parameters of at least 1e5 elements (bitsandbytes/optim/optimizer.py, get_state_buffer)."""
-    if recipe.paged and key in ("state1", "state2") and param.numel() >= 1e5:
+    if recipe.paged and key in PAGED_STATES and param.numel() >= PAGED_MIN_ELEMENTS:
         return "paged"
     return "optimizer"
 

@@ -10,10 +10,12 @@ sizes, composed to full depth as `compose` composes a simulation, in about 15 ms
 
 It is a prediction, not a simulation. Where the streams differ nothing is replayed across them: bitsandbytes'
 4-bit matmul is one fused kernel up to 1,536 rows and a dequantize + matmul beyond
-(`fake_quant.GEMM_4BIT_FUSED_MAX_ROWS`), a paged optimizer pages only states of 100,000 elements or more, a model's
-first step makes one-time copies. And a stream can stay alike while a size stops growing: TRL's chunked
-log-probabilities keep one buffer of min(tokens, 4,096) rows, so a replay from below 4,096 tokens overshoots a
-head-bound peak beyond it.
+(`fake_quant.GEMM_4BIT_FUSED_MAX_ROWS`), a model's first step makes one-time copies. A paged optimizer's states
+are one stream on either side of its threshold: it pages only states of 100,000 elements or more, the same
+allocation either way, so a state's category (paged, outside the allocator, or optimizer) is replayed from its
+replayed size (Llama-3.1-70B's rank on an H100: ranks 16 and 1,024 replay to 708, to the byte). And a stream can
+stay alike while a size stops growing: TRL's chunked log-probabilities keep one buffer of min(tokens, 4,096) rows,
+so a replay from below 4,096 tokens overshoots a head-bound peak beyond it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Trace:
     round_to: int  # the allocator's block (tracker.CUDA_BLOCK on CUDA, 1 elsewhere)
     owners: array  # each storage's decoder layer (tracker.NO_LAYER outside one)
     categories: tuple[str, ...]  # each storage's category (simulate._categories)
+    pages_at: array  # a paged optimizer's state: the raw bytes from which it is paged (0: never; tracker.Storage)
     events: tuple[array, array, array]  # storage index, +1/-1, segment index
     segments: tuple[tuple, ...]
     full_layers: int
@@ -45,16 +48,19 @@ class Trace:
         owners = array("i", (s.owner for s in tracker.storages))
         columns = zip(*_frees_in_order(tracker.events), strict=True) if tracker.events else ((), (), ())
         events = tuple(array(code, column) for code, column in zip("ibi", columns, strict=True))
+        pages_at = array("q", (s.pages_at for s in tracker.storages))
+        alike = tuple("pageable" if at else c for c, at in zip(categories, pages_at, strict=True))  # paged or not
         digest = hashlib.sha1()
-        for part in (owners.tobytes(), *(e.tobytes() for e in events), repr(tuple(categories)).encode(),
+        for part in (owners.tobytes(), *(e.tobytes() for e in events), repr(alike).encode(), pages_at.tobytes(),
                      repr(tuple(tracker.segments)).encode(), f"{full_layers}/{simulated_layers}".encode()):
             digest.update(part)
-        return cls(raw, tracker.round_to, owners, tuple(categories), events, tuple(tracker.segments), full_layers,
-                   simulated_layers, digest.hexdigest())
+        return cls(raw, tracker.round_to, owners, tuple(categories), pages_at, events, tuple(tracker.segments),
+                   full_layers, simulated_layers, digest.hexdigest())
 
-    def peak_bytes(self, sizes) -> int:
-        """The composed peak of this stream with these storage sizes (already rounded)."""
-        blocks = comp.blocks_of(self.events, self.segments, sizes, self.owners, self.categories,
+    def peak_bytes(self, sizes, categories=None) -> int:
+        """The composed peak of this stream with these storage sizes (already rounded) and categories (default:
+        the simulated ones)."""
+        blocks = comp.blocks_of(self.events, self.segments, sizes, self.owners, categories or self.categories,
                                 self.full_layers, self.simulated_layers)
         return comp.compose(blocks, self.full_layers).peak_bytes
 
@@ -91,8 +97,11 @@ def replay_peak(basis: list[tuple[int, Trace]], x: int) -> int:
     first = basis[0][1]
     step = first.round_to
     sizes = [0] * len(first.raw)
+    categories = list(first.categories)
     columns = [t.raw for _, t in basis]
     for i, row in enumerate(zip(*columns, strict=True)):
         n = max(0, round(sum(w * b for w, b in zip(weights, row, strict=True))))
         sizes[i] = -(-n // step) * step
-    return first.peak_bytes(sizes)
+        if first.pages_at[i]:
+            categories[i] = "paged" if n >= first.pages_at[i] else "optimizer"
+    return first.peak_bytes(sizes, categories)

@@ -70,6 +70,7 @@ class Storage:
     role: str | None = None  # set when known: weights | adapters | gradients | optimizer | paged | kv_cache | inputs
     module: str | None = None  # module whose forward made it (only inside the profiled layer)
     raw: int = 0  # bytes as allocated, before the allocator's rounding (lab.estimate.replay interpolates these)
+    pages_at: int = 0  # a paged optimizer's state: the raw bytes from which it is paged (0: never paged)
 
 
 class LiveBytes(TorchDispatchMode):
@@ -133,12 +134,15 @@ class LiveBytes(TorchDispatchMode):
     def index_of(self, t: torch.Tensor) -> int | None:
         return self._index.get(id(t.untyped_storage()))
 
-    def register(self, t: torch.Tensor | None, role: str, owner: int = NO_LAYER) -> None:
-        """Count a tensor that exists before tracking starts (a weight, a quantization constant)."""
+    def register(self, t: torch.Tensor | None, role: str, owner: int = NO_LAYER, pages_at: int = 0) -> None:
+        """Count a tensor that exists before tracking starts (a weight, a quantization constant). `pages_at`: a
+        paged optimizer's state, paged from that many bytes on (the role says whether this one is)."""
         if t is not None:
             idx = self._add(t.untyped_storage(), owner, role)
             if idx is not None and self.storages[idx].role is None:
                 self.storages[idx].role = role
+            if idx is not None:
+                self.storages[idx].pages_at = pages_at
 
     def mark(self, t: torch.Tensor | None, role: str, owner: int | None = None) -> None:
         """Say what an already counted tensor became (a gradient, optimizer state, the KV cache)."""
