@@ -74,7 +74,9 @@ def test_a_paged_state_replays_on_either_side_of_the_paging_threshold():
     """paged_adamw_8bit pages a state only from 1e5 elements on, the same allocation either way: ranks on either
     side of that size have one stream, and the replay files each state as paged or not by its replayed size. Here
     (512 wide, gate/up 1,024 out) no state is paged at ranks 16 and 64, gate/up's B at 128, every A and B at 300;
-    ranks 16 and 64 replay the simulated peak at 128 and 300 to the byte."""
+    ranks 16 and 64 replay the simulated peak at 128 and 300 to the byte, and the inverse search for the rank on a
+    card that holds 300 simulates the answer alone besides its samples, 16 and the widest rank (where the widest
+    rank's stream stood apart, the first check needed a second beside it)."""
     shape = {**SHAPE, "hidden_size": 512, "intermediate_size": 1024, "num_key_value_heads": 4}
     arch = architecture_from_config(config_from_dict(shape, "paged llama"), "paged llama")
     qlora = TrainingSettings(method="qlora", precision="nf4", optimizer="paged_adamw_8bit", max_length=256,
@@ -86,3 +88,7 @@ def test_a_paged_state_replays_on_either_side_of_the_paging_threshold():
     basis = [(16, runs[16].trace), (64, runs[64].trace)]
     for r in (128, 300):
         assert replay_peak(basis, r) == runs[r].peak_bytes, r
+    card = Gpu("RAM that holds rank 300", runs[300].peak_bytes, cuda=False)
+    answer = max_fitting(arch, qlora, card, "r")
+    assert (answer.value, answer.above, answer.settled) == (300, 301, True)
+    assert answer.above_replayed and sorted(x for x, _ in answer.points) == [16, 300, answer.upper]

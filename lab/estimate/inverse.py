@@ -2,9 +2,10 @@
 
 The samples' steps, replayed at every value (lab.estimate.replay), usually settle it: the value the replay says
 is the largest that fits is simulated, and where its peak is the replay's to the byte, the replay's word that one
-more does not fit is taken (`_replay_search`): Qwen2.5-7B's three answers on an A10G take eight simulations
-besides the page's own (batches 2, 4, 14; 2,048, 4,096 and 14,704 tokens; ranks 64 and 512), where they took
-eleven. Where the samples' streams differ, or the checks run out, the search below takes over.
+more does not fit is taken (`_replay_search`): Qwen2.5-7B's three answers on an A10G take seven simulations
+besides the page's own (batches 2, 4, 14; 2,048, 4,096 and 14,704 tokens; rank 512, the widest), where they took
+eleven. Where the samples' streams differ, or the checks run out, the search below takes over, and the replay
+again as soon as a check is a second step alike.
 
 Memory is a polynomial in each knob — linear in the batch size and the rank, linear or quadratic in
 the sequence length (eager attention keeps seq² scores). A few simulations at spread-out values give
@@ -66,6 +67,12 @@ def knobs_for(method: str) -> list[str]:
 # rows of bitsandbytes' fused 4-bit kernel and within one 4,096-token tile of TRL's chunked log-probabilities (the
 # batch of 1 serves a card that takes little, and is the page's default: simulated already).
 SAMPLES = {"batch_size": (1, 2, 4), "max_length": (2048, 4096), "r": (8, 64)}
+# The rank's samples are the smallest and the widest the targets allow (up to MAX_RANK_SAMPLE: a rank any wider is a
+# search's to find), not 8 and 64: the widest is often the answer itself (Qwen2.5-7B on an A10G: 512, settled by the
+# samples alone), and where it is not, the replay interpolates between the samples instead of extrapolating far past
+# them (Llama-3.1-70B on an H100: 16 and 1,024 replay to 708, one check; 16 and 64 replayed to 704, and a paged
+# state's stream then differed: four checks).
+MAX_RANK_SAMPLE = 8192
 DEGREE = {"batch_size": 1, "max_length": 2, "r": 1}
 MAX_BATCH = 1 << 16
 MAX_CHECKS = 6
@@ -152,14 +159,20 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
             return (lo + hi) // 2  # bisect between what fits and what does not
         return min(upper, lo + step)  # nothing known to fail yet: is 2% more still fitting?
 
-    lo, hi, used, replayed = _replay_search(runs, points, lo, hi, upper, budget, DEGREE[knob], peak)
-    line = dict(points)  # the peaks the lines are drawn through (an end kept twice counts half as far: Illinois)
-    candidate = next_value(_between(line, lo, hi, budget) if used else _solve(coefficients, budget, upper))
-    last_fit = None
-    for _ in range(MAX_CHECKS - used):
-        if candidate <= lo or lo >= upper or _within_2pct(lo, hi):
+    line: dict[int, int] = {}  # the peaks the lines are drawn through (an end kept twice counts half as far: Illinois)
+    used, replayed, last_fit = 0, False, None
+    while True:
+        # the replay wherever two steps alike allow it (again after each line check: a check may be the second)
+        lo, hi, checks, replayed = _replay_search(runs, points, lo, hi, upper, budget, DEGREE[knob], peak,
+                                                  MAX_CHECKS - used)
+        line.update((x, p) for x, p in points if x not in line)
+        candidate = next_value(_between(line, lo, hi, budget) if used or checks else
+                               _solve(coefficients, budget, upper))
+        used += checks
+        if replayed or used >= MAX_CHECKS or candidate <= lo or lo >= upper or _within_2pct(lo, hi):
             break
         p = peak(candidate)
+        used += 1
         points.append((candidate, p))
         line[candidate] = p
         fits = gpu_verdict(p, gpu).fits
@@ -172,7 +185,6 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
             if kept in line:
                 line[kept] = budget + (line[kept] - budget) // 2
         last_fit = fits
-        candidate = next_value(_between(line, lo, hi, budget))
     return _answer(knob, lo, hi, gpu, budget, upper, points, coefficients, replayed)
 
 
@@ -190,12 +202,14 @@ def _peaks(runs: dict[int, Simulation], arch: Architecture, settings: TrainingSe
 
 
 def _samples(peaks, knob: str, upper: int, budget: int, current: int, ahead: bool = False) -> list[tuple[int, int]]:
-    """The samples' (value, peak), in order. Where the smallest does not fit, 1 is simulated next, and if that does
-    not fit either nothing more is (a MoE's bf16 experts alone may overfill the card). A rank of at most half the
-    largest sample stands for the smallest: the step at the current settings is simulated already (the page's and
+    """The samples' (value, peak), in order. Where the smallest does not fit, 1 is simulated next, and nothing larger
+    is (a MoE's bf16 experts alone may overfill the card). A rank of at most half the largest sample stands for the
+    smallest: the step at the current settings is simulated already (the page's and
     the CLI's own peak), so the rank costs one simulation less. `ahead`: every sample is asked for at once (side by
     side in the simulation processes: the others are wasted only where not even the smallest fits)."""
     xs = list(SAMPLES[knob])
+    if knob == "r" and upper <= MAX_RANK_SAMPLE:
+        xs[-1] = upper  # (SAMPLES' comment says why)
     if knob == "r" and 0 < current <= xs[-1] // 2:
         xs[0] = current
     xs = sorted({min(x, upper) for x in xs})
@@ -205,8 +219,8 @@ def _samples(peaks, knob: str, upper: int, budget: int, current: int, ahead: boo
     if points[0][1] > budget:
         if xs[0] > 1:
             points.insert(0, (1, peaks([1])[0]))
-        if points[0][1] > budget:
-            return points
+        if points[0][1] > budget or not ahead:  # (the larger samples cannot fit where the smallest does not: the
+            return points  # search goes on between 1 and it, unless they were asked for already)
     return sorted(points + list(zip(xs[1:], peaks(xs[1:]), strict=True)))
 
 
@@ -231,8 +245,8 @@ def _answer(knob: str, lo: int, hi: int, gpu: Gpu, budget: int, upper: int, poin
                          hi if hi <= upper else None, settled, above_replayed)
 
 
-def _replay_search(runs: dict, points: list, lo: int, hi: int, upper: int, budget: int, degree: int, peak
-                   ) -> tuple[int, int, int, bool]:
+def _replay_search(runs: dict, points: list, lo: int, hi: int, upper: int, budget: int, degree: int, peak,
+                   checks: int = MAX_CHECKS) -> tuple[int, int, int, bool]:
     """Simulate what the replayed steps (lab.estimate.replay) say is the answer, then the value above it: where
     the replay holds, two simulations after the samples bracket the answer to the unit (a batch of 14 fits and 15
     does not; 14,645 tokens fit and 14,646 do not). Where it does not (a size that stops growing, such as TRL's
@@ -244,9 +258,9 @@ def _replay_search(runs: dict, points: list, lo: int, hi: int, upper: int, budge
     budget: that unit is not simulated (Qwen2.5-7B on an A10G: 14 simulated, 15 replayed; 14,704 tokens
     simulated, 14,705 replayed). The replay is then right at the answer, and the unit above is an extrapolation
     by one; were it wrong, the answer would err low, never high: the answer itself is always simulated.
-    Returns lo, hi, the simulations used and whether `hi` was replayed."""
+    At most `checks` simulations. Returns lo, hi, the simulations used and whether `hi` was replayed."""
     used = 0
-    while used < MAX_CHECKS and lo < upper and not _within_2pct(lo, hi):
+    while used < checks and lo < upper and not _within_2pct(lo, hi):
         basis = _basis(runs, lo, hi, degree)
         if basis is None:
             break
