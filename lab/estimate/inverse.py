@@ -145,19 +145,7 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
     hi = min((x for x, p in points if p > budget), default=upper + 1)  # known not to (upper + 1: none yet)
 
     def next_value(guess: int | None) -> int:
-        step = max(1, lo // 50)
-        if guess is not None and guess >= max(lo, 1):  # (0 with nothing fitting: bisect rather than try 1)
-            if hi > upper and guess <= lo + step:  # the line says `lo` is the answer: is 2% more still fitting?
-                return min(upper, lo + step)
-            if hi > upper:  # nothing known not to fit: at least twice the last stride, to get past the answer
-                fitting = sorted(x for x, p in points if p <= budget)
-                stride = lo - fitting[-2] if len(fitting) > 1 else step
-                return min(upper, max(guess, lo + 2 * stride, lo + step))
-            # 2% inside either end: a line that lands next to one end settles the answer with one check
-            return min(max(guess, lo + step), max(hi - step, lo + step), hi - 1)
-        if hi <= upper:
-            return (lo + hi) // 2  # bisect between what fits and what does not
-        return min(upper, lo + step)  # nothing known to fail yet: is 2% more still fitting?
+        return _next_value(guess, lo, hi, upper, [x for x, p in points if p <= budget])
 
     line: dict[int, int] = {}  # the peaks the lines are drawn through (an end kept twice counts half as far: Illinois)
     used, replayed, last_fit = 0, False, None
@@ -186,6 +174,24 @@ def max_fitting(arch: Architecture, settings: TrainingSettings, gpu: Gpu, knob: 
                 line[kept] = budget + (line[kept] - budget) // 2
         last_fit = fits
     return _answer(knob, lo, hi, gpu, budget, upper, points, coefficients, replayed)
+
+
+def _next_value(guess: int | None, lo: int, hi: int, upper: int, fitting: list[int]) -> int:
+    """The next value to simulate, from a line's `guess` (None: no line), between `lo` (fits) and `hi` (does not;
+    upper + 1: nothing known not to fit yet). `fitting`: every value simulated that fits."""
+    step = max(1, lo // 50)
+    if guess is not None and guess >= max(lo, 1):  # (0 with nothing fitting: bisect rather than try 1)
+        if hi > upper and guess <= lo + step:  # the line says `lo` is the answer: is 2% more still fitting?
+            return min(upper, lo + step)
+        if hi > upper:  # nothing known not to fit: at least twice the last stride, to get past the answer
+            fitting = sorted(fitting)
+            stride = lo - fitting[-2] if len(fitting) > 1 else step
+            return min(upper, max(guess, lo + 2 * stride, lo + step))
+        # 2% inside either end: a line that lands next to one end settles the answer with one check
+        return min(max(guess, lo + step), max(hi - step, lo + step), hi - 1)
+    if hi <= upper:
+        return (lo + hi) // 2  # bisect between what fits and what does not
+    return min(upper, lo + step)  # nothing known to fail yet: is 2% more still fitting?
 
 
 def _peaks(runs: dict[int, Simulation], arch: Architecture, settings: TrainingSettings, knob: str,
