@@ -91,6 +91,9 @@ def tiny_dir(tmp_path_factory, embedded_dir):
     recipe("qlora", "nf4", device="cpu", batch=2, seq=48),
     recipe("qlora", "int8", optimizer="sgd", device="cpu", batch=2, seq=48),
     recipe("lora", "fp32", loss="logits", device="cpu", batch=2, seq=48),
+    # DoRA dequantizes the 4-bit or 8-bit base weight: peft tells it by its class, which a fake weight lacks
+    recipe("qlora", "nf4", use_dora=True, device="cpu", batch=2, seq=48),
+    recipe("qlora", "int8", use_dora=True, optimizer="sgd", device="cpu", batch=2, seq=48),
 ])
 @pytest.mark.slow
 def test_simulation_matches_the_real_step_within_3_percent(tiny_dir, rec):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from contextlib import ExitStack, contextmanager
-from functools import cache
+from functools import cache, partial
 
 import torch
 
@@ -168,10 +168,38 @@ def device_paths(device: str):
     with ExitStack() as stack:
         if device == "cuda":  # Linear8bitLt.forward calls bnb.matmul, which routes CPU tensors elsewhere
             stack.enter_context(for_this_thread(bnb, "matmul", cuda_matmul))
+        stack.enter_context(fake_dequantize())
         try:
             yield
         finally:
             Device.current = previous
+
+
+@contextmanager
+def fake_dequantize():
+    """peft dequantizes a fake-quantized layer as it would the real one (`_dequantize`), in this thread while the
+    block runs: DoRA does so when it builds its magnitude and on every forward."""
+    # peft: 3.3 s to import, and only a simulation needs it (which imports it anyway)
+    from peft.tuners.lora import dora
+
+    original = dora.dequantize_module_weight
+    with for_this_thread(dora, "dequantize_module_weight", partial(_dequantize, original)):
+        yield
+
+
+def _dequantize(original, module):
+    """peft's `dequantize_module_weight` (DoRA dequantizes its base weight on every forward) for a fake-quantized
+    layer: peft tells a 4-bit or 8-bit weight by its class (Params4bit, Int8Params), which a fake tensor does not
+    keep, and would take the packed 4-bit storage for the weight itself. The same bitsandbytes calls it makes."""
+    # bitsandbytes initialises CUDA at import (2.0 s): only a simulation needs it, after a pool worker hides the GPUs
+    import bitsandbytes as bnb
+
+    w = module.weight
+    if getattr(module, "fake_precision", None):  # (the module's state: DoRA dequantizes a deep copy of the layer,
+        return bnb.functional.dequantize_4bit(w, module.quant_state)  # whose weight lost the attribute)
+    if hasattr(module, "fake_scb"):
+        return bnb.functional.int8_vectorwise_dequant(w, module.state.SCB)
+    return original(module)
 
 
 def _gemm_4bit(tracker, func, args, kwargs):

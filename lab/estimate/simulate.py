@@ -27,7 +27,7 @@ import torch
 from lab.errors import Cancelled, LabError
 from lab.estimate import compose as comp
 from lab.estimate.experts import expert_names
-from lab.estimate.fake_quant import attach_quant_state, device_paths, quantize_meta_model
+from lab.estimate.fake_quant import attach_quant_state, device_paths, fake_dequantize, quantize_meta_model
 from lab.estimate.lora import left_out, resolve_targets
 from lab.estimate.origin import origin
 from lab.estimate.patch import for_this_thread
@@ -169,7 +169,7 @@ def fake_model(config, recipe: Recipe, layers: int, training: bool = True):
         quantized = quantize_meta_model(model, recipe.precision, recipe.autocast or recipe.dtype)
         stop_if_cancelled()
     if training:
-        with torch.device("meta"):  # peft builds adapter layers on the default device before moving them
+        with torch.device("meta"), fake_dequantize():  # peft builds adapter layers on the default device first
             model = prepare_for_training(model, recipe)
     else:
         model.eval()
