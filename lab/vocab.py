@@ -79,6 +79,7 @@ class Dtype(Term):
 
     @property
     def torch_dtype(self):
+        # torch: 1.0 s to import; imported where used, not with this module
         import torch
 
         return getattr(torch, self.torch_name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
 
 # What a fresh server's first visit reads while torch and friends load (app.py, pages/_starting.py).
 STARTING = "Starting QLoRA Lab: loading PyTorch, transformers and bitsandbytes (only after a server start)…"
@@ -29,8 +30,6 @@ def leave_legacy_multipage_mode() -> None:
     paints "Starting…" and imports the heavy helpers: a deep link opened meanwhile then runs app.py and waits
     for that import, instead of running its page in legacy mode beside it (two threads importing the same
     modules in different orders: Python handed one of them a half-imported pages._ui)."""
-    from streamlit.runtime.pages_manager import PagesManager
-
     if PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
         st.rerun()

@@ -7,6 +7,7 @@ background task (lab.tasks), never on the script thread.
 from __future__ import annotations
 
 import streamlit as st
+import torch
 
 from lab.errors import LabError
 from lab.estimate.gpus import GPUS
@@ -103,6 +104,4 @@ def predicted_run(name: str, config: dict, device: str | None, steps: int | None
 
 def this_device() -> str:
     """Where this server trains: "cuda" when it has a GPU, else "cpu"."""
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -8,6 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from lab import policy
+from lab.publish.push import push_run
 from lab.training import owners
 from lab.training import queue as Q
 from lab.training import runs as R
@@ -46,8 +47,6 @@ def step_peak_cell(m) -> str:
 
 def push_section(finished: list[R.RunStatus]) -> None:
     """Push a run's adapter (or merged model) to the Hub, off the script thread."""
-    from lab.publish.push import push_run
-
     with st.expander("Push to the Hub"):
         c1, c2 = st.columns([2, 3])
         name = c1.selectbox(
@@ -86,6 +85,7 @@ def merge_section(finished: list[R.RunStatus]) -> None:
                                "model in <run>/merged.")
     if st.button("Merge and save", icon=":material/merge:", help=TrainConfig.help("merge")):
         with friendly_errors("Merging"), st.spinner("Merging the adapter into the base model…"):
+            # lab.training.runner takes 5.1 s to import (transformers, peft, TRL): only merge_section() needs it
             from lab.training.runner import merge_and_export
 
             out = merge_and_export(policy.run_folder(target))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from lab.environment import device_type
+from lab.estimate.explain import LABELS
 from lab.training.config import TrainConfig
 from lab.training.distributed import launch_command
 from lab.units import fmt_bytes
@@ -19,8 +20,6 @@ MEMORY_TASK = "training_memory"
 def memory_section(cfg: TrainConfig) -> None:
     """One step of this run simulated on fake tensors (the calculator's simulation, this device's code paths),
     off the script thread; the formula's total beside it."""
-    from lab.estimate.explain import LABELS
-
     signature = repr(cfg.memory_settings(DEVICE)) + cfg.model
     done = st.session_state.get("t_memory")
     if done is None or done[0] != signature:

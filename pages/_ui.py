@@ -16,11 +16,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import streamlit as st
+from streamlit import runtime
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from lab import policy
 from lab.environment import environment_report
 from lab.errors import LabError
 from lab.estimate import warmup
+from lab.models.catalog import EMBEDDED, catalog_names
 from lab.models.registry import ModelRegistry
 from lab.models.sources import embedded_status
 from lab.serve.admin import admin_enabled
@@ -140,8 +143,6 @@ def server_services() -> ServerServices:
 
 
 def session_id() -> str:
-    from streamlit.runtime.scriptrunner import get_script_run_ctx
-
     ctx = get_script_run_ctx()
     return ctx.session_id if ctx is not None else "no-session"
 
@@ -153,8 +154,6 @@ def report_activity(page: str | None = None, doing: str | None = None) -> None:
 
 def session_alive(sid: str) -> bool:
     """Is this Streamlit session still connected? (the runtime's public, thread-safe check)"""
-    from streamlit import runtime
-
     return runtime.get_instance().is_active_session(sid) if runtime.exists() else True
 
 
@@ -169,7 +168,6 @@ def model_field(label: str, default: str, key: str, help: str, weights: bool = T
     when no weights are needed, or a Hub id, which is checked against the parameter cap."""
     if not policy.public_mode():
         return st.text_input(label, default, key=key, help=help, disabled=disabled, bind=bind)
-    from lab.models.catalog import EMBEDDED, catalog_names
 
     options = [EMBEDDED, *([] if weights else catalog_names()), HUB_CHOICE]
     index = options.index(default) if default in options else 0

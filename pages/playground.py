@@ -19,6 +19,7 @@ from lab.errors import LabError
 from lab.generate.adapters import choose_adapters, discover_runs, newest_matching, precision_note
 from lab.generate.compare import BASE_COLUMN, Comparison, SamplingSettings
 from lab.generate.evaluate import METRICS, EvalProgress, EvalSettings, load_examples
+from lab.models.loading import load_tokenizer
 from lab.models.sources import resolve_source
 from lab.sharing.limits import RequestLimits
 from lab.vocab import PRECISIONS, describe
@@ -127,8 +128,6 @@ if any(a.use_dora for a in adapters):
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def cached_tokenizer(pretrained_id: str):
-    from lab.models.loading import load_tokenizer
-
     return load_tokenizer(resolve_source(pretrained_id))
 
 

@@ -21,6 +21,8 @@ from lab.data import datasets as ds
 from lab.data.prompts import has_chat_template
 from lab.environment import device_type
 from lab.errors import LabError
+from lab.models.loading import load_tokenizer
+from lab.models.reader import read_architecture
 from lab.models.sources import resolve_source
 from lab.sharing.limits import RequestLimits
 from lab.training import queue as Q
@@ -52,8 +54,6 @@ st.caption(
 # --------------------------------------------------------------------------- cached helpers
 @st.cache_resource(show_spinner=False)
 def tokenizer_for(spec: str):
-    from lab.models.loading import load_tokenizer
-
     return load_tokenizer(resolve_source(spec))
 
 
@@ -69,8 +69,6 @@ def source_problem(spec: str) -> str | None:
 
 @st.cache_data(show_spinner=False)
 def module_names(spec: str) -> list[str]:
-    from lab.models.reader import read_architecture
-
     return read_architecture(spec).decoder_linear_names
 
 

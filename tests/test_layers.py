@@ -70,3 +70,47 @@ def test_pages_stay_short_functions_small_and_the_readme_a_front_door():
                                       f"({node.end_lineno - node.lineno + 1} lines)")
     assert not long_functions, long_functions
     assert len((ROOT / "README.md").read_text().splitlines()) < 200
+
+
+def _local_imports(path: Path):
+    """(line, module, top-level modules of the file, source lines) of each import inside a function."""
+    source = path.read_text()
+    tree = ast.parse(source)
+    top = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            top.add(node.module)
+    found = {}
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import):
+                    found[node.lineno] = node.names[0].name
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    found[node.lineno] = node.module
+    return sorted(found.items()), top, source.splitlines()
+
+
+def test_function_local_imports_are_heavy_and_say_why():
+    """Issue 17: an import inside a function only where the import is genuinely heavy (torch, transformers, peft,
+    bitsandbytes, the Hub client, a lab module that imports them...), each with a one-line reason: a comment on its
+    line, or on the line above its block of imports. The standard library and what the file imports at its top
+    anyway belong at the top."""
+    bad = []
+    for path in sorted((ROOT / "lab").rglob("*.py")) + PAGES:
+        found, top, lines = _local_imports(path)
+        for line, module in found:
+            where = f"{path.relative_to(ROOT)}:{line} {module}"
+            package = module.split(".")[0]
+            if package in sys.stdlib_module_names:
+                bad.append(f"{where}: the standard library is cheap, import it at the top")
+            elif module in top or (package not in ("lab", "pages") and package in {t.split(".")[0] for t in top}):
+                bad.append(f"{where}: the file imports it at the top already")
+            first = line
+            while first > 1 and lines[first - 2].lstrip().startswith(("import ", "from ")):
+                first -= 1  # the first import of this block: a comment above it speaks for the block
+            if "#" not in lines[line - 1] and not lines[first - 2].lstrip().startswith("#"):
+                bad.append(f"{where}: say why it is imported here (a comment), or import it at the top")
+    assert not bad, "\n".join(bad)

@@ -83,8 +83,7 @@ def test_depth_bound_follows_the_server_limit(monkeypatch):
 def test_predict_run_asks_about_the_run_through_the_recipe_table(monkeypatch):
     """The time model's question about a run (lab.estimate.plan.predict_run) is the run's own settings, built
     through lab.recipe like the Training page's simulation: no field retyped, an older record's gap at its default."""
-    import lab.estimate.simulate as S
-    from lab.estimate.plan import predict_run
+    import lab.estimate.plan as P
 
     asked = []
 
@@ -92,11 +91,11 @@ def test_predict_run_asks_about_the_run_through_the_recipe_table(monkeypatch):
         asked.append((settings, device))
         raise LabError("stop here")
 
-    monkeypatch.setattr(S, "simulate", stop)
+    monkeypatch.setattr(P, "simulate", stop)
     cfg = replace(default_config("cpu"), precision="nf4", r=8, alpha=3.0, batch_size=3, max_length=64, use_dora=True,
                   targets="q_proj,v_proj", gradient_checkpointing=True, dropout=0.1)
     with pytest.raises(LabError, match="stop here"):
-        predict_run(cfg.to_dict(), "cpu")
+        P.predict_run(cfg.to_dict(), "cpu")
     assert asked == [(cfg.memory_settings("cpu"), "cpu")]
     s = asked[0][0]
     assert (s.method, s.r, s.max_length, s.use_dora, s.adapter_dtype, s.dtype) == ("qlora", 8, 64, True, "fp32",

@@ -10,8 +10,10 @@ import argparse
 from dataclasses import fields
 
 from lab.errors import LabError
+from lab.estimate.experts import active_params
 from lab.estimate.gpus import FRAGMENTATION, GPUS, fit_table, get_gpu, gpu_verdict
 from lab.estimate.inference import kv_cache_bytes
+from lab.estimate.lora import target_notes
 from lab.estimate.parallel import (
     DEFAULT_OFFLOAD,
     DEFAULT_STRATEGY,
@@ -133,7 +135,6 @@ def run(args: argparse.Namespace) -> dict:
     w = estimate_weights(arch, precision, args.dtype)
     result = {"model": arch.name, "model_type": arch.model_type, **w.to_json(), "fits": fit_table(w.weights_bytes)}
     result.pop("buffers_bytes", None)
-    from lab.estimate.experts import active_params
 
     if active_params(arch) is not None:  # a mixture of experts: what one token runs through (top-k of the experts)
         result["params_active"] = active_params(arch)
@@ -215,7 +216,6 @@ def _speed(args: argparse.Namespace, gpu, result: dict) -> dict:
 def _target_notes(arch, settings: TrainingSettings) -> list[str]:
     if settings.method == "full":
         return []
-    from lab.estimate.lora import target_notes
 
     return target_notes(arch, settings.targets, settings.r)
 

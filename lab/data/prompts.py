@@ -47,6 +47,7 @@ def build_chat_prompt(tokenizer, messages: list[dict], use_chat_template: bool =
 
 def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 64, use_chat_template: bool = True) -> str:
     """Greedy completion of one user prompt; returns only the new text."""
+    # torch: 1.1 s to import; imported where used, not with this module
     import torch
 
     text = build_chat_prompt(tokenizer, [{"role": "user", "content": prompt}], use_chat_template)

@@ -40,6 +40,7 @@ class Measured:
 
 def load_real(model_dir: str, precision: str, dtype: torch.dtype, attn: str, device: str = "cpu"):
     """The model as `lab.models.precision.load_kwargs` loads it on `device` (a real bitsandbytes load)."""
+    # transformers: 0.6 s to import; imported where used, not with this module
     from transformers import AutoModelForCausalLM
 
     install()  # as the server loads (issue 20)

@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from lab.estimate.patch import for_this_thread
+
 # peft refuses these module names on Mamba-based models (peft.tuners.tuners_utils._check_lora_target_modules_mamba)
 PEFT_MAMBA_TYPES = frozenset({"falcon_h1", "mamba", "mamba2", "falcon_mamba", "nemotron_h"})
 PEFT_MAMBA_REFUSED = frozenset({"out_proj", "conv1d"})
@@ -89,11 +91,11 @@ def active_params(arch) -> int | None:
 def as_written() -> Iterator[None]:
     """peft applies the LoraConfig the lab wrote (v5 names) without its v4 → v5 MoE rewrite, on this thread."""
     try:
+        # peft: 4.2 s to import; imported where used, not with this module
         from peft.utils import transformers_weight_conversion as twc
     except ImportError:  # transformers < 5: peft has no rewrite
         yield
         return
-    from lab.estimate.patch import for_this_thread
 
     with for_this_thread(twc, "convert_peft_config_for_transformers", lambda *a, **k: None):
         yield

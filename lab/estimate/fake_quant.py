@@ -44,6 +44,7 @@ GEMM_4BIT_FUSED_MAX_ROWS = 1536  # CUDA: dequantize + F.linear beyond this many 
 def quantize_meta_model(model, precision: str, compute_dtype: torch.dtype, skip_modules=None) -> list:
     """Replace the Linear layers of a meta-device model as a bitsandbytes load would, with weights
     that `to_empty()` can materialize as fake tensors. Returns the quantized modules."""
+    # bitsandbytes initialises CUDA at import (2.6 s): only a simulation needs it, after a pool worker hides the GPUs
     import bitsandbytes as bnb
     from transformers import BitsAndBytesConfig
     from transformers.integrations import replace_with_bnb_linear
@@ -68,6 +69,7 @@ def quantize_meta_model(model, precision: str, compute_dtype: torch.dtype, skip_
     model.is_loaded_in_4bit = precision != "int8"
     model.is_loaded_in_8bit = precision == "int8"
     model.quantization_method = "bitsandbytes"
+    # transformers: 1.5 s to import; imported where used, not with this module
     from transformers.quantizers.base import _assign_is_quantized
 
     _assign_is_quantized(model)  # config._is_quantized: Jamba's mamba mixer then calls dt_proj as a module
@@ -104,6 +106,7 @@ def _pack_int8(m) -> None:
 def attach_quant_state(m) -> None:
     """(Re)build the weight's quantization state from the module's buffers: after `to_empty()`
     the weight and buffers are new (fake) tensors."""
+    # bitsandbytes initialises CUDA at import (2.0 s): only a simulation needs it, after a pool worker hides the GPUs
     import bitsandbytes as bnb
     from bitsandbytes.functional import QuantState
 
@@ -152,6 +155,7 @@ class Device:
 @contextmanager
 def device_paths(device: str):
     """Take `device`'s code paths in bitsandbytes while the simulation runs."""
+    # bitsandbytes initialises CUDA at import (2.2 s): only a simulation needs it, after a pool worker hides the GPUs
     import bitsandbytes as bnb
     from bitsandbytes.autograd import _functions as bnb_fn
 
@@ -179,7 +183,7 @@ def device_paths(device: str):
 def fake_dequantize():
     """peft dequantizes a fake-quantized layer as it would the real one (`_dequantize`), in this thread while the
     block runs: DoRA does so when it builds its magnitude and on every forward."""
-    # peft: 3.3 s to import, and only a simulation needs it (which imports it anyway)
+    # peft imports bitsandbytes, which initialises CUDA: not in the pool's forkserver, which imports this module
     from peft.tuners.lora import dora
 
     original = dora.dequantize_module_weight
@@ -207,6 +211,7 @@ def _gemm_4bit(tracker, func, args, kwargs):
     rows = A.numel() // A.shape[-1]
     if Device.current == "cuda" and rows <= GEMM_4BIT_FUSED_MAX_ROWS:
         return func(*args, **kwargs)  # the fused kernel: only the output
+    # bitsandbytes initialises CUDA at import (2.1 s): only a simulation needs it, after a pool worker hides the GPUs
     from bitsandbytes.backends.default.ops import _gemm_4bit_default_impl
 
     with tracker:  # count the dequantized weight (and absmax) it allocates

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lab.errors import LabError
+from lab.estimate.gpus import get_gpu
 
 T = 1e12
 G = 1e9
@@ -68,8 +69,6 @@ SPECS: tuple[Hardware, ...] = (
 
 def get_hardware(name: str) -> Hardware:
     """The peaks of a GPU of `lab.estimate.gpus.GPUS` (same names, same prefix matching)."""
-    from lab.estimate.gpus import get_gpu
-
     gpu = get_gpu(name)
     for h in SPECS:
         if h.name == gpu.name:

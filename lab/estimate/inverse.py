@@ -40,8 +40,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 
+import numpy as np
+
 from lab.errors import LabError
 from lab.estimate import pool
+from lab.estimate.experts import expert_groups
 from lab.estimate.gpus import Gpu, budget_for_peak, gpu_verdict
 from lab.estimate.lora import resolve_targets
 from lab.estimate.replay import replay_peak
@@ -112,8 +115,6 @@ def upper_bound(arch: Architecture, settings: TrainingSettings, knob: str) -> in
     if knob == "max_length":
         return int(arch.max_position_embeddings or 1 << 20)
     if knob == "r":
-        from lab.estimate.experts import expert_groups
-
         names = resolve_targets(arch, settings.targets, settings.r)  # broad presets: layers narrower than r left out
         widths = [min(g.in_features, g.out_features) for g in arch.linears if g.name in names]
         widths += [min(g.dims) for g in expert_groups(arch) if g.name in names]
@@ -386,8 +387,6 @@ def _between(peaks: dict[int, int], lo: int, hi: int, budget: int) -> int | None
 
 def _fit(points: list[tuple[int, int]], degree: int) -> list[float]:
     """Least-squares polynomial coefficients c0, c1, ... through the points."""
-    import numpy as np
-
     xs = np.array([x for x, _ in points], dtype=float)
     ys = np.array([p for _, p in points], dtype=float)
     if degree <= 0 or len(points) == 1:

@@ -11,19 +11,27 @@ import math
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 
+import torch
+
+from lab.data.datasets import load_rows, token_lengths
 from lab.errors import LabError
+from lab.estimate.gpus import get_gpu
+from lab.estimate.hardware import SPECS, get_hardware
 from lab.estimate.prices import PRICES_DATE, run_costs
+from lab.estimate.probe import probe_cpu
+from lab.estimate.simulate import resolve_recipe, simulate, transformers_config
 from lab.estimate.speed import step_time
+from lab.estimate.training import TrainingSettings
+from lab.models.reader import read_architecture
+from lab.models.sources import prepare_embedded_model
 
 
 @lru_cache(maxsize=16)
 def dataset_tokens(name: str, seq_len: int) -> tuple[int, int]:
     """(rows, tokens) of a dataset's train split, each row cut at `seq_len` as the trainer truncates it,
     counted with the embedded model's tokenizer (SmolLM2's; another model's tokenizer differs by ±20%)."""
+    # transformers: 0.6 s to import; imported where used, not with this module
     from transformers import AutoTokenizer
-
-    from lab.data.datasets import load_rows, token_lengths
-    from lab.models.sources import prepare_embedded_model
 
     rows = load_rows(name)
     tokenizer = AutoTokenizer.from_pretrained(str(prepare_embedded_model()))
@@ -94,8 +102,6 @@ def _options(settings) -> list[tuple[str, str, object]]:
 def saving_options(arch, settings, gpu: str, report=None, cancel=None) -> list[SavingOption]:
     """Each memory-saving option simulated on its own against `settings`, timed on `gpu`. An option the
     model or settings refuse gets a row with its reason in `note`. (`report`/`cancel`: lab.tasks' hooks.)"""
-    from lab.estimate.simulate import simulate
-
     base = simulate(arch, settings)
     base_tps = step_time(base, gpu).tokens_per_second
     rows = [SavingOption("as chosen", "", base.peak_bytes, 0, base_tps, 0.0)]
@@ -119,20 +125,12 @@ def predict_run(config: dict, device: str = "cpu", steps: int | None = None, rep
     """The time model's tokens/s and step time for a Training-page run (`TrainConfig.to_dict()`) on `device`:
     a GPU of the table by its name, or this CPU (probed now, a few seconds; setting `cancel` stops the probe:
     `Cancelled`). With `steps`, the run's seconds."""
-    from lab.estimate.gpus import get_gpu
-    from lab.estimate.hardware import get_hardware
-    from lab.estimate.simulate import resolve_recipe, simulate, transformers_config
-    from lab.estimate.training import TrainingSettings
-    from lab.models.reader import read_architecture
-
     c = config
     device_kind = "cpu" if device == "cpu" else "cuda"
     settings = TrainingSettings.for_run(c, device_kind)  # through lab.recipe's table, as the run itself
     arch = read_architecture(c.get("model", "embedded"))
     sim = simulate(arch, settings, device_kind)
     if device_kind == "cpu":
-        from lab.estimate.probe import probe_cpu
-
         hw = probe_cpu(rows=settings.batch_size * settings.max_length, sim=sim, config=transformers_config(arch),
                        recipe=resolve_recipe(arch, settings, device_kind), cancel=cancel)
     else:
@@ -149,9 +147,6 @@ def _gpu_name(device: str) -> str:
     (an "NVIDIA A100-SXM4-80GB" is the "A100 80 GB" row)."""
     if device not in ("cuda", "mps"):
         return device
-    import torch
-
-    from lab.estimate.hardware import SPECS
 
     if not torch.cuda.is_available():
         raise LabError(f"No CUDA device here to time a {device} run on.")

@@ -20,9 +20,15 @@ from contextvars import ContextVar
 from dataclasses import dataclass, replace
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from lab.errors import Cancelled, LabError
+from lab.estimate.check import load_real
 from lab.estimate.hardware import Hardware
+from lab.estimate.recipe import _loss as recipe_loss
+from lab.estimate.recipe import autocast, make_optimizer, prepare_for_training
+from lab.estimate.simulate import simulate_inference, simulate_training
+from lab.estimate.speed import generation_time, step_time
 from lab.files import write_json_atomic
 from lab.paths import REPO_ROOT, cache_dir
 
@@ -116,8 +122,6 @@ def _checkpoint_seconds(ops: int = 200) -> float:
     priced as ops of its own). Its hooks are Python: a holder and a weak reference per saved tensor, its
     metadata, the recomputation's pack hook and the match check; each saved tensor that needs a gradient
     is detached twice (packed, and in the recomputation), which is how the simulated step counts them."""
-    from torch.utils.checkpoint import checkpoint
-
     x = torch.ones(8, requires_grad=True)
 
     def chain(y):
@@ -186,6 +190,7 @@ TINY_SIZES = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads"
 
 def _tiny_sibling(config, layers: int = 2):
     """`config` at TINY_SIZES and `layers` layers (only the fields it has), or None where it cannot be shrunk so."""
+    # transformers: 0.6 s to import; imported where used, not with this module
     from transformers import AutoConfig
 
     d = config.to_dict()
@@ -263,6 +268,7 @@ MAX_MODULE_SECONDS = 5e-4  # a module call's Python is tens of µs (25-75 µs me
 def _sibling_key(config, recipe, generation: bool) -> str:
     """What the Python per module call depends on: this CPU, the libraries, the model's code and the recipe's code
     paths, measured on one thread (not its batch or sequence: the sibling runs the recipe's own)."""
+    # peft and transformers: 3.3 s to import; imported where used, not with this module
     import peft
     import transformers
 
@@ -309,10 +315,8 @@ def _remember(key: str, seconds: float, most: int = 64) -> None:
 
 def _sibling_seconds(config, recipe, hw: Hardware, generation: bool) -> float:
     """`_module_seconds`, in this process (the probe's own process)."""
+    # transformers: 0.7 s to import; imported where used, not with this module
     from transformers import AutoModelForCausalLM
-
-    from lab.estimate.simulate import simulate_inference, simulate_training
-    from lab.estimate.speed import generation_time, step_time
 
     tiny = _tiny_sibling(config)
     if tiny is None:
@@ -380,10 +384,6 @@ class Timed:
 def time_training(model_dir: str, recipe, steps: int = 3) -> Timed:
     """Tokens/s of real training steps of `model_dir` on this CPU, as the simulation runs them (the
     recipe's preparation, loss, clipping and optimizer): the mean of `steps` steps after one warm-up."""
-    from lab.estimate.check import load_real
-    from lab.estimate.recipe import _loss as recipe_loss
-    from lab.estimate.recipe import autocast, make_optimizer, prepare_for_training
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = prepare_for_training(load_real(model_dir, recipe.precision, recipe.dtype, recipe.attn), recipe)
@@ -406,8 +406,6 @@ def time_training(model_dir: str, recipe, steps: int = 3) -> Timed:
 
 def time_generation(model_dir: str, recipe, repeats: int = 2) -> Timed:  # mean of `repeats` after a warm-up
     """Generated tokens/s of `model.generate` (greedy, `new_tokens` after a `prompt_tokens` prompt)."""
-    from lab.estimate.check import load_real
-
     model = load_real(model_dir, recipe.precision, recipe.dtype, recipe.attn).eval()
     shape = (recipe.batch_size, recipe.prompt_tokens)
     ids = torch.randint(0, model.config.vocab_size, shape, generator=_own_generator())

@@ -122,6 +122,7 @@ def wkv(time_decay, time_first, key, value, state=None, return_state=False):
     """`rwkv_linear_attention`'s signature: the kernel for several tokens, transformers' own code for one (it
     does the same: one token needs no loop)."""
     if key.size(1) == 1:
+        # transformers: 2.2 s to import; imported where used, not with this module
         from transformers.models.rwkv.modeling_rwkv import rwkv_linear_attention_cpu
 
         return rwkv_linear_attention_cpu(time_decay, time_first, key, value, state=state, return_state=return_state)

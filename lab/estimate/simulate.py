@@ -15,6 +15,7 @@ tokens and one decode step with the KV cache at its final length.
 from __future__ import annotations
 
 import copy
+import inspect
 import threading
 import time
 import warnings
@@ -23,6 +24,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
+from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
 
 from lab.errors import Cancelled, LabError
 from lab.estimate import compose as comp
@@ -146,6 +148,7 @@ def _keep_kinds(kinds: list, layers: int) -> list:
 
 
 def meta_model(config, dtype: torch.dtype, attn: str):
+    # transformers: 0.6 s to import; imported where used, not with this module
     from transformers import AutoModelForCausalLM
 
     try:
@@ -160,8 +163,6 @@ def meta_model(config, dtype: torch.dtype, attn: str):
 
 def fake_model(config, recipe: Recipe, layers: int, training: bool = True):
     """The model with `layers` decoder layers as the recipe loads and prepares it, on fake tensors."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     model = meta_model(truncated_config(config, layers), recipe.dtype, recipe.attn)
     stop_if_cancelled()  # building is a third of a simulation: a page that moved on stops between its stages
     quantized = []
@@ -206,6 +207,7 @@ def trl_device_paths(device: str):
         yield
         return
     trl_trainer()
+    # TRL: 4.1 s to import; imported where used, not with this module
     import trl.trainer.utils as tu
     from trl.kernels import chunked_logprob as cl
 
@@ -222,6 +224,7 @@ def transformers_mask_paths():
     runs with `is_causal=True`, and grouped-query attention without repeating K/V), but refuses to
     look for padding or packed sequences in fake tensors, taking them for a graph being traced. Our
     batches are neither padded nor packed, so decide as the real run does."""
+    # transformers: 2.1 s to import; imported where used, not with this module
     from transformers import masking_utils as mu
 
     original = mu._ignore_causal_mask_sdpa
@@ -243,6 +246,7 @@ def experts_paths():
     dtype (fp32 after prepare_model_for_kbit_training's upcast) go through transformers' own fallback
     (same output size). Decide that from the dtype, as the fake weights have no data pointer to check."""
     try:
+        # transformers: 1.7 s to import; imported where used, not with this module
         from transformers.integrations import moe
     except ImportError:
         yield
@@ -449,6 +453,7 @@ def run_inference(model, mode, recipe: InferenceRecipe, fake: bool = True) -> Li
     """`generate`'s memory: a prefill of the prompts, then one decode step with the KV cache at its
     final length (prompt + new tokens), each as `generate` runs it (logits of the last position only,
     copied to fp32 for the logits processors)."""
+    # transformers: 0.5 s to import; imported where used, not with this module
     from transformers import DynamicCache
 
     tracker = LiveBytes(round_to=CUDA_BLOCK if recipe.device == "cuda" else 1, fake=fake)
@@ -499,8 +504,6 @@ def _forward(model, tracker: LiveBytes, input_ids, cache, step: str, past: int) 
 def _positions(model, input_ids, past: int) -> dict:
     """position_ids as `generate` passes them: a truncated hybrid (the first layers of Zamba2 or Bamba are
     all state-space) has no attention layer to count the cache's length from."""
-    import inspect
-
     if "position_ids" not in inspect.signature(model.forward).parameters:
         return {}
     b, n = input_ids.shape
@@ -511,6 +514,7 @@ def _filled_cache(model, batch: int, length: int):
     """The cache holding `length` tokens, as generation leaves it: filled by the model's own prefill, so
     its own cache layers allocate what they keep (MLA's compressed keys, a sliding window, the fixed-size
     states of linear attention and state-space layers, per-layer head sizes)."""
+    # transformers: 0.5 s to import; imported where used, not with this module
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
@@ -596,8 +600,6 @@ def _friendly_errors(config, step: str):
     """What the model's own code cannot run (a config transformers cannot run, a step that depends on the data)
     becomes one line naming the model type, the step and the file that stopped; an error of the lab's own code
     (lab.estimate.origin) is re-raised as it is, marked internal, so a bug of ours never passes for a refusal."""
-    from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
-
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
     own = vars(text)
     experts = next((own[k] for k in ("n_routed_experts", "num_local_experts", "num_experts") if own.get(k)), None)
@@ -645,6 +647,7 @@ NO_CHECKPOINTING = ("{name} ({cls}) does not support gradient checkpointing in t
 
 def _model_class(arch):
     """transformers' causal-LM class for `arch`, or None where it has none (building the model says what is wrong)."""
+    # transformers: 0.6 s to import; imported where used, not with this module
     from transformers import AutoModelForCausalLM
 
     try:

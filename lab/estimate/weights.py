@@ -141,6 +141,7 @@ def _quantized_predicate(arch: Architecture, p, skip_modules: list[str] | None):
     unless `skip_modules` replaces it)."""
     quantized_paths = None
     if p.quantized and skip_modules is not None:
+        # transformers: 2.6 s to import; imported where used, not with this module
         from transformers.quantizers.quantizers_utils import should_convert_module
 
         quantized_paths = {

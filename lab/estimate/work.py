@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 import torch
 from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
+
+from lab.estimate.fake_quant import GEMM_4BIT_FUSED_MAX_ROWS, Device
 
 NO_LAYER = -1
 
@@ -40,8 +43,6 @@ class Work:
 
 
 def _shape_flops(func, args, kwargs, out) -> int | None:
-    from torch.utils.flop_counter import flop_registry
-
     fn = flop_registry.get(func._overloadpacket) if hasattr(func, "_overloadpacket") else None
     if fn is None:
         fn = flop_registry.get(func)
@@ -53,8 +54,6 @@ def _shape_flops(func, args, kwargs, out) -> int | None:
 def _attention_flops(func, args, kwargs) -> int | None:
     """CPU's fused SDPA (what fake tensors take, and this machine's real step) counted like the CUDA
     flash kernel (torch.utils.flop_counter.sdpa_flop_count); a causal mask lets the kernel skip half."""
-    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
-
     name = str(func)
     causal = bool(kwargs.get("is_causal", args[4] if "backward" not in name and len(args) > 4 else False))
     if name.startswith("aten._scaled_dot_product_flash_attention_for_cpu_backward"):
@@ -170,8 +169,6 @@ class OpCounter:
 
     @staticmethod
     def fused_4bit(args) -> bool:
-        from lab.estimate.fake_quant import GEMM_4BIT_FUSED_MAX_ROWS, Device
-
         a = args[0]
         return Device.current == "cuda" and a.numel() // a.shape[-1] <= GEMM_4BIT_FUSED_MAX_ROWS
 

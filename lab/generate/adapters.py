@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safetensors import safe_open
+
 from lab import policy
 from lab.errors import LabError
 from lab.models.precision import get_precision
@@ -140,6 +142,7 @@ def _read_json(path: Path, what: str) -> dict:
 
 
 def _download(hub_id: str) -> Path:
+    # huggingface_hub reads HF_HOME at import: not before lab.paths.configure_hub_cache has set it
     from huggingface_hub import snapshot_download
 
     try:
@@ -221,10 +224,9 @@ def adapter_shapes(info: AdapterInfo) -> dict[str, tuple[int, ...]]:
     f = info.weights_file
     try:
         if f.suffix == ".safetensors":
-            from safetensors import safe_open
-
             with safe_open(str(f), framework="pt") as sf:
                 return {k: tuple(sf.get_slice(k).get_shape()) for k in sf.keys()}
+        # torch: 1.1 s to import; imported where used, not with this module
         import torch
 
         return {k: tuple(v.shape) for k, v in torch.load(f, map_location="cpu", weights_only=True).items()}

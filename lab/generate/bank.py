@@ -134,6 +134,7 @@ class AdapterBank:
 
     # ------------------------------------------------------------------ loading and deleting (lock held)
     def _load(self, info: AdapterInfo, key: Identity) -> None:
+        # peft: 3.4 s to import; imported where used, not with this module
         from peft import PeftConfig, PeftModel
 
         check_compatible(info, self.loaded.model)  # shapes first: a foreign adapter never touches the base

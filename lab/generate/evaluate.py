@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -76,8 +77,6 @@ class Example:
 def load_examples(dataset: str, limit: int | None = None) -> list[Example]:
     """The test split of a bundled dataset or a folder (its test.jsonl), or every row of a single
     file (an uploaded test set), as (prompt messages, reference answer)."""
-    from pathlib import Path
-
     rows = load_rows(dataset, "train" if Path(dataset).expanduser().is_file() else "test")
     if not rows:
         raise LabError(f"Dataset {dataset!r} has no test rows.", "Give a file with at least one example.")

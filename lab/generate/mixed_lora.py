@@ -60,6 +60,7 @@ from lab.errors import LabError
 
 def _lora_layers(peft_model) -> list[nn.Module]:
     """peft's LoRA layers on Linear-like modules (the expert wrappers are `_expert_chains`')."""
+    # peft: 3.1 s to import; imported where used, not with this module
     from peft.tuners.lora import LoraLayer, ParamWrapper
 
     return [m for m in peft_model.modules() if isinstance(m, LoraLayer) and not isinstance(m, ParamWrapper)]
@@ -67,6 +68,7 @@ def _lora_layers(peft_model) -> list[nn.Module]:
 
 def _expert_chains(peft_model) -> list[list[nn.Module]]:
     """Each adapted experts module's ParamWrappers, outermost first (peft nests one per targeted parameter)."""
+    # peft: 3.8 s to import; imported where used, not with this module
     from peft.tuners.lora import ParamWrapper
 
     wrappers = [m for m in peft_model.modules() if isinstance(m, ParamWrapper)]
@@ -83,6 +85,7 @@ def _expert_chains(peft_model) -> list[list[nn.Module]]:
 
 def row_lora_supported(peft_model, adapters: list[str]) -> bool:
     """Can `row_lora` run these adapters? (Plain LoRA on Linear layers only; see the module docstring.)"""
+    # peft: 4.4 s to import; imported where used, not with this module
     from peft.tuners.lora import LoraLayer
     from peft.utils.other import AuxiliaryTrainingWrapper
 
@@ -102,6 +105,7 @@ def row_lora_supported(peft_model, adapters: list[str]) -> bool:
 def _plain_lora(layer, name: str) -> bool:
     """True when `name` is absent from this layer or is plain LoRA on a Linear (x @ Aᵀ @ Bᵀ · s, no bias), or on
     fused expert weights (peft's ParamWrapper refuses dropout, bias, DoRA and other variants itself)."""
+    # peft: 3.8 s to import; imported where used, not with this module
     from peft.tuners.lora import ParamWrapper
 
     if isinstance(layer, ParamWrapper):

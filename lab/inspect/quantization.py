@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from lab.errors import LabError
 from lab.models.reader import read_architecture
@@ -37,6 +38,7 @@ SCHEMES: dict[str, str] = {
 
 def level_tables() -> dict[str, list[float]]:
     """The 16 code values of NF4 and FP4, sorted, in units of the block absmax."""
+    # bitsandbytes: 2.8 s to import; imported where used, not with this module
     import bitsandbytes.functional as F
 
     return {name: sorted(F.get_4bit_type(name, device="cpu").tolist()) for name in ("nf4", "fp4")}
@@ -51,6 +53,7 @@ def _checkpoint_files(source: ModelSource) -> list[Path]:
         folder = source.path
     elif source.kind == "hub":
         try:
+            # huggingface_hub reads HF_HOME at import: not before lab.paths.configure_hub_cache has set it
             from huggingface_hub import snapshot_download
 
             folder = Path(snapshot_download(source.hub_id or source.spec, allow_patterns=["*.safetensors", "*.json"],
@@ -71,8 +74,6 @@ def _checkpoint_files(source: ModelSource) -> list[Path]:
 
 
 def _weight_index(source: ModelSource) -> dict[str, tuple[Path, tuple[int, ...]]]:
-    from safetensors import safe_open
-
     index: dict[str, tuple[Path, tuple[int, ...]]] = {}
     for file in _checkpoint_files(source):
         with safe_open(str(file), "pt") as f:
@@ -102,8 +103,6 @@ def _checkpoint_name(path: str, index: dict) -> str | None:
 
 def load_float_weight(source: ModelSource | str, name: str) -> torch.Tensor:
     """One weight from the checkpoint, as float32."""
-    from safetensors import safe_open
-
     source = resolve_source(source) if isinstance(source, str) else source
     index = _weight_index(source)
     if name not in index:
@@ -116,8 +115,6 @@ def load_float_weight(source: ModelSource | str, name: str) -> torch.Tensor:
 
 
 def iter_float_weights(source: ModelSource | str, names: list[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    from safetensors import safe_open
-
     source = resolve_source(source) if isinstance(source, str) else source
     index = _weight_index(source)
     names = names if names is not None else linear_weight_names(source)
@@ -129,6 +126,7 @@ def iter_float_weights(source: ModelSource | str, names: list[str] | None = None
 # --------------------------------------------------------------------------- quantize -> dequantize
 def roundtrip(weight: torch.Tensor, scheme: str, blocksize: int = BLOCKSIZE) -> torch.Tensor:
     """`weight` quantized and dequantized by bitsandbytes with `scheme` (float32 out)."""
+    # bitsandbytes: 2.8 s to import; imported where used, not with this module
     import bitsandbytes.functional as F
 
     w = weight.detach().float().contiguous()
@@ -217,6 +215,7 @@ def weight_histogram(
 ) -> WeightHistogram:
     """Histogram of one matrix as the 4-bit quantizer sees it: each value divided by the absmax of
     its block of `blocksize`, so the 16 NF4/FP4 levels sit at their true positions."""
+    # bitsandbytes: 2.8 s to import; imported where used, not with this module
     import bitsandbytes.functional as F
 
     w = weight.detach().float().contiguous()

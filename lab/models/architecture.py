@@ -193,6 +193,7 @@ _LOCK = threading.Lock()
 
 def config_from_dict(data, where: str = "config.json"):
     """A transformers config from the parsed JSON of a config.json, or a LabError naming the problem."""
+    # transformers: 2.0 s to import; imported where used, not with this module
     from transformers import CONFIG_MAPPING
 
     if not isinstance(data, dict) or "model_type" not in data:
@@ -392,6 +393,7 @@ def warm_imports(model_type: object) -> None:
     """Import transformers' config and causal-LM classes for `model_type` now (its own code, picked from its
     own tables by name), so that a time budget on building a model counts the building, not a first import
     that takes seconds on a loaded machine. Unknown types are left to the build to report."""
+    # transformers: 2.0 s to import; imported where used, not with this module
     from transformers import CONFIG_MAPPING
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
@@ -402,6 +404,7 @@ def warm_imports(model_type: object) -> None:
 
 
 def _meta_model(config):
+    # torch and transformers: 1.7 s to import; imported where used, not with this module
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -433,6 +436,7 @@ def _meta_model(config):
 
 
 def _build(config, name: str) -> Architecture:
+    # transformers: 2.7 s to import; imported where used, not with this module
     from transformers.quantizers.base import get_keys_to_not_convert
 
     # read the config's dtype first: building with dtype=float32 overwrites config.dtype
@@ -463,6 +467,7 @@ def _linear_kind(module) -> tuple[bool, bool, bool]:
     """(is a Linear, is GPT-2's Conv1D, is one bnb quantizes). peft adapts any nn.Linear, subclasses included;
     transformers' bnb quantizer converts only an exact nn.Linear or a Conv1D (`type(module) is nn.Linear`), so
     Falcon's FalconLinear stays in the compute dtype at nf4 and is still a LoRA target. Conv1D's weight is in × out."""
+    # torch and transformers: 1.6 s to import; imported where used, not with this module
     from torch import nn
     from transformers.pytorch_utils import Conv1D
 
@@ -474,6 +479,7 @@ def _returns_tensor(module) -> bool:
     """Does this Linear's forward return a tensor? nn.Linear's does; a subclass with its own (a router that returns
     routing weights and expert indices) is called once on two rows of zeros on its weight's device (meta while
     the architecture is read: no compute). A call that fails says nothing, and the layer stays a target."""
+    # torch: 1.0 s to import; imported where used, not with this module
     import torch
     from torch import nn
 
@@ -490,6 +496,7 @@ def _returns_tensor(module) -> bool:
 
 def _linear_groups(model, tied_targets: set[str], not_converted: tuple[str, ...]) -> list[LinearGroup]:
     """Linear layers grouped by (leaf name, fan in, fan out, bias): decoder groups in model order, lm_head last."""
+    # transformers: 2.9 s to import; imported where used, not with this module
     from transformers.quantizers.quantizers_utils import should_convert_module
 
     groups: dict[tuple, list[str]] = {}
@@ -525,6 +532,7 @@ def _linear_groups(model, tied_targets: set[str], not_converted: tuple[str, ...]
 
 def _tensors(model, not_converted: tuple[str, ...]) -> list[TensorInfo]:
     """Every parameter (a tied weight once, as num_parameters() counts it) and buffer, with its kind."""
+    # torch and transformers: 2.9 s to import; imported where used, not with this module
     from torch import nn
     from transformers.quantizers.quantizers_utils import should_convert_module
 

@@ -100,6 +100,7 @@ def install() -> None:
     `from_pretrained` holds the lock while it constructs (its init contexts), not while it reads
     weights; `from_config` while it builds. Once per process; call it before any build."""
     global ORIGINAL_LOCAL_DTYPE
+    # transformers: 3.0 s to import; imported where used, not with this module
     from transformers import modeling_utils
     from transformers.modeling_utils import PreTrainedModel
 

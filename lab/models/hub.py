@@ -5,8 +5,10 @@ public-mode admission (public) both ask here before anything waits on huggingfac
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 _PROBE_TTL_S = 30.0
 _probe: dict[str, tuple[float, bool]] = {}  # endpoint host:port -> (when probed, reachable)
@@ -14,6 +16,7 @@ _probe: dict[str, tuple[float, bool]] = {}  # endpoint host:port -> (when probed
 
 def hub_offline() -> bool:
     """HF_HUB_OFFLINE set (read now: huggingface_hub reads it once, at import)."""
+    # huggingface_hub reads HF_HOME at import: not before lab.paths.configure_hub_cache has set it
     from huggingface_hub import constants
 
     flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
@@ -28,9 +31,8 @@ def hub_reachable(timeout: float = 2.0) -> bool:
         return False
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True
-    import socket
-    from urllib.parse import urlparse
 
+    # huggingface_hub reads HF_HOME at import: not before lab.paths.configure_hub_cache has set it
     from huggingface_hub import constants
 
     url = urlparse(constants.ENDPOINT)
@@ -56,6 +58,7 @@ def unreachable_reason() -> str:
 def hub_snapshot(hub_id: str, weights: bool) -> Path | None:
     """The folder of `hub_id` in the local Hugging Face cache, when it holds a config.json (and, when
     `weights`, a weight file); None otherwise."""
+    # huggingface_hub reads HF_HOME at import: not before lab.paths.configure_hub_cache has set it
     from huggingface_hub import try_to_load_from_cache
 
     try:
@@ -72,6 +75,7 @@ def hub_snapshot(hub_id: str, weights: bool) -> Path | None:
 
 def fetch_failure(error: BaseException) -> str:
     """What went wrong with a Hub request, in words a person can act on (never an exception's class name)."""
+    # huggingface_hub reads HF_HOME at import: not before lab.paths.configure_hub_cache has set it
     from huggingface_hub import errors
 
     if isinstance(error, errors.GatedRepoError):

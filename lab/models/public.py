@@ -49,6 +49,7 @@ HUB_SECONDS = 3.0
 
 def _fetch_hub_config(hub_id: str) -> Path:
     """The config.json of a Hub model: one small file. This is the network boundary (tests stub it)."""
+    # huggingface_hub reads HF_HOME at import: not before lab.paths.configure_hub_cache has set it
     from huggingface_hub import hf_hub_download
 
     try:
@@ -89,6 +90,7 @@ def _hub_weight_bytes(hub_id: str) -> int | None:
     """Bytes of the weight files `from_pretrained` would download (safetensors, else .bin), from the
     Hub's file listing; None when the listing is unavailable (or late). A repo whose config is small but
     whose files are huge is caught here."""
+    # huggingface_hub reads HF_HOME at import: not before lab.paths.configure_hub_cache has set it
     from huggingface_hub import HfApi
 
     if not hub.hub_reachable():  # admitted from the Hub cache's config.json: no listing to wait for

@@ -71,6 +71,7 @@ def prepare_embedded_model(force: bool = False) -> Path:
     target = embedded_model_dir()
     if embedded_model_ready() and not force:
         return target
+    # transformers: 1.9 s to import; imported where used, not with this module
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = embedded_gguf_file()
@@ -184,6 +185,7 @@ class ModelSource:
             return None
 
     def load_config(self):
+        # transformers: 2.0 s to import; imported where used, not with this module
         from transformers import AutoConfig
 
         try:
@@ -300,6 +302,7 @@ def is_hub_id(text: str | None) -> bool:
     """'owner/name' as the Hub spells ids, and not a path on this machine."""
     if not text or not _HUB_ID.match(text) or Path(text).expanduser().exists():
         return False
+    # huggingface_hub reads HF_HOME at import: not before lab.paths.configure_hub_cache has set it
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ def _card_license(readme: Path | str | None) -> str | None:
     """The `license` of a model card on disk (a downloaded Hub model's README.md), if any."""
     if not readme or not Path(readme).is_file():
         return None
+    # huggingface_hub reads HF_HOME at import: not before lab.paths.configure_hub_cache has set it
     from huggingface_hub import ModelCard
 
     try:
@@ -80,6 +82,7 @@ def base_origin(base: dict) -> BaseOrigin:
 
     kind, path = base.get("kind"), base.get("pretrained_id")
     if kind == "hub" and is_hub_id(path):
+        # huggingface_hub reads HF_HOME at import: not before lab.paths.configure_hub_cache has set it
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(path, CARD_FILE)
@@ -270,6 +273,7 @@ def read_record(run_dir: Path) -> dict:
 
 
 def card_data(record: dict, origin: BaseOrigin, merged: bool = False):
+    # huggingface_hub reads HF_HOME at import: not before lab.paths.configure_hub_cache has set it
     from huggingface_hub import ModelCardData
 
     method = "qlora" if record.get("bnb_config") else "lora"
@@ -286,8 +290,6 @@ def card_data(record: dict, origin: BaseOrigin, merged: bool = False):
 
 def reproduce_command(record: dict) -> str:
     """The recorded command, with this machine's interpreter path shortened to `python`."""
-    import shlex
-
     argv = list(record.get("command") or [])
     if argv and Path(argv[0]).name.startswith("python"):
         argv[0] = "python"
@@ -297,6 +299,7 @@ def reproduce_command(record: dict) -> str:
 def build_card(run_dir: Path, merged_dir: Path | None = None, repo_id: str | None = None):
     """The ModelCard of a run folder (or, with `merged_dir`, of its merged export); the snippet loads it from
     `repo_id`, else from where hub.json says it was pushed, else from the local folder."""
+    # huggingface_hub reads HF_HOME at import: not before lab.paths.configure_hub_cache has set it
     from huggingface_hub import ModelCard
 
     run_dir = Path(run_dir)

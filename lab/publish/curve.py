@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from PIL import Image, ImageDraw, ImageFont
+
 WIDTH, HEIGHT = 720, 360
 MARGIN = {"left": 70, "right": 20, "top": 40, "bottom": 50}
 TRAIN_COLOR, EVAL_COLOR, AXIS_COLOR, GRID_COLOR = (31, 119, 180), (255, 127, 14), (60, 60, 60), (225, 225, 225)
@@ -37,8 +39,6 @@ def _fmt(v: float) -> str:
 def draw_loss_curve(path: Path, train: list[tuple[float, float]], eval_: list[tuple[float, float]] | None = None,
                     title: str = "Training loss") -> Path:
     """Write a PNG of (step, loss) points: train loss as a line, eval loss as a line with larger dots."""
-    from PIL import Image, ImageDraw, ImageFont
-
     eval_ = eval_ or []
     points = train + eval_
     if not points:

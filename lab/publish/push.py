@@ -33,6 +33,7 @@ def resolve_run(run: str | Path) -> Path:
 
 
 def check_repo_id(repo_id: str) -> str:
+    # huggingface_hub reads HF_HOME at import: not before lab.paths.configure_hub_cache has set it
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     repo_id = (repo_id or "").strip()
@@ -66,6 +67,7 @@ def push_folder(run_dir: Path, merged: bool) -> Path:
 
 def files_to_upload(folder: Path) -> list[str]:
     """The files `upload_folder` sends for `folder` (the same filter huggingface_hub applies), sorted."""
+    # huggingface_hub reads HF_HOME at import: not before lab.paths.configure_hub_cache has set it
     from huggingface_hub.utils import filter_repo_objects
 
     paths = [p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file()]
@@ -75,6 +77,7 @@ def files_to_upload(folder: Path) -> list[str]:
 def hub_token(given: str | None = None) -> str:
     """The token to push with: the one a person typed, else HF_TOKEN or the login cache. On a public server
     only a typed token counts: the server's own token must never push on a visitor's behalf."""
+    # huggingface_hub reads HF_HOME at import: not before lab.paths.configure_hub_cache has set it
     from huggingface_hub import get_token
 
     if given and given.strip():
@@ -99,6 +102,7 @@ def _is_network_error(e: BaseException) -> bool:
 
 def hub_failure(e: BaseException, repo_id: str) -> LabError:
     """One LabError for whatever create_repo/upload_folder raised."""
+    # huggingface_hub reads HF_HOME at import: not before lab.paths.configure_hub_cache has set it
     from huggingface_hub import constants
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
@@ -126,6 +130,7 @@ def push_run(run: str | Path, repo_id: str, private: bool = False, merged: bool 
              token: str | None = None) -> dict:
     """Upload a run's adapter folder (or, with `merged`, its merged export) to `repo_id`; returns what was sent.
     `token`: a token the person typed (required on a public server; see `hub_token`)."""
+    # huggingface_hub reads HF_HOME at import: not before lab.paths.configure_hub_cache has set it
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import OfflineModeIsEnabled
 

@@ -11,6 +11,7 @@ checkpointing, paged 8-bit AdamW).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import re
 import time
@@ -230,8 +231,6 @@ def page_precision(device: str | None = None) -> str:
     """The Training page's default base precision: a 4-bit QLoRA base wherever bitsandbytes runs (its CPU
     kernels included), because QLoRA is what the page is about. The CLI keeps `default_config`'s (fp32 on a
     CPU: its demo run is about 3x quicker per step, as no weight has to be dequantized at each matmul)."""
-    import importlib.util
-
     device = device or device_type()
     if device == "cuda":
         return default_config(device).precision

@@ -18,9 +18,14 @@ from __future__ import annotations
 import os
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 
 from lab.errors import LabError
 from lab.training.config import to_cli_args
@@ -98,8 +103,6 @@ def requested_processes() -> int | None:
 def _process_group(device: str) -> None:
     """Start the process group the Trainer would start (gloo on CPU, NCCL on GPUs) so rank 0 can
     broadcast before the Trainer exists; the Trainer then reuses it."""
-    from accelerate import PartialState
-
     PartialState(cpu=device == "cpu")
 
 
@@ -108,7 +111,6 @@ def from_main(make: Callable[[], T], device: str) -> T:
     rank 0 ends every rank with the same one-line message, instead of leaving them waiting)."""
     if world_size() == 1:
         return make()
-    from accelerate.utils import broadcast_object_list
 
     _process_group(device)
     payload: list = [None]
@@ -129,9 +131,6 @@ def from_main(make: Callable[[], T], device: str) -> T:
 
 def any_process(flag: bool, device) -> bool:
     """True on every rank when `flag` is true on at least one (a collective: every rank must call it)."""
-    import torch
-    import torch.distributed as dist
-
     if world_size() == 1 or not (dist.is_available() and dist.is_initialized()):
         return flag
     t = torch.tensor([1 if flag else 0], device=device)
@@ -168,8 +167,6 @@ class LaunchCommand:
 def launch_command(cfg, processes: int, mode: str = "ddp", device: str = "cuda") -> LaunchCommand:
     """The command that runs `cfg` (a TrainConfig) as one training over `processes` processes: one per GPU
     (`device="cuda"`), or CPU processes (`device="cpu"`). `mode` is a LAUNCH_MODES name."""
-    from dataclasses import replace
-
     mode = lookup(LAUNCH_MODES, mode, "launch mode").name
     if not isinstance(processes, int) or processes < 1:
         raise LabError(

@@ -30,6 +30,7 @@ import torch
 from transformers import TrainerCallback
 
 from lab.errors import Cancelled, LabError
+from lab.estimate.plan import predict_run
 from lab.estimate.recipe import register_model
 from lab.estimate.tracker import LiveBytes
 from lab.training import callback
@@ -56,8 +57,6 @@ class Prediction:
         self._thread.start()
 
     def _run(self) -> None:
-        from lab.estimate.plan import predict_run
-
         t0 = time.perf_counter()
         try:
             self.result["peak_bytes"] = self.cfg.simulate_memory(self.device).peak_bytes

@@ -28,11 +28,17 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
+import datasets
 import torch
+from datasets import Dataset
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft.optimizers import create_loraplus_optimizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, ProgressCallback, Trainer, set_seed
 
 from lab.data import datasets as ds
 from lab.environment import LIBRARIES, compute_dtype, device_type, library_version
 from lab.errors import LabError
+from lab.estimate.experts import as_written
 from lab.estimate.recipe import trl_trainer
 from lab.files import write_json_atomic
 from lab.models.construct import install
@@ -72,8 +78,6 @@ def open_run_dir(cfg: TrainConfig, source: ModelSource) -> Path:
 def load_base(source: ModelSource, precision: str, device: str):
     """The base model at `precision` on this process's device (each rank its own GPU under
     accelerate launch), and its tokenizer."""
-    from transformers import AutoModelForCausalLM
-
     source.require_weights()
     tokenizer = load_tokenizer(source)
     kwargs = base_load_kwargs(precision, device)
@@ -106,10 +110,6 @@ def base_load_kwargs(precision: str, device: str) -> dict:
 def add_lora(model, cfg: TrainConfig, quantized: bool, target_modules):
     """`target_modules`: what peft_target_modules returned (a (modules, parameters) pair for fused experts,
     trained with lora_dropout 0: peft's ParamWrapper has no dropout)."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    from lab.estimate.experts import as_written
-
     parameters: list[str] = []
     if isinstance(target_modules, tuple):
         target_modules, parameters = target_modules
@@ -132,8 +132,6 @@ def make_optimizer(model, cfg: TrainConfig, args):
     The optimizer class and its arguments come from transformers' own table of `optim` names."""
     if cfg.loraplus_ratio <= 0:
         return None
-    from peft.optimizers import create_loraplus_optimizer
-    from transformers import Trainer
 
     cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
     kwargs.pop("lr", None)
@@ -302,10 +300,6 @@ def run_record(cfg: TrainConfig, source: ModelSource, precision: str, data: Trai
 def build_trainer(cfg: TrainConfig, source: ModelSource, targets, data: TrainData, run_dir: Path, device: str,
                   info: dict, callback: StopAndLogCallback, log: EventLog | None, echo):
     """Load the base, add LoRA, tokenize the data and build the SFTTrainer; records sizes and load time in `info`."""
-    import datasets
-    from datasets import Dataset
-    from transformers import PrinterCallback, ProgressCallback, set_seed
-
     datasets.disable_progress_bars()
 
     precision = get_precision(cfg.precision)
@@ -514,9 +508,6 @@ def _last_checkpoint_note(run_dir: Path) -> str:
 def merge_and_export(run_dir: Path, out_dir: Path | None = None) -> Path:
     """Reload the run's base model at 16/32-bit (never 4-bit: merging into quantized weights loses
     the update), merge the adapter into it and save a standalone model + tokenizer."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     run_dir = Path(run_dir)
     info = json.loads((run_dir / RUN_FILE).read_text())
     source = resolve_source(info["base_model"]["spec"])
