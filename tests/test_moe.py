@@ -158,6 +158,29 @@ def test_qlora_on_moe_simulates_with_dropout_zero():
     assert sim.by_category["adapters"] > 0 and sim.peak_bytes > 0
 
 
+def test_dora_on_fused_experts_is_refused_in_one_line_and_dora_on_attention_simulates():
+    """peft's ParamWrapper has no DoRA: a DoRA request that reaches the fused experts is refused before anything is
+    built (the calculator, `lab memory` and a run's preflight share peft_targets), saying what to do; DoRA on the
+    attention alone simulates. (peft's own ValueError, deep in a simulation, used to come back as "try --loss logits
+    or --attn eager".)"""
+    from dataclasses import replace
+
+    from lab.errors import LabError
+    from lab.estimate.simulate import resolve_recipe, simulate
+    from lab.estimate.training import TrainingSettings
+
+    arch = architecture_from_config(tiny_config("mixtral"), "mixtral")
+    settings = TrainingSettings(method="qlora", precision="nf4", dtype="bf16", max_length=32, use_dora=True)
+    with pytest.raises(LabError) as refused:
+        resolve_recipe(arch, settings)
+    assert refused.value.message.startswith("DoRA cannot adapt the fused experts (gate_up_proj, down_proj)")
+    assert refused.value.hint.startswith("Turn DoRA off, or target 'attention'")
+    with pytest.raises(LabError, match="DoRA cannot adapt"):
+        peft_targets(arch, "attention-experts", 8, use_dora=True)
+    assert peft_targets(arch, "attention", 8, use_dora=True)[1] == ()
+    assert simulate(arch, replace(settings, targets="attention")).peak_bytes > 0
+
+
 # --------------------------------------------------------------------------- the whole path on this CPU
 @pytest.fixture(scope="module")
 def tiny_moe_dir(tmp_path_factory, embedded_dir):

@@ -712,7 +712,7 @@ def resolve_recipe(arch, settings, device: str = "cuda") -> Recipe:
     if method != "full":
         if isinstance(s.r, bool) or not isinstance(s.r, int) or s.r <= 0:
             raise LabError(f"LoRA rank r={s.r!r} is not a positive integer.", "Use r ≥ 1 (typical: 8, 16, 32, 64).")
-        targets, parameters = peft_targets(arch, s.targets, s.r)
+        targets, parameters = peft_targets(arch, s.targets, s.r, bool(s.use_dora))
     checkpointing = bool(s.gradient_checkpointing) and _checkpointable(arch)  # else off, and simulate() says so
     return Recipe(method, precision.name, dtype.torch_dtype, autocast, DTYPES[adapter].torch_dtype,
                   bool(s.upcast_for_kbit), checkpointing, optimizer, s.batch_size, s.max_length,
@@ -721,15 +721,20 @@ def resolve_recipe(arch, settings, device: str = "cuda") -> Recipe:
                   loss=lookup(LOSSES, s.loss, "loss").name, parameters=parameters)
 
 
-def peft_targets(arch, targets, r: int) -> tuple[str | tuple[str, ...], tuple[str, ...]]:
+def peft_targets(arch, targets, r: int, use_dora: bool = False) -> tuple[str | tuple[str, ...], tuple[str, ...]]:
     """(target_modules, target_parameters) for peft: 'all-linear' as peft spells it where that means the same
     modules, else the resolved Linear names; the fused expert parameters apart. An explicitly named layer
-    narrower than r is refused (broad presets leave such layers out, lab.estimate.lora.left_out)."""
+    narrower than r is refused (broad presets leave such layers out, lab.estimate.lora.left_out), and so is DoRA
+    on fused experts (peft's ParamWrapper has none)."""
     names = resolve_targets(arch, targets, r)
     experts = set(expert_names(arch))
     # a name may be both (DeepSeek-V3: the dense layers' down_proj Linear and the experts' down_proj tensor)
     modules = tuple(n for n in names if n not in experts or n in arch.linear_names)
     parameters = tuple(n for n in names if n in experts)
+    if use_dora and parameters:
+        raise LabError(f"DoRA cannot adapt the fused experts ({', '.join(parameters)}): peft reaches them through "
+                       "its ParamWrapper, which has no DoRA.",
+                       "Turn DoRA off, or target 'attention' (or name the Linear layers) to leave the experts out.")
     if not modules and not parameters:  # a broad preset left every layer out: all are narrower than r
         w = max((min(g.in_features, g.out_features) for g in arch.linears if g.name in arch.decoder_linear_names),
                 default=0)

@@ -49,7 +49,7 @@ def check_run(cfg: TrainConfig) -> Checked:
     if cfg.output:
         policy.output_dir(cfg.output)  # in public mode a run name inside runs/, nothing else
     source = resolve_source(cfg.model)
-    targets = peft_target_modules(source, cfg.targets, cfg.r)
+    targets = peft_target_modules(source, cfg.targets, cfg.r, cfg.use_dora)
     data = check_data(cfg)
     if distributed.is_main_process():  # rank 0 takes the lock for every rank: the others never hold it
         check_free()
@@ -64,7 +64,7 @@ def check_data(cfg: TrainConfig) -> TrainData:
     return TrainData(train_check, eval_check)
 
 
-def peft_target_modules(source: ModelSource, targets: str, r: int | None = None):
+def peft_target_modules(source: ModelSource, targets: str, r: int | None = None, use_dora: bool = False):
     """peft's target_modules for this base: a preset (`lab.vocab.TARGET_PRESETS`) or names, resolved and
     checked against the model's own Linear layers before anything loads ('all-linear' as peft spells it
     where it means the same). On a mixture-of-experts model: (target_modules, target_parameters), the
@@ -73,6 +73,6 @@ def peft_target_modules(source: ModelSource, targets: str, r: int | None = None)
     if r is None:
         names = resolve_targets(arch, targets)
         return "all-linear" if targets.strip() == "all-linear" else names
-    modules, parameters = peft_targets(arch, targets, r)
+    modules, parameters = peft_targets(arch, targets, r, use_dora)
     return (modules if isinstance(modules, str) else list(modules), list(parameters)) if parameters else \
         (modules if isinstance(modules, str) else list(modules))
