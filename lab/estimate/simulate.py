@@ -732,8 +732,8 @@ def peft_targets(arch, targets, r: int, use_dora: bool = False) -> tuple[str | t
     modules = tuple(n for n in names if n not in experts or n in arch.linear_names)
     parameters = tuple(n for n in names if n in experts)
     if use_dora and parameters:
-        raise LabError(f"DoRA cannot adapt the fused experts ({', '.join(parameters)}): peft reaches them through "
-                       "its ParamWrapper, which has no DoRA.",
+        raise LabError(f"DoRA cannot adapt the fused experts ({', '.join(dict.fromkeys(parameters))}): peft reaches "
+                       "them through its ParamWrapper, which has no DoRA.",
                        "Turn DoRA off, or target 'attention' (or name the Linear layers) to leave the experts out.")
     if not modules and not parameters:  # a broad preset left every layer out: all are narrower than r
         w = max((min(g.in_features, g.out_features) for g in arch.linears if g.name in arch.decoder_linear_names),
