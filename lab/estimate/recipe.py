@@ -314,21 +314,21 @@ def initialize_optimizer_state(model, optimizer, tracker: LiveBytes, recipe: Rec
                 continue
             if key == "step" and recipe.device == "cuda":
                 continue  # torch keeps AdamW's step counter on the CPU (not capturable, not fused)
-            pageable = recipe.paged and key in PAGED_STATES
-            tracker.register(v, _state_role(recipe, key, p), owners.get(id(p), NO_LAYER),
-                             PAGED_MIN_ELEMENTS * v.element_size() if pageable else 0)  # (its numel is p's)
+            pages_at = _pages_at(recipe, key, v)
+            role = "paged" if pages_at and v.untyped_storage().nbytes() >= pages_at else "optimizer"
+            tracker.register(v, role, owners.get(id(p), NO_LAYER), pages_at)  # (the replay applies the same rule)
 
 
-# bitsandbytes pages a state buffer (unified memory, outside PyTorch's allocator) only for parameters of at least
-# 1e5 elements (bitsandbytes/optim/optimizer.py, get_state_buffer: `p.numel() < 1e5` gets a plain tensor)
 PAGED_STATES = ("state1", "state2")
 PAGED_MIN_ELEMENTS = 100_000
 
 
-def _state_role(recipe: Recipe, key: str, param) -> str:
-    if recipe.paged and key in PAGED_STATES and param.numel() >= PAGED_MIN_ELEMENTS:
-        return "paged"
-    return "optimizer"
+def _pages_at(recipe: Recipe, key: str, state: torch.Tensor) -> int:
+    """The bytes from which a paged optimizer pages this state (0: never). bitsandbytes pages a state buffer
+    (unified memory, outside PyTorch's allocator) only for parameters of at least 1e5 elements
+    (bitsandbytes/optim/optimizer.py, get_state_buffer: `p.numel() < 1e5` gets a plain tensor); a state has its
+    parameter's numel, so in bytes that is 1e5 of its elements."""
+    return PAGED_MIN_ELEMENTS * state.element_size() if recipe.paged and key in PAGED_STATES else 0
 
 
 def _loss(model, input_ids: torch.Tensor, recipe: Recipe) -> torch.Tensor:
